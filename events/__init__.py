@@ -1,0 +1,62 @@
+"""tickflow's record schemas, codec and topic names. Imports nothing else of tickflow."""
+
+from events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
+from events.envelope import Envelope, event_id
+from events.schemas import (
+    PAYLOAD_TYPES,
+    Command,
+    DeadLetter,
+    ErrorInfo,
+    Event,
+    Payload,
+    Result,
+    RunCompleted,
+    RunFailed,
+    RunRejected,
+    RunStarted,
+    RunStep,
+    StartRun,
+    StepCompleted,
+    StepErrored,
+    StepFailed,
+    StepScheduled,
+    StepSucceeded,
+    Task,
+)
+from events.spec import RetryPolicy, StepSpec, WorkflowSpec
+from events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, TopicNames, partition_key
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_POOL",
+    "MAX_RECORD_BYTES",
+    "PAYLOAD_TYPES",
+    "Command",
+    "DeadLetter",
+    "Envelope",
+    "ErrorInfo",
+    "Event",
+    "InvalidRecord",
+    "Payload",
+    "Result",
+    "RetryPolicy",
+    "RunCompleted",
+    "RunFailed",
+    "RunRejected",
+    "RunStarted",
+    "RunStep",
+    "StartRun",
+    "StepCompleted",
+    "StepErrored",
+    "StepFailed",
+    "StepScheduled",
+    "StepSpec",
+    "StepSucceeded",
+    "Task",
+    "TopicNames",
+    "WorkflowSpec",
+    "decode",
+    "encode",
+    "event_id",
+    "partition_key",
+]

@@ -1,0 +1,66 @@
+"""The envelope every record travels in, whatever its kind.
+
+``id`` identifies the record for deduplication: events derive it from (run id, seq), so a redelivered or
+re-emitted event always carries the same id — never change that format. ``seq`` is the per-run sequence
+number of events (1, 2, 3… without gaps); other kinds leave it empty.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints
+
+from events.schemas import Kind, Payload
+
+__all__ = ["Envelope", "event_id"]
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def event_id(run_id: str, seq: int) -> str:
+    """The id of event ``seq`` of run ``run_id``: the dedup key of the log. Never change this format."""
+    return f"{run_id}/{seq}"
+
+
+class Envelope(BaseModel):
+    """Header + typed payload. ``occurred_at_ms`` is epoch milliseconds, taken from the input, not a clock."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    kind: Kind
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    schema_version: int = Field(default=1, ge=1)
+    key: Id
+    seq: int | None = Field(default=None, ge=1)
+    causation_id: Id | None = None
+    correlation_id: Id | None = None
+    occurred_at_ms: int = Field(ge=0)
+    payload: SerializeAsAny[Payload]
+
+    @classmethod
+    def wrap(
+        cls,
+        payload: Payload,
+        *,
+        id: str,
+        key: str,
+        occurred_at_ms: int,
+        seq: int | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Envelope:
+        """Build an envelope whose kind, type and version come from the payload class."""
+        return cls(
+            id=id,
+            kind=payload.KIND,
+            type=payload.TYPE,
+            schema_version=payload.VERSION,
+            key=key,
+            seq=seq,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+            occurred_at_ms=occurred_at_ms,
+            payload=payload,
+        )

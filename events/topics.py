@@ -1,0 +1,69 @@
+"""Topic names, partition counts, consumer groups and partition keys — defined once.
+
+Every record that touches one run (its commands, its events, its tasks and its workers' results) is keyed by
+the run id, and all of those topics share one partition count, so one engine partition owns a run end to end.
+Never change a topic's partition count in place: the key → partition mapping would move runs between owners.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_PARTITIONS", "DEFAULT_POOL", "TopicNames", "partition_key"]
+
+DEFAULT_PARTITIONS = 8
+DEFAULT_POOL = "default"
+
+
+def partition_key(run_id: str) -> bytes:
+    """The Kafka key of every record about a run: its id, UTF-8 encoded (murmur2-partitioned by producers)."""
+    return run_id.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """All topic and consumer-group names for one deployment, derived from a prefix.
+
+    Tests give every case its own prefix so that they never share a topic or a consumer group.
+    """
+
+    prefix: str = "tickflow"
+    partitions: int = DEFAULT_PARTITIONS
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def events(self) -> str:
+        """The log: retained forever by default, written only by the engine, one writer per key."""
+        return f"{self.prefix}.events"
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}.results"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    def tasks(self, pool: str = DEFAULT_POOL) -> str:
+        return f"{self.prefix}.tasks.{pool}"
+
+    @property
+    def engine_group(self) -> str:
+        return f"{self.prefix}.engine"
+
+    def worker_group(self, pool: str = DEFAULT_POOL) -> str:
+        return f"{self.prefix}.worker.{pool}"
+
+    @property
+    def projector_group(self) -> str:
+        return f"{self.prefix}.projector"
+
+    def keyed_topics(self, pools: tuple[str, ...] = (DEFAULT_POOL,)) -> list[str]:
+        """Topics that must be co-partitioned (same partition count, keyed by run id)."""
+        return [self.commands, self.events, self.results, *(self.tasks(p) for p in pools)]
+
+    def all_topics(self, pools: tuple[str, ...] = (DEFAULT_POOL,)) -> list[str]:
+        return [*self.keyed_topics(pools), self.dead_letter]
