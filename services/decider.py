@@ -307,7 +307,9 @@ def _advance(em: _Emitter) -> None:
     elif s.step_status == "retry_pending":
         step = steps[s.cursor]
         em.emit(
-            StepScheduled(step=step.name, index=s.cursor, attempt=s.attempt + 1, pool=step.pool, input=s.step_input)
+            StepScheduled(
+                step=step.name, index=s.cursor, attempt=s.attempt + 1, pool=step.pool, input=s.step_input
+            )
         )
     elif s.step_status == "exhausted":
         assert s.error is not None
@@ -348,7 +350,9 @@ def inflight_task(state: RunState, now_ms: int) -> Envelope | None:
         return None
     step = state.spec.steps[state.cursor]
     scheduled = Envelope.wrap(
-        StepScheduled(step=step.name, index=state.cursor, attempt=state.attempt, pool=step.pool, input=state.step_input),
+        StepScheduled(
+            step=step.name, index=state.cursor, attempt=state.attempt, pool=step.pool, input=state.step_input
+        ),
         id=event_id(state.run_id, state.seq),
         key=state.run_id,
         occurred_at_ms=now_ms,

@@ -1,0 +1,158 @@
+"""Pure mapping from log events to projection rows. Imports only ``events``; no clock, no I/O.
+
+The ``runs`` row of a run is a fold of its events, like the engine's state but shaped for queries. It
+carries ``last_seq`` as its version: the store keeps, per run, the row with the highest seq, so replaying or
+re-inserting older events can never move a run's status backwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import orjson
+
+from events.envelope import Envelope
+from events.schemas import (
+    RunCompleted,
+    RunFailed,
+    RunRejected,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+)
+
+__all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "TERMINAL_STATUSES", "EventRow", "RunRow", "event_row", "run_row"]
+
+TERMINAL_STATUSES = ("completed", "failed", "rejected")
+
+
+def _json(value: Any) -> str:
+    return "" if value is None else orjson.dumps(value).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One row of the ``events`` table: the envelope, flattened, plus where it sits in the log."""
+
+    run_id: str
+    seq: int
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_at_ms: int
+    causation_id: str
+    correlation_id: str
+    payload: str
+    topic: str
+    partition: int
+    offset: int
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in EVENT_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run's current status, as the ``runs`` table holds it."""
+
+    run_id: str
+    workflow: str = ""
+    spec_hash: str = ""
+    status: str = "pending"
+    input: str = ""
+    output: str = ""
+    error_type: str = ""
+    error_message: str = ""
+    current_step: str = ""
+    step_index: int = -1
+    attempt: int = 0
+    steps_total: int = 0
+    steps_completed: int = 0
+    started_at_ms: int = 0
+    updated_at_ms: int = 0
+    finished_at_ms: int = 0
+    last_seq: int = 0
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in RUN_COLUMNS)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EventRow))
+RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RunRow))
+
+
+def event_row(event: Envelope, topic: str, partition: int, offset: int) -> EventRow:
+    return EventRow(
+        run_id=event.key,
+        seq=event.seq or 0,
+        event_id=event.id,
+        type=event.type,
+        schema_version=event.schema_version,
+        occurred_at_ms=event.occurred_at_ms,
+        causation_id=event.causation_id or "",
+        correlation_id=event.correlation_id or "",
+        payload=orjson.dumps(event.payload.model_dump(mode="json")).decode(),
+        topic=topic,
+        partition=partition,
+        offset=offset,
+    )
+
+
+def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
+    """The run's row after ``event``. Events at or below ``prev.last_seq`` (redeliveries) change nothing."""
+    row = prev or RunRow(run_id=event.key)
+    seq = event.seq or 0
+    if seq <= row.last_seq:
+        return row
+    row = replace(row, last_seq=seq, updated_at_ms=event.occurred_at_ms)
+    p = event.payload
+    if isinstance(p, RunStarted):
+        return replace(
+            row,
+            workflow=p.workflow,
+            spec_hash=p.spec_hash,
+            status="running",
+            input=_json(p.input),
+            steps_total=len(p.spec.steps),
+            started_at_ms=event.occurred_at_ms,
+        )
+    if isinstance(p, RunRejected):
+        return replace(
+            row,
+            workflow=p.workflow,
+            status="rejected",
+            error_type="RunRejected",
+            error_message=p.reason,
+            finished_at_ms=event.occurred_at_ms,
+        )
+    if isinstance(p, StepScheduled):
+        return replace(row, current_step=p.step, step_index=p.index, attempt=p.attempt)
+    if isinstance(p, StepCompleted):
+        return replace(row, steps_completed=row.steps_completed + 1)
+    if isinstance(p, StepFailed):
+        return replace(row, error_type=p.error.type, error_message=p.error.message)
+    if isinstance(p, RunCompleted):
+        return replace(
+            row,
+            status="completed",
+            output=_json(p.output),
+            current_step="",
+            error_type="",
+            error_message="",
+            finished_at_ms=event.occurred_at_ms,
+        )
+    if isinstance(p, RunFailed):
+        return replace(
+            row,
+            status="failed",
+            error_type=p.error.type,
+            error_message=p.error.message,
+            finished_at_ms=event.occurred_at_ms,
+        )
+    return row

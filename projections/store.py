@@ -1,0 +1,253 @@
+"""Where projections live: a ``ProjectionStore`` protocol, its in-memory twin, and ClickHouse.
+
+ClickHouse runs embedded (chDB, the real engine in-process, one process per data directory) or as a server by
+URL; both speak through clickhouse-connect. Every read uses bound parameters. Writes are idempotent: tables
+are ReplacingMergeTree keyed by (run, seq) / versioned by last_seq, and reads use FINAL, so a batch inserted
+twice (a crash between insert and offset commit) is invisible to queries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Protocol
+
+from projections.rows import EVENT_COLUMNS, RUN_COLUMNS, EventRow, RunRow
+
+__all__ = ["ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
+
+_MS_COLUMNS = {
+    "occurred_at_ms": "occurred_at",
+    "started_at_ms": "started_at",
+    "updated_at_ms": "updated_at",
+    "finished_at_ms": "finished_at",
+}
+
+
+def _table_columns(columns: Sequence[str]) -> list[str]:
+    return [_MS_COLUMNS.get(c, c) for c in columns]
+
+
+class ProjectionStore(Protocol):
+    """The read models the projector writes and the API reads."""
+
+    def migrate(self) -> None: ...
+
+    def write(self, events: Sequence[EventRow], runs: Sequence[RunRow]) -> None: ...
+
+    def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, RunRow]: ...
+
+    def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RunRow]: ...
+
+    def run_events(self, run_id: str) -> list[EventRow]: ...
+
+    def status_counts(self, workflow: str | None = None) -> dict[str, int]: ...
+
+    def event_count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """The in-memory twin: same contract, for unit tests and for reasoning about the real one."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, int], EventRow] = {}
+        self._runs: dict[str, RunRow] = {}
+
+    def migrate(self) -> None:
+        return None
+
+    def write(self, events: Sequence[EventRow], runs: Sequence[RunRow]) -> None:
+        for e in events:
+            self._events.setdefault((e.run_id, e.seq), e)
+        for r in runs:
+            cur = self._runs.get(r.run_id)
+            if cur is None or r.last_seq >= cur.last_seq:
+                self._runs[r.run_id] = r
+
+    def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
+        return {i: self._runs[i] for i in run_ids if i in self._runs}
+
+    def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RunRow]:
+        rows = [
+            r
+            for r in self._runs.values()
+            if (status is None or r.status == status) and (workflow is None or r.workflow == workflow)
+        ]
+        rows.sort(key=lambda r: (-r.started_at_ms, r.run_id))
+        return rows[offset : offset + limit]
+
+    def run_events(self, run_id: str) -> list[EventRow]:
+        return sorted((e for (r, _), e in self._events.items() if r == run_id), key=lambda e: e.seq)
+
+    def status_counts(self, workflow: str | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self._runs.values():
+            if workflow is None or r.workflow == workflow:
+                counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
+
+    def event_count(self) -> int:
+        return len(self._events)
+
+    def close(self) -> None:
+        return None
+
+
+class ClickHouseStore:
+    """ClickHouse through clickhouse-connect: embedded chDB (``path``) or a server (``url``).
+
+    clickhouse-connect's chDB client is synchronous and one chDB instance serves one process, so all calls go
+    through one lock; async callers run them in a thread.
+    """
+
+    def __init__(
+        self, *, path: str | None = None, url: str | None = None, database: str = "tickflow"
+    ) -> None:
+        import clickhouse_connect
+
+        self._lock = threading.Lock()
+        self.database = database
+        if url:
+            boot = clickhouse_connect.get_client(dsn=url)
+            boot.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+            boot.close()
+            self._client: Any = clickhouse_connect.get_client(dsn=url, database=database)
+        else:
+            if path is None:
+                raise ValueError("give ClickHouseStore a chDB data directory (path=) or a server URL (url=)")
+            self._client = clickhouse_connect.get_client(interface="chdb", path=path)
+            self._client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        self._t = f"`{database}`"
+
+    # -- schema --------------------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply numbered migrations in order, each once; safe to call at every start."""
+        with self._lock:
+            c = self._client
+            c.command(
+                f"CREATE TABLE IF NOT EXISTS {self._t}.schema_migrations "
+                "(version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+                "ENGINE = MergeTree ORDER BY version"
+            )
+            done = {r[0] for r in c.query(f"SELECT version FROM {self._t}.schema_migrations").result_rows}
+            folder = resources.files("projections") / "migrations"
+            for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+                if not entry.name.endswith(".sql"):
+                    continue
+                version = int(entry.name.split("_", 1)[0])
+                if version in done:
+                    continue
+                sql = entry.read_text()
+                for statement in _statements(sql):
+                    c.command(
+                        statement.replace(
+                            "CREATE TABLE IF NOT EXISTS ", f"CREATE TABLE IF NOT EXISTS {self._t}."
+                        )
+                    )
+                c.insert(
+                    f"{self._t}.schema_migrations", [[version, entry.name]], column_names=["version", "name"]
+                )
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def write(self, events: Sequence[EventRow], runs: Sequence[RunRow]) -> None:
+        with self._lock:
+            if events:
+                self._client.insert(
+                    f"{self._t}.events",
+                    [e.as_tuple() for e in events],
+                    column_names=_table_columns(EVENT_COLUMNS),
+                )
+            if runs:
+                self._client.insert(
+                    f"{self._t}.runs",
+                    [r.as_tuple() for r in runs],
+                    column_names=_table_columns(RUN_COLUMNS),
+                )
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._client.query(sql, parameters=params or {}).result_rows)
+
+    def _run_select(self) -> str:
+        cols = ", ".join(
+            f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in RUN_COLUMNS
+        )
+        return f"SELECT {cols} FROM {self._t}.runs FINAL"
+
+    def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
+        if not run_ids:
+            return {}
+        rows = self._query(
+            f"{self._run_select()} WHERE run_id IN {{ids:Array(String)}}", {"ids": list(run_ids)}
+        )
+        return {r[0]: RunRow(*r) for r in rows}
+
+    def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RunRow]:
+        where, params = [], {"limit": int(limit), "offset": int(offset)}
+        if status is not None:
+            where.append("status = {status:String}")
+            params["status"] = status
+        if workflow is not None:
+            where.append("workflow = {workflow:String}")
+            params["workflow"] = workflow
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"{self._run_select()}{clause} ORDER BY started_at DESC, run_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}"
+        return [RunRow(*r) for r in self._query(sql, params)]
+
+    def run_events(self, run_id: str) -> list[EventRow]:
+        cols = ", ".join(
+            f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in EVENT_COLUMNS
+        )
+        rows = self._query(
+            f"SELECT {cols} FROM {self._t}.events FINAL WHERE run_id = {{run_id:String}} ORDER BY seq",
+            {"run_id": run_id},
+        )
+        return [EventRow(*r) for r in rows]
+
+    def status_counts(self, workflow: str | None = None) -> dict[str, int]:
+        if workflow is None:
+            rows = self._query(f"SELECT status, count() FROM {self._t}.runs FINAL GROUP BY status")
+        else:
+            rows = self._query(
+                f"SELECT status, count() FROM {self._t}.runs FINAL WHERE workflow = {{w:String}} GROUP BY status",
+                {"w": workflow},
+            )
+        return {str(s): int(n) for s, n in rows}
+
+    def event_count(self) -> int:
+        return int(self._query(f"SELECT count() FROM {self._t}.events FINAL")[0][0])
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query with bound parameters (for benchmarks, reports and tests)."""
+        return self._query(sql.replace("{db}", self._t), params)
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def open_store(
+    *, path: str | None = None, url: str | None = None, database: str = "tickflow"
+) -> ProjectionStore:
+    """A ClickHouse store: server when ``url`` is set, embedded chDB at ``path`` otherwise."""
+    store = ClickHouseStore(path=path, url=url, database=database)
+    store.migrate()
+    return store
