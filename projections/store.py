@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 
 from projections.rows import EVENT_COLUMNS, RUN_COLUMNS, EventRow, RunRow
@@ -138,7 +138,7 @@ class ClickHouseStore:
                 "ENGINE = MergeTree ORDER BY version"
             )
             done = {r[0] for r in c.query(f"SELECT version FROM {self._t}.schema_migrations").result_rows}
-            folder = resources.files("projections") / "migrations"
+            folder = Path(__file__).resolve().parent / "migrations"
             for entry in sorted(folder.iterdir(), key=lambda p: p.name):
                 if not entry.name.endswith(".sql"):
                     continue

@@ -1,0 +1,180 @@
+"""The HTTP API: commands in, status out. Bound to 127.0.0.1 unless configured otherwise.
+
+Commands are produced to Kafka and acknowledged (acks=all) before the API answers 202, so an accepted
+command is never lost. Reads go to the projections in ClickHouse; in embedded mode this process owns the chDB
+data directory, which is why the CLI and SDK read through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.codec import MAX_RECORD_BYTES, InvalidRecord, encode
+from events.envelope import Envelope
+from events.schemas import StartRun
+from events.spec import Name
+from events.topics import TopicNames
+from projections.rows import RunRow
+from projections.store import ProjectionStore
+
+__all__ = ["RunStatus", "StartRequest", "create_api"]
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: Name
+    input: Any = None
+    run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="Supply your own id to make start idempotent: starting the same id twice starts one run.",
+    )
+
+
+class StartResponse(BaseModel):
+    run_id: str
+    accepted: bool = True
+
+
+class RunStatus(BaseModel):
+    run_id: str
+    workflow: str
+    status: Literal["pending", "running", "completed", "failed", "rejected"] | str
+    spec_hash: str
+    current_step: str
+    step_index: int
+    attempt: int
+    steps_total: int
+    steps_completed: int
+    input: Any = None
+    output: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    started_at_ms: int
+    updated_at_ms: int
+    finished_at_ms: int
+    last_seq: int
+
+    @classmethod
+    def from_row(cls, row: RunRow) -> RunStatus:
+        import orjson
+
+        data = {k: getattr(row, k) for k in RunRow.__dataclass_fields__}
+        data["input"] = orjson.loads(row.input) if row.input else None
+        data["output"] = orjson.loads(row.output) if row.output else None
+        return cls(**data)
+
+
+
+
+def create_api(
+    *,
+    store: ProjectionStore,
+    producer: Any,
+    topics: TopicNames,
+    workflows: set[str] | None,
+    token: str | None = None,
+    metrics: Any = None,
+) -> FastAPI:
+    """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name)."""
+    api = FastAPI(
+        title="tickflow",
+        version="0.1.0",
+        description="Durable workflows on a Kafka log; status and analytics from ClickHouse.",
+    )
+
+    async def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:], token)):
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <TICKFLOW_API_TOKEN>'")
+
+    @api.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_RECORD_BYTES:
+            return JSONResponse(
+                {"detail": f"request body is {length} bytes; the limit is {MAX_RECORD_BYTES}"}, status_code=413
+            )
+        return await call_next(request)
+
+    guard = [Depends(authorize)]
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.post("/runs", status_code=202, response_model=StartResponse, dependencies=guard)
+    async def start_run(body: StartRequest) -> StartResponse:
+        if workflows is not None and body.workflow not in workflows:
+            known = ", ".join(sorted(workflows)) or "none"
+            raise HTTPException(404, f"unknown workflow {body.workflow!r}; registered workflows: {known}")
+        run_id = body.run_id or uuid.uuid4().hex
+        command = Envelope.wrap(
+            StartRun(workflow=body.workflow, input=body.input),
+            id=f"start/{run_id}",
+            key=run_id,
+            occurred_at_ms=int(time.time() * 1000),
+            correlation_id=run_id,
+        )
+        try:
+            raw = encode(command)
+        except InvalidRecord as exc:
+            raise HTTPException(413, str(exc)) from None
+        await producer.send_and_wait(topics.commands, raw, key=run_id.encode())
+        return StartResponse(run_id=run_id)
+
+    @api.get("/runs/{run_id}", response_model=RunStatus, dependencies=guard)
+    async def get_run(run_id: str) -> RunStatus:
+        rows = await asyncio.to_thread(store.runs_by_id, [run_id])
+        if run_id not in rows:
+            raise HTTPException(
+                404, f"no run {run_id!r} is visible yet: it was never started, or its start is still in flight"
+            )
+        return RunStatus.from_row(rows[run_id])
+
+    @api.get("/runs", response_model=list[RunStatus], dependencies=guard)
+    async def list_runs(
+        status: str | None = Query(default=None, max_length=32),
+        workflow: str | None = Query(default=None, max_length=128),
+        limit: int = Query(default=50, ge=1, le=1000),
+        offset: int = Query(default=0, ge=0, le=10_000_000),
+    ) -> list[RunStatus]:
+        rows = await asyncio.to_thread(store.list_runs, status=status, workflow=workflow, limit=limit, offset=offset)
+        return [RunStatus.from_row(r) for r in rows]
+
+    @api.get("/runs/{run_id}/events", dependencies=guard)
+    async def run_events(run_id: str) -> list[dict[str, Any]]:
+        import orjson
+
+        rows = await asyncio.to_thread(store.run_events, run_id)
+        return [
+            {"seq": r.seq, "type": r.type, "occurred_at_ms": r.occurred_at_ms, "payload": orjson.loads(r.payload)}
+            for r in rows
+        ]
+
+    @api.get("/stats", dependencies=guard)
+    async def stats(workflow: str | None = Query(default=None, max_length=128)) -> dict[str, Any]:
+        counts = await asyncio.to_thread(store.status_counts, workflow)
+        out: dict[str, Any] = {"runs": counts, "total": sum(counts.values())}
+        if metrics is not None:
+            out["projector"] = {
+                "events_projected": metrics.events_projected,
+                "lag": sum(metrics.lag.values()),
+                "last_freshness_ms": metrics.last_freshness_ms,
+            }
+        return out
+
+    return api

@@ -1,0 +1,179 @@
+"""The ``tickflow`` command: bring everything up, start runs, read their status, run the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from services.config import REPO_ROOT, Settings
+from services.errors import TickflowError
+from services.runtime import ALL_ROLES, serve
+from services.workflow import Registry
+
+__all__ = ["main"]
+
+KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka.sh"
+
+
+def load_registry(spec: str) -> Registry:
+    """Import ``module:attribute`` (like uvicorn's app path) and return the Registry it names."""
+    module_name, _, attr = spec.partition(":")
+    registry = getattr(importlib.import_module(module_name), attr or "registry")
+    if not isinstance(registry, Registry):
+        raise click.BadParameter(f"{spec} is a {type(registry).__name__}, not a tickflow Registry")
+    return registry
+
+
+def kafka(action: str) -> None:
+    result = subprocess.run([str(KAFKA_SCRIPT), action], check=False)
+    if result.returncode != 0 and action != "status":
+        raise click.ClickException(f"infra/kafka.sh {action} failed (exit {result.returncode})")
+
+
+def client(ctx: click.Context) -> Any:
+    from services.client import Client
+
+    s: Settings = ctx.obj
+    return Client(s.api_url, token=s.api_token)
+
+
+def fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+@click.group()
+@click.option("--verbose", "-v", is_flag=True, help="Log at INFO level.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """tickflow: durable workflows on a Kafka log, status and analytics in ClickHouse."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Settings.from_env()
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["install", "start", "stop", "status", "reset"]))
+def broker(action: str) -> None:
+    """Manage the local one-node Kafka (KRaft) broker of this checkout."""
+    kafka(action)
+
+
+@main.command()
+@click.option("--app", "app_path", default="services.demo:registry", show_default=True,
+              help="module:attribute of the Registry holding your workflows.")
+@click.option("--roles", default=",".join(sorted(ALL_ROLES)), show_default=True,
+              help="Comma-separated roles for this process: engine, worker, projector, api.")
+@click.option("--no-broker", is_flag=True, help="Do not start the local Kafka; use TICKFLOW_KAFKA_BOOTSTRAP.")
+@click.pass_obj
+def up(settings: Settings, app_path: str, roles: str, no_broker: bool) -> None:
+    """Bring tickflow up: the local broker (unless --no-broker) and the chosen roles, until Ctrl-C."""
+    if not no_broker:
+        kafka("start")
+    registry = load_registry(app_path)
+    chosen = frozenset(r.strip() for r in roles.split(",") if r.strip())
+    logging.getLogger("tickflow").setLevel(logging.INFO)
+    click.echo(f"tickflow up: {', '.join(sorted(chosen))}; API on {settings.api_url}", err=True)
+    asyncio.run(serve(settings, registry, chosen))
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--input", "input_json", default="null", help="The run's input, as JSON.")
+@click.option("--run-id", default=None, help="Your own run id; starting the same id twice starts one run.")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the end.")
+@click.pass_context
+def start(ctx: click.Context, workflow: str, input_json: str, run_id: str | None, wait_s: float | None) -> None:
+    """Start a run of WORKFLOW and print its id."""
+    try:
+        value = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--input is not valid JSON: {exc}") from None
+    try:
+        with client(ctx) as c:
+            rid = c.start(workflow, value, run_id=run_id)
+            click.echo(rid)
+            if wait_s is not None:
+                _print_status(c.wait(rid, timeout=wait_s).model_dump())
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--events", is_flag=True, help="Also print the run's events from the log projection.")
+@click.pass_context
+def status(ctx: click.Context, run_id: str, events: bool) -> None:
+    """Print a run's status."""
+    try:
+        with client(ctx) as c:
+            _print_status(c.status(run_id).model_dump())
+            if events:
+                for e in c.events(run_id):
+                    click.echo(f"{e['seq']:>4} {e['type']:<14} {json.dumps(e['payload'])[:160]}")
+    except TickflowError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.pass_context
+def wait(ctx: click.Context, run_id: str, timeout: float) -> None:
+    """Wait until a run is completed, failed or rejected; exit 1 unless it completed."""
+    try:
+        with client(ctx) as c:
+            final = c.wait(run_id, timeout=timeout)
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+        return
+    _print_status(final.model_dump())
+    sys.exit(0 if final.status == "completed" else 1)
+
+
+@main.command("runs")
+@click.option("--status", "status_", default=None)
+@click.option("--workflow", default=None)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--offset", default=0)
+@click.pass_context
+def runs(ctx: click.Context, status_: str | None, workflow: str | None, limit: int, offset: int) -> None:
+    """List runs, newest first."""
+    try:
+        with client(ctx) as c:
+            for r in c.list_runs(status=status_, workflow=workflow, limit=limit, offset=offset):
+                click.echo(
+                    f"{r.run_id:<34} {r.workflow:<12} {r.status:<10} "
+                    f"{r.steps_completed}/{r.steps_total} {r.error_message[:60]}"
+                )
+    except TickflowError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.option("--runs", "count", default=1000, show_default=True, help="How many runs to start.")
+@click.option("--no-broker", is_flag=True, help="Do not start the local Kafka.")
+@click.pass_obj
+def demo(settings: Settings, count: int, no_broker: bool) -> None:
+    """Run the demo: COUNT order workflows end to end, with progress and a summary read from ClickHouse."""
+    if not no_broker:
+        kafka("start")
+    from services.demo_runner import run_demo
+
+    asyncio.run(run_demo(settings, count))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The Python SDK: start runs, read their status, wait for them, watch them change.
+
+It talks to the tickflow API (``tickflow up`` serves it on 127.0.0.1:8700): commands are acknowledged by
+Kafka before ``start`` returns, and reads come from the ClickHouse projections the API process owns.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from services.api import RunStatus
+from services.errors import RunNotFound, TickflowError, UnknownWorkflow
+
+__all__ = ["TERMINAL", "Client"]
+
+TERMINAL = frozenset({"completed", "failed", "rejected"})
+
+
+class Client:
+    """``Client("http://127.0.0.1:8700")``; pass ``token`` when the API requires a bearer token."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8700", *, token: str | None = None, timeout: float = 10.0):
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            if response.status_code == 404 and "unknown workflow" in str(detail):
+                raise UnknownWorkflow(str(detail))
+            if response.status_code == 404:
+                raise RunNotFound(str(detail))
+            raise TickflowError(f"tickflow API answered {response.status_code}: {detail}")
+        return response.json()
+
+    def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:
+        """Start a run and return its id. With ``run_id`` given, calling again is safe: one run starts."""
+        run_id = run_id or uuid.uuid4().hex
+        body = {"workflow": workflow, "input": input, "run_id": run_id}
+        for attempt in range(3):  # the id makes a retry after a lost response harmless
+            try:
+                return str(self._check(self._http.post("/runs", json=body))["run_id"])
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def status(self, run_id: str) -> RunStatus:
+        """The run's current status; raises RunNotFound until its start is visible."""
+        return RunStatus.model_validate(self._check(self._http.get(f"/runs/{run_id}")))
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get(f"/runs/{run_id}/events")))
+
+    def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RunStatus]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        if workflow:
+            params["workflow"] = workflow
+        return [RunStatus.model_validate(r) for r in self._check(self._http.get("/runs", params=params))]
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._check(self._http.get("/stats")))
+
+    def watch(self, run_id: str, *, poll_s: float = 0.1, timeout: float | None = None) -> Iterator[RunStatus]:
+        """Yield the run's status each time it changes, ending with its terminal status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_seq = -1
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                current = self.status(run_id)
+            except RunNotFound:
+                current = None
+            if current is not None and current.last_seq != last_seq:
+                last_seq = current.last_seq
+                yield current
+                if current.status in TERMINAL:
+                    return
+            time.sleep(poll_s)
+        raise TimeoutError(f"run {run_id} did not finish within {timeout}s")
+
+    def wait(self, run_id: str, *, timeout: float = 60.0, poll_s: float = 0.1) -> RunStatus:
+        """Block until the run is completed, failed or rejected; returns that final status."""
+        final: RunStatus | None = None
+        for final in self.watch(run_id, poll_s=poll_s, timeout=timeout):  # noqa: B007
+            pass
+        assert final is not None
+        return final

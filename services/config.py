@@ -1,0 +1,67 @@
+"""Settings, read once from the environment (``TICKFLOW_*``) with defaults that run on one laptop."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, TopicNames
+
+__all__ = ["Settings"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TICKFLOW_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a tickflow process needs to know; see README "Configuration"."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    prefix: str = "tickflow"
+    partitions: int = DEFAULT_PARTITIONS
+    pools: tuple[str, ...] = (DEFAULT_POOL,)
+    state_dir: Path = field(default_factory=lambda: REPO_ROOT / ".tickflow")
+    clickhouse_url: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8700
+    api_token: str | None = None
+    worker_concurrency: int = 16
+    projector_batch_ms: int = 100
+    commit_interval_ms: int = 200
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            bootstrap=_env("KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('KAFKA_PORT', '9092')}"),
+            prefix=_env("PREFIX", "tickflow"),
+            partitions=int(_env("PARTITIONS", str(DEFAULT_PARTITIONS))),
+            pools=tuple(p for p in _env("POOLS", DEFAULT_POOL).split(",") if p),
+            state_dir=Path(_env("STATE_DIR", str(REPO_ROOT / ".tickflow"))),
+            clickhouse_url=os.environ.get("TICKFLOW_CLICKHOUSE_URL") or None,
+            api_host=_env("API_HOST", "127.0.0.1"),
+            api_port=int(_env("API_PORT", "8700")),
+            api_token=os.environ.get("TICKFLOW_API_TOKEN") or None,
+            worker_concurrency=int(_env("WORKER_CONCURRENCY", "16")),
+            projector_batch_ms=int(_env("PROJECTOR_BATCH_MS", "100")),
+            commit_interval_ms=int(_env("COMMIT_INTERVAL_MS", "200")),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(prefix=self.prefix, partitions=self.partitions)
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.state_dir / "clickhouse" / self.prefix
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
