@@ -1,0 +1,68 @@
+"""Helpers for integration tests: settings per test, subprocess roles, reading a topic from offset 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from aiokafka import TopicPartition
+
+from events.codec import decode
+from events.envelope import Envelope
+from services.config import REPO_ROOT, Settings
+from services.kafka import new_consumer
+
+
+def settings_for(prefix: str, bootstrap: str, tmp: Path, api_port: int, **extra: object) -> Settings:
+    return Settings(
+        bootstrap=bootstrap,
+        prefix=prefix,
+        partitions=4,
+        state_dir=tmp / "state",
+        api_port=api_port,
+        commit_interval_ms=100,
+        projector_batch_ms=50,
+    ).with_(**extra)
+
+
+def spawn_roles(settings: Settings, roles: str, log_path: Path, app: str = "tests.integration.flows:registry") -> subprocess.Popen[bytes]:
+    """Start ``tickflow up --roles …`` as its own process (so it can be killed with SIGKILL)."""
+    env = {
+        **os.environ,
+        "TICKFLOW_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "TICKFLOW_PREFIX": settings.prefix,
+        "TICKFLOW_PARTITIONS": str(settings.partitions),
+        "TICKFLOW_STATE_DIR": str(settings.state_dir),
+        "TICKFLOW_API_PORT": str(settings.api_port),
+        "TICKFLOW_COMMIT_INTERVAL_MS": str(settings.commit_interval_ms),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "-v", "up", "--no-broker", "--app", app, "--roles", roles],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, Envelope]]:
+    """Every record of a topic from offset 0, as (partition, offset, envelope)."""
+    consumer = new_consumer(bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[int, int, Envelope]] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for tp, records in batch.items():
+                out.extend((tp.partition, r.offset, decode(r.value)) for r in records if r.offset < ends[tp])
+        return out
+    finally:
+        await consumer.stop()
