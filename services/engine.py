@@ -168,6 +168,7 @@ class Engine:
     # -- partition ownership -------------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("engine owns partitions %s", sorted({tp.partition for tp in assigned}))
         for partition in sorted({tp.partition for tp in assigned} - self.recovered_partitions):
             await self._recover(partition)
             self.recovered_partitions.add(partition)

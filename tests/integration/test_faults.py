@@ -1,0 +1,147 @@
+"""Faults on the real broker: kill -9 of the engine mid-run, and two engines sharing one consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from events import Envelope, StartRun, StepCompleted, encode
+from services.config import Settings
+from services.runtime import Node
+from tests.conftest import free_port
+from tests.integration.flows import registry
+from tests.integration.harness import read_topic, settings_for, spawn_roles
+
+pytestmark = pytest.mark.integration
+RUNS = 150
+STEPS = 10
+
+
+@pytest.fixture
+async def workers_and_projector(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
+    node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry, frozenset({"worker", "projector"}))
+    await node.start()
+    yield node
+    await node.stop()
+
+
+async def start_runs(settings: Settings, ids: list[str]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for rid in ids:
+            cmd = Envelope.wrap(StartRun(workflow="slow10", input={"n": 0}), id=f"start/{rid}", key=rid, occurred_at_ms=1)
+            await producer.send(settings.topics.commands, encode(cmd), key=rid.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def count_finished(node: Node, ids: list[str]) -> int:
+    counts = await asyncio.to_thread(node.store.status_counts, "slow10")
+    return int(counts.get("completed", 0))
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def assert_log_is_exact(settings: Settings, ids: list[str]) -> None:
+    """Read the events topic from offset 0: every run complete, seqs 1..N, each step applied once."""
+    log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+    by_run: dict[str, list[Envelope]] = defaultdict(list)
+    for _, _, e in log:
+        by_run[e.key].append(e)
+    assert set(by_run) == set(ids)
+    for rid, events in by_run.items():
+        seqs = [e.seq for e in events]
+        assert seqs == list(range(1, len(seqs) + 1)), f"{rid}: seq gap or duplicate: {seqs}"
+        applied = Counter(e.payload.index for e in events if isinstance(e.payload, StepCompleted))
+        assert applied == Counter(range(STEPS)), f"{rid}: step results applied {applied}"
+        assert events[-1].type == "RunCompleted", f"{rid} ended with {events[-1].type}"
+        assert events[-1].payload.output["n"] == STEPS  # type: ignore[attr-defined]
+
+
+async def test_kill_9_of_the_engine_mid_run_loses_and_duplicates_nothing(
+    workers_and_projector: Node, tmp_path: Path
+) -> None:
+    node = workers_and_projector
+    settings = node.settings
+    ids = [f"k9-{i:04d}" for i in range(RUNS)]
+    engine = spawn_roles(settings, "engine", tmp_path / "engine1.log")
+    try:
+        await start_runs(settings, ids)
+
+        async def some_progress() -> bool:
+            return await count_finished(node, ids) >= 10
+
+        await wait_until(some_progress, 90, "the first runs to complete")
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(10)
+        finished_at_kill = await count_finished(node, ids)
+        assert finished_at_kill < RUNS, "the kill landed after every run had finished; the test proves nothing"
+        engine = spawn_roles(settings, "engine", tmp_path / "engine2.log")
+
+        async def all_done() -> bool:
+            return await count_finished(node, ids) == RUNS
+
+        await wait_until(all_done, 180, f"all {RUNS} runs to complete after the restart")
+    finally:
+        stop(engine)
+    await assert_log_is_exact(settings, ids)
+    restart_log = (tmp_path / "engine2.log").read_text()
+    assert "recovered" in restart_log
+
+
+async def test_two_engines_in_one_group_share_the_partitions(workers_and_projector: Node, tmp_path: Path) -> None:
+    node = workers_and_projector
+    settings = node.settings
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    engines = [spawn_roles(settings, "engine", logs[0])]
+    try:
+        await asyncio.sleep(3)
+        engines.append(spawn_roles(settings, "engine", logs[1]))
+
+        def owned(path: Path) -> set[int]:
+            lines = re.findall(r"engine owns partitions \[([0-9, ]*)\]", path.read_text() if path.exists() else "")
+            return {int(p) for p in lines[-1].split(",") if p.strip()} if lines else set()
+
+        async def split() -> bool:
+            a, b = owned(logs[0]), owned(logs[1])
+            return bool(a) and bool(b) and not (a & b) and a | b == set(range(settings.partitions))
+
+        await wait_until(split, 60, "both engines to own a disjoint share of the partitions")
+        ids = [f"two-{i:04d}" for i in range(60)]
+        await start_runs(settings, ids)
+
+        async def all_done() -> bool:
+            return await count_finished(node, ids) == len(ids)
+
+        await wait_until(all_done, 120, "all runs to complete on two engines")
+        await assert_log_is_exact(settings, ids)
+    finally:
+        for e in engines:
+            stop(e)
