@@ -11,7 +11,7 @@ registry = Registry()
 
 
 async def tick(value: Any) -> Any:
-    await asyncio.sleep(0.01)  # long enough that a kill -9 lands with many runs in the middle
+    await asyncio.sleep(0.05)  # long enough that a kill -9 lands with many runs in the middle
     ctx = current_step()
     return {"n": (value or {}).get("n", 0) + 1, "last": ctx.idempotency_key}
 

@@ -37,6 +37,7 @@ def spawn_roles(settings: Settings, roles: str, log_path: Path, app: str = "test
         "TICKFLOW_STATE_DIR": str(settings.state_dir),
         "TICKFLOW_API_PORT": str(settings.api_port),
         "TICKFLOW_COMMIT_INTERVAL_MS": str(settings.commit_interval_ms),
+        "TICKFLOW_WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "PYTHONPATH": str(REPO_ROOT),
     }
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it

@@ -101,8 +101,9 @@ async def test_kill_9_of_the_engine_mid_run_loses_and_duplicates_nothing(
         await wait_until(some_progress, 90, "the first runs to complete")
         engine.send_signal(signal.SIGKILL)
         engine.wait(10)
-        finished_at_kill = await count_finished(node, ids)
-        assert finished_at_kill < RUNS, "the kill landed after every run had finished; the test proves nothing"
+        at_kill = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+        finished_at_kill = sum(1 for _, _, e in at_kill if e.type == "RunCompleted")
+        assert finished_at_kill < RUNS // 2, f"{finished_at_kill} runs had finished at the kill; it proves little"
         engine = spawn_roles(settings, "engine", tmp_path / "engine2.log")
 
         async def all_done() -> bool:
@@ -113,7 +114,8 @@ async def test_kill_9_of_the_engine_mid_run_loses_and_duplicates_nothing(
         stop(engine)
     await assert_log_is_exact(settings, ids)
     restart_log = (tmp_path / "engine2.log").read_text()
-    assert "recovered" in restart_log
+    resent = sum(int(n) for n in re.findall(r"(\d+) tasks re-sent", restart_log))
+    assert resent > 0, "the restarted engine re-sent no in-flight task; the kill did not land mid-run"
 
 
 async def test_two_engines_in_one_group_share_the_partitions(workers_and_projector: Node, tmp_path: Path) -> None:
