@@ -64,6 +64,7 @@ class Projector:
         self.metrics = ProjectorMetrics()
         self._runs: OrderedDict[str, RunRow] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
+        self._lag_checked = 0.0
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -177,6 +178,9 @@ class Projector:
         log.warning("dead-lettered event %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
 
     async def _update_lag(self) -> None:
+        if time.monotonic() - self._lag_checked < 1.0:  # an end_offsets round trip per batch would cost throughput
+            return
+        self._lag_checked = time.monotonic()
         assignment = self.consumer.assignment()
         if not assignment:
             return

@@ -107,9 +107,7 @@ class ClickHouseStore:
     through one lock; async callers run them in a thread.
     """
 
-    def __init__(
-        self, *, path: str | None = None, url: str | None = None, database: str = "tickflow"
-    ) -> None:
+    def __init__(self, *, path: str | None = None, url: str | None = None, database: str = "tickflow") -> None:
         import clickhouse_connect
 
         self._lock = threading.Lock()
@@ -148,13 +146,9 @@ class ClickHouseStore:
                 sql = entry.read_text()
                 for statement in _statements(sql):
                     c.command(
-                        statement.replace(
-                            "CREATE TABLE IF NOT EXISTS ", f"CREATE TABLE IF NOT EXISTS {self._t}."
-                        )
+                        statement.replace("CREATE TABLE IF NOT EXISTS ", f"CREATE TABLE IF NOT EXISTS {self._t}.")
                     )
-                c.insert(
-                    f"{self._t}.schema_migrations", [[version, entry.name]], column_names=["version", "name"]
-                )
+                c.insert(f"{self._t}.schema_migrations", [[version, entry.name]], column_names=["version", "name"])
 
     # -- writes --------------------------------------------------------------------------------------------
 
@@ -180,23 +174,20 @@ class ClickHouseStore:
             return list(self._client.query(sql, parameters=params or {}).result_rows)
 
     def _run_select(self) -> str:
-        cols = ", ".join(
-            f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in RUN_COLUMNS
-        )
+        cols = ", ".join(f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in RUN_COLUMNS)
         return f"SELECT {cols} FROM {self._t}.runs FINAL"
 
     def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
         if not run_ids:
             return {}
-        rows = self._query(
-            f"{self._run_select()} WHERE run_id IN {{ids:Array(String)}}", {"ids": list(run_ids)}
-        )
+        rows = self._query(f"{self._run_select()} WHERE run_id IN {{ids:Array(String)}}", {"ids": list(run_ids)})
         return {r[0]: RunRow(*r) for r in rows}
 
     def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[RunRow]:
-        where, params = [], {"limit": int(limit), "offset": int(offset)}
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": int(limit), "offset": int(offset)}
         if status is not None:
             where.append("status = {status:String}")
             params["status"] = status
@@ -204,13 +195,12 @@ class ClickHouseStore:
             where.append("workflow = {workflow:String}")
             params["workflow"] = workflow
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        sql = f"{self._run_select()}{clause} ORDER BY started_at DESC, run_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}"
+        page = "LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
+        sql = f"{self._run_select()}{clause} ORDER BY started_at DESC, run_id {page}"
         return [RunRow(*r) for r in self._query(sql, params)]
 
     def run_events(self, run_id: str) -> list[EventRow]:
-        cols = ", ".join(
-            f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in EVENT_COLUMNS
-        )
+        cols = ", ".join(f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in EVENT_COLUMNS)
         rows = self._query(
             f"SELECT {cols} FROM {self._t}.events FINAL WHERE run_id = {{run_id:String}} ORDER BY seq",
             {"run_id": run_id},
@@ -244,9 +234,7 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def open_store(
-    *, path: str | None = None, url: str | None = None, database: str = "tickflow"
-) -> ProjectionStore:
+def open_store(*, path: str | None = None, url: str | None = None, database: str = "tickflow") -> ProjectionStore:
     """A ClickHouse store: server when ``url`` is set, embedded chDB at ``path`` otherwise."""
     store = ClickHouseStore(path=path, url=url, database=database)
     store.migrate()

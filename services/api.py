@@ -76,8 +76,6 @@ class RunStatus(BaseModel):
         return cls(**data)
 
 
-
-
 def create_api(
     *,
     store: ProjectionStore,

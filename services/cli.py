@@ -68,10 +68,19 @@ def broker(action: str) -> None:
 
 
 @main.command()
-@click.option("--app", "app_path", default="services.demo:registry", show_default=True,
-              help="module:attribute of the Registry holding your workflows.")
-@click.option("--roles", default=",".join(sorted(ALL_ROLES)), show_default=True,
-              help="Comma-separated roles for this process: engine, worker, projector, api.")
+@click.option(
+    "--app",
+    "app_path",
+    default="services.demo:registry",
+    show_default=True,
+    help="module:attribute of the Registry holding your workflows.",
+)
+@click.option(
+    "--roles",
+    default=",".join(sorted(ALL_ROLES)),
+    show_default=True,
+    help="Comma-separated roles for this process: engine, worker, projector, api.",
+)
 @click.option("--no-broker", is_flag=True, help="Do not start the local Kafka; use TICKFLOW_KAFKA_BOOTSTRAP.")
 @click.pass_obj
 def up(settings: Settings, app_path: str, roles: str, no_broker: bool) -> None:

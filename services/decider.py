@@ -125,7 +125,10 @@ def evolve(state: RunState, event: Envelope) -> RunState:
     if event.seq != state.seq + 1:
         raise SequenceError(f"run {state.run_id}: expected seq {state.seq + 1}, got {event.seq}")
     moved = replace(state, seq=event.seq, updated_at_ms=event.occurred_at_ms)
-    return _apply(event.payload, moved, event)
+    payload = event.payload
+    if not isinstance(payload, Event):
+        raise TypeError(f"{event.type} is a {event.kind}, not an event")
+    return _apply(payload, moved, event)
 
 
 @singledispatch
@@ -148,9 +151,7 @@ def _(p: RunStarted, s: RunState, e: Envelope) -> RunState:
 
 @_apply.register
 def _(p: RunRejected, s: RunState, e: Envelope) -> RunState:
-    return replace(
-        s, status="rejected", workflow=p.workflow, error=ErrorInfo(type="RunRejected", message=p.reason)
-    )
+    return replace(s, status="rejected", workflow=p.workflow, error=ErrorInfo(type="RunRejected", message=p.reason))
 
 
 @_apply.register
@@ -307,9 +308,7 @@ def _advance(em: _Emitter) -> None:
     elif s.step_status == "retry_pending":
         step = steps[s.cursor]
         em.emit(
-            StepScheduled(
-                step=step.name, index=s.cursor, attempt=s.attempt + 1, pool=step.pool, input=s.step_input
-            )
+            StepScheduled(step=step.name, index=s.cursor, attempt=s.attempt + 1, pool=step.pool, input=s.step_input)
         )
     elif s.step_status == "exhausted":
         assert s.error is not None

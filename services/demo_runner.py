@@ -76,10 +76,14 @@ async def _summary(node: Node, batch: str, count: int, started_s: float, total_s
     print(f"\nSummary (read from ClickHouse, runs '{batch}-*'):")
     print(f"  started {count} runs in {started_s:.1f}s; all finished in {total_s:.1f}s")
     for status, n, p50, p99 in statuses:
-        print(f"  {status:<10} {n:>6} runs   duration p50 {float(p50) * 1000:7.1f} ms   p99 {float(p99) * 1000:7.1f} ms")
+        print(
+            f"  {status:<10} {n:>6} runs   duration p50 {float(p50) * 1000:7.1f} ms   p99 {float(p99) * 1000:7.1f} ms"
+        )
     steps = ev.get("StepCompleted", 0)
-    print(f"  steps completed {steps}, step attempts failed {ev.get('StepFailed', 0)} "
-          f"({steps / total_s:,.0f} durable steps/s end to end); events in the log {sum(ev.values())}")
+    print(
+        f"  steps completed {steps}, step attempts failed {ev.get('StepFailed', 0)} "
+        f"({steps / total_s:,.0f} durable steps/s end to end); events in the log {sum(ev.values())}"
+    )
     for message, n in errors:
-        print(f"  failure: {n} × {message}")
+        print(f"  failure: {n} x {message}")
     print(f"\nTry: tickflow up   (in another shell)   then   tickflow status {batch}-00000 --events")

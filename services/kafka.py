@@ -8,6 +8,7 @@ the durable write it depends on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -38,7 +39,7 @@ def new_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
         "bootstrap_servers": bootstrap,
         "acks": "all",
         "enable_idempotence": True,
-        "linger_ms": 1,
+        "linger_ms": 0,  # measured: 1 ms of linger doubles the per-hop p50 on loopback
         "max_batch_size": 256 * 1024,
         "max_request_size": 4 * 1024 * 1024,
         "request_timeout_ms": 30_000,
@@ -73,10 +74,8 @@ async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str])
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
         for _ in range(100):  # metadata propagates asynchronously after creation
             if {t.name for t in wanted} <= set(await admin.list_topics()):
                 return
@@ -148,7 +147,6 @@ class DeadLetters:
             key=key or f"{record.topic}/{record.partition}",
             occurred_at_ms=now_ms,
         )
-        log.warning(
-            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300]
-        )
-        return await self.producer.send(self.topic, encode(letter), key=record.key)
+        log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300])
+        fut: asyncio.Future[Any] = await self.producer.send(self.topic, encode(letter), key=record.key)
+        return fut

@@ -20,7 +20,7 @@ __all__ = ["EventLog", "KafkaEventLog", "MemoryEventLog", "partition_of"]
 
 def partition_of(key: str, partitions: int) -> int:
     """Kafka's default partitioner (murmur2, as in the Java client) for a run id."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 class EventLog(Protocol):

@@ -55,7 +55,9 @@ class Node:
 
             s.chdb_path.parent.mkdir(parents=True, exist_ok=True)
             self.store = await asyncio.to_thread(
-                open_store, path=None if s.clickhouse_url else str(s.chdb_path), url=s.clickhouse_url,
+                open_store,
+                path=None if s.clickhouse_url else str(s.chdb_path),
+                url=s.clickhouse_url,
                 database=s.prefix.replace("-", "_").replace(".", "_"),
             )
         if "engine" in self.roles:

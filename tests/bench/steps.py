@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from events import Envelope, StartRun, decode, encode
 from services.config import Settings
+from services.demo import registry
 from services.kafka import ensure_topics
 from services.runtime import Node
-from services.demo import registry
 from tests.conftest import free_port
 from tests.integration.harness import spawn_roles
 
@@ -43,16 +43,27 @@ def pct(values: list[float], q: float) -> float:
 async def scenario(bootstrap: str, runs: int, concurrency: int, workdir: Path) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = Settings(
-        bootstrap=bootstrap, prefix=prefix, partitions=8, state_dir=workdir / prefix, api_port=free_port(),
-        worker_concurrency=concurrency, commit_interval_ms=200, projector_batch_ms=100,
+        bootstrap=bootstrap,
+        prefix=prefix,
+        partitions=8,
+        state_dir=workdir / prefix,
+        api_port=free_port(),
+        worker_concurrency=concurrency,
+        commit_interval_ms=200,
+        projector_batch_ms=100,
     )
     await ensure_topics(bootstrap, settings.topics, settings.pools)
     engine = spawn_roles(settings, "engine", workdir / f"{prefix}-engine.log", app="services.demo:registry")
     worker = spawn_roles(settings, "worker", workdir / f"{prefix}-worker.log", app="services.demo:registry")
     projector = Node(settings, registry, frozenset({"projector"}))
     await projector.start()
-    watcher = AIOKafkaConsumer(settings.topics.events, bootstrap_servers=bootstrap, group_id=None,
-                               auto_offset_reset="earliest", fetch_max_wait_ms=20)
+    watcher = AIOKafkaConsumer(
+        settings.topics.events,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+    )
     await watcher.start()
     try:
         await asyncio.sleep(4)  # let both processes join their groups
@@ -78,8 +89,9 @@ async def scenario(bootstrap: str, runs: int, concurrency: int, workdir: Path) -
 
         async def start(ids: list[str]) -> None:
             for rid in ids:
-                cmd = Envelope.wrap(StartRun(workflow="noop10", input=0), id=f"s/{rid}", key=rid,
-                                    occurred_at_ms=int(time.time() * 1000))
+                cmd = Envelope.wrap(
+                    StartRun(workflow="noop10", input=0), id=f"s/{rid}", key=rid, occurred_at_ms=int(time.time() * 1000)
+                )
                 await producer.send(settings.topics.commands, encode(cmd), key=rid.encode())
             await producer.flush()
 
@@ -105,9 +117,11 @@ async def scenario(bootstrap: str, runs: int, concurrency: int, workdir: Path) -
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and await asyncio.to_thread(store.event_count) < expected:
             await asyncio.sleep(0.2)
-        q = ("SELECT quantile(0.5)(d), quantile(0.99)(d), count() FROM "
-             "(SELECT toUnixTimestamp64Milli(projected_at) - toUnixTimestamp64Milli(occurred_at) AS d "
-             "FROM {db}.events WHERE startsWith(run_id, 'load-'))")
+        q = (
+            "SELECT quantile(0.5)(d), quantile(0.99)(d), count() FROM "
+            "(SELECT toUnixTimestamp64Milli(projected_at) - toUnixTimestamp64Milli(occurred_at) AS d "
+            "FROM {db}.events WHERE startsWith(run_id, 'load-'))"
+        )
         f50, f99, projected = (await asyncio.to_thread(store.query, q))[0]
         return {
             "concurrency": concurrency,

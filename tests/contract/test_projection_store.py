@@ -17,7 +17,7 @@ SPEC = WorkflowSpec(name="wf", steps=(StepSpec(name="a", fn="wf.a"),))
 def events_for(run_id: str, *, fail: bool = False, t0: int = 1_700_000_000_000) -> list[Envelope]:
     start = RunStarted(workflow="wf", spec_hash=SPEC.content_hash(), spec=SPEC, input={"n": 1})
     end = (
-        RunFailed(error=ErrorInfo(type="ValueError", message="it's \"bad\"; DROP TABLE runs"))
+        RunFailed(error=ErrorInfo(type="ValueError", message='it\'s "bad"; DROP TABLE runs'))
         if fail
         else RunCompleted(output=[1, 2])
     )
@@ -70,7 +70,7 @@ def test_list_filter_and_paginate(store: ProjectionStore) -> None:
     assert store.status_counts(workflow="nope") == {}
     failed = store.list_runs(status="failed")
     assert {r.run_id for r in failed} == {"r1", "r3"}
-    assert failed[0].error_message == "it's \"bad\"; DROP TABLE runs"
+    assert failed[0].error_message == 'it\'s "bad"; DROP TABLE runs'
     page1 = store.list_runs(limit=2)
     page2 = store.list_runs(limit=2, offset=2)
     assert [r.run_id for r in page1] == ["r4", "r3"] and [r.run_id for r in page2] == ["r2", "r1"]

@@ -27,7 +27,9 @@ def settings_for(prefix: str, bootstrap: str, tmp: Path, api_port: int, **extra:
     ).with_(**extra)
 
 
-def spawn_roles(settings: Settings, roles: str, log_path: Path, app: str = "tests.integration.flows:registry") -> subprocess.Popen[bytes]:
+def spawn_roles(
+    settings: Settings, roles: str, log_path: Path, app: str = "tests.integration.flows:registry"
+) -> subprocess.Popen[bytes]:
     """Start ``tickflow up --roles …`` as its own process (so it can be killed with SIGKILL)."""
     env = {
         **os.environ,

@@ -44,9 +44,14 @@ async def test_runs_complete_and_are_visible_in_clickhouse(node: Node) -> None:
             events = [e["type"] for e in c.events(rid)]
             assert events == [
                 "RunStarted",
-                "StepScheduled", "StepCompleted",
-                "StepScheduled", "StepCompleted",
-                "StepScheduled", "StepFailed", "StepScheduled", "StepCompleted",
+                "StepScheduled",
+                "StepCompleted",
+                "StepScheduled",
+                "StepCompleted",
+                "StepScheduled",
+                "StepFailed",
+                "StepScheduled",
+                "StepCompleted",
                 "RunCompleted",
             ]
             failed = c.wait(c.start("doomed", 1), timeout=60)
@@ -106,8 +111,19 @@ async def test_bad_commands_are_dead_lettered_and_the_engine_keeps_going(node: N
     bad = [
         (b"k1", b"{this is not json"),
         (b"k2", orjson.dumps({"kind": "command", "type": "Explode", "id": "x", "key": "k2", "payload": {}})),
-        (b"k3", orjson.dumps({"kind": "command", "type": "StartRun", "id": "x", "key": "k3",
-                              "occurred_at_ms": 1, "payload": {"workflow": "math", "colour": "red"}})),
+        (
+            b"k3",
+            orjson.dumps(
+                {
+                    "kind": "command",
+                    "type": "StartRun",
+                    "id": "x",
+                    "key": "k3",
+                    "occurred_at_ms": 1,
+                    "payload": {"workflow": "math", "colour": "red"},
+                }
+            ),
+        ),
         (b"ghost-run", encode(unknown)),
     ]
     try:

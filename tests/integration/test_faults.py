@@ -28,7 +28,9 @@ STEPS = 10
 
 @pytest.fixture
 async def workers_and_projector(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry, frozenset({"worker", "projector"}))
+    node = Node(
+        settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry, frozenset({"worker", "projector"})
+    )
     await node.start()
     yield node
     await node.stop()
@@ -39,7 +41,9 @@ async def start_runs(settings: Settings, ids: list[str]) -> None:
     await producer.start()
     try:
         for rid in ids:
-            cmd = Envelope.wrap(StartRun(workflow="slow10", input={"n": 0}), id=f"start/{rid}", key=rid, occurred_at_ms=1)
+            cmd = Envelope.wrap(
+                StartRun(workflow="slow10", input={"n": 0}), id=f"start/{rid}", key=rid, occurred_at_ms=1
+            )
             await producer.send(settings.topics.commands, encode(cmd), key=rid.encode())
         await producer.flush()
     finally:
