@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from services.client import Client
 from services.config import Settings
@@ -14,12 +15,19 @@ from services.runtime import Node
 __all__ = ["run_demo"]
 
 
-def _start_all(settings: Settings, count: int, batch: str) -> list[str]:
+def _start_all(settings: Settings, count: int, batch: str, callers: int = 8) -> list[str]:
+    """Start the runs from ``callers`` threads, each with its own SDK client, as concurrent users would."""
     items = [{"sku": "tea", "qty": 2, "price": 3.5}, {"sku": "cup", "qty": 1, "price": 9.0}]
-    with Client(settings.api_url, token=settings.api_token) as c:
-        return [
-            c.start("order", {"id": f"{batch}-{i}", "items": items}, run_id=f"{batch}-{i:05d}") for i in range(count)
-        ]
+
+    def share(k: int) -> list[str]:
+        with Client(settings.api_url, token=settings.api_token) as c:
+            return [
+                c.start("order", {"id": f"{batch}-{i}", "items": items}, run_id=f"{batch}-{i:05d}")
+                for i in range(k, count, callers)
+            ]
+
+    with ThreadPoolExecutor(callers) as pool:
+        return [rid for ids in pool.map(share, range(callers)) for rid in ids]
 
 
 async def run_demo(settings: Settings, count: int) -> None:
