@@ -57,6 +57,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # aiokafka warns about transient coordinator moves while a fresh broker settles
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
     ctx.obj = Settings.from_env()
 
 
