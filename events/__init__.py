@@ -1,7 +1,7 @@
 """tickflow's record schemas, codec and topic names. Imports nothing else of tickflow."""
 
 from events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
-from events.envelope import Envelope, event_id
+from events.envelope import Envelope, dead_letter, event_id
 from events.schemas import (
     PAYLOAD_TYPES,
     Command,
@@ -55,6 +55,7 @@ __all__ = [
     "Task",
     "TopicNames",
     "WorkflowSpec",
+    "dead_letter",
     "decode",
     "encode",
     "event_id",

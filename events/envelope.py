@@ -11,9 +11,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints
 
-from events.schemas import Kind, Payload
+from events.schemas import DeadLetter, Kind, Payload
 
-__all__ = ["Envelope", "event_id"]
+__all__ = ["Envelope", "dead_letter", "event_id"]
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
@@ -64,3 +64,33 @@ class Envelope(BaseModel):
             occurred_at_ms=occurred_at_ms,
             payload=payload,
         )
+
+
+def dead_letter(
+    *,
+    consumer: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    now_ms: int,
+) -> Envelope:
+    """The dead-letter record of a refused record: where it came from, why, and an excerpt of it."""
+    source_key = key.decode(errors="replace") if key else None
+    return Envelope.wrap(
+        DeadLetter(
+            consumer=consumer,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            source_key=source_key[:1_000] if source_key else None,
+            reason=reason[:60_000],
+            record_excerpt=(value or b"")[:2_000].decode(errors="replace"),
+        ),
+        # Deterministic id: a redelivered bad record yields the same dead-letter id. Never change it.
+        id=f"dlq/{topic}/{partition}/{offset}",
+        key=source_key or f"{topic}/{partition}",
+        occurred_at_ms=now_ms,
+    )

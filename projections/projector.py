@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from events.codec import InvalidRecord, decode, encode
-from events.envelope import Envelope
-from events.schemas import DeadLetter
+from events.envelope import Envelope, dead_letter
 from projections.rows import EventRow, RunRow, event_row, run_row
 from projections.store import ProjectionStore
 
@@ -159,19 +158,15 @@ class Projector:
         return list(touched.values())
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        letter = Envelope.wrap(
-            DeadLetter(
-                consumer="projector",
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                source_key=record.key.decode(errors="replace") if record.key else None,
-                reason=reason,
-                record_excerpt=(record.value or b"")[:2_000].decode(errors="replace"),
-            ),
-            id=f"dlq/{record.topic}/{record.partition}/{record.offset}",
-            key=record.key.decode(errors="replace") if record.key else record.topic,
-            occurred_at_ms=int(time.time() * 1000),
+        letter = dead_letter(
+            consumer="projector",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            reason=reason,
+            now_ms=int(time.time() * 1000),
         )
         await self.producer.send_and_wait(self.dead_letter_topic, encode(letter), key=record.key)
         self.metrics.dead_lettered += 1

@@ -29,6 +29,15 @@ def _table_columns(columns: Sequence[str]) -> list[str]:
     return [_MS_COLUMNS.get(c, c) for c in columns]
 
 
+def _select_list(columns: Sequence[str]) -> str:
+    """Columns in row-field order, DateTime64 read back as epoch milliseconds like the rows hold them."""
+    return ", ".join(f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in columns)
+
+
+_EVENT_INSERT, _RUN_INSERT = _table_columns(EVENT_COLUMNS), _table_columns(RUN_COLUMNS)
+_EVENT_SELECT, _RUN_SELECT = _select_list(EVENT_COLUMNS), _select_list(RUN_COLUMNS)
+
+
 class ProjectionStore(Protocol):
     """The read models the projector writes and the API reads."""
 
@@ -158,13 +167,13 @@ class ClickHouseStore:
                 self._client.insert(
                     f"{self._t}.events",
                     [e.as_tuple() for e in events],
-                    column_names=_table_columns(EVENT_COLUMNS),
+                    column_names=_EVENT_INSERT,
                 )
             if runs:
                 self._client.insert(
                     f"{self._t}.runs",
                     [r.as_tuple() for r in runs],
-                    column_names=_table_columns(RUN_COLUMNS),
+                    column_names=_RUN_INSERT,
                 )
 
     # -- reads ---------------------------------------------------------------------------------------------
@@ -174,8 +183,7 @@ class ClickHouseStore:
             return list(self._client.query(sql, parameters=params or {}).result_rows)
 
     def _run_select(self) -> str:
-        cols = ", ".join(f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in RUN_COLUMNS)
-        return f"SELECT {cols} FROM {self._t}.runs FINAL"
+        return f"SELECT {_RUN_SELECT} FROM {self._t}.runs FINAL"
 
     def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
         if not run_ids:
@@ -200,9 +208,8 @@ class ClickHouseStore:
         return [RunRow(*r) for r in self._query(sql, params)]
 
     def run_events(self, run_id: str) -> list[EventRow]:
-        cols = ", ".join(f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in EVENT_COLUMNS)
         rows = self._query(
-            f"SELECT {cols} FROM {self._t}.events FINAL WHERE run_id = {{run_id:String}} ORDER BY seq",
+            f"SELECT {_EVENT_SELECT} FROM {self._t}.events FINAL WHERE run_id = {{run_id:String}} ORDER BY seq",
             {"run_id": run_id},
         )
         return [EventRow(*r) for r in rows]

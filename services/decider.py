@@ -43,7 +43,6 @@ __all__ = [
     "decide",
     "evolve",
     "fold",
-    "inflight_task",
     "run",
     "task_for",
 ]
@@ -318,42 +317,30 @@ def _advance(em: _Emitter) -> None:
 # --- tasks ----------------------------------------------------------------------------------------------
 
 
-def task_for(state: RunState, scheduled: Envelope) -> Envelope:
-    """The worker task for a StepScheduled event; its id is the attempt's idempotency key."""
-    p = scheduled.payload
-    assert isinstance(p, StepScheduled) and state.spec is not None
-    spec = state.spec.steps[p.index]
-    key = f"{state.run_id}/{p.index}/{p.attempt}"
+def task_for(state: RunState, occurred_at_ms: int, causation_id: str | None = None) -> Envelope | None:
+    """The worker task of the attempt the run waits for (None when it waits for none).
+
+    The engine sends it right after the StepScheduled event, and sends it again after a restart (workers
+    are at-least-once); its id is the attempt's idempotency key, identical both times.
+    """
+    if state.status != "running" or state.step_status != "scheduled" or state.spec is None:
+        return None
+    spec = state.spec.steps[state.cursor]
+    key = f"{state.run_id}/{state.cursor}/{state.attempt}"
     return Envelope.wrap(
         RunStep(
             workflow=state.workflow,
-            step=p.step,
+            step=spec.name,
             fn=spec.fn,
-            index=p.index,
-            attempt=p.attempt,
-            input=p.input,
+            index=state.cursor,
+            attempt=state.attempt,
+            input=state.step_input,
             idempotency_key=key,
             timeout_s=spec.timeout_s,
         ),
         id=key,
         key=state.run_id,
-        occurred_at_ms=scheduled.occurred_at_ms,
-        causation_id=scheduled.id,
+        occurred_at_ms=occurred_at_ms,
+        causation_id=causation_id,
         correlation_id=state.run_id,
     )
-
-
-def inflight_task(state: RunState, now_ms: int) -> Envelope | None:
-    """The task of the attempt a running run waits for — re-sent after a restart (workers are at-least-once)."""
-    if state.status != "running" or state.step_status != "scheduled" or state.spec is None:
-        return None
-    step = state.spec.steps[state.cursor]
-    scheduled = Envelope.wrap(
-        StepScheduled(
-            step=step.name, index=state.cursor, attempt=state.attempt, pool=step.pool, input=state.step_input
-        ),
-        id=event_id(state.run_id, state.seq),
-        key=state.run_id,
-        occurred_at_ms=now_ms,
-    )
-    return task_for(state, scheduled)

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import defaultdict
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
@@ -37,11 +37,10 @@ from services.decider import (
     Start,
     WorkerResult,
     evolve,
-    inflight_task,
     run,
     task_for,
 )
-from services.kafka import DeadLetters, PendingSends, new_consumer, new_producer, read_partition
+from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
 from services.workflow import Registry
 
 __all__ = ["Engine"]
@@ -84,7 +83,10 @@ class Engine:
             max_poll_interval_ms=300_000,
         )
         await self.consumer.start()
-        self.consumer.subscribe([self.topics.commands, self.topics.results], listener=_Listener(self))
+        self.consumer.subscribe(
+            [self.topics.commands, self.topics.results],
+            listener=Rebalance(on_revoked=self.on_revoked, on_assigned=self.on_assigned),
+        )
         self._task = asyncio.create_task(self._loop(), name="tickflow-engine")
 
     async def stop(self) -> None:
@@ -174,10 +176,16 @@ class Engine:
             self.pending.add(await self.producer.send(self.topics.events, encode(event), key=key))
         last = events[-1]
         if isinstance(last.payload, StepScheduled):  # a run waits after scheduling, so it is always last
-            await self._send_task(task_for(state, last), last.payload.pool)
+            await self._send_task(state, last.occurred_at_ms, last.id)
 
-    async def _send_task(self, task: Envelope, pool: str) -> None:
-        self.pending.add(await self.producer.send(self.topics.tasks(pool), encode(task), key=task.key.encode()))
+    async def _send_task(self, state: RunState, occurred_at_ms: int, causation_id: str | None) -> bool:
+        """Send the task of the attempt ``state`` waits for, if any; True when one was sent."""
+        task = task_for(state, occurred_at_ms, causation_id)
+        if task is None or state.spec is None:
+            return False
+        topic = self.topics.tasks(state.spec.steps[state.cursor].pool)
+        self.pending.add(await self.producer.send(topic, encode(task), key=task.key.encode()))
+        return True
 
     # -- partition ownership -------------------------------------------------------------------------------
 
@@ -229,12 +237,8 @@ class Engine:
                 healed += 1
                 runs[run_id] = decision.state
                 await self._publish(decision.state, decision.events)
-            if not any(isinstance(e.payload, StepScheduled) for e in decision.events):
-                current = runs[run_id]
-                task = inflight_task(current, now)
-                if task is not None and current.spec is not None:
-                    redispatched += 1
-                    await self._send_task(task, current.spec.steps[current.cursor].pool)
+            elif await self._send_task(state, now, f"recover/{partition}"):
+                redispatched += 1  # healing above already sent the task of any step it scheduled
         await self.pending.drain()
         log.info(
             "partition %d recovered: %d events, %d runs, %d healed, %d tasks re-sent in %.2fs",
@@ -245,14 +249,3 @@ class Engine:
             redispatched,
             time.monotonic() - started,
         )
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.engine.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.engine.on_assigned(set(assigned))

@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from events.codec import encode
-from events.envelope import Envelope
-from events.schemas import DeadLetter
+from events.envelope import dead_letter
 from events.topics import TopicNames
 
 __all__ = [
     "DeadLetters",
     "PendingSends",
+    "Rebalance",
     "ensure_topics",
     "new_consumer",
     "new_producer",
@@ -130,23 +130,36 @@ class DeadLetters:
         self.producer, self.topic, self.consumer = producer, topic, consumer
 
     async def send(self, record: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> asyncio.Future[Any]:
-        key = record.key.decode(errors="replace") if record.key else None
-        excerpt = (record.value or b"")[:2_000].decode(errors="replace")
-        letter = Envelope.wrap(
-            DeadLetter(
-                consumer=self.consumer,
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                source_key=key[:1_000] if key else None,
-                reason=reason[:60_000],
-                record_excerpt=excerpt,
-            ),
-            # Deterministic id: a redelivered bad record yields the same dead-letter id.
-            id=f"dlq/{record.topic}/{record.partition}/{record.offset}",
-            key=key or f"{record.topic}/{record.partition}",
-            occurred_at_ms=now_ms,
+        letter = dead_letter(
+            consumer=self.consumer,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            reason=reason,
+            now_ms=now_ms,
         )
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300])
         fut: asyncio.Future[Any] = await self.producer.send(self.topic, encode(letter), key=record.key)
         return fut
+
+
+OnPartitions = Callable[[set[TopicPartition]], Awaitable[None]]
+
+
+async def _nothing(_: set[TopicPartition]) -> None:
+    return None
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forwards aiokafka's rebalance callbacks to a role's own coroutines."""
+
+    def __init__(self, *, on_revoked: OnPartitions = _nothing, on_assigned: OnPartitions = _nothing) -> None:
+        self._on_revoked, self._on_assigned = on_revoked, on_assigned
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._on_assigned(set(assigned))

@@ -17,7 +17,7 @@ import traceback
 from collections import defaultdict
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from events.codec import InvalidRecord, decode, encode
 from events.envelope import Envelope
@@ -25,7 +25,7 @@ from events.schemas import ErrorInfo, RunStep, StepErrored, StepSucceeded
 from events.topics import DEFAULT_POOL
 from services.config import Settings
 from services.errors import NonRetryableError
-from services.kafka import DeadLetters, PendingSends, new_consumer, new_producer
+from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer
 from services.workflow import Registry, StepContext
 
 __all__ = ["StepWorker"]
@@ -82,7 +82,7 @@ class StepWorker:
         self.dead_letters = DeadLetters(self.producer, self.topics.dead_letter, f"worker:{self.pool}")
         self.consumer = new_consumer(self.settings.bootstrap, group_id=self.topics.worker_group(self.pool))
         await self.consumer.start()
-        self.consumer.subscribe([self.topics.tasks(self.pool)], listener=_Listener(self))
+        self.consumer.subscribe([self.topics.tasks(self.pool)], listener=Rebalance(on_revoked=self.on_revoked))
         self._task = asyncio.create_task(self._loop(), name=f"tickflow-worker-{self.pool}")
 
     @property
@@ -209,14 +209,3 @@ class StepWorker:
         for tp in revoked:
             self.offsets.fetched.pop(tp, None)
             self.offsets.running.pop(tp, None)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: StepWorker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.worker.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aiokafka import TopicPartition
-
 from events.codec import decode
 from events.envelope import Envelope
 from services.config import REPO_ROOT, Settings
-from services.kafka import new_consumer
+from services.kafka import read_partition
 
 
 def settings_for(prefix: str, bootstrap: str, tmp: Path, api_port: int, **extra: object) -> Settings:
@@ -54,18 +52,6 @@ def spawn_roles(
 
 async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, Envelope]]:
     """Every record of a topic from offset 0, as (partition, offset, envelope)."""
-    consumer = new_consumer(bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[tuple[int, int, Envelope]] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for tp, records in batch.items():
-                out.extend((tp.partition, r.offset, decode(r.value)) for r in records if r.offset < ends[tp])
-        return out
-    finally:
-        await consumer.stop()
+    return [
+        (p, r.offset, decode(r.value)) for p in range(partitions) for r in await read_partition(bootstrap, topic, p)
+    ]

@@ -19,7 +19,7 @@ from events import (
     StepSucceeded,
     WorkflowSpec,
 )
-from services.decider import Recover, RunState, Start, WorkerResult, decide, fold, inflight_task, run, task_for
+from services.decider import Recover, RunState, Start, WorkerResult, decide, fold, run, task_for
 
 SPEC = WorkflowSpec(
     name="wf",
@@ -152,10 +152,11 @@ def refold_events(state: RunState) -> list[Envelope]:
 
 def test_tasks_carry_idempotency_key_and_function() -> None:
     d = run(RunState("r1"), start(), 0)
-    task = task_for(d.state, d.events[1])
+    task = task_for(d.state, d.events[1].occurred_at_ms, d.events[1].id)
+    assert task is not None
     assert isinstance(task.payload, RunStep)
     assert task.payload.fn == "wf.a" and task.id == "r1/0/1" == task.payload.idempotency_key
-    again = inflight_task(d.state, 50)
+    again = task_for(d.state, 50)
     assert again is not None and again.id == task.id and again.payload.input == task.payload.input
 
 
