@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from events.envelope import Envelope
 from events.schemas import PAYLOAD_TYPES, Kind
+from events.upcast import upcast
 
 __all__ = ["MAX_RECORD_BYTES", "InvalidRecord", "decode", "encode"]
 
@@ -63,8 +64,23 @@ def decode(raw: bytes | None, *, expect: Kind | None = None) -> Envelope:
     if payload_cls is None:
         known = sorted(t for k, t in PAYLOAD_TYPES if k == kind)
         raise InvalidRecord(f"unknown {kind} type {type_!r}; known types: {', '.join(known) or 'none'}")
+    raw_payload = data.get("payload", {})
+    version = data.get("schema_version", 1)
+    if isinstance(version, int) and version != payload_cls.VERSION:
+        if version > payload_cls.VERSION:
+            raise InvalidRecord(
+                f"{type_} v{version} was written by a newer tickflow (this one reads up to v{payload_cls.VERSION}); "
+                "upgrade this consumer"
+            )
+        if not isinstance(raw_payload, dict):
+            raise InvalidRecord(f"invalid {type_}: payload must be a JSON object")
+        try:
+            raw_payload = upcast(str(type_), version, payload_cls.VERSION, raw_payload)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRecord(f"cannot upcast {type_} v{version}: {exc}") from None
+        data = {**data, "schema_version": payload_cls.VERSION}
     try:
-        payload = payload_cls.model_validate(data.get("payload", {}))
+        payload = payload_cls.model_validate(raw_payload)
         return Envelope.model_validate({**data, "payload": payload})
     except ValidationError as exc:
         raise InvalidRecord(f"invalid {type_}: {_format_validation(exc)}") from None

@@ -14,19 +14,33 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from events.spec import Name, WorkflowSpec
 
 __all__ = [
-    "PAYLOAD_TYPES",
+    "BranchChosen",
+    "CancelRun",
+    "CancelStep",
+    "ChildFinished",
+    "ChildStarted",
     "Command",
     "DeadLetter",
     "ErrorInfo",
     "Event",
+    "IterationStarted",
     "Kind",
+    "NodeCompleted",
+    "NodeFailed",
+    "NodeStarted",
+    "PAYLOAD_TYPES",
     "Payload",
     "Result",
+    "ResumeRejected",
+    "ResumeRun",
+    "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunFailing",
     "RunRejected",
     "RunStarted",
     "RunStep",
+    "SetPoolConcurrency",
     "StartRun",
     "StepCompleted",
     "StepErrored",
@@ -34,9 +48,12 @@ __all__ = [
     "StepScheduled",
     "StepSucceeded",
     "Task",
+    "TimerStarted",
+    "WaitStarted",
+    "WaitTimedOut",
 ]
 
-Kind = Literal["command", "event", "task", "result", "dead_letter"]
+Kind = Literal["command", "event", "task", "result", "control", "dead_letter"]
 ShortText = Annotated[str, StringConstraints(max_length=1_000)]
 LongText = Annotated[str, StringConstraints(max_length=64_000)]
 
@@ -86,6 +103,35 @@ class StartRun(Command):
     TYPE: ClassVar[str] = "StartRun"
     workflow: Name
     input: Any = None
+    #: Set when a parent run's child node started this run; the child reports back with ``ChildFinished``.
+    parent_run_id: ShortText | None = None
+    parent_path: ShortText | None = None
+
+
+class ResumeRun(Command):
+    """Deliver ``event`` (with ``payload``) to a run suspended in a wait node for that event."""
+
+    TYPE: ClassVar[str] = "ResumeRun"
+    event: Name
+    payload: Any = None
+
+
+class CancelRun(Command):
+    """Cancel a run and its children. Cancelling a finished run does nothing; cancelled is final."""
+
+    TYPE: ClassVar[str] = "CancelRun"
+    reason: ShortText = "cancelled by request"
+
+
+class ChildFinished(Command):
+    """A child run reports its end to its parent (sent by the engine that owns the child)."""
+
+    TYPE: ClassVar[str] = "ChildFinished"
+    path: ShortText
+    child_run_id: ShortText
+    status: Literal["completed", "failed", "cancelled", "rejected"]
+    output: Any = None
+    error: ErrorInfo | None = None
 
 
 # --- events (the log) -----------------------------------------------------------------------------------
@@ -93,10 +139,15 @@ class StartRun(Command):
 
 class RunStarted(Event):
     TYPE: ClassVar[str] = "RunStarted"
+    VERSION: ClassVar[int] = 2
     workflow: Name
     spec_hash: str
     spec: WorkflowSpec
     input: Any = None
+    parent_run_id: ShortText | None = None
+    parent_path: ShortText | None = None
+    #: The run fails with RunTimeout at this time (from the spec's timeout_s).
+    deadline_ms: int | None = None
 
 
 class RunRejected(Event):
@@ -105,36 +156,123 @@ class RunRejected(Event):
     TYPE: ClassVar[str] = "RunRejected"
     workflow: Name
     reason: LongText
+    parent_run_id: ShortText | None = None
+    parent_path: ShortText | None = None
+
+
+class NodeStarted(Event):
+    """A container node (sequence, parallel, branch, loop, foreach) began, with its input."""
+
+    TYPE: ClassVar[str] = "NodeStarted"
+    path: ShortText
+    node: Literal["sequence", "parallel", "branch", "loop", "foreach"]
+    input: Any = None
+
+
+class BranchChosen(Event):
+    """Which case of a branch node runs (``case`` None: ``otherwise``, or pass-through if there is none)."""
+
+    TYPE: ClassVar[str] = "BranchChosen"
+    path: ShortText
+    case: int | None = None
+    condition: Name | None = None
+
+
+class IterationStarted(Event):
+    TYPE: ClassVar[str] = "IterationStarted"
+    path: ShortText
+    iteration: int = Field(ge=1)
+
+
+class NodeCompleted(Event):
+    """A non-step node finished (containers, sleeps firing, accepted resumes, children)."""
+
+    TYPE: ClassVar[str] = "NodeCompleted"
+    path: ShortText
+    output: Any = None
+
+
+class NodeFailed(Event):
+    TYPE: ClassVar[str] = "NodeFailed"
+    path: ShortText
+    error: ErrorInfo
+
+
+class TimerStarted(Event):
+    """A sleep node began; the engine that owns the run fires it at ``due_at_ms``, never before."""
+
+    TYPE: ClassVar[str] = "TimerStarted"
+    path: ShortText
+    due_at_ms: int = Field(ge=0)
+
+
+class WaitStarted(Event):
+    """The run is suspended until ``ResumeRun(event)`` arrives, or until ``due_at_ms`` if it is set."""
+
+    TYPE: ClassVar[str] = "WaitStarted"
+    path: ShortText
+    event: Name
+    due_at_ms: int | None = None
+
+
+class WaitTimedOut(Event):
+    TYPE: ClassVar[str] = "WaitTimedOut"
+    path: ShortText
+
+
+class ResumeRejected(Event):
+    """A resume was refused; the run stays as it was. ``reason`` says what to fix."""
+
+    TYPE: ClassVar[str] = "ResumeRejected"
+    event: ShortText
+    reason: LongText
+    command_id: ShortText | None = None
+
+
+class ChildStarted(Event):
+    TYPE: ClassVar[str] = "ChildStarted"
+    path: ShortText
+    child_run_id: ShortText
+    workflow: Name
+    input: Any = None
 
 
 class StepScheduled(Event):
     TYPE: ClassVar[str] = "StepScheduled"
+    VERSION: ClassVar[int] = 2
+    path: ShortText
     step: Name
-    index: int = Field(ge=0)
     attempt: int = Field(ge=1)
     pool: Name
     input: Any = None
+    #: When the engine gives up waiting for this attempt's result (from the step's timeout_s).
+    deadline_ms: int | None = None
 
 
 class StepCompleted(Event):
     TYPE: ClassVar[str] = "StepCompleted"
+    VERSION: ClassVar[int] = 2
+    path: ShortText
     step: Name
-    index: int = Field(ge=0)
     attempt: int = Field(ge=1)
     output: Any = None
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
+    logs: LongText = ""
 
 
 class StepFailed(Event):
     TYPE: ClassVar[str] = "StepFailed"
+    VERSION: ClassVar[int] = 2
+    path: ShortText
     step: Name
-    index: int = Field(ge=0)
     attempt: int = Field(ge=1)
     error: ErrorInfo
     will_retry: bool
+    retry_at_ms: int | None = None
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
+    logs: LongText = ""
 
 
 class RunCompleted(Event):
@@ -142,10 +280,24 @@ class RunCompleted(Event):
     output: Any = None
 
 
+class RunFailing(Event):
+    """The run has failed and its compensation (``on_failure``) step is about to run."""
+
+    TYPE: ClassVar[str] = "RunFailing"
+    error: ErrorInfo
+    path: ShortText | None = None
+
+
 class RunFailed(Event):
     TYPE: ClassVar[str] = "RunFailed"
+    VERSION: ClassVar[int] = 2
     error: ErrorInfo
-    step: Name | None = None
+    path: ShortText | None = None
+
+
+class RunCancelled(Event):
+    TYPE: ClassVar[str] = "RunCancelled"
+    reason: ShortText
 
 
 # --- tasks and results (engine ⇄ workers) ---------------------------------------------------------------
@@ -155,35 +307,61 @@ class RunStep(Task):
     """Execute one attempt of one step. ``idempotency_key`` is stable across redeliveries of this attempt."""
 
     TYPE: ClassVar[str] = "RunStep"
+    VERSION: ClassVar[int] = 2
     workflow: Name
+    path: ShortText
     step: Name
     fn: Name
-    index: int = Field(ge=0)
     attempt: int = Field(ge=1)
     input: Any = None
     idempotency_key: ShortText
     timeout_s: float | None = None
+    priority: int = 0
+
+
+class CancelStep(Task):
+    """Best-effort: stop the attempt with this idempotency key if it is running (its result is ignored)."""
+
+    TYPE: ClassVar[str] = "CancelStep"
+    idempotency_key: ShortText
+    reason: ShortText = ""
 
 
 class StepSucceeded(Result):
     TYPE: ClassVar[str] = "StepSucceeded"
+    VERSION: ClassVar[int] = 2
+    path: ShortText
     step: Name
-    index: int = Field(ge=0)
     attempt: int = Field(ge=1)
     output: Any = None
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
+    logs: LongText = ""
 
 
 class StepErrored(Result):
     TYPE: ClassVar[str] = "StepErrored"
+    VERSION: ClassVar[int] = 2
+    path: ShortText
     step: Name
-    index: int = Field(ge=0)
     attempt: int = Field(ge=1)
     error: ErrorInfo
     retryable: bool = True
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
+    logs: LongText = ""
+
+
+# --- control (broadcast to every worker; compacted, keyed by pool) --------------------------------------
+
+
+class SetPoolConcurrency(Payload):
+    """Change how many steps each worker of ``pool`` runs at once, at runtime."""
+
+    KIND: ClassVar[Kind] = "control"
+    TYPE: ClassVar[str] = "SetPoolConcurrency"
+    pool: Name
+    limit: int = Field(ge=1, le=100_000)
 
 
 # --- dead letters ---------------------------------------------------------------------------------------
@@ -207,16 +385,33 @@ PAYLOAD_TYPES: dict[tuple[str, str], type[Payload]] = {
     (cls.KIND, cls.TYPE): cls
     for cls in (
         StartRun,
+        ResumeRun,
+        CancelRun,
+        ChildFinished,
         RunStarted,
         RunRejected,
+        NodeStarted,
+        BranchChosen,
+        IterationStarted,
+        NodeCompleted,
+        NodeFailed,
+        TimerStarted,
+        WaitStarted,
+        WaitTimedOut,
+        ResumeRejected,
+        ChildStarted,
         StepScheduled,
         StepCompleted,
         StepFailed,
         RunCompleted,
+        RunFailing,
         RunFailed,
+        RunCancelled,
         RunStep,
+        CancelStep,
         StepSucceeded,
         StepErrored,
+        SetPoolConcurrency,
         DeadLetter,
     )
 }
