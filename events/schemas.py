@@ -196,6 +196,8 @@ class NodeFailed(Event):
     TYPE: ClassVar[str] = "NodeFailed"
     path: ShortText
     error: ErrorInfo
+    #: The path where the failure began (a step, a wait, a child…); containers pass it up.
+    origin_path: ShortText | None = None
 
 
 class TimerStarted(Event):

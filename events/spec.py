@@ -37,6 +37,7 @@ __all__ = [
     "StepNode",
     "WaitNode",
     "WorkflowSpec",
+    "children",
     "walk",
 ]
 
@@ -189,9 +190,8 @@ Node = Annotated[
 ]
 
 
-def walk(node: Node) -> Iterator[Node]:
-    """Every node of a tree, parents before children."""
-    yield node
+def children(node: Node) -> list[Node]:
+    """A node's direct children."""
     children: list[Node] = []
     if isinstance(node, SequenceNode):
         children = list(node.nodes)
@@ -203,7 +203,13 @@ def walk(node: Node) -> Iterator[Node]:
         children = [node.body]
     elif isinstance(node, WaitNode) and node.on_timeout is not None:
         children = [node.on_timeout]
-    for child in children:
+    return children
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """Every node of a tree, parents before children."""
+    yield node
+    for child in children(node):
         yield from walk(child)
 
 

@@ -47,6 +47,11 @@ class TopicNames:
     def dead_letter(self) -> str:
         return f"{self.prefix}.dead-letter"
 
+    @property
+    def control(self) -> str:
+        """Runtime settings broadcast to every worker (pool limits); compacted, keyed by pool."""
+        return f"{self.prefix}.control"
+
     def tasks(self, pool: str = DEFAULT_POOL) -> str:
         return f"{self.prefix}.tasks.{pool}"
 
@@ -66,4 +71,4 @@ class TopicNames:
         return [self.commands, self.events, self.results, *(self.tasks(p) for p in pools)]
 
     def all_topics(self, pools: tuple[str, ...] = (DEFAULT_POOL,)) -> list[str]:
-        return [*self.keyed_topics(pools), self.dead_letter]
+        return [*self.keyed_topics(pools), self.dead_letter, self.control]

@@ -33,6 +33,14 @@ class Settings:
     worker_concurrency: int = 16
     projector_batch_ms: int = 100
     commit_interval_ms: int = 200
+    #: How long the engine keeps a finished run's state (and so deduplicates a repeated start of its id).
+    state_retention_s: float = 7 * 86_400
+    #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
+    log_retention_ms: int = -1
+    #: Step inputs/outputs above this many bytes are stored out of band (claim-check) …
+    offload_bytes: int = 256_000
+    #: … and above this one they are refused with a clear error.
+    max_payload_bytes: int = 64_000_000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -49,6 +57,10 @@ class Settings:
             worker_concurrency=int(_env("WORKER_CONCURRENCY", "16")),
             projector_batch_ms=int(_env("PROJECTOR_BATCH_MS", "100")),
             commit_interval_ms=int(_env("COMMIT_INTERVAL_MS", "200")),
+            state_retention_s=float(_env("STATE_RETENTION_S", str(7 * 86_400))),
+            log_retention_ms=int(_env("LOG_RETENTION_MS", "-1")),
+            offload_bytes=int(_env("OFFLOAD_BYTES", "256000")),
+            max_payload_bytes=int(_env("MAX_PAYLOAD_BYTES", "64000000")),
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -61,6 +73,11 @@ class Settings:
     @property
     def chdb_path(self) -> Path:
         return self.state_dir / "clickhouse" / self.prefix
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where claim-checked payloads live (content-addressed files); must be shared by all processes."""
+        return Path(os.environ.get("TICKFLOW_BLOB_DIR") or self.state_dir / "blobs" / self.prefix)
 
     @property
     def api_url(self) -> str:

@@ -1,26 +1,41 @@
-"""The pure heart of tickflow: ``decide`` what happens next, ``evolve`` a run's state by one event.
+"""The pure heart of tickflow: what happens next to a run, given its state, an input and the time.
 
-Nothing here reads a clock, draws a random number, invents an id or touches I/O: time arrives as ``now_ms``
-with each input, event ids derive from (run id, seq), and the only import is ``events``. That is what makes
-the engine's in-memory state a cache of the log: folding ``evolve`` over a run's events always rebuilds it.
+Nothing here (nor in ``state`` and ``interpreter``, which it builds on) reads a clock, draws a random number,
+invents an id or touches I/O: time arrives as ``now_ms`` with each input, ids derive from (run id, seq) or
+(run id, path, attempt), jitter is a hash. That is what makes the engine's in-memory state a cache of the log:
+folding ``evolve`` over a run's events always rebuilds it, and replaying recorded inputs reproduces decisions.
 
-Why ``advance`` is separate: the engine may crash after only a prefix of one decision's events reached the
-log. ``advance`` derives the follow-up (schedule the next step, finish the run) from state alone, so a
-``Recover`` input after a restart emits exactly what is still missing — never a duplicate, never a gap.
+Why the follow-up walk (``_advance``) is separate from handling the input: the engine may crash after only a
+prefix of one decision's events reached the log. The walk derives everything else (start the next node, fire
+a due timer, finish the run) from state alone, so a ``Recover`` input after a restart emits exactly what is
+still missing — never a duplicate, never a gap. ``effects`` likewise derives the messages a decision sends
+(tasks, child starts, cancellations, reports to a parent) from events and state, and ``recovery_effects``
+re-derives the ones that may have been lost.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import singledispatch
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from events.envelope import Envelope, event_id
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from events.envelope import Envelope
 from events.schemas import (
+    CancelRun,
+    CancelStep,
+    ChildFinished,
+    ChildStarted,
     ErrorInfo,
-    Event,
+    NodeCompleted,
+    NodeFailed,
+    ResumeRejected,
+    ResumeRun,
+    RunCancelled,
     RunCompleted,
     RunFailed,
+    RunFailing,
     RunRejected,
     RunStarted,
     RunStep,
@@ -31,54 +46,34 @@ from events.schemas import (
     StepScheduled,
     StepSucceeded,
 )
-from events.spec import WorkflowSpec
+from events.spec import StepNode, WaitNode, WorkflowSpec
+from services.interpreter import (
+    NO_FUNCTIONS,
+    Done,
+    Emitter,
+    Failed,
+    Functions,
+    drive,
+    retry_decision,
+)
+from services.state import TERMINAL, NodeState, RunState, SequenceError, evolve, fold, spec_node
 
 __all__ = [
     "Decision",
+    "Outbound",
     "Recover",
     "RunState",
     "SequenceError",
+    "Signal",
     "Start",
     "WorkerResult",
     "decide",
+    "effects",
     "evolve",
     "fold",
+    "recovery_effects",
     "run",
-    "task_for",
 ]
-
-RunStatus = Literal["new", "running", "completed", "failed", "rejected"]
-StepStatus = Literal["scheduled", "completed", "retry_pending", "exhausted"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "rejected"})
-
-
-class SequenceError(ValueError):
-    """An event does not follow its run's last seq: the log has a gap or the fold skipped one."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunState:
-    """Everything the decider needs to know about one run, rebuilt by folding its events."""
-
-    run_id: str
-    seq: int = 0
-    status: RunStatus = "new"
-    workflow: str = ""
-    spec_hash: str = ""
-    spec: WorkflowSpec | None = None
-    input: Any = None
-    cursor: int = -1
-    attempt: int = 0
-    step_status: StepStatus | None = None
-    step_input: Any = None
-    last_output: Any = None
-    error: ErrorInfo | None = None
-    started_at_ms: int = 0
-    updated_at_ms: int = 0
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -101,13 +96,20 @@ class WorkerResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Signal:
+    """A command to a running run: ResumeRun, CancelRun or ChildFinished."""
+
+    command: Envelope
+
+
+@dataclass(frozen=True, slots=True)
 class Recover:
-    """Re-derive whatever a crash may have cut off after the last event that reached the log."""
+    """Re-derive what is due: after a restart, or when a timer of the run comes due."""
 
     causation_id: str | None = None
 
 
-Input = Start | WorkerResult | Recover
+Input = Start | WorkerResult | Signal | Recover
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,231 +118,346 @@ class Decision:
     state: RunState
 
 
-# --- evolve ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message a decision sends: a task to a worker pool, or a command to a run (a child, a parent)."""
+
+    topic: Literal["tasks", "commands"]
+    envelope: Envelope
+    pool: str | None = None
 
 
-def evolve(state: RunState, event: Envelope) -> RunState:
-    """Apply one event; events must arrive in seq order with no gaps."""
-    if event.seq != state.seq + 1:
-        raise SequenceError(f"run {state.run_id}: expected seq {state.seq + 1}, got {event.seq}")
-    moved = replace(state, seq=event.seq, updated_at_ms=event.occurred_at_ms)
-    payload = event.payload
-    if not isinstance(payload, Event):
-        raise TypeError(f"{event.type} is a {event.kind}, not an event")
-    return _apply(payload, moved, event)
+# --- run ------------------------------------------------------------------------------------------------
 
 
-@singledispatch
-def _apply(payload: Event, state: RunState, event: Envelope) -> RunState:
-    raise TypeError(f"no evolve rule for {type(payload).__name__}")
-
-
-@_apply.register
-def _(p: RunStarted, s: RunState, e: Envelope) -> RunState:
-    return replace(
-        s,
-        status="running",
-        workflow=p.workflow,
-        spec_hash=p.spec_hash,
-        spec=p.spec,
-        input=p.input,
-        started_at_ms=e.occurred_at_ms,
-    )
-
-
-@_apply.register
-def _(p: RunRejected, s: RunState, e: Envelope) -> RunState:
-    return replace(s, status="rejected", workflow=p.workflow, error=ErrorInfo(type="RunRejected", message=p.reason))
-
-
-@_apply.register
-def _(p: StepScheduled, s: RunState, e: Envelope) -> RunState:
-    return replace(s, cursor=p.index, attempt=p.attempt, step_status="scheduled", step_input=p.input)
-
-
-@_apply.register
-def _(p: StepCompleted, s: RunState, e: Envelope) -> RunState:
-    return replace(s, step_status="completed", last_output=p.output)
-
-
-@_apply.register
-def _(p: StepFailed, s: RunState, e: Envelope) -> RunState:
-    return replace(s, step_status="retry_pending" if p.will_retry else "exhausted", error=p.error)
-
-
-@_apply.register
-def _(p: RunCompleted, s: RunState, e: Envelope) -> RunState:
-    return replace(s, status="completed", last_output=p.output)
-
-
-@_apply.register
-def _(p: RunFailed, s: RunState, e: Envelope) -> RunState:
-    return replace(s, status="failed", error=p.error)
-
-
-def fold(run_id: str, events: list[Envelope]) -> RunState:
-    """Rebuild a run's state from its events (the replay the engine's cache must always equal)."""
-    state = RunState(run_id=run_id)
-    for event in events:
-        state = evolve(state, event)
-    return state
-
-
-# --- decide ---------------------------------------------------------------------------------------------
-
-
-class _Emitter:
-    """Collects events, folding each into the state as it is emitted so later rules see it."""
-
-    def __init__(self, state: RunState, now_ms: int, causation_id: str | None) -> None:
-        self.state = state
-        self.now_ms = now_ms
-        self.causation_id = causation_id
-        self.events: list[Envelope] = []
-
-    def emit(self, payload: Event) -> None:
-        seq = self.state.seq + 1
-        event = Envelope.wrap(
-            payload,
-            id=event_id(self.state.run_id, seq),
-            key=self.state.run_id,
-            seq=seq,
-            occurred_at_ms=self.now_ms,
-            causation_id=self.causation_id,
-            correlation_id=self.state.run_id,
-        )
-        self.state = evolve(self.state, event)
-        self.events.append(event)
-
-
-def run(state: RunState, input: Input, now_ms: int) -> Decision:
+def run(state: RunState, input: Input, now_ms: int, functions: Functions = NO_FUNCTIONS) -> Decision:
     """Decide and evolve in one pass: the emitted events and the state they lead to."""
     if isinstance(input, Start):
-        em = _Emitter(state, now_ms, input.command.id)
+        em = Emitter(state, now_ms, input.command.id, functions)
         _on_start(em, input)
     elif isinstance(input, WorkerResult):
-        em = _Emitter(state, now_ms, input.result.id)
+        em = Emitter(state, now_ms, input.result.id, functions)
         _on_result(em, input.result)
+    elif isinstance(input, Signal):
+        em = Emitter(state, now_ms, input.command.id, functions)
+        _on_signal(em, input.command)
     else:
-        em = _Emitter(state, now_ms, input.causation_id)
+        em = Emitter(state, now_ms, input.causation_id, functions)
     _advance(em)
     return Decision(em.events, em.state)
 
 
-def decide(state: RunState, input: Input, now_ms: int) -> list[Envelope]:
+def decide(state: RunState, input: Input, now_ms: int, functions: Functions = NO_FUNCTIONS) -> list[Envelope]:
     """The events that ``input`` causes for the run in ``state`` at time ``now_ms``."""
-    return run(state, input, now_ms).events
+    return run(state, input, now_ms, functions).events
 
 
-def _on_start(em: _Emitter, start: Start) -> None:
+def _on_start(em: Emitter, start: Start) -> None:
     if em.state.status != "new":
         return  # idempotent start: the run id already exists
     command = start.command.payload
     assert isinstance(command, StartRun)
     if start.spec is None:
+        reason = f"unknown workflow {command.workflow!r}: no engine has it registered"
         em.emit(
             RunRejected(
                 workflow=command.workflow,
-                reason=f"unknown workflow {command.workflow!r}: no engine has it registered",
+                reason=reason,
+                parent_run_id=command.parent_run_id,
+                parent_path=command.parent_path,
             )
         )
         return
+    timeout = start.spec.timeout_s
     em.emit(
         RunStarted(
             workflow=command.workflow,
             spec_hash=start.spec_hash or start.spec.content_hash(),
             spec=start.spec,
             input=command.input,
+            parent_run_id=command.parent_run_id,
+            parent_path=command.parent_path,
+            deadline_ms=em.now_ms + int(timeout * 1000) if timeout else None,
         )
     )
 
 
-def _on_result(em: _Emitter, result: Envelope) -> None:
+def _on_result(em: Emitter, result: Envelope) -> None:
     s, p = em.state, result.payload
     assert isinstance(p, StepSucceeded | StepErrored)
-    # Exactly-once application: only the attempt the run is waiting for counts; duplicates and late
-    # results of earlier attempts are dropped here.
-    if s.status != "running" or s.step_status != "scheduled" or (p.index, p.attempt) != (s.cursor, s.attempt):
+    node = s.nodes.get(p.path)
+    # Exactly-once application: only the attempt the run is waiting for counts; duplicates, late results of
+    # earlier attempts and results arriving after the run ended are dropped here.
+    if node is None or node.kind != "step" or node.phase != "scheduled" or node.attempt != p.attempt:
+        return
+    compensating = s.spec is not None and s.spec.on_failure is not None and p.path == s.spec.on_failure.name
+    if not (s.status == "running" or (s.status == "failing" and compensating)):
         return
     if isinstance(p, StepSucceeded):
         em.emit(
             StepCompleted(
+                path=p.path,
                 step=p.step,
-                index=p.index,
                 attempt=p.attempt,
                 output=p.output,
                 duration_ms=p.duration_ms,
                 worker=p.worker,
+                logs=p.logs,
             )
         )
         return
-    assert s.spec is not None
-    max_attempts = s.spec.steps[p.index].retry.max_attempts
+    spec = spec_node(s, p.path)
+    assert isinstance(spec, StepNode)
+    retry_at = retry_decision(spec.retry, p.error, p.retryable, p.attempt, s.run_id, p.path, em.now_ms)
     em.emit(
         StepFailed(
+            path=p.path,
             step=p.step,
-            index=p.index,
             attempt=p.attempt,
             error=p.error,
-            will_retry=p.retryable and p.attempt < max_attempts,
+            will_retry=retry_at is not None,
+            retry_at_ms=retry_at,
             duration_ms=p.duration_ms,
             worker=p.worker,
+            logs=p.logs,
         )
     )
 
 
-def _advance(em: _Emitter) -> None:
+def _on_signal(em: Emitter, command: Envelope) -> None:
+    p = command.payload
+    if isinstance(p, CancelRun):
+        if em.state.active:
+            em.emit(RunCancelled(reason=p.reason))
+    elif isinstance(p, ResumeRun):
+        _on_resume(em, p, command.id)
+    elif isinstance(p, ChildFinished):
+        _on_child_finished(em, p)
+
+
+def _waiting_for(state: RunState) -> dict[str, str]:
+    """Path → event name of every wait node currently suspended."""
+    out = {}
+    for path, node in state.nodes.items():
+        if node.kind == "wait" and node.status == "active" and not node.timed_out:
+            spec = spec_node(state, path)
+            assert isinstance(spec, WaitNode)
+            out[path] = spec.event
+    return out
+
+
+def _on_resume(em: Emitter, p: ResumeRun, command_id: str) -> None:
+    s = em.state
+    waiting = _waiting_for(s) if s.status == "running" else {}
+    path = next((path for path, event in waiting.items() if event == p.event), None)
+    if path is None:
+        now_waiting = ", ".join(sorted(set(waiting.values()))) or "nothing"
+        reason = f"run {s.run_id!r} ({s.status}) is not waiting for {p.event!r}; it waits for: {now_waiting}"
+        em.emit(ResumeRejected(event=p.event, reason=reason, command_id=command_id))
+        return
+    spec = spec_node(s, path)
+    assert isinstance(spec, WaitNode)
+    if spec.schema_ is not None:
+        problems = _schema_problems(spec.schema_, p.payload)
+        if problems:
+            reason = f"payload for {p.event!r} does not match the wait's schema: {problems}; the run still waits"
+            em.emit(ResumeRejected(event=p.event, reason=reason, command_id=command_id))
+            return
+    em.emit(NodeCompleted(path=path, output=p.payload))
+
+
+def _schema_problems(schema: dict[str, Any], payload: Any) -> str:
+    try:
+        validator = Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))[:5]
+    except SchemaError as exc:
+        return f"the wait's schema itself is invalid ({exc.message})"
+    return "; ".join(f"{'.'.join(map(str, e.absolute_path)) or '(payload)'}: {e.message}" for e in errors)
+
+
+def _on_child_finished(em: Emitter, p: ChildFinished) -> None:
+    node = em.state.nodes.get(p.path)
+    if em.state.status != "running" or node is None or node.kind != "child" or node.status != "active":
+        return
+    if node.child_run_id != p.child_run_id:
+        return
+    if p.status == "completed":
+        em.emit(NodeCompleted(path=p.path, output=p.output))
+        return
+    why = p.error.message if p.error else p.status
+    error = ErrorInfo(type="ChildFailed", message=f"child run {p.child_run_id!r} {p.status}: {why}")
+    em.emit(NodeFailed(path=p.path, error=error, origin_path=p.path))
+
+
+def _advance(em: Emitter) -> None:
     """Emit the follow-up that the state alone implies; a no-op when the run is waiting or finished."""
     s = em.state
-    if s.status != "running" or s.spec is None:
+    if s.spec is None:
         return
-    steps = s.spec.steps
-    if s.cursor == -1:
-        em.emit(StepScheduled(step=steps[0].name, index=0, attempt=1, pool=steps[0].pool, input=s.input))
-    elif s.step_status == "completed":
-        nxt = s.cursor + 1
-        if nxt < len(steps):
-            step = steps[nxt]
-            em.emit(StepScheduled(step=step.name, index=nxt, attempt=1, pool=step.pool, input=s.last_output))
+    if s.status == "running":
+        if s.deadline_ms is not None and em.now_ms >= s.deadline_ms:
+            timeout = s.spec.timeout_s
+            error = ErrorInfo(type="RunTimeout", message=f"run did not finish within its timeout of {timeout}s")
+            _begin_failure(em, error, None)
         else:
-            em.emit(RunCompleted(output=s.last_output))
-    elif s.step_status == "retry_pending":
-        step = steps[s.cursor]
-        em.emit(
-            StepScheduled(step=step.name, index=s.cursor, attempt=s.attempt + 1, pool=step.pool, input=s.step_input)
-        )
-    elif s.step_status == "exhausted":
+            outcome = drive(em, s.spec.root, [], s.input, {})
+            if isinstance(outcome, Done):
+                em.emit(RunCompleted(output=outcome.output))
+            elif isinstance(outcome, Failed):
+                _begin_failure(em, outcome.error, outcome.origin)
+    s = em.state
+    if s.status == "failing" and s.spec is not None and s.spec.on_failure is not None:
         assert s.error is not None
-        em.emit(RunFailed(error=s.error, step=steps[s.cursor].name))
+        compensation = {"error": s.error.model_dump(mode="json"), "input": s.input}
+        outcome = drive(em, s.spec.on_failure, [], compensation, {})
+        if isinstance(outcome, Done | Failed):
+            em.emit(RunFailed(error=s.error, path=s.error_path))
 
 
-# --- tasks ----------------------------------------------------------------------------------------------
+def _begin_failure(em: Emitter, error: ErrorInfo, path: str | None) -> None:
+    assert em.state.spec is not None
+    if em.state.spec.on_failure is not None:
+        em.emit(RunFailing(error=error, path=path))
+    else:
+        em.emit(RunFailed(error=error, path=path))
 
 
-def task_for(state: RunState, occurred_at_ms: int, causation_id: str | None = None) -> Envelope | None:
-    """The worker task of the attempt the run waits for (None when it waits for none).
+# --- effects --------------------------------------------------------------------------------------------
 
-    The engine sends it right after the StepScheduled event, and sends it again after a restart (workers
-    are at-least-once); its id is the attempt's idempotency key, identical both times.
-    """
-    if state.status != "running" or state.step_status != "scheduled" or state.spec is None:
-        return None
-    spec = state.spec.steps[state.cursor]
-    key = f"{state.run_id}/{state.cursor}/{state.attempt}"
-    return Envelope.wrap(
-        RunStep(
-            workflow=state.workflow,
-            step=spec.name,
-            fn=spec.fn,
-            index=state.cursor,
-            attempt=state.attempt,
-            input=state.step_input,
-            idempotency_key=key,
-            timeout_s=spec.timeout_s,
-        ),
-        id=key,
+
+def _task(state: RunState, path: str, node: NodeState, occurred_at_ms: int, causation_id: str | None) -> Outbound:
+    spec = spec_node(state, path)
+    assert isinstance(spec, StepNode)
+    key = f"{state.run_id}/{path}/{node.attempt}"
+    task = RunStep(
+        workflow=state.workflow,
+        path=path,
+        step=spec.name,
+        fn=spec.fn,
+        attempt=node.attempt,
+        input=node.input,
+        idempotency_key=key,
+        timeout_s=spec.timeout_s,
+        priority=spec.priority,
+    )
+    env = Envelope.wrap(
+        task,
+        id=key,  # the attempt's idempotency key: identical when re-sent after a restart
         key=state.run_id,
         occurred_at_ms=occurred_at_ms,
         causation_id=causation_id,
         correlation_id=state.run_id,
     )
+    return Outbound("tasks", env, spec.pool)
+
+
+def _child_start(state: RunState, path: str, node: NodeState, occurred_at_ms: int) -> Outbound:
+    assert node.child_run_id is not None
+    spec = spec_node(state, path)
+    workflow = getattr(spec, "workflow", "")
+    command = StartRun(workflow=workflow, input=node.input, parent_run_id=state.run_id, parent_path=path)
+    env = Envelope.wrap(
+        command,
+        id=f"{node.child_run_id}/start",
+        key=node.child_run_id,
+        occurred_at_ms=occurred_at_ms,
+        causation_id=f"{state.run_id}/{path}",
+        correlation_id=state.run_id,
+    )
+    return Outbound("commands", env)
+
+
+def _report_to_parent(state: RunState, occurred_at_ms: int) -> Outbound | None:
+    if state.parent_run_id is None or state.parent_path is None or state.status not in TERMINAL:
+        return None
+    status = state.status
+    assert status in ("completed", "failed", "cancelled", "rejected")
+    command = ChildFinished(
+        path=state.parent_path,
+        child_run_id=state.run_id,
+        status=status,
+        output=state.output if status == "completed" else None,
+        error=state.error,
+    )
+    env = Envelope.wrap(
+        command,
+        id=f"{state.run_id}/finished",
+        key=state.parent_run_id,
+        occurred_at_ms=occurred_at_ms,
+        causation_id=state.run_id,
+        correlation_id=state.parent_run_id,
+    )
+    return Outbound("commands", env)
+
+
+def _cancellations(state: RunState, occurred_at_ms: int, reason: str) -> list[Outbound]:
+    """Best-effort stop signals for the work a finished run leaves behind: running steps and children."""
+    out = []
+    for path, node in state.nodes.items():
+        if node.status != "active":
+            continue
+        if node.kind == "step" and node.phase == "scheduled":
+            key = f"{state.run_id}/{path}/{node.attempt}"
+            env = Envelope.wrap(
+                CancelStep(idempotency_key=key, reason=reason[:1_000]),
+                id=f"{key}/cancel",
+                key=state.run_id,
+                occurred_at_ms=occurred_at_ms,
+                correlation_id=state.run_id,
+            )
+            out.append(Outbound("tasks", env, getattr(spec_node(state, path), "pool", None)))
+        elif node.kind == "child" and node.child_run_id is not None:
+            env = Envelope.wrap(
+                CancelRun(reason=f"parent run {state.run_id!r} ended: {reason}"[:1_000]),
+                id=f"{node.child_run_id}/cancel",
+                key=node.child_run_id,
+                occurred_at_ms=occurred_at_ms,
+                correlation_id=state.run_id,
+            )
+            out.append(Outbound("commands", env))
+    return out
+
+
+def effects(decision: Decision) -> list[Outbound]:
+    """The messages a decision sends, in order. Derived from its events and resulting state, so pure."""
+    state, out = decision.state, []
+    for event in decision.events:
+        p = event.payload
+        if isinstance(p, StepScheduled):
+            node = state.nodes.get(p.path)
+            if state.active and node and node.phase == "scheduled" and node.attempt == p.attempt:
+                out.append(_task(state, p.path, node, event.occurred_at_ms, event.id))
+        elif isinstance(p, ChildStarted):
+            node = state.nodes.get(p.path)
+            if state.status == "running" and node is not None and node.status == "active":
+                out.append(_child_start(state, p.path, node, event.occurred_at_ms))
+        elif isinstance(p, RunCompleted | RunFailed | RunCancelled | RunRejected):
+            if isinstance(p, RunFailed | RunCancelled):
+                reason = p.reason if isinstance(p, RunCancelled) else f"run failed: {p.error.message}"
+                out.extend(_cancellations(state, event.occurred_at_ms, reason))
+            report = _report_to_parent(state, event.occurred_at_ms)
+            if report is not None:
+                out.append(report)
+    return out
+
+
+def recovery_effects(state: RunState, now_ms: int) -> list[Outbound]:
+    """Everything that may have been lost with a crash: re-sent tasks, child starts and parent reports.
+
+    Every receiver deduplicates (results by attempt, starts by run id, reports by node state), so re-sending
+    is safe; it costs at most one extra execution of each step that was in flight.
+    """
+    if state.terminal:
+        report = _report_to_parent(state, now_ms)
+        return [report] if report is not None else []
+    out = []
+    for path, node in state.nodes.items():
+        if node.status != "active":
+            continue
+        if node.kind == "step" and node.phase == "scheduled":
+            compensating = state.status == "failing" and state.spec is not None and state.spec.on_failure is not None
+            if state.status == "running" or (compensating and path == state.spec.on_failure.name):  # type: ignore[union-attr]
+                out.append(_task(state, path, node, now_ms, f"recover/{state.run_id}"))
+        elif node.kind == "child" and state.status == "running":
+            out.append(_child_start(state, path, node, now_ms))
+    return out

@@ -18,6 +18,7 @@ Durability without Kafka transactions (aiokafka's are old and have open bugs):
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -28,17 +29,21 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from events.codec import InvalidRecord, decode, encode
 from events.envelope import Envelope
-from events.schemas import StartRun, StepScheduled
+from events.schemas import StartRun
 from services.config import Settings
 from services.decider import (
+    Decision,
+    Outbound,
     Recover,
     RunState,
     SequenceError,
+    Signal,
     Start,
     WorkerResult,
+    effects,
     evolve,
+    recovery_effects,
     run,
-    task_for,
 )
 from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
 from services.workflow import Registry
@@ -52,6 +57,50 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Timers:
+    """When each owned run must be looked at again: a heap with lazy invalidation.
+
+    Timers are not a separate mechanism: a due time is part of the run's state (a sleep's due time, a
+    retry's backoff, a wait's or step's deadline, the time a finished run's state expires), so a restart
+    re-arms them by folding the log, a firing is just a ``Recover`` decision at ``now`` — deduplicated by
+    state, since a fired timer's node is no longer waiting — and nothing can fire early: the decider checks
+    ``now >= due`` itself.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []
+        self._armed: dict[str, int] = {}
+
+    def arm(self, partition: int, run_id: str, due_ms: int | None) -> None:
+        if due_ms is None:
+            self._armed.pop(run_id, None)
+            return
+        if self._armed.get(run_id) == due_ms:
+            return
+        self._armed[run_id] = due_ms
+        heapq.heappush(self._heap, (due_ms, partition, run_id))
+
+    def next_due(self) -> int | None:
+        while self._heap and self._armed.get(self._heap[0][2]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # superseded or disarmed
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now_ms: int) -> list[tuple[int, str]]:
+        due = []
+        while (first := self.next_due()) is not None and first <= now_ms:
+            _, partition, run_id = heapq.heappop(self._heap)
+            del self._armed[run_id]
+            due.append((partition, run_id))
+        return due
+
+    def drop_partition(self, runs: dict[str, RunState]) -> None:
+        for run_id in runs:
+            self._armed.pop(run_id, None)
+
+    def __len__(self) -> int:
+        return len(self._armed)
+
+
 class Engine:
     """One engine process (or one of many in the same consumer group)."""
 
@@ -63,7 +112,11 @@ class Engine:
         self.positions: dict[TopicPartition, int] = {}
         self.pending = PendingSends()
         self.recovered_partitions: set[int] = set()
+        self.timers = Timers()
         self.processed = 0
+        self.timer_firings = 0
+        self.timer_lateness_ms: list[float] = []
+        self._retention_ms = int(settings.state_retention_s * 1000)
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
@@ -108,7 +161,9 @@ class Engine:
     async def _loop(self) -> None:
         interval = self.settings.commit_interval_ms / 1000
         while True:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=2_000)
+            due = self.timers.next_due()
+            wait_ms = 100 if due is None else max(0, min(100, due - _now_ms()))
+            batch = await self.consumer.getmany(timeout_ms=wait_ms, max_records=2_000)
             async with self._lock:
                 assigned = self.consumer.assignment()
                 await self._recover_missing({tp.partition for tp in assigned})
@@ -120,8 +175,33 @@ class Engine:
                         await self._handle(tp, record, now)
                     self.positions[tp] = records[-1].offset + 1
                     self.processed += len(records)
+                await self._fire_timers(_now_ms())
             if self.positions and time.monotonic() - self._last_commit >= interval:
                 await self._commit()
+
+    async def _fire_timers(self, now: int) -> None:
+        for partition, run_id in self.timers.pop_due(now):
+            state = self.runs.get(partition, {}).get(run_id)
+            if state is None:
+                continue
+            if state.terminal:
+                if state.ended_at_ms is not None and now >= state.ended_at_ms + self._retention_ms:
+                    del self.runs[partition][run_id]  # retention: the finished run's state expires
+                else:
+                    self._arm(partition, state)
+                continue
+            due = state.next_due_ms()
+            if due is not None:
+                self.timer_firings += 1
+                if len(self.timer_lateness_ms) < 100_000:
+                    self.timer_lateness_ms.append(now - due)
+            await self._apply(partition, run(state, Recover(causation_id=f"timer/{now}"), now, self.registry))
+
+    def _arm(self, partition: int, state: RunState) -> None:
+        if state.terminal and state.ended_at_ms is not None:
+            self.timers.arm(partition, state.run_id, state.ended_at_ms + self._retention_ms)
+        else:
+            self.timers.arm(partition, state.run_id, state.next_due_ms())
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         # Commits never outrun durable state: every event/task caused by these offsets is acked first.
@@ -146,46 +226,42 @@ class Engine:
             reason = "record key must be the envelope key (the run id); it decides which engine owns the run"
             self.pending.add(await self.dead_letters.send(record, reason, now))
             return
-        runs = self.runs[tp.partition]
-        state = runs.get(env.key)
-        if is_command:
-            assert isinstance(env.payload, StartRun)
+        state = self.runs[tp.partition].get(env.key)
+        if isinstance(env.payload, StartRun):
             spec = self.registry.spec(env.payload.workflow)
             if spec is None and state is None:
                 known = ", ".join(sorted(self.registry.specs)) or "none"
                 reason = f"unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
                 self.pending.add(await self.dead_letters.send(record, reason, now))
-            decision = run(
-                state or RunState(env.key),
-                Start(env, spec, self._spec_hashes.get(env.payload.workflow, "")),
-                now,
-            )
+            start = Start(env, spec, self._spec_hashes.get(env.payload.workflow, ""))
+            decision = run(state or RunState(env.key), start, now, self.registry)
+        elif state is None:
+            what = "command" if is_command else "result"
+            reason = f"{env.type} {what} for run {env.key!r}, which this engine partition does not know"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+            return
+        elif is_command:
+            decision = run(state, Signal(env), now, self.registry)
         else:
-            if state is None:
-                reason = f"result for run {env.key!r}, which this engine partition does not know"
-                self.pending.add(await self.dead_letters.send(record, reason, now))
-                return
-            decision = run(state, WorkerResult(env), now)
+            decision = run(state, WorkerResult(env), now, self.registry)
+        await self._apply(tp.partition, decision)
+
+    async def _apply(self, partition: int, decision: Decision, extra: list[Outbound] | None = None) -> None:
+        """Publish a decision's events, then the messages it sends; cache the new state; re-arm its timer."""
+        state = decision.state
         if decision.events:
-            runs[env.key] = decision.state
-            await self._publish(decision.state, decision.events)
-
-    async def _publish(self, state: RunState, events: list[Envelope]) -> None:
-        key = state.run_id.encode()
-        for event in events:
-            self.pending.add(await self.producer.send(self.topics.events, encode(event), key=key))
-        last = events[-1]
-        if isinstance(last.payload, StepScheduled):  # a run waits after scheduling, so it is always last
-            await self._send_task(state, last.occurred_at_ms, last.id)
-
-    async def _send_task(self, state: RunState, occurred_at_ms: int, causation_id: str | None) -> bool:
-        """Send the task of the attempt ``state`` waits for, if any; True when one was sent."""
-        task = task_for(state, occurred_at_ms, causation_id)
-        if task is None or state.spec is None:
-            return False
-        topic = self.topics.tasks(state.spec.steps[state.cursor].pool)
-        self.pending.add(await self.producer.send(topic, encode(task), key=task.key.encode()))
-        return True
+            self.runs[partition][state.run_id] = state
+            key = state.run_id.encode()
+            for event in decision.events:
+                self.pending.add(await self.producer.send(self.topics.events, encode(event), key=key))
+        sent: set[tuple[str, str]] = set()
+        for out in [*effects(decision), *(extra or [])]:
+            if (out.topic, out.envelope.id) in sent:
+                continue
+            sent.add((out.topic, out.envelope.id))
+            topic = self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
+            self.pending.add(await self.producer.send(topic, encode(out.envelope), key=out.envelope.key.encode()))
+        self._arm(partition, state)
 
     # -- partition ownership -------------------------------------------------------------------------------
 
@@ -205,7 +281,7 @@ class Engine:
             for tp in revoked:
                 self.positions.pop(tp, None)
             for partition in {tp.partition for tp in revoked}:
-                self.runs.pop(partition, None)
+                self.timers.drop_partition(self.runs.pop(partition, {}))
                 self.recovered_partitions.discard(partition)
 
     async def _recover(self, partition: int) -> None:
@@ -226,26 +302,30 @@ class Engine:
                 runs[event.key] = evolve(state, event)
             except SequenceError as exc:
                 log.error("log gap: %s", exc)
-        self.runs[partition] = runs
         now = _now_ms()
-        healed = redispatched = 0
-        for run_id, state in list(runs.items()):
-            if state.terminal:
-                continue
-            decision = run(state, Recover(causation_id=f"recover/{partition}"), now)
-            if decision.events:
-                healed += 1
-                runs[run_id] = decision.state
-                await self._publish(decision.state, decision.events)
-            elif await self._send_task(state, now, f"recover/{partition}"):
-                redispatched += 1  # healing above already sent the task of any step it scheduled
+        expired = [
+            run_id
+            for run_id, state in runs.items()
+            if state.terminal and state.ended_at_ms is not None and now >= state.ended_at_ms + self._retention_ms
+        ]
+        for run_id in expired:
+            del runs[run_id]
+        self.runs[partition] = runs
+        healed = resent = 0
+        for state in list(runs.values()):
+            decision = run(state, Recover(causation_id=f"recover/{partition}"), now, self.registry)
+            again = recovery_effects(decision.state, now)
+            healed += bool(decision.events)
+            resent += len(again)
+            await self._apply(partition, decision, again)
         await self.pending.drain()
         log.info(
-            "partition %d recovered: %d events, %d runs, %d healed, %d tasks re-sent in %.2fs",
+            "partition %d recovered: %d events, %d runs (%d expired), %d healed, %d messages re-sent in %.2fs",
             partition,
             len(records),
             len(runs),
+            len(expired),
             healed,
-            redispatched,
+            resent,
             time.monotonic() - started,
         )

@@ -64,13 +64,24 @@ def new_consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str]) -> None:
-    """Create tickflow's topics with the partition counts ``events`` defines; existing topics are kept."""
+async def ensure_topics(
+    bootstrap: str, names: TopicNames, pools: Iterable[str], log_retention_ms: int = -1
+) -> None:
+    """Create tickflow's topics with the partition counts ``events`` defines; existing topics are kept.
+
+    The events topic keeps records for ``log_retention_ms`` (-1: forever, the default: the log is the state).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        wanted = [NewTopic(t, names.partitions, 1) for t in names.keyed_topics(tuple(pools))]
+        wanted = [
+            NewTopic(t, names.partitions, 1, topic_configs={"retention.ms": str(log_retention_ms)})
+            if t == names.events
+            else NewTopic(t, names.partitions, 1)
+            for t in names.keyed_topics(tuple(pools))
+        ]
         wanted.append(NewTopic(names.dead_letter, 1, 1))
+        wanted.append(NewTopic(names.control, 1, 1, topic_configs={"cleanup.policy": "compact"}))
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:

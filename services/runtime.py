@@ -49,7 +49,7 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
-        await ensure_topics(s.bootstrap, s.topics, s.pools)
+        await ensure_topics(s.bootstrap, s.topics, s.pools, s.log_retention_ms)
         if "projector" in self.roles or "api" in self.roles:
             from projections.store import open_store
 

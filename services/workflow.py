@@ -1,24 +1,59 @@
-"""Define workflows in Python, compile them to a ``WorkflowSpec``, and register the step functions.
+"""Define workflows in Python, compile them to a ``WorkflowSpec``, and register the functions they name.
 
-Definitions are code; what runs is the compiled spec (data with a content hash). Step bodies are plain
-Python functions, sync or async, taking the step's input and returning a JSON-serialisable output; they run
-only in workers, at least once per attempt, and can read ``current_step()`` for their idempotency key.
+Definitions are code; what runs is the compiled spec (data with a content hash). Step bodies are plain Python
+functions, sync or async, taking the step's input and returning a JSON-serialisable output; they run only in
+workers, at least once per attempt, and can read ``current_step()`` for their idempotency key. If a step's
+parameter or return value is annotated (a pydantic model, a TypedDict, ``list[int]``…), its input is validated
+and converted before the call and its output validated after it.
+
+Conditions (``when=``, ``until=``, ``while_=``) and mappers (``input=<callable>``) run in the engine while it
+decides. They receive the scope — ``input`` (the run's input), ``value`` (the node's upstream value),
+``steps`` (outputs by node name), and ``item``/``index``/``iteration`` inside foreach and loops — and must be
+pure: same scope, same answer.
+
+    order = (
+        Workflow("order", on_failure=refund)
+        .step(validate)
+        .parallel(charge=Flow().step(charge), stock=Flow().step(reserve))
+        .branch((is_big, Flow().wait_for_event("approval", schema=Approval, timeout_s=86_400)))
+        .sleep(seconds=3600)
+        .foreach(Flow().child("ship_item"), input="input.items", concurrency=5)
+    )
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from events.spec import RetryPolicy, StepSpec, WorkflowSpec
-from events.topics import DEFAULT_POOL
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-__all__ = ["Registry", "StepContext", "Workflow", "current_step"]
+from events.spec import (
+    BranchNode,
+    Case,
+    ChildNode,
+    ForEachNode,
+    LoopNode,
+    Node,
+    ParallelNode,
+    RetryPolicy,
+    SequenceNode,
+    SleepNode,
+    StepNode,
+    WaitNode,
+    WorkflowSpec,
+)
+from events.topics import DEFAULT_POOL
+from services.errors import NonRetryableError
+
+__all__ = ["Flow", "Registry", "StepContext", "Workflow", "current_step"]
 
 StepFn = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
+ScopeFn = Callable[[Mapping[str, Any]], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +65,7 @@ class StepContext:
     step: str
     attempt: int
     idempotency_key: str
+    path: str = ""
 
 
 _current: contextvars.ContextVar[StepContext] = contextvars.ContextVar("tickflow_step")
@@ -40,77 +76,367 @@ def current_step() -> StepContext:
     return _current.get()
 
 
-class Workflow:
-    """A sequential workflow under construction: ``Workflow("etl").step(fetch).step(load, max_attempts=3)``."""
+def _fn_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__tickflow_name__", None) or f"{fn.__module__}.{fn.__qualname__}".replace("<", "").replace(
+        ">", ""
+    )
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._steps: list[StepSpec] = []
-        self.functions: dict[str, StepFn] = {}
+
+@dataclass(slots=True)
+class _Functions:
+    steps: dict[str, StepFn] = field(default_factory=dict)
+    conditions: dict[str, ScopeFn] = field(default_factory=dict)
+    mappers: dict[str, ScopeFn] = field(default_factory=dict)
+
+    def merge(self, other: _Functions) -> None:
+        self.steps.update(other.steps)
+        self.conditions.update(other.conditions)
+        self.mappers.update(other.mappers)
+
+
+def _annotation_schemas(fn: Callable[..., Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    try:
+        hints = inspect.signature(fn, eval_str=True)
+    except (TypeError, ValueError, NameError):
+        return None, None
+    params = list(hints.parameters.values())
+    schemas: list[dict[str, Any] | None] = []
+    for ann in (params[0].annotation if params else inspect.Parameter.empty, hints.return_annotation):
+        if ann in (inspect.Parameter.empty, inspect.Signature.empty, Any):
+            schemas.append(None)
+            continue
+        try:
+            schemas.append(TypeAdapter(ann).json_schema())
+        except Exception:  # an annotation pydantic cannot describe is documentation only
+            schemas.append(None)
+    return schemas[0], schemas[1]
+
+
+class Flow:
+    """A sequence of nodes under construction; ``Workflow`` is the top-level one.
+
+    Nodes without an explicit ``name`` get one at compile time (steps: the function's name; others: their
+    kind and a number). Names must be unique within a workflow; they address nodes in events and queries.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: list[dict[str, Any]] = []
+        self.functions = _Functions()
+
+    # -- leaves ------------------------------------------------------------------------------------------
 
     def step(
         self,
         fn: StepFn,
         *,
         name: str | None = None,
+        input: str | ScopeFn | None = None,
         pool: str = DEFAULT_POOL,
         max_attempts: int = 1,
+        backoff_s: float = 1.0,
+        backoff_multiplier: float = 2.0,
+        max_backoff_s: float = 300.0,
+        jitter: float = 0.2,
+        non_retryable: tuple[type[BaseException] | str, ...] = (),
         timeout_s: float | None = None,
-    ) -> Workflow:
-        """Append a step running ``fn``; the step is named after the function unless ``name`` is given."""
-        fn_name = getattr(fn, "__tickflow_name__", None) or f"{self.name}.{fn.__name__}"
-        step_name = name or fn.__name__
-        if any(s.name == step_name for s in self._steps):
-            raise ValueError(f"workflow {self.name!r} already has a step named {step_name!r}; pass name=")
-        self._steps.append(
-            StepSpec(
-                name=step_name,
-                fn=fn_name,
-                pool=pool,
-                retry=RetryPolicy(max_attempts=max_attempts),
-                timeout_s=timeout_s,
-            )
+        priority: int = 0,
+    ) -> Flow:
+        """Run ``fn`` in a worker of ``pool``; retried up to ``max_attempts`` with exponential backoff."""
+        fn_name = _fn_name(fn)
+        existing = self.functions.steps.get(fn_name)
+        if existing is not None and existing is not fn:
+            raise ValueError(f"two different functions are named {fn_name!r}; set __tickflow_name__ on one")
+        self.functions.steps[fn_name] = fn
+        in_schema, out_schema = _annotation_schemas(fn)
+        retry = RetryPolicy(
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            backoff_multiplier=backoff_multiplier,
+            max_backoff_s=max_backoff_s,
+            jitter=jitter,
+            non_retryable=tuple(t if isinstance(t, str) else t.__name__ for t in non_retryable),
         )
-        self.functions[fn_name] = fn
+        return self._add(
+            "step",
+            name or fn.__name__,
+            input,
+            fn=fn_name,
+            pool=pool,
+            retry=retry,
+            timeout_s=timeout_s,
+            priority=priority,
+            input_schema=in_schema,
+            output_schema=out_schema,
+        )
+
+    def sleep(self, seconds: float, *, name: str | None = None) -> Flow:
+        """A durable timer: the run holds no resources and survives restarts while it sleeps."""
+        return self._add("sleep", name, None, seconds=seconds)
+
+    def sleep_until(self, at_ms: str | ScopeFn, *, name: str | None = None) -> Flow:
+        """Sleep until the epoch-ms time that ``at_ms`` (a mapping or mapper) yields."""
+        return self._add("sleep", name, at_ms, until_input=True)
+
+    def wait_for_event(
+        self,
+        event: str,
+        *,
+        schema: type[BaseModel] | dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        on_timeout: Flow | None = None,
+        name: str | None = None,
+    ) -> Flow:
+        """Suspend until ``ResumeRun(event)``; its payload (validated against ``schema``) is the output."""
+        json_schema = schema.model_json_schema() if isinstance(schema, type) else schema
+        return self._add(
+            "wait",
+            name or event,
+            None,
+            event=event,
+            schema=json_schema,
+            timeout_s=timeout_s,
+            on_timeout=self._sub(on_timeout, f"{name or event}.on_timeout") if on_timeout else None,
+        )
+
+    def child(self, workflow: str, *, name: str | None = None, input: str | ScopeFn | None = None) -> Flow:
+        """Start a run of ``workflow`` and wait for its output."""
+        return self._add("child", name, input, workflow=workflow)
+
+    # -- containers --------------------------------------------------------------------------------------
+
+    def parallel(self, *, name: str | None = None, input: str | ScopeFn | None = None, **branches: Flow) -> Flow:
+        """Run the branches at once; the output is ``{branch: output}``. One failed branch fails the group."""
+        if not branches:
+            raise ValueError("parallel() needs at least one branch, as keyword arguments: parallel(a=Flow()...)")
+        nodes = [self._sub(flow, branch) for branch, flow in branches.items()]
+        return self._add("parallel", name, input, branches=nodes)
+
+    def branch(
+        self,
+        *cases: tuple[str | ScopeFn, Flow],
+        otherwise: Flow | None = None,
+        name: str | None = None,
+        input: str | ScopeFn | None = None,
+    ) -> Flow:
+        """The first case whose condition holds runs; else ``otherwise``; else the value passes through."""
+        built = [{"when": self._condition(when), "then": self._sub(flow, None)} for when, flow in cases]
+        other = self._sub(otherwise, None) if otherwise is not None else None
+        return self._add("branch", name, input, cases=built, otherwise=other)
+
+    def loop(
+        self,
+        body: Flow,
+        *,
+        until: str | ScopeFn | None = None,
+        while_: str | ScopeFn | None = None,
+        max_iterations: int = 100,
+        name: str | None = None,
+        input: str | ScopeFn | None = None,
+    ) -> Flow:
+        """Do-until (or do-while): run ``body``, test the condition on its output, repeat."""
+        return self._add(
+            "loop",
+            name,
+            input,
+            body=self._sub(body, None),
+            until=self._condition(until) if until is not None else None,
+            while_=self._condition(while_) if while_ is not None else None,
+            max_iterations=max_iterations,
+        )
+
+    def foreach(
+        self,
+        body: Flow,
+        *,
+        concurrency: int = 10,
+        max_items: int = 10_000,
+        name: str | None = None,
+        input: str | ScopeFn | None = None,
+    ) -> Flow:
+        """Run ``body`` per element of the input list, ``concurrency`` at a time; output: the list of results."""
+        return self._add(
+            "foreach", name, input, body=self._sub(body, None), concurrency=concurrency, max_items=max_items
+        )
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+
+    def _add(self, kind: str, name: str | None, input: str | ScopeFn | None, **fields: Any) -> Flow:
+        self._nodes.append({"kind": kind, "name": name, "input": self._mapping(input), **fields})
         return self
 
+    def _sub(self, flow: Flow | None, name: str | None) -> dict[str, Any]:
+        if flow is None or not flow._nodes:
+            raise ValueError("a nested Flow needs at least one node")
+        self.functions.merge(flow.functions)
+        if len(flow._nodes) == 1 and name is None:
+            return dict(flow._nodes[0])
+        return {"kind": "sequence", "name": name, "input": None, "nodes": list(flow._nodes)}
+
+    def _condition(self, fn: str | ScopeFn) -> str:
+        if isinstance(fn, str):
+            return fn
+        name = _fn_name(fn)
+        self.functions.conditions[name] = fn
+        return name
+
+    def _mapping(self, input: str | ScopeFn | None) -> str | None:
+        if input is None or isinstance(input, str):
+            return input
+        name = _fn_name(input)
+        self.functions.mappers[name] = input
+        return f"fn:{name}"
+
+
+def _name_nodes(raw: dict[str, Any], counters: dict[str, int], taken: set[str]) -> dict[str, Any]:
+    """Give every unnamed node a deterministic name (preorder), so equal definitions compile to equal specs."""
+    node = dict(raw)
+    if node.get("name") is None:
+        kind = node["kind"]
+        if kind == "step":
+            raise AssertionError("steps are always named")
+        while True:
+            counters[kind] = counters.get(kind, 0) + 1
+            candidate = f"{kind}{counters[kind]}"
+            if candidate not in taken:
+                break
+        node["name"] = candidate
+    taken.add(node["name"])
+    for key in ("nodes", "branches"):
+        if key in node:
+            node[key] = [_name_nodes(child, counters, taken) for child in node[key]]
+    for key in ("body", "on_timeout", "otherwise"):
+        if node.get(key) is not None:
+            node[key] = _name_nodes(node[key], counters, taken)
+    if "cases" in node:
+        node["cases"] = [{**c, "then": _name_nodes(c["then"], counters, taken)} for c in node["cases"]]
+    return node
+
+
+def _explicit_names(raw: dict[str, Any]) -> set[str]:
+    names = {raw["name"]} if raw.get("name") else set()
+    for key in ("nodes", "branches"):
+        for child in raw.get(key, []):
+            names |= _explicit_names(child)
+    for key in ("body", "on_timeout", "otherwise"):
+        if raw.get(key) is not None:
+            names |= _explicit_names(raw[key])
+    for case in raw.get("cases", []):
+        names |= _explicit_names(case["then"])
+    return names
+
+
+class Workflow(Flow):
+    """A named workflow: ``Workflow("etl").step(fetch).step(load, max_attempts=3)``."""
+
+    def __init__(self, name: str, *, timeout_s: float | None = None, on_failure: StepFn | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.timeout_s = timeout_s
+        self._on_failure: dict[str, Any] | None = None
+        if on_failure is not None:
+            compensation = Flow().step(on_failure)
+            self.functions.merge(compensation.functions)
+            self._on_failure = compensation._nodes[0]
+
     def compile(self) -> WorkflowSpec:
-        if not self._steps:
-            raise ValueError(f"workflow {self.name!r} has no steps")
-        return WorkflowSpec(name=self.name, steps=tuple(self._steps))
+        if not self._nodes:
+            raise ValueError(f"workflow {self.name!r} has no nodes; add a step")
+        root = {"kind": "sequence", "name": "__root__", "input": None, "nodes": self._nodes}
+        taken = _explicit_names(root)
+        named = _name_nodes(root, {}, taken)
+        try:
+            return WorkflowSpec.model_validate(
+                {"name": self.name, "root": named, "on_failure": self._on_failure, "timeout_s": self.timeout_s}
+            )
+        except ValidationError as exc:
+            raise ValueError(f"workflow {self.name!r} is invalid: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Typed:
+    fn: StepFn
+    takes: TypeAdapter[Any] | None
+    returns: TypeAdapter[Any] | None
+
+
+def _typed(fn: StepFn) -> _Typed:
+    try:
+        sig = inspect.signature(fn, eval_str=True)
+    except (TypeError, ValueError, NameError):
+        return _Typed(fn, None, None)
+    params = list(sig.parameters.values())
+    adapters: list[TypeAdapter[Any] | None] = []
+    for ann in (params[0].annotation if params else inspect.Parameter.empty, sig.return_annotation):
+        if ann in (inspect.Parameter.empty, inspect.Signature.empty, Any, None):
+            adapters.append(None)
+            continue
+        try:
+            adapters.append(TypeAdapter(ann))
+        except Exception:
+            adapters.append(None)
+    return _Typed(fn, adapters[0], adapters[1])
 
 
 class Registry:
-    """The workflows an engine can start and the functions a worker can run, by name."""
+    """The workflows an engine can start and the functions a worker or an engine can run, by name."""
 
     def __init__(self) -> None:
         self.specs: dict[str, WorkflowSpec] = {}
         self.functions: dict[str, StepFn] = {}
+        self.conditions: dict[str, ScopeFn] = {}
+        self.mappers: dict[str, ScopeFn] = {}
+        self._typed: dict[str, _Typed] = {}
 
     def add(self, workflow: Workflow) -> WorkflowSpec:
         spec = workflow.compile()
         self.specs[spec.name] = spec
-        for name, fn in workflow.functions.items():
-            existing = self.functions.get(name)
-            if existing is not None and existing is not fn:
-                raise ValueError(f"two different functions are registered as {name!r}")
-            self.functions[name] = fn
+        for table, new in (
+            (self.functions, workflow.functions.steps),
+            (self.conditions, workflow.functions.conditions),
+            (self.mappers, workflow.functions.mappers),
+        ):
+            for name, fn in new.items():
+                existing = table.get(name)
+                if existing is not None and existing is not fn:
+                    raise ValueError(f"two different functions are registered as {name!r}")
+                table[name] = fn  # type: ignore[assignment]
         return spec
 
     def spec(self, workflow: str) -> WorkflowSpec | None:
         return self.specs.get(workflow)
+
+    def condition(self, name: str) -> ScopeFn | None:
+        return self.conditions.get(name)
+
+    def mapper(self, name: str) -> ScopeFn | None:
+        return self.mappers.get(name)
 
     async def call(self, fn_name: str, value: Any, ctx: StepContext) -> Any:
         """Run a registered function: async ones on the loop, sync ones in a thread so they cannot stall it."""
         fn = self.functions.get(fn_name)
         if fn is None:
             raise LookupError(f"no step function {fn_name!r} is registered in this worker")
+        typed = self._typed.get(fn_name)
+        if typed is None or typed.fn is not fn:
+            typed = self._typed[fn_name] = _typed(fn)
+        if typed.takes is not None:
+            try:
+                value = typed.takes.validate_python(value)
+            except ValidationError as exc:
+                raise NonRetryableError(f"input of step {ctx.step!r} does not match its annotation: {exc}") from None
         token = _current.set(ctx)
         try:
             if inspect.iscoroutinefunction(fn):
-                return await fn(value)
-            import asyncio
-
-            return await asyncio.to_thread(contextvars.copy_context().run, fn, value)
+                output = await fn(value)
+            else:
+                output = await asyncio.to_thread(contextvars.copy_context().run, fn, value)
         finally:
             _current.reset(token)
+        if typed.returns is not None:
+            try:
+                return typed.returns.dump_python(typed.returns.validate_python(output), mode="json")
+            except ValidationError as exc:
+                raise NonRetryableError(f"output of step {ctx.step!r} does not match its annotation: {exc}") from None
+        if isinstance(output, BaseModel):
+            return output.model_dump(mode="json")
+        return output
