@@ -14,18 +14,25 @@ import orjson
 
 from events.envelope import Envelope
 from events.schemas import (
+    NodeCompleted,
+    NodeFailed,
+    RunCancelled,
     RunCompleted,
     RunFailed,
+    RunFailing,
     RunRejected,
     RunStarted,
     StepCompleted,
     StepFailed,
     StepScheduled,
+    WaitStarted,
+    WaitTimedOut,
 )
+from events.spec import StepNode, walk
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "TERMINAL_STATUSES", "EventRow", "RunRow", "event_row", "run_row"]
 
-TERMINAL_STATUSES = ("completed", "failed", "rejected")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled", "rejected")
 
 
 def _json(value: Any) -> str:
@@ -67,6 +74,8 @@ class RunRow:
     error_message: str = ""
     current_step: str = ""
     step_index: int = -1
+    current_path: str = ""
+    waiting_for: str = ""
     attempt: int = 0
     steps_total: int = 0
     steps_completed: int = 0
@@ -119,7 +128,7 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
             spec_hash=p.spec_hash,
             status="running",
             input=_json(p.input),
-            steps_total=len(p.spec.steps),
+            steps_total=sum(1 for n in walk(p.spec.root) if isinstance(n, StepNode)),
             started_at_ms=event.occurred_at_ms,
         )
     if isinstance(p, RunRejected):
@@ -132,9 +141,24 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
             finished_at_ms=event.occurred_at_ms,
         )
     if isinstance(p, StepScheduled):
-        return replace(row, current_step=p.step, step_index=p.index, attempt=p.attempt)
+        return replace(row, current_step=p.step, current_path=p.path, attempt=p.attempt)
     if isinstance(p, StepCompleted):
         return replace(row, steps_completed=row.steps_completed + 1)
+    if isinstance(p, WaitStarted):
+        return replace(row, waiting_for=p.event)
+    if isinstance(p, NodeCompleted | NodeFailed | WaitTimedOut) and row.waiting_for:
+        return replace(row, waiting_for="")
+    if isinstance(p, RunFailing):
+        return replace(row, status="failing", error_type=p.error.type, error_message=p.error.message)
+    if isinstance(p, RunCancelled):
+        return replace(
+            row,
+            status="cancelled",
+            waiting_for="",
+            error_type="Cancelled",
+            error_message=p.reason,
+            finished_at_ms=event.occurred_at_ms,
+        )
     if isinstance(p, StepFailed):
         return replace(row, error_type=p.error.type, error_message=p.error.message)
     if isinstance(p, RunCompleted):
@@ -151,6 +175,7 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
         return replace(
             row,
             status="failed",
+            waiting_for="",
             error_type=p.error.type,
             error_message=p.error.message,
             finished_at_ms=event.occurred_at_ms,

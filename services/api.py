@@ -54,6 +54,8 @@ class RunStatus(BaseModel):
     spec_hash: str
     current_step: str
     step_index: int
+    current_path: str = ""
+    waiting_for: str = ""
     attempt: int
     steps_total: int
     steps_completed: int

@@ -396,20 +396,23 @@ def _output_of(em: Emitter, path: str) -> Any:
 
 
 def _sequence(em: Emitter, node: SequenceNode, path: str, scopes: list[str], extra: Mapping[str, Any]) -> Outcome:
-    while True:
-        st = em.node(path)
-        assert st is not None
-        failure = _child_failure(em, path, st)
-        if failure is not None:
-            return failure
-        if st.done >= len(node.nodes):
-            output = _output_of(em, "/".join([*scopes, node.nodes[-1].name]))
-            em.emit(NodeCompleted(path=path, output=output))
-            return Done(output)
-        child = node.nodes[st.done]
-        upstream = st.input if st.done == 0 else _output_of(em, "/".join([*scopes, node.nodes[st.done - 1].name]))
-        if isinstance(drive(em, child, scopes, upstream, extra), Pending):
-            return PENDING
+    st = em.node(path)
+    assert st is not None
+    failure = _child_failure(em, path, st)
+    if failure is not None:
+        return failure
+    i = st.done
+    while i < len(node.nodes):
+        upstream = st.input if i == 0 else _output_of(em, "/".join([*scopes, node.nodes[i - 1].name]))
+        outcome = drive(em, node.nodes[i], scopes, upstream, extra)
+        if isinstance(outcome, Pending):
+            return outcome
+        if isinstance(outcome, Failed):
+            return _fail(em, path, outcome.error, outcome.origin)
+        i += 1
+    output = _output_of(em, "/".join([*scopes, node.nodes[-1].name]))
+    em.emit(NodeCompleted(path=path, output=output))
+    return Done(output)
 
 
 def _parallel(em: Emitter, node: ParallelNode, path: str, scopes: list[str], extra: Mapping[str, Any]) -> Outcome:

@@ -239,8 +239,13 @@ def _apply(payload: Event, state: RunState, event: Envelope) -> RunState:
 
 @_apply.register
 def _(p: RunStarted, s: RunState, e: Envelope) -> RunState:
+    # The root container starts with the run (no NodeStarted of its own): one event fewer per run, and runs
+    # recorded before node trees existed (upcast v1 histories) have their root in place.
+    root = p.spec.root
+    nodes = {root.name: NodeState(kind=root.kind, input=p.input)} if root.kind != "step" else {}
     return replace(
         s,
+        nodes=nodes,
         status="running",
         workflow=p.workflow,
         spec_hash=p.spec_hash,

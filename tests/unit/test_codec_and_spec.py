@@ -11,14 +11,16 @@ from events import (
     MAX_RECORD_BYTES,
     Envelope,
     InvalidRecord,
-    RetryPolicy,
     StartRun,
-    StepSpec,
     WorkflowSpec,
     decode,
     encode,
 )
-from services.workflow import Registry, Workflow
+from pydantic import BaseModel
+
+from events.spec import walk
+from services.errors import NonRetryableError
+from services.workflow import Flow, Registry, StepContext, Workflow
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
@@ -71,24 +73,49 @@ def test_oversized_records_are_refused() -> None:
 
 
 def test_spec_hash_is_stable_and_content_sensitive() -> None:
-    a = WorkflowSpec(name="w", steps=(StepSpec(name="s", fn="w.s"),))
-    b = WorkflowSpec.model_validate(orjson.loads(orjson.dumps(a.model_dump(mode="json"))))
-    assert a.content_hash() == b.content_hash()
-    c = WorkflowSpec(name="w", steps=(StepSpec(name="s", fn="w.s", retry=RetryPolicy(max_attempts=2)),))
+    def s(x: int) -> int:
+        return x
+
+    a = Workflow("w").step(s).wait_for_event("go", schema={"type": "object"}).compile()
+    b = WorkflowSpec.model_validate(orjson.loads(orjson.dumps(a.model_dump(mode="json", by_alias=True))))
+    assert a == b and a.content_hash() == b.content_hash()
+    c = Workflow("w").step(s, max_attempts=2).wait_for_event("go", schema={"type": "object"}).compile()
     assert a.content_hash() != c.content_hash()
 
 
-def test_builder_compiles_and_registers_functions() -> None:
+def test_builder_compiles_names_and_registers_functions() -> None:
     def fetch(x: int) -> int:
         return x + 1
 
     async def store(x: int) -> int:
         return x
 
+    def big(scope: object) -> bool:
+        return True
+
     reg = Registry()
-    spec = reg.add(Workflow("etl").step(fetch).step(store, max_attempts=3))
-    assert [s.name for s in spec.steps] == ["fetch", "store"]
-    assert spec.steps[1].retry.max_attempts == 3
-    assert set(reg.functions) == {"etl.fetch", "etl.store"}
-    with pytest.raises(ValueError, match="already has a step named"):
-        Workflow("x").step(fetch).step(fetch)
+    spec = reg.add(Workflow("etl").step(fetch).branch((big, Flow().step(store, max_attempts=3))).sleep(5))
+    names = [n.name for n in walk(spec.root)]
+    assert names == ["__root__", "fetch", "branch1", "store", "sleep1"]
+    assert spec.root.nodes[0].input_schema == {"type": "integer"}  # type: ignore[union-attr]
+    assert len(reg.functions) == 2 and len(reg.conditions) == 1
+    with pytest.raises(ValueError, match="two nodes named 'fetch'"):
+        Workflow("x").step(fetch).step(fetch).compile()
+
+
+class Order(BaseModel):
+    id: int
+
+
+def total(order: Order) -> Order:
+    return Order(id=order.id + 1)
+
+
+async def test_typed_steps_validate_input_and_output() -> None:
+    reg = Registry()
+    spec = reg.add(Workflow("typed").step(total))
+    fn = spec.root.nodes[0].fn  # type: ignore[union-attr]
+    ctx = StepContext(run_id="r", workflow="typed", step="total", attempt=1, idempotency_key="k")
+    assert await reg.call(fn, {"id": "41"}, ctx) == {"id": 42}
+    with pytest.raises(NonRetryableError, match="input of step 'total' does not match"):
+        await reg.call(fn, {"id": "x"}, ctx)

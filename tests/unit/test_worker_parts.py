@@ -1,0 +1,412 @@
+"""The worker's parts that need no broker: step log capture, the local priority queue, cancel bookkeeping,
+and the worker's task handling driven with hand-made records and a fake producer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import io
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from events.codec import decode, encode
+from events.envelope import Envelope
+from events.schemas import CancelStep, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
+from services import step_logs
+from services.config import Settings
+from services.kafka import DeadLetters
+from services.worker import CancelledKeys, LocalQueue, Scheduler, StepWorker
+from services.workflow import Registry
+
+# --- step log capture -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def teed() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Fresh "real" streams under the tee, so a test can see what still reaches them. A context manager
+    rather than a fixture: pytest's own capture sets ``sys.stdout`` again between setup and the test call."""
+    saved = sys.stdout, sys.stderr
+    out, err = io.StringIO(), io.StringIO()
+    sys.stdout, sys.stderr = out, err
+    step_logs.install()
+    try:
+        yield out, err
+    finally:
+        step_logs.uninstall()
+        sys.stdout, sys.stderr = saved
+
+
+def _noisy(tag: str) -> str:
+    logger = logging.getLogger(f"tickflow.test.{tag}")
+    logger.setLevel(logging.INFO)
+    logger.info("info from %s", tag)
+    print(f"print from {tag}")
+    print(f"stderr from {tag}", file=sys.stderr)
+    return tag
+
+
+async def test_sync_body_in_a_thread_is_captured_and_still_reaches_the_real_streams() -> None:
+    buffer = step_logs.LogBuffer()
+    with teed() as (out, err), step_logs.capture(buffer):
+        # What Registry.call does for a sync body.
+        assert await asyncio.to_thread(contextvars.copy_context().run, _noisy, "sync") == "sync"
+    assert buffer.getvalue() == "INFO tickflow.test.sync: info from sync\nprint from sync\nstderr from sync\n"
+    assert out.getvalue() == "print from sync\n"
+    assert err.getvalue() == "stderr from sync\n"
+
+
+async def test_concurrent_async_bodies_each_get_only_their_own_output() -> None:
+    async def step(tag: str) -> str:
+        buffer = step_logs.LogBuffer()
+        with step_logs.capture(buffer):
+            for i in range(3):
+                print(f"{tag} {i}")
+                logging.getLogger("tickflow.test").warning("%s warns %d", tag, i)
+                await asyncio.sleep(0)
+        return buffer.getvalue()
+
+    with teed() as (out, _):
+        a, b = await asyncio.gather(step("a"), step("b"))
+    assert a == "".join(f"a {i}\nWARNING tickflow.test: a warns {i}\n" for i in range(3))
+    assert b == "".join(f"b {i}\nWARNING tickflow.test: b warns {i}\n" for i in range(3))
+    assert out.getvalue().count("a 2\n") == 1
+
+
+def test_nothing_is_captured_outside_a_step() -> None:
+    with teed() as (out, _):
+        assert step_logs.current() is None
+        print("outside")
+        logging.getLogger("tickflow.test").warning("outside")
+    assert out.getvalue() == "outside\n"
+
+
+def test_logging_to_a_teed_stream_is_not_captured_twice() -> None:
+    logger = logging.getLogger("tickflow.test.stream")
+    buffer = step_logs.LogBuffer()
+    with teed() as (_, err):
+        handler = logging.StreamHandler(sys.stderr)  # the tee, as in a process configured after install()
+        logger.addHandler(handler)
+        try:
+            with step_logs.capture(buffer):
+                logger.error("boom")
+        finally:
+            logger.removeHandler(handler)
+    assert buffer.getvalue() == "ERROR tickflow.test.stream: boom\n"
+    assert err.getvalue() == "boom\n"
+
+
+def test_exceptions_logged_in_a_step_carry_their_traceback() -> None:
+    buffer = step_logs.LogBuffer()
+    with teed(), step_logs.capture(buffer):
+        try:
+            raise ValueError("bad input")
+        except ValueError:
+            logging.getLogger("tickflow.test").exception("step failed")
+    assert buffer.getvalue().startswith("ERROR tickflow.test: step failed\nTraceback")
+    assert "ValueError: bad input" in buffer.getvalue()
+
+
+def test_buffer_keeps_the_tail_and_says_how_much_was_dropped() -> None:
+    buffer = step_logs.LogBuffer(limit=100)
+    for i in range(25):
+        buffer.write(f"line {i:03d}\n")  # 9 chars each: 225 in all
+    text = buffer.getvalue()
+    assert buffer.dropped == 125
+    assert text.startswith("[… 125 earlier chars dropped]\n")
+    assert text.endswith("line 024\n")
+    assert len(text.split("\n", 1)[1]) == 100
+    big = step_logs.LogBuffer(limit=10)
+    big.write("x" * 5)
+    big.write("0123456789abcdef")
+    assert big.getvalue() == "[… 11 earlier chars dropped]\n6789abcdef"
+
+
+def test_default_limit_fits_in_a_result() -> None:
+    buffer = step_logs.LogBuffer()
+    buffer.write("y" * 100_000)
+    assert len(buffer.getvalue()) < 16_100 < 64_000
+
+
+async def test_a_thread_outliving_its_step_cannot_change_reported_logs() -> None:
+    release, done = threading.Event(), threading.Event()
+
+    def lingering() -> None:
+        print("before")
+        release.wait(5)
+        print("after")
+        done.set()
+
+    buffer = step_logs.LogBuffer()
+    with teed() as (out, _):
+        with step_logs.capture(buffer):
+            thread = threading.Thread(target=contextvars.copy_context().run, args=(lingering,))
+            thread.start()
+            await asyncio.sleep(0.05)
+        release.set()
+        assert done.wait(5)
+        thread.join()
+    assert buffer.getvalue() == "before\n"
+    assert out.getvalue() == "before\nafter\n"
+
+
+def test_a_broken_buffer_never_breaks_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(self: step_logs.LogBuffer, text: str) -> None:
+        raise RuntimeError("capture is broken")
+
+    monkeypatch.setattr(step_logs.LogBuffer, "write", explode)
+    with teed() as (out, _), step_logs.capture(step_logs.LogBuffer()):
+        print("still printed")
+        logging.getLogger("tickflow.test").warning("still logged")
+    assert out.getvalue() == "still printed\n"
+
+
+def test_install_is_idempotent() -> None:
+    with teed():
+        tee = sys.stdout
+        step_logs.install()
+        assert sys.stdout is tee
+        assert sum(isinstance(h, step_logs._CaptureHandler) for h in logging.getLogger().handlers) == 1
+        assert sys.stdout.isatty() is False  # other attributes are the real stream's
+    assert not isinstance(sys.stdout, step_logs._Tee)
+
+
+# --- local queue, cancelled keys, scheduler -------------------------------------------------------------
+
+
+def test_queue_pops_highest_priority_first_and_fifo_among_equals() -> None:
+    queue: LocalQueue[str] = LocalQueue()
+    for name, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -1), ("f", 0)]:
+        queue.push(name, key=name, priority=priority)
+    assert [queue.pop() for _ in range(len(queue))] == ["b", "d", "a", "c", "f", "e"]
+
+
+def test_queue_removes_by_key_in_arrival_order_and_keeps_the_rest_ordered() -> None:
+    queue: LocalQueue[str] = LocalQueue()
+    for i, (key, priority) in enumerate([("k", 1), ("x", 0), ("k", 3), ("y", 2)]):
+        queue.push(f"{key}{i}", key=key, priority=priority)
+    assert queue.remove_if(lambda key, _: key == "k") == ["k0", "k2"]
+    assert queue.remove_if(lambda key, _: key == "nope") == []
+    assert [queue.pop(), queue.pop()] == ["y3", "x1"]
+
+
+def test_cancelled_keys_are_bounded_and_forget_the_oldest() -> None:
+    keys = CancelledKeys(capacity=3)
+    for key in ["a", "b", "c"]:
+        keys.add(key)
+    keys.add("a")  # refreshed: now the newest
+    keys.add("d")
+    assert "b" not in keys
+    assert all(k in keys for k in ["a", "c", "d"])
+
+
+def _scheduler(limit: int) -> tuple[Scheduler[str], list[str]]:
+    started: list[str] = []
+    return Scheduler(limit, started.append), started
+
+
+def test_scheduler_runs_at_most_limit_and_starts_by_priority() -> None:
+    sched, started = _scheduler(1)
+    sched.offer("first", key="first")
+    for name, priority in [("low", 0), ("high", 9), ("low2", 0), ("mid", 4)]:
+        sched.offer(name, key=name, priority=priority)
+    assert started == ["first"]
+    assert (sched.running, len(sched.queue), sched.room) == (1, 4, 0)
+    for _ in range(4):
+        sched.finished()
+    assert started == ["first", "high", "mid", "low", "low2"]
+    sched.finished()
+    assert sched.running == 0
+
+
+def test_scheduler_grows_at_once_and_shrinks_by_letting_running_items_finish() -> None:
+    sched, started = _scheduler(2)
+    for i in range(6):
+        sched.offer(str(i), key=str(i))
+    assert started == ["0", "1"]
+    sched.set_limit(4)
+    assert started == ["0", "1", "2", "3"]
+    sched.set_limit(1)
+    assert sched.running == 4 and sched.room == 0
+    for _ in range(3):
+        sched.finished()
+    assert len(started) == 4  # still at or above the new limit
+    sched.finished()
+    assert started[-1] == "4" and sched.running == 1
+    with pytest.raises(ValueError):
+        sched.set_limit(0)
+
+
+def test_scheduler_cancel_drops_queued_items_and_refuses_redeliveries() -> None:
+    sched, started = _scheduler(1)
+    sched.offer("run-a", key="a")
+    sched.offer("run-b", key="b")
+    assert sched.cancel("b") == ["run-b"]
+    assert sched.cancel("not-seen-yet") == []
+    assert not sched.offer("run-b again", key="b")
+    assert not sched.offer("late", key="not-seen-yet")
+    sched.finished()
+    assert started == ["run-a"] and len(sched.queue) == 0
+
+
+def test_stopped_scheduler_starts_nothing() -> None:
+    sched, started = _scheduler(1)
+    sched.stopped = True
+    sched.offer("x", key="x")
+    assert started == [] and len(sched.queue) == 1
+
+
+# --- the worker's task handling, without a broker -------------------------------------------------------
+
+TP = TopicPartition("tickflow.tasks.default", 0)
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        self.sent.append((topic, value))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def _record(offset: int, value: bytes | None, topic: str = TP.topic) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic, 0, offset, 0, 0, b"run-1", value, None, 5, len(value or b""), ())
+
+
+def _task(payload: RunStep | CancelStep | SetPoolConcurrency, id: str) -> bytes:
+    return encode(Envelope.wrap(payload, id=id, key="run-1", occurred_at_ms=1))
+
+
+def _run_step(key: str, fn: str, priority: int = 0, input: Any = 1) -> bytes:
+    step = RunStep(
+        workflow="wf", path="0", step=fn, fn=fn, attempt=1, input=input, idempotency_key=key, priority=priority
+    )
+    return _task(step, id=f"task/{key}")
+
+
+@pytest.fixture
+def worker() -> Iterator[StepWorker]:
+    w = StepWorker(Settings(), Registry(), concurrency=1)
+    producer = FakeProducer()
+    w.producer = producer
+    w.dead_letters = DeadLetters(producer, "dlq", "test")
+    yield w
+    for t in w._inflight:
+        t.cancel()
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def _results(w: StepWorker) -> list[Envelope]:
+    sent: list[tuple[str, bytes]] = w.producer.sent
+    return [decode(v) for topic, v in sent if topic == w.topics.results]
+
+
+async def test_worker_reports_path_and_logs_and_commits_past_cancelled_tasks(worker: StepWorker) -> None:
+    gate, began = asyncio.Event(), asyncio.Event()
+
+    async def slow(x: Any) -> Any:
+        began.set()
+        await gate.wait()
+        return x
+
+    def quick(x: int) -> int:
+        logging.getLogger("tickflow.test.quick").warning("doubling %d", x)
+        print("quick ran")
+        return x * 2
+
+    worker.registry.functions.update({"slow": slow, "quick": quick})
+    with teed():
+        await worker._accept(TP, _record(0, _run_step("a", "slow")))  # starts: one slot
+        await worker._accept(TP, _record(1, _run_step("b", "quick")))  # waits
+        await worker._accept(TP, _record(2, _run_step("c", "quick", priority=5, input=21)))  # waits, first in line
+        await worker._accept(TP, _record(3, _task(CancelStep(idempotency_key="b"), id="cancel/b")))
+        assert len(worker.scheduler.queue) == 1
+        await began.wait()
+        await worker._accept(TP, _record(4, _task(CancelStep(idempotency_key="a"), id="cancel/a")))
+        await _until(lambda: worker.executed == 1)
+        await worker._accept(TP, _record(5, _run_step("b", "quick")))  # redelivered after its cancel: skipped
+        await _until(lambda: not worker._inflight)
+    [result] = _results(worker)
+    assert isinstance(result.payload, StepSucceeded)
+    assert result.payload.path == "0" and result.payload.output == 42
+    assert result.payload.logs == "WARNING tickflow.test.quick: doubling 21\nquick ran\n"
+    assert result.id == "task/c/result"
+    assert worker.offsets.committable() == {TP: 6}
+    assert worker.scheduler.running == 0 and not worker._running
+
+
+async def test_worker_cancels_a_task_before_its_first_step(worker: StepWorker) -> None:
+    async def never(x: Any) -> Any:
+        raise AssertionError("must not run")
+
+    worker.registry.functions["never"] = never
+    await worker._accept(TP, _record(0, _run_step("a", "never")))
+    await worker._accept(TP, _record(1, _task(CancelStep(idempotency_key="a"), id="cancel/a")))
+    await _until(lambda: not worker._inflight)
+    assert _results(worker) == []
+    assert worker.offsets.committable() == {TP: 2}
+    assert worker.scheduler.running == 0 and not worker.scheduler.stopped
+
+
+async def test_worker_reports_errors_with_their_logs(worker: StepWorker) -> None:
+    def broken(x: Any) -> Any:
+        print("about to fail")
+        raise RuntimeError("no luck")
+
+    worker.registry.functions["broken"] = broken
+    with teed():
+        await worker._accept(TP, _record(0, _run_step("a", "broken")))
+        await worker._accept(TP, _record(1, b"not json"))  # dead-lettered, and its offset is done
+        await _until(lambda: not worker._inflight)
+    [result] = _results(worker)
+    assert isinstance(result.payload, StepErrored)
+    assert result.payload.path == "0" and result.payload.retryable
+    assert result.payload.error.message == "no luck"
+    assert result.payload.logs == "about to fail\n"
+    assert worker.offsets.committable() == {TP: 2}
+
+
+async def test_set_concurrency_starts_waiting_tasks(worker: StepWorker) -> None:
+    gate = asyncio.Event()
+
+    async def wait(x: Any) -> Any:
+        await gate.wait()
+        return x
+
+    worker.registry.functions["wait"] = wait
+    for i in range(3):
+        await worker._accept(TP, _record(i, _run_step(f"k{i}", "wait")))
+    assert worker.scheduler.running == 1
+    worker.set_concurrency(3)
+    assert worker.scheduler.running == 3 and worker.concurrency == 3
+    gate.set()
+    await _until(lambda: worker.executed == 3)
+    assert worker.offsets.committable() == {TP: 3}
+
+
+def test_control_records_for_this_pool_set_the_limit(worker: StepWorker) -> None:
+    topic = worker.control_topic
+    assert topic == f"{worker.topics.prefix}.control"
+    ours = _task(SetPoolConcurrency(pool="default", limit=7), id="c1")
+    theirs = _task(SetPoolConcurrency(pool="gpu", limit=2), id="c2")
+    assert worker._limit_in(_record(0, ours, topic)) == 7
+    assert worker._limit_in(_record(1, theirs, topic)) is None
+    assert worker._limit_in(_record(2, b"{", topic)) is None  # invalid: logged and skipped
+    assert worker._limit_in(_record(3, None, topic)) is None  # tombstone
+    assert worker._limit_in(_record(4, _run_step("a", "f"), topic)) is None  # not a control record
