@@ -3,6 +3,7 @@
 from events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
 from events.envelope import Envelope, dead_letter, event_id
 from events.schemas import (
+    PAYLOAD_TYPES,
     BranchChosen,
     CancelRun,
     CancelStep,
@@ -17,7 +18,6 @@ from events.schemas import (
     NodeCompleted,
     NodeFailed,
     NodeStarted,
-    PAYLOAD_TYPES,
     Payload,
     Result,
     ResumeRejected,
@@ -63,6 +63,11 @@ from events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, TopicNames, partitio
 from events.upcast import UPCASTERS, upcast
 
 __all__ = [
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_POOL",
+    "MAX_RECORD_BYTES",
+    "PAYLOAD_TYPES",
+    "UPCASTERS",
     "BranchChosen",
     "BranchNode",
     "CancelRun",
@@ -72,8 +77,6 @@ __all__ = [
     "ChildNode",
     "ChildStarted",
     "Command",
-    "DEFAULT_PARTITIONS",
-    "DEFAULT_POOL",
     "DeadLetter",
     "Envelope",
     "ErrorInfo",
@@ -83,14 +86,12 @@ __all__ = [
     "IterationStarted",
     "Kind",
     "LoopNode",
-    "MAX_RECORD_BYTES",
     "Mapping",
     "Name",
     "Node",
     "NodeCompleted",
     "NodeFailed",
     "NodeStarted",
-    "PAYLOAD_TYPES",
     "ParallelNode",
     "Payload",
     "Result",
@@ -117,7 +118,6 @@ __all__ = [
     "Task",
     "TimerStarted",
     "TopicNames",
-    "UPCASTERS",
     "WaitNode",
     "WaitStarted",
     "WaitTimedOut",

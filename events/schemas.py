@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from events.spec import Name, WorkflowSpec
 
 __all__ = [
+    "PAYLOAD_TYPES",
     "BranchChosen",
     "CancelRun",
     "CancelStep",
@@ -28,7 +29,6 @@ __all__ = [
     "NodeCompleted",
     "NodeFailed",
     "NodeStarted",
-    "PAYLOAD_TYPES",
     "Payload",
     "Result",
     "ResumeRejected",

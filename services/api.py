@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.codec import MAX_RECORD_BYTES, InvalidRecord, encode
 from events.envelope import Envelope
-from events.schemas import StartRun
+from events.schemas import CancelRun, ResumeRun, SetPoolConcurrency, StartRun
 from events.spec import Name
 from events.topics import TopicNames
 from projections.rows import RunRow
@@ -45,6 +45,30 @@ class StartRequest(BaseModel):
 class StartResponse(BaseModel):
     run_id: str
     accepted: bool = True
+
+
+class CommandAccepted(BaseModel):
+    run_id: str
+    command_id: str
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    payload: Any = None
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="cancelled through the API", max_length=1_000)
+
+
+class PoolLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(ge=1, le=100_000)
 
 
 class RunStatus(BaseModel):
@@ -136,6 +160,46 @@ def create_api(
         await producer.send_and_wait(topics.commands, raw, key=run_id.encode())
         return StartResponse(run_id=run_id)
 
+    async def send_command(run_id: str, payload: Any, command_id: str) -> None:
+        rows = await asyncio.to_thread(store.runs_by_id, [run_id])
+        if run_id not in rows:
+            raise HTTPException(404, f"no run {run_id!r} is visible: check the id, or wait until its start is visible")
+        command = Envelope.wrap(
+            payload, id=command_id, key=run_id, occurred_at_ms=int(time.time() * 1000), correlation_id=run_id
+        )
+        try:
+            raw = encode(command)
+        except InvalidRecord as exc:
+            raise HTTPException(413, str(exc)) from None
+        await producer.send_and_wait(topics.commands, raw, key=run_id.encode())
+
+    @api.post("/runs/{run_id}/resume", status_code=202, response_model=CommandAccepted, dependencies=guard)
+    async def resume_run(run_id: str, body: ResumeRequest) -> CommandAccepted:
+        """Deliver an event to a run suspended in a wait node. The engine validates the payload against the
+        wait's schema; a refusal appears in the run's events as ResumeRejected with this command id."""
+        command_id = f"resume/{run_id}/{uuid.uuid4().hex}"
+        await send_command(run_id, ResumeRun(event=body.event, payload=body.payload), command_id)
+        return CommandAccepted(run_id=run_id, command_id=command_id)
+
+    @api.post("/runs/{run_id}/cancel", status_code=202, response_model=CommandAccepted, dependencies=guard)
+    async def cancel_run(run_id: str, body: CancelRequest | None = None) -> CommandAccepted:
+        command_id = f"cancel/{run_id}/{uuid.uuid4().hex}"
+        reason = body.reason if body is not None else "cancelled through the API"
+        await send_command(run_id, CancelRun(reason=reason), command_id)
+        return CommandAccepted(run_id=run_id, command_id=command_id)
+
+    @api.put("/pools/{pool}/concurrency", status_code=202, dependencies=guard)
+    async def set_pool_concurrency(pool: str, body: PoolLimit) -> dict[str, Any]:
+        """Change how many steps each worker of ``pool`` runs at once; workers apply it within seconds."""
+        try:
+            control = SetPoolConcurrency(pool=pool, limit=body.limit)
+        except ValueError as exc:
+            raise HTTPException(422, f"invalid pool name {pool!r}: {exc}") from None
+        now = int(time.time() * 1000)
+        env = Envelope.wrap(control, id=f"pool/{pool}/{uuid.uuid4().hex}", key=pool, occurred_at_ms=now)
+        await producer.send_and_wait(topics.control, encode(env), key=pool.encode())
+        return {"pool": pool, "limit": body.limit}
+
     @api.get("/runs/{run_id}", response_model=RunStatus, dependencies=guard)
     async def get_run(run_id: str) -> RunStatus:
         rows = await asyncio.to_thread(store.runs_by_id, [run_id])
@@ -161,7 +225,13 @@ def create_api(
 
         rows = await asyncio.to_thread(store.run_events, run_id)
         return [
-            {"seq": r.seq, "type": r.type, "occurred_at_ms": r.occurred_at_ms, "payload": orjson.loads(r.payload)}
+            {
+                "seq": r.seq,
+                "type": r.type,
+                "occurred_at_ms": r.occurred_at_ms,
+                "causation_id": r.causation_id,
+                "payload": orjson.loads(r.payload),
+            }
             for r in rows
         ]
 

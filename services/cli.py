@@ -133,7 +133,7 @@ def status(ctx: click.Context, run_id: str, events: bool) -> None:
             _print_status(c.status(run_id).model_dump())
             if events:
                 for e in c.events(run_id):
-                    click.echo(f"{e['seq']:>4} {e['type']:<14} {json.dumps(e['payload'])[:160]}")
+                    click.echo(f"{e['seq']:>4} {e['type']:<16} {json.dumps(e['payload'])[:160]}")
     except TickflowError as exc:
         fail(exc)
 
@@ -152,6 +152,51 @@ def wait(ctx: click.Context, run_id: str, timeout: float) -> None:
         return
     _print_status(final.model_dump())
     sys.exit(0 if final.status == "completed" else 1)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("event")
+@click.option("--payload", "payload_json", default="null", help="The event's payload, as JSON.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="How long to wait for the answer.")
+@click.pass_context
+def resume(ctx: click.Context, run_id: str, event: str, payload_json: str, timeout: float) -> None:
+    """Resume RUN_ID, suspended waiting for EVENT; exit 1 with the engine's reason if it refuses."""
+    try:
+        value = json.loads(payload_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--payload is not valid JSON: {exc}") from None
+    try:
+        with client(ctx) as c:
+            click.echo(c.resume(run_id, event, value, timeout=timeout))
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="cancelled from the CLI", show_default=True)
+@click.pass_context
+def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
+    """Cancel RUN_ID and its children (in-flight steps get a best-effort stop signal)."""
+    try:
+        with client(ctx) as c:
+            click.echo(c.cancel(run_id, reason))
+    except TickflowError as exc:
+        fail(exc)
+
+
+@main.command("pool-limit")
+@click.argument("pool")
+@click.argument("limit", type=int)
+@click.pass_context
+def pool_limit(ctx: click.Context, pool: str, limit: int) -> None:
+    """Set how many steps each worker of POOL runs at once, at runtime."""
+    try:
+        with client(ctx) as c:
+            c.set_pool_concurrency(pool, limit)
+    except TickflowError as exc:
+        fail(exc)
 
 
 @main.command("runs")

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 
 from services.api import RunStatus
-from services.errors import RunNotFound, TickflowError, UnknownWorkflow
+from services.errors import ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
 
 __all__ = ["TERMINAL", "Client"]
 
-TERMINAL = frozenset({"completed", "failed", "rejected"})
+TERMINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 
 class Client:
@@ -62,6 +62,39 @@ class Client:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def resume(self, run_id: str, event: str, payload: Any = None, *, wait: bool = True, timeout: float = 30.0) -> str:
+        """Deliver ``event`` to a run waiting for it; returns the command id.
+
+        With ``wait`` (the default) this returns once the engine accepted the payload, and raises
+        ``ResumeRejected`` with the engine's reason (wrong event, payload not matching the wait's schema, run
+        not waiting) if it refused it; the run then stays suspended as it was.
+        """
+        body = {"event": event, "payload": payload}
+        command_id = str(self._check(self._http.post(f"/runs/{run_id}/resume", json=body))["command_id"])
+        if wait:
+            self._outcome(run_id, command_id, timeout)
+        return command_id
+
+    def cancel(self, run_id: str, reason: str = "cancelled through the SDK") -> str:
+        """Cancel a run and its children; in-flight steps get a best-effort stop signal. Cancelled is final."""
+        return str(self._check(self._http.post(f"/runs/{run_id}/cancel", json={"reason": reason}))["command_id"])
+
+    def set_pool_concurrency(self, pool: str, limit: int) -> None:
+        """Change how many steps each worker of ``pool`` runs at once, without a restart."""
+        self._check(self._http.put(f"/pools/{pool}/concurrency", json={"limit": limit}))
+
+    def _outcome(self, run_id: str, command_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events(run_id):
+                if event.get("causation_id") != command_id:
+                    continue
+                if event["type"] == "ResumeRejected":
+                    raise ResumeRejected(event["payload"]["reason"])
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"no answer to {command_id} within {timeout}s; is the engine running?")
 
     def status(self, run_id: str) -> RunStatus:
         """The run's current status; raises RunNotFound until its start is visible."""

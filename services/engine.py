@@ -28,7 +28,6 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from events.codec import InvalidRecord, decode, encode
-from events.envelope import Envelope
 from events.schemas import StartRun
 from services.config import Settings
 from services.decider import (

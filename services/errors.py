@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NonRetryableError", "RunNotFound", "TickflowError", "UnknownWorkflow"]
+__all__ = ["NonRetryableError", "ResumeRejected", "RunNotFound", "TickflowError", "UnknownWorkflow"]
 
 
 class TickflowError(Exception):
@@ -19,3 +19,7 @@ class UnknownWorkflow(TickflowError):
 
 class RunNotFound(TickflowError):
     """No run with that id is visible (yet): it was never started, or the projection has not caught up."""
+
+
+class ResumeRejected(TickflowError):
+    """The engine refused a resume (wrong event, payload not matching the schema, run not waiting)."""

@@ -28,23 +28,12 @@ import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from events.spec import (
-    BranchNode,
-    Case,
-    ChildNode,
-    ForEachNode,
-    LoopNode,
-    Node,
-    ParallelNode,
     RetryPolicy,
-    SequenceNode,
-    SleepNode,
-    StepNode,
-    WaitNode,
     WorkflowSpec,
 )
 from events.topics import DEFAULT_POOL
@@ -140,7 +129,7 @@ class Flow:
         non_retryable: tuple[type[BaseException] | str, ...] = (),
         timeout_s: float | None = None,
         priority: int = 0,
-    ) -> Flow:
+    ) -> Self:
         """Run ``fn`` in a worker of ``pool``; retried up to ``max_attempts`` with exponential backoff."""
         fn_name = _fn_name(fn)
         existing = self.functions.steps.get(fn_name)
@@ -169,11 +158,11 @@ class Flow:
             output_schema=out_schema,
         )
 
-    def sleep(self, seconds: float, *, name: str | None = None) -> Flow:
+    def sleep(self, seconds: float, *, name: str | None = None) -> Self:
         """A durable timer: the run holds no resources and survives restarts while it sleeps."""
         return self._add("sleep", name, None, seconds=seconds)
 
-    def sleep_until(self, at_ms: str | ScopeFn, *, name: str | None = None) -> Flow:
+    def sleep_until(self, at_ms: str | ScopeFn, *, name: str | None = None) -> Self:
         """Sleep until the epoch-ms time that ``at_ms`` (a mapping or mapper) yields."""
         return self._add("sleep", name, at_ms, until_input=True)
 
@@ -185,7 +174,7 @@ class Flow:
         timeout_s: float | None = None,
         on_timeout: Flow | None = None,
         name: str | None = None,
-    ) -> Flow:
+    ) -> Self:
         """Suspend until ``ResumeRun(event)``; its payload (validated against ``schema``) is the output."""
         json_schema = schema.model_json_schema() if isinstance(schema, type) else schema
         return self._add(
@@ -198,13 +187,13 @@ class Flow:
             on_timeout=self._sub(on_timeout, f"{name or event}.on_timeout") if on_timeout else None,
         )
 
-    def child(self, workflow: str, *, name: str | None = None, input: str | ScopeFn | None = None) -> Flow:
+    def child(self, workflow: str, *, name: str | None = None, input: str | ScopeFn | None = None) -> Self:
         """Start a run of ``workflow`` and wait for its output."""
         return self._add("child", name, input, workflow=workflow)
 
     # -- containers --------------------------------------------------------------------------------------
 
-    def parallel(self, *, name: str | None = None, input: str | ScopeFn | None = None, **branches: Flow) -> Flow:
+    def parallel(self, *, name: str | None = None, input: str | ScopeFn | None = None, **branches: Flow) -> Self:
         """Run the branches at once; the output is ``{branch: output}``. One failed branch fails the group."""
         if not branches:
             raise ValueError("parallel() needs at least one branch, as keyword arguments: parallel(a=Flow()...)")
@@ -217,7 +206,7 @@ class Flow:
         otherwise: Flow | None = None,
         name: str | None = None,
         input: str | ScopeFn | None = None,
-    ) -> Flow:
+    ) -> Self:
         """The first case whose condition holds runs; else ``otherwise``; else the value passes through."""
         built = [{"when": self._condition(when), "then": self._sub(flow, None)} for when, flow in cases]
         other = self._sub(otherwise, None) if otherwise is not None else None
@@ -232,7 +221,7 @@ class Flow:
         max_iterations: int = 100,
         name: str | None = None,
         input: str | ScopeFn | None = None,
-    ) -> Flow:
+    ) -> Self:
         """Do-until (or do-while): run ``body``, test the condition on its output, repeat."""
         return self._add(
             "loop",
@@ -252,7 +241,7 @@ class Flow:
         max_items: int = 10_000,
         name: str | None = None,
         input: str | ScopeFn | None = None,
-    ) -> Flow:
+    ) -> Self:
         """Run ``body`` per element of the input list, ``concurrency`` at a time; output: the list of results."""
         return self._add(
             "foreach", name, input, body=self._sub(body, None), concurrency=concurrency, max_items=max_items
@@ -260,7 +249,7 @@ class Flow:
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
-    def _add(self, kind: str, name: str | None, input: str | ScopeFn | None, **fields: Any) -> Flow:
+    def _add(self, kind: str, name: str | None, input: str | ScopeFn | None, **fields: Any) -> Self:
         self._nodes.append({"kind": kind, "name": name, "input": self._mapping(input), **fields})
         return self
 
@@ -399,7 +388,7 @@ class Registry:
                 existing = table.get(name)
                 if existing is not None and existing is not fn:
                     raise ValueError(f"two different functions are registered as {name!r}")
-                table[name] = fn  # type: ignore[assignment]
+                table[name] = fn
         return spec
 
     def spec(self, workflow: str) -> WorkflowSpec | None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from services.workflow import Registry, Workflow, current_step
+from pydantic import BaseModel
+
+from services.workflow import Flow, Registry, Workflow, current_step
 
 registry = Registry()
 
@@ -40,5 +43,59 @@ async def broken(value: int) -> int:
     raise ValueError(f"cannot handle {value}")
 
 
-registry.add(Workflow("math").step(add_one).step(double).step(flaky, max_attempts=3))
-registry.add(Workflow("doomed").step(add_one).step(broken, max_attempts=2))
+registry.add(Workflow("math").step(add_one).step(double).step(flaky, max_attempts=3, backoff_s=0.05))
+registry.add(Workflow("doomed").step(add_one).step(broken, max_attempts=2, backoff_s=0.05))
+
+
+class Approval(BaseModel):
+    approved: bool
+    by: str
+
+
+def is_approved(scope: Any) -> bool:
+    return bool(scope["value"]["approved"])
+
+
+async def ship(value: Any) -> str:
+    return f"shipped after {value['by']} approved"
+
+
+async def reject(value: Any) -> str:
+    return "rejected"
+
+
+async def square(value: int) -> int:
+    return value * value
+
+
+async def total(values: list[int]) -> int:
+    return sum(values)
+
+
+async def slow_forever(value: Any) -> Any:
+    await asyncio.sleep(3600)
+    return value
+
+
+def say(value: Any) -> Any:
+    print(f"saying {value}")  # captured into the step's logs
+    logging.getLogger("flows").warning("said %s", value)
+    return value
+
+
+registry.add(
+    Workflow("fan")
+    .parallel(left=Flow().step(add_one, name="l1"), right=Flow().step(double, name="r1").sleep(0.3))
+    .step(say)
+)
+registry.add(Workflow("napper").sleep(1.0).step(add_one, name="after_nap"))
+registry.add(
+    Workflow("approval")
+    .step(add_one, name="prepare")
+    .wait_for_event("approve", schema=Approval, timeout_s=600)
+    .branch((is_approved, Flow().step(ship)), otherwise=Flow().step(reject))
+)
+registry.add(Workflow("square").step(square))
+registry.add(Workflow("fanout").foreach(Flow().child("square"), concurrency=4).step(total))
+registry.add(Workflow("stuck").step(slow_forever).step(add_one, name="never"))
+registry.add(Workflow("parent_of_stuck").child("stuck").step(add_one, name="never_either"))

@@ -52,6 +52,7 @@ async def test_runs_complete_and_are_visible_in_clickhouse(node: Node) -> None:
                 "StepFailed",
                 "StepScheduled",
                 "StepCompleted",
+                "NodeCompleted",
                 "RunCompleted",
             ]
             failed = c.wait(c.start("doomed", 1), timeout=60)
@@ -88,7 +89,9 @@ async def test_watch_yields_progress_until_the_end(node: Node) -> None:
 async def test_api_refuses_bad_requests_with_reasons(node: Node) -> None:
     def scenario() -> None:
         with sdk(node) as c:
-            with pytest.raises(UnknownWorkflow, match="unknown workflow 'nope'; registered workflows: doomed, math"):
+            with pytest.raises(
+                UnknownWorkflow, match="unknown workflow 'nope'; registered workflows: approval, doomed, fan"
+            ):
                 c.start("nope")
             with pytest.raises(RunNotFound, match="no run 'missing'"):
                 c.status("missing")

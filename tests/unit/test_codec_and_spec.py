@@ -6,6 +6,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from events import (
     MAX_RECORD_BYTES,
@@ -16,8 +17,6 @@ from events import (
     decode,
     encode,
 )
-from pydantic import BaseModel
-
 from events.spec import walk
 from services.errors import NonRetryableError
 from services.workflow import Flow, Registry, StepContext, Workflow

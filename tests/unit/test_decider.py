@@ -370,6 +370,7 @@ def test_recovery_resends_in_flight_tasks_with_the_same_ids() -> None:
 
 # --- properties -----------------------------------------------------------------------------------------
 
+
 def items(scope: Any) -> list[int]:
     return [1, 2, 3]
 

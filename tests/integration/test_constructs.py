@@ -1,0 +1,114 @@
+"""Every workflow construct on the real broker and real ClickHouse, through the SDK and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.client import Client
+from services.errors import ResumeRejected
+from services.runtime import Node
+from tests.conftest import free_port
+from tests.integration.flows import registry
+from tests.integration.harness import read_topic, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
+    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
+    await n.start()
+    yield n
+    await n.stop()
+
+
+def sdk(node: Node) -> Client:
+    return Client(node.settings.api_url)
+
+
+def cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TICKFLOW_API_PORT": str(node.settings.api_port)}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_parallel_sleep_and_step_logs(node: Node) -> None:
+    def scenario() -> None:
+        with sdk(node) as c:
+            final = c.wait(c.start("fan", 5), timeout=60)
+            assert final.status == "completed", final
+            assert final.output == {"left": 6, "right": 10}
+            events = c.events(final.run_id)
+            said = next(e for e in events if e["type"] == "StepCompleted" and e["payload"]["path"] == "say")
+            assert "saying {'left': 6, 'right': 10}" in said["payload"]["logs"]
+            assert "WARNING flows: said" in said["payload"]["logs"]
+            fired = next(e for e in events if e["type"] == "NodeCompleted" and e["payload"]["path"] == "sleep1")
+            started = next(e for e in events if e["type"] == "TimerStarted")
+            assert fired["occurred_at_ms"] >= started["payload"]["due_at_ms"]  # never early
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_suspend_and_resume_through_sdk_and_cli(node: Node) -> None:
+    def scenario() -> None:
+        with sdk(node) as c:
+            rid = c.start("approval", 1)
+            for status in c.watch(rid, poll_s=0.05, timeout=30):
+                if status.waiting_for == "approve":
+                    break
+            with pytest.raises(ResumeRejected, match="approved: Field required"):
+                c.resume(rid, "approve", {"by": "ann"})
+            with pytest.raises(ResumeRejected, match="not waiting for 'payment'; it waits for: approve"):
+                c.resume(rid, "payment", {})
+            assert c.status(rid).status == "running"  # refusals leave the run suspended
+            bad = cli(node, "resume", rid, "approve", "--payload", '{"approved": "maybe", "by": 1}')
+            assert bad.returncode == 1 and "does not match the wait's schema" in bad.stderr
+            ok = cli(node, "resume", rid, "approve", "--payload", '{"approved": true, "by": "ann"}')
+            assert ok.returncode == 0, ok.stderr
+            final = c.wait(rid, timeout=30)
+            assert final.status == "completed" and final.output == "shipped after ann approved"
+            again = cli(node, "resume", rid, "approve", "--payload", '{"approved": true, "by": "bob"}')
+            assert again.returncode == 1 and "(completed) is not waiting" in again.stderr
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_children_fan_out_and_join(node: Node) -> None:
+    def scenario() -> None:
+        with sdk(node) as c:
+            final = c.wait(c.start("fanout", list(range(10))), timeout=60)
+            assert final.status == "completed" and final.output == sum(i * i for i in range(10))
+            kids = c.list_runs(workflow="square", limit=100)
+            assert len([k for k in kids if k.run_id.startswith(final.run_id + "/")]) == 10
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_cancel_stops_the_run_and_its_children(node: Node) -> None:
+    def scenario() -> str:
+        with sdk(node) as c:
+            rid = c.start("parent_of_stuck", 1)
+            child = f"{rid}/child1"
+            for status in c.watch(child, poll_s=0.05, timeout=30):
+                if status.current_step == "slow_forever":
+                    break
+            out = cli(node, "cancel", rid, "--reason", "changed my mind")
+            assert out.returncode == 0, out.stderr
+            parent = c.wait(rid, timeout=30)
+            assert parent.status == "cancelled" and parent.error_message == "changed my mind"
+            kid = c.wait(child, timeout=30)
+            assert kid.status == "cancelled" and "parent run" in kid.error_message
+            c.cancel(rid)  # cancelling again changes nothing
+            return child
+
+    child = await asyncio.to_thread(scenario)
+    tasks = await read_topic(node.settings.bootstrap, node.topics.tasks(), node.settings.partitions)
+    assert any(e.type == "CancelStep" and e.key == child for _, _, e in tasks)
