@@ -154,9 +154,7 @@ class ClickHouseStore:
                     continue
                 sql = entry.read_text()
                 for statement in _statements(sql):
-                    c.command(
-                        statement.replace("CREATE TABLE IF NOT EXISTS ", f"CREATE TABLE IF NOT EXISTS {self._t}.")
-                    )
+                    c.command(statement.replace("{db}", self._t))  # migrations name tables as {db}.<table>
                 c.insert(f"{self._t}.schema_migrations", [[version, entry.name]], column_names=["version", "name"])
 
     # -- writes --------------------------------------------------------------------------------------------

@@ -140,8 +140,12 @@ class _UserError(Exception):
 
 
 def child_run_id(run_id: str, path: str) -> str:
-    """A child run's id is derived from its parent and node path, so a re-sent start is idempotent."""
-    return f"{run_id}/{path}"
+    """A child run's id is derived from its parent and node path, so a re-sent start is idempotent.
+
+    It uses only characters a run id may hold in a URL path: ``r1`` + ``items[3]/ship`` → ``r1:items.3:ship``.
+    """
+    safe = path.replace("/", ":").replace("[", ".").replace("]", "").replace("#", ".")
+    return f"{run_id}:{safe}"
 
 
 def jitter_unit(run_id: str, path: str, attempt: int) -> float:

@@ -5,9 +5,9 @@ to the lowest task still unfinished in its partition (tasks wait in a local prio
 order). A redelivered task runs again with the same idempotency key; the engine keeps an attempt's first result.
 
 ``CancelStep`` is best-effort: a queued attempt is dropped, a running async body is cancelled, but a sync body
-already in its thread cannot be interrupted (Python cannot safely kill a thread): it runs on and its result is
-discarded. Cancelled attempts report nothing — the engine has moved on. Cancels queue behind the tasks on the
-tasks topic, so none are read while fetching is paused because the local queue is full.
+already in its thread cannot be interrupted (Python cannot safely kill a thread): it runs on, outside the
+concurrency limit, and its result is discarded. Cancelled attempts report nothing — the engine has moved on.
+Cancels queue behind the tasks on the tasks topic, so none are read while the full local queue pauses fetching.
 
 Concurrency can change at runtime (``set_concurrency``) and follows the pool's latest ``SetPoolConcurrency``.
 """
@@ -205,7 +205,7 @@ class StepWorker:
         self.registry = registry
         self.pool = pool
         self.topics = settings.topics
-        self.control_topic: str = getattr(self.topics, "control", f"{self.topics.prefix}.control")
+        self.control_topic = self.topics.control
         self.name = f"{socket.gethostname()}:{os.getpid()}:{pool}"
         self.offsets = _Offsets()
         self.pending = PendingSends()
@@ -430,7 +430,7 @@ class StepWorker:
     async def _follow_control(self, consumer: AIOKafkaConsumer) -> None:
         end: dict[TopicPartition, int] | None = None
         while True:
-            batch = await consumer.getmany(timeout_ms=1_000)
+            batch = await consumer.getmany(timeout_ms=1_000 if self._control_ready.is_set() else 100)
             limits = [limit for records in batch.values() for r in records if (limit := self._limit_in(r))]
             if limits:
                 self.set_concurrency(limits[-1])  # only the newest matters; older ones were replayed history

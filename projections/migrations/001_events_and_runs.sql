@@ -1,6 +1,6 @@
 -- The log, every event, as written by the engine. ReplacingMergeTree on (run_id, seq): a redelivered
 -- event collapses onto its first copy, so reads with FINAL never see a (run, seq) twice.
-CREATE TABLE IF NOT EXISTS events
+CREATE TABLE IF NOT EXISTS {db}.events
 (
     run_id          String,
     seq             UInt64,
@@ -21,7 +21,7 @@ ORDER BY (run_id, seq);
 
 -- Current status of every run, versioned by the seq of the last event folded in: the row with the
 -- highest last_seq wins, so replays and duplicates can never move a run backwards.
-CREATE TABLE IF NOT EXISTS runs
+CREATE TABLE IF NOT EXISTS {db}.runs
 (
     run_id           String,
     workflow         LowCardinality(String),

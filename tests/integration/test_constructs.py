@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from services import step_logs
 from services.client import Client
 from services.errors import ResumeRejected
 from services.runtime import Node
@@ -41,6 +42,8 @@ def cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_parallel_sleep_and_step_logs(node: Node) -> None:
+    step_logs.install()  # pytest swaps sys.stdout between test phases; put the tee back for this one
+
     def scenario() -> None:
         with sdk(node) as c:
             final = c.wait(c.start("fan", 5), timeout=60)
@@ -64,7 +67,7 @@ async def test_suspend_and_resume_through_sdk_and_cli(node: Node) -> None:
             for status in c.watch(rid, poll_s=0.05, timeout=30):
                 if status.waiting_for == "approve":
                     break
-            with pytest.raises(ResumeRejected, match="approved: Field required"):
+            with pytest.raises(ResumeRejected, match="'approved' is a required property"):
                 c.resume(rid, "approve", {"by": "ann"})
             with pytest.raises(ResumeRejected, match="not waiting for 'payment'; it waits for: approve"):
                 c.resume(rid, "payment", {})
@@ -87,7 +90,7 @@ async def test_children_fan_out_and_join(node: Node) -> None:
             final = c.wait(c.start("fanout", list(range(10))), timeout=60)
             assert final.status == "completed" and final.output == sum(i * i for i in range(10))
             kids = c.list_runs(workflow="square", limit=100)
-            assert len([k for k in kids if k.run_id.startswith(final.run_id + "/")]) == 10
+            assert len([k for k in kids if k.run_id.startswith(final.run_id + ":")]) == 10
 
     await asyncio.to_thread(scenario)
 
@@ -96,7 +99,7 @@ async def test_cancel_stops_the_run_and_its_children(node: Node) -> None:
     def scenario() -> str:
         with sdk(node) as c:
             rid = c.start("parent_of_stuck", 1)
-            child = f"{rid}/child1"
+            child = f"{rid}:child1"
             for status in c.watch(child, poll_s=0.05, timeout=30):
                 if status.current_step == "slow_forever":
                     break

@@ -319,7 +319,7 @@ def test_wait_timeout_takes_the_declared_path_or_fails() -> None:
 def test_child_runs_start_report_and_fan_out() -> None:
     sim = Sim(Workflow("w").foreach(Flow().child("kid"), concurrency=10), [1, 2])
     starts = [e for e in sim.sent if e.type == "StartRun"]
-    assert [e.key for e in starts] == ["r1/foreach1[0]/child1", "r1/foreach1[1]/child1"]
+    assert [e.key for e in starts] == ["r1:foreach1.0:child1", "r1:foreach1.1:child1"]
     assert starts[0].payload.parent_run_id == "r1" and starts[0].payload.input == 1
     sim.signal(ChildFinished(path="foreach1[0]/child1", child_run_id=starts[0].key, status="completed", output="A"))
     wrong = ChildFinished(path="foreach1[1]/child1", child_run_id="someone-else", status="completed")
@@ -334,9 +334,9 @@ def test_a_finished_child_reports_to_its_parent() -> None:
     registry = Registry()
     spec = registry.add(Workflow("kid").step(a))
     cmd = StartRun(workflow="kid", input=1, parent_run_id="p", parent_path="child1")
-    d = run(RunState("p/child1"), Start(Envelope.wrap(cmd, id="x", key="p/child1", occurred_at_ms=0), spec), 5)
+    d = run(RunState("p:child1"), Start(Envelope.wrap(cmd, id="x", key="p:child1", occurred_at_ms=0), spec), 5)
     ok = StepSucceeded(path="a", step="a", attempt=1, output=7, duration_ms=1)
-    d = run(d.state, WorkerResult(Envelope.wrap(ok, id="y", key="p/child1", occurred_at_ms=0)), 6)
+    d = run(d.state, WorkerResult(Envelope.wrap(ok, id="y", key="p:child1", occurred_at_ms=0)), 6)
     reports = [o.envelope for o in effects(d) if o.envelope.type == "ChildFinished"]
     assert len(reports) == 1 and reports[0].key == "p" and reports[0].payload.output == 7
     assert [o.envelope.id for o in recovery_effects(d.state, 7)] == [reports[0].id]
