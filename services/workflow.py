@@ -257,8 +257,8 @@ class Flow:
         if flow is None or not flow._nodes:
             raise ValueError("a nested Flow needs at least one node")
         self.functions.merge(flow.functions)
-        if len(flow._nodes) == 1 and name is None:
-            return dict(flow._nodes[0])
+        if len(flow._nodes) == 1:  # a one-node branch is that node, named after the branch if it has a name
+            return {**flow._nodes[0], "name": name} if name is not None else dict(flow._nodes[0])
         return {"kind": "sequence", "name": name, "input": None, "nodes": list(flow._nodes)}
 
     def _condition(self, fn: str | ScopeFn) -> str:

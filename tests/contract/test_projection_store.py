@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from events import Envelope, ErrorInfo, RunCompleted, RunFailed, RunStarted, StepSpec, WorkflowSpec
+from events import Envelope, ErrorInfo, RunCompleted, RunFailed, RunStarted, SequenceNode, StepNode, WorkflowSpec
 from projections.rows import EventRow, RunRow, event_row, run_row
 from projections.store import ClickHouseStore, MemoryStore, ProjectionStore
 
-SPEC = WorkflowSpec(name="wf", steps=(StepSpec(name="a", fn="wf.a"),))
+SPEC = WorkflowSpec(name="wf", root=SequenceNode(name="main", nodes=(StepNode(name="a", fn="wf.a"),)))
 
 
 def events_for(run_id: str, *, fail: bool = False, t0: int = 1_700_000_000_000) -> list[Envelope]:

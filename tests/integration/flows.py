@@ -99,3 +99,20 @@ registry.add(Workflow("square").step(square))
 registry.add(Workflow("fanout").foreach(Flow().child("square"), concurrency=4).step(total))
 registry.add(Workflow("stuck").step(slow_forever).step(add_one, name="never"))
 registry.add(Workflow("parent_of_stuck").child("stuck").step(add_one, name="never_either"))
+
+
+async def bump(value: Any) -> Any:
+    await asyncio.sleep(0.05)
+    return {"n": (value or {}).get("n", 0) + 1}
+
+
+def joined(scope: Any) -> Any:
+    return {"n": scope["value"]["left"]["n"] + scope["value"]["right"]["n"]}
+
+
+registry.add(
+    Workflow("forknap")
+    .parallel(left=Flow().step(bump, name="left"), right=Flow().step(bump, name="right"), name="fork")
+    .sleep(1.5, name="nap")
+    .step(tick, name="wake", input=joined)
+)

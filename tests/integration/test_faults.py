@@ -36,13 +36,13 @@ async def workers_and_projector(kafka_bootstrap: str, prefix: str, tmp_path: Pat
     await node.stop()
 
 
-async def start_runs(settings: Settings, ids: list[str]) -> None:
+async def start_runs(settings: Settings, ids: list[str], workflow: str = "slow10") -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for rid in ids:
             cmd = Envelope.wrap(
-                StartRun(workflow="slow10", input={"n": 0}), id=f"start/{rid}", key=rid, occurred_at_ms=1
+                StartRun(workflow=workflow, input={"n": 0}), id=f"start/{rid}", key=rid, occurred_at_ms=1
             )
             await producer.send(settings.topics.commands, encode(cmd), key=rid.encode())
         await producer.flush()
@@ -50,8 +50,8 @@ async def start_runs(settings: Settings, ids: list[str]) -> None:
         await producer.stop()
 
 
-async def count_finished(node: Node, ids: list[str]) -> int:
-    counts = await asyncio.to_thread(node.store.status_counts, "slow10")
+async def count_finished(node: Node, ids: list[str], workflow: str = "slow10") -> int:
+    counts = await asyncio.to_thread(node.store.status_counts, workflow)
     return int(counts.get("completed", 0))
 
 
@@ -73,8 +73,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
 
 
-async def assert_log_is_exact(settings: Settings, ids: list[str]) -> None:
+async def assert_log_is_exact(
+    settings: Settings, ids: list[str], paths: list[str] | None = None, final_n: int = STEPS
+) -> None:
     """Read the events topic from offset 0: every run complete, seqs 1..N, each step applied once."""
+    expected = Counter(paths or [f"t{i}" for i in range(STEPS)])
     log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
     by_run: dict[str, list[Envelope]] = defaultdict(list)
     for _, _, e in log:
@@ -83,10 +86,14 @@ async def assert_log_is_exact(settings: Settings, ids: list[str]) -> None:
     for rid, events in by_run.items():
         seqs = [e.seq for e in events]
         assert seqs == list(range(1, len(seqs) + 1)), f"{rid}: seq gap or duplicate: {seqs}"
-        applied = Counter(e.payload.index for e in events if isinstance(e.payload, StepCompleted))
-        assert applied == Counter(range(STEPS)), f"{rid}: step results applied {applied}"
+        applied = Counter(e.payload.path for e in events if isinstance(e.payload, StepCompleted))
+        assert applied == expected, f"{rid}: step results applied {applied}"
+        fired = Counter(
+            e.payload.path for e in events if e.type == "NodeCompleted" and e.payload.path.startswith("nap")
+        )
+        assert all(n == 1 for n in fired.values()), f"{rid}: a timer fired twice: {fired}"
         assert events[-1].type == "RunCompleted", f"{rid} ended with {events[-1].type}"
-        assert events[-1].payload.output["n"] == STEPS  # type: ignore[attr-defined]
+        assert events[-1].payload.output["n"] == final_n  # type: ignore[attr-defined]
 
 
 async def test_kill_9_of_the_engine_mid_run_loses_and_duplicates_nothing(
@@ -119,7 +126,7 @@ async def test_kill_9_of_the_engine_mid_run_loses_and_duplicates_nothing(
         stop(engine)
     await assert_log_is_exact(settings, ids)
     restart_log = (tmp_path / "engine2.log").read_text()
-    resent = sum(int(n) for n in re.findall(r"(\d+) tasks re-sent", restart_log))
+    resent = sum(int(n) for n in re.findall(r"(\d+) messages re-sent", restart_log))
     assert resent > 0, "the restarted engine re-sent no in-flight task; the kill did not land mid-run"
 
 
@@ -152,3 +159,40 @@ async def test_two_engines_in_one_group_share_the_partitions(workers_and_project
     finally:
         for e in engines:
             stop(e)
+
+
+async def test_kill_9_while_timers_are_due_and_branches_are_in_flight(
+    workers_and_projector: Node, tmp_path: Path
+) -> None:
+    """Runs fork into two branches, join, then sleep 1.5 s. The engine dies with branches in flight and
+    stays down past the timers' due times; its successor fires each overdue timer once and loses nothing."""
+    node = workers_and_projector
+    settings = node.settings
+    ids = [f"nap-{i:04d}" for i in range(80)]
+    engine = spawn_roles(settings, "engine", tmp_path / "engine1.log")
+    try:
+        await start_runs(settings, ids, "forknap")
+
+        async def some_sleeping() -> bool:
+            log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+            return sum(1 for _, _, e in log if e.type == "TimerStarted") >= 10
+
+        await wait_until(some_sleeping, 90, "some runs to be asleep")
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(10)
+        at_kill = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+        assert sum(1 for _, _, e in at_kill if e.type == "RunCompleted") < len(ids)
+        await asyncio.sleep(2.0)  # every timer started before the kill is now overdue
+        engine = spawn_roles(settings, "engine", tmp_path / "engine2.log")
+
+        async def all_done() -> bool:
+            return await count_finished(node, ids, "forknap") == len(ids)
+
+        await wait_until(all_done, 180, "all runs to complete after the restart")
+    finally:
+        stop(engine)
+    await assert_log_is_exact(settings, ids, ["left", "right", "wake"], final_n=3)
+    log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+    due = {e.key: e.payload.due_at_ms for _, _, e in log if e.type == "TimerStarted"}
+    fired = {e.key: e.occurred_at_ms for _, _, e in log if e.type == "NodeCompleted" and e.payload.path == "nap"}
+    assert all(fired[k] >= due[k] for k in ids), "a timer fired early"
