@@ -53,7 +53,14 @@ async def noop(value: Any) -> Any:
 
 
 registry = Registry()
-registry.add(Workflow("order").step(validate).step(price).step(reserve).step(charge, max_attempts=3, backoff_s=0.2).step(notify))
+registry.add(
+    Workflow("order")
+    .step(validate)
+    .step(price)
+    .step(reserve)
+    .step(charge, max_attempts=3, backoff_s=0.2)
+    .step(notify)
+)
 _noop10 = Workflow("noop10")
 for _i in range(10):
     _noop10.step(noop, name=f"noop{_i}")
