@@ -81,7 +81,7 @@ def broker(action: str) -> None:
     "--roles",
     default=",".join(sorted(ALL_ROLES)),
     show_default=True,
-    help="Comma-separated roles for this process: engine, worker, projector, api.",
+    help="Comma-separated roles for this process: engine, worker, projector, api, trigger.",
 )
 @click.option("--no-broker", is_flag=True, help="Do not start the local Kafka; use TICKFLOW_KAFKA_BOOTSTRAP.")
 @click.pass_obj

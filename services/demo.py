@@ -54,12 +54,7 @@ async def noop(value: Any) -> Any:
 
 registry = Registry()
 registry.add(
-    Workflow("order")
-    .step(validate)
-    .step(price)
-    .step(reserve)
-    .step(charge, max_attempts=3, backoff_s=0.2)
-    .step(notify)
+    Workflow("order").step(validate).step(price).step(reserve).step(charge, max_attempts=3, backoff_s=0.2).step(notify)
 )
 _noop10 = Workflow("noop10")
 for _i in range(10):

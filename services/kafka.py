@@ -64,9 +64,7 @@ def new_consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def ensure_topics(
-    bootstrap: str, names: TopicNames, pools: Iterable[str], log_retention_ms: int = -1
-) -> None:
+async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str], log_retention_ms: int = -1) -> None:
     """Create tickflow's topics with the partition counts ``events`` defines; existing topics are kept.
 
     The events topic keeps records for ``log_retention_ms`` (-1: forever, the default: the log is the state).

@@ -16,13 +16,14 @@ from events.topics import TopicNames
 from services.config import Settings
 from services.engine import Engine
 from services.kafka import ensure_topics, new_producer
+from services.triggers import TriggerRole
 from services.worker import StepWorker
 from services.workflow import Registry
 
 __all__ = ["ALL_ROLES", "Node", "serve"]
 
 log = logging.getLogger("tickflow")
-ALL_ROLES = frozenset({"engine", "worker", "projector", "api"})
+ALL_ROLES = frozenset({"engine", "worker", "projector", "api", "trigger"})
 
 
 class Node:
@@ -38,6 +39,7 @@ class Node:
         self.engine: Engine | None = None
         self.workers: list[StepWorker] = []
         self.projector: Any = None
+        self.triggers: TriggerRole | None = None
         self.store: Any = None
         self._api_server: Any = None
         self._api_task: asyncio.Task[None] | None = None
@@ -68,6 +70,9 @@ class Node:
                 worker = StepWorker(s, self.registry, pool)
                 await worker.start()
                 self.workers.append(worker)
+        if "trigger" in self.roles and self.registry.triggers:
+            self.triggers = TriggerRole(s, self.registry)
+            await self.triggers.start()
         if "projector" in self.roles:
             from projections.projector import Projector
 
@@ -112,7 +117,8 @@ class Node:
         raise RuntimeError(f"the API did not start on {s.api_host}:{s.api_port}")
 
     def _tasks(self) -> list[asyncio.Task[Any]]:
-        tasks = [r.task for r in [self.engine, *self.workers, self.projector] if r is not None and r.task]
+        roles = [self.engine, *self.workers, self.projector, self.triggers]
+        tasks = [r.task for r in roles if r is not None and r.task]
         if self._api_task is not None:
             tasks.append(self._api_task)
         return tasks
@@ -129,7 +135,7 @@ class Node:
             if self._api_task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._api_task, 5)
-        for role in [self.projector, *self.workers, self.engine]:
+        for role in [self.triggers, self.projector, *self.workers, self.engine]:
             if role is not None:
                 try:
                     await role.stop()

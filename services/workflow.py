@@ -39,7 +39,7 @@ from events.spec import (
 from events.topics import DEFAULT_POOL
 from services.errors import NonRetryableError
 
-__all__ = ["Flow", "Registry", "StepContext", "Workflow", "current_step"]
+__all__ = ["Flow", "Registry", "StepContext", "Trigger", "Workflow", "current_step"]
 
 StepFn = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
 ScopeFn = Callable[[Mapping[str, Any]], Any]
@@ -342,6 +342,15 @@ class Workflow(Flow):
 
 
 @dataclass(frozen=True, slots=True)
+class Trigger:
+    """A rule: every record on ``topic`` starts a run of ``workflow`` (see ``services.triggers``)."""
+
+    name: str
+    topic: str
+    workflow: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Typed:
     fn: StepFn
     takes: TypeAdapter[Any] | None
@@ -375,6 +384,7 @@ class Registry:
         self.conditions: dict[str, ScopeFn] = {}
         self.mappers: dict[str, ScopeFn] = {}
         self._typed: dict[str, _Typed] = {}
+        self.triggers: list[Trigger] = []
 
     def add(self, workflow: Workflow) -> WorkflowSpec:
         spec = workflow.compile()
@@ -390,6 +400,14 @@ class Registry:
                     raise ValueError(f"two different functions are registered as {name!r}")
                 table[name] = fn
         return spec
+
+    def trigger(self, topic: str, workflow: str, *, name: str | None = None) -> Trigger:
+        """Start a run of ``workflow`` for every record on ``topic`` (hosted by the ``trigger`` role)."""
+        trig = Trigger(name=name or f"on.{topic}.{workflow}", topic=topic, workflow=workflow)
+        if any(t.name == trig.name for t in self.triggers):
+            raise ValueError(f"a trigger named {trig.name!r} exists already; pass name=")
+        self.triggers.append(trig)
+        return trig
 
     def spec(self, workflow: str) -> WorkflowSpec | None:
         return self.specs.get(workflow)
