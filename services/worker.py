@@ -36,6 +36,7 @@ from events.envelope import Envelope
 from events.schemas import CancelStep, ErrorInfo, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
 from events.topics import DEFAULT_POOL
 from services import step_logs
+from services.claimcheck import FileBlobStore, is_ref, offload, resolve
 from services.config import Settings
 from services.errors import NonRetryableError
 from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer
@@ -207,6 +208,7 @@ class StepWorker:
         self.topics = settings.topics
         self.control_topic = self.topics.control
         self.name = f"{socket.gethostname()}:{os.getpid()}:{pool}"
+        self.blobs = FileBlobStore(settings.blob_dir)
         self.offsets = _Offsets()
         self.pending = PendingSends()
         self.executed = 0
@@ -365,8 +367,12 @@ class StepWorker:
         error: BaseException
         try:
             with step_logs.capture(logs):
-                call = self.registry.call(task.fn, task.input, ctx)
+                value = await asyncio.to_thread(resolve, task.input, self.blobs) if is_ref(task.input) else task.input
+                call = self.registry.call(task.fn, value, ctx)
                 output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
+            s = self.settings
+            what = f"the output of step {task.step!r}"
+            output = await asyncio.to_thread(offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what)
             ms = (time.perf_counter() - started) * 1000
             return encode(self._wrap(env, StepSucceeded(**common, output=output, duration_ms=ms, logs=logs.getvalue())))
         except asyncio.CancelledError as exc:

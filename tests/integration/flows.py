@@ -116,3 +116,14 @@ registry.add(
     .sleep(1.5, name="nap")
     .step(tick, name="wake", input=joined)
 )
+
+
+async def big(size: int) -> dict[str, Any]:
+    return {"blob": "x" * size}
+
+
+async def measure(value: dict[str, Any]) -> int:
+    return len(value["blob"])
+
+
+registry.add(Workflow("bigdata").step(big).step(measure))

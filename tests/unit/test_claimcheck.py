@@ -1,0 +1,32 @@
+"""The claim-check store: content-addressed, idempotent, tamper-evident, capped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.claimcheck import FileBlobStore, PayloadTooLarge, is_ref, offload, resolve
+
+
+def test_small_values_stay_inline_and_big_ones_round_trip(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    assert offload({"a": 1}, store, 100, 1_000, "x") == {"a": 1}
+    big = {"rows": list(range(1_000))}
+    ref = offload(big, store, 100, 1_000_000, "x")
+    assert is_ref(ref) and resolve(ref, store) == big
+    assert offload(big, store, 100, 1_000_000, "x") == ref  # same bytes, same blob
+    assert len(list(tmp_path.rglob("*"))) == 2  # one folder, one file: no temp files left behind
+
+
+def test_cap_corruption_and_bad_refs_are_refused(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    with pytest.raises(PayloadTooLarge, match="above the hard cap of 10"):
+        offload("x" * 100, store, 5, 10, "the output of step 's'")
+    ref = offload("y" * 100, store, 5, 1_000, "x")
+    digest = ref["$blob"]["sha256"]
+    (tmp_path / digest[:2] / digest).write_bytes(b'"tampered"')
+    with pytest.raises(ValueError, match="corrupt"):
+        resolve(ref, store)
+    with pytest.raises(ValueError, match="not a blob digest"):
+        resolve({"$blob": {"sha256": "../../etc/passwd"}}, store)
