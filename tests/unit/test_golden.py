@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from events import Envelope, StepSucceeded, decode
 from services.decider import Recover, RunState, WorkerResult, decide, fold, recovery_effects, run
 
@@ -44,3 +46,13 @@ def test_v1_runs_in_flight_continue_on_the_v1_spec_after_an_upgrade() -> None:
     assert outputs == ["StepCompleted", "StepScheduled", "StepCompleted", "NodeCompleted", "RunCompleted"]
     assert state.status == "completed" and state.output == {"n": "c"}
     assert fold("g-running", load("v1_history.jsonl")["g-running"]) != RunState("g-running")
+
+
+def test_v2_decisions_replay_identically() -> None:
+    """Inputs recorded with their times must yield byte-identical events (tests/golden/record_v2.py)."""
+    from tests.golden.record_v2 import registry, replay
+
+    recorded = [orjson.loads(line) for line in (GOLDEN / "v2_decisions.jsonl").read_bytes().splitlines()]
+    assert replay(registry()) == recorded
+    types = [e["type"] for line in recorded for e in line["events"]]
+    assert "TimerStarted" in types and "ResumeRejected" in types and types[-1] == "RunCancelled"
