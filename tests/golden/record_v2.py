@@ -55,7 +55,10 @@ def registry() -> Registry:
 
 def script() -> list[tuple[int, str, Any]]:
     """(now, kind, payload) for run g2; results name their path and attempt."""
-    ok = lambda p, out, a=1: StepSucceeded(path=p, step=p.rsplit("/", 1)[-1], attempt=a, output=out, duration_ms=1)  # noqa: E731
+
+    def ok(p: str, out: Any, a: int = 1) -> StepSucceeded:
+        return StepSucceeded(path=p, step=p.rsplit("/", 1)[-1], attempt=a, output=out, duration_ms=1)
+
     err = StepErrored(path="plan", step="plan", attempt=1, error=ErrorInfo(type="IOError", message="x"), duration_ms=1)
     return [
         (1_000, "start", StartRun(workflow="golden2", input={"items": [1, 2, 3]})),
@@ -76,7 +79,8 @@ def script() -> list[tuple[int, str, Any]]:
 
 def replay(reg: Registry) -> list[dict[str, Any]]:
     spec = reg.specs["golden2"]
-    state, lines = RunState("g2"), []
+    state = RunState("g2")
+    lines: list[dict[str, Any]] = []
     for i, (now, kind, payload) in enumerate(script()):
         env = Envelope.wrap(payload, id=f"in-{i}", key="g2", occurred_at_ms=now) if payload is not None else None
         if kind == "start":
@@ -103,7 +107,9 @@ def replay(reg: Registry) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    from tests.golden import record_v2  # import under its module name, so function names match the test's
+
     with open(HERE / "v2_decisions.jsonl", "wb") as f:
-        for line in replay(registry()):
+        for line in record_v2.replay(record_v2.registry()):
             f.write(orjson.dumps(line, option=orjson.OPT_SORT_KEYS) + b"\n")
     print("recorded", HERE / "v2_decisions.jsonl")
