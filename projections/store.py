@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from projections.rows import EVENT_COLUMNS, RUN_COLUMNS, EventRow, RunRow
+from projections.rows import EVENT_COLUMNS, RUN_COLUMNS, TERMINAL_STATUSES, EventRow, RunRow
 
 __all__ = ["ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
 
@@ -56,6 +56,14 @@ class ProjectionStore(Protocol):
     def status_counts(self, workflow: str | None = None) -> dict[str, int]: ...
 
     def event_count(self) -> int: ...
+
+    def vacuum(self, finished_before_ms: int) -> int:
+        """Delete finished runs (and their events) that ended before the cutoff; returns how many runs."""
+        ...
+
+    def set_ttl(self, days: int | None) -> None:
+        """Let ClickHouse expire events and finished runs ``days`` after they happened (None: keep forever)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -104,6 +112,15 @@ class MemoryStore:
 
     def event_count(self) -> int:
         return len(self._events)
+
+    def vacuum(self, finished_before_ms: int) -> int:
+        gone = {r.run_id for r in self._runs.values() if r.terminal and 0 < r.finished_at_ms < finished_before_ms}
+        self._runs = {k: v for k, v in self._runs.items() if k not in gone}
+        self._events = {k: v for k, v in self._events.items() if k[0] not in gone}
+        return len(gone)
+
+    def set_ttl(self, days: int | None) -> None:
+        return None  # the twin keeps nothing long enough to expire
 
     def close(self) -> None:
         return None
@@ -224,6 +241,34 @@ class ClickHouseStore:
 
     def event_count(self) -> int:
         return int(self._query(f"SELECT count() FROM {self._t}.events FINAL")[0][0])
+
+    def vacuum(self, finished_before_ms: int) -> int:
+        # Lightweight deletes: rows vanish from reads at once and from disk at the next merge. Only finished
+        # runs go, so a run still in progress never loses its history.
+        finished = (
+            f"SELECT run_id FROM {self._t}.runs FINAL WHERE status IN {{terminal:Array(String)}} "
+            "AND finished_at > toDateTime64(0, 3) AND finished_at < fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')"
+        )
+        params = {"terminal": list(TERMINAL_STATUSES), "cutoff": int(finished_before_ms)}
+        with self._lock:
+            ids = [r[0] for r in self._client.query(finished, parameters=params).result_rows]
+            for start in range(0, len(ids), 10_000):
+                chunk = {"ids": ids[start : start + 10_000]}
+                self._client.command(f"DELETE FROM {self._t}.events WHERE run_id IN {{ids:Array(String)}}", chunk)
+                self._client.command(f"DELETE FROM {self._t}.runs WHERE run_id IN {{ids:Array(String)}}", chunk)
+        return len(ids)
+
+    def set_ttl(self, days: int | None) -> None:
+        with self._lock:
+            for table, column in (("events", "occurred_at"), ("runs", "finished_at")):
+                if days is None:
+                    self._client.command(f"ALTER TABLE {self._t}.{table} REMOVE TTL")
+                    continue
+                condition = "" if table == "events" else f" WHERE status IN {tuple(TERMINAL_STATUSES)}"
+                self._client.command(
+                    f"ALTER TABLE {self._t}.{table} MODIFY TTL toDateTime({column}) + INTERVAL {int(days)} DAY"
+                    f" DELETE{condition}"
+                )
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with bound parameters (for benchmarks, reports and tests)."""

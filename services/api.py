@@ -65,6 +65,12 @@ class CancelRequest(BaseModel):
     reason: str = Field(default="cancelled through the API", max_length=1_000)
 
 
+class VacuumRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_s: float = Field(ge=0, le=100 * 365 * 86_400)
+
+
 class PoolLimit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -199,6 +205,14 @@ def create_api(
         env = Envelope.wrap(control, id=f"pool/{pool}/{uuid.uuid4().hex}", key=pool, occurred_at_ms=now)
         await producer.send_and_wait(topics.control, encode(env), key=pool.encode())
         return {"pool": pool, "limit": body.limit}
+
+    @api.post("/admin/vacuum", dependencies=guard)
+    async def vacuum(body: VacuumRequest) -> dict[str, Any]:
+        """Delete finished runs (and their events) that ended more than ``older_than_s`` ago from ClickHouse.
+        The log keeps them: a rebuild from the events topic brings them back."""
+        cutoff = int(time.time() * 1000) - int(body.older_than_s * 1000)
+        removed = await asyncio.to_thread(store.vacuum, cutoff)
+        return {"runs_removed": removed, "finished_before_ms": cutoff}
 
     @api.get("/runs/{run_id}", response_model=RunStatus, dependencies=guard)
     async def get_run(run_id: str) -> RunStatus:

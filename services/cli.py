@@ -199,6 +199,18 @@ def pool_limit(ctx: click.Context, pool: str, limit: int) -> None:
         fail(exc)
 
 
+@main.command()
+@click.option("--older-than-days", type=float, required=True, help="Remove runs that finished before this.")
+@click.pass_context
+def vacuum(ctx: click.Context, older_than_days: float) -> None:
+    """Delete finished runs and their events from ClickHouse (the log keeps them; a rebuild restores them)."""
+    try:
+        with client(ctx) as c:
+            click.echo(f"{c.vacuum(older_than_days * 86_400)} finished runs removed")
+    except TickflowError as exc:
+        fail(exc)
+
+
 @main.command("runs")
 @click.option("--status", "status_", default=None)
 @click.option("--workflow", default=None)

@@ -84,6 +84,10 @@ class Client:
         """Change how many steps each worker of ``pool`` runs at once, without a restart."""
         self._check(self._http.put(f"/pools/{pool}/concurrency", json={"limit": limit}))
 
+    def vacuum(self, older_than_s: float) -> int:
+        """Delete finished runs older than ``older_than_s`` from the projections; returns how many."""
+        return int(self._check(self._http.post("/admin/vacuum", json={"older_than_s": older_than_s}))["runs_removed"])
+
     def _outcome(self, run_id: str, command_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

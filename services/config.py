@@ -37,6 +37,8 @@ class Settings:
     state_retention_s: float = 7 * 86_400
     #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
     log_retention_ms: int = -1
+    #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).
+    clickhouse_ttl_days: int | None = None
     #: Step inputs/outputs above this many bytes are stored out of band (claim-check) …
     offload_bytes: int = 256_000
     #: … and above this one they are refused with a clear error.
@@ -59,6 +61,9 @@ class Settings:
             commit_interval_ms=int(_env("COMMIT_INTERVAL_MS", "200")),
             state_retention_s=float(_env("STATE_RETENTION_S", str(7 * 86_400))),
             log_retention_ms=int(_env("LOG_RETENTION_MS", "-1")),
+            clickhouse_ttl_days=int(os.environ["TICKFLOW_CLICKHOUSE_TTL_DAYS"])
+            if os.environ.get("TICKFLOW_CLICKHOUSE_TTL_DAYS")
+            else None,
             offload_bytes=int(_env("OFFLOAD_BYTES", "256000")),
             max_payload_bytes=int(_env("MAX_PAYLOAD_BYTES", "64000000")),
         )

@@ -62,6 +62,8 @@ class Node:
                 url=s.clickhouse_url,
                 database=s.prefix.replace("-", "_").replace(".", "_"),
             )
+            if "projector" in self.roles and s.clickhouse_ttl_days is not None:
+                await asyncio.to_thread(self.store.set_ttl, s.clickhouse_ttl_days)
         if "engine" in self.roles:
             self.engine = Engine(s, self.registry)
             await self.engine.start()

@@ -82,3 +82,16 @@ def test_parameters_are_bound_not_spliced(store: ProjectionStore) -> None:
     assert store.runs_by_id(["r1' OR '1'='1"]) == {}
     assert store.run_events("x'; DROP TABLE events; --") == []
     assert store.event_count() == 2
+
+
+def test_vacuum_removes_only_finished_runs_older_than_the_cutoff(store: ProjectionStore) -> None:
+    t0 = 1_700_000_000_000
+    project(store, events_for("old", t0=t0) + events_for("new", t0=t0 + 86_400_000))
+    running = [e for e in events_for("live", t0=t0) if e.type == "RunStarted"]
+    project(store, running, offset0=10)
+    assert store.vacuum(finished_before_ms=t0 + 3_600_000) == 1
+    assert set(store.runs_by_id(["old", "new", "live"])) == {"new", "live"}
+    assert store.run_events("old") == [] and len(store.run_events("new")) == 2
+    assert store.vacuum(finished_before_ms=t0 + 3_600_000) == 0  # idempotent
+    store.set_ttl(30)
+    store.set_ttl(None)

@@ -13,7 +13,7 @@ import pytest
 
 from services import step_logs
 from services.client import Client
-from services.errors import ResumeRejected
+from services.errors import ResumeRejected, RunNotFound
 from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import registry
@@ -115,3 +115,20 @@ async def test_cancel_stops_the_run_and_its_children(node: Node) -> None:
     child = await asyncio.to_thread(scenario)
     tasks = await read_topic(node.settings.bootstrap, node.topics.tasks(), node.settings.partitions)
     assert any(e.type == "CancelStep" and e.key == child for _, _, e in tasks)
+
+
+async def test_vacuum_removes_finished_runs_from_the_projections(node: Node) -> None:
+    def scenario() -> None:
+        with sdk(node) as c:
+            done = c.wait(c.start("math", 1), timeout=60)
+            waiting = c.start("approval", 1)
+            for status in c.watch(waiting, poll_s=0.05, timeout=30):
+                if status.waiting_for:
+                    break
+            out = cli(node, "vacuum", "--older-than-days", "0")
+            assert out.returncode == 0 and "finished runs removed" in out.stdout, out.stderr
+            with pytest.raises(RunNotFound):
+                c.status(done.run_id)
+            assert c.status(waiting).status == "running"  # unfinished runs are never vacuumed
+
+    await asyncio.to_thread(scenario)
