@@ -15,6 +15,8 @@ from events.spec import Name, WorkflowSpec
 
 __all__ = [
     "PAYLOAD_TYPES",
+    "AcquireSlot",
+    "AdmitRun",
     "BranchChosen",
     "CancelRun",
     "CancelStep",
@@ -30,9 +32,11 @@ __all__ = [
     "NodeFailed",
     "NodeStarted",
     "Payload",
+    "ReleaseSlot",
     "Result",
     "ResumeRejected",
     "ResumeRun",
+    "RunAdmitted",
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
@@ -41,6 +45,9 @@ __all__ = [
     "RunStarted",
     "RunStep",
     "SetPoolConcurrency",
+    "SlotGranted",
+    "SlotQueued",
+    "SlotReleased",
     "StartRun",
     "StepCompleted",
     "StepErrored",
@@ -106,6 +113,8 @@ class StartRun(Command):
     #: Set when a parent run's child node started this run; the child reports back with ``ChildFinished``.
     parent_run_id: ShortText | None = None
     parent_path: ShortText | None = None
+    #: Among runs of one workflow queued for the same concurrency key, higher goes first.
+    priority: int = Field(default=0, ge=-1000, le=1000)
 
 
 class ResumeRun(Command):
@@ -121,6 +130,29 @@ class CancelRun(Command):
 
     TYPE: ClassVar[str] = "CancelRun"
     reason: ShortText = "cancelled by request"
+
+
+class AcquireSlot(Command):
+    """A run asks the slot entity of its concurrency key (the envelope key) for permission to proceed."""
+
+    TYPE: ClassVar[str] = "AcquireSlot"
+    run_id: ShortText
+    priority: int = 0
+    limit: int = Field(ge=1, le=10_000)
+
+
+class ReleaseSlot(Command):
+    """A finished run gives its slot back (or leaves the queue)."""
+
+    TYPE: ClassVar[str] = "ReleaseSlot"
+    run_id: ShortText
+
+
+class AdmitRun(Command):
+    """The slot entity lets a queued run proceed."""
+
+    TYPE: ClassVar[str] = "AdmitRun"
+    slot: ShortText
 
 
 class ChildFinished(Command):
@@ -148,6 +180,38 @@ class RunStarted(Event):
     parent_path: ShortText | None = None
     #: The run fails with RunTimeout at this time (from the spec's timeout_s).
     deadline_ms: int | None = None
+    #: Set when the workflow limits concurrency per key: the run waits for ``RunAdmitted`` before it starts.
+    slot: ShortText | None = None
+    priority: int = 0
+
+
+class RunAdmitted(Event):
+    """The run got a slot of its concurrency key and starts."""
+
+    TYPE: ClassVar[str] = "RunAdmitted"
+    slot: ShortText
+
+
+class SlotGranted(Event):
+    """(Slot entity) ``run_id`` holds one of the key's slots."""
+
+    TYPE: ClassVar[str] = "SlotGranted"
+    run_id: ShortText
+
+
+class SlotQueued(Event):
+    """(Slot entity) ``run_id`` waits for a slot, ordered by priority then arrival."""
+
+    TYPE: ClassVar[str] = "SlotQueued"
+    run_id: ShortText
+    priority: int = 0
+
+
+class SlotReleased(Event):
+    """(Slot entity) ``run_id`` gave its slot back or left the queue."""
+
+    TYPE: ClassVar[str] = "SlotReleased"
+    run_id: ShortText
 
 
 class RunRejected(Event):
@@ -387,10 +451,17 @@ PAYLOAD_TYPES: dict[tuple[str, str], type[Payload]] = {
     (cls.KIND, cls.TYPE): cls
     for cls in (
         StartRun,
+        AcquireSlot,
+        ReleaseSlot,
+        AdmitRun,
         ResumeRun,
         CancelRun,
         ChildFinished,
         RunStarted,
+        RunAdmitted,
+        SlotGranted,
+        SlotQueued,
+        SlotReleased,
         RunRejected,
         NodeStarted,
         BranchChosen,

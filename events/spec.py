@@ -224,6 +224,10 @@ class WorkflowSpec(BaseModel):
     on_failure: StepNode | None = None
     #: The whole run fails with ``RunTimeout`` if it has not finished this long after it started.
     timeout_s: float | None = Field(default=None, gt=0)
+    #: Per-key concurrency: a mapping of the run's input (e.g. ``"input.customer"``) naming its key; at most
+    #: ``max_per_key`` runs of this workflow with one key are admitted at a time, the rest queue by priority.
+    concurrency_key: Mapping | None = None
+    max_per_key: int = Field(default=1, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _unique_names(self) -> WorkflowSpec:

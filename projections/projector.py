@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from events.codec import InvalidRecord, decode, encode
 from events.envelope import Envelope, dead_letter
-from projections.rows import EventRow, RunRow, event_row, run_row
+from projections.rows import SLOT_PREFIX, EventRow, RunRow, event_row, run_row
 from projections.store import ProjectionStore
 
 __all__ = ["Projector", "ProjectorMetrics"]
@@ -143,6 +143,8 @@ class Projector:
             m.last_freshness_ms = time.time() * 1000 - decoded[-1].occurred_at_ms
 
     def _fold_runs(self, events: list[Envelope]) -> list[RunRow]:
+        # Slot entities (per-key concurrency) share the log with runs but are not runs.
+        events = [e for e in events if not e.key.startswith(SLOT_PREFIX)]
         missing = [e.key for e in events if e.key not in self._runs]
         if missing:
             for run_id, row in self.store.runs_by_id(list(dict.fromkeys(missing))).items():

@@ -30,9 +30,20 @@ from events.schemas import (
 )
 from events.spec import StepNode, walk
 
-__all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "TERMINAL_STATUSES", "EventRow", "RunRow", "event_row", "run_row"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "RUN_COLUMNS",
+    "SLOT_PREFIX",
+    "TERMINAL_STATUSES",
+    "EventRow",
+    "RunRow",
+    "event_row",
+    "run_row",
+]
 
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "rejected")
+#: Keys of slot entities (per-key concurrency) on the events topic; they are not runs.
+SLOT_PREFIX = "slot:"
 
 
 def _json(value: Any) -> str:

@@ -23,6 +23,8 @@ from jsonschema.exceptions import SchemaError
 
 from events.envelope import Envelope
 from events.schemas import (
+    AcquireSlot,
+    AdmitRun,
     CancelRun,
     CancelStep,
     ChildFinished,
@@ -30,8 +32,10 @@ from events.schemas import (
     ErrorInfo,
     NodeCompleted,
     NodeFailed,
+    ReleaseSlot,
     ResumeRejected,
     ResumeRun,
+    RunAdmitted,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -53,9 +57,12 @@ from services.interpreter import (
     Emitter,
     Failed,
     Functions,
+    UserError,
     drive,
+    resolve_mapping,
     retry_decision,
 )
+from services.slots import slot_id
 from services.state import TERMINAL, NodeState, RunState, SequenceError, evolve, fold, spec_node
 
 __all__ = [
@@ -97,7 +104,7 @@ class WorkerResult:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """A command to a running run: ResumeRun, CancelRun or ChildFinished."""
+    """A command to a run: ResumeRun, CancelRun, ChildFinished or AdmitRun."""
 
     command: Envelope
 
@@ -169,6 +176,22 @@ def _on_start(em: Emitter, start: Start) -> None:
         )
         return
     timeout = start.spec.timeout_s
+    slot = None
+    if start.spec.concurrency_key is not None:
+        scope = {"input": command.input, "value": command.input, "steps": {}}
+        try:
+            slot = slot_id(start.spec.name, str(resolve_mapping(em, start.spec.concurrency_key, scope)))
+        except UserError as exc:
+            reason = f"concurrency key {start.spec.concurrency_key!r} of {command.workflow!r}: {exc.info.message}"
+            em.emit(
+                RunRejected(
+                    workflow=command.workflow,
+                    reason=reason,
+                    parent_run_id=command.parent_run_id,
+                    parent_path=command.parent_path,
+                )
+            )
+            return
     em.emit(
         RunStarted(
             workflow=command.workflow,
@@ -178,6 +201,8 @@ def _on_start(em: Emitter, start: Start) -> None:
             parent_run_id=command.parent_run_id,
             parent_path=command.parent_path,
             deadline_ms=em.now_ms + int(timeout * 1000) if timeout else None,
+            slot=slot,
+            priority=command.priority,
         )
     )
 
@@ -233,6 +258,14 @@ def _on_signal(em: Emitter, command: Envelope) -> None:
         _on_resume(em, p, command.id)
     elif isinstance(p, ChildFinished):
         _on_child_finished(em, p)
+    elif isinstance(p, AdmitRun):
+        _on_admit(em, p)
+
+
+def _on_admit(em: Emitter, p: AdmitRun) -> None:
+    s = em.state
+    if s.status == "running" and not s.admitted and p.slot == s.slot:  # re-sent admissions change nothing
+        em.emit(RunAdmitted(slot=p.slot))
 
 
 def _waiting_for(state: RunState) -> dict[str, str]:
@@ -299,7 +332,7 @@ def _advance(em: Emitter) -> None:
             timeout = s.spec.timeout_s
             error = ErrorInfo(type="RunTimeout", message=f"run did not finish within its timeout of {timeout}s")
             _begin_failure(em, error, None)
-        else:
+        elif s.admitted:
             outcome = drive(em, s.spec.root, [], s.input, {})
             if isinstance(outcome, Done):
                 em.emit(RunCompleted(output=outcome.output))
@@ -418,6 +451,24 @@ def _cancellations(state: RunState, occurred_at_ms: int, reason: str) -> list[Ou
     return out
 
 
+def _slot_message(state: RunState, release: bool, occurred_at_ms: int) -> Outbound:
+    assert state.slot is not None and state.spec is not None
+    payload: AcquireSlot | ReleaseSlot = (
+        ReleaseSlot(run_id=state.run_id)
+        if release
+        else AcquireSlot(run_id=state.run_id, priority=state.priority, limit=state.spec.max_per_key)
+    )
+    env = Envelope.wrap(
+        payload,
+        id=f"{state.run_id}/{'release' if release else 'acquire'}",
+        key=state.slot,
+        occurred_at_ms=occurred_at_ms,
+        causation_id=state.run_id,
+        correlation_id=state.run_id,
+    )
+    return Outbound("commands", env)
+
+
 def effects(decision: Decision) -> list[Outbound]:
     """The messages a decision sends, in order. Derived from its events and resulting state, so pure."""
     state, out = decision.state, []
@@ -431,7 +482,11 @@ def effects(decision: Decision) -> list[Outbound]:
             node = state.nodes.get(p.path)
             if state.status == "running" and node is not None and node.status == "active":
                 out.append(_child_start(state, p.path, node, event.occurred_at_ms))
+        elif isinstance(p, RunStarted) and p.slot is not None and state.active and not state.admitted:
+            out.append(_slot_message(state, False, event.occurred_at_ms))
         elif isinstance(p, RunCompleted | RunFailed | RunCancelled | RunRejected):
+            if state.slot is not None:
+                out.append(_slot_message(state, True, event.occurred_at_ms))
             if isinstance(p, RunFailed | RunCancelled):
                 reason = p.reason if isinstance(p, RunCancelled) else f"run failed: {p.error.message}"
                 out.extend(_cancellations(state, event.occurred_at_ms, reason))
@@ -449,7 +504,10 @@ def recovery_effects(state: RunState, now_ms: int) -> list[Outbound]:
     """
     if state.terminal:
         report = _report_to_parent(state, now_ms)
-        return [report] if report is not None else []
+        release = [_slot_message(state, True, now_ms)] if state.slot is not None else []
+        return release + ([report] if report is not None else [])
+    if not state.admitted:
+        return [_slot_message(state, False, now_ms)]
     out = []
     for path, node in state.nodes.items():
         if node.status != "active":

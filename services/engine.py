@@ -28,7 +28,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from events.codec import InvalidRecord, decode, encode
-from events.schemas import StartRun
+from events.envelope import Envelope
+from events.schemas import AcquireSlot, ReleaseSlot, StartRun
 from services.config import Settings
 from services.decider import (
     Decision,
@@ -45,6 +46,7 @@ from services.decider import (
     run,
 )
 from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
+from services.slots import SlotState, admissions, decide_slot, evolve_slot, is_slot
 from services.workflow import Registry
 
 __all__ = ["Engine"]
@@ -108,6 +110,7 @@ class Engine:
         self.registry = registry
         self.topics = settings.topics
         self.runs: dict[int, dict[str, RunState]] = defaultdict(dict)
+        self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
         self.positions: dict[TopicPartition, int] = {}
         self.pending = PendingSends()
         self.recovered_partitions: set[int] = set()
@@ -225,7 +228,14 @@ class Engine:
             reason = "record key must be the envelope key (the run id); it decides which engine owns the run"
             self.pending.add(await self.dead_letters.send(record, reason, now))
             return
+        if is_slot(env.key):
+            await self._handle_slot(tp.partition, record, env, now)
+            return
         state = self.runs[tp.partition].get(env.key)
+        if isinstance(env.payload, AcquireSlot | ReleaseSlot):
+            reason = f"{env.type} must be keyed by a slot id ('slot:<workflow>:<key>'), not {env.key!r}"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+            return
         if isinstance(env.payload, StartRun):
             spec = self.registry.spec(env.payload.workflow)
             if spec is None and state is None:
@@ -244,6 +254,26 @@ class Engine:
         else:
             decision = run(state, WorkerResult(env), now, self.registry)
         await self._apply(tp.partition, decision)
+
+    async def _handle_slot(self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int) -> None:
+        if not isinstance(env.payload, AcquireSlot | ReleaseSlot):
+            reason = f"{env.type} cannot be sent to a slot entity ({env.key!r}); send AcquireSlot or ReleaseSlot"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+            return
+        slots = self.slots[partition]
+        events, state = decide_slot(slots.get(env.key) or SlotState(env.key), env, now)
+        await self._apply_slot(partition, state, events, admissions(state, events, now))
+
+    async def _apply_slot(
+        self, partition: int, state: SlotState, events: list[Envelope], admits: list[Envelope]
+    ) -> None:
+        if events:
+            self.slots[partition][state.slot] = state
+        key = state.slot.encode()
+        for event in events:
+            self.pending.add(await self.producer.send(self.topics.events, encode(event), key=key))
+        for admit in admits:
+            self.pending.add(await self.producer.send(self.topics.commands, encode(admit), key=admit.key.encode()))
 
     async def _apply(self, partition: int, decision: Decision, extra: list[Outbound] | None = None) -> None:
         """Publish a decision's events, then the messages it sends; cache the new state; re-arm its timer."""
@@ -281,6 +311,7 @@ class Engine:
                 self.positions.pop(tp, None)
             for partition in {tp.partition for tp in revoked}:
                 self.timers.drop_partition(self.runs.pop(partition, {}))
+                self.slots.pop(partition, None)
                 self.recovered_partitions.discard(partition)
 
     async def _recover(self, partition: int) -> None:
@@ -288,11 +319,17 @@ class Engine:
         started = time.monotonic()
         records = await read_partition(self.settings.bootstrap, self.topics.events, partition)
         runs: dict[str, RunState] = {}
+        slots: dict[str, SlotState] = {}
         for record in records:
             try:
                 event = decode(record.value, expect="event")
             except InvalidRecord as exc:
                 log.error("unreadable event at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
+                continue
+            if is_slot(event.key):
+                slot = slots.get(event.key) or SlotState(event.key)
+                if event.seq is not None and event.seq > slot.seq:
+                    slots[event.key] = evolve_slot(slot, event)
                 continue
             state = runs.get(event.key) or RunState(event.key)
             if event.seq is None or event.seq <= state.seq:
@@ -310,6 +347,9 @@ class Engine:
         for run_id in expired:
             del runs[run_id]
         self.runs[partition] = runs
+        self.slots[partition] = slots
+        for slot in slots.values():
+            await self._apply_slot(partition, slot, [], admissions(slot, None, now))
         healed = resent = 0
         for state in list(runs.values()):
             decision = run(state, Recover(causation_id=f"recover/{partition}"), now, self.registry)

@@ -56,9 +56,11 @@ __all__ = [
     "Functions",
     "Outcome",
     "Pending",
+    "UserError",
     "child_run_id",
     "drive",
     "jitter_unit",
+    "resolve_mapping",
     "retry_decision",
 ]
 
@@ -130,7 +132,7 @@ class Emitter:
         return self.state.nodes.get(path)
 
 
-class _UserError(Exception):
+class UserError(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.info = ErrorInfo(type=error_type, message=message)
@@ -187,7 +189,7 @@ class _StepsView(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
-def _resolve(em: Emitter, mapping: str | None, scope: dict[str, Any]) -> Any:
+def resolve_mapping(em: Emitter, mapping: str | None, scope: dict[str, Any]) -> Any:
     """A node's input from its mapping: the flowing value, a dotted path into the scope, or a named mapper."""
     if mapping is None:
         return scope["value"]
@@ -195,28 +197,28 @@ def _resolve(em: Emitter, mapping: str | None, scope: dict[str, Any]) -> Any:
         name = mapping[3:]
         fn = em.functions.mapper(name)
         if fn is None:
-            raise _UserError("UnknownMapper", f"mapper {name!r} is not registered in this engine; register it")
+            raise UserError("UnknownMapper", f"mapper {name!r} is not registered in this engine; register it")
         try:
             return fn(scope)
         except Exception as exc:
-            raise _UserError("MapperError", f"mapper {name!r} raised {type(exc).__name__}: {exc}") from None
+            raise UserError("MapperError", f"mapper {name!r} raised {type(exc).__name__}: {exc}") from None
     current: Any = scope
     for part in mapping.split("."):
         try:
             current = current[int(part)] if isinstance(current, list) else current[part]
         except (KeyError, IndexError, TypeError, ValueError):
-            raise _UserError("MappingError", f"input mapping {mapping!r}: nothing at {part!r}") from None
+            raise UserError("MappingError", f"input mapping {mapping!r}: nothing at {part!r}") from None
     return current
 
 
 def _condition(em: Emitter, name: str, scope: dict[str, Any]) -> bool:
     fn = em.functions.condition(name)
     if fn is None:
-        raise _UserError("UnknownCondition", f"condition {name!r} is not registered in this engine; register it")
+        raise UserError("UnknownCondition", f"condition {name!r} is not registered in this engine; register it")
     try:
         return bool(fn(scope))
     except Exception as exc:
-        raise _UserError("ConditionError", f"condition {name!r} raised {type(exc).__name__}: {exc}") from None
+        raise UserError("ConditionError", f"condition {name!r} raised {type(exc).__name__}: {exc}") from None
 
 
 # --- drive ----------------------------------------------------------------------------------------------
@@ -227,7 +229,7 @@ def drive(em: Emitter, node: Node, scopes: list[str], value: Any, extra: Mapping
     path = "/".join([*scopes, node.name])
     try:
         return _drive(em, node, path, scopes, value, extra)
-    except _UserError as exc:  # a mapping, condition or input the user's spec got wrong: the node fails
+    except UserError as exc:  # a mapping, condition or input the user's spec got wrong: the node fails
         return _fail(em, path, exc.info, path)
 
 
@@ -267,12 +269,12 @@ def _drive(em: Emitter, node: Node, path: str, scopes: list[str], value: Any, ex
         return _wait(em, node, path, scopes, value, extra, st)
     if isinstance(node, ChildNode):
         if st is None:
-            data = _resolve(em, node.input, _scope(em, scopes, value, extra))
+            data = resolve_mapping(em, node.input, _scope(em, scopes, value, extra))
             cid = child_run_id(em.state.run_id, path)
             em.emit(ChildStarted(path=path, child_run_id=cid, workflow=node.workflow, input=data))
         return PENDING  # ChildFinished settles it
     if st is None:
-        data = _resolve(em, node.input, _scope(em, scopes, value, extra))
+        data = resolve_mapping(em, node.input, _scope(em, scopes, value, extra))
         em.emit(NodeStarted(path=path, node=node.kind, input=data))
         st = em.node(path)
         assert st is not None
@@ -300,7 +302,7 @@ def _step(
     now = em.now_ms
     deadline = (lambda: now + int(node.timeout_s * 1000) + 1_000) if node.timeout_s else (lambda: None)
     if st is None:
-        data = _resolve(em, node.input, _scope(em, scopes, value, extra))
+        data = resolve_mapping(em, node.input, _scope(em, scopes, value, extra))
         em.emit(StepScheduled(path=path, step=node.name, attempt=1, pool=node.pool, input=data, deadline_ms=deadline()))
         return PENDING
     if st.due_at_ms is None or now < st.due_at_ms:
@@ -349,9 +351,9 @@ def _sleep(
 ) -> Outcome:
     if st is None:
         if node.until_input:
-            due = _resolve(em, node.input, _scope(em, scopes, value, extra))
+            due = resolve_mapping(em, node.input, _scope(em, scopes, value, extra))
             if not isinstance(due, int | float) or isinstance(due, bool):
-                raise _UserError("SleepError", f"sleep {node.name!r} needs an epoch-ms number as input, got {due!r}")
+                raise UserError("SleepError", f"sleep {node.name!r} needs an epoch-ms number as input, got {due!r}")
             due_at = int(due)
         else:
             due_at = em.now_ms + int((node.seconds or 0) * 1000)

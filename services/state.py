@@ -23,6 +23,7 @@ from events.schemas import (
     NodeFailed,
     NodeStarted,
     ResumeRejected,
+    RunAdmitted,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -102,6 +103,9 @@ class RunState:
     parent_run_id: str | None = None
     parent_path: str | None = None
     deadline_ms: int | None = None
+    slot: str | None = None
+    priority: int = 0
+    admitted: bool = True
     started_at_ms: int = 0
     updated_at_ms: int = 0
     ended_at_ms: int | None = None
@@ -254,8 +258,16 @@ def _(p: RunStarted, s: RunState, e: Envelope) -> RunState:
         parent_run_id=p.parent_run_id,
         parent_path=p.parent_path,
         deadline_ms=p.deadline_ms,
+        slot=p.slot,
+        priority=p.priority,
+        admitted=p.slot is None,
         started_at_ms=e.occurred_at_ms,
     )
+
+
+@_apply.register
+def _(p: RunAdmitted, s: RunState, e: Envelope) -> RunState:
+    return replace(s, admitted=True)
 
 
 @_apply.register

@@ -317,10 +317,20 @@ def _explicit_names(raw: dict[str, Any]) -> set[str]:
 class Workflow(Flow):
     """A named workflow: ``Workflow("etl").step(fetch).step(load, max_attempts=3)``."""
 
-    def __init__(self, name: str, *, timeout_s: float | None = None, on_failure: StepFn | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        timeout_s: float | None = None,
+        on_failure: StepFn | None = None,
+        concurrency_key: str | ScopeFn | None = None,
+        max_per_key: int = 1,
+    ) -> None:
         super().__init__()
         self.name = name
         self.timeout_s = timeout_s
+        self.concurrency_key = self._mapping(concurrency_key)
+        self.max_per_key = max_per_key
         self._on_failure: dict[str, Any] | None = None
         if on_failure is not None:
             compensation = Flow().step(on_failure)
@@ -335,7 +345,14 @@ class Workflow(Flow):
         named = _name_nodes(root, {}, taken)
         try:
             return WorkflowSpec.model_validate(
-                {"name": self.name, "root": named, "on_failure": self._on_failure, "timeout_s": self.timeout_s}
+                {
+                    "name": self.name,
+                    "root": named,
+                    "on_failure": self._on_failure,
+                    "timeout_s": self.timeout_s,
+                    "concurrency_key": self.concurrency_key,
+                    "max_per_key": self.max_per_key,
+                }
             )
         except ValidationError as exc:
             raise ValueError(f"workflow {self.name!r} is invalid: {exc}") from None

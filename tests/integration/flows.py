@@ -127,3 +127,11 @@ async def measure(value: dict[str, Any]) -> int:
 
 
 registry.add(Workflow("bigdata").step(big).step(measure))
+
+
+async def hold(value: Any) -> Any:
+    await asyncio.sleep(0.3)
+    return value
+
+
+registry.add(Workflow("per_customer", concurrency_key="input.customer", max_per_key=1).step(hold))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -132,3 +133,27 @@ async def test_vacuum_removes_finished_runs_from_the_projections(node: Node) -> 
             assert c.status(waiting).status == "running"  # unfinished runs are never vacuumed
 
     await asyncio.to_thread(scenario)
+
+
+async def test_one_run_at_a_time_per_key(node: Node) -> None:
+    def scenario() -> list[str]:
+        with sdk(node) as c:
+            ids = [c.start("per_customer", {"customer": "acme", "i": i}, run_id=f"acme-{i}") for i in range(3)]
+            other = c.start("per_customer", {"customer": "zeta"}, run_id="zeta-0")
+            for rid in [*ids, other]:
+                assert c.wait(rid, timeout=60).status == "completed"
+            return ids
+
+    ids = await asyncio.to_thread(scenario)
+    log = await read_topic(node.settings.bootstrap, node.topics.events, node.settings.partitions)
+    spans: dict[str, list[int | None]] = {}
+    for _, _, e in log:
+        if e.key in ids and e.type == "RunAdmitted":
+            spans[e.key] = [e.occurred_at_ms, None]
+        if e.key in ids and e.type == "RunCompleted":
+            spans[e.key][1] = e.occurred_at_ms
+    ordered = sorted(spans.values())
+    assert len(ordered) == 3
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), f"runs overlapped: {ordered}"
+    slot_events = [e.type for _, _, e in log if e.key == "slot:per_customer:acme"]
+    assert slot_events.count("SlotGranted") == 3 and slot_events.count("SlotReleased") == 3

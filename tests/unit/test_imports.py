@@ -6,7 +6,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = [ROOT / "services" / "decider.py", ROOT / "projections" / "rows.py"]
+PURE = [ROOT / "services" / name for name in ("decider.py", "state.py", "interpreter.py", "slots.py")] + [
+    ROOT / "projections" / "rows.py"
+]
 IO_MODULES = {"aiokafka", "faust", "clickhouse_connect", "chdb", "httpx", "fastapi", "uvicorn", "socket", "asyncio"}
 
 
