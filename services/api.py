@@ -40,6 +40,9 @@ class StartRequest(BaseModel):
         pattern=r"^[A-Za-z0-9_.:\-]+$",
         description="Supply your own id to make start idempotent: starting the same id twice starts one run.",
     )
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Order among runs queued for the same concurrency key."
+    )
 
 
 class StartResponse(BaseModel):
@@ -153,7 +156,7 @@ def create_api(
             raise HTTPException(404, f"unknown workflow {body.workflow!r}; registered workflows: {known}")
         run_id = body.run_id or uuid.uuid4().hex
         command = Envelope.wrap(
-            StartRun(workflow=body.workflow, input=body.input),
+            StartRun(workflow=body.workflow, input=body.input, priority=body.priority),
             id=f"start/{run_id}",
             key=run_id,
             occurred_at_ms=int(time.time() * 1000),

@@ -101,8 +101,11 @@ def up(settings: Settings, app_path: str, roles: str, no_broker: bool) -> None:
 @click.option("--input", "input_json", default="null", help="The run's input, as JSON.")
 @click.option("--run-id", default=None, help="Your own run id; starting the same id twice starts one run.")
 @click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the end.")
+@click.option("--priority", type=int, default=0, help="Order among runs queued for the same concurrency key.")
 @click.pass_context
-def start(ctx: click.Context, workflow: str, input_json: str, run_id: str | None, wait_s: float | None) -> None:
+def start(
+    ctx: click.Context, workflow: str, input_json: str, run_id: str | None, wait_s: float | None, priority: int
+) -> None:
     """Start a run of WORKFLOW and print its id."""
     try:
         value = json.loads(input_json)
@@ -110,7 +113,7 @@ def start(ctx: click.Context, workflow: str, input_json: str, run_id: str | None
         raise click.BadParameter(f"--input is not valid JSON: {exc}") from None
     try:
         with client(ctx) as c:
-            rid = c.start(workflow, value, run_id=run_id)
+            rid = c.start(workflow, value, run_id=run_id, priority=priority)
             click.echo(rid)
             if wait_s is not None:
                 _print_status(c.wait(rid, timeout=wait_s).model_dump())

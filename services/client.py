@@ -50,10 +50,12 @@ class Client:
             raise TickflowError(f"tickflow API answered {response.status_code}: {detail}")
         return response.json()
 
-    def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:
-        """Start a run and return its id. With ``run_id`` given, calling again is safe: one run starts."""
+    def start(self, workflow: str, input: Any = None, *, run_id: str | None = None, priority: int = 0) -> str:
+        """Start a run and return its id. With ``run_id`` given, calling again is safe: one run starts.
+
+        ``priority`` orders runs queued for the same concurrency key (higher first)."""
         run_id = run_id or uuid.uuid4().hex
-        body = {"workflow": workflow, "input": input, "run_id": run_id}
+        body = {"workflow": workflow, "input": input, "run_id": run_id, "priority": priority}
         for attempt in range(3):  # the id makes a retry after a lost response harmless
             try:
                 return str(self._check(self._http.post("/runs", json=body))["run_id"])
