@@ -157,3 +157,30 @@ async def test_one_run_at_a_time_per_key(node: Node) -> None:
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), f"runs overlapped: {ordered}"
     slot_events = [e.type for _, _, e in log if e.key == "slot:per_customer:acme"]
     assert slot_events.count("SlotGranted") == 3 and slot_events.count("SlotReleased") == 3
+
+
+async def test_finished_runs_leave_engine_memory_after_the_retention(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), state_retention_s=1.0)
+    n = Node(settings, registry)
+    await n.start()
+    try:
+
+        def scenario() -> tuple[str, str]:
+            with sdk(n) as c:
+                done = c.wait(c.start("math", 1), timeout=60).run_id
+                waiting = c.start("approval", 1)
+                for status in c.watch(waiting, poll_s=0.05, timeout=30):
+                    if status.waiting_for:
+                        break
+                return done, waiting
+
+        done, waiting = await asyncio.to_thread(scenario)
+        assert n.engine is not None
+        held = lambda rid: any(rid in runs for runs in n.engine.runs.values())  # noqa: E731
+        assert held(done) and held(waiting)
+        await asyncio.sleep(2.5)
+        assert not held(done) and held(waiting)  # only finished runs expire
+    finally:
+        await n.stop()
