@@ -24,6 +24,7 @@ from events.spec import Name
 from events.topics import TopicNames
 from projections.rows import RunRow
 from projections.store import ProjectionStore
+from services.claimcheck import PayloadTooLarge, offload
 
 __all__ = ["RunStatus", "StartRequest", "create_api"]
 
@@ -119,6 +120,9 @@ def create_api(
     workflows: set[str] | None,
     token: str | None = None,
     metrics: Any = None,
+    blobs: Any = None,
+    offload_bytes: int = MAX_RECORD_BYTES // 4,
+    max_body_bytes: int = MAX_RECORD_BYTES,
 ) -> FastAPI:
     """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name)."""
     api = FastAPI(
@@ -137,9 +141,9 @@ def create_api(
     @api.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_RECORD_BYTES:
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
             return JSONResponse(
-                {"detail": f"request body is {length} bytes; the limit is {MAX_RECORD_BYTES}"}, status_code=413
+                {"detail": f"request body is {length} bytes; the limit is {max_body_bytes}"}, status_code=413
             )
         return await call_next(request)
 
@@ -155,8 +159,16 @@ def create_api(
             known = ", ".join(sorted(workflows)) or "none"
             raise HTTPException(404, f"unknown workflow {body.workflow!r}; registered workflows: {known}")
         run_id = body.run_id or uuid.uuid4().hex
+        value = body.input
+        if blobs is not None:  # claim-check: a big input is stored out of band, the log gets a reference
+            try:
+                value = await asyncio.to_thread(
+                    offload, value, blobs, offload_bytes, max_body_bytes, f"the input of run {run_id!r}"
+                )
+            except PayloadTooLarge as exc:
+                raise HTTPException(413, str(exc)) from None
         command = Envelope.wrap(
-            StartRun(workflow=body.workflow, input=body.input, priority=body.priority),
+            StartRun(workflow=body.workflow, input=value, priority=body.priority),
             id=f"start/{run_id}",
             key=run_id,
             occurred_at_ms=int(time.time() * 1000),

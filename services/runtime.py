@@ -12,7 +12,9 @@ import logging
 import signal
 from typing import Any
 
+from events.codec import MAX_RECORD_BYTES
 from events.topics import TopicNames
+from services.claimcheck import FileBlobStore
 from services.config import Settings
 from services.engine import Engine
 from services.kafka import ensure_topics, new_producer
@@ -105,6 +107,9 @@ class Node:
             workflows=set(self.registry.specs) if "engine" in self.roles else None,
             token=s.api_token,
             metrics=self.projector.metrics if self.projector else None,
+            blobs=FileBlobStore(s.blob_dir),
+            offload_bytes=s.offload_bytes,
+            max_body_bytes=max(s.max_payload_bytes, MAX_RECORD_BYTES),
         )
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off")
         self._api_server = uvicorn.Server(config)

@@ -127,6 +127,7 @@ async def measure(value: dict[str, Any]) -> int:
 
 
 registry.add(Workflow("bigdata").step(big).step(measure))
+registry.add(Workflow("measure_input").step(measure, name="measure_it"))
 
 
 async def hold(value: Any) -> Any:

@@ -36,6 +36,8 @@ async def test_big_outputs_are_claim_checked_and_capped(node: Node) -> None:
             capped = c.wait(c.start("bigdata", 5_000_000), timeout=60)
             assert capped.status == "failed" and capped.error_type == "PayloadTooLarge"
             assert "above the hard cap of 4,000,000 (TICKFLOW_MAX_PAYLOAD_BYTES)" in capped.error_message
+            bigin = c.wait(c.start("measure_input", {"blob": "y" * 1_500_000}), timeout=60)
+            assert bigin.status == "completed" and bigin.output == 1_500_000  # a run input above 1 MB
             return ok.run_id, capped.run_id
 
     ok_id, _ = await asyncio.to_thread(scenario)

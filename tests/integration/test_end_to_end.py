@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
+    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), max_payload_bytes=2_000_000), registry)
     await n.start()
     yield n
     await n.stop()
@@ -100,8 +100,10 @@ async def test_api_refuses_bad_requests_with_reasons(node: Node) -> None:
             assert r.status_code == 422 and "surprise" in r.text
             r = h.post("/runs", content=b"{oops", headers={"content-type": "application/json"})
             assert r.status_code == 422
-            r = h.post("/runs", json={"workflow": "math", "input": "x" * 1_100_000})
-            assert r.status_code == 413
+            r = h.post("/runs", json={"workflow": "math", "input": "x" * 2_100_000})
+            assert r.status_code == 413 and "the limit is 2000000" in r.text
+            r = h.post("/runs", json={"workflow": "bigdata", "input": "x" * 1_100_000})  # above Kafka's record limit
+            assert r.status_code == 202  # the input went to the blob store (claim-check)
 
     await asyncio.to_thread(scenario)
 
