@@ -184,3 +184,17 @@ async def test_finished_runs_leave_engine_memory_after_the_retention(
         assert not held(done) and held(waiting)  # only finished runs expire
     finally:
         await n.stop()
+
+
+async def test_pool_concurrency_changes_at_runtime_through_the_cli(node: Node) -> None:
+    [worker] = node.workers
+    assert worker.concurrency == node.settings.worker_concurrency
+    out = await asyncio.to_thread(cli, node, "pool-limit", "default", "3")
+    assert out.returncode == 0, out.stderr
+    for _ in range(100):
+        if worker.concurrency == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert worker.concurrency == 3
+    bad = await asyncio.to_thread(cli, node, "pool-limit", "default", "0")
+    assert bad.returncode == 1 and "limit" in bad.stderr
