@@ -48,6 +48,11 @@ class TopicNames:
         return f"{self.prefix}.dead-letter"
 
     @property
+    def state(self) -> str:
+        """Snapshots of the engine's state (compacted; a cache of the events topic's fold)."""
+        return f"{self.prefix}.state"
+
+    @property
     def control(self) -> str:
         """Runtime settings broadcast to every worker (pool limits); compacted, keyed by pool."""
         return f"{self.prefix}.control"
@@ -71,4 +76,4 @@ class TopicNames:
         return [self.commands, self.events, self.results, *(self.tasks(p) for p in pools)]
 
     def all_topics(self, pools: tuple[str, ...] = (DEFAULT_POOL,)) -> list[str]:
-        return [*self.keyed_topics(pools), self.dead_letter, self.control]
+        return [*self.keyed_topics(pools), self.state, self.dead_letter, self.control]

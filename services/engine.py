@@ -18,16 +18,18 @@ Durability without Kafka transactions (aiokafka's are old and have open bugs):
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from events.codec import InvalidRecord, decode, encode
+from events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
 from events.envelope import Envelope
 from events.schemas import AcquireSlot, ReleaseSlot, StartRun
 from services.config import Settings
@@ -47,6 +49,7 @@ from services.decider import (
 )
 from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
 from services.slots import SlotState, admissions, decide_slot, evolve_slot, is_slot
+from services.snapshots import CHECKPOINT_KEY, decode_snapshot, encode_checkpoint, encode_snapshot
 from services.workflow import Registry
 
 __all__ = ["Engine"]
@@ -111,6 +114,12 @@ class Engine:
         self.topics = settings.topics
         self.runs: dict[int, dict[str, RunState]] = defaultdict(dict)
         self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
+        self.dirty: dict[int, set[str]] = defaultdict(set)  # changed since the last snapshot
+        self.expired: dict[int, set[str]] = defaultdict(set)  # to tombstone at the next snapshot
+        self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
+        self.snapshots_written = 0
+        self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
+        self._last_snapshot = time.monotonic()
         self.positions: dict[TopicPartition, int] = {}
         self.pending = PendingSends()
         self.recovered_partitions: set[int] = set()
@@ -180,6 +189,10 @@ class Engine:
                 await self._fire_timers(_now_ms())
             if self.positions and time.monotonic() - self._last_commit >= interval:
                 await self._commit()
+            every = self.settings.snapshot_interval_s
+            if every > 0 and time.monotonic() - self._last_snapshot >= every:
+                async with self._lock:
+                    await self._snapshot()
 
     async def _fire_timers(self, now: int) -> None:
         for partition, run_id in self.timers.pop_due(now):
@@ -189,6 +202,8 @@ class Engine:
             if state.terminal:
                 if state.ended_at_ms is not None and now >= state.ended_at_ms + self._retention_ms:
                     del self.runs[partition][run_id]  # retention: the finished run's state expires
+                    self.dirty[partition].discard(run_id)
+                    self.expired[partition].add(run_id)  # its snapshot gets a tombstone
                 else:
                     self._arm(partition, state)
                 continue
@@ -269,9 +284,10 @@ class Engine:
     ) -> None:
         if events:
             self.slots[partition][state.slot] = state
+            self.dirty[partition].add(state.slot)
         key = state.slot.encode()
         for event in events:
-            self.pending.add(await self.producer.send(self.topics.events, encode(event), key=key))
+            await self._send_event(partition, event, key)
         for admit in admits:
             self.pending.add(await self.producer.send(self.topics.commands, encode(admit), key=admit.key.encode()))
 
@@ -280,9 +296,10 @@ class Engine:
         state = decision.state
         if decision.events:
             self.runs[partition][state.run_id] = state
+            self.dirty[partition].add(state.run_id)
             key = state.run_id.encode()
             for event in decision.events:
-                self.pending.add(await self.producer.send(self.topics.events, encode(event), key=key))
+                await self._send_event(partition, event, key)
         sent: set[tuple[str, str]] = set()
         for out in [*effects(decision), *(extra or [])]:
             if (out.topic, out.envelope.id) in sent:
@@ -312,14 +329,87 @@ class Engine:
             for partition in {tp.partition for tp in revoked}:
                 self.timers.drop_partition(self.runs.pop(partition, {}))
                 self.slots.pop(partition, None)
+                self.dirty.pop(partition, None)
+                self.expired.pop(partition, None)
+                self.events_end.pop(partition, None)
                 self.recovered_partitions.discard(partition)
+
+    async def _read_snapshots(self, partition: int) -> tuple[dict[str, RunState], dict[str, SlotState], int | None]:
+        """The partition's snapshots and the events offset they cover (None: fold the whole log)."""
+        runs: dict[str, RunState] = {}
+        slots: dict[str, SlotState] = {}
+        checkpoint: int | None = None
+        for record in await read_partition(self.settings.bootstrap, self.topics.state, partition):
+            if record.key == CHECKPOINT_KEY:
+                if record.value is not None:
+                    value = decode_snapshot(record.value)
+                    checkpoint = value if isinstance(value, int) else checkpoint
+                continue
+            key = (record.key or b"").decode()
+            if record.value is None:  # a tombstone: the run's state expired
+                runs.pop(key, None)
+                slots.pop(key, None)
+                continue
+            try:
+                snap = decode_snapshot(record.value)
+            except ValueError as exc:
+                log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
+                return {}, {}, None
+            if isinstance(snap, RunState):
+                runs[key] = snap
+            elif isinstance(snap, SlotState):
+                slots[key] = snap
+        return runs, slots, checkpoint
+
+    async def _snapshot(self) -> None:
+        """Write changed states, tombstones of expired ones, then a checkpoint, per owned partition."""
+        await self.pending.drain()  # every event decided so far is acked: events_end covers them
+        for partition in sorted(self.recovered_partitions):
+            dirty, expired = self.dirty.pop(partition, set()), self.expired.pop(partition, set())
+            if not dirty and not expired:
+                continue
+            complete = True
+            for key in dirty:
+                state: RunState | SlotState | None = self.runs[partition].get(key) or self.slots[partition].get(key)
+                if state is None:
+                    continue
+                raw = encode_snapshot(state)
+                if len(raw) > MAX_RECORD_BYTES:
+                    complete = False  # too big to snapshot: keep the checkpoint where it was
+                    continue
+                fut = await self.producer.send(self.topics.state, raw, key=key.encode(), partition=partition)
+                self.pending.add(fut)
+                self.snapshots_written += 1
+            for key in expired:
+                self.pending.add(
+                    await self.producer.send(self.topics.state, None, key=key.encode(), partition=partition)
+                )
+            end = self.events_end.get(partition)
+            if complete and end is not None:
+                mark = encode_checkpoint(end)
+                self.pending.add(
+                    await self.producer.send(self.topics.state, mark, key=CHECKPOINT_KEY, partition=partition)
+                )
+        await self.pending.drain()
+        self._last_snapshot = time.monotonic()
+
+    def _event_acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            offset = fut.result().offset + 1
+            if offset > self.events_end.get(partition, 0):
+                self.events_end[partition] = offset
+
+    async def _send_event(self, partition: int, event: Envelope, key: bytes) -> None:
+        fut = await self.producer.send(self.topics.events, encode(event), key=key, partition=partition)
+        fut.add_done_callback(functools.partial(self._event_acked, partition))
+        self.pending.add(fut)
 
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""
         started = time.monotonic()
-        records = await read_partition(self.settings.bootstrap, self.topics.events, partition)
-        runs: dict[str, RunState] = {}
-        slots: dict[str, SlotState] = {}
+        runs, slots, checkpoint = await self._read_snapshots(partition)
+        self.recovered_from[partition] = checkpoint
+        records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
         for record in records:
             try:
                 event = decode(record.value, expect="event")
@@ -348,6 +438,9 @@ class Engine:
             del runs[run_id]
         self.runs[partition] = runs
         self.slots[partition] = slots
+        # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
+        self.dirty[partition] = set(runs) | set(slots)
+        self.expired[partition] = set(expired)
         for slot in slots.values():
             await self._apply_slot(partition, slot, [], admissions(slot, None, now))
         healed = resent = 0
@@ -359,9 +452,11 @@ class Engine:
             await self._apply(partition, decision, again)
         await self.pending.drain()
         log.info(
-            "partition %d recovered: %d events, %d runs (%d expired), %d healed, %d messages re-sent in %.2fs",
+            "partition %d recovered: %d events after offset %s, %d runs (%d expired), %d healed, %d messages re-sent"
+            " in %.2fs",
             partition,
             len(records),
+            checkpoint,
             len(runs),
             len(expired),
             healed,

@@ -78,6 +78,7 @@ async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str],
             else NewTopic(t, names.partitions, 1)
             for t in names.keyed_topics(tuple(pools))
         ]
+        wanted.append(NewTopic(names.state, names.partitions, 1, topic_configs={"cleanup.policy": "compact"}))
         wanted.append(NewTopic(names.dead_letter, 1, 1))
         wanted.append(NewTopic(names.control, 1, 1, topic_configs={"cleanup.policy": "compact"}))
         existing = set(await admin.list_topics())
@@ -94,15 +95,21 @@ async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str],
         await admin.close()
 
 
-async def read_partition(bootstrap: str, topic: str, partition: int) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of one partition from its first retained offset up to the end as of now."""
+async def read_partition(
+    bootstrap: str, topic: str, partition: int, start: int | None = None
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of one partition from ``start`` (default: its first retained offset) to the end as of now."""
     consumer = new_consumer(bootstrap, group_id=None, fetch_max_wait_ms=10)
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
-        await consumer.seek_to_beginning(tp)
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        if start is None or start < first:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, start)
         out: list[ConsumerRecord[bytes, bytes]] = []
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)

@@ -38,6 +38,7 @@ def spawn_roles(
         "TICKFLOW_API_PORT": str(settings.api_port),
         "TICKFLOW_COMMIT_INTERVAL_MS": str(settings.commit_interval_ms),
         "TICKFLOW_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        "TICKFLOW_SNAPSHOT_INTERVAL_S": str(settings.snapshot_interval_s),
         "PYTHONPATH": str(REPO_ROOT),
     }
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it

@@ -29,7 +29,10 @@ STEPS = 10
 @pytest.fixture
 async def workers_and_projector(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
     node = Node(
-        settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry, frozenset({"worker", "projector"})
+        # Snapshots every 0.5 s: a restarted engine recovers from snapshots plus the log's tail.
+        settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), snapshot_interval_s=0.5),
+        registry,
+        frozenset({"worker", "projector"}),
     )
     await node.start()
     yield node
@@ -196,3 +199,6 @@ async def test_kill_9_while_timers_are_due_and_branches_are_in_flight(
     due = {e.key: e.payload.due_at_ms for _, _, e in log if e.type == "TimerStarted"}
     fired = {e.key: e.occurred_at_ms for _, _, e in log if e.type == "NodeCompleted" and e.payload.path == "nap"}
     assert all(fired[k] >= due[k] for k in ids), "a timer fired early"
+    restart_log = (tmp_path / "engine2.log").read_text()
+    checkpoints = re.findall(r"events after offset (\d+)", restart_log)
+    assert checkpoints, "the restarted engine folded the whole log instead of starting from its snapshots"
