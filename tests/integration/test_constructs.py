@@ -15,6 +15,7 @@ import pytest
 from services import step_logs
 from services.client import Client
 from services.errors import ResumeRejected, RunNotFound
+from services.kafka import read_partition
 from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import registry
@@ -162,7 +163,9 @@ async def test_one_run_at_a_time_per_key(node: Node) -> None:
 async def test_finished_runs_leave_engine_memory_after_the_retention(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), state_retention_s=1.0)
+    settings = settings_for(
+        prefix, kafka_bootstrap, tmp_path, free_port(), state_retention_s=1.0, snapshot_interval_s=0.3
+    )
     n = Node(settings, registry)
     await n.start()
     try:
@@ -182,6 +185,13 @@ async def test_finished_runs_leave_engine_memory_after_the_retention(
         assert held(done) and held(waiting)
         await asyncio.sleep(2.5)
         assert not held(done) and held(waiting)  # only finished runs expire
+        snapshots = [
+            r
+            for p in range(settings.partitions)
+            for r in await read_partition(settings.bootstrap, settings.topics.state, p)
+            if r.key == done.encode()
+        ]
+        assert snapshots and snapshots[-1].value is None  # its snapshot ends in a tombstone
     finally:
         await n.stop()
 
