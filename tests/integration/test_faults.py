@@ -16,7 +16,9 @@ from aiokafka import AIOKafkaProducer
 
 from events import Envelope, StartRun, StepCompleted, encode
 from services.config import Settings
+from services.kafka import read_partition
 from services.runtime import Node
+from services.snapshots import CHECKPOINT_KEY
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for, spawn_roles
@@ -176,11 +178,17 @@ async def test_kill_9_while_timers_are_due_and_branches_are_in_flight(
     try:
         await start_runs(settings, ids, "forknap")
 
-        async def some_sleeping() -> bool:
+        async def some_sleeping_and_snapshotted() -> bool:
             log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
-            return sum(1 for _, _, e in log if e.type == "TimerStarted") >= 10
+            if sum(1 for _, _, e in log if e.type == "TimerStarted") < 10:
+                return False
+            for p in range(settings.partitions):  # a checkpoint exists: the restart can start from snapshots
+                state = await read_partition(settings.bootstrap, settings.topics.state, p)
+                if any(r.key == CHECKPOINT_KEY for r in state):
+                    return True
+            return False
 
-        await wait_until(some_sleeping, 90, "some runs to be asleep")
+        await wait_until(some_sleeping_and_snapshotted, 90, "some runs to be asleep and snapshotted")
         engine.send_signal(signal.SIGKILL)
         engine.wait(10)
         at_kill = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
