@@ -34,7 +34,7 @@ class Settings:
     projector_batch_ms: int = 100
     commit_interval_ms: int = 200
     #: How often the engine snapshots changed state to the compacted state topic (0: never).
-    snapshot_interval_s: float = 5.0
+    snapshot_interval_s: float = 60.0
     #: How long the engine keeps a finished run's state (and so deduplicates a repeated start of its id).
     state_retention_s: float = 7 * 86_400
     #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
@@ -62,7 +62,7 @@ class Settings:
             projector_batch_ms=int(_env("PROJECTOR_BATCH_MS", "100")),
             commit_interval_ms=int(_env("COMMIT_INTERVAL_MS", "200")),
             state_retention_s=float(_env("STATE_RETENTION_S", str(7 * 86_400))),
-            snapshot_interval_s=float(_env("SNAPSHOT_INTERVAL_S", "5")),
+            snapshot_interval_s=float(_env("SNAPSHOT_INTERVAL_S", "60")),
             log_retention_ms=int(_env("LOG_RETENTION_MS", "-1")),
             clickhouse_ttl_days=int(os.environ["TICKFLOW_CLICKHOUSE_TTL_DAYS"])
             if os.environ.get("TICKFLOW_CLICKHOUSE_TTL_DAYS")

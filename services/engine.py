@@ -18,7 +18,6 @@ Durability without Kafka transactions (aiokafka's are old and have open bugs):
 from __future__ import annotations
 
 import asyncio
-import functools
 import heapq
 import logging
 import time
@@ -55,6 +54,7 @@ from services.workflow import Registry
 __all__ = ["Engine"]
 
 log = logging.getLogger("tickflow.engine")
+SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
 
 
 def _now_ms() -> int:
@@ -117,9 +117,13 @@ class Engine:
         self.dirty: dict[int, set[str]] = defaultdict(set)  # changed since the last snapshot
         self.expired: dict[int, set[str]] = defaultdict(set)  # to tombstone at the next snapshot
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
+        self._last_event_send: dict[int, asyncio.Future[Any]] = {}
         self.snapshots_written = 0
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
         self._last_snapshot = time.monotonic()
+        self._round: dict[int, list[str]] | None = None  # a snapshot round in progress: keys left per partition
+        self._round_expired: dict[int, set[str]] = {}
+        self._round_marks: dict[int, int | None] = {}
         self.positions: dict[TopicPartition, int] = {}
         self.pending = PendingSends()
         self.recovered_partitions: set[int] = set()
@@ -190,9 +194,12 @@ class Engine:
             if self.positions and time.monotonic() - self._last_commit >= interval:
                 await self._commit()
             every = self.settings.snapshot_interval_s
-            if every > 0 and time.monotonic() - self._last_snapshot >= every:
+            if self._round is None and every > 0 and time.monotonic() - self._last_snapshot >= every:
                 async with self._lock:
-                    await self._snapshot()
+                    await self._begin_snapshot_round()
+            if self._round is not None:
+                async with self._lock:
+                    await self._snapshot_some(SNAPSHOT_CHUNK)
 
     async def _fire_timers(self, now: int) -> None:
         for partition, run_id in self.timers.pop_due(now):
@@ -332,6 +339,11 @@ class Engine:
                 self.dirty.pop(partition, None)
                 self.expired.pop(partition, None)
                 self.events_end.pop(partition, None)
+                self._last_event_send.pop(partition, None)
+                if self._round is not None:  # the new owner snapshots what it rebuilds
+                    self._round.pop(partition, None)
+                self._round_expired.pop(partition, None)
+                self._round_marks.pop(partition, None)
                 self.recovered_partitions.discard(partition)
 
     async def _read_snapshots(self, partition: int) -> tuple[dict[str, RunState], dict[str, SlotState], int | None]:
@@ -361,48 +373,62 @@ class Engine:
                 slots[key] = snap
         return runs, slots, checkpoint
 
-    async def _snapshot(self) -> None:
-        """Write changed states, tombstones of expired ones, then a checkpoint, per owned partition."""
-        await self.pending.drain()  # every event decided so far is acked: events_end covers them
+    async def _begin_snapshot_round(self) -> None:
+        """Start writing the states changed since the last round; ``_snapshot_some`` writes them in chunks."""
+        await self.pending.drain()  # every event decided so far is acked: the last sends know their offsets
+        for partition, fut in self._last_event_send.items():
+            self.events_end[partition] = max(self.events_end.get(partition, 0), fut.result().offset + 1)
+        self._last_event_send.clear()
+        todo: dict[int, list[str]] = {}
         for partition in sorted(self.recovered_partitions):
             dirty, expired = self.dirty.pop(partition, set()), self.expired.pop(partition, set())
-            if not dirty and not expired:
-                continue
-            complete = True
-            for key in dirty:
+            if dirty or expired:
+                todo[partition] = sorted(dirty)
+                self._round_expired[partition] = expired
+                self._round_marks[partition] = self.events_end.get(partition)
+        self._round = todo
+        self._last_snapshot = time.monotonic()
+
+    async def _snapshot_some(self, budget: int) -> None:
+        """Write up to ``budget`` snapshots; a partition whose list is done gets its tombstones and checkpoint.
+
+        Chunking keeps a round of 10,000 changed runs from stalling the loop (and the timers) for a second.
+        The checkpoint is the events offset taken when the round began: every state changed before it is in
+        this round, and a state snapshotted later than it is only newer (recovery skips seqs it already has).
+        A partition's records are ordered, so its checkpoint lands after its snapshots.
+        """
+        assert self._round is not None
+        topic = self.topics.state
+        for partition in list(self._round):
+            keys = self._round[partition]
+            while keys and budget > 0:
+                key = keys.pop()
+                budget -= 1
                 state: RunState | SlotState | None = self.runs[partition].get(key) or self.slots[partition].get(key)
                 if state is None:
                     continue
                 raw = encode_snapshot(state)
                 if len(raw) > MAX_RECORD_BYTES:
-                    complete = False  # too big to snapshot: keep the checkpoint where it was
+                    self._round_marks[partition] = None  # too big to snapshot: keep the old checkpoint
                     continue
-                fut = await self.producer.send(self.topics.state, raw, key=key.encode(), partition=partition)
-                self.pending.add(fut)
+                self.pending.add(await self.producer.send(topic, raw, key=key.encode(), partition=partition))
                 self.snapshots_written += 1
-            for key in expired:
-                self.pending.add(
-                    await self.producer.send(self.topics.state, None, key=key.encode(), partition=partition)
-                )
-            end = self.events_end.get(partition)
-            if complete and end is not None:
-                mark = encode_checkpoint(end)
-                self.pending.add(
-                    await self.producer.send(self.topics.state, mark, key=CHECKPOINT_KEY, partition=partition)
-                )
-        await self.pending.drain()
-        self._last_snapshot = time.monotonic()
-
-    def _event_acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            offset = fut.result().offset + 1
-            if offset > self.events_end.get(partition, 0):
-                self.events_end[partition] = offset
+            if keys:
+                return
+            del self._round[partition]
+            for key in self._round_expired.pop(partition, set()):
+                self.pending.add(await self.producer.send(topic, None, key=key.encode(), partition=partition))
+            mark = self._round_marks.pop(partition, None)
+            if mark is not None:
+                checkpoint = encode_checkpoint(mark)
+                self.pending.add(await self.producer.send(topic, checkpoint, key=CHECKPOINT_KEY, partition=partition))
+        self._round = None
 
     async def _send_event(self, partition: int, event: Envelope, key: bytes) -> None:
         fut = await self.producer.send(self.topics.events, encode(event), key=key, partition=partition)
-        fut.add_done_callback(functools.partial(self._event_acked, partition))
         self.pending.add(fut)
+        # A partition's records are acked in send order, so its last send carries its highest offset.
+        self._last_event_send[partition] = fut
 
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""

@@ -8,9 +8,9 @@ and wide foreach nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from functools import singledispatch
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from events.envelope import Envelope
 from events.schemas import (
@@ -51,6 +51,7 @@ __all__ = [
     "split_path",
 ]
 
+_T = TypeVar("_T", "NodeState", "RunState")
 RunStatus = Literal["new", "running", "failing", "completed", "failed", "cancelled", "rejected"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "rejected"})
 
@@ -127,7 +128,21 @@ class RunState:
         return min(due) if due else None
 
 
+def _replace(obj: _T, **changes: Any) -> _T:
+    """``dataclasses.replace`` without its per-call overhead (it dominated the cost of deciding).
+
+    Safe for these frozen, slotted dataclasses: they have no ``__post_init__`` and no init-only fields.
+    """
+    new = object.__new__(type(obj))
+    for name in _FIELDS[type(obj)]:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
+
+
 # --- paths ----------------------------------------------------------------------------------------------
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in (NodeState, RunState)}
 
 
 def split_path(path: str) -> tuple[list[str], str]:
@@ -189,7 +204,7 @@ def parent_path(state: RunState, path: str) -> tuple[str, Node, int | None] | No
 def _set(state: RunState, path: str, node: NodeState) -> RunState:
     nodes = dict(state.nodes)
     nodes[path] = node
-    return replace(state, nodes=nodes)
+    return _replace(state, nodes=nodes)
 
 
 def _child_started(state: RunState, path: str) -> RunState:
@@ -199,7 +214,7 @@ def _child_started(state: RunState, path: str) -> RunState:
     ppath, _, item = found
     parent = state.nodes[ppath]
     assert item is not None
-    return _set(state, ppath, replace(parent, started=parent.started + 1, open=(*parent.open, item)))
+    return _set(state, ppath, _replace(parent, started=parent.started + 1, open=(*parent.open, item)))
 
 
 def _child_finished(state: RunState, path: str, failed: bool) -> RunState:
@@ -208,9 +223,9 @@ def _child_finished(state: RunState, path: str, failed: bool) -> RunState:
         return state
     ppath, _, item = found
     parent = state.nodes[ppath]
-    parent = replace(parent, done=parent.done + 1, failed_child=parent.failed_child or (path if failed else None))
+    parent = _replace(parent, done=parent.done + 1, failed_child=parent.failed_child or (path if failed else None))
     if item is not None:
-        parent = replace(parent, open=tuple(i for i in parent.open if i != item))
+        parent = _replace(parent, open=tuple(i for i in parent.open if i != item))
     return _set(state, ppath, parent)
 
 
@@ -221,7 +236,7 @@ def evolve(state: RunState, event: Envelope) -> RunState:
     """Apply one event; events must arrive in seq order with no gaps."""
     if event.seq != state.seq + 1:
         raise SequenceError(f"run {state.run_id}: expected seq {state.seq + 1}, got {event.seq}")
-    moved = replace(state, seq=event.seq, updated_at_ms=event.occurred_at_ms)
+    moved = _replace(state, seq=event.seq, updated_at_ms=event.occurred_at_ms)
     payload = event.payload
     if not isinstance(payload, Event):
         raise TypeError(f"{event.type} is a {event.kind}, not an event")
@@ -247,7 +262,7 @@ def _(p: RunStarted, s: RunState, e: Envelope) -> RunState:
     # recorded before node trees existed (upcast v1 histories) have their root in place.
     root = p.spec.root
     nodes = {root.name: NodeState(kind=root.kind, input=p.input)} if root.kind != "step" else {}
-    return replace(
+    return _replace(
         s,
         nodes=nodes,
         status="running",
@@ -267,12 +282,12 @@ def _(p: RunStarted, s: RunState, e: Envelope) -> RunState:
 
 @_apply.register
 def _(p: RunAdmitted, s: RunState, e: Envelope) -> RunState:
-    return replace(s, admitted=True)
+    return _replace(s, admitted=True)
 
 
 @_apply.register
 def _(p: RunRejected, s: RunState, e: Envelope) -> RunState:
-    return replace(
+    return _replace(
         s,
         status="rejected",
         workflow=p.workflow,
@@ -290,17 +305,17 @@ def _(p: NodeStarted, s: RunState, e: Envelope) -> RunState:
 
 @_apply.register
 def _(p: BranchChosen, s: RunState, e: Envelope) -> RunState:
-    return _set(s, p.path, replace(s.nodes[p.path], chosen=True, case=p.case))
+    return _set(s, p.path, _replace(s.nodes[p.path], chosen=True, case=p.case))
 
 
 @_apply.register
 def _(p: IterationStarted, s: RunState, e: Envelope) -> RunState:
-    return _set(s, p.path, replace(s.nodes[p.path], iteration=p.iteration))
+    return _set(s, p.path, _replace(s.nodes[p.path], iteration=p.iteration))
 
 
 @_apply.register
 def _(p: NodeCompleted, s: RunState, e: Envelope) -> RunState:
-    node = replace(s.nodes[p.path], status="done", output=p.output, due_at_ms=None)
+    node = _replace(s.nodes[p.path], status="done", output=p.output, due_at_ms=None)
     return _child_finished(_set(s, p.path, node), p.path, failed=False)
 
 
@@ -308,7 +323,7 @@ def _(p: NodeCompleted, s: RunState, e: Envelope) -> RunState:
 def _(p: NodeFailed, s: RunState, e: Envelope) -> RunState:
     if p.path not in s.nodes:  # it failed while starting (e.g. its input mapping found nothing)
         s = _child_started(_set(s, p.path, NodeState(kind="node")), p.path)
-    node = replace(s.nodes[p.path], status="failed", error=p.error, origin=p.origin_path, due_at_ms=None)
+    node = _replace(s.nodes[p.path], status="failed", error=p.error, origin=p.origin_path, due_at_ms=None)
     return _child_finished(_set(s, p.path, node), p.path, failed=True)
 
 
@@ -324,7 +339,7 @@ def _(p: WaitStarted, s: RunState, e: Envelope) -> RunState:
 
 @_apply.register
 def _(p: WaitTimedOut, s: RunState, e: Envelope) -> RunState:
-    return _set(s, p.path, replace(s.nodes[p.path], timed_out=True, due_at_ms=None))
+    return _set(s, p.path, _replace(s.nodes[p.path], timed_out=True, due_at_ms=None))
 
 
 @_apply.register
@@ -344,40 +359,40 @@ def _(p: StepScheduled, s: RunState, e: Envelope) -> RunState:
     if existing is None:
         node = NodeState(kind="step", input=p.input, attempt=p.attempt, phase="scheduled", due_at_ms=p.deadline_ms)
         return _child_started(_set(s, p.path, node), p.path)
-    return _set(s, p.path, replace(existing, attempt=p.attempt, phase="scheduled", due_at_ms=p.deadline_ms))
+    return _set(s, p.path, _replace(existing, attempt=p.attempt, phase="scheduled", due_at_ms=p.deadline_ms))
 
 
 @_apply.register
 def _(p: StepCompleted, s: RunState, e: Envelope) -> RunState:
-    node = replace(s.nodes[p.path], status="done", phase="", output=p.output, due_at_ms=None)
+    node = _replace(s.nodes[p.path], status="done", phase="", output=p.output, due_at_ms=None)
     return _child_finished(_set(s, p.path, node), p.path, failed=False)
 
 
 @_apply.register
 def _(p: StepFailed, s: RunState, e: Envelope) -> RunState:
     if p.will_retry:
-        node = replace(s.nodes[p.path], phase="backoff", error=p.error, due_at_ms=p.retry_at_ms)
+        node = _replace(s.nodes[p.path], phase="backoff", error=p.error, due_at_ms=p.retry_at_ms)
         return _set(s, p.path, node)
-    node = replace(s.nodes[p.path], status="failed", phase="", error=p.error, origin=p.path, due_at_ms=None)
+    node = _replace(s.nodes[p.path], status="failed", phase="", error=p.error, origin=p.path, due_at_ms=None)
     return _child_finished(_set(s, p.path, node), p.path, failed=True)
 
 
 @_apply.register
 def _(p: RunCompleted, s: RunState, e: Envelope) -> RunState:
-    return replace(s, status="completed", output=p.output, ended_at_ms=e.occurred_at_ms)
+    return _replace(s, status="completed", output=p.output, ended_at_ms=e.occurred_at_ms)
 
 
 @_apply.register
 def _(p: RunFailing, s: RunState, e: Envelope) -> RunState:
-    return replace(s, status="failing", error=p.error, error_path=p.path)
+    return _replace(s, status="failing", error=p.error, error_path=p.path)
 
 
 @_apply.register
 def _(p: RunFailed, s: RunState, e: Envelope) -> RunState:
-    return replace(s, status="failed", error=p.error, error_path=p.path, ended_at_ms=e.occurred_at_ms)
+    return _replace(s, status="failed", error=p.error, error_path=p.path, ended_at_ms=e.occurred_at_ms)
 
 
 @_apply.register
 def _(p: RunCancelled, s: RunState, e: Envelope) -> RunState:
     error = ErrorInfo(type="Cancelled", message=p.reason)
-    return replace(s, status="cancelled", error=error, ended_at_ms=e.occurred_at_ms)
+    return _replace(s, status="cancelled", error=error, ended_at_ms=e.occurred_at_ms)

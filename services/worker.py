@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from events.codec import InvalidRecord, decode, encode
@@ -372,7 +373,10 @@ class StepWorker:
                 output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
             s = self.settings
             what = f"the output of step {task.step!r}"
-            output = await asyncio.to_thread(offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what)
+            if len(orjson.dumps(output)) > s.offload_bytes:  # rare: write the blob off the loop
+                output = await asyncio.to_thread(
+                    offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what
+                )
             ms = (time.perf_counter() - started) * 1000
             return encode(self._wrap(env, StepSucceeded(**common, output=output, duration_ms=ms, logs=logs.getvalue())))
         except asyncio.CancelledError as exc:

@@ -38,6 +38,7 @@ async def leaf(value: Any) -> Any:
 
 
 registry = Registry()
+SNAPSHOT_INTERVAL_S = 60.0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -58,6 +59,7 @@ async def _run(bootstrap: str, workdir: Path, wf: Workflow, inputs: list[Any], d
         state_dir=workdir / prefix,
         api_port=free_port(),
         worker_concurrency=256,
+        snapshot_interval_s=SNAPSHOT_INTERVAL_S,
     )
     await ensure_topics(bootstrap, settings.topics, settings.pools)
     node = Node(settings, reg, frozenset({"engine", "worker"}))
@@ -140,7 +142,10 @@ if __name__ == "__main__":
     parser.add_argument("--fan-width", type=int, default=100)
     parser.add_argument("--sleepers", type=int, default=10_000)
     parser.add_argument("--sleep-s", type=float, default=30.0)
-    result = asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--snapshot-interval-s", type=float, default=60.0, help="engine snapshots (0: off)")
+    parsed = parser.parse_args()
+    SNAPSHOT_INTERVAL_S = parsed.snapshot_interval_s
+    result = asyncio.run(main(parsed))
     print(json.dumps(result, indent=2))
     f, t = result["fan"], result["timers"]
     print(
