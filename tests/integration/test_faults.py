@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -41,13 +43,18 @@ async def workers_and_projector(kafka_bootstrap: str, prefix: str, tmp_path: Pat
     await node.stop()
 
 
-async def start_runs(settings: Settings, ids: list[str], workflow: str = "slow10") -> None:
+async def start_runs(
+    settings: Settings, ids: list[str], workflow: str = "slow10", inputs: dict[str, Any] | None = None
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for rid in ids:
             cmd = Envelope.wrap(
-                StartRun(workflow=workflow, input={"n": 0}), id=f"start/{rid}", key=rid, occurred_at_ms=1
+                StartRun(workflow=workflow, input=(inputs or {}).get(rid, {"n": 0})),
+                id=f"start/{rid}",
+                key=rid,
+                occurred_at_ms=1,
             )
             await producer.send(settings.topics.commands, encode(cmd), key=rid.encode())
         await producer.flush()
@@ -210,3 +217,49 @@ async def test_kill_9_while_timers_are_due_and_branches_are_in_flight(
     restart_log = (tmp_path / "engine2.log").read_text()
     checkpoints = re.findall(r"events after offset (\d+)", restart_log)
     assert checkpoints, "the restarted engine folded the whole log instead of starting from its snapshots"
+
+
+async def test_kill_9_with_runs_queued_per_key_admits_each_once_and_never_overlaps(
+    workers_and_projector: Node, tmp_path: Path
+) -> None:
+    """Five customers, six runs each, one at a time per customer: the engine dies mid-way and a new one
+    takes over the slot entities and the queued runs. Every run is admitted once and completes, and no two
+    runs of one customer ever hold the slot at the same time."""
+    node = workers_and_projector
+    settings = node.settings
+    ids = [f"q-{c}-{i}" for c in range(5) for i in range(6)]
+    inputs = {rid: {"customer": f"c{rid.split('-')[1]}"} for rid in ids}
+    engine = spawn_roles(settings, "engine", tmp_path / "engine1.log")
+    try:
+        await start_runs(settings, ids, "per_customer", inputs)
+
+        async def some_done() -> bool:
+            log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+            return sum(1 for _, _, e in log if e.type == "RunCompleted") >= 8
+
+        await wait_until(some_done, 90, "a few runs to complete")
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(10)
+        at_kill = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+        assert sum(1 for _, _, e in at_kill if e.type == "RunCompleted") < len(ids) - 5, "too late a kill"
+        engine = spawn_roles(settings, "engine", tmp_path / "engine2.log")
+
+        async def all_done() -> bool:
+            return await count_finished(node, ids, "per_customer") == len(ids)
+
+        await wait_until(all_done, 180, "all queued runs to complete after the restart")
+    finally:
+        stop(engine)
+    log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
+    admitted: dict[str, list[int]] = defaultdict(list)
+    completed: dict[str, int] = {}
+    for _, _, e in log:
+        if e.type == "RunAdmitted":
+            admitted[e.key].append(e.occurred_at_ms)
+        elif e.type == "RunCompleted" and e.key in inputs:
+            completed[e.key] = e.occurred_at_ms
+    assert set(completed) == set(ids)
+    assert all(len(admitted[rid]) == 1 for rid in ids), "a run was admitted twice"
+    for c in range(5):
+        spans = sorted((admitted[rid][0], completed[rid]) for rid in ids if inputs[rid]["customer"] == f"c{c}")
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), f"customer c{c}: runs overlapped {spans}"
