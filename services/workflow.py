@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -83,24 +84,6 @@ class _Functions:
         self.mappers.update(other.mappers)
 
 
-def _annotation_schemas(fn: Callable[..., Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    try:
-        hints = inspect.signature(fn, eval_str=True)
-    except (TypeError, ValueError, NameError):
-        return None, None
-    params = list(hints.parameters.values())
-    schemas: list[dict[str, Any] | None] = []
-    for ann in (params[0].annotation if params else inspect.Parameter.empty, hints.return_annotation):
-        if ann in (inspect.Parameter.empty, inspect.Signature.empty, Any):
-            schemas.append(None)
-            continue
-        try:
-            schemas.append(TypeAdapter(ann).json_schema())
-        except Exception:  # an annotation pydantic cannot describe is documentation only
-            schemas.append(None)
-    return schemas[0], schemas[1]
-
-
 class Flow:
     """A sequence of nodes under construction; ``Workflow`` is the top-level one.
 
@@ -136,7 +119,9 @@ class Flow:
         if existing is not None and existing is not fn:
             raise ValueError(f"two different functions are named {fn_name!r}; set __tickflow_name__ on one")
         self.functions.steps[fn_name] = fn
-        in_schema, out_schema = _annotation_schemas(fn)
+        typed = _typed(fn)
+        in_schema = _json_schema(typed.takes)
+        out_schema = _json_schema(typed.returns)
         retry = RetryPolicy(
             max_attempts=max_attempts,
             backoff_s=backoff_s,
@@ -276,42 +261,33 @@ class Flow:
         return f"fn:{name}"
 
 
-def _name_nodes(raw: dict[str, Any], counters: dict[str, int], taken: set[str]) -> dict[str, Any]:
-    """Give every unnamed node a deterministic name (preorder), so equal definitions compile to equal specs."""
-    node = dict(raw)
-    if node.get("name") is None:
-        kind = node["kind"]
-        if kind == "step":
-            raise AssertionError("steps are always named")
-        while True:
+def _raw_children(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """A raw (uncompiled) node's direct children, in the order names are given."""
+    out = [*node.get("nodes", []), *node.get("branches", [])]
+    out += [node[key] for key in ("body", "on_timeout", "otherwise") if node.get(key) is not None]
+    return out + [case["then"] for case in node.get("cases", [])]
+
+
+def _walk_raw(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in _raw_children(node) for n in _walk_raw(child))]
+
+
+def _named(root: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the tree where every unnamed node has a deterministic name (preorder), so equal definitions
+    compile to equal specs."""
+    root = copy.deepcopy(root)
+    nodes = _walk_raw(root)
+    taken = {n["name"] for n in nodes if n.get("name")}
+    counters: dict[str, int] = {}
+    for node in nodes:
+        if node.get("name") is None:
+            kind = node["kind"]
             counters[kind] = counters.get(kind, 0) + 1
-            candidate = f"{kind}{counters[kind]}"
-            if candidate not in taken:
-                break
-        node["name"] = candidate
-    taken.add(node["name"])
-    for key in ("nodes", "branches"):
-        if key in node:
-            node[key] = [_name_nodes(child, counters, taken) for child in node[key]]
-    for key in ("body", "on_timeout", "otherwise"):
-        if node.get(key) is not None:
-            node[key] = _name_nodes(node[key], counters, taken)
-    if "cases" in node:
-        node["cases"] = [{**c, "then": _name_nodes(c["then"], counters, taken)} for c in node["cases"]]
-    return node
-
-
-def _explicit_names(raw: dict[str, Any]) -> set[str]:
-    names = {raw["name"]} if raw.get("name") else set()
-    for key in ("nodes", "branches"):
-        for child in raw.get(key, []):
-            names |= _explicit_names(child)
-    for key in ("body", "on_timeout", "otherwise"):
-        if raw.get(key) is not None:
-            names |= _explicit_names(raw[key])
-    for case in raw.get("cases", []):
-        names |= _explicit_names(case["then"])
-    return names
+            while f"{kind}{counters[kind]}" in taken:
+                counters[kind] += 1
+            node["name"] = f"{kind}{counters[kind]}"
+            taken.add(node["name"])
+    return root
 
 
 class Workflow(Flow):
@@ -340,9 +316,7 @@ class Workflow(Flow):
     def compile(self) -> WorkflowSpec:
         if not self._nodes:
             raise ValueError(f"workflow {self.name!r} has no nodes; add a step")
-        root = {"kind": "sequence", "name": "__root__", "input": None, "nodes": self._nodes}
-        taken = _explicit_names(root)
-        named = _name_nodes(root, {}, taken)
+        named = _named({"kind": "sequence", "name": "__root__", "input": None, "nodes": self._nodes})
         try:
             return WorkflowSpec.model_validate(
                 {
@@ -390,6 +364,15 @@ def _typed(fn: StepFn) -> _Typed:
         except Exception:
             adapters.append(None)
     return _Typed(fn, adapters[0], adapters[1])
+
+
+def _json_schema(adapter: TypeAdapter[Any] | None) -> dict[str, Any] | None:
+    if adapter is None:
+        return None
+    try:
+        return adapter.json_schema()
+    except Exception:  # an annotation pydantic cannot describe is documentation only
+        return None
 
 
 class Registry:
