@@ -66,7 +66,7 @@ from events.spec import (
     WorkflowSpec,
     walk,
 )
-from events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, TopicNames, partition_key
+from events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, SLOT_PREFIX, TopicNames, partition_key
 from events.upcast import UPCASTERS, upcast
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "DEFAULT_POOL",
     "MAX_RECORD_BYTES",
     "PAYLOAD_TYPES",
+    "SLOT_PREFIX",
     "UPCASTERS",
     "AcquireSlot",
     "AdmitRun",

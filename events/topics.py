@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PARTITIONS", "DEFAULT_POOL", "TopicNames", "partition_key"]
+__all__ = ["DEFAULT_PARTITIONS", "DEFAULT_POOL", "SLOT_PREFIX", "TopicNames", "partition_key"]
 
 DEFAULT_PARTITIONS = 8
 DEFAULT_POOL = "default"
+
+
+#: Keys of per-key concurrency entities on the run topics (``slot:<workflow>:<key>``); they are not runs.
+SLOT_PREFIX = "slot:"
 
 
 def partition_key(run_id: str) -> bytes:

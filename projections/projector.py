@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from events.codec import InvalidRecord, decode, encode
 from events.envelope import Envelope, dead_letter
-from projections.rows import SLOT_PREFIX, EventRow, RunRow, event_row, run_row
+from events.topics import SLOT_PREFIX
+from projections.rows import EventRow, RunRow, event_row, run_row
 from projections.store import ProjectionStore
 
 __all__ = ["Projector", "ProjectorMetrics"]

@@ -33,7 +33,6 @@ from events.spec import StepNode, walk
 __all__ = [
     "EVENT_COLUMNS",
     "RUN_COLUMNS",
-    "SLOT_PREFIX",
     "TERMINAL_STATUSES",
     "EventRow",
     "RunRow",
@@ -42,8 +41,6 @@ __all__ = [
 ]
 
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "rejected")
-#: Keys of slot entities (per-key concurrency) on the events topic; they are not runs.
-SLOT_PREFIX = "slot:"
 
 
 def _json(value: Any) -> str:

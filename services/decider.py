@@ -165,15 +165,7 @@ def _on_start(em: Emitter, start: Start) -> None:
     command = start.command.payload
     assert isinstance(command, StartRun)
     if start.spec is None:
-        reason = f"unknown workflow {command.workflow!r}: no engine has it registered"
-        em.emit(
-            RunRejected(
-                workflow=command.workflow,
-                reason=reason,
-                parent_run_id=command.parent_run_id,
-                parent_path=command.parent_path,
-            )
-        )
+        _reject(em, command, f"unknown workflow {command.workflow!r}: no engine has it registered")
         return
     timeout = start.spec.timeout_s
     slot = None
@@ -182,15 +174,8 @@ def _on_start(em: Emitter, start: Start) -> None:
         try:
             slot = slot_id(start.spec.name, str(resolve_mapping(em, start.spec.concurrency_key, scope)))
         except UserError as exc:
-            reason = f"concurrency key {start.spec.concurrency_key!r} of {command.workflow!r}: {exc.info.message}"
-            em.emit(
-                RunRejected(
-                    workflow=command.workflow,
-                    reason=reason,
-                    parent_run_id=command.parent_run_id,
-                    parent_path=command.parent_path,
-                )
-            )
+            key = start.spec.concurrency_key
+            _reject(em, command, f"concurrency key {key!r} of {command.workflow!r}: {exc.info.message}")
             return
     em.emit(
         RunStarted(
@@ -203,6 +188,17 @@ def _on_start(em: Emitter, start: Start) -> None:
             deadline_ms=em.now_ms + int(timeout * 1000) if timeout else None,
             slot=slot,
             priority=command.priority,
+        )
+    )
+
+
+def _reject(em: Emitter, command: StartRun, reason: str) -> None:
+    em.emit(
+        RunRejected(
+            workflow=command.workflow,
+            reason=reason,
+            parent_run_id=command.parent_run_id,
+            parent_path=command.parent_path,
         )
     )
 

@@ -101,9 +101,6 @@ class Timers:
         for run_id in runs:
             self._armed.pop(run_id, None)
 
-    def __len__(self) -> int:
-        return len(self._armed)
-
 
 class Engine:
     """One engine process (or one of many in the same consumer group)."""
@@ -130,7 +127,6 @@ class Engine:
         self.timers = Timers()
         self.processed = 0
         self.timer_firings = 0
-        self.timer_lateness_ms: list[float] = []
         self._retention_ms = int(settings.state_retention_s * 1000)
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
         self._task: asyncio.Task[None] | None = None
@@ -214,11 +210,7 @@ class Engine:
                 else:
                     self._arm(partition, state)
                 continue
-            due = state.next_due_ms()
-            if due is not None:
-                self.timer_firings += 1
-                if len(self.timer_lateness_ms) < 100_000:
-                    self.timer_lateness_ms.append(now - due)
+            self.timer_firings += 1
             await self._apply(partition, run(state, Recover(causation_id=f"timer/{now}"), now, self.registry))
 
     def _arm(self, partition: int, state: RunState) -> None:
@@ -307,11 +299,11 @@ class Engine:
             key = state.run_id.encode()
             for event in decision.events:
                 await self._send_event(partition, event, key)
-        sent: set[tuple[str, str]] = set()
-        for out in [*effects(decision), *(extra or [])]:
-            if (out.topic, out.envelope.id) in sent:
-                continue
-            sent.add((out.topic, out.envelope.id))
+        outs = effects(decision)
+        if extra:  # recovery re-sends may repeat what the healing decision just sent
+            sent = {(o.topic, o.envelope.id) for o in outs}
+            outs += [o for o in extra if (o.topic, o.envelope.id) not in sent]
+        for out in outs:
             topic = self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
             self.pending.add(await self.producer.send(topic, encode(out.envelope), key=out.envelope.key.encode()))
         self._arm(partition, state)

@@ -65,6 +65,9 @@ __all__ = [
 ]
 
 
+STEP_TIMEOUT_GRACE_MS = 1_000
+
+
 class Functions(Protocol):
     """Where the decider finds the pure conditions and mappers a spec names (the engine's registry)."""
 
@@ -300,10 +303,12 @@ def _step(
     st: NodeState | None,
 ) -> Outcome:
     now = em.now_ms
-    deadline = (lambda: now + int(node.timeout_s * 1000) + 1_000) if node.timeout_s else (lambda: None)
+    # The worker enforces timeout_s itself; the engine waits a grace second longer before it gives up.
+    wait_ms = int(node.timeout_s * 1000) + STEP_TIMEOUT_GRACE_MS if node.timeout_s else None
+    deadline = now + wait_ms if wait_ms is not None else None
     if st is None:
         data = resolve_mapping(em, node.input, _scope(em, scopes, value, extra))
-        em.emit(StepScheduled(path=path, step=node.name, attempt=1, pool=node.pool, input=data, deadline_ms=deadline()))
+        em.emit(StepScheduled(path=path, step=node.name, attempt=1, pool=node.pool, input=data, deadline_ms=deadline))
         return PENDING
     if st.due_at_ms is None or now < st.due_at_ms:
         return PENDING
@@ -315,7 +320,7 @@ def _step(
                 attempt=st.attempt + 1,
                 pool=node.pool,
                 input=st.input,
-                deadline_ms=deadline(),
+                deadline_ms=deadline,
             )
         )
         return _step(em, node, path, scopes, value, extra, em.node(path))
@@ -333,7 +338,7 @@ def _step(
             error=error,
             will_retry=retry_at is not None,
             retry_at_ms=retry_at,
-            duration_ms=float(now - (st.due_at_ms - int((node.timeout_s or 0) * 1000) - 1_000)),
+            duration_ms=float(now - st.due_at_ms + (wait_ms or 0)),
             worker="engine",
         )
     )

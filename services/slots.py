@@ -16,10 +16,9 @@ from dataclasses import dataclass, replace
 
 from events.envelope import Envelope, event_id
 from events.schemas import AcquireSlot, AdmitRun, Event, ReleaseSlot, SlotGranted, SlotQueued, SlotReleased
+from events.topics import SLOT_PREFIX
 
-__all__ = ["SLOT_PREFIX", "SlotState", "admissions", "decide_slot", "evolve_slot", "is_slot", "slot_id"]
-
-SLOT_PREFIX = "slot:"
+__all__ = ["SlotState", "admissions", "decide_slot", "evolve_slot", "is_slot", "slot_id"]
 
 
 def slot_id(workflow: str, key: str) -> str:

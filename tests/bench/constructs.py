@@ -30,6 +30,7 @@ from services.config import Settings
 from services.kafka import ensure_topics
 from services.runtime import Node
 from services.workflow import Flow, Registry, Workflow
+from tests.bench.steps import pct
 from tests.conftest import free_port
 
 
@@ -37,15 +38,7 @@ async def leaf(value: Any) -> Any:
     return value
 
 
-registry = Registry()
 SNAPSHOT_INTERVAL_S = 60.0
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _run(bootstrap: str, workdir: Path, wf: Workflow, inputs: list[Any], done_type: str) -> dict[str, Any]:
