@@ -11,9 +11,11 @@ import asyncio
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,7 +28,7 @@ from projections.rows import RunRow
 from projections.store import ProjectionStore
 from services.claimcheck import PayloadTooLarge, offload
 
-__all__ = ["RunStatus", "StartRequest", "create_api"]
+__all__ = ["ApiDeps", "RunStatus", "StartRequest", "create_api"]
 
 
 class StartRequest(BaseModel):
@@ -112,6 +114,24 @@ class RunStatus(BaseModel):
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class ApiDeps:
+    """What the routers of the API share: the projection store, a started producer, topic names, the bearer
+    guard to put on every route, and (when this process hosts it) the engine, for replay diffs."""
+
+    store: ProjectionStore
+    producer: Any
+    topics: TopicNames
+    guard: list[DependsParam]
+    bootstrap: str = ""
+    engine: Any = None
+
+
+def _router_builders() -> list[Any]:
+    """The API's other route modules; each exposes ``build_router(deps) -> APIRouter``."""
+    return []
+
+
 def create_api(
     *,
     store: ProjectionStore,
@@ -123,6 +143,8 @@ def create_api(
     blobs: Any = None,
     offload_bytes: int = MAX_RECORD_BYTES // 4,
     max_body_bytes: int = MAX_RECORD_BYTES,
+    bootstrap: str = "",
+    engine: Any = None,
 ) -> FastAPI:
     """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name)."""
     api = FastAPI(
@@ -148,6 +170,9 @@ def create_api(
         return await call_next(request)
 
     guard = [Depends(authorize)]
+    deps = ApiDeps(store=store, producer=producer, topics=topics, guard=guard, bootstrap=bootstrap, engine=engine)
+    for build_router in _router_builders():
+        api.include_router(build_router(deps))
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:

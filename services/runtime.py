@@ -110,6 +110,8 @@ class Node:
             blobs=FileBlobStore(s.blob_dir),
             offload_bytes=s.offload_bytes,
             max_body_bytes=max(s.max_payload_bytes, MAX_RECORD_BYTES),
+            bootstrap=s.bootstrap,
+            engine=self.engine,
         )
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off")
         self._api_server = uvicorn.Server(config)
