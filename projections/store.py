@@ -55,6 +55,10 @@ class ProjectionStore(Protocol):
 
     def status_counts(self, workflow: str | None = None) -> dict[str, int]: ...
 
+    def first_offset(self, key: str) -> tuple[int, int] | None:
+        """(partition, offset) of the first projected event of a run or entity key, to start reading the log."""
+        ...
+
     def event_count(self) -> int: ...
 
     def vacuum(self, finished_before_ms: int) -> int:
@@ -112,6 +116,10 @@ class MemoryStore:
 
     def event_count(self) -> int:
         return len(self._events)
+
+    def first_offset(self, key: str) -> tuple[int, int] | None:
+        found = [(e.partition, e.offset) for (r, _), e in self._events.items() if r == key]
+        return min(found, key=lambda po: po[1]) if found else None
 
     def vacuum(self, finished_before_ms: int) -> int:
         gone = {r.run_id for r in self._runs.values() if r.terminal and 0 < r.finished_at_ms < finished_before_ms}
@@ -241,6 +249,13 @@ class ClickHouseStore:
 
     def event_count(self) -> int:
         return int(self._query(f"SELECT count() FROM {self._t}.events FINAL")[0][0])
+
+    def first_offset(self, key: str) -> tuple[int, int] | None:
+        rows = self._query(
+            f"SELECT partition, offset FROM {self._t}.events WHERE run_id = {{k:String}} ORDER BY seq LIMIT 1",
+            {"k": key},
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
     def vacuum(self, finished_before_ms: int) -> int:
         # Lightweight deletes: rows vanish from reads at once and from disk at the next merge. Only finished
