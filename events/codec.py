@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+import events.agents  # noqa: F401 - registers the agent and stack event types
 from events.envelope import Envelope
 from events.schemas import PAYLOAD_TYPES, Kind
 from events.upcast import upcast

@@ -1,8 +1,11 @@
-"""The projector: events topic → ClickHouse ``events`` and ``runs``, batched, idempotent, commit-after-insert.
+"""The projector: events topic → every ClickHouse table, batched, exactly-once, commit-after-insert.
 
-Each batch is inserted, then its offsets are committed; a crash in between re-inserts the batch on restart,
-which the ReplacingMergeTree tables collapse (reads use FINAL), so queries never see a duplicate. The runs row
-of each run is folded from its events; the last row of a run not in the cache is read back from the store.
+Each batch is folded into rows (``projections.fold``), inserted, and only then are its offsets committed. A crash
+between the insert and the commit redelivers the batch. Versioned tables (runs, stacks, steps, ticks) would
+absorb that anyway, but the per-minute rollups are materialised views that would count a fact twice, so the
+projector reads each fact table's highest projected offset per partition (its *watermark*) whenever its
+assignment changes, and drops rows at or below it: every fact is inserted once. What a cold fold cache needs
+(a run's row, an open step attempt, a stack) is read back from the store before the batch is folded.
 """
 
 from __future__ import annotations
@@ -10,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from events.codec import InvalidRecord, decode, encode
-from events.envelope import Envelope, dead_letter
-from events.topics import SLOT_PREFIX
-from projections.rows import EventRow, RunRow, event_row, run_row
+from events.envelope import dead_letter
+from projections.fold import ProjectionBatch, ProjectionFold, Record, drop_projected
 from projections.store import ProjectionStore
 
 __all__ = ["Projector", "ProjectorMetrics"]
@@ -38,6 +39,8 @@ class ProjectorMetrics:
     last_freshness_ms: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
+    #: Rows dropped because they were already projected (a redelivery after a crash before the commit).
+    already_projected: int = 0
 
 
 class Projector:
@@ -62,7 +65,9 @@ class Projector:
         self.batch_ms = batch_ms
         self.max_batch = max_batch
         self.metrics = ProjectorMetrics()
-        self._runs: OrderedDict[str, RunRow] = OrderedDict()
+        self.fold = ProjectionFold(RUN_CACHE_SIZE)
+        self._watermarks: dict[str, dict[int, int]] = {}
+        self._assignment: frozenset[TopicPartition] = frozenset()
         self._task: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
 
@@ -115,50 +120,51 @@ class Projector:
             if not batch:
                 await self._update_lag()
                 continue
+            await self._refresh_watermarks()
             await self.project_batch(batch)
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
             await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
             await self._update_lag()
 
+    async def _refresh_watermarks(self) -> None:
+        """After an assignment change, learn what is already in the store (another instance, or our past self)."""
+        assignment = frozenset(self.consumer.assignment())
+        if assignment != self._assignment:
+            self._assignment = assignment
+            self._watermarks = await asyncio.to_thread(self.store.watermarks)
+
     async def project_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        event_rows: list[EventRow] = []
-        decoded: list[Envelope] = []
-        for tp, records in batch.items():
-            for record in records:
+        records: list[Record] = []
+        for tp, recs in batch.items():
+            for record in recs:
                 try:
-                    env = decode(record.value, expect="event")
+                    records.append((tp.partition, record.offset, decode(record.value, expect="event")))
                 except InvalidRecord as exc:
                     await self._dead_letter(record, str(exc))
-                    continue
-                decoded.append(env)
-                event_rows.append(event_row(env, tp.topic, tp.partition, record.offset))
-        run_rows = await asyncio.to_thread(self._fold_runs, decoded)
+        rows = await asyncio.to_thread(self._fold, records)
         started = time.perf_counter()
-        await asyncio.to_thread(self.store.write, event_rows, run_rows)
+        await asyncio.to_thread(self.store.write, rows)
         m = self.metrics
         m.last_insert_ms = (time.perf_counter() - started) * 1000
-        m.events_projected += len(event_rows)
+        m.events_projected += len(rows.events)
         m.batches += 1
-        m.last_batch_size = len(event_rows)
-        if decoded:
-            m.last_freshness_ms = time.time() * 1000 - decoded[-1].occurred_at_ms
+        m.last_batch_size = len(rows.events)
+        if records:
+            m.last_freshness_ms = time.time() * 1000 - records[-1][2].occurred_at_ms
 
-    def _fold_runs(self, events: list[Envelope]) -> list[RunRow]:
-        # Slot entities (per-key concurrency) share the log with runs but are not runs.
-        events = [e for e in events if not e.key.startswith(SLOT_PREFIX)]
-        missing = [e.key for e in events if e.key not in self._runs]
+    def _fold(self, records: list[Record]) -> ProjectionBatch:
+        missing = self.fold.missing(records)
         if missing:
-            for run_id, row in self.store.runs_by_id(list(dict.fromkeys(missing))).items():
-                self._runs[run_id] = row
-        touched: dict[str, RunRow] = {}
-        for env in events:
-            row = run_row(self._runs.get(env.key), env)
-            self._runs[env.key] = row
-            self._runs.move_to_end(env.key)
-            touched[env.key] = row
-        while len(self._runs) > RUN_CACHE_SIZE:
-            self._runs.popitem(last=False)
-        return list(touched.values())
+            self.fold.load(
+                self.store.runs_by_id(missing.runs),
+                self.store.steps_by_key(missing.steps),
+                self.store.ticks_by_key(missing.ticks),
+                self.store.stacks_by_id(missing.stacks),
+            )
+        rows = self.fold.fold(records, self.events_topic)
+        kept = drop_projected(rows, self._watermarks)
+        self.metrics.already_projected += len(rows) - len(kept)
+        return kept
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         letter = dead_letter(

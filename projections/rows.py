@@ -52,6 +52,7 @@ class EventRow:
     """One row of the ``events`` table: the envelope, flattened, plus where it sits in the log."""
 
     run_id: str
+    workflow: str
     seq: int
     event_id: str
     type: str
@@ -104,9 +105,10 @@ EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EventRow))
 RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RunRow))
 
 
-def event_row(event: Envelope, topic: str, partition: int, offset: int) -> EventRow:
+def event_row(event: Envelope, topic: str, partition: int, offset: int, workflow: str = "") -> EventRow:
     return EventRow(
         run_id=event.key,
+        workflow=workflow,
         seq=event.seq or 0,
         event_id=event.id,
         type=event.type,

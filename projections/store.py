@@ -13,29 +13,51 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from projections.facts import (
+    LLM_CALL_COLUMNS,
+    MESSAGE_COLUMNS,
+    STACK_COLUMNS,
+    STEP_COLUMNS,
+    TICK_COLUMNS,
+    StackRow,
+    StepRow,
+    TickRow,
+)
+from projections.fold import FACT_TABLES, ProjectionBatch
 from projections.rows import EVENT_COLUMNS, RUN_COLUMNS, TERMINAL_STATUSES, EventRow, RunRow
 
-__all__ = ["ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
+__all__ = ["TABLE_COLUMNS", "ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
 
-_MS_COLUMNS = {
-    "occurred_at_ms": "occurred_at",
-    "started_at_ms": "started_at",
-    "updated_at_ms": "updated_at",
-    "finished_at_ms": "finished_at",
+#: Row fields of every table the projector writes, in the rows' field order.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": EVENT_COLUMNS,
+    "runs": RUN_COLUMNS,
+    "steps": STEP_COLUMNS,
+    "llm_calls": LLM_CALL_COLUMNS,
+    "stacks": STACK_COLUMNS,
+    "ticks": TICK_COLUMNS,
+    "messages": MESSAGE_COLUMNS,
 }
 
 
+def _column(field_name: str) -> str:
+    """Rows hold times as epoch milliseconds (``*_at_ms``); tables hold DateTime64 (``*_at``)."""
+    return field_name[:-3] if field_name.endswith("_at_ms") else field_name
+
+
 def _table_columns(columns: Sequence[str]) -> list[str]:
-    return [_MS_COLUMNS.get(c, c) for c in columns]
+    return [_column(c) for c in columns]
 
 
 def _select_list(columns: Sequence[str]) -> str:
     """Columns in row-field order, DateTime64 read back as epoch milliseconds like the rows hold them."""
-    return ", ".join(f"toUnixTimestamp64Milli({_MS_COLUMNS[c]})" if c in _MS_COLUMNS else c for c in columns)
+    return ", ".join(f"toUnixTimestamp64Milli({_column(c)})" if c.endswith("_at_ms") else c for c in columns)
 
 
-_EVENT_INSERT, _RUN_INSERT = _table_columns(EVENT_COLUMNS), _table_columns(RUN_COLUMNS)
+_INSERT_COLUMNS = {table: _table_columns(cols) for table, cols in TABLE_COLUMNS.items()}
 _EVENT_SELECT, _RUN_SELECT = _select_list(EVENT_COLUMNS), _select_list(RUN_COLUMNS)
+_STEP_SELECT, _TICK_SELECT = _select_list(STEP_COLUMNS), _select_list(TICK_COLUMNS)
+_STACK_SELECT = _select_list(STACK_COLUMNS)
 
 
 class ProjectionStore(Protocol):
@@ -43,9 +65,27 @@ class ProjectionStore(Protocol):
 
     def migrate(self) -> None: ...
 
-    def write(self, events: Sequence[EventRow], runs: Sequence[RunRow]) -> None: ...
+    def write(self, batch: ProjectionBatch) -> None:
+        """Insert a batch's rows; fact tables get the batch's facts exactly as given (the projector filters)."""
+        ...
+
+    def watermarks(self) -> dict[str, dict[int, int]]:
+        """Per fact table and partition, the highest event offset already projected."""
+        ...
 
     def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, RunRow]: ...
+
+    def steps_by_key(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], StepRow]: ...
+
+    def ticks_by_key(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], TickRow]: ...
+
+    def stacks_by_id(self, stack_ids: Sequence[str]) -> dict[str, StackRow]: ...
+
+    def run_steps(self, run_id: str) -> list[StepRow]:
+        """Every attempt of every step of a run, in the order they were scheduled (the run's timeline)."""
+        ...
+
+    def list_stacks(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[StackRow]: ...
 
     def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
@@ -78,20 +118,64 @@ class MemoryStore:
     def __init__(self) -> None:
         self._events: dict[tuple[str, int], EventRow] = {}
         self._runs: dict[str, RunRow] = {}
+        self._steps: dict[tuple[str, str, int], StepRow] = {}
+        self._ticks: dict[tuple[str, int], TickRow] = {}
+        self._stacks: dict[str, StackRow] = {}
+        self._facts: dict[str, list[Any]] = {"llm_calls": [], "messages": []}
+        self._marks: dict[str, dict[int, int]] = {}
 
     def migrate(self) -> None:
         return None
 
-    def write(self, events: Sequence[EventRow], runs: Sequence[RunRow]) -> None:
-        for e in events:
+    def write(self, batch: ProjectionBatch) -> None:
+        for e in batch.events:
             self._events.setdefault((e.run_id, e.seq), e)
-        for r in runs:
+        for r in batch.runs:
             cur = self._runs.get(r.run_id)
             if cur is None or r.last_seq >= cur.last_seq:
                 self._runs[r.run_id] = r
+        for st in batch.stacks:
+            prev_stack = self._stacks.get(st.stack_id)
+            if prev_stack is None or st.last_seq >= prev_stack.last_seq:
+                self._stacks[st.stack_id] = st
+        for sr in batch.steps:
+            prev_step = self._steps.get((sr.run_id, sr.path, sr.attempt))
+            if prev_step is None or sr.version >= prev_step.version:
+                self._steps[(sr.run_id, sr.path, sr.attempt)] = sr
+        for tr in batch.ticks:
+            prev_tick = self._ticks.get((tr.stack_id, tr.tick))
+            if prev_tick is None or tr.version >= prev_tick.version:
+                self._ticks[(tr.stack_id, tr.tick)] = tr
+        self._facts["llm_calls"].extend(batch.llm_calls)
+        self._facts["messages"].extend(batch.messages)
+        for table in FACT_TABLES:
+            marks = self._marks.setdefault(table, {})
+            for row in getattr(batch, table):
+                marks[row.partition] = max(marks.get(row.partition, -1), row.offset)
+
+    def watermarks(self) -> dict[str, dict[int, int]]:
+        return {t: dict(m) for t, m in self._marks.items()}
 
     def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
         return {i: self._runs[i] for i in run_ids if i in self._runs}
+
+    def steps_by_key(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], StepRow]:
+        return {k: self._steps[k] for k in keys if k in self._steps}
+
+    def ticks_by_key(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], TickRow]:
+        return {k: self._ticks[k] for k in keys if k in self._ticks}
+
+    def stacks_by_id(self, stack_ids: Sequence[str]) -> dict[str, StackRow]:
+        return {i: self._stacks[i] for i in stack_ids if i in self._stacks}
+
+    def run_steps(self, run_id: str) -> list[StepRow]:
+        rows = [r for (rid, _, _), r in self._steps.items() if rid == run_id]
+        return sorted(rows, key=lambda r: (r.scheduled_at_ms, r.path, r.attempt))
+
+    def list_stacks(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[StackRow]:
+        rows = [r for r in self._stacks.values() if status is None or r.status == status]
+        rows.sort(key=lambda r: r.stack_id)
+        return rows[offset : offset + limit]
 
     def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
@@ -184,20 +268,28 @@ class ClickHouseStore:
 
     # -- writes --------------------------------------------------------------------------------------------
 
-    def write(self, events: Sequence[EventRow], runs: Sequence[RunRow]) -> None:
+    def write(self, batch: ProjectionBatch) -> None:
+        # Versioned tables first and the log's own table last: facts are exactly-once per table anyway (the
+        # projector skips offsets at or below each table's watermark), this order only keeps reads coherent.
         with self._lock:
-            if events:
+            for table, rows in batch.tables().items():
+                if table != "events" and rows:
+                    self._client.insert(
+                        f"{self._t}.{table}", [r.as_tuple() for r in rows], column_names=_INSERT_COLUMNS[table]
+                    )
+            if batch.events:
                 self._client.insert(
                     f"{self._t}.events",
-                    [e.as_tuple() for e in events],
-                    column_names=_EVENT_INSERT,
+                    [r.as_tuple() for r in batch.events],
+                    column_names=_INSERT_COLUMNS["events"],
                 )
-            if runs:
-                self._client.insert(
-                    f"{self._t}.runs",
-                    [r.as_tuple() for r in runs],
-                    column_names=_RUN_INSERT,
-                )
+
+    def watermarks(self) -> dict[str, dict[int, int]]:
+        marks: dict[str, dict[int, int]] = {}
+        for table in FACT_TABLES:
+            rows = self._query(f"SELECT partition, max(offset) FROM {self._t}.{table} GROUP BY partition")
+            marks[table] = {int(p): int(o) for p, o in rows}
+        return marks
 
     # -- reads ---------------------------------------------------------------------------------------------
 
@@ -213,6 +305,52 @@ class ClickHouseStore:
             return {}
         rows = self._query(f"{self._run_select()} WHERE run_id IN {{ids:Array(String)}}", {"ids": list(run_ids)})
         return {r[0]: RunRow(*r) for r in rows}
+
+    def steps_by_key(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], StepRow]:
+        if not keys:
+            return {}
+        rows = self._query(
+            f"SELECT {_STEP_SELECT} FROM {self._t}.steps FINAL WHERE (run_id, path, attempt) IN "
+            "{keys:Array(Tuple(String, String, UInt32))}",
+            {"keys": [tuple(k) for k in keys]},
+        )
+        return {(r[0], r[2], r[4]): StepRow(*r) for r in rows}
+
+    def ticks_by_key(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], TickRow]:
+        if not keys:
+            return {}
+        rows = self._query(
+            f"SELECT {_TICK_SELECT} FROM {self._t}.ticks FINAL WHERE (stack_id, tick) IN "
+            "{keys:Array(Tuple(String, UInt64))}",
+            {"keys": [tuple(k) for k in keys]},
+        )
+        return {(r[0], r[1]): TickRow(*r) for r in rows}
+
+    def stacks_by_id(self, stack_ids: Sequence[str]) -> dict[str, StackRow]:
+        if not stack_ids:
+            return {}
+        rows = self._query(
+            f"SELECT {_STACK_SELECT} FROM {self._t}.stacks FINAL WHERE stack_id IN {{ids:Array(String)}}",
+            {"ids": list(stack_ids)},
+        )
+        return {r[0]: StackRow(*r) for r in rows}
+
+    def run_steps(self, run_id: str) -> list[StepRow]:
+        rows = self._query(
+            f"SELECT {_STEP_SELECT} FROM {self._t}.steps FINAL WHERE run_id = {{run_id:String}} "
+            "ORDER BY scheduled_at, path, attempt",
+            {"run_id": run_id},
+        )
+        return [StepRow(*r) for r in rows]
+
+    def list_stacks(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[StackRow]:
+        clause = " WHERE status = {status:String}" if status is not None else ""
+        rows = self._query(
+            f"SELECT {_STACK_SELECT} FROM {self._t}.stacks FINAL{clause} ORDER BY stack_id "
+            "LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+            {"status": status or "", "limit": int(limit), "offset": int(offset)},
+        )
+        return [StackRow(*r) for r in rows]
 
     def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0

@@ -1,0 +1,184 @@
+"""Events of agents and agent stacks: LLM call attempts, memory messages, stacks and their ticks.
+
+They live on the same topics as runs. LLM attempts and messages belong to the run whose agent step produced them
+(keyed by the run id); a stack is an entity keyed ``stack:<stack_id>``, so its configuration, play/pause state and
+ticks are folded by one engine partition like a run. The engine is their only writer. Importing this module
+registers the types in ``PAYLOAD_TYPES`` (the codec imports it).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, StringConstraints
+
+from events.schemas import PAYLOAD_TYPES, ErrorInfo, Event, LongText, ShortText
+from events.spec import Name
+
+__all__ = [
+    "AGENT_EVENT_TYPES",
+    "STACK_PREFIX",
+    "LlmCallAttempted",
+    "LlmOutcome",
+    "MessageAppended",
+    "StackCreated",
+    "StackDeleted",
+    "StackPaused",
+    "StackPlayed",
+    "StackUpdated",
+    "TickFinished",
+    "TickFired",
+    "TickSkipped",
+    "stack_key",
+]
+
+#: Keys of agent-stack entities on the run topics (``stack:<stack_id>``); they are not runs.
+STACK_PREFIX = "stack:"
+
+StackId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
+LlmOutcome = Literal["ok", "rate_limited", "server_error", "timeout", "connection_error", "malformed", "client_error"]
+OverlapPolicy = Literal["skip", "queue"]
+
+
+def stack_key(stack_id: str) -> str:
+    """The entity key (and Kafka key) of a stack."""
+    return f"{STACK_PREFIX}{stack_id}"
+
+
+class LlmCallAttempted(Event):
+    """One attempt of one LLM call made by an agent step (the run's ``path``), as the LLM worker reported it.
+
+    Every attempt is recorded, failed ones included, so retries and fallbacks are visible and costed. Provider
+    keys never appear here: only the provider's name.
+    """
+
+    TYPE: ClassVar[str] = "LlmCallAttempted"
+    path: ShortText
+    call: int = Field(ge=0, description="Turn of the agent loop this call belongs to.")
+    attempt: int = Field(ge=1, description="Attempt number across the whole model chain for this call.")
+    agent: ShortText = ""
+    stack_id: ShortText = ""
+    provider: ShortText
+    model: ShortText
+    tokens_in: int = Field(default=0, ge=0)
+    tokens_out: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    latency_ms: float = Field(default=0.0, ge=0)
+    outcome: LlmOutcome
+    error: ErrorInfo | None = None
+    http_status: int | None = None
+    fallback: bool = False
+    started_at_ms: int = 0
+
+
+class MessageAppended(Event):
+    """A message added to an agent's memory thread, with its embedding (so recall never re-embeds on replay)."""
+
+    TYPE: ClassVar[str] = "MessageAppended"
+    thread_id: ShortText
+    message_id: ShortText
+    role: Literal["system", "user", "assistant", "tool"]
+    content: LongText
+    agent: ShortText = ""
+    stack_id: ShortText = ""
+    embedding: list[float] | None = Field(default=None, max_length=8192)
+    embedder: ShortText = ""
+
+
+class StackCreated(Event):
+    """(Stack entity) A stack exists: it runs ``workflow`` every ``interval_s`` while playing."""
+
+    TYPE: ClassVar[str] = "StackCreated"
+    stack_id: StackId
+    name: ShortText = ""
+    workflow: Name
+    input: Any = None
+    interval_s: float = Field(default=10.0, ge=1.0, le=86_400.0)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    overlap: OverlapPolicy = "skip"
+    idle_backoff_max_s: float = Field(default=0.0, ge=0.0, le=86_400.0)
+    budget_tokens: int | None = Field(default=None, ge=0)
+    budget_cost_usd: float | None = Field(default=None, ge=0)
+    playing: bool = True
+
+
+class StackUpdated(Event):
+    """(Stack entity) Some settings changed; fields left out keep their value."""
+
+    TYPE: ClassVar[str] = "StackUpdated"
+    name: ShortText | None = None
+    workflow: Name | None = None
+    input: Any = None
+    interval_s: float | None = Field(default=None, ge=1.0, le=86_400.0)
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    overlap: OverlapPolicy | None = None
+    idle_backoff_max_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
+    budget_tokens: int | None = Field(default=None, ge=0)
+    budget_cost_usd: float | None = Field(default=None, ge=0)
+
+
+class StackPaused(Event):
+    """(Stack entity) The stack stops ticking; ``by`` says who paused it and ``reason`` why (e.g. budget)."""
+
+    TYPE: ClassVar[str] = "StackPaused"
+    by: Literal["user", "budget", "system"] = "user"
+    reason: ShortText = ""
+
+
+class StackPlayed(Event):
+    """(Stack entity) The stack ticks again."""
+
+    TYPE: ClassVar[str] = "StackPlayed"
+
+
+class StackDeleted(Event):
+    """(Stack entity) The stack is gone; its history stays in the log."""
+
+    TYPE: ClassVar[str] = "StackDeleted"
+    reason: ShortText = ""
+
+
+class TickFired(Event):
+    """(Stack entity) Tick ``tick`` started run ``run_id``; ``due_at_ms`` is when it was due (lag = fired - due)."""
+
+    TYPE: ClassVar[str] = "TickFired"
+    tick: int = Field(ge=1)
+    run_id: ShortText
+    due_at_ms: int
+    queued: bool = False
+
+
+class TickSkipped(Event):
+    """(Stack entity) Tick ``tick`` was due but not fired (e.g. the previous tick's run is still going)."""
+
+    TYPE: ClassVar[str] = "TickSkipped"
+    tick: int = Field(ge=1)
+    due_at_ms: int
+    reason: ShortText
+
+
+class TickFinished(Event):
+    """(Stack entity) The run of tick ``tick`` ended; its usage counts against the stack's budget."""
+
+    TYPE: ClassVar[str] = "TickFinished"
+    tick: int = Field(ge=1)
+    run_id: ShortText
+    status: Literal["completed", "failed", "cancelled", "rejected"]
+    tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    idle: bool = False
+
+
+AGENT_EVENT_TYPES: tuple[type[Event], ...] = (
+    LlmCallAttempted,
+    MessageAppended,
+    StackCreated,
+    StackUpdated,
+    StackPaused,
+    StackPlayed,
+    StackDeleted,
+    TickFired,
+    TickSkipped,
+    TickFinished,
+)
+PAYLOAD_TYPES.update({(cls.KIND, cls.TYPE): cls for cls in AGENT_EVENT_TYPES})
