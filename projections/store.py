@@ -9,7 +9,7 @@ twice (a crash between insert and offset commit) is invisible to queries.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,6 +101,10 @@ class ProjectionStore(Protocol):
 
     def event_count(self) -> int: ...
 
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table as queries see them (duplicates collapsed): what a rebuild is verified against."""
+        ...
+
     def vacuum(self, finished_before_ms: int) -> int:
         """Delete finished runs (and their events) that ended before the cutoff; returns how many runs."""
         ...
@@ -121,7 +125,7 @@ class MemoryStore:
         self._steps: dict[tuple[str, str, int], StepRow] = {}
         self._ticks: dict[tuple[str, int], TickRow] = {}
         self._stacks: dict[str, StackRow] = {}
-        self._facts: dict[str, list[Any]] = {"llm_calls": [], "messages": []}
+        self._facts: dict[str, dict[tuple[Any, ...], Any]] = {"llm_calls": {}, "messages": {}}
         self._marks: dict[str, dict[int, int]] = {}
 
     def migrate(self) -> None:
@@ -146,8 +150,8 @@ class MemoryStore:
             prev_tick = self._ticks.get((tr.stack_id, tr.tick))
             if prev_tick is None or tr.version >= prev_tick.version:
                 self._ticks[(tr.stack_id, tr.tick)] = tr
-        self._facts["llm_calls"].extend(batch.llm_calls)
-        self._facts["messages"].extend(batch.messages)
+        self._facts["llm_calls"].update(((c.run_id, c.seq), c) for c in batch.llm_calls)
+        self._facts["messages"].update(((m.thread_id, m.message_id), m) for m in batch.messages)
         for table in FACT_TABLES:
             marks = self._marks.setdefault(table, {})
             for row in getattr(batch, table):
@@ -201,6 +205,13 @@ class MemoryStore:
     def event_count(self) -> int:
         return len(self._events)
 
+    def table_counts(self) -> dict[str, int]:
+        sizes: dict[str, Sized] = {"events": self._events, "runs": self._runs, "steps": self._steps}
+        sizes["stacks"] = self._stacks
+        counts = {table: len(rows) for table, rows in sizes.items()}
+        counts |= {"ticks": len(self._ticks)} | {t: len(rows) for t, rows in self._facts.items()}
+        return counts
+
     def first_offset(self, key: str) -> tuple[int, int] | None:
         found = [(e.partition, e.offset) for (r, _), e in self._events.items() if r == key]
         return min(found, key=lambda po: po[1]) if found else None
@@ -230,6 +241,7 @@ class ClickHouseStore:
 
         self._lock = threading.Lock()
         self.database = database
+        self._path, self._url = path, url  # for open_client (read-only SQL sessions)
         if url:
             boot = clickhouse_connect.get_client(dsn=url)
             boot.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
@@ -388,6 +400,12 @@ class ClickHouseStore:
     def event_count(self) -> int:
         return int(self._query(f"SELECT count() FROM {self._t}.events FINAL")[0][0])
 
+    def table_counts(self) -> dict[str, int]:
+        union = " UNION ALL ".join(
+            f"SELECT '{table}', count() FROM {self._t}.{table} FINAL" for table in TABLE_COLUMNS
+        )
+        return {str(t): int(n) for t, n in self._query(union)}
+
     def first_offset(self, key: str) -> tuple[int, int] | None:
         rows = self._query(
             f"SELECT partition, offset FROM {self._t}.events WHERE run_id = {{k:String}} ORDER BY seq LIMIT 1",
@@ -426,6 +444,18 @@ class ClickHouseStore:
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with bound parameters (for benchmarks, reports and tests)."""
         return self._query(sql.replace("{db}", self._t), params)
+
+    def open_client(self, settings: dict[str, Any]) -> Any:
+        """A new clickhouse-connect client on this store's data, with this database as the default and
+        ``settings`` applied in order (chDB: session ``SET``s; a server: sent with every request). The caller
+        closes it. ``projections.sql`` opens one per query so ``readonly=1`` can come last and lock the rest."""
+        import clickhouse_connect
+
+        if self._url:
+            return clickhouse_connect.get_client(dsn=self._url, database=self.database, settings=settings)
+        return clickhouse_connect.get_client(
+            interface="chdb", path=self._path, database=self.database, settings=settings
+        )
 
     def close(self) -> None:
         with self._lock:
