@@ -26,6 +26,8 @@ __all__ = [
     "DeadLetter",
     "ErrorInfo",
     "Event",
+    "ForkRun",
+    "HistoryEvent",
     "IterationStarted",
     "Kind",
     "NodeCompleted",
@@ -41,6 +43,7 @@ __all__ = [
     "RunCompleted",
     "RunFailed",
     "RunFailing",
+    "RunForked",
     "RunRejected",
     "RunStarted",
     "RunStep",
@@ -164,6 +167,32 @@ class ChildFinished(Command):
     status: Literal["completed", "failed", "cancelled", "rejected"]
     output: Any = None
     error: ErrorInfo | None = None
+
+
+class HistoryEvent(BaseModel):
+    """One event of a run's history as a fork carries it: its seq is its position, its key the source run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    schema_version: int = Field(default=1, ge=1)
+    occurred_at_ms: int = Field(ge=0)
+    payload: dict[str, Any]
+
+
+class ForkRun(Command):
+    """Start a new run (id = the envelope key) from the state of ``source_run_id`` at ``at_seq``.
+
+    ``history`` is the source's events 1..``at_seq``, read by the sender from the log or its projection: the
+    engine that owns the new run owns no other partition's log, and must stay the only writer of events. It
+    re-keys that prefix to the new run, appends ``RunForked`` and carries on from there. Forking an existing
+    run id is a no-op, so a fork sent twice forks once.
+    """
+
+    TYPE: ClassVar[str] = "ForkRun"
+    source_run_id: ShortText
+    at_seq: int = Field(ge=1)
+    history: list[HistoryEvent] = Field(min_length=1)
 
 
 # --- events (the log) -----------------------------------------------------------------------------------
@@ -366,6 +395,19 @@ class RunCancelled(Event):
     reason: ShortText
 
 
+class RunForked(Event):
+    """This run's events 1..``at_seq`` are a copy of ``source_run_id``'s; from here on it is a run of its own.
+
+    Absolute times of the copy (occurred-at, deadlines, due times) moved by ``shift_ms``, so the fork resumes
+    with the time left at ``at_seq`` rather than timing out at once.
+    """
+
+    TYPE: ClassVar[str] = "RunForked"
+    source_run_id: ShortText
+    at_seq: int = Field(ge=1)
+    shift_ms: int = 0
+
+
 # --- tasks and results (engine ⇄ workers) ---------------------------------------------------------------
 
 
@@ -457,6 +499,7 @@ PAYLOAD_TYPES: dict[tuple[str, str], type[Payload]] = {
         ResumeRun,
         CancelRun,
         ChildFinished,
+        ForkRun,
         RunStarted,
         RunAdmitted,
         SlotGranted,
@@ -480,6 +523,7 @@ PAYLOAD_TYPES: dict[tuple[str, str], type[Payload]] = {
         RunFailing,
         RunFailed,
         RunCancelled,
+        RunForked,
         RunStep,
         CancelStep,
         StepSucceeded,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +28,9 @@ __all__ = ["Projector", "ProjectorMetrics"]
 
 log = logging.getLogger("tickflow.projector")
 RUN_CACHE_SIZE = 200_000
+#: Fault injection for tests only: the process kills itself (SIGKILL) right after this many batches were
+#: inserted and before their offsets are committed — the exact window exactly-once projection must survive.
+KILL_AFTER_INSERTS_ENV = "TICKFLOW_FAULT_KILL_PROJECTOR_AFTER_INSERTS"
 
 
 @dataclass
@@ -70,6 +75,7 @@ class Projector:
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._task: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
+        self._kill_after = int(os.environ.get(KILL_AFTER_INSERTS_ENV) or 0)
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -122,6 +128,9 @@ class Projector:
                 continue
             await self._refresh_watermarks()
             await self.project_batch(batch)
+            if self._kill_after and self.metrics.batches >= self._kill_after:
+                log.warning("fault injection: SIGKILL between the insert and the offset commit")
+                os.kill(os.getpid(), signal.SIGKILL)
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
             await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
             await self._update_lag()

@@ -8,6 +8,8 @@ data directory, which is why the CLI and SDK read through here.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import secrets
 import time
 import uuid
@@ -127,9 +129,27 @@ class ApiDeps:
     engine: Any = None
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _has_lone_surrogate(body: bytes) -> bool:
+    """True when the JSON body decodes to text with an unpaired surrogate (a pair is one valid character)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return False
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # only an unpaired surrogate cannot be encoded as UTF-8
+        return True
+    except (ValueError, RecursionError):  # not JSON (or absurdly nested): FastAPI answers that itself
+        return False
+    return False
+
+
 def _router_builders() -> list[Any]:
     """The API's other route modules; each exposes ``build_router(deps) -> APIRouter``."""
-    return []
+    from services import api_live, api_replay, api_sql  # imported here: they import ApiDeps from this module
+
+    return [api_live.build_router, api_replay.build_router, api_sql.build_router]
 
 
 def create_api(
@@ -161,6 +181,15 @@ def create_api(
             raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <TICKFLOW_API_TOKEN>'")
 
     @api.middleware("http")
+    async def refuse_lone_surrogates(request: Request, call_next: Any) -> Any:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python turns it into a str that cannot be encoded
+        # again, so it failed deep inside (the Kafka codec, chDB, even the error response) as a 500.
+        if request.method in ("POST", "PUT", "PATCH") and _has_lone_surrogate(await request.body()):
+            detail = "the JSON body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff): send valid Unicode text"
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await call_next(request)
+
+    @api.middleware("http")  # added last, so it runs first: a too-big body is refused before it is read
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
@@ -298,6 +327,7 @@ def create_api(
                 "events_projected": metrics.events_projected,
                 "lag": sum(metrics.lag.values()),
                 "last_freshness_ms": metrics.last_freshness_ms,
+                "already_projected": metrics.already_projected,
             }
         return out
 

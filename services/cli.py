@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -159,6 +160,23 @@ def wait(ctx: click.Context, run_id: str, timeout: float) -> None:
 
 @main.command()
 @click.argument("run_id")
+@click.option("--after", type=click.IntRange(min=0), default=None, help="Continue after this event offset.")
+@click.pass_context
+def follow(ctx: click.Context, run_id: str, after: int | None) -> None:
+    """Print RUN_ID's events as they happen (offset, seq, type, payload), until its terminal event.
+
+    Read from the log, so a run started a moment ago is waited for; rerun with --after <last offset> to
+    continue without repeats."""
+    try:
+        with client(ctx) as c:
+            for e in c.live(run_id, after=after):
+                click.echo(f"{e['offset']:>8} {e['seq']:>4} {e['type']:<16} {json.dumps(e['payload'])[:160]}")
+    except TickflowError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.argument("run_id")
 @click.argument("event")
 @click.option("--payload", "payload_json", default="null", help="The event's payload, as JSON.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="How long to wait for the answer.")
@@ -233,6 +251,69 @@ def runs(ctx: click.Context, status_: str | None, workflow: str | None, limit: i
         fail(exc)
 
 
+def _param(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """NAME=VALUE pairs. VALUE is text (ClickHouse parses it as the placeholder's type), except a JSON array,
+    which is sent as an array: text like ['a'] would arrive with its quotes escaped and not parse."""
+    out: dict[str, Any] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: write NAME=VALUE, matching a {{NAME:Type}} placeholder in the query")
+        if value.lstrip().startswith("["):
+            try:
+                out[name] = json.loads(value)
+            except ValueError as exc:
+                raise click.BadParameter(
+                    f"{item!r}: an array value must be JSON, e.g. {name}='[\"a\"]' ({exc})"
+                ) from None
+            continue
+        out[name] = value
+    return out
+
+
+@main.command("sql")
+@click.argument("query")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    callback=_param,
+    help="NAME=VALUE for a {NAME:Type} placeholder; repeatable. Arrays as JSON, e.g. ids='[1, 2]'.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--max-rows", type=click.IntRange(1, 100_000), default=1_000, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0, 60, min_open=True), default=10.0, show_default=True)
+@click.pass_context
+def sql(ctx: click.Context, query: str, params: dict[str, Any], fmt: str, max_rows: int, timeout_s: float) -> None:
+    """Run a read-only SQL QUERY over the projections (tables: runs, events, steps, …; add FINAL for the
+    current version of each row). Values go in --param, e.g.
+    tickflow sql "SELECT status, count() FROM runs FINAL WHERE workflow = {wf:String} GROUP BY status" --param wf=order
+    """
+    try:
+        with client(ctx) as c:
+            result = c.sql(query, params, max_rows=max_rows, timeout_s=timeout_s)
+    except TickflowError as exc:
+        fail(exc)
+        return
+    if fmt == "json":
+        click.echo(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
+        return
+    cells = [[_cell(v) for v in row] for row in result.rows]
+    widths = [max([len(col), *(len(r[i]) for r in cells)]) for i, col in enumerate(result.columns)]
+    click.echo("  ".join(col.ljust(w) for col, w in zip(result.columns, widths, strict=True)).rstrip())
+    click.echo("  ".join("-" * w for w in widths))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    more = f" (truncated at {max_rows}; raise --max-rows)" if result.truncated else ""
+    click.echo(f"{len(result.rows)} rows in {result.elapsed_ms:.0f} ms{more}", err=True)
+
+
+def _cell(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @main.command()
 @click.option("--runs", "count", default=1000, show_default=True, help="How many runs to start.")
 @click.option("--no-broker", is_flag=True, help="Do not start the local Kafka.")
@@ -244,6 +325,77 @@ def demo(settings: Settings, count: int, no_broker: bool) -> None:
     from services.demo_runner import run_demo
 
     asyncio.run(run_demo(settings, count))
+
+
+@main.group()
+def replay() -> None:
+    """Time travel, forks, and the check that the engine's live state equals a refold of the log."""
+
+
+@replay.command("state")
+@click.argument("run_id")
+@click.option("--at-seq", type=int, default=None, help="After this event (default: the last visible one).")
+@click.option("--spec", "with_spec", is_flag=True, help="Also print the workflow spec the run pinned.")
+@click.pass_context
+def replay_state(ctx: click.Context, run_id: str, at_seq: int | None, with_spec: bool) -> None:
+    """Print RUN_ID's state after event --at-seq: the fold of its events up to there."""
+    from services.replay import state_to_json
+
+    try:
+        with client(ctx) as c:
+            data = state_to_json(c.state_at(run_id, at_seq))
+    except TickflowError as exc:
+        fail(exc)
+        return
+    if not with_spec:
+        data.pop("spec", None)
+    _print_status(data)
+
+
+@replay.command("fork")
+@click.argument("run_id")
+@click.option("--at-seq", type=int, required=True, help="Fork from RUN_ID's state after this event.")
+@click.option("--run-id", "new_run_id", default=None, help="The new run's id; forking twice with it forks once.")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the fork's end.")
+@click.pass_context
+def replay_fork(ctx: click.Context, run_id: str, at_seq: int, new_run_id: str | None, wait_s: float | None) -> None:
+    """Start a new run from RUN_ID's state at --at-seq and print its id (completed steps do not run again)."""
+    try:
+        with client(ctx) as c:
+            rid = c.fork(run_id, at_seq, new_run_id=new_run_id)
+            click.echo(rid)
+            if wait_s is not None:
+                _print_status(c.wait(rid, timeout=wait_s).model_dump())
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+
+
+@replay.command("verify-engine")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.pass_context
+def replay_verify_engine(ctx: click.Context, as_json: bool) -> None:
+    """Refold the log of the partitions the API's engine owns and compare with its live state; exit 1 on any
+    difference."""
+    try:
+        with client(ctx) as c:
+            report = c.verify_engine()
+    except TickflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_status(report.model_dump())
+    else:
+        for p in report.partitions:
+            click.echo(
+                f"partition {p.partition}: {p.runs_compared} compared, {p.equal} equal, {p.differing_count} differ, "
+                f"{len(p.missing_live)} missing live, {len(p.missing_in_log)} missing in the log, "
+                f"{p.expired} expired, {p.started_after_capture} started after the capture"
+            )
+            for d in p.differing:
+                click.echo(f"  {d.run_id}: first difference at {d.first_path} (live seq {d.live_seq})")
+        verdict = "live state equals the refold" if report.ok else "DIFFERENCES FOUND"
+        click.echo(f"{report.runs_compared} runs compared in {report.duration_ms:.0f} ms: {verdict}")
+    sys.exit(0 if report.ok else 1)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 
+from projections.sql import SqlResult
 from services.api import RunStatus
 from services.errors import ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
+from services.live import RUN_TERMINAL_EVENTS
+from services.replay import EngineReport, state_from_json
+from services.state import RunState
 
 __all__ = ["TERMINAL", "Client"]
 
@@ -90,6 +95,31 @@ class Client:
         """Delete finished runs older than ``older_than_s`` from the projections; returns how many."""
         return int(self._check(self._http.post("/admin/vacuum", json={"older_than_s": older_than_s}))["runs_removed"])
 
+    def state_at(self, run_id: str, seq: int | None = None) -> RunState:
+        """The run's state after its event ``seq`` (default: the last visible one): the fold of events 1..seq."""
+        params = {} if seq is None else {"at_seq": seq}
+        return state_from_json(self._check(self._http.get(f"/runs/{run_id}/state", params=params))["state"])
+
+    def fork(self, run_id: str, at_seq: int, *, new_run_id: str | None = None) -> str:
+        """Start a new run from ``run_id``'s state at ``at_seq``; returns the new run's id.
+
+        Steps completed by ``at_seq`` do not run again; steps in flight then are issued again under the new id.
+        With ``new_run_id`` given, calling again is safe: one fork is made.
+        """
+        body = {"at_seq": at_seq, "run_id": new_run_id or uuid.uuid4().hex}
+        for attempt in range(3):  # the id makes a retry after a lost response harmless
+            try:
+                return str(self._check(self._http.post(f"/runs/{run_id}/fork", json=body))["run_id"])
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def verify_engine(self) -> EngineReport:
+        """Compare the API process's live engine state with a refold of the log; ``report.ok`` when equal."""
+        return EngineReport.model_validate(self._check(self._http.post("/admin/engine/verify", timeout=300)))
+
     def _outcome(self, run_id: str, command_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -122,6 +152,20 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return dict(self._check(self._http.get("/stats")))
 
+    def sql(
+        self, query: str, params: dict[str, Any] | None = None, *, max_rows: int = 1_000, timeout_s: float = 10.0
+    ) -> SqlResult:
+        """Run a read-only query over the projections, e.g.
+        ``c.sql("SELECT count() FROM runs FINAL WHERE workflow = {wf:String}", {"wf": "order"})``.
+
+        Values go in ``params`` and are bound to ``{name:Type}`` placeholders by ClickHouse. A refused or
+        failing query raises ``TickflowError`` with ClickHouse's reason; ``truncated`` says rows were cut.
+        """
+        body = {"query": query, "params": params or {}, "max_rows": max_rows, "timeout_s": timeout_s}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=timeout_s + 10.0)  # queued + ClickHouse's limit
+        data = self._check(self._http.post("/sql", json=body, timeout=timeout))
+        return SqlResult(**{k: data[k] for k in ("columns", "types", "rows", "truncated", "elapsed_ms")})
+
     def watch(self, run_id: str, *, poll_s: float = 0.1, timeout: float | None = None) -> Iterator[RunStatus]:
         """Yield the run's status each time it changes, ending with its terminal status."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -146,3 +190,50 @@ class Client:
             pass
         assert final is not None
         return final
+
+    def live(self, run_id: str, after: int | None = None, *, follow: bool = False) -> Iterator[dict[str, Any]]:
+        """Yield the run's events as the engine appends them, read from the log over Server-Sent Events.
+
+        Each event is ``{seq, type, occurred_at_ms, causation_id, payload, offset}``; pass the last
+        ``offset`` you got as ``after`` to continue later without loss or repeat. Iteration ends after the
+        run's terminal event (unless ``follow``); a run that does not exist yet is waited for. A dropped
+        connection is resumed after the last offset received, up to three times in a row.
+        """
+        failures = 0
+        while True:
+            params: dict[str, Any] = {"follow": "true"} if follow else {}
+            if after is not None:
+                params["after"] = after
+            try:
+                # Read timeout well above the server's 10 s keep-alive pings: silence means a dead link.
+                timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
+                with self._http.stream("GET", f"/runs/{run_id}/live", params=params, timeout=timeout) as response:
+                    if response.status_code == 204:  # resumed at or past the end: nothing more will come
+                        return
+                    if response.status_code >= 400:
+                        response.read()
+                        self._check(response)
+                    data: list[str] = []
+                    for line in response.iter_lines():
+                        if line:  # SSE: "field: value" lines, ":" comments (pings), a blank line ends a message
+                            name, _, value = line.partition(":")
+                            if name == "data":
+                                data.append(value.removeprefix(" "))
+                            continue
+                        if data:
+                            event: dict[str, Any] = orjson.loads("\n".join(data))
+                            data = []
+                            after, failures = int(event["offset"]), 0
+                            yield event
+                            if not follow and event["type"] in RUN_TERMINAL_EVENTS:
+                                return
+                reason = "the server ended the stream early (is it shutting down?)"
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            failures += 1
+            if failures > 3:
+                raise TickflowError(
+                    f"lost the live stream of run {run_id!r} {failures} times in a row ({reason}); check that the "
+                    f"API is up, then call live(..., after={after}) to continue where you stopped"
+                )
+            time.sleep(0.5 * failures)

@@ -15,13 +15,16 @@ re-derives the ones that may have been lost.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from events.envelope import Envelope
+from events.codec import InvalidRecord, decode
+from events.envelope import Envelope, event_id
 from events.schemas import (
     AcquireSlot,
     AdmitRun,
@@ -30,6 +33,7 @@ from events.schemas import (
     ChildFinished,
     ChildStarted,
     ErrorInfo,
+    ForkRun,
     NodeCompleted,
     NodeFailed,
     ReleaseSlot,
@@ -40,6 +44,7 @@ from events.schemas import (
     RunCompleted,
     RunFailed,
     RunFailing,
+    RunForked,
     RunRejected,
     RunStarted,
     RunStep,
@@ -58,6 +63,7 @@ from services.interpreter import (
     Failed,
     Functions,
     UserError,
+    child_run_id,
     drive,
     resolve_mapping,
     retry_decision,
@@ -67,6 +73,7 @@ from services.state import TERMINAL, NodeState, RunState, SequenceError, evolve,
 
 __all__ = [
     "Decision",
+    "Fork",
     "Outbound",
     "Recover",
     "RunState",
@@ -78,6 +85,8 @@ __all__ = [
     "effects",
     "evolve",
     "fold",
+    "fork_problem",
+    "fork_source",
     "recovery_effects",
     "run",
 ]
@@ -116,7 +125,14 @@ class Recover:
     causation_id: str | None = None
 
 
-Input = Start | WorkerResult | Signal | Recover
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """A ForkRun command: a new run (the command's key) from a copy of another run's history."""
+
+    command: Envelope
+
+
+Input = Start | WorkerResult | Signal | Recover | Fork
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +164,9 @@ def run(state: RunState, input: Input, now_ms: int, functions: Functions = NO_FU
     elif isinstance(input, Signal):
         em = Emitter(state, now_ms, input.command.id, functions)
         _on_signal(em, input.command)
+    elif isinstance(input, Fork):
+        em = Emitter(state, now_ms, input.command.id, functions)
+        _on_fork(em, input.command)
     else:
         em = Emitter(state, now_ms, input.causation_id, functions)
     _advance(em)
@@ -201,6 +220,110 @@ def _reject(em: Emitter, command: StartRun, reason: str) -> None:
             parent_path=command.parent_path,
         )
     )
+
+
+# --- forks ----------------------------------------------------------------------------------------------
+
+#: Payload fields holding absolute times (epoch ms). A fork moves them with the copied history, so a deadline,
+#: backoff or sleep running at the fork point keeps the time it had left instead of expiring at once.
+ABSOLUTE_TIME_FIELDS = ("deadline_ms", "due_at_ms", "retry_at_ms")
+
+
+def fork_source(fork: ForkRun) -> list[Envelope]:
+    """The source events a fork carries, decoded (and upcast) like any record of the log.
+
+    Raises ``InvalidRecord`` (from the codec) when an event is malformed or the history is not 1..``at_seq``.
+    """
+    if len(fork.history) != fork.at_seq:
+        raise InvalidRecord(
+            f"a fork at seq {fork.at_seq} carries the source's events 1..{fork.at_seq}, got {len(fork.history)}"
+        )
+    out = []
+    for seq, item in enumerate(fork.history, 1):
+        raw = orjson.dumps(
+            {
+                "id": event_id(fork.source_run_id, seq),
+                "kind": "event",
+                "type": item.type,
+                "schema_version": item.schema_version,
+                "key": fork.source_run_id,
+                "seq": seq,
+                "occurred_at_ms": item.occurred_at_ms,
+                "payload": item.payload,
+            }
+        )
+        out.append(decode(raw, expect="event"))
+    return out
+
+
+def fork_problem(state: RunState) -> str | None:
+    """Why a run in ``state`` cannot be forked from there, or None. The API asks too, before it sends."""
+    if state.status == "new":
+        return "its history does not begin with RunStarted"
+    if state.terminal:
+        return (
+            f"it is {state.status} at seq {state.seq}, so a fork from there would have nothing to do; "
+            "fork at an earlier seq"
+        )
+    if state.slot is not None:
+        return (
+            f"its workflow limits concurrency per key ({state.slot!r}) and a fork would run outside that limit; "
+            "start a new run instead"
+        )
+    return None
+
+
+def _fork_workflow(fork: ForkRun) -> str:
+    """The source's workflow name for a rejection, when its history names a valid one."""
+    name = fork.history[0].payload.get("workflow")
+    return name if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.:\-]{1,128}", name) else "fork"
+
+
+def _on_fork(em: Emitter, command: Envelope) -> None:
+    if em.state.status != "new":
+        return  # the id exists: a repeated fork forks once, and no other run is ever overwritten
+    fork = command.payload
+    assert isinstance(fork, ForkRun)
+    where = f"cannot fork run {fork.source_run_id!r} at seq {fork.at_seq}"
+    try:
+        source = fork_source(fork)
+        at = fold(fork.source_run_id, source)
+    except Exception as exc:  # any history that does not fold is refused: a crafted command must not stop us
+        em.emit(RunRejected(workflow=_fork_workflow(fork), reason=f"{where}: its history does not fold: {exc}"[:4_000]))
+        return
+    problem = fork_problem(at)
+    if problem is not None:
+        em.emit(RunRejected(workflow=at.workflow or _fork_workflow(fork), reason=f"{where}: {problem}"))
+        return
+    # The copy keeps the source's seqs, so the fork's state at any seq <= at_seq is the source's, re-keyed.
+    # In-flight work at the fork point is re-issued by ``effects`` (the copied StepScheduled / ChildStarted of
+    # nodes still active); steps already completed there are done nodes and never run again.
+    shift = em.now_ms - source[-1].occurred_at_ms
+    children = {path for path, node in at.nodes.items() if node.kind == "child" and node.status == "active"}
+    run_id = em.state.run_id
+    for event in source:
+        payload = event.payload
+        changes: dict[str, Any] = {
+            name: value + shift
+            for name in ABSOLUTE_TIME_FIELDS
+            if isinstance(value := getattr(payload, name, None), int)
+        }
+        if isinstance(payload, RunStarted):
+            changes.update(parent_run_id=None, parent_path=None)  # a fork is a top-level run of its own
+        elif isinstance(payload, ChildStarted) and payload.path in children:
+            changes["child_run_id"] = child_run_id(run_id, payload.path)  # restarts under the fork, not shared
+        copy = Envelope.wrap(
+            payload.model_copy(update=changes) if changes else payload,
+            id=event_id(run_id, event.seq or 0),
+            key=run_id,
+            seq=event.seq,
+            occurred_at_ms=max(0, event.occurred_at_ms + shift),
+            causation_id=em.causation_id,
+            correlation_id=run_id,
+        )
+        em.state = evolve(em.state, copy)
+        em.events.append(copy)
+    em.emit(RunForked(source_run_id=fork.source_run_id, at_seq=fork.at_seq, shift_ms=shift))
 
 
 def _on_result(em: Emitter, result: Envelope) -> None:

@@ -30,10 +30,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
 from events.envelope import Envelope
-from events.schemas import AcquireSlot, ReleaseSlot, StartRun
+from events.schemas import AcquireSlot, ForkRun, ReleaseSlot, StartRun
 from services.config import Settings
 from services.decider import (
     Decision,
+    Fork,
     Outbound,
     Recover,
     RunState,
@@ -258,6 +259,8 @@ class Engine:
                 self.pending.add(await self.dead_letters.send(record, reason, now))
             start = Start(env, spec, self._spec_hashes.get(env.payload.workflow, ""))
             decision = run(state or RunState(env.key), start, now, self.registry)
+        elif isinstance(env.payload, ForkRun):
+            decision = run(state or RunState(env.key), Fork(env), now, self.registry)
         elif state is None:
             what = "command" if is_command else "result"
             reason = f"{env.type} {what} for run {env.key!r}, which this engine partition does not know"
@@ -307,6 +310,22 @@ class Engine:
             topic = self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
             self.pending.add(await self.producer.send(topic, encode(out.envelope), key=out.envelope.key.encode()))
         self._arm(partition, state)
+
+    async def capture(self) -> tuple[dict[int, dict[str, RunState]], int]:
+        """A copy of the live run states of every recovered partition, and the time it was taken (epoch ms).
+
+        For comparing with a refold of the log. Taken under the lock, so between two batches: no decision is
+        half applied, and every later decision is made at or after that time. States are immutable, so a
+        shallow copy of each table is a consistent snapshot. Returns once the last event sent to each
+        partition before the copy is acknowledged, so a reader of the log then finds every seq it holds.
+        """
+        async with self._lock:
+            runs = {p: dict(self.runs.get(p, {})) for p in sorted(self.recovered_partitions)}
+            taken_at = _now_ms()
+            sends = list(self._last_event_send.values())
+        if sends:  # shielded: awaiting must never cancel the engine's own futures
+            await asyncio.gather(*(asyncio.shield(f) for f in sends))
+        return runs, taken_at
 
     # -- partition ownership -------------------------------------------------------------------------------
 

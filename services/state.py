@@ -28,6 +28,7 @@ from events.schemas import (
     RunCompleted,
     RunFailed,
     RunFailing,
+    RunForked,
     RunRejected,
     RunStarted,
     StepCompleted,
@@ -345,6 +346,11 @@ def _(p: WaitTimedOut, s: RunState, e: Envelope) -> RunState:
 @_apply.register
 def _(p: ResumeRejected, s: RunState, e: Envelope) -> RunState:
     return s
+
+
+@_apply.register
+def _(p: RunForked, s: RunState, e: Envelope) -> RunState:
+    return s  # a marker of where the copied history ends; the copy itself already built the state
 
 
 @_apply.register
