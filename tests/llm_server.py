@@ -1,0 +1,194 @@
+"""A local OpenAI-compatible server over real HTTP whose behaviour is scripted by the requested model name.
+
+The provider layer is tested against this instead of mocks, so what is exercised is the real SDK, real HTTP,
+real status codes, headers and bodies. Start it with :func:`running_llm_server`; it records every request
+(model, Authorization header, body, timing) so tests can check what went over the wire.
+
+Scripted chat models:
+
+==================  ===================================================================================
+``ok``              200 with a short text answer and usage
+``no-usage``        200 without a usage block
+``rate-limited``    429 with ``Retry-After: 0.2`` on the first call for this model, then 200
+``always-503``      503 every time
+``slow``            sleeps 2 s before answering (longer than the tests' timeouts)
+``slow-counted``    sleeps 0.2 s and tracks how many requests were in flight at once
+``malformed-json``  200, ``application/json``, a truncated JSON body
+``not-json``        200, ``text/html`` body
+``no-choices``      200 with ``"choices": []``
+``tool-call``       a ``get_weather`` tool call, or — once a tool result is in the messages — an answer
+``json-answer``     content ``{"city": "Paris", "temp_c": 21}``
+``json-wrong``      content ``{"city": 5}`` (does not match the tests' schema)
+``echo-key-401``    401 whose message echoes the presented key, as OpenAI's does
+anything else       404 model not found
+==================  ===================================================================================
+
+Embedding models: ``embed`` (8-dim deterministic vectors), ``embed-503-once`` (503 then vectors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from tests.conftest import free_port
+
+__all__ = ["LlmTestServer", "Recorded", "running_llm_server"]
+
+
+@dataclass
+class Recorded:
+    path: str
+    model: str
+    authorization: str | None
+    body: dict[str, Any]
+    started: float
+    finished: float = 0.0
+
+
+@dataclass
+class LlmTestServer:
+    base_url: str = ""
+    requests: list[Recorded] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    def for_model(self, model: str) -> list[Recorded]:
+        return [r for r in self.requests if r.model == model]
+
+
+def _completion(model: str, message: dict[str, Any], *, usage: bool = True, finish: str = "stop") -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": f"chatcmpl-{model}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+    }
+    if usage:
+        body["usage"] = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    return body
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "test_error", "code": None}}, status_code=status,
+                        headers=headers)
+
+
+def build_app(state: LlmTestServer) -> FastAPI:
+    app = FastAPI()
+
+    async def record(request: Request) -> tuple[Recorded, int]:
+        body = await request.json()
+        rec = Recorded(request.url.path, str(body.get("model")), request.headers.get("authorization"), body,
+                       time.monotonic())
+        state.requests.append(rec)
+        state.calls[rec.model] += 1
+        return rec, state.calls[rec.model]
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        rec, nth = await record(request)
+        state.in_flight += 1
+        state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+        try:
+            return await _chat(rec, nth)
+        finally:
+            state.in_flight -= 1
+            rec.finished = time.monotonic()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        rec, nth = await record(request)
+        if rec.model == "embed-503-once" and nth == 1:
+            return _error(503, "embedding backend overloaded")
+        if rec.model not in ("embed", "embed-503-once"):
+            return _error(404, f"The model `{rec.model}` does not exist")
+        texts = rec.body["input"]
+        data = [
+            {"object": "embedding", "index": i,
+             "embedding": [b / 255 for b in hashlib.sha256(str(t).encode()).digest()[:8]]}
+            for i, t in enumerate(texts)
+        ]
+        return JSONResponse({"object": "list", "data": data, "model": rec.model,
+                             "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)}})
+
+    return app
+
+
+async def _chat(rec: Recorded, nth: int) -> Response:
+    model = rec.model
+    if model == "ok":
+        return JSONResponse(_completion(model, {"content": "hello from ok"}))
+    if model == "no-usage":
+        return JSONResponse(_completion(model, {"content": "hello without usage"}, usage=False))
+    if model == "rate-limited":
+        if nth == 1:
+            return _error(429, "Rate limit reached, try again in 200ms", {"retry-after": "0.2"})
+        return JSONResponse(_completion(model, {"content": "served after the 429"}))
+    if model == "always-503":
+        return _error(503, "the server is overloaded")
+    if model == "slow":
+        await asyncio.sleep(2.0)
+        return JSONResponse(_completion(model, {"content": "too late"}))
+    if model == "slow-counted":
+        await asyncio.sleep(0.2)
+        return JSONResponse(_completion(model, {"content": "counted"}))
+    if model == "malformed-json":
+        return Response(b'{"id": "x", "choices": [{"index": 0, "mess', media_type="application/json")
+    if model == "not-json":
+        return Response(b"<html>502 bad gateway</html>", media_type="text/html")
+    if model == "no-choices":
+        body = _completion(model, {"content": "x"})
+        body["choices"] = []
+        return JSONResponse(body)
+    if model == "tool-call":
+        messages = rec.body["messages"]
+        if messages[-1]["role"] == "tool":
+            return JSONResponse(_completion(model, {"content": f"The weather: {messages[-1]['content']}"}))
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        return JSONResponse(_completion(model, {"content": None, "tool_calls": [call]}, finish="tool_calls"))
+    if model == "json-answer":
+        return JSONResponse(_completion(model, {"content": '{"city": "Paris", "temp_c": 21}'}))
+    if model == "json-wrong":
+        return JSONResponse(_completion(model, {"content": '{"city": 5}'}))
+    if model == "echo-key-401":
+        presented = (rec.authorization or "").removeprefix("Bearer ")
+        return _error(401, f"Incorrect API key provided: {presented}. You can find your API key at "
+                           "https://platform.example/account/api-keys.")
+    return _error(404, f"The model `{model}` does not exist or you do not have access to it.")
+
+
+@contextmanager
+def running_llm_server() -> Iterator[LlmTestServer]:
+    """The scripted server on 127.0.0.1 and a free port, in a background thread, for the ``with`` body."""
+    state = LlmTestServer()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(state), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, name="llm-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the LLM test server did not start on 127.0.0.1:{port}")
+        time.sleep(0.02)
+    state.base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield state
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
