@@ -147,9 +147,9 @@ def _has_lone_surrogate(body: bytes) -> bool:
 
 def _router_builders() -> list[Any]:
     """The API's other route modules; each exposes ``build_router(deps) -> APIRouter``."""
-    from services import api_live, api_replay, api_sql  # imported here: they import ApiDeps from this module
+    from services import api_analytics, api_live, api_replay, api_sql  # they import ApiDeps from this module
 
-    return [api_live.build_router, api_replay.build_router, api_sql.build_router]
+    return [api_analytics.build_router, api_live.build_router, api_replay.build_router, api_sql.build_router]
 
 
 def create_api(

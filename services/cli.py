@@ -398,5 +398,11 @@ def replay_verify_engine(ctx: click.Context, as_json: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+from services import cli_queries  # noqa: E402,F401 - registers the query commands on ``main``
+
 if __name__ == "__main__":
-    main()
+    # Run as ``python -m services.cli``, this file is ``__main__``; the commands of other modules were registered
+    # on ``services.cli.main``, so run that one.
+    from services.cli import main as registered_main
+
+    registered_main()

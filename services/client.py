@@ -152,6 +152,28 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return dict(self._check(self._http.get("/stats")))
 
+    def timeline(self, run_id: str) -> dict[str, Any]:
+        """The run's status, every attempt of every step (timings, errors, retries) and its LLM call attempts."""
+        return dict(self._check(self._http.get(f"/runs/{run_id}/timeline")))
+
+    def stacks(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """The stack board: play state, settings, budget use and last tick of every stack."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset} | ({"status": status} if status else {})
+        return list(self._check(self._http.get("/stacks", params=params)))
+
+    def stack(self, stack_id: str, *, ticks: int = 20) -> dict[str, Any]:
+        """One stack and its most recent ticks."""
+        return dict(self._check(self._http.get(f"/stacks/{stack_id}", params={"ticks": ticks})))
+
+    def analytics(self, kind: str, **params: Any) -> Any:
+        """Rollup analytics: ``kind`` is ``usage`` (by=model|provider|agent|stack), ``runs``, ``steps`` or
+        ``errors``; ``since_ms``/``until_ms`` bound the window (default: the last 24 h), ``bucket`` is minute,
+        hour, day or total. E.g. ``c.analytics("usage", by="stack", bucket="minute")``."""
+        if kind not in ("usage", "runs", "steps", "errors"):
+            raise ValueError(f"unknown analytics {kind!r}: choose usage, runs, steps or errors")
+        query = {k: v for k, v in params.items() if v is not None}
+        return self._check(self._http.get(f"/analytics/{kind}", params=query))
+
     def sql(
         self, query: str, params: dict[str, Any] | None = None, *, max_rows: int = 1_000, timeout_s: float = 10.0
     ) -> SqlResult:
