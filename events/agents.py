@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StringConstraints
 
-from events.schemas import PAYLOAD_TYPES, ErrorInfo, Event, LongText, ShortText
+from events.schemas import PAYLOAD_TYPES, Event, LlmAttemptFields, LlmOutcome, MessageFields, ShortText
 from events.spec import Name
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
 STACK_PREFIX = "stack:"
 
 StackId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
-LlmOutcome = Literal["ok", "rate_limited", "server_error", "timeout", "connection_error", "malformed", "client_error"]
 OverlapPolicy = Literal["skip", "queue"]
 
 
@@ -45,7 +44,7 @@ def stack_key(stack_id: str) -> str:
     return f"{STACK_PREFIX}{stack_id}"
 
 
-class LlmCallAttempted(Event):
+class LlmCallAttempted(Event, LlmAttemptFields):
     """One attempt of one LLM call made by an agent step (the run's ``path``), as the LLM worker reported it.
 
     Every attempt is recorded, failed ones included, so retries and fallbacks are visible and costed. Provider
@@ -54,35 +53,12 @@ class LlmCallAttempted(Event):
 
     TYPE: ClassVar[str] = "LlmCallAttempted"
     path: ShortText
-    call: int = Field(ge=0, description="Turn of the agent loop this call belongs to.")
-    attempt: int = Field(ge=1, description="Attempt number across the whole model chain for this call.")
-    agent: ShortText = ""
-    stack_id: ShortText = ""
-    provider: ShortText
-    model: ShortText
-    tokens_in: int = Field(default=0, ge=0)
-    tokens_out: int = Field(default=0, ge=0)
-    cost_usd: float = Field(default=0.0, ge=0)
-    latency_ms: float = Field(default=0.0, ge=0)
-    outcome: LlmOutcome
-    error: ErrorInfo | None = None
-    http_status: int | None = None
-    fallback: bool = False
-    started_at_ms: int = 0
 
 
-class MessageAppended(Event):
+class MessageAppended(Event, MessageFields):
     """A message added to an agent's memory thread, with its embedding (so recall never re-embeds on replay)."""
 
     TYPE: ClassVar[str] = "MessageAppended"
-    thread_id: ShortText
-    message_id: ShortText
-    role: Literal["system", "user", "assistant", "tool"]
-    content: LongText
-    agent: ShortText = ""
-    stack_id: ShortText = ""
-    embedding: list[float] | None = Field(default=None, max_length=8192)
-    embedder: ShortText = ""
 
 
 class StackCreated(Event):

@@ -30,6 +30,9 @@ __all__ = [
     "HistoryEvent",
     "IterationStarted",
     "Kind",
+    "LlmAttemptFields",
+    "LlmOutcome",
+    "MessageFields",
     "NodeCompleted",
     "NodeFailed",
     "NodeStarted",
@@ -104,6 +107,46 @@ class ErrorInfo(BaseModel):
     traceback: LongText = ""
 
 
+LlmOutcome = Literal["ok", "rate_limited", "server_error", "timeout", "connection_error", "malformed", "client_error"]
+
+
+class LlmAttemptFields(BaseModel):
+    """One attempt of one LLM call, as the worker that made it reports it (see ``events.agents``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    call: int = Field(default=0, ge=0, description="Turn of the agent loop this call belongs to.")
+    attempt: int = Field(default=1, ge=1, description="Attempt number across the whole model chain for this call.")
+    agent: ShortText = ""
+    stack_id: ShortText = ""
+    provider: ShortText
+    model: ShortText
+    tokens_in: int = Field(default=0, ge=0)
+    tokens_out: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    latency_ms: float = Field(default=0.0, ge=0)
+    outcome: LlmOutcome
+    error: ErrorInfo | None = None
+    http_status: int | None = None
+    fallback: bool = False
+    started_at_ms: int = 0
+
+
+class MessageFields(BaseModel):
+    """A message an agent step adds to a memory thread, with its embedding (computed once, by the worker)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    thread_id: ShortText
+    message_id: ShortText
+    role: Literal["system", "user", "assistant", "tool"]
+    content: LongText
+    agent: ShortText = ""
+    stack_id: ShortText = ""
+    embedding: list[float] | None = Field(default=None, max_length=8192)
+    embedder: ShortText = ""
+
+
 # --- commands -------------------------------------------------------------------------------------------
 
 
@@ -167,6 +210,9 @@ class ChildFinished(Command):
     status: Literal["completed", "failed", "cancelled", "rejected"]
     output: Any = None
     error: ErrorInfo | None = None
+    #: LLM usage of the child run, so a stack can count a tick's tokens and cost against its budget.
+    tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
 
 
 class HistoryEvent(BaseModel):
@@ -445,6 +491,9 @@ class StepSucceeded(Result):
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
     logs: LongText = ""
+    #: LLM call attempts and memory messages the step made (agent steps); the engine logs them as events.
+    llm_attempts: list[LlmAttemptFields] = Field(default_factory=list, max_length=1_000)
+    messages: list[MessageFields] = Field(default_factory=list, max_length=1_000)
 
 
 class StepErrored(Result):
@@ -458,6 +507,9 @@ class StepErrored(Result):
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
     logs: LongText = ""
+    #: LLM call attempts and memory messages the step made (agent steps); the engine logs them as events.
+    llm_attempts: list[LlmAttemptFields] = Field(default_factory=list, max_length=1_000)
+    messages: list[MessageFields] = Field(default_factory=list, max_length=1_000)
 
 
 # --- control (broadcast to every worker; compacted, keyed by pool) --------------------------------------

@@ -23,6 +23,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from events.agents import LlmCallAttempted, MessageAppended
 from events.codec import InvalidRecord, decode
 from events.envelope import Envelope, event_id
 from events.schemas import (
@@ -337,6 +338,11 @@ def _on_result(em: Emitter, result: Envelope) -> None:
     compensating = s.spec is not None and s.spec.on_failure is not None and p.path == s.spec.on_failure.name
     if not (s.status == "running" or (s.status == "failing" and compensating)):
         return
+    # What an agent step did on the way (every LLM attempt, every memory message) is logged before its outcome.
+    for attempt in p.llm_attempts:
+        em.emit(LlmCallAttempted(path=p.path, **attempt.model_dump()))
+    for message in p.messages:
+        em.emit(MessageAppended(**message.model_dump()))
     if isinstance(p, StepSucceeded):
         em.emit(
             StepCompleted(
@@ -530,6 +536,8 @@ def _report_to_parent(state: RunState, occurred_at_ms: int) -> Outbound | None:
         status=status,
         output=state.output if status == "completed" else None,
         error=state.error,
+        tokens=state.tokens,
+        cost_usd=state.cost_usd,
     )
     env = Envelope.wrap(
         command,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from functools import singledispatch
 from typing import Any, Literal, TypeVar
 
+from events.agents import LlmCallAttempted, MessageAppended
 from events.envelope import Envelope
 from events.schemas import (
     BranchChosen,
@@ -111,6 +112,9 @@ class RunState:
     started_at_ms: int = 0
     updated_at_ms: int = 0
     ended_at_ms: int | None = None
+    #: LLM usage so far (every attempt, failed ones included): reported to a parent or a stack at the end.
+    tokens: int = 0
+    cost_usd: float = 0.0
 
     @property
     def terminal(self) -> bool:
@@ -255,6 +259,16 @@ def fold(run_id: str, events: list[Envelope]) -> RunState:
 @singledispatch
 def _apply(payload: Event, state: RunState, event: Envelope) -> RunState:
     raise TypeError(f"no evolve rule for {type(payload).__name__}")
+
+
+@_apply.register
+def _(p: LlmCallAttempted, s: RunState, e: Envelope) -> RunState:
+    return _replace(s, tokens=s.tokens + p.tokens_in + p.tokens_out, cost_usd=s.cost_usd + p.cost_usd)
+
+
+@_apply.register
+def _(p: MessageAppended, s: RunState, e: Envelope) -> RunState:
+    return s  # memory lives in the messages projection; the run only logs what it added
 
 
 @_apply.register
