@@ -10,17 +10,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from events.schemas import PAYLOAD_TYPES, Event, LlmAttemptFields, LlmOutcome, MessageFields, ShortText
+from events.schemas import PAYLOAD_TYPES, Command, Event, LlmAttemptFields, LlmOutcome, MessageFields, ShortText
 from events.spec import Name
 
 __all__ = [
     "AGENT_EVENT_TYPES",
+    "STACK_COMMAND_TYPES",
     "STACK_PREFIX",
+    "CreateStack",
+    "DeleteStack",
     "LlmCallAttempted",
     "LlmOutcome",
     "MessageAppended",
+    "PauseStack",
+    "PlayStack",
     "StackCreated",
     "StackDeleted",
     "StackPaused",
@@ -28,7 +33,9 @@ __all__ = [
     "StackUpdated",
     "TickFinished",
     "TickFired",
+    "TickQueued",
     "TickSkipped",
+    "UpdateStack",
     "stack_key",
 ]
 
@@ -61,11 +68,11 @@ class MessageAppended(Event, MessageFields):
     TYPE: ClassVar[str] = "MessageAppended"
 
 
-class StackCreated(Event):
-    """(Stack entity) A stack exists: it runs ``workflow`` every ``interval_s`` while playing."""
+class _StackSettings(BaseModel):
+    """What a stack is: the workflow it runs each tick, how often, and its limits."""
 
-    TYPE: ClassVar[str] = "StackCreated"
-    stack_id: StackId
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: ShortText = ""
     workflow: Name
     input: Any = None
@@ -75,13 +82,13 @@ class StackCreated(Event):
     idle_backoff_max_s: float = Field(default=0.0, ge=0.0, le=86_400.0)
     budget_tokens: int | None = Field(default=None, ge=0)
     budget_cost_usd: float | None = Field(default=None, ge=0)
-    playing: bool = True
 
 
-class StackUpdated(Event):
-    """(Stack entity) Some settings changed; fields left out keep their value."""
+class _StackChanges(BaseModel):
+    """Settings to change; fields left out keep their value."""
 
-    TYPE: ClassVar[str] = "StackUpdated"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: ShortText | None = None
     workflow: Name | None = None
     input: Any = None
@@ -91,6 +98,51 @@ class StackUpdated(Event):
     idle_backoff_max_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
     budget_tokens: int | None = Field(default=None, ge=0)
     budget_cost_usd: float | None = Field(default=None, ge=0)
+
+
+# --- stack commands (keyed stack:<stack_id>) ---------------------------------------------------------------
+
+
+class CreateStack(Command, _StackSettings):
+    """Create the stack (a no-op if it exists); it starts playing unless ``playing`` is false."""
+
+    TYPE: ClassVar[str] = "CreateStack"
+    playing: bool = True
+
+
+class UpdateStack(Command, _StackChanges):
+    TYPE: ClassVar[str] = "UpdateStack"
+
+
+class PauseStack(Command):
+    TYPE: ClassVar[str] = "PauseStack"
+    reason: ShortText = ""
+
+
+class PlayStack(Command):
+    TYPE: ClassVar[str] = "PlayStack"
+
+
+class DeleteStack(Command):
+    TYPE: ClassVar[str] = "DeleteStack"
+    reason: ShortText = ""
+
+
+# --- stack events ------------------------------------------------------------------------------------------
+
+
+class StackCreated(Event, _StackSettings):
+    """(Stack entity) A stack exists: it runs ``workflow`` every ``interval_s`` while playing."""
+
+    TYPE: ClassVar[str] = "StackCreated"
+    stack_id: StackId
+    playing: bool = True
+
+
+class StackUpdated(Event, _StackChanges):
+    """(Stack entity) Some settings changed; fields left out keep their value."""
+
+    TYPE: ClassVar[str] = "StackUpdated"
 
 
 class StackPaused(Event):
@@ -124,6 +176,14 @@ class TickFired(Event):
     queued: bool = False
 
 
+class TickQueued(Event):
+    """(Stack entity) Tick ``tick`` was due while the previous tick's run was going; it fires when that ends."""
+
+    TYPE: ClassVar[str] = "TickQueued"
+    tick: int = Field(ge=1)
+    due_at_ms: int
+
+
 class TickSkipped(Event):
     """(Stack entity) Tick ``tick`` was due but not fired (e.g. the previous tick's run is still going)."""
 
@@ -145,6 +205,7 @@ class TickFinished(Event):
     idle: bool = False
 
 
+STACK_COMMAND_TYPES: tuple[type[Command], ...] = (CreateStack, UpdateStack, PauseStack, PlayStack, DeleteStack)
 AGENT_EVENT_TYPES: tuple[type[Event], ...] = (
     LlmCallAttempted,
     MessageAppended,
@@ -154,7 +215,8 @@ AGENT_EVENT_TYPES: tuple[type[Event], ...] = (
     StackPlayed,
     StackDeleted,
     TickFired,
+    TickQueued,
     TickSkipped,
     TickFinished,
 )
-PAYLOAD_TYPES.update({(cls.KIND, cls.TYPE): cls for cls in AGENT_EVENT_TYPES})
+PAYLOAD_TYPES.update({(cls.KIND, cls.TYPE): cls for cls in (*AGENT_EVENT_TYPES, *STACK_COMMAND_TYPES)})

@@ -50,6 +50,7 @@ from services.decider import (
 from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
 from services.slots import SlotState, admissions, decide_slot, evolve_slot, is_slot
 from services.snapshots import CHECKPOINT_KEY, decode_snapshot, encode_checkpoint, encode_snapshot
+from services.stacks import StackDecision, StackState, decide_stack, evolve_stack, is_stack, stack_recovery
 from services.workflow import Registry
 
 __all__ = ["Engine"]
@@ -98,7 +99,7 @@ class Timers:
             due.append((partition, run_id))
         return due
 
-    def drop_partition(self, runs: dict[str, RunState]) -> None:
+    def drop_partition(self, runs: dict[str, Any]) -> None:
         for run_id in runs:
             self._armed.pop(run_id, None)
 
@@ -112,6 +113,8 @@ class Engine:
         self.topics = settings.topics
         self.runs: dict[int, dict[str, RunState]] = defaultdict(dict)
         self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
+        self.stacks: dict[int, dict[str, StackState]] = defaultdict(dict)
+        self.ticks_fired = 0
         self.dirty: dict[int, set[str]] = defaultdict(set)  # changed since the last snapshot
         self.expired: dict[int, set[str]] = defaultdict(set)  # to tombstone at the next snapshot
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
@@ -200,6 +203,11 @@ class Engine:
 
     async def _fire_timers(self, now: int) -> None:
         for partition, run_id in self.timers.pop_due(now):
+            if is_stack(run_id):
+                stack = self.stacks.get(partition, {}).get(run_id)
+                if stack is not None:
+                    await self._apply_stack(partition, decide_stack(stack, None, now))
+                continue
             state = self.runs.get(partition, {}).get(run_id)
             if state is None:
                 continue
@@ -245,6 +253,13 @@ class Engine:
             return
         if is_slot(env.key):
             await self._handle_slot(tp.partition, record, env, now)
+            return
+        if is_stack(env.key):
+            stack = self.stacks[tp.partition].get(env.key) or StackState(env.key)
+            stacked = decide_stack(stack, env, now, frozenset(self.registry.specs))
+            if stacked.refused:
+                self.pending.add(await self.dead_letters.send(record, stacked.refused, now))
+            await self._apply_stack(tp.partition, stacked)
             return
         state = self.runs[tp.partition].get(env.key)
         if isinstance(env.payload, AcquireSlot | ReleaseSlot):
@@ -292,6 +307,20 @@ class Engine:
             await self._send_event(partition, event, key)
         for admit in admits:
             self.pending.add(await self.producer.send(self.topics.commands, encode(admit), key=admit.key.encode()))
+
+    async def _apply_stack(self, partition: int, decision: StackDecision, extra: list[Envelope] | None = None) -> None:
+        """Publish a stack's events, then the StartRun of each fired tick; cache it; arm its next tick."""
+        state = decision.state
+        if decision.events:
+            self.stacks[partition][state.key] = state
+            self.dirty[partition].add(state.key)
+            key = state.key.encode()
+            for event in decision.events:
+                await self._send_event(partition, event, key)
+        for start in [*decision.starts, *(extra or [])]:
+            self.pending.add(await self.producer.send(self.topics.commands, encode(start), key=start.key.encode()))
+        self.ticks_fired += len(decision.starts)
+        self.timers.arm(partition, state.key, state.timer_due_ms())
 
     async def _apply(self, partition: int, decision: Decision, extra: list[Outbound] | None = None) -> None:
         """Publish a decision's events, then the messages it sends; cache the new state; re-arm its timer."""
@@ -346,6 +375,7 @@ class Engine:
                 self.positions.pop(tp, None)
             for partition in {tp.partition for tp in revoked}:
                 self.timers.drop_partition(self.runs.pop(partition, {}))
+                self.timers.drop_partition(self.stacks.pop(partition, {}))
                 self.slots.pop(partition, None)
                 self.dirty.pop(partition, None)
                 self.expired.pop(partition, None)
@@ -357,10 +387,13 @@ class Engine:
                 self._round_marks.pop(partition, None)
                 self.recovered_partitions.discard(partition)
 
-    async def _read_snapshots(self, partition: int) -> tuple[dict[str, RunState], dict[str, SlotState], int | None]:
+    async def _read_snapshots(
+        self, partition: int
+    ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], int | None]:
         """The partition's snapshots and the events offset they cover (None: fold the whole log)."""
         runs: dict[str, RunState] = {}
         slots: dict[str, SlotState] = {}
+        stacks: dict[str, StackState] = {}
         checkpoint: int | None = None
         for record in await read_partition(self.settings.bootstrap, self.topics.state, partition):
             if record.key == CHECKPOINT_KEY:
@@ -372,17 +405,20 @@ class Engine:
             if record.value is None:  # a tombstone: the run's state expired
                 runs.pop(key, None)
                 slots.pop(key, None)
+                stacks.pop(key, None)
                 continue
             try:
                 snap = decode_snapshot(record.value)
             except ValueError as exc:
                 log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
-                return {}, {}, None
+                return {}, {}, {}, None
             if isinstance(snap, RunState):
                 runs[key] = snap
             elif isinstance(snap, SlotState):
                 slots[key] = snap
-        return runs, slots, checkpoint
+            elif isinstance(snap, StackState):
+                stacks[key] = snap
+        return runs, slots, stacks, checkpoint
 
     async def _begin_snapshot_round(self) -> None:
         """Start writing the states changed since the last round; ``_snapshot_some`` writes them in chunks."""
@@ -415,7 +451,9 @@ class Engine:
             while keys and budget > 0:
                 key = keys.pop()
                 budget -= 1
-                state: RunState | SlotState | None = self.runs[partition].get(key) or self.slots[partition].get(key)
+                state: RunState | SlotState | StackState | None = (
+                    self.runs[partition].get(key) or self.slots[partition].get(key) or self.stacks[partition].get(key)
+                )
                 if state is None:
                     continue
                 raw = encode_snapshot(state)
@@ -444,7 +482,7 @@ class Engine:
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""
         started = time.monotonic()
-        runs, slots, checkpoint = await self._read_snapshots(partition)
+        runs, slots, stacks, checkpoint = await self._read_snapshots(partition)
         self.recovered_from[partition] = checkpoint
         records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
         for record in records:
@@ -457,6 +495,11 @@ class Engine:
                 slot = slots.get(event.key) or SlotState(event.key)
                 if event.seq is not None and event.seq > slot.seq:
                     slots[event.key] = evolve_slot(slot, event)
+                continue
+            if is_stack(event.key):
+                stack = stacks.get(event.key) or StackState(event.key)
+                if event.seq is not None and event.seq > stack.seq:
+                    stacks[event.key] = evolve_stack(stack, event)
                 continue
             state = runs.get(event.key) or RunState(event.key)
             if event.seq is None or event.seq <= state.seq:
@@ -475,11 +518,14 @@ class Engine:
             del runs[run_id]
         self.runs[partition] = runs
         self.slots[partition] = slots
+        self.stacks[partition] = stacks
         # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
-        self.dirty[partition] = set(runs) | set(slots)
+        self.dirty[partition] = set(runs) | set(slots) | set(stacks)
         self.expired[partition] = set(expired)
         for slot in slots.values():
             await self._apply_slot(partition, slot, [], admissions(slot, None, now))
+        for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent
+            await self._apply_stack(partition, StackDecision([], stack, []), stack_recovery(stack, now))
         healed = resent = 0
         for state in list(runs.values()):
             decision = run(state, Recover(causation_id=f"recover/{partition}"), now, self.registry)

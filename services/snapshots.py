@@ -19,6 +19,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from services.slots import SlotState
+from services.stacks import StackState
 from services.state import RunState
 
 __all__ = ["CHECKPOINT_KEY", "Snapshot", "decode_snapshot", "encode_checkpoint", "encode_snapshot"]
@@ -26,13 +27,16 @@ __all__ = ["CHECKPOINT_KEY", "Snapshot", "decode_snapshot", "encode_checkpoint",
 CHECKPOINT_KEY = b"__checkpoint__"
 _RUN = TypeAdapter(RunState)
 _SLOT = TypeAdapter(SlotState)
+_STACK = TypeAdapter(StackState)
 
-Snapshot = RunState | SlotState
+Snapshot = RunState | SlotState | StackState
 
 
 def encode_snapshot(state: Snapshot) -> bytes:
     if isinstance(state, RunState):
         return orjson.dumps({"run": _RUN.dump_python(state, mode="json")})
+    if isinstance(state, StackState):
+        return orjson.dumps({"stack": _STACK.dump_python(state, mode="json")})
     return orjson.dumps({"slot": _SLOT.dump_python(state, mode="json")})
 
 
@@ -41,13 +45,15 @@ def encode_checkpoint(events_offset: int) -> bytes:
 
 
 def decode_snapshot(raw: bytes) -> Snapshot | int:
-    """A run or slot snapshot, or the events offset of a checkpoint; ValueError if unreadable."""
+    """A run, slot or stack snapshot, or the events offset of a checkpoint; ValueError if unreadable."""
     try:
         data: Any = orjson.loads(raw)
         if "run" in data:
             return _RUN.validate_python(data["run"])
         if "slot" in data:
             return _SLOT.validate_python(data["slot"])
+        if "stack" in data:
+            return _STACK.validate_python(data["stack"])
         return int(data["events_offset"])
     except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable snapshot: {exc}") from None
