@@ -132,7 +132,8 @@ def evolve_stack(state: StackState, event: Envelope) -> StackState:
     s = replace(state, seq=event.seq)
     p, at = event.payload, event.occurred_at_ms
     if isinstance(p, StackCreated):
-        fresh = StackState(key=s.key, seq=s.seq, last_tick=s.last_tick)  # a re-created stack keeps tick numbers
+        # A re-created stack keeps its tick numbers and the run of a tick still going (so ticks never overlap).
+        fresh = StackState(key=s.key, seq=s.seq, last_tick=s.last_tick, running=s.running)
         settings = p.model_dump(exclude={"stack_id", "playing"})
         created = replace(fresh, exists=True, playing=p.playing, **settings)
         return replace(created, next_due_ms=at + _phase_ms(s.key, created.interval_ms()))
