@@ -64,6 +64,7 @@ __all__ = [
     "TimerStarted",
     "WaitStarted",
     "WaitTimedOut",
+    "idempotency_key",
 ]
 
 Kind = Literal["command", "event", "task", "result", "control", "dead_letter"]
@@ -455,6 +456,11 @@ class RunForked(Event):
 
 
 # --- tasks and results (engine ⇄ workers) ---------------------------------------------------------------
+
+
+def idempotency_key(run_id: str, path: str, attempt: int) -> str:
+    """The idempotency key of one attempt of one step: stable across redeliveries and re-sends of its task."""
+    return f"{run_id}/{path}/{attempt}"
 
 
 class RunStep(Task):

@@ -11,10 +11,12 @@ assignment changes, and drops rows at or below it: every fact is inserted once. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -76,6 +78,7 @@ class Projector:
         self._task: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
         self._kill_after = int(os.environ.get(KILL_AFTER_INSERTS_ENV) or 0)
+        self._gate = asyncio.Lock()
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -126,14 +129,31 @@ class Projector:
             if not batch:
                 await self._update_lag()
                 continue
-            await self._refresh_watermarks()
-            await self.project_batch(batch)
-            if self._kill_after and self.metrics.batches >= self._kill_after:
-                log.warning("fault injection: SIGKILL between the insert and the offset commit")
-                os.kill(os.getpid(), signal.SIGKILL)
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-            await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
+            async with self._gate:  # held from the insert to the commit: ``paused`` waits for a whole batch
+                await self._refresh_watermarks()
+                await self.project_batch(batch)
+                if self._kill_after and self.metrics.batches >= self._kill_after:
+                    log.warning("fault injection: SIGKILL between the insert and the offset commit")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+                await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
             await self._update_lag()
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold the loop between batches: every batch taken so far is inserted and committed, none starts.
+
+        A rebuild swaps its database in while paused; keep it short (well under max.poll.interval.ms).
+        """
+        async with self._gate:
+            yield
+
+    def forget_projection_state(self) -> None:
+        """Drop the fold's caches and the watermarks: the store now points at another database, so both are
+        read again from it before the next batch (call while ``paused``)."""
+        self.fold = ProjectionFold(RUN_CACHE_SIZE)
+        self._watermarks = {}
+        self._assignment = frozenset()
 
     async def _refresh_watermarks(self) -> None:
         """After an assignment change, learn what is already in the store (another instance, or our past self)."""

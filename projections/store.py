@@ -9,6 +9,7 @@ twice (a crash between insert and offset commit) is invisible to queries.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +27,10 @@ from projections.facts import (
 from projections.fold import FACT_TABLES, ProjectionBatch
 from projections.rows import EVENT_COLUMNS, RUN_COLUMNS, TERMINAL_STATUSES, EventRow, RunRow
 
-__all__ = ["TABLE_COLUMNS", "ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
+__all__ = ["META_DATABASE", "TABLE_COLUMNS", "ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
+
+#: Where the pointer to each projection database's active generation lives (one per ClickHouse, fixed name).
+META_DATABASE = "tickflow_meta"
 
 #: Row fields of every table the projector writes, in the rows' field order.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -241,6 +245,8 @@ class ClickHouseStore:
 
         self._lock = threading.Lock()
         self.database = database
+        #: The configured name; ``database`` may later be a rebuilt generation of it (see ``switch_database``).
+        self.base_database = database
         self._path, self._url = path, url  # for open_client (read-only SQL sessions)
         if url:
             boot = clickhouse_connect.get_client(dsn=url)
@@ -457,6 +463,52 @@ class ClickHouseStore:
             interface="chdb", path=self._path, database=self.database, settings=settings
         )
 
+    # -- generations (projections.rebuild) -----------------------------------------------------------------
+
+    def command(self, sql: str) -> None:
+        """Run a statement that returns nothing (DDL), e.g. dropping a retired generation."""
+        with self._lock:
+            self._client.command(sql)
+
+    def sibling(self, database: str) -> ClickHouseStore:
+        """Another store on the same ClickHouse (same chDB engine in this process) over ``database``."""
+        other = ClickHouseStore(path=self._path, url=self._url, database=database)
+        other.base_database = self.base_database
+        return other
+
+    def _pointer_table(self) -> str:
+        self._client.command(f"CREATE DATABASE IF NOT EXISTS `{META_DATABASE}`")
+        self._client.command(
+            f"CREATE TABLE IF NOT EXISTS `{META_DATABASE}`.active_databases "
+            "(base String, database String, version UInt64, switched_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+            "ENGINE = ReplacingMergeTree(version) ORDER BY base"
+        )
+        return f"`{META_DATABASE}`.active_databases"
+
+    def active_database(self) -> str:
+        """The generation of ``base_database`` the last swap made active (itself when none, or when the
+        pointed-to database is gone)."""
+        with self._lock:
+            table = self._pointer_table()
+            rows = self._client.query(
+                f"SELECT argMax(database, version) AS active FROM {table} WHERE base = {{b:String}} "
+                "HAVING active IN (SELECT name FROM system.databases)",
+                parameters={"b": self.base_database},
+            ).result_rows
+        return str(rows[0][0]) if rows and rows[0][0] else self.base_database
+
+    def switch_database(self, database: str) -> None:
+        """Point every later call (reads and writes) at ``database`` and persist the choice for restarts.
+
+        Under the store's lock, so a query runs wholly on the old database or wholly on the new one.
+        """
+        with self._lock:
+            table = self._pointer_table()
+            self._client.insert(
+                table, [[self.base_database, database, time.time_ns()]], column_names=["base", "database", "version"]
+            )
+            self.database, self._t = database, f"`{database}`"
+
     def close(self) -> None:
         with self._lock:
             self._client.close()
@@ -470,5 +522,8 @@ def _statements(sql: str) -> list[str]:
 def open_store(*, path: str | None = None, url: str | None = None, database: str = "tickflow") -> ProjectionStore:
     """A ClickHouse store: server when ``url`` is set, embedded chDB at ``path`` otherwise."""
     store = ClickHouseStore(path=path, url=url, database=database)
+    active = store.active_database()  # a rebuild swapped in another generation: keep using it after a restart
+    if active != database:
+        store.database, store._t = active, f"`{active}`"
     store.migrate()
     return store

@@ -127,6 +127,10 @@ class ApiDeps:
     guard: list[DependsParam]
     bootstrap: str = ""
     engine: Any = None
+    #: Workflows the engine of this process knows (None: the engine runs elsewhere; accept any name).
+    workflows: set[str] | None = None
+    #: The live projector of this process (None: it runs elsewhere), which a rebuild pauses to swap in.
+    projector: Any = None
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -147,9 +151,25 @@ def _has_lone_surrogate(body: bytes) -> bool:
 
 def _router_builders() -> list[Any]:
     """The API's other route modules; each exposes ``build_router(deps) -> APIRouter``."""
-    from services import api_analytics, api_live, api_replay, api_sql  # they import ApiDeps from this module
+    from services import (  # they import ApiDeps from this module
+        api_analytics,
+        api_live,
+        api_memory,
+        api_rebuild,
+        api_replay,
+        api_sql,
+        api_stacks,
+    )
 
-    return [api_analytics.build_router, api_live.build_router, api_replay.build_router, api_sql.build_router]
+    return [
+        api_analytics.build_router,
+        api_live.build_router,
+        api_memory.build_router,
+        api_rebuild.build_router,
+        api_replay.build_router,
+        api_sql.build_router,
+        api_stacks.build_router,
+    ]
 
 
 def create_api(
@@ -165,6 +185,7 @@ def create_api(
     max_body_bytes: int = MAX_RECORD_BYTES,
     bootstrap: str = "",
     engine: Any = None,
+    projector: Any = None,
 ) -> FastAPI:
     """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name)."""
     api = FastAPI(
@@ -199,7 +220,16 @@ def create_api(
         return await call_next(request)
 
     guard = [Depends(authorize)]
-    deps = ApiDeps(store=store, producer=producer, topics=topics, guard=guard, bootstrap=bootstrap, engine=engine)
+    deps = ApiDeps(
+        store=store,
+        producer=producer,
+        topics=topics,
+        guard=guard,
+        bootstrap=bootstrap,
+        engine=engine,
+        workflows=workflows,
+        projector=projector,
+    )
     for build_router in _router_builders():
         api.include_router(build_router(deps))
 

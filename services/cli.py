@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import subprocess
 import sys
 from typing import Any
@@ -92,6 +93,8 @@ def up(settings: Settings, app_path: str, roles: str, no_broker: bool) -> None:
         kafka("start")
     registry = load_registry(app_path)
     chosen = frozenset(r.strip() for r in roles.split(",") if r.strip())
+    if "TICKFLOW_POOLS" not in os.environ:  # serve every pool the app's workflows use (e.g. an agent's llm pool)
+        settings = settings.with_(pools=tuple(sorted(set(settings.pools) | registry.pools())))
     logging.getLogger("tickflow").setLevel(logging.INFO)
     click.echo(f"tickflow up: {', '.join(sorted(chosen))}; API on {settings.api_url}", err=True)
     asyncio.run(serve(settings, registry, chosen))
@@ -138,6 +141,20 @@ def status(ctx: click.Context, run_id: str, events: bool) -> None:
             if events:
                 for e in c.events(run_id):
                     click.echo(f"{e['seq']:>4} {e['type']:<16} {json.dumps(e['payload'])[:160]}")
+    except TickflowError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.argument("thread_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.pass_context
+def thread(ctx: click.Context, thread_id: str, limit: int) -> None:
+    """Print the last messages of an agent memory thread, oldest first."""
+    try:
+        with client(ctx) as c:
+            for m in c.thread_messages(thread_id, limit=limit):
+                click.echo(f"{m['created_at_ms']:>14} {m['role']:<9} {m['agent']:<12} {m['content'][:160]}")
     except TickflowError as exc:
         fail(exc)
 
@@ -398,7 +415,37 @@ def replay_verify_engine(ctx: click.Context, as_json: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
-from services import cli_queries  # noqa: E402,F401 - registers the query commands on ``main``
+@replay.command("rebuild")
+@click.option("--no-swap", is_flag=True, help="Build and verify only; keep serving the current database.")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job (and report) as JSON.")
+@click.pass_context
+def replay_rebuild(ctx: click.Context, no_swap: bool, wait_s: float | None, as_json: bool) -> None:
+    """Rebuild every projection from the log into a fresh database, verify it against the log and swap it in
+    without stopping queries; exit 1 when verification finds a mismatch (nothing is swapped then)."""
+    try:
+        with client(ctx) as c:
+            job = c.rebuild(swap=not no_swap, wait=wait_s)
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_status(job.model_dump())
+    elif job.report is None:
+        click.echo(f"rebuild {job.job_id} started into {job.database}; follow it with --wait or the API")
+    else:
+        r = job.report
+        click.echo(f"rebuilt {r.events:,} events into {r.database} in {r.duration_s:.1f} s ({r.events_per_s:,.0f}/s)")
+        click.echo("rows: " + ", ".join(f"{t}={n:,}" for t, n in r.tables.items()))
+        for m in r.mismatches:
+            click.echo(f"  MISMATCH {m}")
+        if job.error:
+            click.echo(f"failed: {job.error}")
+        click.echo("swapped in (previous: " + r.previous_database + ")" if r.swapped else "not swapped")
+    sys.exit(1 if job.state == "failed" else 0)
+
+
+from services import cli_queries, cli_stacks  # noqa: E402,F401 - register their commands on ``main``
 
 if __name__ == "__main__":
     # Run as ``python -m services.cli``, this file is ``__main__``; the commands of other modules were registered

@@ -16,6 +16,7 @@ import orjson
 
 from projections.sql import SqlResult
 from services.api import RunStatus
+from services.api_rebuild import RebuildJob
 from services.errors import ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
 from services.live import RUN_TERMINAL_EVENTS
 from services.replay import EngineReport, state_from_json
@@ -120,6 +121,28 @@ class Client:
         """Compare the API process's live engine state with a refold of the log; ``report.ok`` when equal."""
         return EngineReport.model_validate(self._check(self._http.post("/admin/engine/verify", timeout=300)))
 
+    def rebuild(self, *, swap: bool = True, wait: float | None = None, poll_s: float = 0.5) -> RebuildJob:
+        """Rebuild every projection from the log into a fresh database, verify it and (``swap``) switch to it.
+
+        Returns the job at once, or with ``wait`` (seconds) once it ended: ``job.report`` holds counts,
+        checksums, mismatches and events/s; ``job.state`` is "failed" when verification found a mismatch (then
+        nothing was swapped). Raises ``TimeoutError`` when it is still running after ``wait`` seconds.
+        """
+        job = RebuildJob.model_validate(self._check(self._http.post("/admin/rebuild", json={"swap": swap})))
+        if wait is None:
+            return job
+        deadline = time.monotonic() + wait
+        while job.state == "running":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rebuild {job.job_id} still runs after {wait}s ({job.progress.phase}); follow it")
+            time.sleep(poll_s)
+            job = self.rebuild_status(job.job_id)
+        return job
+
+    def rebuild_status(self, job_id: str) -> RebuildJob:
+        """A rebuild's progress, and its report once it ended."""
+        return RebuildJob.model_validate(self._check(self._http.get(f"/admin/rebuild/{job_id}")))
+
     def _outcome(self, run_id: str, command_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -161,6 +184,27 @@ class Client:
         params: dict[str, Any] = {"limit": limit, "offset": offset} | ({"status": status} if status else {})
         return list(self._check(self._http.get("/stacks", params=params)))
 
+    def create_stack(self, stack_id: str, workflow: str, **settings: Any) -> str:
+        """Create a stack that runs ``workflow`` every ``interval_s`` (default 10) seconds; returns the command id.
+
+        Settings: ``input``, ``interval_s``, ``priority``, ``overlap`` ("skip" | "queue"), ``idle_backoff_max_s``,
+        ``budget_tokens``, ``budget_cost_usd``, ``playing``, ``name``. Creating an existing stack is a no-op.
+        """
+        body = {"stack_id": stack_id, "workflow": workflow, **settings}
+        return str(self._check(self._http.post("/stacks", json=body))["command_id"])
+
+    def update_stack(self, stack_id: str, **changes: Any) -> str:
+        return str(self._check(self._http.patch(f"/stacks/{stack_id}", json=changes))["command_id"])
+
+    def pause_stack(self, stack_id: str, reason: str = "") -> str:
+        return str(self._check(self._http.post(f"/stacks/{stack_id}/pause", json={"reason": reason}))["command_id"])
+
+    def play_stack(self, stack_id: str) -> str:
+        return str(self._check(self._http.post(f"/stacks/{stack_id}/play"))["command_id"])
+
+    def delete_stack(self, stack_id: str) -> str:
+        return str(self._check(self._http.delete(f"/stacks/{stack_id}"))["command_id"])
+
     def stack(self, stack_id: str, *, ticks: int = 20) -> dict[str, Any]:
         """One stack and its most recent ticks."""
         return dict(self._check(self._http.get(f"/stacks/{stack_id}", params={"ticks": ticks})))
@@ -187,6 +231,18 @@ class Client:
         timeout = httpx.Timeout(self._http.timeout.connect, read=timeout_s + 10.0)  # queued + ClickHouse's limit
         data = self._check(self._http.post("/sql", json=body, timeout=timeout))
         return SqlResult(**{k: data[k] for k in ("columns", "types", "rows", "truncated", "elapsed_ms")})
+
+    def thread_messages(self, thread_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The last ``limit`` messages of an agent memory thread, oldest first."""
+        data = self._check(self._http.get(f"/threads/{thread_id}/messages", params={"limit": limit}))
+        return list(data["messages"])
+
+    def recall(self, thread_id: str, embedding: list[float], *, k: int = 5, exclude_ids: list[str] | None = None,
+               embedder: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` messages of a thread nearest to ``embedding`` (cosine distance, nearest first)."""
+        body = {"thread_id": thread_id, "embedding": embedding, "k": k, "exclude_ids": exclude_ids or [],
+                "embedder": embedder}
+        return list(self._check(self._http.post("/memory/recall", json=body))["messages"])
 
     def watch(self, run_id: str, *, poll_s: float = 0.1, timeout: float | None = None) -> Iterator[RunStatus]:
         """Yield the run's status each time it changes, ending with its terminal status."""

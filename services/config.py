@@ -45,6 +45,9 @@ class Settings:
     offload_bytes: int = 256_000
     #: … and above this one they are refused with a clear error.
     max_payload_bytes: int = 64_000_000
+    #: The LLM configuration file (``.toml``/``.json``, see ``services.llm``) agent steps use; None: the
+    #: offline scripted models only (every answer labelled as not coming from a real LLM).
+    llm_config: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -69,6 +72,7 @@ class Settings:
             else None,
             offload_bytes=int(_env("OFFLOAD_BYTES", "256000")),
             max_payload_bytes=int(_env("MAX_PAYLOAD_BYTES", "64000000")),
+            llm_config=Path(os.environ["TICKFLOW_LLM_CONFIG"]) if os.environ.get("TICKFLOW_LLM_CONFIG") else None,
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -55,6 +55,7 @@ from events.schemas import (
     StepFailed,
     StepScheduled,
     StepSucceeded,
+    idempotency_key,
 )
 from events.spec import StepNode, WaitNode, WorkflowSpec
 from services.interpreter import (
@@ -486,7 +487,7 @@ def _begin_failure(em: Emitter, error: ErrorInfo, path: str | None) -> None:
 def _task(state: RunState, path: str, node: NodeState, occurred_at_ms: int, causation_id: str | None) -> Outbound:
     spec = spec_node(state, path)
     assert isinstance(spec, StepNode)
-    key = f"{state.run_id}/{path}/{node.attempt}"
+    key = idempotency_key(state.run_id, path, node.attempt)
     task = RunStep(
         workflow=state.workflow,
         path=path,

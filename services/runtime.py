@@ -112,6 +112,7 @@ class Node:
             max_body_bytes=max(s.max_payload_bytes, MAX_RECORD_BYTES),
             bootstrap=s.bootstrap,
             engine=self.engine,
+            projector=self.projector,  # a rebuild pauses it to swap its database in
         )
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off")
         self._api_server = uvicorn.Server(config)

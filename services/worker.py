@@ -41,6 +41,7 @@ from services.claimcheck import FileBlobStore, is_ref, offload, resolve
 from services.config import Settings
 from services.errors import NonRetryableError
 from services.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer
+from services.produced import ProducedResults
 from services.workflow import Registry, StepContext
 
 __all__ = ["CancelledKeys", "LocalQueue", "Scheduler", "StepWorker"]
@@ -221,6 +222,9 @@ class StepWorker:
         self._control_task: asyncio.Task[None] | None = None
         self._control_ready = asyncio.Event()
         self._last_commit = 0.0
+        self.produced = ProducedResults()
+        self.reanswered = 0  # tasks answered with a result already produced, instead of running again
+        self._learned: set[int] = set()
         # Jobs start from this context, not from whichever task freed their slot, so nothing a step body
         # sets in its context can leak into later steps.
         self._context = contextvars.copy_context()
@@ -281,6 +285,7 @@ class StepWorker:
             if paused := self.consumer.paused():
                 self.consumer.resume(*paused)
             batch = await self.consumer.getmany(timeout_ms=100, max_records=max(room, 1))
+            await self._learn_new_partitions()
             for tp, records in batch.items():
                 for record in records:
                     await self._accept(tp, record)
@@ -307,6 +312,11 @@ class StepWorker:
                 for running in self._running.get(task.idempotency_key, ()):
                     running.cancel()
                 log.info("cancel %s: %s", task.idempotency_key, task.reason or "no reason given")
+            elif (done := self.produced.get(task.idempotency_key)) is not None:
+                # This attempt already ran and reported: answer again instead of running the body twice.
+                self.pending.add(await self.producer.send(self.topics.results, done, key=record.key))
+                self.reanswered += 1
+                log.info("%s already ran; re-sent its result instead of running it again", task.idempotency_key)
             elif self.scheduler.offer(_Job(tp, record, env, task), key=task.idempotency_key, priority=task.priority):
                 return  # its offset is done once its result is sent
             else:
@@ -355,6 +365,7 @@ class StepWorker:
                 log.info("cancelled %s as it finished; no result is reported", job.task.idempotency_key)
             else:
                 self.pending.add(await self.producer.send(self.topics.results, result, key=record.key))
+                self.produced.add(job.task.idempotency_key, result)
                 self.executed += 1
             # Only now may the commit pass this offset; if sending raised, it stays uncommitted and the task
             # is redelivered after a restart.
@@ -370,8 +381,11 @@ class StepWorker:
             attempt=task.attempt,
             idempotency_key=task.idempotency_key,
             path=task.path,
+            settings=self.settings,
         )
         common: dict[str, Any] = {"path": task.path, "step": task.step, "attempt": task.attempt, "worker": self.name}
+        # What the body reported on the way (LLM attempts, memory messages) goes with either outcome.
+        reported = {"llm_attempts": ctx.report.llm_attempts, "messages": ctx.report.messages}
         logs, started = step_logs.LogBuffer(), time.perf_counter()
         error: BaseException
         try:
@@ -386,7 +400,8 @@ class StepWorker:
                     offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what
                 )
             ms = (time.perf_counter() - started) * 1000
-            return encode(self._wrap(env, StepSucceeded(**common, output=output, duration_ms=ms, logs=logs.getvalue())))
+            succeeded = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=logs.getvalue())
+            return encode(self._wrap(env, succeeded))
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is None or current.cancelling():
@@ -396,12 +411,16 @@ class StepWorker:
             error = exc
         failed = StepErrored(
             **common,
+            **reported,
             error=_error_info(task, error),
             retryable=not isinstance(error, NonRetryableError | LookupError | InvalidRecord),
             duration_ms=(time.perf_counter() - started) * 1000,
             logs=logs.getvalue(),
         )
-        return encode(self._wrap(env, failed))
+        try:
+            return encode(self._wrap(env, failed))
+        except InvalidRecord:  # the report made the record too big: keep the error and the (small) attempts
+            return encode(self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""})))
 
     @staticmethod
     def _wrap(task: Envelope, payload: StepSucceeded | StepErrored) -> Envelope:
@@ -414,6 +433,21 @@ class StepWorker:
             causation_id=task.id,
             correlation_id=task.correlation_id,
         )
+
+    async def _learn_new_partitions(self) -> None:
+        """Before running tasks of partitions just taken over, learn which of their steps already reported."""
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        new = assigned - self._learned
+        self._learned &= assigned
+        if new:
+            read = await self.produced.learn(self.settings.bootstrap, self.topics.results, new)
+            self._learned |= new
+            log.info(
+                "pool %s: read %d recent results of partitions %s before running their tasks",
+                self.pool,
+                read,
+                sorted(new),
+            )
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Queued tasks of lost partitions stay uncommitted; their new owner runs them.

@@ -29,26 +29,60 @@ import copy
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from events.schemas import LlmAttemptFields, MessageFields
 from events.spec import (
     RetryPolicy,
+    StepNode,
     WorkflowSpec,
 )
 from events.topics import DEFAULT_POOL
 from services.errors import NonRetryableError
 
-__all__ = ["Flow", "Registry", "StepContext", "Trigger", "Workflow", "current_step"]
+if TYPE_CHECKING:
+    from services.agents import Agent
+    from services.config import Settings
+
+__all__ = ["Flow", "Registry", "StepContext", "StepReport", "Trigger", "Workflow", "current_step"]
 
 StepFn = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
 ScopeFn = Callable[[Mapping[str, Any]], Any]
 
 
+#: What one step result may carry (``StepSucceeded``/``StepErrored`` bound their lists to this).
+MAX_REPORTED = 1_000
+
+
+@dataclass(slots=True)
+class StepReport:
+    """What a step body did on the way that the engine must log besides its outcome: every LLM call attempt
+    and every memory message (agent steps). The worker attaches it to the result, failed attempts included,
+    so a call that cost tokens and then failed is still counted."""
+
+    llm_attempts: list[LlmAttemptFields] = field(default_factory=list)
+    messages: list[MessageFields] = field(default_factory=list)
+
+    def add_llm_attempt(self, attempt: LlmAttemptFields) -> None:
+        if len(self.llm_attempts) >= MAX_REPORTED:
+            raise NonRetryableError(f"a step may report at most {MAX_REPORTED} LLM attempts; split the work")
+        self.llm_attempts.append(attempt)
+
+    def add_message(self, message: MessageFields) -> None:
+        if len(self.messages) >= MAX_REPORTED:
+            raise NonRetryableError(f"a step may report at most {MAX_REPORTED} memory messages; split the work")
+        self.messages.append(message)
+
+
 @dataclass(frozen=True, slots=True)
 class StepContext:
-    """What a running step may know about itself. ``idempotency_key`` is stable across redeliveries."""
+    """What a running step may know about itself. ``idempotency_key`` is stable across redeliveries.
+
+    ``report`` collects LLM attempts and memory messages for the engine's log; ``settings`` are the worker's
+    (None outside a worker), for step bodies that call back into tickflow, as agents do to read memory.
+    """
 
     run_id: str
     workflow: str
@@ -56,6 +90,8 @@ class StepContext:
     attempt: int
     idempotency_key: str
     path: str = ""
+    report: StepReport = field(default_factory=StepReport)
+    settings: Settings | None = None
 
 
 _current: contextvars.ContextVar[StepContext] = contextvars.ContextVar("tickflow_step")
@@ -77,11 +113,13 @@ class _Functions:
     steps: dict[str, StepFn] = field(default_factory=dict)
     conditions: dict[str, ScopeFn] = field(default_factory=dict)
     mappers: dict[str, ScopeFn] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
 
     def merge(self, other: _Functions) -> None:
         self.steps.update(other.steps)
         self.conditions.update(other.conditions)
         self.mappers.update(other.mappers)
+        self.agents.update(other.agents)
 
 
 class Flow:
@@ -176,6 +214,17 @@ class Flow:
         """Start a run of ``workflow`` and wait for its output."""
         return self._add("child", name, input, workflow=workflow)
 
+    def agent(self, agent: Agent, *, name: str | None = None, input: str | ScopeFn | None = None) -> Self:
+        """Run ``agent``'s durable LLM ↔ tool loop (see ``services.agents``); its output is the final answer.
+
+        Compiles to a loop node named ``name`` (default: the agent's name) whose turns are an LLM-call step
+        and a foreach of tool-call steps, so each call is its own event-sourced step.
+        """
+        flow = agent.flow(name or agent.name)
+        self.functions.merge(flow.functions)
+        self.functions.agents[agent.name] = agent
+        return self._add_raw({**flow._nodes[0], "input": self._mapping(input)})
+
     # -- containers --------------------------------------------------------------------------------------
 
     def parallel(self, *, name: str | None = None, input: str | ScopeFn | None = None, **branches: Flow) -> Self:
@@ -236,6 +285,10 @@ class Flow:
 
     def _add(self, kind: str, name: str | None, input: str | ScopeFn | None, **fields: Any) -> Self:
         self._nodes.append({"kind": kind, "name": name, "input": self._mapping(input), **fields})
+        return self
+
+    def _add_raw(self, node: dict[str, Any]) -> Self:
+        self._nodes.append(node)
         return self
 
     def _sub(self, flow: Flow | None, name: str | None) -> dict[str, Any]:
@@ -383,6 +436,8 @@ class Registry:
         self.functions: dict[str, StepFn] = {}
         self.conditions: dict[str, ScopeFn] = {}
         self.mappers: dict[str, ScopeFn] = {}
+        #: Agents the registered workflows use, by name (their step bodies are in ``functions``).
+        self.agents: dict[str, Agent] = {}
         self._typed: dict[str, _Typed] = {}
         self.triggers: list[Trigger] = []
 
@@ -399,7 +454,18 @@ class Registry:
                 if existing is not None and existing is not fn:
                     raise ValueError(f"two different functions are registered as {name!r}")
                 table[name] = fn
+        for name, agent in workflow.functions.agents.items():
+            if self.agents.get(name, agent) is not agent:
+                raise ValueError(f"two different agents are named {name!r}; give one another name")
+            self.agents[name] = agent
         return spec
+
+    def pools(self) -> set[str]:
+        """Every worker pool a registered workflow sends steps to (``tickflow up`` serves them all)."""
+        found = {DEFAULT_POOL}
+        for spec in self.specs.values():
+            found.update(n.pool for n in spec.nodes().values() if isinstance(n, StepNode))
+        return found
 
     def trigger(self, topic: str, workflow: str, *, name: str | None = None) -> Trigger:
         """Start a run of ``workflow`` for every record on ``topic`` (hosted by the ``trigger`` role)."""

@@ -136,3 +136,50 @@ async def hold(value: Any) -> Any:
 
 
 registry.add(Workflow("per_customer", concurrency_key="input.customer", max_per_key=1).step(hold))
+
+
+# --- agents (tests/integration/test_agents.py) ------------------------------------------------------------------
+
+import os  # noqa: E402 - grouped with the agent flows they serve
+
+from services.agents import Agent, Memory  # noqa: E402
+
+
+class Lookup(BaseModel):
+    topic: str
+
+
+#: Where ``lookup`` appends the idempotency key of every execution (set by the kill -9 test).
+TOOL_LOG_ENV = "TICKFLOW_TEST_TOOL_LOG"
+
+
+async def lookup(args: Lookup) -> str:
+    """Look a topic up in the library."""
+    path = os.environ.get(TOOL_LOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write(current_step().idempotency_key + "\n")
+    await asyncio.sleep(0.2)  # a window for the kill -9 between this tool call and the run's end
+    return f"the library says {args.topic} is well documented"
+
+
+class City(BaseModel):
+    city: str
+
+
+async def get_weather(args: City) -> str:
+    """The weather in a city."""
+    return f"sunny in {args.city}"
+
+
+librarian = Agent(
+    "librarian",
+    instructions="Answer questions using the lookup tool.",
+    tools=[lookup],
+    memory=Memory(window=2, recall_k=3),
+)
+registry.add(Workflow("agent_lookup").agent(librarian))
+# The secret-scan test points chain "http" at the local OpenAI-compatible test server.
+forecaster = Agent("forecaster", chain="http", tools=[get_weather], memory=Memory(window=4, recall_k=2),
+                   llm_max_attempts=1)
+registry.add(Workflow("agent_http").agent(forecaster))

@@ -410,3 +410,25 @@ def test_control_records_for_this_pool_set_the_limit(worker: StepWorker) -> None
     assert worker._limit_in(_record(2, b"{", topic)) is None  # invalid: logged and skipped
     assert worker._limit_in(_record(3, None, topic)) is None  # tombstone
     assert worker._limit_in(_record(4, _run_step("a", "f"), topic)) is None  # not a control record
+
+
+async def test_an_attempt_that_already_reported_is_answered_again_not_run_again(worker: StepWorker) -> None:
+    runs: list[int] = []
+
+    def tool(x: int) -> int:
+        runs.append(x)
+        return x + 1
+
+    worker.registry.functions.update({"tool": tool})
+    await worker._accept(TP, _record(0, _run_step("run-1/0/1", "tool", input=1)))
+    await _until(lambda: worker.executed == 1 and not worker._inflight)
+    # The same attempt again: a redelivery after a crash before the commit, or an engine re-sending it.
+    await worker._accept(TP, _record(1, _run_step("run-1/0/1", "tool", input=1)))
+    await _until(lambda: len(_results(worker)) == 2)
+    first, again = _results(worker)
+    assert runs == [1] and worker.reanswered == 1
+    assert again.id == first.id and again.payload == first.payload  # the same result: the engine applies it once
+    # A worker that takes over the partition learns the result from the results topic's records.
+    fresh = StepWorker(Settings(), Registry(), concurrency=1)
+    fresh.produced.add_raw(worker.producer.sent[-1][1])
+    assert fresh.produced.get("run-1/0/1") is not None

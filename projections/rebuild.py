@@ -1,0 +1,429 @@
+"""Rebuild every projection from the log into a fresh database, verify it, and swap it in while queries go on.
+
+Why a fresh database: the live one keeps serving reads (and the live projector keeps writing) for as long as the
+rebuild takes, and a rebuild that fails verification changes nothing. The steps:
+
+1. **Build.** Capture the events topic's end offsets, read every partition from its first retained offset to
+   them with a group-less consumer, and fold the records with a fresh ``ProjectionFold`` — the very code the
+   live projector runs, so rows are identical — into ``<base>__rebuild_<n>``, migrated from scratch
+   (materialised views included, so the rollups are rebuilt by the inserts). In embedded mode chDB is one engine
+   per process, so the rebuild runs in the process that owns it, in threads, on a second client of that engine.
+2. **Verify.** Per partition, the rebuilt ``events`` table must hold as many rows as the log has decodable
+   events and the same checksum: the wrapping UInt64 sum of the first 8 bytes (little-endian) of MD5(event_id),
+   computed here while reading and by ClickHouse from the table. Each table also gets ``count()`` and an
+   order-independent checksum of its FINAL rows (without ``projected_at``), so two rebuilds of one log — or a
+   rebuild and the live projection — can be compared.
+3. **Swap.** Catch the new database up to the log's current end while the live projector runs on, then pause
+   the projector between two batches, catch up the last gap, switch the store (under its lock: a query runs
+   wholly on the old or wholly on the new database), persist the pointer (``open_store`` follows it after a
+   restart) and let the projector go on with caches and watermarks read from the new database. The previous
+   generation is kept as a rollback point and for comparison; older generations are dropped at the swap.
+
+Records that do not decode are skipped and counted (the live projector dead-lettered them when it met them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import BaseModel, Field
+
+from events.codec import InvalidRecord, decode
+from projections.fold import ProjectionFold, Record
+from projections.store import TABLE_COLUMNS, ClickHouseStore
+
+if TYPE_CHECKING:
+    from projections.projector import Projector
+
+__all__ = [
+    "PartitionCheck",
+    "Rebuild",
+    "RebuildError",
+    "RebuildProgress",
+    "RebuildReport",
+    "event_digest",
+    "rebuild_and_swap",
+    "rebuild_database",
+    "table_checksums",
+]
+
+log = logging.getLogger("tickflow.rebuild")
+MASK64 = (1 << 64) - 1
+#: Runs kept in the fold's cache; above it, evicted rows are read back from the rebuilt database.
+FOLD_CACHE = 2_000_000
+
+
+class RebuildError(RuntimeError):
+    """A rebuild cannot start or go on; the message says what to fix."""
+
+
+def event_digest(event_id: str) -> int:
+    """The per-event term of the events checksum; ClickHouse computes the same with
+    ``reinterpretAsUInt64(substring(MD5(event_id), 1, 8))``. Never change one without the other."""
+    return int.from_bytes(hashlib.md5(event_id.encode()).digest()[:8], "little")
+
+
+def _columns(table: str) -> str:
+    return ", ".join(c[:-3] if c.endswith("_at_ms") else c for c in TABLE_COLUMNS[table])
+
+
+#: Rollups are checked on their finalised sums (floats rounded: addition order differs between inserts). The
+#: latency digests of ``step_latency_per_minute`` are approximate and merge-order dependent, so only its counts.
+_ROLLUPS = {
+    "runs_per_minute": "SELECT minute, workflow, sum(started), sum(completed), sum(failed), sum(cancelled) "
+    "FROM {t} GROUP BY minute, workflow",
+    "llm_usage_per_minute": "SELECT minute, provider, model, agent, stack_id, sum(calls), sum(errors), "
+    "sum(fallbacks), sum(tokens_in), sum(tokens_out), round(sum(cost_usd), 9), round(sum(latency_ms), 3) "
+    "FROM {t} GROUP BY minute, provider, model, agent, stack_id",
+    "step_latency_per_minute": "SELECT minute, workflow, step, sum(attempts), sum(failures) "
+    "FROM {t} GROUP BY minute, workflow, step",
+}
+
+
+def table_checksums(store: ClickHouseStore) -> dict[str, tuple[int, int]]:
+    """(rows, checksum) of every projection table of the store's current database, as queries see them."""
+    parts = [f"SELECT '{t}', count(), sum(cityHash64({_columns(t)})) FROM {{db}}.{t} FINAL" for t in TABLE_COLUMNS]
+    parts += [
+        f"SELECT '{t}', count(), sum(cityHash64(*)) FROM ({sql.format(t='{db}.' + t)})" for t, sql in _ROLLUPS.items()
+    ]
+    return {str(t): (int(n), int(h)) for t, n, h in store.query(" UNION ALL ".join(parts))}
+
+
+class PartitionCheck(BaseModel):
+    partition: int
+    log_events: int
+    log_checksum: int
+    table_events: int
+    table_checksum: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.log_events, self.log_checksum) == (self.table_events, self.table_checksum)
+
+
+class RebuildProgress(BaseModel):
+    phase: str = "starting"
+    events_done: int = 0
+    events_total: int = 0
+
+
+class RebuildReport(BaseModel):
+    """What a rebuild did and found. ``ok`` means every partition of the events table matches the log."""
+
+    database: str
+    previous_database: str = ""
+    ok: bool = False
+    swapped: bool = False
+    events: int = Field(default=0, description="Events read from the log up to the captured end offsets.")
+    invalid_records: int = Field(default=0, description="Records that do not decode (skipped, not projected).")
+    caught_up_events: int = Field(default=0, description="Events projected after verification, before the swap.")
+    paused_ms: float = Field(default=0.0, description="How long the live projector was held for the swap.")
+    duration_s: float = 0.0
+    events_per_s: float = 0.0
+    phases: dict[str, float] = Field(default_factory=dict, description="Seconds per phase (read overlaps).")
+    start_offsets: dict[int, int] = Field(default_factory=dict)
+    end_offsets: dict[int, int] = Field(default_factory=dict)
+    tables: dict[str, int] = Field(default_factory=dict, description="Rows per table (FINAL).")
+    checksums: dict[str, int] = Field(default_factory=dict, description="Order-independent checksum per table.")
+    partitions: list[PartitionCheck] = Field(default_factory=list)
+    mismatches: list[str] = Field(default_factory=list)
+
+
+class Rebuild:
+    """One rebuild of ``store``'s projections into a new database of the same ClickHouse; see the module doc.
+
+    ``build`` and ``catch_up`` block (run them in a thread); each reads Kafka on an event loop of its own.
+    """
+
+    def __init__(
+        self,
+        store: ClickHouseStore,
+        *,
+        bootstrap: str,
+        topic: str,
+        database: str | None = None,
+        batch_events: int = 50_000,
+    ) -> None:
+        self.store, self.bootstrap, self.topic = store, bootstrap, topic
+        self.database = database or next_generation(store)
+        self.batch_events = batch_events
+        self.progress = RebuildProgress()
+        self.report = RebuildReport(database=self.database, previous_database=store.database)
+        self.fold = ProjectionFold(FOLD_CACHE)
+        self.offsets: dict[int, int] = {}  # next offset to read, per partition
+        self.digests: dict[int, list[int]] = {}  # partition -> [count, checksum]
+        self.phases = dict.fromkeys(("read", "decode", "fold", "insert", "verify", "catch_up", "swap"), 0.0)
+        self._target: ClickHouseStore | None = None
+        self._lock = threading.Lock()  # build and catch_up never overlap (they share the fold)
+
+    # -- build ---------------------------------------------------------------------------------------------
+
+    def build(self) -> RebuildReport:
+        """Read the log from its start to the end offsets of now into the new database (created, migrated)."""
+        started = time.perf_counter()
+        with self._lock:
+            self.progress.phase = "migrating"
+            self._target = self.store.sibling(self.database)
+            self._target.migrate()
+            self.progress.phase = "building"
+            self.report.events = asyncio.run(self._read(None))
+        self.report.duration_s = time.perf_counter() - started
+        self.report.events_per_s = self.report.events / self.report.duration_s if self.report.duration_s else 0.0
+        self.report.end_offsets = dict(self.offsets)
+        self.report.phases = dict(self.phases)
+        return self.report
+
+    def catch_up(self) -> int:
+        """Project what the log gained since the last read (after ``build``); returns how many events."""
+        if self._target is None:
+            raise RebuildError("catch_up needs a built database: call build() first")
+        started = time.perf_counter()
+        with self._lock:
+            self.progress.phase = "catching up"
+            n = asyncio.run(self._read(dict(self.offsets)))
+        self.phases["catch_up"] += time.perf_counter() - started
+        self.report.caught_up_events += n
+        self.report.phases = dict(self.phases)
+        return n
+
+    async def _read(self, start: dict[int, int] | None) -> int:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            fetch_max_wait_ms=20,
+        )
+        await consumer.start()
+        try:
+            if self.topic not in await consumer.topics():
+                raise RebuildError(f"the events topic {self.topic!r} does not exist: check TICKFLOW_PREFIX")
+            consumer.subscribe([self.topic])  # group-less: every partition is assigned, nothing is committed
+            for _ in range(200):
+                if consumer.assignment():
+                    break
+                await asyncio.sleep(0.05)
+            tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+            if not tps:
+                raise RebuildError(f"no partition of {self.topic!r} was assigned within 10 s: is the broker healthy?")
+            ends = {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
+            firsts = {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
+            begin = {p: max(firsts[p], (start or {}).get(p, 0)) for p in ends}
+            if start is None:
+                self.report.start_offsets = dict(begin)
+                self.progress.events_total = sum(ends[p] - begin[p] for p in ends)
+            else:
+                self.progress.events_total += sum(ends[p] - begin[p] for p in ends)
+            for tp in tps:
+                consumer.seek(tp, begin[tp.partition])
+                self.offsets[tp.partition] = begin[tp.partition]
+            return await self._pump(consumer, ends)
+        finally:
+            await consumer.stop()
+
+    async def _pump(self, consumer: AIOKafkaConsumer, ends: dict[int, int]) -> int:
+        """Fetch while the previous chunk is decoded, folded and inserted in another thread."""
+        remaining = {TopicPartition(self.topic, p) for p, end in ends.items() if self.offsets[p] < end}
+        chunk: list[tuple[int, int, bytes | None]] = []
+        pending: asyncio.Future[None] | None = None
+        read = 0
+        while remaining:
+            waited = time.perf_counter()
+            got = await consumer.getmany(*remaining, timeout_ms=1000, max_records=self.batch_events)
+            self.phases["read"] += time.perf_counter() - waited
+            for tp, recs in got.items():
+                end = ends[tp.partition]
+                chunk.extend((tp.partition, r.offset, r.value) for r in recs if r.offset < end)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp.partition]:
+                    remaining.discard(tp)
+            if len(chunk) >= self.batch_events or (chunk and not remaining):
+                if pending is not None:
+                    await pending
+                read += len(chunk)
+                pending = asyncio.ensure_future(asyncio.to_thread(self._project, chunk))
+                chunk = []
+        if pending is not None:
+            await pending
+        for p, end in ends.items():
+            self.offsets[p] = max(self.offsets[p], end)
+        return read
+
+    def _project(self, chunk: list[tuple[int, int, bytes | None]]) -> None:
+        t0 = time.perf_counter()
+        records: list[Record] = []
+        digests = self.digests
+        for partition, offset, value in chunk:
+            try:
+                env = decode(value, expect="event")
+            except InvalidRecord:
+                self.report.invalid_records += 1
+                continue
+            records.append((partition, offset, env))
+            d = digests.setdefault(partition, [0, 0])
+            d[0] += 1
+            d[1] = (d[1] + event_digest(env.id)) & MASK64
+        t1 = time.perf_counter()
+        target = self._target
+        assert target is not None
+        missing = self.fold.missing(records)
+        if missing:  # only after the cache evicted a run: read it back from what was already rebuilt
+            self.fold.load(
+                target.runs_by_id(missing.runs),
+                target.steps_by_key(missing.steps),
+                target.ticks_by_key(missing.ticks),
+                target.stacks_by_id(missing.stacks),
+            )
+        rows = self.fold.fold(records, self.topic)
+        t2 = time.perf_counter()
+        target.write(rows)
+        t3 = time.perf_counter()
+        self.phases["decode"] += t1 - t0
+        self.phases["fold"] += t2 - t1
+        self.phases["insert"] += t3 - t2
+        self.progress.events_done += len(chunk)
+
+    # -- verify --------------------------------------------------------------------------------------------
+
+    def verify(self) -> RebuildReport:
+        """Compare the rebuilt events table with the log per partition; count and checksum every table."""
+        target = self._target
+        if target is None:
+            raise RebuildError("verify needs a built database: call build() first")
+        started = time.perf_counter()
+        self.progress.phase = "verifying"
+        rows = target.query(
+            "SELECT partition, count(), sum(reinterpretAsUInt64(substring(MD5(event_id), 1, 8))) "
+            "FROM {db}.events FINAL GROUP BY partition"
+        )
+        table = {int(p): (int(n), int(h)) for p, n, h in rows}
+        checks = [
+            PartitionCheck(
+                partition=p,
+                log_events=self.digests.get(p, [0, 0])[0],
+                log_checksum=self.digests.get(p, [0, 0])[1],
+                table_events=table.get(p, (0, 0))[0],
+                table_checksum=table.get(p, (0, 0))[1],
+            )
+            for p in sorted(set(self.offsets) | set(table))
+        ]
+        r = self.report
+        r.partitions = checks
+        r.mismatches = [
+            f"partition {c.partition}: the log has {c.log_events} events (checksum {c.log_checksum}), the rebuilt "
+            f"events table {c.table_events} (checksum {c.table_checksum})"
+            for c in checks
+            if not c.ok
+        ]
+        sums = table_checksums(target)
+        r.tables = {t: n for t, (n, _) in sums.items()}
+        r.checksums = {t: h for t, (_, h) in sums.items()}
+        r.ok = not r.mismatches
+        self.phases["verify"] += time.perf_counter() - started
+        r.phases = dict(self.phases)
+        return r
+
+    # -- swap ----------------------------------------------------------------------------------------------
+
+    async def swap(self, projector: Projector | None) -> None:
+        """Catch up, then switch the store (and the live projector) to the new database; see the module doc."""
+        if not self.report.ok:
+            raise RebuildError(f"refusing to swap in {self.database}: verification failed ({self.report.mismatches})")
+        started = time.perf_counter()
+        await asyncio.to_thread(self.catch_up)  # most of the gap, while everything runs on
+        self.progress.phase = "swapping"
+        hold = projector.paused() if projector is not None else contextlib.nullcontext()
+        async with hold:
+            held = time.perf_counter()
+            await asyncio.to_thread(self.catch_up)  # the rest: nothing is projected meanwhile
+            previous = self.store.database
+            await asyncio.to_thread(self.store.switch_database, self.database)
+            if projector is not None:
+                projector.forget_projection_state()
+            self.report.paused_ms = (time.perf_counter() - held) * 1000
+        self.report.previous_database, self.report.swapped = previous, True
+        await asyncio.to_thread(drop_generations, self.store, keep={self.database, previous})
+        self.phases["swap"] += time.perf_counter() - started
+        self.report.phases = dict(self.phases)
+        self.progress.phase = "done"
+
+    def close(self) -> None:
+        if self._target is not None:
+            self._target.close()
+            self._target = None
+
+
+def _generations(store: ClickHouseStore) -> list[str]:
+    rows = store.query(
+        "SELECT name FROM system.databases WHERE name = {b:String} OR startsWith(name, {p:String}) ORDER BY name",
+        {"b": store.base_database, "p": f"{store.base_database}__rebuild_"},
+    )
+    return [str(r[0]) for r in rows]
+
+
+def next_generation(store: ClickHouseStore) -> str:
+    """``<base>__rebuild_<n>`` with n one above any generation that exists."""
+    pattern = re.compile(re.escape(store.base_database) + r"__rebuild_(\d+)$")
+    numbers = [int(m.group(1)) for name in _generations(store) if (m := pattern.match(name))]
+    return f"{store.base_database}__rebuild_{max(numbers, default=0) + 1}"
+
+
+def drop_generations(store: ClickHouseStore, keep: set[str]) -> list[str]:
+    """Drop the generations of the store's base database other than ``keep`` (and the active one)."""
+    dropped = []
+    for name in _generations(store):
+        if name not in keep and name != store.database:
+            store.command(f"DROP DATABASE IF EXISTS `{name}`")
+            dropped.append(name)
+    return dropped
+
+
+def rebuild_database(
+    store: ClickHouseStore,
+    *,
+    bootstrap: str,
+    topic: str,
+    database: str | None = None,
+    before_verify: Callable[[Rebuild], Any] | None = None,
+) -> RebuildReport:
+    """Build and verify a new database (no swap); blocking. ``before_verify`` is for fault-injection tests."""
+    rebuild = Rebuild(store, bootstrap=bootstrap, topic=topic, database=database)
+    try:
+        rebuild.build()
+        if before_verify is not None:
+            before_verify(rebuild)
+        return rebuild.verify()
+    finally:
+        rebuild.close()
+
+
+async def rebuild_and_swap(
+    rebuild: Rebuild,
+    *,
+    swap: bool,
+    projector: Projector | None = None,
+    before_verify: Callable[[Rebuild], Any] | None = None,
+) -> RebuildReport:
+    """Build, verify and (when asked and verified) swap in; a failed verification never swaps."""
+    try:
+        await asyncio.to_thread(rebuild.build)
+        if before_verify is not None:
+            await asyncio.to_thread(before_verify, rebuild)
+        report = await asyncio.to_thread(rebuild.verify)
+        if swap and report.ok:
+            await rebuild.swap(projector)
+        rebuild.progress.phase = "done"
+        return rebuild.report
+    finally:
+        await asyncio.to_thread(rebuild.close)
