@@ -14,7 +14,7 @@ install: $(BIN)/.installed
 
 demo: install
 	infra/kafka.sh start
-	$(BIN)/tickflow demo --runs 1000
+	$(BIN)/tickflow demo
 
 test: install
 	infra/kafka.sh start

@@ -16,7 +16,7 @@ from events.envelope import Envelope
 from events.schemas import PAYLOAD_TYPES, Kind
 from events.upcast import upcast
 
-__all__ = ["MAX_RECORD_BYTES", "InvalidRecord", "decode", "encode"]
+__all__ = ["MAX_RECORD_BYTES", "InvalidRecord", "RecordTooLarge", "decode", "encode"]
 
 #: Records above this size are refused (the broker's message.max.bytes is set above it).
 MAX_RECORD_BYTES = 1_000_000
@@ -26,11 +26,20 @@ class InvalidRecord(ValueError):
     """A record that cannot be accepted; ``str(exc)`` says why and what to fix."""
 
 
+class RecordTooLarge(InvalidRecord):
+    """A record above ``MAX_RECORD_BYTES`` (HTTP 413, where the other refusals are 422)."""
+
+
 def encode(envelope: Envelope) -> bytes:
-    """Serialise an envelope; refuses records bigger than ``MAX_RECORD_BYTES``."""
-    raw = orjson.dumps(envelope.model_dump(mode="python"))
-    if len(raw) > MAX_RECORD_BYTES:
+    """Serialise an envelope; refuses records bigger than ``MAX_RECORD_BYTES`` or values JSON cannot hold."""
+    try:
+        raw = orjson.dumps(envelope.model_dump(mode="python"))
+    except TypeError as exc:  # e.g. an integer beyond 64 bits, which no JSON consumer reads back exactly
         raise InvalidRecord(
+            f"{envelope.type} record for key {envelope.key!r} cannot be encoded: {exc}; integers must fit in 64 bits"
+        ) from None
+    if len(raw) > MAX_RECORD_BYTES:
+        raise RecordTooLarge(
             f"{envelope.type} record for key {envelope.key!r} is {len(raw)} bytes, above the "
             f"{MAX_RECORD_BYTES}-byte limit; keep inputs and outputs smaller"
         )

@@ -21,7 +21,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.codec import MAX_RECORD_BYTES, InvalidRecord, encode
+from events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, encode
 from events.envelope import Envelope
 from events.schemas import CancelRun, ResumeRun, SetPoolConcurrency, StartRun
 from events.spec import Name
@@ -251,6 +251,8 @@ def create_api(
                 )
             except PayloadTooLarge as exc:
                 raise HTTPException(413, str(exc)) from None
+            except TypeError as exc:  # e.g. an integer beyond 64 bits
+                raise HTTPException(422, f"the input cannot be stored as JSON: {exc}") from None
         command = Envelope.wrap(
             StartRun(workflow=body.workflow, input=value, priority=body.priority),
             id=f"start/{run_id}",
@@ -261,7 +263,7 @@ def create_api(
         try:
             raw = encode(command)
         except InvalidRecord as exc:
-            raise HTTPException(413, str(exc)) from None
+            raise HTTPException(413 if isinstance(exc, RecordTooLarge) else 422, str(exc)) from None
         await producer.send_and_wait(topics.commands, raw, key=run_id.encode())
         return StartResponse(run_id=run_id)
 
@@ -275,7 +277,7 @@ def create_api(
         try:
             raw = encode(command)
         except InvalidRecord as exc:
-            raise HTTPException(413, str(exc)) from None
+            raise HTTPException(413 if isinstance(exc, RecordTooLarge) else 422, str(exc)) from None
         await producer.send_and_wait(topics.commands, raw, key=run_id.encode())
 
     @api.post("/runs/{run_id}/resume", status_code=202, response_model=CommandAccepted, dependencies=guard)

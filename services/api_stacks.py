@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.agents import CreateStack, DeleteStack, PauseStack, PlayStack, StackId, UpdateStack, stack_key
-from events.codec import InvalidRecord, encode
+from events.codec import InvalidRecord, RecordTooLarge, encode
 from events.envelope import Envelope
 from events.schemas import Payload
 from services.api import ApiDeps
@@ -53,7 +53,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
         try:
             raw = encode(env)
         except InvalidRecord as exc:
-            raise HTTPException(413, str(exc)) from None
+            raise HTTPException(413 if isinstance(exc, RecordTooLarge) else 422, str(exc)) from None
         await deps.producer.send_and_wait(deps.topics.commands, raw, key=key.encode())
         return StackAccepted(stack_id=stack_id, command_id=command_id)
 

@@ -332,16 +332,32 @@ def _cell(value: Any, limit: int = 60) -> str:
 
 
 @main.command()
-@click.option("--runs", "count", default=1000, show_default=True, help="How many runs to start.")
+@click.option("--scenario", type=click.Choice(["stacks", "orders"]), default="stacks", show_default=True,
+              help="stacks: agent stacks x 4 agents ticking (the seed ADR's scenario); orders: order workflows.")
+@click.option("--stacks", "stacks", default=100, show_default=True, help="stacks: how many agent stacks.")
+@click.option("--seconds", default=60.0, show_default=True, help="stacks: how long they tick before the report.")
+@click.option("--interval", default=10.0, show_default=True, help="stacks: seconds between a stack's ticks.")
+@click.option("--runs", "count", default=1000, show_default=True, help="orders: how many runs to start.")
 @click.option("--no-broker", is_flag=True, help="Do not start the local Kafka.")
 @click.pass_obj
-def demo(settings: Settings, count: int, no_broker: bool) -> None:
-    """Run the demo: COUNT order workflows end to end, with progress and a summary read from ClickHouse."""
+def demo(settings: Settings, scenario: str, stacks: int, seconds: float, interval: float, count: int,
+         no_broker: bool) -> None:
+    """Run the demo, with live progress and a report read from ClickHouse.
+
+    Default: STACKS agent stacks (planner, builder, communicator, reviewer on the offline scripted model — not a
+    real LLM) ticking every INTERVAL seconds for SECONDS. --scenario orders: COUNT order workflows end to end.
+    """
     if not no_broker:
         kafka("start")
-    from services.demo_runner import run_demo
+    from services.demo_runner import run_demo, run_stacks_demo
 
-    asyncio.run(run_demo(settings, count))
+    if scenario == "orders":
+        asyncio.run(run_demo(settings, count))
+        return
+    try:
+        asyncio.run(run_stacks_demo(settings, stacks=stacks, seconds=seconds, interval=interval))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.group()
