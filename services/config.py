@@ -37,6 +37,8 @@ class Settings:
     snapshot_interval_s: float = 60.0
     #: How long the engine keeps a finished run's state (and so deduplicates a repeated start of its id).
     state_retention_s: float = 7 * 86_400
+    #: … and of a stack's tick run, which only its stack ever starts (bounded by state_retention_s).
+    tick_run_retention_s: float = 600.0
     #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
     log_retention_ms: int = -1
     #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).
@@ -65,6 +67,7 @@ class Settings:
             projector_batch_ms=int(_env("PROJECTOR_BATCH_MS", "100")),
             commit_interval_ms=int(_env("COMMIT_INTERVAL_MS", "200")),
             state_retention_s=float(_env("STATE_RETENTION_S", str(7 * 86_400))),
+            tick_run_retention_s=float(_env("TICK_RUN_RETENTION_S", "600")),
             snapshot_interval_s=float(_env("SNAPSHOT_INTERVAL_S", "60")),
             log_retention_ms=int(_env("LOG_RETENTION_MS", "-1")),
             clickhouse_ttl_days=int(os.environ["TICKFLOW_CLICKHOUSE_TTL_DAYS"])

@@ -59,6 +59,10 @@ log = logging.getLogger("tickflow.engine")
 SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
 
 
+#: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
+TIMER_CHECK_EVERY = 200
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -132,6 +136,9 @@ class Engine:
         self.processed = 0
         self.timer_firings = 0
         self._retention_ms = int(settings.state_retention_s * 1000)
+        # A stack's tick runs are many and only ever started by their stack, which re-sends the start of the
+        # running tick alone: their finished state need not be kept long to deduplicate a redelivered start.
+        self._tick_retention_ms = min(self._retention_ms, int(settings.tick_run_retention_s * 1000))
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
@@ -183,11 +190,16 @@ class Engine:
                 assigned = self.consumer.assignment()
                 await self._recover_missing({tp.partition for tp in assigned})
                 now = _now_ms()
+                handled = 0
                 for tp, records in batch.items():
                     if tp not in assigned:
                         continue  # fetched before a revocation: the new owner will process it
                     for record in records:
                         await self._handle(tp, record, now)
+                        handled += 1
+                        if handled % TIMER_CHECK_EVERY == 0:  # a big batch must not hold due timers back
+                            now = _now_ms()
+                            await self._fire_timers(now)
                     self.positions[tp] = records[-1].offset + 1
                     self.processed += len(records)
                 await self._fire_timers(_now_ms())
@@ -212,7 +224,7 @@ class Engine:
             if state is None:
                 continue
             if state.terminal:
-                if state.ended_at_ms is not None and now >= state.ended_at_ms + self._retention_ms:
+                if state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state):
                     del self.runs[partition][run_id]  # retention: the finished run's state expires
                     self.dirty[partition].discard(run_id)
                     self.expired[partition].add(run_id)  # its snapshot gets a tombstone
@@ -222,9 +234,14 @@ class Engine:
             self.timer_firings += 1
             await self._apply(partition, run(state, Recover(causation_id=f"timer/{now}"), now, self.registry))
 
+    def _retained_ms(self, state: RunState) -> int:
+        """How long a finished run's state stays in memory (and deduplicates a repeated start of its id)."""
+        tick = state.parent_run_id is not None and is_stack(state.parent_run_id)
+        return self._tick_retention_ms if tick else self._retention_ms
+
     def _arm(self, partition: int, state: RunState) -> None:
         if state.terminal and state.ended_at_ms is not None:
-            self.timers.arm(partition, state.run_id, state.ended_at_ms + self._retention_ms)
+            self.timers.arm(partition, state.run_id, state.ended_at_ms + self._retained_ms(state))
         else:
             self.timers.arm(partition, state.run_id, state.next_due_ms())
 
@@ -512,7 +529,7 @@ class Engine:
         expired = [
             run_id
             for run_id, state in runs.items()
-            if state.terminal and state.ended_at_ms is not None and now >= state.ended_at_ms + self._retention_ms
+            if state.terminal and state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state)
         ]
         for run_id in expired:
             del runs[run_id]

@@ -26,8 +26,11 @@ Per N, on fresh topics (own prefix, deleted afterwards unless ``--keep-topics``)
 Reported per N: sustained ticks/s (fired in the window / window), tick lag (``TickFired.occurred_at_ms -
 due_at_ms``; also due → the record's Kafka timestamp), skipped ticks, LLM calls/s, tick → RunCompleted latency,
 tick → the run's step scheduled → LLM call started (the worker's queueing), engine and worker RSS/CPU, LLM calls
-in flight. Prints one JSON document, then a human summary. Not part of the test suite; figures from a shared,
-noisy 2-core box move between runs.
+in flight, and how busy the whole box was (and how much of that was not ours). Caveat: the engine stamps every
+event of one input batch (up to 2,000 records) with the time the batch began, so "step scheduled → call start"
+includes the rest of that batch's processing, not only Kafka and the worker's queue. ``--worker-concurrency auto``
+is 1.2 x ticks/s x the longest call (600 for 10,000 stacks at 10 s). Prints one JSON document, then a human
+summary. Not part of the test suite; figures from a shared, noisy 2-core box move between runs.
 """
 
 from __future__ import annotations
@@ -190,6 +193,23 @@ class Usage:
             "rss_mib_max": round(max(rss), 1),
             "rss_growth_mib_per_min": round((rb - ra) / (tb - ta) * 60, 1) if tb > ta else None,
         }
+
+
+def box_busy(before: Any, after: Any, usage: dict[str, Usage]) -> dict[str, float]:
+    """How busy the whole machine was during the window, and how much of it was not ours (other engineers'
+    tests, the broker): in cores, so 2.0 is a saturated 2-core box."""
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    total = sum(after) - sum(before)
+    cores = psutil.cpu_count() or 1
+    wall = max(u.wall_s for u in usage.values())
+    busy_cores = (total - idle) / total * cores if total else 0.0
+    ours = sum(u.cpu_s for u in usage.values()) / wall if wall else 0.0
+    return {
+        "busy_cores": round(busy_cores, 2),
+        "tickflow_roles_cores": round(ours, 2),
+        "other_cores": round(busy_cores - ours, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 async def wait_for_log(
@@ -542,6 +562,7 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
         usage = {role: Usage(psutil.Process(p.pid)) for role, p in procs.items()}
         for u in usage.values():
             u.begin()
+        box0 = psutil.cpu_times()
         window_lo = now_ms()
         if args.profile:
             command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(procs["engine"].pid)]
@@ -561,6 +582,7 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
         window_hi = now_ms()
         for u in usage.values():
             u.end()
+        box = box_busy(box0, psutil.cpu_times(), usage)
         board: dict[str, Any] | None = None
         if "api" in procs:
             board = await asyncio.to_thread(read_board, settings.api_url, ids[0], stacks)
@@ -597,6 +619,7 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
             "engine": usage["engine"].report(),
             "worker": usage["worker"].report(),
             "projector_api": usage["api"].report() if "api" in usage else None,
+            "box": box,
             "stack_board": board,
             "log": {
                 "records": log.records,
@@ -663,6 +686,11 @@ def summary(results: list[dict[str, Any]]) -> str:
             f"    engine: CPU {e['cpu_percent']}%, RSS {e['rss_mib_start']} → {e['rss_mib_end']} MiB "
             f"({e['rss_growth_mib_per_min']} MiB/min); worker: CPU {k['cpu_percent']}%, RSS {k['rss_mib_end']} MiB",
         ]
+        b = r["box"]
+        lines.append(
+            f"    box: {b['busy_cores']} of {psutil.cpu_count()} cores busy ({b['tickflow_roles_cores']} ours, "
+            f"{b['other_cores']} other: broker, bench reader, other engineers' runs); load avg {b['load_avg_1m']}"
+        )
         if r["projector_api"]:
             p = r["projector_api"]
             lines.append(
