@@ -17,7 +17,8 @@ rebuild takes, and a rebuild that fails verification changes nothing. The steps:
    the projector between two batches, catch up the last gap, switch the store (under its lock: a query runs
    wholly on the old or wholly on the new database), persist the pointer (``open_store`` follows it after a
    restart) and let the projector go on with caches and watermarks read from the new database. The previous
-   generation is kept as a rollback point and for comparison; older generations are dropped at the swap.
+   generation is kept as a rollback point and for comparison; older generations are dropped at the swap. A
+   database that failed verification, or was built without a swap, stays for inspection until the next swap.
 
 Records that do not decode are skipped and counted (the live projector dead-lettered them when it met them).
 """
@@ -58,8 +59,9 @@ __all__ = [
 
 log = logging.getLogger("tickflow.rebuild")
 MASK64 = (1 << 64) - 1
-#: Runs kept in the fold's cache; above it, evicted rows are read back from the rebuilt database.
-FOLD_CACHE = 2_000_000
+#: Runs kept in the fold's cache (bounds memory, like the live projector's); an evicted run that shows up again
+#: is read back from the rebuilt database, which already holds every earlier chunk.
+FOLD_CACHE = 200_000
 
 
 class RebuildError(RuntimeError):
