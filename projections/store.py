@@ -259,6 +259,14 @@ class ClickHouseStore:
             self._client = clickhouse_connect.get_client(interface="chdb", path=path)
             self._client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
         self._t = f"`{database}`"
+        # Reads get their own client and lock: a status query never waits behind a projector insert (chDB
+        # serves two clients of one engine from two threads; a server, two connections).
+        self._read_lock = threading.Lock()
+        self._reader: Any = (
+            clickhouse_connect.get_client(dsn=url, database=database)
+            if url
+            else clickhouse_connect.get_client(interface="chdb", path=path)
+        )
 
     # -- schema --------------------------------------------------------------------------------------------
 
@@ -312,8 +320,8 @@ class ClickHouseStore:
     # -- reads ---------------------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return list(self._client.query(sql, parameters=params or {}).result_rows)
+        with self._read_lock:
+            return list(self._reader.query(sql, parameters=params or {}).result_rows)
 
     def _run_select(self) -> str:
         return f"SELECT {_RUN_SELECT} FROM {self._t}.runs FINAL"
@@ -510,6 +518,8 @@ class ClickHouseStore:
             self.database, self._t = database, f"`{database}`"
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._client.close()
 

@@ -497,7 +497,7 @@ def _task(state: RunState, path: str, node: NodeState, occurred_at_ms: int, caus
         input=node.input,
         idempotency_key=key,
         timeout_s=spec.timeout_s,
-        priority=spec.priority,
+        priority=spec.priority + state.priority,  # a run's priority (e.g. its stack's) orders its steps too
     )
     env = Envelope.wrap(
         task,
