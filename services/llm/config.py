@@ -237,9 +237,11 @@ class LlmConfig(_Strict):
     def offline_default(cls, *, latency_ms: tuple[float, float] = (0.0, 0.0), failure_rate: float = 0.0,
                         seed: int | None = None) -> LlmConfig:
         """A ready configuration of only scripted offline models, for demos and tests; chain ``default``."""
+        from services.llm.offline import OFFLINE_SCRIPTS  # offline imports this module
+
         settings = OfflineSettings(latency_ms=latency_ms, failure_rate=failure_rate, seed=seed)
         return cls(
             providers=[ProviderConfig(name="offline", kind="offline", offline=settings)],
-            models=[ModelConfig(id=f"offline/{s}", provider="offline") for s in ("echo", "tool-then-answer", "json")],
+            models=[ModelConfig(id=f"offline/{s}", provider="offline") for s in OFFLINE_SCRIPTS],
             chains={"default": ["offline/tool-then-answer"]},
         )
