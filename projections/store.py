@@ -58,6 +58,8 @@ def _select_list(columns: Sequence[str]) -> str:
     return ", ".join(f"toUnixTimestamp64Milli({_column(c)})" if c.endswith("_at_ms") else c for c in columns)
 
 
+#: The order a batch is inserted in (see ``ClickHouseStore.write``).
+WRITE_ORDER = ("events", "steps", "llm_calls", "messages", "ticks", "stacks", "runs")
 _INSERT_COLUMNS = {table: _table_columns(cols) for table, cols in TABLE_COLUMNS.items()}
 _EVENT_SELECT, _RUN_SELECT = _select_list(EVENT_COLUMNS), _select_list(RUN_COLUMNS)
 _STEP_SELECT, _TICK_SELECT = _select_list(STEP_COLUMNS), _select_list(TICK_COLUMNS)
@@ -295,20 +297,17 @@ class ClickHouseStore:
     # -- writes --------------------------------------------------------------------------------------------
 
     def write(self, batch: ProjectionBatch) -> None:
-        # Versioned tables first and the log's own table last: facts are exactly-once per table anyway (the
-        # projector skips offsets at or below each table's watermark), this order only keeps reads coherent.
+        # Reads run concurrently with this (their own client), so the order is what a reader can observe: the
+        # log's rows first, then the facts, and the status rows (runs, stacks) last — a run seen as completed
+        # has all of its events, steps and LLM calls visible. Each table's facts are exactly-once regardless
+        # (the projector skips offsets at or below each table's watermark).
         with self._lock:
-            for table, rows in batch.tables().items():
-                if table != "events" and rows:
+            for table in WRITE_ORDER:
+                rows = getattr(batch, table)
+                if rows:
                     self._client.insert(
                         f"{self._t}.{table}", [r.as_tuple() for r in rows], column_names=_INSERT_COLUMNS[table]
                     )
-            if batch.events:
-                self._client.insert(
-                    f"{self._t}.events",
-                    [r.as_tuple() for r in batch.events],
-                    column_names=_INSERT_COLUMNS["events"],
-                )
 
     def watermarks(self) -> dict[str, dict[int, int]]:
         marks: dict[str, dict[int, int]] = {}
