@@ -59,3 +59,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server_url() -> Iterator[str]:
+    """A ClickHouse server for the store contract's server backend: ``TICKFLOW_TEST_CLICKHOUSE_URL`` if set, else a
+    testcontainers ClickHouse where a Docker engine exists. Without either the server cases are skipped (saying
+    why): this machine has neither, and the embedded engine (chDB) runs the same contract."""
+    url = os.environ.get("TICKFLOW_TEST_CLICKHOUSE_URL")
+    if url:
+        yield url
+        return
+    if not _docker_available():
+        pytest.skip("no ClickHouse server: set TICKFLOW_TEST_CLICKHOUSE_URL or run where a Docker engine exists")
+    from testcontainers.clickhouse import ClickHouseContainer
+
+    with ClickHouseContainer() as server:
+        host, port = server.get_container_host_ip(), server.get_exposed_port(8123)
+        yield f"http://{server.username}:{server.password}@{host}:{port}"

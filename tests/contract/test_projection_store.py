@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +45,14 @@ def project(
     store.write(drop_projected(rows, store.watermarks()) if skip_projected else rows)
 
 
-@pytest.fixture(params=["memory", "chdb"])
+@pytest.fixture(params=["memory", "chdb", "server"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProjectionStore]:
-    s: ProjectionStore = MemoryStore() if request.param == "memory" else ClickHouseStore(path=str(tmp_path / "ch"))
+    s: ProjectionStore
+    if request.param == "server":  # a ClickHouse server by URL (testcontainers where Docker exists)
+        url = request.getfixturevalue("clickhouse_server_url")
+        s = ClickHouseStore(url=url, database=f"t{uuid.uuid4().hex[:12]}")
+    else:
+        s = MemoryStore() if request.param == "memory" else ClickHouseStore(path=str(tmp_path / "ch"))
     s.migrate()
     s.migrate()  # idempotent
     yield s
