@@ -161,6 +161,11 @@ class Projector:
         if assignment != self._assignment:
             self._assignment = assignment
             self._watermarks = await asyncio.to_thread(self.store.watermarks)
+            log.info(
+                "assigned %s; already projected up to (events, per partition): %s",
+                sorted(tp.partition for tp in assignment),
+                self._watermarks.get("events", {}),
+            )
 
     async def project_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         records: list[Record] = []
