@@ -7,8 +7,8 @@ re-inserting older events can never move a run's status backwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import orjson
 
@@ -37,10 +37,31 @@ __all__ = [
     "EventRow",
     "RunRow",
     "event_row",
+    "fast_replace",
     "run_row",
 ]
 
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "rejected")
+
+_T = TypeVar("_T")
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def fast_replace(obj: _T, **changes: Any) -> _T:
+    """``dataclasses.replace`` without its per-call overhead, which was two thirds of a projection fold.
+
+    For the frozen, slotted row dataclasses here: no ``__post_init__``, no init-only fields.
+    """
+    cls = type(obj)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    if not changes.keys() <= set(names):
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(set(changes) - set(names))}")
+    new = object.__new__(cls)
+    for name in names:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
 
 
 def _json(value: Any) -> str:
@@ -129,11 +150,14 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
     seq = event.seq or 0
     if seq <= row.last_seq:
         return row
-    row = replace(row, last_seq=seq, updated_at_ms=event.occurred_at_ms)
+    return fast_replace(row, last_seq=seq, updated_at_ms=event.occurred_at_ms, **_run_row_changes(row, event))
+
+
+def _run_row_changes(row: RunRow, event: Envelope) -> dict[str, Any]:
+    """The fields ``event`` changes besides the version (one replace per event keeps the fold cheap)."""
     p = event.payload
     if isinstance(p, RunStarted):
-        return replace(
-            row,
+        return dict(
             workflow=p.workflow,
             spec_hash=p.spec_hash,
             status="running",
@@ -142,8 +166,7 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
             started_at_ms=event.occurred_at_ms,
         )
     if isinstance(p, RunRejected):
-        return replace(
-            row,
+        return dict(
             workflow=p.workflow,
             status="rejected",
             error_type="RunRejected",
@@ -151,18 +174,17 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
             finished_at_ms=event.occurred_at_ms,
         )
     if isinstance(p, StepScheduled):
-        return replace(row, current_step=p.step, current_path=p.path, attempt=p.attempt)
+        return dict(current_step=p.step, current_path=p.path, attempt=p.attempt)
     if isinstance(p, StepCompleted):
-        return replace(row, steps_completed=row.steps_completed + 1)
+        return dict(steps_completed=row.steps_completed + 1)
     if isinstance(p, WaitStarted):
-        return replace(row, waiting_for=p.event)
+        return dict(waiting_for=p.event)
     if isinstance(p, NodeCompleted | NodeFailed | WaitTimedOut) and row.waiting_for:
-        return replace(row, waiting_for="")
+        return dict(waiting_for="")
     if isinstance(p, RunFailing):
-        return replace(row, status="failing", error_type=p.error.type, error_message=p.error.message)
+        return dict(status="failing", error_type=p.error.type, error_message=p.error.message)
     if isinstance(p, RunCancelled):
-        return replace(
-            row,
+        return dict(
             status="cancelled",
             waiting_for="",
             error_type="Cancelled",
@@ -170,10 +192,9 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
             finished_at_ms=event.occurred_at_ms,
         )
     if isinstance(p, StepFailed):
-        return replace(row, error_type=p.error.type, error_message=p.error.message)
+        return dict(error_type=p.error.type, error_message=p.error.message)
     if isinstance(p, RunCompleted):
-        return replace(
-            row,
+        return dict(
             status="completed",
             output=_json(p.output),
             current_step="",
@@ -182,12 +203,11 @@ def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
             finished_at_ms=event.occurred_at_ms,
         )
     if isinstance(p, RunFailed):
-        return replace(
-            row,
+        return dict(
             status="failed",
             waiting_for="",
             error_type=p.error.type,
             error_message=p.error.message,
             finished_at_ms=event.occurred_at_ms,
         )
-    return row
+    return {}
