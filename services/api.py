@@ -30,7 +30,7 @@ from projections.rows import RunRow
 from projections.store import ProjectionStore
 from services.claimcheck import PayloadTooLarge, offload
 
-__all__ = ["ApiDeps", "RunStatus", "StartRequest", "create_api"]
+__all__ = ["ApiDeps", "RunStatus", "StartRequest", "create_api", "produce_command"]
 
 
 class StartRequest(BaseModel):
@@ -149,6 +149,18 @@ def _has_lone_surrogate(body: bytes) -> bool:
     return False
 
 
+async def produce_command(producer: Any, topic: str, command: Envelope) -> None:
+    """Produce ``command`` keyed by its key and wait for Kafka's acknowledgement (the API answers only then).
+
+    A command that cannot be encoded is the caller's mistake: 413 when it is too big, 422 otherwise.
+    """
+    try:
+        raw = encode(command)
+    except InvalidRecord as exc:
+        raise HTTPException(413 if isinstance(exc, RecordTooLarge) else 422, str(exc)) from None
+    await producer.send_and_wait(topic, raw, key=command.key.encode())
+
+
 def _router_builders() -> list[Any]:
     """The API's other route modules; each exposes ``build_router(deps) -> APIRouter``."""
     from services import (  # they import ApiDeps from this module
@@ -260,11 +272,7 @@ def create_api(
             occurred_at_ms=int(time.time() * 1000),
             correlation_id=run_id,
         )
-        try:
-            raw = encode(command)
-        except InvalidRecord as exc:
-            raise HTTPException(413 if isinstance(exc, RecordTooLarge) else 422, str(exc)) from None
-        await producer.send_and_wait(topics.commands, raw, key=run_id.encode())
+        await produce_command(producer, topics.commands, command)
         return StartResponse(run_id=run_id)
 
     async def send_command(run_id: str, payload: Any, command_id: str) -> None:
@@ -274,11 +282,7 @@ def create_api(
         command = Envelope.wrap(
             payload, id=command_id, key=run_id, occurred_at_ms=int(time.time() * 1000), correlation_id=run_id
         )
-        try:
-            raw = encode(command)
-        except InvalidRecord as exc:
-            raise HTTPException(413 if isinstance(exc, RecordTooLarge) else 422, str(exc)) from None
-        await producer.send_and_wait(topics.commands, raw, key=run_id.encode())
+        await produce_command(producer, topics.commands, command)
 
     @api.post("/runs/{run_id}/resume", status_code=202, response_model=CommandAccepted, dependencies=guard)
     async def resume_run(run_id: str, body: ResumeRequest) -> CommandAccepted:

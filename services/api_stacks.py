@@ -15,10 +15,9 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.agents import CreateStack, DeleteStack, PauseStack, PlayStack, StackId, UpdateStack, stack_key
-from events.codec import InvalidRecord, RecordTooLarge, encode
 from events.envelope import Envelope
 from events.schemas import Payload
-from services.api import ApiDeps
+from services.api import ApiDeps, produce_command
 
 __all__ = ["StackAccepted", "build_router"]
 
@@ -50,11 +49,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
         key = stack_key(stack_id)
         command_id = f"{verb}/{key}/{uuid.uuid4().hex}"
         env = Envelope.wrap(payload, id=command_id, key=key, occurred_at_ms=int(time.time() * 1000), correlation_id=key)
-        try:
-            raw = encode(env)
-        except InvalidRecord as exc:
-            raise HTTPException(413 if isinstance(exc, RecordTooLarge) else 422, str(exc)) from None
-        await deps.producer.send_and_wait(deps.topics.commands, raw, key=key.encode())
+        await produce_command(deps.producer, deps.topics.commands, env)
         return StackAccepted(stack_id=stack_id, command_id=command_id)
 
     def check_workflow(name: str | None) -> None:
