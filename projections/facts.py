@@ -175,6 +175,7 @@ LLM_CALL_COLUMNS = tuple(f.name for f in fields(LlmCallRow))
 STACK_COLUMNS = tuple(f.name for f in fields(StackRow))
 TICK_COLUMNS = tuple(f.name for f in fields(TickRow))
 MESSAGE_COLUMNS = tuple(f.name for f in fields(MessageRow))
+_STACK_FIELDS = frozenset(STACK_COLUMNS)
 
 
 def step_key(run_id: str, path: str, attempt: int) -> tuple[str, str, int]:
@@ -302,21 +303,8 @@ def _stack_row_changes(row: StackRow, event: Envelope) -> dict[str, Any]:
             budget_cost_usd=-1.0 if p.budget_cost_usd is None else p.budget_cost_usd,
             created_at_ms=event.occurred_at_ms,
         )
-    if isinstance(p, StackUpdated):
-        changes: dict[str, Any] = {
-            k: v
-            for k, v in (
-                ("name", p.name),
-                ("workflow", p.workflow),
-                ("interval_s", p.interval_s),
-                ("priority", p.priority),
-                ("overlap", p.overlap),
-                ("budget_tokens", p.budget_tokens),
-                ("budget_cost_usd", p.budget_cost_usd),
-            )
-            if v is not None
-        }
-        return changes
+    if isinstance(p, StackUpdated):  # the settings it changes that the board shows (None: unchanged)
+        return {k: v for k, v in p.model_dump(exclude_none=True).items() if k in _STACK_FIELDS}
     if isinstance(p, StackPaused):
         return dict(status="paused", paused_by=p.by, pause_reason=p.reason)
     if isinstance(p, StackPlayed):
