@@ -140,6 +140,7 @@ class Engine:
         # running tick alone: their finished state need not be kept long to deduplicate a redelivered start.
         self._tick_retention_ms = min(self._retention_ms, int(settings.tick_run_retention_s * 1000))
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
+        self._workflows = frozenset(registry.specs)
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
         # aiokafka hands out records of newly assigned partitions while the rebalance listener is still
@@ -273,7 +274,7 @@ class Engine:
             return
         if is_stack(env.key):
             stack = self.stacks[tp.partition].get(env.key) or StackState(env.key)
-            stacked = decide_stack(stack, env, now, frozenset(self.registry.specs))
+            stacked = decide_stack(stack, env, now, self._workflows)
             if stacked.refused:
                 self.pending.add(await self.dead_letters.send(record, stacked.refused, now))
             await self._apply_stack(tp.partition, stacked)
