@@ -9,8 +9,9 @@ with the same partition count, so partition p of one matches partition p of the 
 exists is answered by re-sending that result; the engine applies it once, as it does any duplicate.
 
 Bounded: the last ``MEMORY_S`` seconds and at most ``MAX_PER_PARTITION`` results per partition are read at
-takeover, and ``capacity`` results are kept. A step whose result is older than that (an engine down for longer
-than ``MEMORY_S``) can still run twice; step bodies also get an idempotency key for that reason.
+takeover, and at most ``capacity`` results (``max_bytes`` in all) are kept. A step whose result is older than
+that (an engine down for longer than ``MEMORY_S``) can still run twice; step bodies also get an idempotency key
+for that reason.
 """
 
 from __future__ import annotations
@@ -31,19 +32,23 @@ MAX_PER_PARTITION = 100_000
 class ProducedResults:
     """An LRU of encoded results by the idempotency key of their attempt."""
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = 200_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._results: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
         self.learned = 0
 
     def __len__(self) -> int:
         return len(self._results)
 
     def add(self, key: str, raw: bytes) -> None:
+        """Remember a result; the oldest go first when there are ``capacity`` of them or ``max_bytes`` in all."""
+        old = self._results.pop(key, None)
+        self._bytes += len(raw) - (len(old) if old is not None else 0)
         self._results[key] = raw
-        self._results.move_to_end(key)
-        while len(self._results) > self.capacity:
-            self._results.popitem(last=False)
+        while self._results and (len(self._results) > self.capacity or self._bytes > self.max_bytes):
+            self._bytes -= len(self._results.popitem(last=False)[1])
 
     def get(self, key: str) -> bytes | None:
         return self._results.get(key)

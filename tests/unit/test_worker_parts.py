@@ -432,3 +432,15 @@ async def test_an_attempt_that_already_reported_is_answered_again_not_run_again(
     fresh = StepWorker(Settings(), Registry(), concurrency=1)
     fresh.produced.add_raw(worker.producer.sent[-1][1])
     assert fresh.produced.get("run-1/0/1") is not None
+
+
+def test_remembered_results_are_bounded_by_count_and_bytes() -> None:
+    from services.produced import ProducedResults
+
+    memory = ProducedResults(capacity=3, max_bytes=25)
+    for i in range(3):
+        memory.add(f"k{i}", b"x" * 10)  # 30 bytes: the oldest goes
+    assert memory.get("k0") is None and len(memory) == 2
+    memory.add("k1", b"y" * 5)  # replacing a result counts its new size only
+    memory.add("k3", b"z")
+    assert [memory.get(k) for k in ("k1", "k2", "k3")] == [b"y" * 5, b"x" * 10, b"z"]
