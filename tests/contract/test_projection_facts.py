@@ -4,12 +4,9 @@ fact exactly once."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +22,9 @@ from events.agents import (
     stack_key,
 )
 from events.schemas import Payload, StepCompleted, StepFailed, StepScheduled
-from projections.fold import ProjectionFold, Record, drop_projected
+from projections.fold import Record
 from projections.store import ClickHouseStore, MemoryStore, ProjectionStore
+from tests.contract.projecting import project
 
 SPEC = WorkflowSpec(name="wf", root=SequenceNode(name="main", nodes=(StepNode(name="a", fn="wf.a"),)))
 T0 = 1_700_000_000_000
@@ -50,13 +48,43 @@ def scenario() -> list[Record]:
             StepScheduled(path="a", step="a", attempt=1, pool="default"),
             StepFailed(path="a", step="a", attempt=1, error=error, will_retry=True, duration_ms=12.5),
             StepScheduled(path="a", step="a", attempt=2, pool="default"),
-            LlmCallAttempted(path="a", call=0, attempt=1, agent="planner", stack_id="s1", provider="groq",
-                             model="m1", outcome="rate_limited", http_status=429, latency_ms=30.0),
-            LlmCallAttempted(path="a", call=0, attempt=2, agent="planner", stack_id="s1", provider="local",
-                             model="m2", outcome="ok", tokens_in=100, tokens_out=20, cost_usd=0.002,
-                             latency_ms=80.0, fallback=True),
-            MessageAppended(thread_id="s1/planner", message_id="m-1", role="assistant", content="plan",
-                            agent="planner", stack_id="s1", embedding=[0.6, 0.8], embedder="offline-hash"),
+            LlmCallAttempted(
+                path="a",
+                call=0,
+                attempt=1,
+                agent="planner",
+                stack_id="s1",
+                provider="groq",
+                model="m1",
+                outcome="rate_limited",
+                http_status=429,
+                latency_ms=30.0,
+            ),
+            LlmCallAttempted(
+                path="a",
+                call=0,
+                attempt=2,
+                agent="planner",
+                stack_id="s1",
+                provider="local",
+                model="m2",
+                outcome="ok",
+                tokens_in=100,
+                tokens_out=20,
+                cost_usd=0.002,
+                latency_ms=80.0,
+                fallback=True,
+            ),
+            MessageAppended(
+                thread_id="s1/planner",
+                message_id="m-1",
+                role="assistant",
+                content="plan",
+                agent="planner",
+                stack_id="s1",
+                embedding=[0.6, 0.8],
+                embedder="offline-hash",
+            ),
             StepCompleted(path="a", step="a", attempt=2, output=1, duration_ms=40.0),
             RunCompleted(output=1),
         ],
@@ -77,19 +105,6 @@ def scenario() -> list[Record]:
     return merged
 
 
-def project(store: ProjectionStore, records: list[Record]) -> None:
-    """One projector batch from a cold cache, skipping what the store already has."""
-    fold = ProjectionFold()
-    need = fold.missing(records)
-    fold.load(
-        store.runs_by_id(need.runs),
-        store.steps_by_key(need.steps),
-        store.ticks_by_key(need.ticks),
-        store.stacks_by_id(need.stacks),
-    )
-    store.write(drop_projected(fold.fold(records, "t.events"), store.watermarks()))
-
-
 def contents(store: ProjectionStore) -> dict[str, Any]:
     return {
         "counts": store.table_counts(),
@@ -100,23 +115,16 @@ def contents(store: ProjectionStore) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=["memory", "chdb", "server"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProjectionStore]:
-    s: ProjectionStore
-    if request.param == "server":  # a ClickHouse server by URL (testcontainers where Docker exists)
-        url = request.getfixturevalue("clickhouse_server_url")
-        s = ClickHouseStore(url=url, database=f"t{uuid.uuid4().hex[:12]}")
-    else:
-        s = MemoryStore() if request.param == "memory" else ClickHouseStore(path=str(tmp_path / "ch"))
-    s.migrate()
-    yield s
-    s.close()
-
-
 def test_rows_of_every_table(store: ProjectionStore) -> None:
     project(store, scenario())
     assert store.table_counts() == {
-        "events": 14, "runs": 1, "steps": 2, "llm_calls": 2, "stacks": 1, "ticks": 2, "messages": 1,
+        "events": 14,
+        "runs": 1,
+        "steps": 2,
+        "llm_calls": 2,
+        "stacks": 1,
+        "ticks": 2,
+        "messages": 1,
     }
     first, second = store.run_steps("r1")
     assert (first.attempt, first.status, first.error_type, first.will_retry) == (1, "failed", "ValueError", 1)
@@ -124,7 +132,11 @@ def test_rows_of_every_table(store: ProjectionStore) -> None:
     assert second.scheduled_at_ms == T0 + 3000 and second.finished_at_ms == T0 + 7000
     stack = store.stacks_by_id(["s1"])["s1"]
     assert (stack.status, stack.paused_by, stack.tokens_used, stack.ticks_fired, stack.ticks_skipped) == (
-        "paused", "budget", 120, 1, 1,
+        "paused",
+        "budget",
+        120,
+        1,
+        1,
     )
     assert (stack.last_run_id, stack.last_run_status, stack.budget_tokens) == ("r1", "completed", 100)
     ticks = store.ticks_by_key([("s1", 1), ("s1", 2)])

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from events import Envelope, ErrorInfo, RunCompleted, RunFailed, RunStarted, SequenceNode, StepNode, WorkflowSpec
-from projections.fold import ProjectionFold, drop_projected
-from projections.store import ClickHouseStore, MemoryStore, ProjectionStore
+from projections.store import ProjectionStore
+from tests.contract.projecting import project as project_records
 
 SPEC = WorkflowSpec(name="wf", root=SequenceNode(name="main", nodes=(StepNode(name="a", fn="wf.a"),)))
 
@@ -31,32 +25,7 @@ def events_for(run_id: str, *, fail: bool = False, t0: int = 1_700_000_000_000) 
 def project(
     store: ProjectionStore, envelopes: list[Envelope], offset0: int = 0, *, skip_projected: bool = True
 ) -> None:
-    """What the projector does with one batch, starting from a cold cache (as after a restart)."""
-    fold = ProjectionFold()
-    records = [(0, offset0 + i, env) for i, env in enumerate(envelopes)]
-    need = fold.missing(records)
-    fold.load(
-        store.runs_by_id(need.runs),
-        store.steps_by_key(need.steps),
-        store.ticks_by_key(need.ticks),
-        store.stacks_by_id(need.stacks),
-    )
-    rows = fold.fold(records, "t.events")
-    store.write(drop_projected(rows, store.watermarks()) if skip_projected else rows)
-
-
-@pytest.fixture(params=["memory", "chdb", "server"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProjectionStore]:
-    s: ProjectionStore
-    if request.param == "server":  # a ClickHouse server by URL (testcontainers where Docker exists)
-        url = request.getfixturevalue("clickhouse_server_url")
-        s = ClickHouseStore(url=url, database=f"t{uuid.uuid4().hex[:12]}")
-    else:
-        s = MemoryStore() if request.param == "memory" else ClickHouseStore(path=str(tmp_path / "ch"))
-    s.migrate()
-    s.migrate()  # idempotent
-    yield s
-    s.close()
+    project_records(store, [(0, offset0 + i, env) for i, env in enumerate(envelopes)], skip_projected=skip_projected)
 
 
 def test_write_then_read_a_run(store: ProjectionStore) -> None:
