@@ -50,6 +50,7 @@ from events import Envelope, StartRun, decode, encode
 from services.config import REPO_ROOT, Settings
 from services.kafka import ensure_topics
 from services.workflow import Registry, Workflow
+from tests.bench.steps import dist
 from tests.conftest import free_port
 
 WORKFLOW = "fresh3"
@@ -71,18 +72,6 @@ async def confirm(value: Any) -> Any:
 #: The Node subprocess imports this module (``--app tests.bench.projections:registry``): keep it cheap to import.
 registry = Registry()
 registry.add(Workflow(WORKFLOW).step(reserve).step(charge).step(confirm))
-
-
-def dist(values: list[float]) -> dict[str, float | int | None]:
-    """p50/p90/p99/max/n of a sample; nearest-rank on the sorted values (no interpolation)."""
-    if not values:
-        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 1)}
 
 
 def now_ms() -> float:

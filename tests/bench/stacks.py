@@ -66,6 +66,7 @@ from services.config import REPO_ROOT, Settings
 from services.kafka import ensure_topics
 from services.llm import AllModelsFailed, ChatMessage, ChatRequest, LlmConfig, LlmRouter
 from services.workflow import Registry, Workflow, current_step
+from tests.bench.steps import dist
 from tests.conftest import free_port
 
 WORKFLOW = "bench_stack_tick"
@@ -110,18 +111,6 @@ registry = Registry()
 registry.add(Workflow(WORKFLOW).step(think))
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-
-def dist(values: list[float]) -> dict[str, float | int | None]:
-    """p50/p90/p99/max/n, nearest rank on the sorted values."""
-    if not values:
-        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 1)}
 
 
 def now_ms() -> int:

@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,20 @@ from tests.integration.harness import spawn_roles
 STEPS = 10
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def dist(values: list[float]) -> dict[str, float | int | None]:
+    """n, p50/p90/p99 (nearest rank, as ``pct``) and max of a sample, rounded to 0.1."""
+    if not values:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    quantiles = {f"p{round(q * 100)}": round(pct(ordered, q), 1) for q in (0.5, 0.9, 0.99)}
+    return {"n": len(ordered), **quantiles, "max": round(ordered[-1], 1)}
 
 
 async def scenario(bootstrap: str, runs: int, concurrency: int, workdir: Path) -> dict[str, Any]:
