@@ -159,6 +159,19 @@ class ProjectionFold:
         self._trim()
         return out
 
+    def fold_stacks(self, records: list[Record]) -> ProjectionBatch:
+        """Only the stack board and tick rows of ``records`` (events of agent stacks; others are ignored)."""
+        out = ProjectionBatch()
+        stacks: dict[str, StackRow] = {}
+        ticks: dict[tuple[str, int], TickRow] = {}
+        for partition, offset, env in records:
+            if env.key.startswith(STACK_PREFIX):
+                self._fold_stack(env, partition, offset, stacks, ticks)
+        out.stacks = list(stacks.values())
+        out.ticks = list(ticks.values())
+        self._trim()
+        return out
+
     def _fold_run_facts(
         self,
         env: Envelope,

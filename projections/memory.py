@@ -74,8 +74,16 @@ def _store(store: object) -> _Queryable:
 
 def _message(row: tuple[Any, ...], distance: float | None = None) -> MemoryMessage:
     return MemoryMessage(
-        message_id=str(row[0]), thread_id=str(row[1]), run_id=str(row[2]), seq=int(row[3]), stack_id=str(row[4]),
-        agent=str(row[5]), role=str(row[6]), content=str(row[7]), embedder=str(row[8]), created_at_ms=int(row[9]),
+        message_id=str(row[0]),
+        thread_id=str(row[1]),
+        run_id=str(row[2]),
+        seq=int(row[3]),
+        stack_id=str(row[4]),
+        agent=str(row[5]),
+        role=str(row[6]),
+        content=str(row[7]),
+        embedder=str(row[8]),
+        created_at_ms=int(row[9]),
         distance=distance,
     )
 
@@ -107,10 +115,16 @@ def recall(
         raise ValueError(f"k must be between 1 and {MAX_RECALL_K}, got {k}")
     if not embedding:
         raise ValueError("the query embedding is empty: embed the query text first")
-    where = ["thread_id = {thread:String}", "length(embedding) = {dim:UInt32}", "NOT has({exclude:Array(String)}, "
-             "message_id)"]
+    where = [
+        "thread_id = {thread:String}",
+        "length(embedding) = {dim:UInt32}",
+        "NOT has({exclude:Array(String)}, message_id)",
+    ]
     params: dict[str, Any] = {
-        "thread": thread_id, "dim": len(embedding), "exclude": list(exclude_ids), "k": int(k),
+        "thread": thread_id,
+        "dim": len(embedding),
+        "exclude": list(exclude_ids),
+        "k": int(k),
         "query": [float(x) for x in embedding],
     }
     if embedder:

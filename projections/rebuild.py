@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 import re
 import threading
@@ -40,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, Field
 
 from events.codec import InvalidRecord, decode
+from projections.bulk import BulkLoad, StagingError, id_digest
 from projections.fold import ProjectionFold, Record
 from projections.store import TABLE_COLUMNS, ClickHouseStore
 
@@ -88,9 +88,9 @@ class RebuildError(RuntimeError):
 
 
 def event_digest(event_id: str) -> int:
-    """The per-event term of the events checksum; ClickHouse computes the same with
-    ``reinterpretAsUInt64(substring(MD5(event_id), 1, 8))``. Never change one without the other."""
-    return int.from_bytes(hashlib.md5(event_id.encode()).digest()[:8], "little")
+    """The per-event term of the events checksum; ClickHouse computes the same with ``CRC32(event_id)``.
+    Never change one without the other."""
+    return id_digest(event_id)
 
 
 def _columns(table: str) -> str:
@@ -182,7 +182,9 @@ class Rebuild:
         self.fold = ProjectionFold(FOLD_CACHE)
         self.offsets: dict[int, int] = {}  # next offset to read, per partition
         self.digests: dict[int, list[int]] = {}  # partition -> [count, checksum]
-        self.phases = dict.fromkeys(("read", "decode", "fold", "insert", "verify", "catch_up", "swap"), 0.0)
+        self.phases = dict.fromkeys(
+            ("read", "stage", "derive", "decode", "fold", "insert", "verify", "catch_up", "swap"), 0.0
+        )
         self._target: ClickHouseStore | None = None
         self._lock = threading.Lock()  # build and catch_up never overlap (they share the fold)
 
@@ -196,13 +198,48 @@ class Rebuild:
             self._target = self.store.sibling(self.database)
             self._target.migrate()
             self.progress.phase = "building"
-            with _fewer_collections():
-                self.report.events = asyncio.run(self._read(None))
+            try:
+                self.report.events = self._build_bulk()
+            except StagingError as exc:
+                log.warning("bulk rebuild of %s refused (%s); folding every event in Python instead", self.topic, exc)
+                self._restart_target()
+                with _fewer_collections():
+                    self.report.events = asyncio.run(self._read(None))
         self.report.duration_s = time.perf_counter() - started
         self.report.events_per_s = self.report.events / self.report.duration_s if self.report.duration_s else 0.0
         self.report.end_offsets = dict(self.offsets)
         self.report.phases = dict(self.phases)
         return self.report
+
+    def _build_bulk(self) -> int:
+        """Stage the log into ClickHouse and derive the tables there (``projections.bulk``)."""
+        assert self._target is not None
+        bulk = BulkLoad(self._target, self.topic, self.fold)
+        bulk.create_tables()
+        try:
+            with _fewer_collections():
+                read = asyncio.run(self._read(None, bulk))
+            self.progress.phase = "deriving"
+            derived = time.perf_counter()
+            bulk.derive()
+            self.phases["derive"] += time.perf_counter() - derived
+        finally:
+            bulk.drop_tables()
+        self.digests = bulk.digests
+        self.report.invalid_records += bulk.invalid_records
+        return read
+
+    def _restart_target(self) -> None:
+        """Drop what a refused bulk build wrote and start the fold from scratch on an empty database."""
+        assert self._target is not None
+        self._target.command(f"DROP DATABASE IF EXISTS {self._target.quoted_database}")
+        self._target.close()
+        self._target = self.store.sibling(self.database)
+        self._target.migrate()
+        self.fold = ProjectionFold(FOLD_CACHE)
+        self.offsets, self.digests = {}, {}
+        self.report.invalid_records = 0
+        self.progress.events_done = 0
 
     def catch_up(self) -> int:
         """Project what the log gained since the last read (after ``build``); returns how many events."""
@@ -217,7 +254,7 @@ class Rebuild:
         self.report.phases = dict(self.phases)
         return n
 
-    async def _read(self, start: dict[int, int] | None) -> int:
+    async def _read(self, start: dict[int, int] | None, bulk: BulkLoad | None = None) -> int:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,
@@ -250,9 +287,47 @@ class Rebuild:
             for tp in tps:
                 consumer.seek(tp, begin[tp.partition])
                 self.offsets[tp.partition] = begin[tp.partition]
+            if bulk is not None:
+                return await self._stage(consumer, ends, bulk)
             return await self._pump(consumer, ends)
         finally:
             await consumer.stop()
+
+    async def _stage(self, consumer: AIOKafkaConsumer, ends: dict[int, int], bulk: BulkLoad) -> int:
+        """Fetch and stage records while the previous block is inserted in another thread (``projections.bulk``)."""
+        remaining = {TopicPartition(self.topic, p) for p, end in ends.items() if self.offsets[p] < end}
+        pending: asyncio.Future[None] | None = None
+        read = unsent = 0
+        while remaining:
+            waited = time.perf_counter()
+            got = await consumer.getmany(*remaining, timeout_ms=1000, max_records=self.batch_events)
+            self.phases["read"] += time.perf_counter() - waited
+            for tp, recs in got.items():
+                end = ends[tp.partition]
+                if recs and recs[-1].offset >= end:
+                    recs = [r for r in recs if r.offset < end]
+                bulk.add(tp.partition, recs)
+                unsent += len(recs)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp.partition]:
+                    remaining.discard(tp)
+            if unsent >= self.batch_events or (unsent and not remaining):
+                if pending is not None:
+                    await pending
+                read += unsent
+                self.progress.events_done += unsent
+                pending = asyncio.ensure_future(asyncio.to_thread(self._stage_block, bulk, *bulk.take()))
+                unsent = 0
+        if pending is not None:
+            await pending
+        for p, end in ends.items():
+            self.offsets[p] = max(self.offsets[p], end)
+        return read
+
+    def _stage_block(self, bulk: BulkLoad, block: bytes, docs: list[Any]) -> None:
+        started = time.perf_counter()
+        bulk.stage(block, docs)
+        self.phases["stage"] += time.perf_counter() - started
 
     async def _pump(self, consumer: AIOKafkaConsumer, ends: dict[int, int]) -> int:
         """Fetch while the previous chunk is decoded, folded and inserted in another thread."""
@@ -325,10 +400,7 @@ class Rebuild:
             raise RebuildError("verify needs a built database: call build() first")
         started = time.perf_counter()
         self.progress.phase = "verifying"
-        rows = target.query(
-            "SELECT partition, count(), sum(reinterpretAsUInt64(substring(MD5(event_id), 1, 8))) "
-            "FROM {db}.events FINAL GROUP BY partition"
-        )
+        rows = target.query("SELECT partition, count(), sum(CRC32(event_id)) FROM {db}.events FINAL GROUP BY partition")
         table = {int(p): (int(n), int(h)) for p, n, h in rows}
         checks = [
             PartitionCheck(

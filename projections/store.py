@@ -414,9 +414,7 @@ class ClickHouseStore:
         return int(self._query(f"SELECT count() FROM {self._t}.events FINAL")[0][0])
 
     def table_counts(self) -> dict[str, int]:
-        union = " UNION ALL ".join(
-            f"SELECT '{table}', count() FROM {self._t}.{table} FINAL" for table in TABLE_COLUMNS
-        )
+        union = " UNION ALL ".join(f"SELECT '{table}', count() FROM {self._t}.{table} FINAL" for table in TABLE_COLUMNS)
         return {str(t): int(n) for t, n in self._query(union)}
 
     def first_offset(self, key: str) -> tuple[int, int] | None:
@@ -472,10 +470,24 @@ class ClickHouseStore:
 
     # -- generations (projections.rebuild) -----------------------------------------------------------------
 
-    def command(self, sql: str) -> None:
-        """Run a statement that returns nothing (DDL), e.g. dropping a retired generation."""
+    @property
+    def quoted_database(self) -> str:
+        return self._t
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing (DDL, INSERT … SELECT), e.g. dropping a retired generation."""
         with self._lock:
-            self._client.command(sql)
+            self._client.command(sql, parameters=params or None)
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+        """Insert rows into a table of this database (``projections.bulk``'s staging tables)."""
+        with self._lock:
+            self._client.insert(f"{self._t}.{table}", rows, column_names=list(columns))
+
+    def raw_insert(self, table: str, columns: Sequence[str], data: bytes, *, fmt: str) -> None:
+        """Insert data already in a ClickHouse input format (``projections.bulk`` stages the log this way)."""
+        with self._lock:
+            self._client.raw_insert(f"{self._t}.{table}", list(columns), data, fmt=fmt)
 
     def sibling(self, database: str) -> ClickHouseStore:
         """Another store on the same ClickHouse (same chDB engine in this process) over ``database``."""
