@@ -267,7 +267,8 @@ _STEPS_SQL = """
 INSERT INTO {db}.steps (run_id, workflow, path, step, attempt, pool, status, scheduled_at, finished_at,
     duration_ms, worker, error_type, error_message, will_retry, version, partition, offset)
 SELECT run_id, workflow, path,
-    if(opened, prev.step, last.step), attempt, if(opened, prev.pool, ''),
+    if(opened, prev.step, last.step), attempt,
+    if(last.type = 'StepScheduled', last.pool, if(opened, prev.pool, '')),
     multiIf(last.type = 'StepScheduled', 'scheduled', last.type = 'StepCompleted', 'completed', 'failed'),
     if(last.type = 'StepScheduled', last.at, if(opened, prev.at, toDateTime64(0, 3, 'UTC'))),
     if(last.type = 'StepScheduled', toDateTime64(0, 3, 'UTC'), last.at),

@@ -142,6 +142,12 @@ class RebuildReport(BaseModel):
 
     database: str
     previous_database: str = ""
+    method: str = Field(
+        default="",
+        description="How the tables were built: 'bulk' (ClickHouse derived them from the staged log) or 'fold' "
+        "(every event folded in Python: asked for, or the bulk path refused this log, see method_reason).",
+    )
+    method_reason: str = ""
     ok: bool = False
     swapped: bool = False
     events: int = Field(default=0, description="Events read from the log up to the captured end offsets.")
@@ -173,8 +179,10 @@ class Rebuild:
         topic: str,
         database: str | None = None,
         batch_events: int = 50_000,
+        bulk: bool = True,
     ) -> None:
         self.store, self.bootstrap, self.topic = store, bootstrap, topic
+        self.bulk = bulk
         self.database = database or next_generation(store)
         self.batch_events = batch_events
         self.progress = RebuildProgress()
@@ -198,11 +206,15 @@ class Rebuild:
             self._target = self.store.sibling(self.database)
             self._target.migrate()
             self.progress.phase = "building"
-            try:
-                self.report.events = self._build_bulk()
-            except StagingError as exc:
-                log.warning("bulk rebuild of %s refused (%s); folding every event in Python instead", self.topic, exc)
-                self._restart_target()
+            self.report.method = "bulk" if self.bulk else "fold"
+            if self.bulk:
+                try:
+                    self.report.events = self._build_bulk()
+                except StagingError as exc:
+                    log.warning("bulk rebuild of %s refused (%s); folding every event in Python", self.topic, exc)
+                    self.report.method, self.report.method_reason = "fold", f"the bulk path refused the log: {exc}"
+                    self._restart_target()
+            if self.report.method == "fold":
                 with _fewer_collections():
                     self.report.events = asyncio.run(self._read(None))
         self.report.duration_s = time.perf_counter() - started
@@ -490,9 +502,11 @@ def rebuild_database(
     topic: str,
     database: str | None = None,
     before_verify: Callable[[Rebuild], Any] | None = None,
+    bulk: bool = True,
 ) -> RebuildReport:
-    """Build and verify a new database (no swap); blocking. ``before_verify`` is for fault-injection tests."""
-    rebuild = Rebuild(store, bootstrap=bootstrap, topic=topic, database=database)
+    """Build and verify a new database (no swap); blocking. ``before_verify`` is for fault-injection tests;
+    ``bulk=False`` folds every event in Python (the reference the bulk path is tested against)."""
+    rebuild = Rebuild(store, bootstrap=bootstrap, topic=topic, database=database, bulk=bulk)
     try:
         rebuild.build()
         if before_verify is not None:
