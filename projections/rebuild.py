@@ -3,16 +3,18 @@
 Why a fresh database: the live one keeps serving reads (and the live projector keeps writing) for as long as the
 rebuild takes, and a rebuild that fails verification changes nothing. The steps:
 
-1. **Build.** Capture the events topic's end offsets, read every partition from its first retained offset to
-   them with a group-less consumer, and fold the records with a fresh ``ProjectionFold`` — the very code the
-   live projector runs, so rows are identical — into ``<base>__rebuild_<n>``, migrated from scratch
-   (materialised views included, so the rollups are rebuilt by the inserts). In embedded mode chDB is one engine
-   per process, so the rebuild runs in the process that owns it, in threads, on a second client of that engine.
+1. **Build.** Capture the events topic's end offsets and read every partition from its first retained offset to
+   them with a group-less consumer into ``<base>__rebuild_<n>``, migrated from scratch (materialised views
+   included, so the rollups are rebuilt by the inserts). By default the records are staged into ClickHouse as
+   they are and the tables derived there with SQL (``projections.bulk``, 5 times faster); a log the bulk path cannot
+   vouch for — and ``bulk=False`` — is folded record by record with ``ProjectionFold``, the code the live
+   projector runs. Both give the same rows (tested on one log). In embedded mode chDB is one engine per process,
+   so the rebuild runs in the process that owns it, in threads, on a second client of that engine.
 2. **Verify.** Per partition, the rebuilt ``events`` table must hold as many rows as the log has decodable
-   events and the same checksum: the wrapping UInt64 sum of the first 8 bytes (little-endian) of MD5(event_id),
-   computed here while reading and by ClickHouse from the table. Each table also gets ``count()`` and an
-   order-independent checksum of its FINAL rows (without ``projected_at``), so two rebuilds of one log — or a
-   rebuild and the live projection — can be compared.
+   events and the same checksum: the wrapping sum of CRC32(event_id), computed here while reading and by
+   ClickHouse from the table. Each table also gets ``count()`` and an order-independent checksum of its FINAL
+   rows (without ``projected_at``), so two rebuilds of one log — or a rebuild and the live projection — can be
+   compared.
 3. **Swap.** Catch the new database up to the log's current end while the live projector runs on, then pause
    the projector between two batches, catch up the last gap, switch the store (under its lock: a query runs
    wholly on the old or wholly on the new database), persist the pointer (``open_store`` follows it after a
