@@ -31,14 +31,14 @@ import orjson
 from events.agents import STACK_PREFIX
 from events.codec import InvalidRecord, decode, encode
 from events.schemas import PAYLOAD_TYPES, RunStarted
-from events.spec import StepNode, walk
 from events.topics import SLOT_PREFIX
 from projections.fold import ProjectionFold, Record
+from projections.rows import json_text, step_count
 
 if TYPE_CHECKING:
     from projections.store import ClickHouseStore
 
-__all__ = ["BulkLoad", "StagingError", "id_digest"]
+__all__ = ["MASK64", "BulkLoad", "StagingError", "count_event", "id_digest"]
 
 LINES, DOCS = "rebuild_lines", "rebuild_run_docs"
 MASK64 = (1 << 64) - 1
@@ -62,6 +62,13 @@ _CANONICAL = (
 def id_digest(event_id: str) -> int:
     """The per-event term of the rebuild's events checksum; ClickHouse computes ``CRC32(event_id)``."""
     return zlib.crc32(event_id.encode())
+
+
+def count_event(digests: dict[int, list[int]], partition: int, event_id: str) -> None:
+    """Add one event to a partition's [events, checksum] (the log side of the rebuild's verification)."""
+    d = digests.setdefault(partition, [0, 0])
+    d[0] += 1
+    d[1] = (d[1] + id_digest(event_id)) & MASK64
 
 
 class StagingError(RuntimeError):
@@ -168,9 +175,7 @@ class BulkLoad:
             self.invalid_records += 1
             return
         canonical = encode(env)
-        d = self.digests.setdefault(partition, [0, 0])
-        d[0] += 1
-        d[1] = (d[1] + id_digest(env.id)) & MASK64
+        count_event(self.digests, partition, env.id)
         self._lines.append(b"%05d%020d%b\n" % (partition, offset, canonical))
         if env.key.startswith(STACK_PREFIX):
             self._stack_records.append((partition, offset, env))
@@ -194,12 +199,10 @@ class BulkLoad:
                 total = self._steps_total.get(payload["spec_hash"])
                 if total is None:
                     spec = RunStarted.model_validate(payload).spec
-                    total = self._steps_total[payload["spec_hash"]] = sum(
-                        1 for n in walk(spec.root) if isinstance(n, StepNode)
-                    )
-                doc = (run, seq, type_, workflow, payload["spec_hash"], _json(payload.get("input")), "", total)
+                    total = self._steps_total[payload["spec_hash"]] = step_count(spec)
+                doc = (run, seq, type_, workflow, payload["spec_hash"], json_text(payload.get("input")), "", total)
             else:
-                doc = (run, seq, type_, workflow, "", "", _json(payload.get("output")), 0)
+                doc = (run, seq, type_, workflow, "", "", json_text(payload.get("output")), 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise StagingError(f"a run start or end record does not decode: {exc!r}") from None
         self._docs.append(doc)
@@ -227,10 +230,6 @@ class BulkLoad:
         events, docs = (int(x) for x in rows[0])
         if events != docs:
             raise StagingError(f"{events} run start/end events but {docs} run documents were staged")
-
-
-def _json(value: Any) -> str:
-    return "" if value is None else orjson.dumps(value).decode()
 
 
 # One line is ``<partition:5><offset:20><value>``; the header fields are read with the visitParam functions

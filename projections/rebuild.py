@@ -35,13 +35,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, Field
 
 from events.codec import InvalidRecord, decode
-from projections.bulk import BulkLoad, StagingError, id_digest
+from projections.bulk import BulkLoad, StagingError, count_event
 from projections.fold import ProjectionFold, Record
 from projections.store import TABLE_COLUMNS, ClickHouseStore
 
@@ -54,14 +55,12 @@ __all__ = [
     "RebuildError",
     "RebuildProgress",
     "RebuildReport",
-    "event_digest",
     "rebuild_and_swap",
     "rebuild_database",
     "table_checksums",
 ]
 
 log = logging.getLogger("tickflow.rebuild")
-MASK64 = (1 << 64) - 1
 #: Runs kept in the fold's cache (bounds memory, like the live projector's); an evicted run that shows up again
 #: is read back from the rebuilt database, which already holds every earlier chunk.
 FOLD_CACHE = 200_000
@@ -87,12 +86,6 @@ def _fewer_collections() -> Iterator[None]:
 
 class RebuildError(RuntimeError):
     """A rebuild cannot start or go on; the message says what to fix."""
-
-
-def event_digest(event_id: str) -> int:
-    """The per-event term of the events checksum; ClickHouse computes the same with ``CRC32(event_id)``.
-    Never change one without the other."""
-    return id_digest(event_id)
 
 
 def _columns(table: str) -> str:
@@ -302,13 +295,32 @@ class Rebuild:
                 consumer.seek(tp, begin[tp.partition])
                 self.offsets[tp.partition] = begin[tp.partition]
             if bulk is not None:
-                return await self._stage(consumer, ends, bulk)
-            return await self._pump(consumer, ends)
+                return await self._pump(
+                    consumer, ends, bulk.add, lambda: partial(self._stage_block, bulk, *bulk.take())
+                )
+            chunk: list[tuple[int, int, bytes | None]] = []
+
+            def add(partition: int, records: list[Any]) -> None:
+                chunk.extend((partition, r.offset, r.value) for r in records)
+
+            def take() -> Callable[[], None]:
+                block = chunk[:]
+                chunk.clear()
+                return partial(self._project, block)
+
+            return await self._pump(consumer, ends, add, take)
         finally:
             await consumer.stop()
 
-    async def _stage(self, consumer: AIOKafkaConsumer, ends: dict[int, int], bulk: BulkLoad) -> int:
-        """Fetch and stage records while the previous block is inserted in another thread (``projections.bulk``)."""
+    async def _pump(
+        self,
+        consumer: AIOKafkaConsumer,
+        ends: dict[int, int],
+        add: Callable[[int, list[Any]], None],
+        take: Callable[[], Callable[[], None]],
+    ) -> int:
+        """Fetch up to ``ends``, handing each partition's records to ``add``; every ``batch_events`` records the
+        work ``take`` returns runs in another thread while the next records are fetched."""
         remaining = {TopicPartition(self.topic, p) for p, end in ends.items() if self.offsets[p] < end}
         pending: asyncio.Future[None] | None = None
         read = unsent = 0
@@ -320,7 +332,7 @@ class Rebuild:
                 end = ends[tp.partition]
                 if recs and recs[-1].offset >= end:
                     recs = [r for r in recs if r.offset < end]
-                bulk.add(tp.partition, recs)
+                add(tp.partition, recs)
                 unsent += len(recs)
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp.partition]:
@@ -328,10 +340,9 @@ class Rebuild:
             if unsent >= self.batch_events or (unsent and not remaining):
                 if pending is not None:
                     await pending
-                read += unsent
-                self.progress.events_done += unsent
-                pending = asyncio.ensure_future(asyncio.to_thread(self._stage_block, bulk, *bulk.take()))
-                unsent = 0
+                self.progress.events_done += unsent  # handed off; at most one block ahead of the tables
+                read, unsent = read + unsent, 0
+                pending = asyncio.ensure_future(asyncio.to_thread(take()))
         if pending is not None:
             await pending
         for p, end in ends.items():
@@ -343,38 +354,9 @@ class Rebuild:
         bulk.stage(block, docs)
         self.phases["stage"] += time.perf_counter() - started
 
-    async def _pump(self, consumer: AIOKafkaConsumer, ends: dict[int, int]) -> int:
-        """Fetch while the previous chunk is decoded, folded and inserted in another thread."""
-        remaining = {TopicPartition(self.topic, p) for p, end in ends.items() if self.offsets[p] < end}
-        chunk: list[tuple[int, int, bytes | None]] = []
-        pending: asyncio.Future[None] | None = None
-        read = 0
-        while remaining:
-            waited = time.perf_counter()
-            got = await consumer.getmany(*remaining, timeout_ms=1000, max_records=self.batch_events)
-            self.phases["read"] += time.perf_counter() - waited
-            for tp, recs in got.items():
-                end = ends[tp.partition]
-                chunk.extend((tp.partition, r.offset, r.value) for r in recs if r.offset < end)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp.partition]:
-                    remaining.discard(tp)
-            if len(chunk) >= self.batch_events or (chunk and not remaining):
-                if pending is not None:
-                    await pending
-                read += len(chunk)
-                pending = asyncio.ensure_future(asyncio.to_thread(self._project, chunk))
-                chunk = []
-        if pending is not None:
-            await pending
-        for p, end in ends.items():
-            self.offsets[p] = max(self.offsets[p], end)
-        return read
-
     def _project(self, chunk: list[tuple[int, int, bytes | None]]) -> None:
         t0 = time.perf_counter()
         records: list[Record] = []
-        digests = self.digests
         for partition, offset, value in chunk:
             try:
                 env = decode(value, expect="event")
@@ -382,9 +364,7 @@ class Rebuild:
                 self.report.invalid_records += 1
                 continue
             records.append((partition, offset, env))
-            d = digests.setdefault(partition, [0, 0])
-            d[0] += 1
-            d[1] = (d[1] + event_digest(env.id)) & MASK64
+            count_event(self.digests, partition, env.id)
         t1 = time.perf_counter()
         target = self._target
         assert target is not None
@@ -403,7 +383,6 @@ class Rebuild:
         self.phases["decode"] += t1 - t0
         self.phases["fold"] += t2 - t1
         self.phases["insert"] += t3 - t2
-        self.progress.events_done += len(chunk)
 
     # -- verify --------------------------------------------------------------------------------------------
 

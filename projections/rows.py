@@ -28,7 +28,7 @@ from events.schemas import (
     WaitStarted,
     WaitTimedOut,
 )
-from events.spec import StepNode, walk
+from events.spec import StepNode, WorkflowSpec, walk
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -38,7 +38,9 @@ __all__ = [
     "RunRow",
     "event_row",
     "fast_replace",
+    "json_text",
     "run_row",
+    "step_count",
 ]
 
 TERMINAL_STATUSES = ("completed", "failed", "cancelled", "rejected")
@@ -64,8 +66,14 @@ def fast_replace(obj: _T, **changes: Any) -> _T:
     return new
 
 
-def _json(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """A JSON value as the row columns hold it: orjson's text, empty for None."""
     return "" if value is None else orjson.dumps(value).decode()
+
+
+def step_count(spec: WorkflowSpec) -> int:
+    """How many step nodes a workflow has (a run's ``steps_total``)."""
+    return sum(1 for n in walk(spec.root) if isinstance(n, StepNode))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +169,8 @@ def _run_row_changes(row: RunRow, event: Envelope) -> dict[str, Any]:
             workflow=p.workflow,
             spec_hash=p.spec_hash,
             status="running",
-            input=_json(p.input),
-            steps_total=sum(1 for n in walk(p.spec.root) if isinstance(n, StepNode)),
+            input=json_text(p.input),
+            steps_total=step_count(p.spec),
             started_at_ms=event.occurred_at_ms,
         )
     if isinstance(p, RunRejected):
@@ -196,7 +204,7 @@ def _run_row_changes(row: RunRow, event: Envelope) -> dict[str, Any]:
     if isinstance(p, RunCompleted):
         return dict(
             status="completed",
-            output=_json(p.output),
+            output=json_text(p.output),
             current_step="",
             error_type="",
             error_message="",
