@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from events.codec import InvalidRecord, decode
 from projections.bulk import BulkLoad, StagingError, count_event
 from projections.fold import ProjectionFold, Record
+from projections.logread import LogReadError, RangeReader
 from projections.store import TABLE_COLUMNS, ClickHouseStore
 
 if TYPE_CHECKING:
@@ -262,27 +263,14 @@ class Rebuild:
         return n
 
     async def _read(self, start: dict[int, int] | None, bulk: BulkLoad | None = None) -> int:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-            fetch_max_wait_ms=20,
-        )
-        await consumer.start()
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        reader = RangeReader(self.bootstrap, self.topic)
+        await consumer.start()  # offsets only: nothing is assigned, so it fetches nothing
         try:
-            if self.topic not in await consumer.topics():
-                raise RebuildError(f"the events topic {self.topic!r} does not exist: check TICKFLOW_PREFIX")
-            consumer.subscribe([self.topic])  # group-less: every partition is assigned, nothing is committed
-            for _ in range(200):
-                if consumer.assignment():
-                    break
-                await asyncio.sleep(0.05)
-            tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+            await reader.start()
+            tps = [TopicPartition(self.topic, p) for p in reader.partitions()]
             if not tps:
-                raise RebuildError(f"no partition of {self.topic!r} was assigned within 10 s: is the broker healthy?")
+                raise RebuildError(f"the events topic {self.topic!r} does not exist: check TICKFLOW_PREFIX")
             ends = {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
             firsts = {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
             begin = {p: max(firsts[p], (start or {}).get(p, 0)) for p in ends}
@@ -291,13 +279,9 @@ class Rebuild:
                 self.progress.events_total = sum(ends[p] - begin[p] for p in ends)
             else:
                 self.progress.events_total += sum(ends[p] - begin[p] for p in ends)
-            for tp in tps:
-                consumer.seek(tp, begin[tp.partition])
-                self.offsets[tp.partition] = begin[tp.partition]
+            self.offsets.update(begin)
             if bulk is not None:
-                return await self._pump(
-                    consumer, ends, bulk.add, lambda: partial(self._stage_block, bulk, *bulk.take())
-                )
+                return await self._pump(reader, ends, bulk.add, lambda: partial(self._stage_block, bulk, *bulk.take()))
             chunk: list[tuple[int, int, bytes | None]] = []
 
             def add(partition: int, records: list[Any]) -> None:
@@ -308,45 +292,44 @@ class Rebuild:
                 chunk.clear()
                 return partial(self._project, block)
 
-            return await self._pump(consumer, ends, add, take)
+            return await self._pump(reader, ends, add, take)
+        except LogReadError as exc:
+            raise RebuildError(str(exc)) from exc
         finally:
+            await reader.stop()
             await consumer.stop()
 
     async def _pump(
         self,
-        consumer: AIOKafkaConsumer,
+        reader: RangeReader,
         ends: dict[int, int],
         add: Callable[[int, list[Any]], None],
         take: Callable[[], Callable[[], None]],
     ) -> int:
         """Fetch up to ``ends``, handing each partition's records to ``add``; every ``batch_events`` records the
         work ``take`` returns runs in another thread while the next records are fetched."""
-        remaining = {TopicPartition(self.topic, p) for p, end in ends.items() if self.offsets[p] < end}
+        positions = dict(self.offsets)
         pending: asyncio.Future[None] | None = None
         read = unsent = 0
-        while remaining:
-            waited = time.perf_counter()
-            got = await consumer.getmany(*remaining, timeout_ms=1000, max_records=self.batch_events)
-            self.phases["read"] += time.perf_counter() - waited
-            for tp, recs in got.items():
-                end = ends[tp.partition]
-                if recs and recs[-1].offset >= end:
-                    recs = [r for r in recs if r.offset < end]
-                add(tp.partition, recs)
-                unsent += len(recs)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp.partition]:
-                    remaining.discard(tp)
+        while True:
+            remaining = any(positions[p] < end for p, end in ends.items())
             if unsent >= self.batch_events or (unsent and not remaining):
                 if pending is not None:
                     await pending
                 self.progress.events_done += unsent  # handed off; at most one block ahead of the tables
                 read, unsent = read + unsent, 0
                 pending = asyncio.ensure_future(asyncio.to_thread(take()))
+            if not remaining:
+                break
+            waited = time.perf_counter()
+            got = await reader.fetch(positions, ends)
+            self.phases["read"] += time.perf_counter() - waited
+            for partition, records in got:
+                add(partition, records)
+                unsent += len(records)
         if pending is not None:
             await pending
-        for p, end in ends.items():
-            self.offsets[p] = max(self.offsets[p], end)
+        self.offsets.update(positions)
         return read
 
     def _stage_block(self, bulk: BulkLoad, block: bytes, docs: list[Any]) -> None:
