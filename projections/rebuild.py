@@ -224,6 +224,7 @@ class Rebuild:
         assert self._target is not None
         bulk = BulkLoad(self._target, self.topic, self.fold)
         bulk.create_tables()
+        bulk.suspend_views()
         try:
             with _fewer_collections():
                 read = asyncio.run(self._read(None, bulk))

@@ -224,7 +224,7 @@ async def delete_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
-def _human(report: RebuildReport, produced: int, produce_s: float, rss_mb: float) -> str:
+def _human(report: RebuildReport, produced: int, produce_s: float, rss_mb: float, cpu_s: float) -> str:
     p = report.phases
     lines = [
         f"setup: produced {produced:,} events in {produce_s:.1f} s (not measured)",
@@ -233,6 +233,7 @@ def _human(report: RebuildReport, produced: int, produce_s: float, rss_mb: float
         "where the time goes (seconds; read overlaps the rest):",
         *(f"  {name:<8} {seconds:8.2f}" for name, seconds in p.items() if seconds),
         "rows: " + ", ".join(f"{t}={n:,}" for t, n in report.tables.items()),
+        f"CPU of this process (Python and the embedded ClickHouse): {cpu_s:.1f} s for {report.duration_s:.1f} s wall",
         f"peak RSS of this process: {rss_mb:,.0f} MB",
     ]
     return "\n".join(lines)
@@ -254,6 +255,7 @@ async def main() -> None:
             store = ClickHouseStore(path=str(Path(tmp) / "chdb"), database=prefix)
             try:
                 rss_before = psutil.Process().memory_info().rss / 1e6
+                cpu_before = time.process_time()
                 report = await asyncio.to_thread(
                     rebuild_database,
                     store,
@@ -262,6 +264,7 @@ async def main() -> None:
                     database=f"{prefix}_rebuilt",
                     bulk=not args.fold,
                 )
+                cpu_s = time.process_time() - cpu_before
             finally:
                 store.close()
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -275,12 +278,13 @@ async def main() -> None:
             "tables": report.tables,
             "verified": report.ok,
             "mismatches": report.mismatches,
+            "cpu_s": round(cpu_s, 2),
             "rss_before_mb": round(rss_before),
             "peak_rss_mb": round(peak_mb),
             "setup_produce_s": round(produce_s, 1),
         }
         print(json.dumps(out, indent=2))
-        print(_human(report, produced, produce_s, peak_mb))
+        print(_human(report, produced, produce_s, peak_mb, cpu_s))
     finally:
         if not args.keep_topic:
             await delete_topic(args.bootstrap, topics.events)
