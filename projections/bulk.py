@@ -41,9 +41,12 @@ if TYPE_CHECKING:
 
 __all__ = ["MASK64", "BulkLoad", "StagingError", "count_event", "id_digest"]
 
-LINES, DOCS = "rebuild_lines", "rebuild_run_docs"
+LINES, DOCS, WORKFLOWS = "rebuild_lines", "rebuild_run_docs", "rebuild_workflows"
+#: A run document: run_id, seq, type, workflow, spec_hash, input, output, steps_total.
+Doc = tuple[str, int, str, str, str, str, str, int]
 MASK64 = (1 << 64) - 1
 _STACK_KEY = STACK_PREFIX.encode()
+_SPEC = b'","spec":'
 _ID, _KIND_TYPE, _VERSION = b'{"id":"', b'","kind":"event","type":"', b'","schema_version":'
 #: The run events whose documents Python extracts (see the module doc).
 _RUN_DOC_TYPES = ("RunStarted", "RunRejected", "RunCompleted")
@@ -51,11 +54,15 @@ _RUN_DOC_TYPE_BYTES = frozenset(t.encode() for t in _RUN_DOC_TYPES)
 #: type -> what must follow ``"schema_version":`` in a current-version record of that type.
 _CURRENT = {t.encode(): b"%d," % cls.VERSION for (kind, t), cls in PAYLOAD_TYPES.items() if kind == "event"}
 _DOC_COLUMNS = ("run_id", "seq", "type", "workflow", "spec_hash", "input", "output", "steps_total")
+#: The check every staged line must pass (else the bulk path refuses the log), and the error it raises.
+_CANONICAL_SQL = "match(line, {canonical:String}) AND endsWith(line, '}}')"
+_NOT_CANONICAL = "tickflow: a staged record is not in canonical form"
 _VIEW_TARGET = re.compile(r"CREATE MATERIALIZED VIEW \S+ TO (\S+) ")
-#: A canonical header, as ``events.codec.encode`` writes it: fields in the envelope's order, payload last.
+#: A staged line: partition and offset, then a canonical header as ``events.codec.encode`` writes it (fields in the
+#: envelope's order, payload last).
 _S = r'"(?:[^"\\]|\\.)*"'
 _CANONICAL = (
-    rf'^\{{"id":{_S},"kind":"event","type":"[A-Za-z0-9_]+","schema_version":[0-9]+,"key":{_S},'
+    rf'^[0-9]{{25}}\{{"id":{_S},"kind":"event","type":"[A-Za-z0-9_]+","schema_version":[0-9]+,"key":{_S},'
     rf'"seq":(?:[0-9]+|null),"causation_id":(?:{_S}|null),"correlation_id":(?:{_S}|null),'
     r'"occurred_at_ms":[0-9]+,"payload":\{'
 )
@@ -92,7 +99,8 @@ class BulkLoad:
     #: partition -> [events, wrapping sum of ``id_digest``] of what was read (the log side of the check).
     digests: dict[int, list[int]] = field(default_factory=dict)
     _lines: list[bytes] = field(default_factory=list)
-    _docs: list[tuple[str, int, str, str, str, str, str, int]] = field(default_factory=list)
+    _docs: list[Doc] = field(default_factory=list)
+    _specs: dict[str, bytes] = field(default_factory=dict)  # spec_hash -> the spec as RunStarted records hold it
     _steps_total: dict[str, int] = field(default_factory=dict)
     _stack_records: list[Record] = field(default_factory=list)
     #: Suspended materialised views: (CREATE statement, target table, columns, SELECT).
@@ -107,6 +115,11 @@ class BulkLoad:
             f"CREATE TABLE IF NOT EXISTS {db}.{DOCS} (run_id String, seq UInt64, type LowCardinality(String), "
             "workflow String, spec_hash String, input String, output String, steps_total UInt32) "
             "ENGINE = MergeTree ORDER BY run_id"
+        )
+        # run_id -> workflow for the events rows; a Join table keeps its hash table between the blocks' inserts
+        self.target.command(
+            f"CREATE TABLE IF NOT EXISTS {db}.{WORKFLOWS} (run_id String, workflow String) "
+            "ENGINE = Join(ANY, LEFT, run_id) SETTINGS join_any_take_last_row = 1"
         )
 
     def suspend_views(self) -> None:
@@ -143,16 +156,16 @@ class BulkLoad:
             self.target.command(create)
 
     def drop_tables(self) -> None:
-        for table in (LINES, DOCS):
+        for table in (LINES, DOCS, WORKFLOWS):
             self.target.command(f"DROP TABLE IF EXISTS {self.target.quoted_database}.{table}")
 
     def add(self, partition: int, records: Iterable[Any]) -> None:
         """Stage consumer records (``.offset``, ``.key``, ``.value``) of one partition."""
-        lines, n, digest = self._lines, 0, 0
+        line, n, digest = self._lines.append, 0, 0
         current, doc_types, crc32 = _CURRENT, _RUN_DOC_TYPE_BYTES, zlib.crc32
         for r in records:
             value, offset = r.value, r.offset
-            if value is None or b"\n" in value or b"\r" in value or not value.startswith(_ID):
+            if value is None or b"\n" in value or not value.startswith(_ID):
                 self._add_decoded(partition, offset, value)
                 continue
             k = value.find(_KIND_TYPE, 7, 600)
@@ -167,7 +180,8 @@ class BulkLoad:
                 event_id = orjson.loads(b'"' + event_id + b'"').encode()
             n += 1
             digest += crc32(event_id)
-            lines.append(b"%05d%020d%b\n" % (partition, offset, value))
+            line(b"\n%05d%020d" % (partition, offset))  # each line starts with the previous one's newline
+            line(value)
             if r.key is not None and r.key.startswith(_STACK_KEY):
                 self._add_stack_record(partition, offset, value)
             elif type_ in doc_types:
@@ -176,33 +190,43 @@ class BulkLoad:
         d[0] += n
         d[1] = (d[1] + digest) & MASK64
 
-    def take(self) -> tuple[bytes, list[tuple[str, int, str, str, str, str, str, int]]]:
+    def take(self) -> tuple[bytes, list[Doc]]:
         """What was added since the last call: a LineAsString block and run documents (call it where ``add``
         runs, hand it to ``stage``)."""
         lines, self._lines = self._lines, []
         docs, self._docs = self._docs, []
+        if not lines:
+            return b"", docs
+        lines[0] = lines[0][1:]  # the first line has no line before it to end
+        lines.append(b"\n")
         return b"".join(lines), docs
 
-    def stage(self, block: bytes, docs: list[tuple[str, int, str, str, str, str, str, int]]) -> None:
-        """Insert a block's run documents, then its events (their workflow comes from the documents: a run's
-        RunStarted is never after its other events in the log)."""
+    def stage(self, block: bytes, docs: list[Doc]) -> None:
+        """Insert a block's run documents (and the workflows of its runs), then its events: their workflow comes
+        from the documents, and a run's RunStarted is never after its other events in the log."""
         db = self.target.quoted_database
         if docs:
-            self.target.insert(DOCS, docs, _DOC_COLUMNS)
+            self.target.raw_insert(DOCS, _DOC_COLUMNS, b"\n".join(map(orjson.dumps, docs)), fmt="JSONCompactEachRow")
+            workflows = [(d[0], d[3]) for d in docs if d[2] != "RunCompleted"]
+            if workflows:
+                rows = b"\n".join(map(orjson.dumps, workflows))
+                self.target.raw_insert(WORKFLOWS, ("run_id", "workflow"), rows, fmt="JSONCompactEachRow")
         if not block:
             return
-        self.target.raw_insert(LINES, ["line"], block, fmt="LineAsString")
-        try:
-            odd = self.target.query(
-                f"SELECT toUInt16(substring(line, 1, 5)), toUInt64(substring(line, 6, 20)) FROM {db}.{LINES} "
-                "WHERE NOT (match(substring(line, 26), {canonical:String}) AND endsWith(line, '}}')) LIMIT 1",
-                {"canonical": _CANONICAL},
-            )
-            if odd:
-                raise StagingError(f"the record at partition {odd[0][0]}, offset {odd[0][1]} is not in canonical form")
-            self.target.command(_EVENTS_SQL.format(db=db), {"topic": self.topic})
-        finally:
-            self.target.command(f"TRUNCATE TABLE {db}.{LINES}")
+        with self.target.lines_source(LINES, block) as source:
+            sql = _EVENTS_SQL.format(db=db, lines=source, canonical_sql=_CANONICAL_SQL, not_canonical=_NOT_CANONICAL)
+            try:
+                self.target.command(sql, {"topic": self.topic, "canonical": _CANONICAL})
+            except Exception as exc:
+                if _NOT_CANONICAL not in str(exc):
+                    raise
+                odd = self.target.query(
+                    f"SELECT toUInt16(substring(line, 1, 5)), toUInt64(substring(line, 6, 20)) FROM {source} "
+                    f"WHERE NOT ({_CANONICAL_SQL}) LIMIT 1",
+                    {"canonical": _CANONICAL},
+                )
+                where = f"at partition {odd[0][0]}, offset {odd[0][1]} " if odd else ""
+                raise StagingError(f"the record {where}is not in canonical form") from None
 
     def _add_decoded(self, partition: int, offset: int, value: bytes | None) -> None:
         """A record off the fast path: through the codec; staged, re-encoded canonically, when it decodes."""
@@ -213,7 +237,7 @@ class BulkLoad:
             return
         canonical = encode(env)
         count_event(self.digests, partition, env.id)
-        self._lines.append(b"%05d%020d%b\n" % (partition, offset, canonical))
+        self._lines += (b"\n%05d%020d" % (partition, offset), canonical)
         if env.key.startswith(STACK_PREFIX):
             self._stack_records.append((partition, offset, env))
         elif env.type in _RUN_DOC_TYPES:
@@ -229,7 +253,7 @@ class BulkLoad:
     def _add_run_doc(self, value: bytes) -> None:
         """A run's workflow, input, output and step count, as the Python fold computes them (``projections.rows``)."""
         try:
-            data = orjson.loads(value)
+            data = orjson.loads(self._without_known_spec(value))
             payload, type_ = data["payload"], data["type"]
             run, seq, workflow = data["key"], int(data["seq"] or 0), payload.get("workflow") or ""
             if type_ == "RunStarted":
@@ -237,12 +261,32 @@ class BulkLoad:
                 if total is None:
                     spec = RunStarted.model_validate(payload).spec
                     total = self._steps_total[payload["spec_hash"]] = step_count(spec)
+                    self._remember_spec(value, payload)
                 doc = (run, seq, type_, workflow, payload["spec_hash"], json_text(payload.get("input")), "", total)
             else:
                 doc = (run, seq, type_, workflow, "", "", json_text(payload.get("output")), 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise StagingError(f"a run start or end record does not decode: {exc!r}") from None
         self._docs.append(doc)
+
+    def _without_known_spec(self, value: bytes) -> bytes:
+        """A RunStarted record with its spec replaced by ``null`` when the spec is, byte for byte, one already
+        seen: runs of one workflow repeat the same spec, and parsing it was most of the cost of a document."""
+        at = value.find(_SPEC, 0, 2048)
+        if at < 0:
+            return value
+        spec = self._specs.get(value[value.rfind(b'"', 0, at) + 1 : at].decode())
+        start = at + len(_SPEC)
+        if spec is None or not value.startswith(spec, start):
+            return value
+        return value[:start] + b"null" + value[start + len(spec) :]
+
+    def _remember_spec(self, value: bytes, payload: dict[str, Any]) -> None:
+        """Keep a spec's bytes when the record holds them as orjson writes them (the engine's records do)."""
+        spec = orjson.dumps(payload["spec"])
+        at = value.find(_SPEC, 0, 2048)
+        if at >= 0 and value.startswith(spec, at + len(_SPEC)):
+            self._specs[payload["spec_hash"]] = spec
 
     # -- derivation ----------------------------------------------------------------------------------------
 
@@ -272,29 +316,27 @@ class BulkLoad:
 
 # One line is ``<partition:5><offset:20><value>``; the header fields are read with the visitParam functions
 # (the first occurrence of each name is the header's: the canonical check guarantees that the header comes first
-# and that every field before the payload is a scalar or an escaped string), the payload is cut out as it is.
+# and that every field before the payload is a scalar or an escaped string; the digits hold no quote), the payload
+# is cut out as it is.
 _EVENTS_SQL = """
 INSERT INTO {db}.events (run_id, workflow, seq, event_id, type, schema_version, occurred_at, causation_id,
     correlation_id, payload, topic, partition, offset)
-SELECT key, ifNull(w.workflow, ''), seq, id, type, schema_version, fromUnixTimestamp64Milli(at_ms, 'UTC'),
+SELECT run_id, workflow, seq, id, type, schema_version, fromUnixTimestamp64Milli(at_ms, 'UTC'),
     causation_id, correlation_id, payload, {{topic:String}}, partition, offset
 FROM (
     SELECT toUInt16(substring(line, 1, 5)) AS partition, toUInt64(substring(line, 6, 20)) AS offset,
-        substring(line, 26) AS value, visitParamExtractString(value, 'id') AS id,
-        visitParamExtractString(value, 'type') AS type,
-        toUInt16(visitParamExtractUInt(value, 'schema_version')) AS schema_version,
-        visitParamExtractString(value, 'key') AS key, visitParamExtractUInt(value, 'seq') AS seq,
-        visitParamExtractString(value, 'causation_id') AS causation_id,
-        visitParamExtractString(value, 'correlation_id') AS correlation_id,
-        visitParamExtractInt(value, 'occurred_at_ms') AS at_ms, position(value, ',"payload":') AS cut,
-        substring(value, cut + 11, length(value) - cut - 11) AS payload
-    FROM {db}.rebuild_lines
+        visitParamExtractString(line, 'id') AS id, visitParamExtractString(line, 'type') AS type,
+        toUInt16(visitParamExtractUInt(line, 'schema_version')) AS schema_version,
+        visitParamExtractString(line, 'key') AS run_id, visitParamExtractUInt(line, 'seq') AS seq,
+        visitParamExtractString(line, 'causation_id') AS causation_id,
+        visitParamExtractString(line, 'correlation_id') AS correlation_id,
+        visitParamExtractInt(line, 'occurred_at_ms') AS at_ms, position(line, ',"payload":') AS cut,
+        substring(line, cut + 11, length(line) - cut - 11) AS payload
+    FROM {lines}
+    WHERE throwIf(NOT ({canonical_sql}), '{not_canonical}') = 0
 ) AS e
-LEFT JOIN (
-    SELECT run_id, argMax(workflow, seq) AS workflow FROM {db}.rebuild_run_docs
-    WHERE type IN ('RunStarted', 'RunRejected') GROUP BY run_id
-) AS w ON e.key = w.run_id
-SETTINGS join_use_nulls = 1, max_insert_threads = 2
+ANY LEFT JOIN {db}.rebuild_workflows USING (run_id)
+SETTINGS max_insert_threads = 2
 """
 
 # A step attempt's row is its latest event (by seq): a StepScheduled alone, or a finish (StepCompleted or

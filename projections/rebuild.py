@@ -310,24 +310,30 @@ class Rebuild:
         """Fetch up to ``ends``, handing each partition's records to ``add``; every ``batch_events`` records the
         work ``take`` returns runs in another thread while the next records are fetched."""
         positions = dict(self.offsets)
+
+        def fetch_next() -> asyncio.Future[list[tuple[int, list[Any]]]] | None:
+            if all(positions[p] >= end for p, end in ends.items()):
+                return None
+            return asyncio.ensure_future(reader.fetch(positions, ends))
+
         pending: asyncio.Future[None] | None = None
+        fetching = fetch_next()
         read = unsent = 0
-        while True:
-            remaining = any(positions[p] < end for p, end in ends.items())
-            if unsent >= self.batch_events or (unsent and not remaining):
+        while fetching is not None:
+            waited = time.perf_counter()
+            got = await fetching
+            self.phases["read"] += time.perf_counter() - waited
+            fetching = fetch_next()  # the broker answers the next fetch while these records are handled
+            await asyncio.sleep(0)
+            for partition, records in got:
+                add(partition, records)
+                unsent += len(records)
+            if unsent >= self.batch_events or (unsent and fetching is None):
                 if pending is not None:
                     await pending
                 self.progress.events_done += unsent  # handed off; at most one block ahead of the tables
                 read, unsent = read + unsent, 0
                 pending = asyncio.ensure_future(asyncio.to_thread(take()))
-            if not remaining:
-                break
-            waited = time.perf_counter()
-            got = await reader.fetch(positions, ends)
-            self.phases["read"] += time.perf_counter() - waited
-            for partition, records in got:
-                add(partition, records)
-                unsent += len(records)
         if pending is not None:
             await pending
         self.offsets.update(positions)

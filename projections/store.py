@@ -8,9 +8,11 @@ twice (a crash between insert and offset commit) is invisible to queries.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import threading
 import time
-from collections.abc import Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -488,6 +490,28 @@ class ClickHouseStore:
         """Insert data already in a ClickHouse input format (``projections.bulk`` stages the log this way)."""
         with self._lock:
             self._client.raw_insert(f"{self._t}.{table}", list(columns), data, fmt=fmt)
+
+    @contextlib.contextmanager
+    def lines_source(self, table: str, lines: bytes) -> Iterator[str]:
+        """A table expression with one ``line String`` per line of ``lines``, for the INSERT … SELECT statements
+        of one block (``projections.bulk``).
+
+        Embedded, the lines go to a temporary file that ClickHouse reads with ``file()``: copying them into a
+        table first cost 2 of the 2.5 CPU-seconds that staging a million records took. A server cannot read
+        this machine's files, so there they are inserted into ``table`` (a Memory table), emptied afterwards.
+        """
+        if self._url:
+            self.raw_insert(table, ["line"], lines, fmt="LineAsString")
+            try:
+                yield f"{self._t}.`{table}`"
+            finally:
+                self.command(f"TRUNCATE TABLE {self._t}.`{table}`")
+            return
+        with tempfile.NamedTemporaryFile(prefix="tickflow-lines-", suffix=".txt") as f:
+            f.write(lines)
+            f.flush()
+            quoted = f.name.replace("\\", "\\\\").replace("'", "\\'")
+            yield f"file('{quoted}', 'LineAsString', 'line String')"
 
     def sibling(self, database: str) -> ClickHouseStore:
         """Another store on the same ClickHouse (same chDB engine in this process) over ``database``."""
