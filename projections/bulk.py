@@ -14,9 +14,13 @@ and the rebuild tests hold the two to identical checksums. Python keeps what SQL
   when they decode, skipped (and counted) when they do not. The payload shapes of canonical records are trusted
   (the engine validated them when it wrote them).
 
-How records travel: one line each, ``<partition:5><offset:20><value>``, inserted with the LineAsString format
-into a staging table (no escaping, no per-column serialisation in Python); the staging tables are dropped when
-the derivation ends.
+How records travel: one line each, ``<partition:5><offset:20><value>``, read by ClickHouse with the LineAsString
+format (no escaping, no per-column serialisation in Python): embedded, from a temporary file through ``file()``;
+on a server, from a Memory table the block is inserted into (``ClickHouseStore.lines_source``). The events rows
+are written from the lines block by block, while the next records are read; the fact and status tables are
+derived once, after the last block. The database's materialised views are dropped for the load and re-created
+after it, their rollups filled in one INSERT … SELECT each (a view riding on every insert cost as much as the
+insert). The staging tables are dropped when the derivation ends.
 """
 
 from __future__ import annotations

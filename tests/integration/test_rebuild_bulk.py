@@ -70,6 +70,14 @@ def both(
     return bulk, fold, sums[bulk.database], sums[fold.database]
 
 
+def views(store: ClickHouseStore, database: str) -> dict[str, str]:
+    rows = store.query(
+        "SELECT name, as_select FROM system.tables WHERE database = {db:String} AND engine = 'MaterializedView'",
+        {"db": database},
+    )
+    return {str(name): str(select).replace(database, "<db>") for name, select in rows}
+
+
 async def test_bulk_rebuild_equals_the_python_fold_odd_records_included(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -88,6 +96,18 @@ async def test_bulk_rebuild_equals_the_python_fold_odd_records_included(
     assert bulk.events == fold.events == len(records)
     assert bulk_sums["runs"][0] > 100 and bulk_sums["steps"][0] > 500 and bulk_sums["llm_calls"][0] > 0
     assert bulk_sums == fold_sums
+    # the bulk path drops the materialised views for the load: they are back, as the migrations define them
+    store = ClickHouseStore(path=str(tmp_path / "chdb"), database=prefix)
+    try:
+        assert len(views(store, fold.database)) == 3
+        assert views(store, bulk.database) == views(store, fold.database)
+        tables = {
+            str(r[0])
+            for r in store.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": bulk.database})
+        }
+        assert not {t for t in tables if t.startswith("rebuild_")}, tables  # the staging tables are gone
+    finally:
+        store.close()
 
 
 async def test_a_log_the_bulk_path_cannot_vouch_for_is_folded_in_python(
