@@ -8,8 +8,9 @@ rebuild takes, and a rebuild that fails verification changes nothing. The steps:
    ``<base>__rebuild_<n>``, migrated from scratch (materialised views included, so the rollups are rebuilt
    too). By default the records are staged into ClickHouse as they are and the tables derived there with SQL
    (``projections.bulk``, about 6 times faster); a log the bulk path cannot vouch for — and ``bulk=False`` — is
-   folded record by record with ``ProjectionFold``, the code the live projector runs. Both give the same rows (tested on one log). In embedded mode chDB is one engine per process,
-   so the rebuild runs in the process that owns it, in threads, on a second client of that engine.
+   folded record by record with ``ProjectionFold``, the code the live projector runs. Both give the same rows
+   (tested on one log). In embedded mode chDB is one engine per process, so the rebuild runs in the process
+   that owns it, in threads, on a second client of that engine.
 2. **Verify.** Per partition, the rebuilt ``events`` table must hold as many rows as the log has decodable
    events and the same checksum: the wrapping sum of CRC32(event_id), computed here while reading and by
    ClickHouse from the table. Each table also gets ``count()`` and an order-independent checksum of its FINAL
