@@ -43,14 +43,14 @@ from projections.rows import json_text, step_count
 if TYPE_CHECKING:
     from projections.store import ClickHouseStore
 
-__all__ = ["MASK64", "BulkLoad", "StagingError", "count_event", "id_digest"]
+__all__ = ["MASK64", "Block", "BulkLoad", "StagingError", "count_event", "id_digest"]
 
 LINES, DOCS, WORKFLOWS = "rebuild_lines", "rebuild_run_docs", "rebuild_workflows"
 #: A run document: run_id, seq, type, workflow, spec_hash, input, output, steps_total.
 Doc = tuple[str, int, str, str, str, str, str, int]
 MASK64 = (1 << 64) - 1
-_STACK_KEY = STACK_PREFIX.encode()
 _SPEC = b'","spec":'
+_RUN_TYPE = b'","kind":"event","type":"Run'
 _ID, _KIND_TYPE, _VERSION = b'{"id":"', b'","kind":"event","type":"', b'","schema_version":'
 #: The run events whose documents Python extracts (see the module doc).
 _RUN_DOC_TYPES = ("RunStarted", "RunRejected", "RunCompleted")
@@ -58,9 +58,15 @@ _RUN_DOC_TYPE_BYTES = frozenset(t.encode() for t in _RUN_DOC_TYPES)
 #: type -> what must follow ``"schema_version":`` in a current-version record of that type.
 _CURRENT = {t.encode(): b"%d," % cls.VERSION for (kind, t), cls in PAYLOAD_TYPES.items() if kind == "event"}
 _DOC_COLUMNS = ("run_id", "seq", "type", "workflow", "spec_hash", "input", "output", "steps_total")
-#: The check every staged line must pass (else the bulk path refuses the log), and the error it raises.
-_CANONICAL_SQL = "match(line, {canonical:String}) AND endsWith(line, '}}')"
-_NOT_CANONICAL = "tickflow: a staged record is not in canonical form"
+_CURRENT_TYPES = sorted(t for (kind, t) in PAYLOAD_TYPES if kind == "event")
+#: What a staged line must be to become an events row as it is: a canonical header (``_CANONICAL``) of a known
+#: type in its current schema version, the payload last; any other line goes through the codec.
+_CANONICAL_SQL = (
+    "(match(line, {canonical:String}) AND endsWith(line, '}}') AND visitParamExtractUInt(line, 'schema_version') = "
+    f"transform(visitParamExtractString(line, 'type'), {_CURRENT_TYPES}, "
+    f"{[PAYLOAD_TYPES['event', t].VERSION for t in _CURRENT_TYPES]}, 0))"
+)
+_CANONICAL_PARAMS = {"canonical": ""}  # filled below, once _CANONICAL is defined
 _VIEW_TARGET = re.compile(r"CREATE MATERIALIZED VIEW \S+ TO (\S+) ")
 #: A staged line: partition and offset, then a canonical header as ``events.codec.encode`` writes it (fields in the
 #: envelope's order, payload last).
@@ -70,6 +76,7 @@ _CANONICAL = (
     rf'"seq":(?:[0-9]+|null),"causation_id":(?:{_S}|null),"correlation_id":(?:{_S}|null),'
     r'"occurred_at_ms":[0-9]+,"payload":\{'
 )
+_CANONICAL_PARAMS["canonical"] = _CANONICAL
 
 
 def id_digest(event_id: str) -> int:
@@ -89,6 +96,31 @@ class StagingError(RuntimeError):
 
 
 @dataclass
+class Block:
+    """One block of staged records, handed from ``add``'s thread to ``stage``'s."""
+
+    lines: bytes
+    #: (partition, offset, value) of the records that may be a run's start or end (``_RUN_TYPE``).
+    doc_candidates: list[tuple[int, int, bytes]]
+    #: partition -> lines staged
+    staged: dict[int, int]
+
+
+@dataclass
+class _Building:
+    lines: list[bytes] = field(default_factory=list)
+    doc_candidates: list[tuple[int, int, bytes]] = field(default_factory=list)
+    staged: dict[int, int] = field(default_factory=dict)
+
+    def block(self) -> Block:
+        lines = self.lines
+        if lines:
+            lines[0] = lines[0][1:]  # the first line has no line before it to end
+            lines.append(b"\n")
+        return Block(b"".join(lines), self.doc_candidates, self.staged)
+
+
+@dataclass
 class BulkLoad:
     """Stages records of one topic into ``target`` and derives every projection table from them.
 
@@ -99,16 +131,21 @@ class BulkLoad:
     target: ClickHouseStore
     topic: str
     fold: ProjectionFold
-    invalid_records: int = 0
-    #: partition -> [events, wrapping sum of ``id_digest``] of what was read (the log side of the check).
+    #: Records that do not decode: met by ``add`` / by ``stage`` (two counters: two threads).
+    invalid_read: int = 0
+    invalid_staged: int = 0
+    #: partition -> [events, wrapping sum of ``id_digest``] of what was staged (the log side of the check).
     digests: dict[int, list[int]] = field(default_factory=dict)
-    _lines: list[bytes] = field(default_factory=list)
-    _docs: list[Doc] = field(default_factory=list)
+    _building: _Building = field(default_factory=lambda: _Building())
     _specs: dict[str, bytes] = field(default_factory=dict)  # spec_hash -> the spec as RunStarted records hold it
     _steps_total: dict[str, int] = field(default_factory=dict)
     _stack_records: list[Record] = field(default_factory=list)
     #: Suspended materialised views: (CREATE statement, target table, columns, SELECT).
     _views: list[tuple[str, str, list[str], str]] = field(default_factory=list)
+
+    @property
+    def invalid_records(self) -> int:
+        return self.invalid_read + self.invalid_staged
 
     # -- staging -------------------------------------------------------------------------------------------
 
@@ -164,88 +201,105 @@ class BulkLoad:
             self.target.command(f"DROP TABLE IF EXISTS {self.target.quoted_database}.{table}")
 
     def add(self, partition: int, records: Iterable[Any]) -> None:
-        """Stage consumer records (``.offset``, ``.key``, ``.value``) of one partition."""
-        line, n, digest = self._lines.append, 0, 0
-        current, doc_types, crc32 = _CURRENT, _RUN_DOC_TYPE_BYTES, zlib.crc32
+        """Stage records (``.offset``, ``.value``) of one partition: the hot path, a few bytes operations a record.
+
+        Records that cannot be a line (no value, a newline) or do not even start like the engine's records go
+        through the codec here; ClickHouse checks the rest (``stage``).
+        """
+        building = self._building
+        line, docs, n = building.lines.append, building.doc_candidates.append, 0
         for r in records:
-            value, offset = r.value, r.offset
+            value = r.value
             if value is None or b"\n" in value or not value.startswith(_ID):
-                self._add_decoded(partition, offset, value)
+                if not self._add_decoded(partition, r.offset, value, building):
+                    self.invalid_read += 1
                 continue
-            k = value.find(_KIND_TYPE, 7, 600)
-            v = value.find(_VERSION, k + 25, k + 120) if k > 0 else -1
-            type_ = value[k + 25 : v]
-            version = current.get(type_)
-            if v < 0 or version is None or not value.startswith(version, v + 19):
-                self._add_decoded(partition, offset, value)  # another kind, an unknown type, an older version
-                continue
-            event_id = value[7:k]
-            if b"\\" in event_id:
-                event_id = orjson.loads(b'"' + event_id + b'"').encode()
-            n += 1
-            digest += crc32(event_id)
-            line(b"\n%05d%020d" % (partition, offset))  # each line starts with the previous one's newline
+            line(b"\n%05d%020d" % (partition, r.offset))  # each line starts with the previous one's newline
             line(value)
-            if r.key is not None and r.key.startswith(_STACK_KEY):
-                self._add_stack_record(partition, offset, value)
-            elif type_ in doc_types:
-                self._add_run_doc(value)
-        d = self.digests.setdefault(partition, [0, 0])
-        d[0] += n
-        d[1] = (d[1] + digest) & MASK64
+            n += 1
+            if value.find(_RUN_TYPE, 7, 600) > 0:
+                docs((partition, r.offset, value))
+        building.staged[partition] = building.staged.get(partition, 0) + n
 
-    def take(self) -> tuple[bytes, list[Doc]]:
-        """What was added since the last call: a LineAsString block and run documents (call it where ``add``
-        runs, hand it to ``stage``)."""
-        lines, self._lines = self._lines, []
-        docs, self._docs = self._docs, []
-        if not lines:
-            return b"", docs
-        lines[0] = lines[0][1:]  # the first line has no line before it to end
-        lines.append(b"\n")
-        return b"".join(lines), docs
+    def take(self) -> Block:
+        """What was added since the last call (call it where ``add`` runs, hand it to ``stage``)."""
+        building, self._building = self._building, _Building()
+        return building.block()
 
-    def stage(self, block: bytes, docs: list[Doc]) -> None:
-        """Insert a block's run documents (and the workflows of its runs), then its events: their workflow comes
-        from the documents, and a run's RunStarted is never after its other events in the log."""
+    def stage(self, block: Block, *, recoded_pass: bool = False) -> None:
+        """Check a block's lines, then insert its run documents (and the workflows of its runs), then its events:
+        their workflow comes from the documents, and a run's RunStarted is never before its other events in the
+        log. Lines ClickHouse finds not in canonical form go through the codec, like the records ``add`` sent
+        there."""
         db = self.target.quoted_database
-        if docs:
-            self.target.raw_insert(DOCS, _DOC_COLUMNS, b"\n".join(map(orjson.dumps, docs)), fmt="JSONCompactEachRow")
-            workflows = [(d[0], d[3]) for d in docs if d[2] != "RunCompleted"]
-            if workflows:
-                rows = b"\n".join(map(orjson.dumps, workflows))
-                self.target.raw_insert(WORKFLOWS, ("run_id", "workflow"), rows, fmt="JSONCompactEachRow")
-        if not block:
-            return
-        with self.target.lines_source(LINES, block) as source:
-            sql = _EVENTS_SQL.format(db=db, lines=source, canonical_sql=_CANONICAL_SQL, not_canonical=_NOT_CANONICAL)
-            try:
-                self.target.command(sql, {"topic": self.topic, "canonical": _CANONICAL})
-            except Exception as exc:
-                if _NOT_CANONICAL not in str(exc):
-                    raise
-                odd = self.target.query(
-                    f"SELECT toUInt16(substring(line, 1, 5)), toUInt64(substring(line, 6, 20)) FROM {source} "
-                    f"WHERE NOT ({_CANONICAL_SQL}) LIMIT 1",
-                    {"canonical": _CANONICAL},
-                )
-                where = f"at partition {odd[0][0]}, offset {odd[0][1]} " if odd else ""
-                raise StagingError(f"the record {where}is not in canonical form") from None
+        recoded = _Building()
+        with self.target.lines_source(LINES, block.lines) as source:
+            odd = self._check(block, source, recoded)
+            if odd and recoded_pass:
+                raise StagingError(f"re-encoded records are not in canonical form: {sorted(odd)[:3]}")
+            docs: list[Doc] = []
+            for partition, offset, value in block.doc_candidates:
+                if (partition, offset) not in odd:
+                    self._add_current_run_doc(value, docs)
+            # before any events row: an upcast RunStarted gives the workflow of its run's canonical events
+            for _, _, value in recoded.doc_candidates:
+                self._add_current_run_doc(value, docs)
+            recoded.doc_candidates = []
+            if docs:
+                rows = b"\n".join(map(orjson.dumps, docs))
+                self.target.raw_insert(DOCS, _DOC_COLUMNS, rows, fmt="JSONCompactEachRow")
+                workflows = [(d[0], d[3]) for d in docs if d[2] != "RunCompleted"]
+                if workflows:
+                    rows = b"\n".join(map(orjson.dumps, workflows))
+                    self.target.raw_insert(WORKFLOWS, ("run_id", "workflow"), rows, fmt="JSONCompactEachRow")
+            if block.lines:
+                where = f"WHERE {_CANONICAL_SQL}" if odd else ""  # else every line passed the check
+                sql = _EVENTS_SQL.format(db=db, lines=source, where=where)
+                self.target.command(sql, {"topic": self.topic, **_CANONICAL_PARAMS})
+        if recoded.lines:  # the lines that were not in canonical form, re-encoded
+            self.stage(recoded.block(), recoded_pass=True)
 
-    def _add_decoded(self, partition: int, offset: int, value: bytes | None) -> None:
-        """A record off the fast path: through the codec; staged, re-encoded canonically, when it decodes."""
+    def _check(self, block: Block, source: str, recoded: _Building) -> set[tuple[int, int]]:
+        """ClickHouse's pass over a block: per partition, the lines in canonical form (count and checksum: the
+        log side of the rebuild's verification), and the lines that are not, or are stack records, to decode
+        here (those that decode are re-encoded into ``recoded``). Returns the (partition, offset) of the lines
+        that are not in canonical form."""
+        sql = _CHECK_SQL.format(lines=source, canonical=_CANONICAL_SQL, stack=STACK_PREFIX)
+        rows = self.target.query(sql, _CANONICAL_PARAMS) if block.lines else []
+        odd: set[tuple[int, int]] = set()
+        for partition, n, checksum, not_canonical, stacks in rows:
+            if n + len(not_canonical) != block.staged.get(partition, 0):
+                raise StagingError(
+                    f"partition {partition}: {block.staged.get(partition, 0)} lines were staged but ClickHouse "
+                    f"read {n + len(not_canonical)}"
+                )
+            d = self.digests.setdefault(partition, [0, 0])
+            d[0] += n
+            d[1] = (d[1] + checksum) & MASK64
+            for offset, value in stacks:
+                self._add_stack_record(partition, offset, bytes.fromhex(value))
+            for offset, value in not_canonical:
+                odd.add((partition, offset))
+                if not self._add_decoded(partition, offset, bytes.fromhex(value), recoded):
+                    self.invalid_staged += 1
+        if sum(block.staged.values()) and not rows:
+            raise StagingError(f"{sum(block.staged.values())} lines were staged but ClickHouse read none")
+        return odd
+
+    @staticmethod
+    def _add_decoded(partition: int, offset: int, value: bytes | None, into: _Building) -> bool:
+        """A record off the fast path, through the codec: re-encoded canonically into ``into`` when it decodes
+        (returns True), skipped when it does not."""
         try:
             env = decode(value, expect="event")
         except InvalidRecord:
-            self.invalid_records += 1
-            return
+            return False
         canonical = encode(env)
-        count_event(self.digests, partition, env.id)
-        self._lines += (b"\n%05d%020d" % (partition, offset), canonical)
-        if env.key.startswith(STACK_PREFIX):
-            self._stack_records.append((partition, offset, env))
-        elif env.type in _RUN_DOC_TYPES:
-            self._add_run_doc(canonical)
+        into.lines += (b"\n%05d%020d" % (partition, offset), canonical)
+        into.staged[partition] = into.staged.get(partition, 0) + 1
+        if env.type in _RUN_DOC_TYPES:
+            into.doc_candidates.append((partition, offset, canonical))
+        return True
 
     def _add_stack_record(self, partition: int, offset: int, value: bytes) -> None:
         try:
@@ -254,7 +308,16 @@ class BulkLoad:
             raise StagingError(f"a stack record at partition {partition}, offset {offset}: {exc}") from None
         self._stack_records.append((partition, offset, env))
 
-    def _add_run_doc(self, value: bytes) -> None:
+    def _add_current_run_doc(self, value: bytes, docs: list[Doc]) -> None:
+        """The document of a RunStarted/RunRejected/RunCompleted record in the current schema version (an older
+        one is not in canonical form: ClickHouse sends it to the codec, which upcasts it)."""
+        k = value.find(_KIND_TYPE, 7, 600)
+        v = value.find(_VERSION, k + 25, k + 120) if k > 0 else -1
+        type_ = value[k + 25 : v]
+        if v > 0 and type_ in _RUN_DOC_TYPE_BYTES and value.startswith(_CURRENT[type_], v + 19):
+            docs.append(self._run_doc(value))
+
+    def _run_doc(self, value: bytes) -> Doc:
         """A run's workflow, input, output and step count, as the Python fold computes them (``projections.rows``)."""
         try:
             data = orjson.loads(self._without_known_spec(value))
@@ -271,7 +334,7 @@ class BulkLoad:
                 doc = (run, seq, type_, workflow, "", "", json_text(payload.get("output")), 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise StagingError(f"a run start or end record does not decode: {exc!r}") from None
-        self._docs.append(doc)
+        return doc
 
     def _without_known_spec(self, value: bytes) -> bytes:
         """A RunStarted record with its spec replaced by ``null`` when the spec is, byte for byte, one already
@@ -300,7 +363,8 @@ class BulkLoad:
         t.command(_STEPS_SQL.format(db=db))
         t.command(_LLM_CALLS_SQL.format(db=db))
         t.command(_MESSAGES_SQL.format(db=db))
-        records, self._stack_records = self._stack_records, []
+        records = sorted(self._stack_records, key=lambda r: (r[0], r[1]))  # log order, per stack
+        self._stack_records = []
         t.write(self.fold.fold_stacks(records))
         t.command(_RUNS_SQL.format(db=db, slot=SLOT_PREFIX, stack=STACK_PREFIX))
         self._check_docs()
@@ -317,6 +381,20 @@ class BulkLoad:
         if events != docs:
             raise StagingError(f"{events} run start/end events but {docs} run documents were staged")
 
+
+# Per partition of a block: the lines in canonical form (count, checksum of their ids) and, hex-encoded (exact
+# bytes), the lines that are not and the stack records among those that are.
+_CHECK_SQL = """
+SELECT partition, countIf(ok), sumIf(CRC32(visitParamExtractString(line, 'id')), ok),
+    groupArrayIf((offset, hex(substring(line, 26))), NOT ok),
+    groupArrayIf((offset, hex(substring(line, 26))), ok AND startsWith(visitParamExtractString(line, 'key'), '{stack}'))
+FROM (
+    SELECT toUInt16(substring(line, 1, 5)) AS partition, toUInt64(substring(line, 6, 20)) AS offset, line,
+        {canonical} AS ok
+    FROM {lines}
+)
+GROUP BY partition
+"""
 
 # One line is ``<partition:5><offset:20><value>``; the header fields are read with the visitParam functions
 # (the first occurrence of each name is the header's: the canonical check guarantees that the header comes first
@@ -337,7 +415,7 @@ FROM (
         visitParamExtractInt(line, 'occurred_at_ms') AS at_ms, position(line, ',"payload":') AS cut,
         substring(line, cut + 11, length(line) - cut - 11) AS payload
     FROM {lines}
-    WHERE throwIf(NOT ({canonical_sql}), '{not_canonical}') = 0
+    {where}
 ) AS e
 ANY LEFT JOIN {db}.rebuild_workflows USING (run_id)
 SETTINGS max_insert_threads = 2

@@ -12,8 +12,9 @@ rebuild takes, and a rebuild that fails verification changes nothing. The steps:
    (tested on one log). In embedded mode chDB is one engine per process, so the rebuild runs in the process
    that owns it, in threads, on a second client of that engine.
 2. **Verify.** Per partition, the rebuilt ``events`` table must hold as many rows as the log has decodable
-   events and the same checksum: the wrapping sum of CRC32(event_id), computed here while reading and by
-   ClickHouse from the table. Each table also gets ``count()`` and an order-independent checksum of its FINAL
+   events and the same checksum: the wrapping sum of CRC32(event_id), computed from the records read (the bulk
+   path has ClickHouse compute it from the staged lines, whose count per partition must equal what Python
+   staged) and by ClickHouse from the table. Each table also gets ``count()`` and an order-independent checksum of its FINAL
    rows (without ``projected_at``), so two rebuilds of one log — or a rebuild and the live projection — can be
    compared.
 3. **Swap.** Catch the new database up to the log's current end while the live projector runs on, then pause
@@ -43,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, Field
 
 from events.codec import InvalidRecord, decode
-from projections.bulk import BulkLoad, StagingError, count_event
+from projections.bulk import Block, BulkLoad, StagingError, count_event
 from projections.fold import ProjectionFold, Record
 from projections.logread import LogReadError, RangeReader
 from projections.store import TABLE_COLUMNS, ClickHouseStore
@@ -283,7 +284,7 @@ class Rebuild:
                 self.progress.events_total += sum(ends[p] - begin[p] for p in ends)
             self.offsets.update(begin)
             if bulk is not None:
-                return await self._pump(reader, ends, bulk.add, lambda: partial(self._stage_block, bulk, *bulk.take()))
+                return await self._pump(reader, ends, bulk.add, lambda: partial(self._stage_block, bulk, bulk.take()))
             chunk: list[tuple[int, int, bytes | None]] = []
 
             def add(partition: int, records: list[Any]) -> None:
@@ -340,9 +341,9 @@ class Rebuild:
         self.offsets.update(positions)
         return read
 
-    def _stage_block(self, bulk: BulkLoad, block: bytes, docs: list[Any]) -> None:
+    def _stage_block(self, bulk: BulkLoad, block: Block) -> None:
         started = time.perf_counter()
-        bulk.stage(block, docs)
+        bulk.stage(block)
         self.phases["stage"] += time.perf_counter() - started
 
     def _project(self, chunk: list[tuple[int, int, bytes | None]]) -> None:
