@@ -14,9 +14,9 @@ rebuild takes, and a rebuild that fails verification changes nothing. The steps:
 2. **Verify.** Per partition, the rebuilt ``events`` table must hold as many rows as the log has decodable
    events and the same checksum: the wrapping sum of CRC32(event_id), computed from the records read (the bulk
    path has ClickHouse compute it from the staged lines, whose count per partition must equal what Python
-   staged) and by ClickHouse from the table. Each table also gets ``count()`` and an order-independent checksum of its FINAL
-   rows (without ``projected_at``), so two rebuilds of one log — or a rebuild and the live projection — can be
-   compared.
+   staged) and by ClickHouse from the table. Each table also gets ``count()`` and an order-independent
+   checksum of its FINAL rows (without ``projected_at``), so two rebuilds of one log — or a rebuild and the
+   live projection — can be compared.
 3. **Swap.** Catch the new database up to the log's current end while the live projector runs on, then pause
    the projector between two batches, catch up the last gap, switch the store (under its lock: a query runs
    wholly on the old or wholly on the new database), persist the pointer (``open_store`` follows it after a
