@@ -100,8 +100,8 @@ class Block:
     """One block of staged records, handed from ``add``'s thread to ``stage``'s."""
 
     lines: bytes
-    #: (partition, offset, value) of the records that may be a run's start or end (``_RUN_TYPE``).
-    doc_candidates: list[tuple[int, int, bytes]]
+    #: (partition, offset, document) of the runs' starts and ends among the lines.
+    docs: list[tuple[int, int, Doc]]
     #: partition -> lines staged
     staged: dict[int, int]
 
@@ -109,7 +109,7 @@ class Block:
 @dataclass
 class _Building:
     lines: list[bytes] = field(default_factory=list)
-    doc_candidates: list[tuple[int, int, bytes]] = field(default_factory=list)
+    docs: list[tuple[int, int, Doc]] = field(default_factory=list)
     staged: dict[int, int] = field(default_factory=dict)
 
     def block(self) -> Block:
@@ -117,7 +117,7 @@ class _Building:
         if lines:
             lines[0] = lines[0][1:]  # the first line has no line before it to end
             lines.append(b"\n")
-        return Block(b"".join(lines), self.doc_candidates, self.staged)
+        return Block(b"".join(lines), self.docs, self.staged)
 
 
 @dataclass
@@ -207,7 +207,7 @@ class BulkLoad:
         through the codec here; ClickHouse checks the rest (``stage``).
         """
         building = self._building
-        line, docs, n = building.lines.append, building.doc_candidates.append, 0
+        line, docs, n = building.lines.append, building.docs.append, 0
         for r in records:
             value = r.value
             if value is None or b"\n" in value or not value.startswith(_ID):
@@ -217,8 +217,8 @@ class BulkLoad:
             line(b"\n%05d%020d" % (partition, r.offset))  # each line starts with the previous one's newline
             line(value)
             n += 1
-            if value.find(_RUN_TYPE, 7, 600) > 0:
-                docs((partition, r.offset, value))
+            if value.find(_RUN_TYPE, 7, 600) > 0 and (doc := self._current_run_doc(value)) is not None:
+                docs((partition, r.offset, doc))
         building.staged[partition] = building.staged.get(partition, 0) + n
 
     def take(self) -> Block:
@@ -237,14 +237,10 @@ class BulkLoad:
             odd = self._check(block, source, recoded)
             if odd and recoded_pass:
                 raise StagingError(f"re-encoded records are not in canonical form: {sorted(odd)[:3]}")
-            docs: list[Doc] = []
-            for partition, offset, value in block.doc_candidates:
-                if (partition, offset) not in odd:
-                    self._add_current_run_doc(value, docs)
+            docs = [doc for partition, offset, doc in block.docs if (partition, offset) not in odd]
             # before any events row: an upcast RunStarted gives the workflow of its run's canonical events
-            for _, _, value in recoded.doc_candidates:
-                self._add_current_run_doc(value, docs)
-            recoded.doc_candidates = []
+            docs += (doc for _, _, doc in recoded.docs)
+            recoded.docs = []
             if docs:
                 rows = b"\n".join(map(orjson.dumps, docs))
                 self.target.raw_insert(DOCS, _DOC_COLUMNS, rows, fmt="JSONCompactEachRow")
@@ -286,8 +282,7 @@ class BulkLoad:
             raise StagingError(f"{sum(block.staged.values())} lines were staged but ClickHouse read none")
         return odd
 
-    @staticmethod
-    def _add_decoded(partition: int, offset: int, value: bytes | None, into: _Building) -> bool:
+    def _add_decoded(self, partition: int, offset: int, value: bytes | None, into: _Building) -> bool:
         """A record off the fast path, through the codec: re-encoded canonically into ``into`` when it decodes
         (returns True), skipped when it does not."""
         try:
@@ -298,7 +293,7 @@ class BulkLoad:
         into.lines += (b"\n%05d%020d" % (partition, offset), canonical)
         into.staged[partition] = into.staged.get(partition, 0) + 1
         if env.type in _RUN_DOC_TYPES:
-            into.doc_candidates.append((partition, offset, canonical))
+            into.docs.append((partition, offset, self._run_doc(canonical)))
         return True
 
     def _add_stack_record(self, partition: int, offset: int, value: bytes) -> None:
@@ -308,14 +303,15 @@ class BulkLoad:
             raise StagingError(f"a stack record at partition {partition}, offset {offset}: {exc}") from None
         self._stack_records.append((partition, offset, env))
 
-    def _add_current_run_doc(self, value: bytes, docs: list[Doc]) -> None:
+    def _current_run_doc(self, value: bytes) -> Doc | None:
         """The document of a RunStarted/RunRejected/RunCompleted record in the current schema version (an older
         one is not in canonical form: ClickHouse sends it to the codec, which upcasts it)."""
         k = value.find(_KIND_TYPE, 7, 600)
         v = value.find(_VERSION, k + 25, k + 120) if k > 0 else -1
         type_ = value[k + 25 : v]
         if v > 0 and type_ in _RUN_DOC_TYPE_BYTES and value.startswith(_CURRENT[type_], v + 19):
-            docs.append(self._run_doc(value))
+            return self._run_doc(value)
+        return None
 
     def _run_doc(self, value: bytes) -> Doc:
         """A run's workflow, input, output and step count, as the Python fold computes them (``projections.rows``)."""
