@@ -25,10 +25,11 @@ insert). The staging tables are dropped when the derivation ends.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import zlib
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MASK64", "Block", "BulkLoad", "StagingError", "count_event", "id_digest"]
 
-LINES, DOCS, WORKFLOWS = "rebuild_lines", "rebuild_run_docs", "rebuild_workflows"
+#: Staging tables (the lines ones hold a block only with a server: embedded, ClickHouse reads a file).
+LINES, LINES_RECODED = ("rebuild_lines_0", "rebuild_lines_1"), "rebuild_lines_recoded"
+DOCS, WORKFLOWS = "rebuild_run_docs", "rebuild_workflows"
 #: A run document: run_id, seq, type, workflow, spec_hash, input, output, steps_total.
 Doc = tuple[str, int, str, str, str, str, str, int]
 MASK64 = (1 << 64) - 1
@@ -138,6 +141,10 @@ class BulkLoad:
     #: partition -> [events, wrapping sum of ``id_digest``] of what was staged (the log side of the check).
     digests: dict[int, list[int]] = field(default_factory=dict)
     _building: _Building = field(default_factory=lambda: _Building())
+    _blocks: int = 0
+    _inserts: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "tickflow-rebuild-insert"))
+    _inserting: Future[None] | None = None
+    _inserter: ClickHouseStore | None = None
     _specs: dict[str, bytes] = field(default_factory=dict)  # spec_hash -> the spec as RunStarted records hold it
     _steps_total: dict[str, int] = field(default_factory=dict)
     _stack_records: list[Record] = field(default_factory=list)
@@ -152,7 +159,8 @@ class BulkLoad:
 
     def create_tables(self) -> None:
         db = self.target.quoted_database
-        self.target.command(f"CREATE TABLE IF NOT EXISTS {db}.{LINES} (line String) ENGINE = Memory")
+        for table in (*LINES, LINES_RECODED):
+            self.target.command(f"CREATE TABLE IF NOT EXISTS {db}.{table} (line String) ENGINE = Memory")
         self.target.command(
             f"CREATE TABLE IF NOT EXISTS {db}.{DOCS} (run_id String, seq UInt64, type LowCardinality(String), "
             "workflow String, spec_hash String, input String, output String, steps_total UInt32) "
@@ -198,7 +206,7 @@ class BulkLoad:
             self.target.command(create)
 
     def drop_tables(self) -> None:
-        for table in (LINES, DOCS, WORKFLOWS):
+        for table in (*LINES, LINES_RECODED, DOCS, WORKFLOWS):
             self.target.command(f"DROP TABLE IF EXISTS {self.target.quoted_database}.{table}")
 
     def add(self, partition: int, records: Iterable[Any]) -> None:
@@ -227,21 +235,26 @@ class BulkLoad:
         building, self._building = self._building, _Building()
         return building.block()
 
-    def stage(self, block: Block, *, recoded_pass: bool = False) -> None:
-        """Check a block's lines, then insert its run documents (and the workflows of its runs), then its events:
-        their workflow comes from the documents, and a run's RunStarted is never before its other events in the
-        log. Lines ClickHouse finds not in canonical form go through the codec, like the records ``add`` sent
-        there."""
-        db = self.target.quoted_database
+    def stage(self, block: Block) -> None:
+        """Check a block's lines, insert its run documents (and the workflows of its runs), then have its events
+        inserted: their workflow comes from the documents, and a run's RunStarted is never after its other events
+        in the log. Lines ClickHouse finds not in canonical form go through the codec, like the records ``add``
+        sent there.
+
+        The events insert runs in the background, on a client of its own, while the next block is read and
+        checked (one insert at a time; ``finish`` waits for the last): the check and the insert each left a core
+        idle.
+        """
         recoded = _Building()
-        with self.target.lines_source(LINES, block.lines) as source:
+        sources = contextlib.ExitStack()
+        try:
+            table = LINES[self._blocks % 2]  # a server stages into a table; the next block must not clobber it
+            self._blocks += 1
+            source = sources.enter_context(self.target.lines_source(table, block.lines))
             odd = self._check(block, source, recoded)
-            if odd and recoded_pass:
-                raise StagingError(f"re-encoded records are not in canonical form: {sorted(odd)[:3]}")
             docs = [doc for partition, offset, doc in block.docs if (partition, offset) not in odd]
             # before any events row: an upcast RunStarted gives the workflow of its run's canonical events
             docs += (doc for _, _, doc in recoded.docs)
-            recoded.docs = []
             if docs:
                 rows = b"\n".join(map(orjson.dumps, docs))
                 self.target.raw_insert(DOCS, _DOC_COLUMNS, rows, fmt="JSONCompactEachRow")
@@ -249,12 +262,45 @@ class BulkLoad:
                 if workflows:
                     rows = b"\n".join(map(orjson.dumps, workflows))
                     self.target.raw_insert(WORKFLOWS, ("run_id", "workflow"), rows, fmt="JSONCompactEachRow")
+            if recoded.lines:
+                self._stage_recoded(recoded.block())
+            self._wait_for_insert()
             if block.lines:
                 where = f"WHERE {_CANONICAL_SQL}" if odd else ""  # else every line passed the check
-                sql = _EVENTS_SQL.format(db=db, lines=source, where=where)
-                self.target.command(sql, {"topic": self.topic, **_CANONICAL_PARAMS})
-        if recoded.lines:  # the lines that were not in canonical form, re-encoded
-            self.stage(recoded.block(), recoded_pass=True)
+                self._inserting = self._inserts.submit(self._insert_events, source, where, sources)
+                sources = contextlib.ExitStack()  # the insert closes the block's source when it is done
+        finally:
+            sources.close()
+
+    def finish(self) -> None:
+        """Wait for the last events insert (after the last ``stage``); its error, if any, is raised here."""
+        try:
+            self._wait_for_insert()
+        finally:
+            self._inserts.shutdown()
+            if self._inserter is not None:
+                self._inserter.close()
+                self._inserter = None
+
+    def _wait_for_insert(self) -> None:
+        inserting, self._inserting = self._inserting, None
+        if inserting is not None:
+            inserting.result()
+
+    def _insert_events(self, source: str, where: str, sources: contextlib.ExitStack) -> None:
+        with sources:
+            if self._inserter is None:
+                self._inserter = self.target.sibling(self.target.database)
+            sql = _EVENTS_SQL.format(db=self.target.quoted_database, lines=source, where=where)
+            self._inserter.command(sql, {"topic": self.topic, **_CANONICAL_PARAMS})
+
+    def _stage_recoded(self, block: Block) -> None:
+        """Lines re-encoded by the codec (canonical by construction: checked all the same), inserted at once."""
+        with self.target.lines_source(LINES_RECODED, block.lines) as source:
+            if self._check(block, source, _Building()):
+                raise StagingError("records re-encoded by the codec are not in canonical form")
+            sql = _EVENTS_SQL.format(db=self.target.quoted_database, lines=source, where="")
+            self.target.command(sql, {"topic": self.topic, **_CANONICAL_PARAMS})
 
     def _check(self, block: Block, source: str, recoded: _Building) -> set[tuple[int, int]]:
         """ClickHouse's pass over a block: per partition, the lines in canonical form (count and checksum: the
@@ -356,6 +402,7 @@ class BulkLoad:
 
     def derive(self) -> None:
         """Fill the fact and status tables from the staged events (after the last ``stage``)."""
+        self.finish()
         db, t = self.target.quoted_database, self.target
         # steps (the largest) on a second client while the rest go on: each query alone left a core idle
         second = t.sibling(t.database)

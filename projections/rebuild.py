@@ -235,6 +235,8 @@ class Rebuild:
             bulk.derive()
             self.phases["derive"] += time.perf_counter() - derived
         finally:
+            with contextlib.suppress(Exception):  # an insert still running when the build failed
+                bulk.finish()
             bulk.drop_tables()
         self.digests = bulk.digests
         self.report.invalid_records += bulk.invalid_records
