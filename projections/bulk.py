@@ -11,8 +11,10 @@ and the rebuild tests hold the two to identical checksums. Python keeps what SQL
   ``steps_total`` from a walk of the spec (once per spec hash);
 * records that are not in the engine's canonical form — no value, not one line, not the current schema version,
   not valid JSON, another kind, an unknown type — go through the codec like everywhere else: upcast and re-encoded
-  when they decode, skipped (and counted) when they do not. The payload shapes of canonical records are trusted
-  (the engine validated them when it wrote them).
+  when they decode, skipped (and counted) when they do not. Python only frames the records (a few bytes
+  operations each, the hot loop); ClickHouse checks every staged line (header shape, schema version) and hands
+  back the ones that fail, with the stack records. The payload shapes of canonical records are trusted (the
+  engine validated them when it wrote them).
 
 How records travel: one line each, ``<partition:5><offset:20><value>``, read by ClickHouse with the LineAsString
 format (no escaping, no per-column serialisation in Python): embedded, from a temporary file through ``file()``;

@@ -9,8 +9,10 @@ Measured: ``projections.rebuild.rebuild_database`` reading that topic from offse
 with seconds per phase, events/s and peak RSS. Prints one JSON document, then a human summary. Deletes only its
 own topic. ``--fold`` measures the Python fold instead of the bulk path (``projections.bulk``).
 
-Phases of the bulk path: ``read`` (waiting on Kafka), ``stage`` (ClickHouse inserting the staged blocks, in a
-thread, overlapping the reading), ``derive`` (the fact and status tables, after the last block), ``verify``.
+Phases of the bulk path: ``read`` (the reading loop waiting on Kafka), ``stage`` (ClickHouse checking each
+staged block and inserting its run documents, in a thread, overlapping the reading; the events insert of a block
+runs in the background of the next one), ``derive`` (the last events insert, then the fact and status tables),
+``verify``. The CPU figure is this process's (Python and the embedded ClickHouse), the broker's not included.
 """
 
 from __future__ import annotations
