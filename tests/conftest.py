@@ -3,6 +3,7 @@ missing they fail with instructions instead of skipping, because a broker that i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -49,10 +50,39 @@ def kafka_bootstrap() -> Iterator[str]:
     )
 
 
+#: Every prefix handed out this session: their topics are deleted when the session ends.
+_PREFIXES: set[str] = set()
+
+
 @pytest.fixture
 def prefix() -> str:
     """A topic/group prefix of this test alone."""
-    return f"t{uuid.uuid4().hex[:10]}"
+    name = f"t{uuid.uuid4().hex[:10]}"
+    _PREFIXES.add(name)
+    return name
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Delete the topics the tests made. Left behind, they pile up in the dev broker's data (a thousand topics
+    after a few dozen runs), and the broker's start then outlasts infra/kafka.sh's 60 s wait."""
+    bootstrap = os.environ.get("TICKFLOW_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('TICKFLOW_KAFKA_PORT', '9092')}")
+    if _PREFIXES and _reachable(bootstrap):
+        asyncio.run(_delete_topics(bootstrap, tuple(f"{p}." for p in _PREFIXES)))
+
+
+async def _delete_topics(bootstrap: str, prefixes: tuple[str, ...]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = sorted(t for t in await admin.list_topics() if t.startswith(prefixes))
+        for at in range(0, len(mine), 100):
+            await admin.delete_topics(mine[at : at + 100])
+    except Exception as exc:  # cleanup only: never fail a finished session over it
+        print(f"\nleft test topics in place: {exc!r}")
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:
