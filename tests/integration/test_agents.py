@@ -11,7 +11,7 @@ import signal
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +60,6 @@ def count(node: Node, sql: str, **params: Any) -> Callable[[], Awaitable[int]]:
         return int((await asyncio.to_thread(node.store.query, sql, params))[0][0])
 
     return rows
-
-
-@pytest.fixture
-async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
-    await n.start()
-    yield n
-    await n.stop()
 
 
 async def test_an_agent_calls_a_tool_answers_and_a_later_run_recalls_it(node: Node) -> None:

@@ -7,7 +7,6 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,6 @@ from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
-    await n.start()
-    yield n
-    await n.stop()
 
 
 def sdk(node: Node) -> Client:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,20 +20,11 @@ from services.api_live import build_router
 from services.client import Client
 from services.runtime import Node
 from tests.conftest import free_port
-from tests.integration.flows import registry
-from tests.integration.harness import read_topic, settings_for
+from tests.integration.harness import read_topic
 
 pytestmark = pytest.mark.integration
 
 SLOW = "slow10"  # ten steps of 50 ms: ~23 events spread over a second or two
-
-
-@pytest.fixture
-async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
-    await n.start()
-    yield n
-    await n.stop()
 
 
 @pytest.fixture
@@ -210,9 +200,7 @@ async def test_sdk_and_cli_follow_a_run(node: Node) -> None:
 
 
 async def test_streams_above_the_cap_get_503_and_freed_slots_are_reused(node: Node) -> None:
-    deps = ApiDeps(
-        store=node.store, producer=None, topics=node.topics, guard=[], bootstrap=node.settings.bootstrap
-    )
+    deps = ApiDeps(store=node.store, producer=None, topics=node.topics, guard=[], bootstrap=node.settings.bootstrap)
     app = FastAPI()
     app.include_router(build_router(deps, max_streams=1))
     port = free_port()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,22 +15,11 @@ from events import Envelope, encode
 from events.schemas import Payload
 from services.client import Client
 from services.runtime import Node
-from tests.conftest import free_port
 from tests.contract.test_projection_facts import scenario
-from tests.integration.flows import registry
-from tests.integration.harness import settings_for
 from tests.integration.test_constructs import cli
 
 pytestmark = pytest.mark.integration
 RUNS = 4
-
-
-@pytest.fixture
-async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
-    await n.start()
-    yield n
-    await n.stop()
 
 
 async def write_agent_events(node: Node) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,19 +13,9 @@ from projections.rebuild import Rebuild, rebuild_and_swap, rebuild_database, tab
 from projections.store import ClickHouseStore
 from services.client import Client
 from services.runtime import Node
-from tests.conftest import free_port
-from tests.integration.flows import registry
-from tests.integration.harness import read_topic, settings_for
+from tests.integration.harness import read_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
-    await n.start()
-    yield n
-    await n.stop()
 
 
 def store_of(node: Node) -> ClickHouseStore:
