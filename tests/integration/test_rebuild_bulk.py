@@ -4,6 +4,7 @@ broker and chDB: the same log must give the same rows in every table, odd record
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -55,41 +56,54 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
         await producer.stop()
 
 
-def both(
-    store: ClickHouseStore, bootstrap: str, topic: str
-) -> tuple[RebuildReport, RebuildReport, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+@dataclass
+class Both:
+    """One log rebuilt both ways: the reports, every table's checksums, and what each database holds."""
+
+    bulk: RebuildReport
+    fold: RebuildReport
+    bulk_sums: dict[str, tuple[int, int]]
+    fold_sums: dict[str, tuple[int, int]]
+    views: dict[str, dict[str, str]]  # database -> materialised view -> its SELECT (database name masked)
+    tables: dict[str, set[str]]  # database -> table names
+
+
+async def rebuild_both(
+    bootstrap: str, prefix: str, tmp_path: Path, records: list[tuple[bytes | None, bytes | None]]
+) -> Both:
+    """Produce ``records`` to ``<prefix>.events``, then rebuild it with the bulk path and with the Python fold."""
+    topic = f"{prefix}.events"
+    await produce(bootstrap, topic, records)
+    store = ClickHouseStore(path=str(tmp_path / "chdb"), database=prefix)
+    try:
+        return await asyncio.to_thread(_both, store, bootstrap, topic)
+    finally:
+        store.close()
+
+
+def _both(store: ClickHouseStore, bootstrap: str, topic: str) -> Both:
     bulk = rebuild_database(store, bootstrap=bootstrap, topic=topic, database=f"{store.database}_bulk")
     fold = rebuild_database(store, bootstrap=bootstrap, topic=topic, database=f"{store.database}_fold", bulk=False)
-    sums = {}
-    for report in (bulk, fold):
-        other = store.sibling(report.database)
+    sums, views, tables = {}, {}, {}
+    for db in (bulk.database, fold.database):
+        other = store.sibling(db)
         try:
-            sums[report.database] = table_checksums(other)
+            sums[db] = table_checksums(other)
         finally:
             other.close()
-    return bulk, fold, sums[bulk.database], sums[fold.database]
-
-
-def views(store: ClickHouseStore, database: str) -> dict[str, str]:
-    rows = store.query(
-        "SELECT name, as_select FROM system.tables WHERE database = {db:String} AND engine = 'MaterializedView'",
-        {"db": database},
-    )
-    return {str(name): str(select).replace(database, "<db>") for name, select in rows}
+        rows = store.query("SELECT name, engine, as_select FROM system.tables WHERE database = {db:String}", {"db": db})
+        views[db] = {str(n): str(q).replace(db, "<db>") for n, engine, q in rows if engine == "MaterializedView"}
+        tables[db] = {str(n) for n, _, _ in rows}
+    return Both(bulk, fold, sums[bulk.database], sums[fold.database], views, tables)
 
 
 async def test_bulk_rebuild_equals_the_python_fold_odd_records_included(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    topic = f"{prefix}.events"
     records: list[tuple[bytes | None, bytes | None]] = list(synthetic_log(4_000, seed=11))
     records[100:100] = odd_records()
-    await produce(kafka_bootstrap, topic, records)
-    store = ClickHouseStore(path=str(tmp_path / "chdb"), database=prefix)
-    try:
-        bulk, fold, bulk_sums, fold_sums = await asyncio.to_thread(both, store, kafka_bootstrap, topic)
-    finally:
-        store.close()
+    both = await rebuild_both(kafka_bootstrap, prefix, tmp_path, records)
+    bulk, fold, bulk_sums, fold_sums = both.bulk, both.fold, both.bulk_sums, both.fold_sums
     assert (bulk.method, fold.method) == ("bulk", "fold"), bulk.method_reason
     assert bulk.ok and fold.ok, (bulk.mismatches, fold.mismatches)
     assert bulk.invalid_records == fold.invalid_records == 3  # tombstone, garbage, command
@@ -97,35 +111,23 @@ async def test_bulk_rebuild_equals_the_python_fold_odd_records_included(
     assert bulk_sums["runs"][0] > 100 and bulk_sums["steps"][0] > 500 and bulk_sums["llm_calls"][0] > 0
     assert bulk_sums == fold_sums
     # the bulk path drops the materialised views for the load: they are back, as the migrations define them
-    store = ClickHouseStore(path=str(tmp_path / "chdb"), database=prefix)
-    try:
-        assert len(views(store, fold.database)) == 3
-        assert views(store, bulk.database) == views(store, fold.database)
-        tables = {
-            str(r[0])
-            for r in store.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": bulk.database})
-        }
-        assert not {t for t in tables if t.startswith("rebuild_")}, tables  # the staging tables are gone
-    finally:
-        store.close()
+    assert len(both.views[fold.database]) == 3
+    assert both.views[bulk.database] == both.views[fold.database]
+    tables = both.tables[bulk.database]
+    assert not {t for t in tables if t.startswith("rebuild_")}, tables  # the staging tables are gone
 
 
 async def test_a_record_clickhouse_finds_not_canonical_goes_through_the_codec(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    topic = f"{prefix}.events"
     records: list[tuple[bytes | None, bytes | None]] = list(synthetic_log(500, seed=3))
     # Starts like the engine's records (the cheap check in Python) but its header is in another order.
     odd = orjson.loads(records[5][1] or b"{}")
     tail = orjson.dumps({k: v for k, v in odd.items() if k not in ("id", "kind", "type", "schema_version")})
     head = orjson.dumps({k: odd[k] for k in ("id", "kind", "type", "schema_version")})
     records[5] = (records[5][0], head[:-1] + b", " + tail[1:])
-    await produce(kafka_bootstrap, topic, records)
-    store = ClickHouseStore(path=str(tmp_path / "chdb"), database=prefix)
-    try:
-        bulk, fold, bulk_sums, fold_sums = await asyncio.to_thread(both, store, kafka_bootstrap, topic)
-    finally:
-        store.close()
+    both = await rebuild_both(kafka_bootstrap, prefix, tmp_path, records)
+    bulk, fold, bulk_sums, fold_sums = both.bulk, both.fold, both.bulk_sums, both.fold_sums
     assert bulk.method == "bulk", bulk.method_reason
     assert bulk.ok and bulk.events == fold.events == len(records) and bulk_sums == fold_sums
 
@@ -133,7 +135,6 @@ async def test_a_record_clickhouse_finds_not_canonical_goes_through_the_codec(
 async def test_a_log_the_bulk_path_cannot_vouch_for_is_folded_in_python(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    topic = f"{prefix}.events"
     records: list[tuple[bytes | None, bytes | None]] = list(synthetic_log(500, seed=3))
     # A stack record in canonical form whose payload breaks its schema: the Python fold skips it as invalid;
     # the bulk path folds stack records in Python too, cannot skip a line ClickHouse already took, and refuses.
@@ -141,11 +142,7 @@ async def test_a_log_the_bulk_path_cannot_vouch_for_is_folded_in_python(
     bad = orjson.loads(records[at][1] or b"{}")
     bad["payload"] = {"not": "a stack event"}
     records[at] = (records[at][0], orjson.dumps(bad))
-    await produce(kafka_bootstrap, topic, records)
-    store = ClickHouseStore(path=str(tmp_path / "chdb"), database=prefix)
-    try:
-        bulk, fold, bulk_sums, fold_sums = await asyncio.to_thread(both, store, kafka_bootstrap, topic)
-    finally:
-        store.close()
+    both = await rebuild_both(kafka_bootstrap, prefix, tmp_path, records)
+    bulk, fold, bulk_sums, fold_sums = both.bulk, both.fold, both.bulk_sums, both.fold_sums
     assert bulk.method == "fold" and "stack record" in bulk.method_reason, bulk.method_reason
     assert bulk.ok and bulk.invalid_records == fold.invalid_records == 1 and bulk_sums == fold_sums
