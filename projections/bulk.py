@@ -72,7 +72,6 @@ _CANONICAL_SQL = (
     f"transform(visitParamExtractString(line, 'type'), {_CURRENT_TYPES}, "
     f"{[PAYLOAD_TYPES['event', t].VERSION for t in _CURRENT_TYPES]}, 0))"
 )
-_CANONICAL_PARAMS = {"canonical": ""}  # filled below, once _CANONICAL is defined
 _VIEW_TARGET = re.compile(r"CREATE MATERIALIZED VIEW \S+ TO (\S+) ")
 #: A staged line: partition and offset, then a canonical header as ``events.codec.encode`` writes it (fields in the
 #: envelope's order, payload last).
@@ -82,7 +81,7 @@ _CANONICAL = (
     rf'"seq":(?:[0-9]+|null),"causation_id":(?:{_S}|null),"correlation_id":(?:{_S}|null),'
     r'"occurred_at_ms":[0-9]+,"payload":\{'
 )
-_CANONICAL_PARAMS["canonical"] = _CANONICAL
+_CANONICAL_PARAMS = {"canonical": _CANONICAL}
 
 
 def id_digest(event_id: str) -> int:
@@ -293,16 +292,19 @@ class BulkLoad:
         with sources:
             if self._inserter is None:
                 self._inserter = self.target.sibling(self.target.database)
-            sql = _EVENTS_SQL.format(db=self.target.quoted_database, lines=source, where=where)
-            self._inserter.command(sql, {"topic": self.topic, **_CANONICAL_PARAMS})
+            self._events_from(self._inserter, source, where)
+
+    def _events_from(self, store: ClickHouseStore, source: str, where: str = "") -> None:
+        """Insert the events rows of the lines of ``source`` (``where``: which of them)."""
+        sql = _EVENTS_SQL.format(db=self.target.quoted_database, lines=source, where=where)
+        store.command(sql, {"topic": self.topic, **_CANONICAL_PARAMS})
 
     def _stage_recoded(self, block: Block) -> None:
         """Lines re-encoded by the codec (canonical by construction: checked all the same), inserted at once."""
         with self.target.lines_source(LINES_RECODED, block.lines) as source:
             if self._check(block, source, _Building()):
                 raise StagingError("records re-encoded by the codec are not in canonical form")
-            sql = _EVENTS_SQL.format(db=self.target.quoted_database, lines=source, where="")
-            self.target.command(sql, {"topic": self.topic, **_CANONICAL_PARAMS})
+            self._events_from(self.target, source)
 
     def _check(self, block: Block, source: str, recoded: _Building) -> set[tuple[int, int]]:
         """ClickHouse's pass over a block: per partition, the lines in canonical form (count and checksum: the
