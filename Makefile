@@ -1,23 +1,30 @@
 # The README's two commands are `make demo` and `make test`; everything they need is installed from here.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The package is installed in setuptools' strict editable mode: a tree of links to the sources under build/, so
+# mypy and every tool see the real `tickflow` layout. A file added or removed needs a new link tree, so the stamp
+# is named after the list of packaged files and a changed list reinstalls.
+PACKAGED := $(shell find events services projections -type f \( -name '*.py' -o -name '*.sql' -o -name '*.xml' \
+	-o -name '*.properties' -o -name py.typed \) -not -path '*/__pycache__/*' | LC_ALL=C sort | cksum | cut -d' ' -f1)
+STAMP := $(BIN)/.installed-$(PACKAGED)
 
 .PHONY: install demo test lint bench broker-stop clean
 
-$(BIN)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	rm -rf build/__editable__.* $(BIN)/.installed*
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
 	touch $@
 
-install: $(BIN)/.installed
+install: $(STAMP)
 
 demo: install
-	infra/kafka.sh start
+	$(BIN)/tickflow broker start
 	$(BIN)/tickflow demo
 
 test: install
-	infra/kafka.sh start
+	$(BIN)/tickflow broker start
 	$(BIN)/pytest -q
 
 lint: install
@@ -25,11 +32,11 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	infra/kafka.sh start
+	$(BIN)/tickflow broker start
 	$(BIN)/python -m tests.bench.steps
 
 broker-stop:
-	infra/kafka.sh stop
+	test ! -x $(BIN)/tickflow || $(BIN)/tickflow broker stop
 
 clean: broker-stop
-	rm -rf $(VENV) .tickflow
+	rm -rf $(VENV) .tickflow build

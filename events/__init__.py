@@ -1,8 +1,8 @@
 """tickflow's record schemas, codec, workflow spec, upcasters and topic names. Imports nothing else of tickflow."""
 
-from events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
-from events.envelope import Envelope, dead_letter, event_id
-from events.schemas import (
+from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
+from tickflow.events.envelope import Envelope, dead_letter, event_id
+from tickflow.events.schemas import (
     PAYLOAD_TYPES,
     AcquireSlot,
     AdmitRun,
@@ -51,7 +51,7 @@ from events.schemas import (
     WaitStarted,
     WaitTimedOut,
 )
-from events.spec import (
+from tickflow.events.spec import (
     BranchNode,
     Case,
     ChildNode,
@@ -69,8 +69,8 @@ from events.spec import (
     WorkflowSpec,
     walk,
 )
-from events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, SLOT_PREFIX, TopicNames, partition_key
-from events.upcast import UPCASTERS, upcast
+from tickflow.events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, SLOT_PREFIX, TopicNames, partition_key
+from tickflow.events.upcast import UPCASTERS, upcast
 
 __all__ = [
     "DEFAULT_PARTITIONS",

@@ -12,8 +12,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from events.schemas import PAYLOAD_TYPES, Command, Event, LlmAttemptFields, LlmOutcome, MessageFields, ShortText
-from events.spec import Name
+from tickflow.events.schemas import (
+    PAYLOAD_TYPES,
+    Command,
+    Event,
+    LlmAttemptFields,
+    LlmOutcome,
+    MessageFields,
+    ShortText,
+)
+from tickflow.events.spec import Name
 
 __all__ = [
     "AGENT_EVENT_TYPES",

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-import events.agents  # noqa: F401 - registers the agent and stack event types
-from events.envelope import Envelope
-from events.schemas import PAYLOAD_TYPES, Kind
-from events.upcast import upcast
+import tickflow.events.agents  # noqa: F401 - registers the agent and stack event types
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import PAYLOAD_TYPES, Kind
+from tickflow.events.upcast import upcast
 
 __all__ = ["MAX_RECORD_BYTES", "InvalidRecord", "RecordTooLarge", "decode", "encode"]
 

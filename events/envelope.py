@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints
 
-from events.schemas import DeadLetter, Kind, Payload
+from tickflow.events.schemas import DeadLetter, Kind, Payload
 
 __all__ = ["Envelope", "dead_letter", "event_id"]
 

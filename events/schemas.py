@@ -11,10 +11,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from events.spec import Name, WorkflowSpec
+from tickflow.events.spec import Name, WorkflowSpec
 
 __all__ = [
     "PAYLOAD_TYPES",
+    "RUN_TERMINAL_EVENTS",
     "AcquireSlot",
     "AdmitRun",
     "BranchChosen",
@@ -590,3 +591,8 @@ PAYLOAD_TYPES: dict[tuple[str, str], type[Payload]] = {
         DeadLetter,
     )
 }
+
+
+#: The events after which a run's state never changes again. The log may still get answers to commands
+#: sent later (a refused resume); a stream that should show those follows past the end.
+RUN_TERMINAL_EVENTS = frozenset({"RunCompleted", "RunFailed", "RunCancelled", "RunRejected"})

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from events.topics import DEFAULT_POOL
+from tickflow.events.topics import DEFAULT_POOL
 
 __all__ = [
     "BranchNode",

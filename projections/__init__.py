@@ -1,15 +1,5 @@
-"""ClickHouse projections of the log: migrations, pure row mapping, stores, the projector loop."""
+"""ClickHouse projections of the log: migrations, pure event → row mapping, stores, the projector, rebuilds.
 
-from projections.rows import EventRow, RunRow, event_row, run_row
-from projections.store import ClickHouseStore, MemoryStore, ProjectionStore, open_store
-
-__all__ = [
-    "ClickHouseStore",
-    "EventRow",
-    "MemoryStore",
-    "ProjectionStore",
-    "RunRow",
-    "event_row",
-    "open_store",
-    "run_row",
-]
+Import the module you need (``tickflow.projections.store``, ``.projector``, ``.rebuild`` …): this package itself
+loads nothing, so the pure modules (``rows``, ``facts``, ``fold``, ``models``) come without ClickHouse or Kafka.
+"""

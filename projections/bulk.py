@@ -37,15 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from events.agents import STACK_PREFIX
-from events.codec import InvalidRecord, decode, encode
-from events.schemas import PAYLOAD_TYPES, RunStarted
-from events.topics import SLOT_PREFIX
-from projections.fold import ProjectionFold, Record
-from projections.rows import json_text, step_count
+from tickflow.events.agents import STACK_PREFIX
+from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.schemas import PAYLOAD_TYPES, RunStarted
+from tickflow.events.topics import SLOT_PREFIX
+from tickflow.projections.fold import ProjectionFold, Record
+from tickflow.projections.rows import json_text, step_count
 
 if TYPE_CHECKING:
-    from projections.store import ClickHouseStore
+    from tickflow.projections.store import ClickHouseStore
 
 __all__ = ["MASK64", "Block", "BulkLoad", "StagingError", "count_event", "id_digest"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from events.agents import (
+from tickflow.events.agents import (
     STACK_PREFIX,
     LlmCallAttempted,
     MessageAppended,
@@ -24,9 +24,9 @@ from events.agents import (
     TickFired,
     TickSkipped,
 )
-from events.envelope import Envelope
-from events.schemas import StepCompleted, StepFailed, StepScheduled
-from projections.rows import fast_replace
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import StepCompleted, StepFailed, StepScheduled
+from tickflow.projections.rows import fast_replace
 
 __all__ = [
     "LLM_CALL_COLUMNS",

@@ -11,11 +11,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from events.agents import STACK_PREFIX, TickFinished
-from events.envelope import Envelope
-from events.schemas import StepCompleted, StepFailed, StepScheduled
-from events.topics import SLOT_PREFIX
-from projections.facts import (
+from tickflow.events.agents import STACK_PREFIX, TickFinished
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import StepCompleted, StepFailed, StepScheduled
+from tickflow.events.topics import SLOT_PREFIX
+from tickflow.projections.facts import (
     LlmCallRow,
     MessageRow,
     StackRow,
@@ -27,7 +27,7 @@ from projections.facts import (
     step_row,
     tick_row,
 )
-from projections.rows import EventRow, RunRow, event_row, run_row
+from tickflow.projections.rows import EventRow, RunRow, event_row, run_row
 
 __all__ = ["FACT_TABLES", "Missing", "ProjectionBatch", "ProjectionFold", "Record", "drop_projected"]
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from events.codec import InvalidRecord, decode, encode
-from events.envelope import dead_letter
-from projections.fold import ProjectionBatch, ProjectionFold, Record, drop_projected
-from projections.store import ProjectionStore
+from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.envelope import dead_letter
+from tickflow.projections.fold import ProjectionBatch, ProjectionFold, Record, drop_projected
+from tickflow.projections.store import ProjectionStore
 
 __all__ = ["Projector", "ProjectorMetrics"]
 

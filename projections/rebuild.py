@@ -41,16 +41,16 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import BaseModel, Field
 
-from events.codec import InvalidRecord, decode
-from projections.bulk import Block, BulkLoad, StagingError, count_event
-from projections.fold import ProjectionFold, Record
-from projections.logread import LogReadError, RangeReader
-from projections.store import TABLE_COLUMNS, ClickHouseStore
+from tickflow.events.codec import InvalidRecord, decode
+from tickflow.projections.bulk import Block, BulkLoad, StagingError, count_event
+from tickflow.projections.fold import ProjectionFold, Record
+from tickflow.projections.logread import LogReadError, RangeReader
+from tickflow.projections.models import PartitionCheck, RebuildProgress, RebuildReport
+from tickflow.projections.store import TABLE_COLUMNS, ClickHouseStore
 
 if TYPE_CHECKING:
-    from projections.projector import Projector
+    from tickflow.projections.projector import Projector
 
 __all__ = [
     "PartitionCheck",
@@ -115,52 +115,6 @@ def table_checksums(store: ClickHouseStore) -> dict[str, tuple[int, int]]:
         f"SELECT '{t}', count(), sum(cityHash64(*)) FROM ({sql.format(t='{db}.' + t)})" for t, sql in _ROLLUPS.items()
     ]
     return {str(t): (int(n), int(h)) for t, n, h in store.query(" UNION ALL ".join(parts))}
-
-
-class PartitionCheck(BaseModel):
-    partition: int
-    log_events: int
-    log_checksum: int
-    table_events: int
-    table_checksum: int
-
-    @property
-    def ok(self) -> bool:
-        return (self.log_events, self.log_checksum) == (self.table_events, self.table_checksum)
-
-
-class RebuildProgress(BaseModel):
-    phase: str = "starting"
-    events_done: int = 0
-    events_total: int = 0
-
-
-class RebuildReport(BaseModel):
-    """What a rebuild did and found. ``ok`` means every partition of the events table matches the log."""
-
-    database: str
-    previous_database: str = ""
-    method: str = Field(
-        default="",
-        description="How the tables were built: 'bulk' (ClickHouse derived them from the staged log) or 'fold' "
-        "(every event folded in Python: asked for, or the bulk path refused this log, see method_reason).",
-    )
-    method_reason: str = ""
-    ok: bool = False
-    swapped: bool = False
-    events: int = Field(default=0, description="Events read from the log up to the captured end offsets.")
-    invalid_records: int = Field(default=0, description="Records that do not decode (skipped, not projected).")
-    caught_up_events: int = Field(default=0, description="Events projected after verification, before the swap.")
-    paused_ms: float = Field(default=0.0, description="How long the live projector was held for the swap.")
-    duration_s: float = 0.0
-    events_per_s: float = 0.0
-    phases: dict[str, float] = Field(default_factory=dict, description="Seconds per phase (read overlaps).")
-    start_offsets: dict[int, int] = Field(default_factory=dict)
-    end_offsets: dict[int, int] = Field(default_factory=dict)
-    tables: dict[str, int] = Field(default_factory=dict, description="Rows per table (FINAL).")
-    checksums: dict[str, int] = Field(default_factory=dict, description="Order-independent checksum per table.")
-    partitions: list[PartitionCheck] = Field(default_factory=list)
-    mismatches: list[str] = Field(default_factory=list)
 
 
 class Rebuild:

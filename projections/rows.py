@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from events.envelope import Envelope
-from events.schemas import (
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import (
     NodeCompleted,
     NodeFailed,
     RunCancelled,
@@ -28,7 +28,7 @@ from events.schemas import (
     WaitStarted,
     WaitTimedOut,
 )
-from events.spec import StepNode, WorkflowSpec, walk
+from tickflow.events.spec import StepNode, WorkflowSpec, walk
 
 __all__ = [
     "EVENT_COLUMNS",

@@ -30,11 +30,11 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from projections.store import ClickHouseStore, ProjectionStore
+from tickflow.projections.models import SqlResult
+from tickflow.projections.store import ClickHouseStore, ProjectionStore
 
 __all__ = [
     "DENIED_FUNCTIONS",
@@ -92,17 +92,6 @@ class SqlError(ValueError):
 
 class SqlUnavailable(RuntimeError):
     """This store has no SQL engine (the in-memory twin). HTTP 501."""
-
-
-@dataclass(frozen=True)
-class SqlResult:
-    """A query's answer: column names and ClickHouse types, rows as JSON-ready lists."""
-
-    columns: list[str]
-    types: list[str]
-    rows: list[list[Any]]
-    truncated: bool
-    elapsed_ms: float
 
 
 def check_ast(ast: str) -> None:

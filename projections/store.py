@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any, Protocol
 
-from projections.facts import (
+from tickflow.projections.facts import (
     LLM_CALL_COLUMNS,
     MESSAGE_COLUMNS,
     STACK_COLUMNS,
@@ -26,8 +26,8 @@ from projections.facts import (
     StepRow,
     TickRow,
 )
-from projections.fold import FACT_TABLES, ProjectionBatch
-from projections.rows import EVENT_COLUMNS, RUN_COLUMNS, TERMINAL_STATUSES, EventRow, RunRow
+from tickflow.projections.fold import FACT_TABLES, ProjectionBatch
+from tickflow.projections.rows import EVENT_COLUMNS, RUN_COLUMNS, TERMINAL_STATUSES, EventRow, RunRow
 
 __all__ = ["META_DATABASE", "TABLE_COLUMNS", "ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
 

@@ -14,17 +14,19 @@ from typing import Any
 import httpx
 import orjson
 
-from projections.sql import SqlResult
-from services.api import RunStatus
-from services.api_rebuild import RebuildJob
-from services.errors import ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
-from services.live import RUN_TERMINAL_EVENTS
-from services.replay import EngineReport, state_from_json
-from services.state import RunState
+from tickflow.core.state import TERMINAL, RunState, state_from_json
+from tickflow.events.errors import ApiError, ErrorCode, ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
+from tickflow.events.schemas import RUN_TERMINAL_EVENTS
+from tickflow.projections.models import SqlResult
+from tickflow.wire import EngineReport, RebuildJob, RunStatus
 
 __all__ = ["TERMINAL", "Client"]
 
-TERMINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
+#: What the API's error codes become in Python; any other error answer raises ``ApiError``.
+_ERRORS: dict[str, type[TickflowError]] = {
+    ErrorCode.UNKNOWN_WORKFLOW: UnknownWorkflow,
+    ErrorCode.RUN_NOT_FOUND: RunNotFound,
+}
 
 
 class Client:
@@ -45,15 +47,7 @@ class Client:
 
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            if response.status_code == 404 and "unknown workflow" in str(detail):
-                raise UnknownWorkflow(str(detail))
-            if response.status_code == 404:
-                raise RunNotFound(str(detail))
-            raise TickflowError(f"tickflow API answered {response.status_code}: {detail}")
+            raise _api_error(response)
         return response.json()
 
     def start(self, workflow: str, input: Any = None, *, run_id: str | None = None, priority: int = 0) -> str:
@@ -315,3 +309,17 @@ class Client:
                     f"API is up, then call live(..., after={after}) to continue where you stopped"
                 )
             time.sleep(0.5 * failures)
+
+
+def _api_error(response: httpx.Response) -> TickflowError:
+    """The exception an error answer stands for, chosen by the API's error ``code`` (never by its wording)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
+    code = body.get("code", "") if isinstance(body, dict) else ""
+    known = _ERRORS.get(code)
+    if known is not None:
+        return known(str(detail))
+    return ApiError(f"tickflow API answered {response.status_code}: {detail}", status=response.status_code, code=code)

@@ -29,24 +29,23 @@ import copy
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from events.schemas import LlmAttemptFields, MessageFields
-from events.spec import (
+from tickflow.events.errors import NonRetryableError
+from tickflow.events.schemas import LlmAttemptFields, MessageFields
+from tickflow.events.spec import (
     RetryPolicy,
     StepNode,
     WorkflowSpec,
 )
-from events.topics import DEFAULT_POOL
-from services.errors import NonRetryableError
+from tickflow.events.topics import DEFAULT_POOL
 
 if TYPE_CHECKING:
-    from services.agents import Agent
-    from services.config import Settings
+    from tickflow.settings import Settings
 
-__all__ = ["Flow", "Registry", "StepContext", "StepReport", "Trigger", "Workflow", "current_step"]
+__all__ = ["AgentDefinition", "Flow", "Registry", "StepContext", "StepReport", "Trigger", "Workflow", "current_step"]
 
 StepFn = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
 ScopeFn = Callable[[Mapping[str, Any]], Any]
@@ -108,12 +107,25 @@ def _fn_name(fn: Callable[..., Any]) -> str:
     )
 
 
+class AgentDefinition(Protocol):
+    """What a workflow needs of an agent: its name and the flow its turns compile to.
+
+    ``tickflow.agents.Agent`` is the implementation; naming only this much here keeps the workflow language free
+    of the agent layer (which builds on it), so the two never import each other.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def flow(self, name: str) -> Flow: ...
+
+
 @dataclass(slots=True)
 class _Functions:
     steps: dict[str, StepFn] = field(default_factory=dict)
     conditions: dict[str, ScopeFn] = field(default_factory=dict)
     mappers: dict[str, ScopeFn] = field(default_factory=dict)
-    agents: dict[str, Agent] = field(default_factory=dict)
+    agents: dict[str, AgentDefinition] = field(default_factory=dict)
 
     def merge(self, other: _Functions) -> None:
         self.steps.update(other.steps)
@@ -214,8 +226,8 @@ class Flow:
         """Start a run of ``workflow`` and wait for its output."""
         return self._add("child", name, input, workflow=workflow)
 
-    def agent(self, agent: Agent, *, name: str | None = None, input: str | ScopeFn | None = None) -> Self:
-        """Run ``agent``'s durable LLM ↔ tool loop (see ``services.agents``); its output is the final answer.
+    def agent(self, agent: AgentDefinition, *, name: str | None = None, input: str | ScopeFn | None = None) -> Self:
+        """Run ``agent``'s durable LLM ↔ tool loop (see ``tickflow.agents``); its output is the final answer.
 
         Compiles to a loop node named ``name`` (default: the agent's name) whose turns are an LLM-call step
         and a foreach of tool-call steps, so each call is its own event-sourced step.
@@ -437,7 +449,7 @@ class Registry:
         self.conditions: dict[str, ScopeFn] = {}
         self.mappers: dict[str, ScopeFn] = {}
         #: Agents the registered workflows use, by name (their step bodies are in ``functions``).
-        self.agents: dict[str, Agent] = {}
+        self.agents: dict[str, AgentDefinition] = {}
         self._typed: dict[str, _Typed] = {}
         self.triggers: list[Trigger] = []
 

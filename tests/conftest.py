@@ -1,4 +1,4 @@
-"""Shared fixtures. Integration tests need the broker: CI starts it (infra/kafka.sh start); when it is
+"""Shared fixtures. Integration tests need the broker: CI starts it (`tickflow broker start`); when it is
 missing they fail with instructions instead of skipping, because a broker that is not there is a real failure."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     pytest.fail(
-        f"no Kafka broker at {bootstrap} and no Docker engine: run `infra/kafka.sh start` "
+        f"no Kafka broker at {bootstrap} and no Docker engine: run `tickflow broker start` "
         "(or `make test`, which starts it) before the integration tests"
     )
 
@@ -64,7 +64,7 @@ def prefix() -> str:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Delete the topics the tests made. Left behind, they pile up in the dev broker's data (a thousand topics
-    after a few dozen runs), and the broker's start then outlasts infra/kafka.sh's 60 s wait."""
+    after a few dozen runs), and the broker's start then outlasts the launcher's wait."""
     bootstrap = os.environ.get("TICKFLOW_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('TICKFLOW_KAFKA_PORT', '9092')}")
     if _PREFIXES and _reachable(bootstrap):
         asyncio.run(_delete_topics(bootstrap, tuple(f"{p}." for p in _PREFIXES)))

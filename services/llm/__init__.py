@@ -61,8 +61,9 @@ objects, the attempt records, raised errors or log lines (error texts are scrubb
 strings). Offline replies carry ``label = OFFLINE_LABEL`` and ``offline=True`` on their attempts.
 """
 
-from services.llm.config import (
+from tickflow.llm.config import (
     OFFLINE_LABEL,
+    OFFLINE_SCRIPTS,
     LlmConfig,
     LlmConfigError,
     ModelConfig,
@@ -72,12 +73,12 @@ from services.llm.config import (
     ProviderLimits,
     RetryPolicy,
 )
-from services.llm.embeddings import Embedder, EmbeddingFailed, HashedBagOfWordsEmbedder, OpenAICompatibleEmbedder
-from services.llm.limits import ProviderLimiter, TokenBucket
-from services.llm.offline import OFFLINE_SCRIPTS, OfflineModel
-from services.llm.router import LlmRouter
-from services.llm.scrub import count_tokens, scrub
-from services.llm.types import (
+from tickflow.llm.embeddings import Embedder, EmbeddingFailed, HashedBagOfWordsEmbedder, OpenAICompatibleEmbedder
+from tickflow.llm.limits import ProviderLimiter, TokenBucket
+from tickflow.llm.offline import OfflineModel
+from tickflow.llm.router import LlmRouter
+from tickflow.llm.scrub import count_tokens, scrub
+from tickflow.llm.types import (
     AllModelsFailed,
     ChatMessage,
     ChatRequest,

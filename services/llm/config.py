@@ -15,10 +15,11 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.errors import TickflowError
+from tickflow.events.errors import TickflowError
 
 __all__ = [
     "OFFLINE_LABEL",
+    "OFFLINE_SCRIPTS",
     "LlmConfig",
     "LlmConfigError",
     "ModelConfig",
@@ -31,6 +32,8 @@ __all__ = [
 
 #: Shown on every result an offline model produces, so nobody mistakes a scripted reply for a model's answer.
 OFFLINE_LABEL = "offline scripted model — not a real LLM"
+#: The scripts the offline model plays (model ids ``offline/<script>``; see ``tickflow.llm.offline``).
+OFFLINE_SCRIPTS = ("echo", "tool-then-answer")
 
 
 class LlmConfigError(TickflowError):
@@ -237,8 +240,6 @@ class LlmConfig(_Strict):
     def offline_default(cls, *, latency_ms: tuple[float, float] = (0.0, 0.0), failure_rate: float = 0.0,
                         seed: int | None = None) -> LlmConfig:
         """A ready configuration of only scripted offline models, for demos and tests; chain ``default``."""
-        from services.llm.offline import OFFLINE_SCRIPTS  # offline imports this module
-
         settings = OfflineSettings(latency_ms=latency_ms, failure_rate=failure_rate, seed=seed)
         return cls(
             providers=[ProviderConfig(name="offline", kind="offline", offline=settings)],

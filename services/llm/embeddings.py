@@ -15,10 +15,10 @@ import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from services.errors import TickflowError
-from services.llm.router import LlmRouter, backoff_delay
-from services.llm.scrub import count_tokens
-from services.llm.types import RETRYABLE, ProviderFailure
+from tickflow.events.errors import TickflowError
+from tickflow.llm.router import LlmRouter, backoff_delay
+from tickflow.llm.scrub import count_tokens
+from tickflow.llm.types import RETRYABLE, ProviderFailure
 
 __all__ = ["Embedder", "EmbeddingFailed", "HashedBagOfWordsEmbedder", "OpenAICompatibleEmbedder"]
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from services.llm.config import ProviderLimits
+from tickflow.llm.config import ProviderLimits
 
 __all__ = ["ProviderLimiter", "TokenBucket"]
 

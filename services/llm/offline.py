@@ -29,13 +29,11 @@ import math
 import random
 from typing import Any
 
-from services.llm.config import OfflineSettings
-from services.llm.scrub import count_tokens
-from services.llm.types import ChatRequest, ModelReply, ProviderFailure, ToolCall, ToolSpec, Usage
+from tickflow.llm.config import OFFLINE_SCRIPTS, OfflineSettings
+from tickflow.llm.scrub import count_tokens
+from tickflow.llm.types import ChatRequest, ModelReply, ProviderFailure, ToolCall, ToolSpec, Usage
 
-__all__ = ["OFFLINE_SCRIPTS", "OfflineModel", "instance_from_schema"]
-
-OFFLINE_SCRIPTS = ("echo", "tool-then-answer")
+__all__ = ["OfflineModel", "instance_from_schema"]
 
 
 class OfflineModel:

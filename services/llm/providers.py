@@ -19,10 +19,10 @@ import pydantic
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
-from services.llm.config import LlmConfigError, ModelConfig, ProviderConfig
-from services.llm.offline import OfflineModel
-from services.llm.scrub import count_tokens, scrub
-from services.llm.types import ChatRequest, ModelReply, ProviderFailure, ToolCall, Usage
+from tickflow.llm.config import LlmConfigError, ModelConfig, ProviderConfig
+from tickflow.llm.offline import OfflineModel
+from tickflow.llm.scrub import count_tokens, scrub
+from tickflow.llm.types import ChatRequest, ModelReply, ProviderFailure, ToolCall, Usage
 
 __all__ = ["OfflineProvider", "OpenAICompatibleProvider", "Provider", "build_provider"]
 

@@ -26,11 +26,11 @@ from typing import Any
 import jsonschema
 import pydantic
 
-from services.llm.config import OFFLINE_LABEL, LlmConfig, ModelConfig, RetryPolicy
-from services.llm.limits import ProviderLimiter
-from services.llm.providers import Provider, build_provider
-from services.llm.scrub import count_tokens, scrub
-from services.llm.types import (
+from tickflow.llm.config import OFFLINE_LABEL, LlmConfig, ModelConfig, RetryPolicy
+from tickflow.llm.limits import ProviderLimiter
+from tickflow.llm.providers import Provider, build_provider
+from tickflow.llm.scrub import count_tokens, scrub
+from tickflow.llm.types import (
     RETRYABLE,
     AllModelsFailed,
     ChatRequest,

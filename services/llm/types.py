@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.errors import TickflowError
+from tickflow.events.errors import TickflowError
 
 __all__ = [
     "AllModelsFailed",

@@ -25,13 +25,13 @@ from typing import Any
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from events import Envelope, StartRun, decode, encode
-from services.config import Settings
-from services.kafka import ensure_topics
-from services.runtime import Node
-from services.workflow import Flow, Registry, Workflow
 from tests.bench.steps import pct
 from tests.conftest import free_port
+from tickflow.events import Envelope, StartRun, decode, encode
+from tickflow.node import Node
+from tickflow.runtime.kafka import ensure_topics
+from tickflow.settings import Settings
+from tickflow.workflow import Flow, Registry, Workflow
 
 
 async def leaf(value: Any) -> Any:

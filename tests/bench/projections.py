@@ -46,12 +46,13 @@ import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from events import Envelope, StartRun, decode, encode
-from services.config import REPO_ROOT, Settings
-from services.kafka import ensure_topics
-from services.workflow import Registry, Workflow
 from tests.bench.steps import dist
 from tests.conftest import free_port
+from tests.paths import REPO_ROOT
+from tickflow.events import Envelope, StartRun, decode, encode
+from tickflow.runtime.kafka import ensure_topics
+from tickflow.settings import Settings
+from tickflow.workflow import Registry, Workflow
 
 WORKFLOW = "fresh3"
 RUN_PREFIX = "pb-"
@@ -127,7 +128,7 @@ def spawn_node(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     roles = "engine,worker,projector,api"
     app = "tests.bench.projections:registry"
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--no-broker", "--app", app, "--roles", roles],
+        [sys.executable, "-m", "tickflow.cli", "up", "--no-broker", "--app", app, "--roles", roles],
         cwd=REPO_ROOT,
         env=env,
         stdout=out,

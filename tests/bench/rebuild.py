@@ -34,9 +34,10 @@ import psutil
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from events.agents import LlmCallAttempted, MessageAppended, StackCreated, TickFinished, TickFired, stack_key
-from events.envelope import Envelope, event_id
-from events.schemas import (
+from tickflow.demo import registry
+from tickflow.events.agents import LlmCallAttempted, MessageAppended, StackCreated, TickFinished, TickFired, stack_key
+from tickflow.events.envelope import Envelope, event_id
+from tickflow.events.schemas import (
     ErrorInfo,
     NodeCompleted,
     Payload,
@@ -47,10 +48,10 @@ from events.schemas import (
     StepFailed,
     StepScheduled,
 )
-from events.topics import TopicNames
-from projections.rebuild import RebuildReport, rebuild_database
-from projections.store import ClickHouseStore
-from services.demo import registry
+from tickflow.events.topics import TopicNames
+from tickflow.projections.models import RebuildReport
+from tickflow.projections.rebuild import rebuild_database
+from tickflow.projections.store import ClickHouseStore
 
 __all__ = ["synthetic_log"]
 

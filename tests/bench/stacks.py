@@ -58,16 +58,17 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from events import Envelope, StartRun, encode
-from events.agents import CreateStack, stack_key
-from services.agents import attempt_fields
-from services.client import Client
-from services.config import REPO_ROOT, Settings
-from services.kafka import ensure_topics
-from services.llm import AllModelsFailed, ChatMessage, ChatRequest, LlmConfig, LlmRouter
-from services.workflow import Registry, Workflow, current_step
 from tests.bench.steps import dist
 from tests.conftest import free_port
+from tests.paths import REPO_ROOT
+from tickflow.agents import attempt_fields
+from tickflow.client import Client
+from tickflow.events import Envelope, StartRun, encode
+from tickflow.events.agents import CreateStack, stack_key
+from tickflow.llm import AllModelsFailed, ChatMessage, ChatRequest, LlmConfig, LlmRouter
+from tickflow.runtime.kafka import ensure_topics
+from tickflow.settings import Settings
+from tickflow.workflow import Registry, Workflow, current_step
 
 WORKFLOW = "bench_stack_tick"
 MODEL = "offline/echo"
@@ -134,7 +135,7 @@ def spawn(settings: Settings, roles: str, log_path: Path, latency: str) -> subpr
         "PYTHONPATH": str(REPO_ROOT),
     }
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
-    command = [sys.executable, "-m", "services.cli", "-v", "up", "--no-broker", "--app", APP]
+    command = [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", APP]
     return subprocess.Popen([*command, "--roles", roles], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 

@@ -23,13 +23,13 @@ from typing import Any
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from events import Envelope, StartRun, decode, encode
-from services.config import Settings
-from services.demo import registry
-from services.kafka import ensure_topics
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.harness import spawn_roles
+from tickflow.demo import registry
+from tickflow.events import Envelope, StartRun, decode, encode
+from tickflow.node import Node
+from tickflow.runtime.kafka import ensure_topics
+from tickflow.settings import Settings
 
 STEPS = 10
 
@@ -63,8 +63,8 @@ async def scenario(bootstrap: str, runs: int, concurrency: int, workdir: Path) -
         projector_batch_ms=100,
     )
     await ensure_topics(bootstrap, settings.topics, settings.pools)
-    engine = spawn_roles(settings, "engine", workdir / f"{prefix}-engine.log", app="services.demo:registry")
-    worker = spawn_roles(settings, "worker", workdir / f"{prefix}-worker.log", app="services.demo:registry")
+    engine = spawn_roles(settings, "engine", workdir / f"{prefix}-engine.log", app="tickflow.demo:registry")
+    worker = spawn_roles(settings, "worker", workdir / f"{prefix}-worker.log", app="tickflow.demo:registry")
     projector = Node(settings, registry, frozenset({"projector"}))
     await projector.start()
     watcher = AIOKafkaConsumer(

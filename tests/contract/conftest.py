@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from projections.store import ClickHouseStore, MemoryStore, ProjectionStore
+from tickflow.projections.store import ClickHouseStore, MemoryStore, ProjectionStore
 
 
 @pytest.fixture(params=["memory", "chdb", "server"])

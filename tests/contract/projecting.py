@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from projections.fold import ProjectionFold, Record, drop_projected
-from projections.store import ProjectionStore
+from tickflow.projections.fold import ProjectionFold, Record, drop_projected
+from tickflow.projections.store import ProjectionStore
 
 
 def project(store: ProjectionStore, records: list[Record], *, skip_projected: bool = True) -> None:

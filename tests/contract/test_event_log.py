@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from events import Envelope, RunCompleted, TopicNames
-from services.kafka import ensure_topics
-from services.log import EventLog, KafkaEventLog, MemoryEventLog, partition_of
+from tickflow.events import Envelope, RunCompleted, TopicNames
+from tickflow.runtime.kafka import ensure_topics
+from tickflow.runtime.log import EventLog, KafkaEventLog, MemoryEventLog, partition_of
 
 
 def evs(run_id: str, n: int) -> list[Envelope]:

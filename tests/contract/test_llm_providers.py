@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from services.llm import (
+from tests.llm_server import LlmTestServer, running_llm_server
+from tickflow.llm import (
     OFFLINE_LABEL,
     AllModelsFailed,
     ChatMessage,
@@ -27,7 +28,6 @@ from services.llm import (
     OpenAICompatibleEmbedder,
     ToolSpec,
 )
-from tests.llm_server import LlmTestServer, running_llm_server
 
 KEY_VAR = "TICKFLOW_TEST_LLM_KEY"
 KEY2_VAR = "TICKFLOW_TEST_LLM_KEY2"

@@ -10,8 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import Envelope, ErrorInfo, RunCompleted, RunStarted, SequenceNode, StepNode, WorkflowSpec
-from events.agents import (
+from tests.contract.projecting import project
+from tickflow.events import Envelope, ErrorInfo, RunCompleted, RunStarted, SequenceNode, StepNode, WorkflowSpec
+from tickflow.events.agents import (
     LlmCallAttempted,
     MessageAppended,
     StackCreated,
@@ -21,10 +22,9 @@ from events.agents import (
     TickSkipped,
     stack_key,
 )
-from events.schemas import Payload, StepCompleted, StepFailed, StepScheduled
-from projections.fold import Record
-from projections.store import ClickHouseStore, MemoryStore, ProjectionStore
-from tests.contract.projecting import project
+from tickflow.events.schemas import Payload, StepCompleted, StepFailed, StepScheduled
+from tickflow.projections.fold import Record
+from tickflow.projections.store import ClickHouseStore, MemoryStore, ProjectionStore
 
 SPEC = WorkflowSpec(name="wf", root=SequenceNode(name="main", nodes=(StepNode(name="a", fn="wf.a"),)))
 T0 = 1_700_000_000_000

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from events import Envelope, ErrorInfo, RunCompleted, RunFailed, RunStarted, SequenceNode, StepNode, WorkflowSpec
-from projections.store import ProjectionStore
 from tests.contract.projecting import project as project_records
+from tickflow.events import (
+    Envelope,
+    ErrorInfo,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    SequenceNode,
+    StepNode,
+    WorkflowSpec,
+)
+from tickflow.projections.store import ProjectionStore
 
 SPEC = WorkflowSpec(name="wf", root=SequenceNode(name="main", nodes=(StepNode(name="a", fn="wf.a"),)))
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from events.topics import TopicNames
-from projections.sql import ReadOnlySql, SqlError, SqlUnavailable, check_ast
-from projections.store import ClickHouseStore, MemoryStore
-from services.api import create_api
 from tests.contract.test_projection_store import events_for, project
+from tickflow.api.app import create_api
+from tickflow.events.topics import TopicNames
+from tickflow.projections.sql import ReadOnlySql, SqlError, SqlUnavailable, check_ast
+from tickflow.projections.store import ClickHouseStore, MemoryStore
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from events import CancelRun, Envelope, ErrorInfo, ResumeRun, StartRun, StepErrored, StepSucceeded, encode
-from services.decider import Recover, RunState, Signal, Start, WorkerResult, run
-from services.workflow import Flow, Registry, Workflow
+from tickflow.core.decider import Recover, RunState, Signal, Start, WorkerResult, run
+from tickflow.events import CancelRun, Envelope, ErrorInfo, ResumeRun, StartRun, StepErrored, StepSucceeded, encode
+from tickflow.workflow import Flow, Registry, Workflow
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import settings_for
+from tickflow.node import Node
 
 
 @pytest.fixture

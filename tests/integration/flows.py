@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from services.workflow import Flow, Registry, Workflow, current_step
+from tickflow.workflow import Flow, Registry, Workflow, current_step
 
 registry = Registry()
 
@@ -142,7 +142,7 @@ registry.add(Workflow("per_customer", concurrency_key="input.customer", max_per_
 
 import os  # noqa: E402 - grouped with the agent flows they serve
 
-from services.agents import Agent, Memory  # noqa: E402
+from tickflow.agents import Agent, Memory  # noqa: E402
 
 
 class Lookup(BaseModel):

@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from events.codec import decode
-from events.envelope import Envelope
-from services.config import REPO_ROOT, Settings
-from services.kafka import read_partition
+from tests.paths import REPO_ROOT
+from tickflow.events.codec import decode
+from tickflow.events.envelope import Envelope
+from tickflow.runtime.kafka import read_partition
+from tickflow.settings import Settings
 
 
 def settings_for(prefix: str, bootstrap: str, tmp: Path, api_port: int, **extra: object) -> Settings:
@@ -43,7 +44,7 @@ def spawn_roles(
     }
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "-v", "up", "--no-broker", "--app", app, "--roles", roles],
+        [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", app, "--roles", roles],
         cwd=REPO_ROOT,
         env=env,
         stdout=out,

@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from events import Envelope
-from services.client import Client
-from services.config import Settings
-from services.kafka import read_partition
-from services.llm import HashedBagOfWordsEmbedder
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import TOOL_LOG_ENV, registry
 from tests.integration.harness import read_topic, settings_for, spawn_roles
 from tests.llm_server import running_llm_server
+from tickflow.client import Client
+from tickflow.events import Envelope
+from tickflow.llm import HashedBagOfWordsEmbedder
+from tickflow.node import Node
+from tickflow.runtime.kafka import read_partition
+from tickflow.settings import Settings
 
 pytestmark = pytest.mark.integration
 

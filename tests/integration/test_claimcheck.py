@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from services.client import Client
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
+from tickflow.client import Client
+from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 

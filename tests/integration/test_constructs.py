@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from services import step_logs
-from services.client import Client
-from services.errors import ResumeRejected, RunNotFound
-from services.kafka import read_partition
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
+from tickflow.client import Client
+from tickflow.events.errors import ResumeRejected, RunNotFound
+from tickflow.node import Node
+from tickflow.runtime import step_logs
+from tickflow.runtime.kafka import read_partition
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def sdk(node: Node) -> Client:
 def cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TICKFLOW_API_PORT": str(node.settings.api_port)}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tickflow.cli", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from events.envelope import Envelope
-from services.demo import OFFLINE_LABEL, registry
-from services.demo_runner import SMALL_BUDGET_TOKENS, demo_settings, drive_stacks, print_report
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.harness import read_topic, settings_for
+from tickflow.demo import OFFLINE_LABEL, registry
+from tickflow.demo.runner import SMALL_BUDGET_TOKENS, demo_settings, drive_stacks, print_report
+from tickflow.events.envelope import Envelope
+from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 

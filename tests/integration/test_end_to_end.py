@@ -11,13 +11,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from events import DeadLetter, Envelope, StartRun, encode
-from services.client import Client
-from services.errors import RunNotFound, UnknownWorkflow
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
+from tickflow.client import Client
+from tickflow.events import DeadLetter, Envelope, StartRun, encode
+from tickflow.events.errors import RunNotFound, UnknownWorkflow
+from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 

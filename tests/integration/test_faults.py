@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from events import Envelope, StartRun, StepCompleted, encode
-from services.config import Settings
-from services.kafka import read_partition
-from services.runtime import Node
-from services.snapshots import CHECKPOINT_KEY
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for, spawn_roles
+from tickflow.events import Envelope, StartRun, StepCompleted, encode
+from tickflow.node import Node
+from tickflow.runtime.kafka import read_partition
+from tickflow.runtime.snapshots import CHECKPOINT_KEY
+from tickflow.settings import Settings
 
 pytestmark = pytest.mark.integration
 RUNS = 150

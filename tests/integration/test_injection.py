@@ -18,13 +18,13 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from services.cli import main
-from services.client import Client
-from services.errors import TickflowError
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import settings_for
+from tickflow.cli import main
+from tickflow.client import Client
+from tickflow.events.errors import TickflowError
+from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 

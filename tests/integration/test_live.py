@@ -15,12 +15,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from services.api import ApiDeps
-from services.api_live import build_router
-from services.client import Client
-from services.runtime import Node
 from tests.conftest import free_port
 from tests.integration.harness import read_topic
+from tickflow.api.deps import ApiDeps
+from tickflow.api.live import build_router
+from tickflow.client import Client
+from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +180,7 @@ async def test_sdk_and_cli_follow_a_run(node: Node) -> None:
     env = {**os.environ, "TICKFLOW_API_PORT": str(node.settings.api_port)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "services.cli", *args]
+        command = [sys.executable, "-m", "tickflow.cli", *args]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
     done = await asyncio.to_thread(cli, "follow", "live-4")

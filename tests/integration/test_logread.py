@@ -8,9 +8,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from projections.logread import RangeReader
-from projections.rebuild import RebuildError, rebuild_database
-from projections.store import ClickHouseStore
+from tickflow.projections.logread import RangeReader
+from tickflow.projections.rebuild import RebuildError, rebuild_database
+from tickflow.projections.store import ClickHouseStore
 
 pytestmark = pytest.mark.integration
 

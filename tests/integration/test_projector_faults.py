@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from projections.projector import KILL_AFTER_INSERTS_ENV
-from projections.store import ClickHouseStore
-from services.kafka import ensure_topics
 from tests.conftest import free_port
 from tests.integration.harness import read_topic, settings_for, spawn_roles
 from tests.integration.test_faults import start_runs, stop, wait_until
+from tickflow.projections.projector import KILL_AFTER_INSERTS_ENV
+from tickflow.projections.store import ClickHouseStore
+from tickflow.runtime.kafka import ensure_topics
 
 pytestmark = pytest.mark.integration
 RUNS = 300

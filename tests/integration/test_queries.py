@@ -11,12 +11,12 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from events import Envelope, encode
-from events.schemas import Payload
-from services.client import Client
-from services.runtime import Node
 from tests.contract.test_projection_facts import scenario
 from tests.integration.test_constructs import cli
+from tickflow.client import Client
+from tickflow.events import Envelope, encode
+from tickflow.events.schemas import Payload
+from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 RUNS = 4

@@ -9,11 +9,11 @@ import threading
 import httpx
 import pytest
 
-from projections.rebuild import Rebuild, rebuild_and_swap, rebuild_database, table_checksums
-from projections.store import ClickHouseStore
-from services.client import Client
-from services.runtime import Node
 from tests.integration.harness import read_topic
+from tickflow.client import Client
+from tickflow.node import Node
+from tickflow.projections.rebuild import Rebuild, rebuild_and_swap, rebuild_database, table_checksums
+from tickflow.projections.store import ClickHouseStore
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from projections.rebuild import RebuildReport, rebuild_database, table_checksums
-from projections.store import ClickHouseStore
 from tests.bench.rebuild import synthetic_log
+from tickflow.projections.models import RebuildReport
+from tickflow.projections.rebuild import rebuild_database, table_checksums
+from tickflow.projections.store import ClickHouseStore
 
 pytestmark = pytest.mark.integration
 

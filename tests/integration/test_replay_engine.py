@@ -14,16 +14,16 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from events import RunForked
-from services.cli import main as cli
-from services.client import Client
-from services.decider import fold
-from services.errors import RunNotFound, TickflowError
-from services.replay import diff_states
-from services.runtime import Node
-from services.workflow import Registry, Workflow, current_step
 from tests.conftest import free_port
 from tests.integration.harness import read_topic, settings_for
+from tickflow.cli import main as cli
+from tickflow.client import Client
+from tickflow.core.decider import fold
+from tickflow.events import RunForked
+from tickflow.events.errors import RunNotFound, TickflowError
+from tickflow.node import Node
+from tickflow.runtime.replay import diff_states
+from tickflow.workflow import Registry, Workflow, current_step
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from events import Envelope
-from services.client import Client
-from services.decider import fold
-from services.runtime import Node
-from services.slots import is_slot
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
+from tickflow.client import Client
+from tickflow.core.decider import fold
+from tickflow.core.slots import is_slot
+from tickflow.events import Envelope
+from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 

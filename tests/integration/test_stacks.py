@@ -15,15 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from events.envelope import Envelope
-from services.client import Client
-from services.kafka import ensure_topics
-from services.runtime import Node
-from services.workflow import Registry, Workflow
 from tests.conftest import free_port
 from tests.integration.harness import read_topic, settings_for, spawn_roles
 from tests.integration.test_constructs import cli
 from tests.integration.test_faults import stop, wait_until
+from tickflow.client import Client
+from tickflow.events.envelope import Envelope
+from tickflow.node import Node
+from tickflow.runtime.kafka import ensure_topics
+from tickflow.workflow import Registry, Workflow
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.client import Client
-from services.runtime import Node
-from services.workflow import Registry, Workflow
 from tests.conftest import free_port
 from tests.integration.harness import settings_for
+from tickflow.client import Client
+from tickflow.node import Node
+from tickflow.workflow import Registry, Workflow
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from events import Envelope, ErrorInfo, RunStep, StartRun, StepErrored, StepSucceeded
-from events.agents import LlmCallAttempted, MessageAppended
-from events.spec import BranchNode, ForEachNode, LoopNode, SequenceNode, StepNode
-from services.agents import (
+from tickflow.agents import (
     Agent,
     AgentMaxTurns,
     LlmCallFailed,
@@ -26,11 +23,14 @@ from services.agents import (
     start_message,
     turn_input,
 )
-from services.config import Settings
-from services.decider import Recover, RunState, Start, WorkerResult, effects, fold, run
-from services.errors import NonRetryableError
-from services.llm import OFFLINE_LABEL, ToolCall
-from services.workflow import Registry, StepContext, Workflow, current_step
+from tickflow.core.decider import Recover, RunState, Start, WorkerResult, effects, fold, run
+from tickflow.events import Envelope, ErrorInfo, RunStep, StartRun, StepErrored, StepSucceeded
+from tickflow.events.agents import LlmCallAttempted, MessageAppended
+from tickflow.events.errors import NonRetryableError
+from tickflow.events.spec import BranchNode, ForEachNode, LoopNode, SequenceNode, StepNode
+from tickflow.llm import OFFLINE_LABEL, ToolCall
+from tickflow.settings import Settings
+from tickflow.workflow import Registry, StepContext, Workflow, current_step
 
 NO_MEMORY_READS = Memory(window=0, recall_k=0)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.claimcheck import FileBlobStore, PayloadTooLarge, is_ref, offload, resolve
+from tickflow.runtime.claimcheck import FileBlobStore, PayloadTooLarge, is_ref, offload, resolve
 
 
 def test_small_values_stay_inline_and_big_ones_round_trip(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from events import (
+from tickflow.events import (
     MAX_RECORD_BYTES,
     Envelope,
     InvalidRecord,
@@ -17,9 +17,9 @@ from events import (
     decode,
     encode,
 )
-from events.spec import walk
-from services.errors import NonRetryableError
-from services.workflow import Flow, Registry, StepContext, Workflow
+from tickflow.events.errors import NonRetryableError
+from tickflow.events.spec import walk
+from tickflow.workflow import Flow, Registry, StepContext, Workflow
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),

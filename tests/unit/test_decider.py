@@ -7,18 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import (
-    CancelRun,
-    ChildFinished,
-    Envelope,
-    ErrorInfo,
-    ResumeRun,
-    RunStep,
-    StartRun,
-    StepErrored,
-    StepSucceeded,
-)
-from services.decider import (
+from tickflow.core.decider import (
     Decision,
     Recover,
     RunState,
@@ -31,7 +20,18 @@ from services.decider import (
     recovery_effects,
     run,
 )
-from services.workflow import Flow, Registry, Workflow
+from tickflow.events import (
+    CancelRun,
+    ChildFinished,
+    Envelope,
+    ErrorInfo,
+    ResumeRun,
+    RunStep,
+    StartRun,
+    StepErrored,
+    StepSucceeded,
+)
+from tickflow.workflow import Flow, Registry, Workflow
 
 
 def a(x: Any) -> Any:

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from events import Envelope, StepSucceeded, decode
-from services.decider import Recover, RunState, WorkerResult, decide, fold, recovery_effects, run
+from tickflow.core.decider import Recover, RunState, WorkerResult, decide, fold, recovery_effects, run
+from tickflow.events import Envelope, StepSucceeded, decode
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.llm import LlmConfig, LlmConfigError, ProviderConfig, scrub
+from tickflow.llm import LlmConfig, LlmConfigError, ProviderConfig, scrub
 
 TOML = """
 [[providers]]

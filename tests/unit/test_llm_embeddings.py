@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from services.llm import Embedder, HashedBagOfWordsEmbedder
+from tickflow.llm import Embedder, HashedBagOfWordsEmbedder
 
 
 def cosine(a: list[float], b: list[float]) -> float:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.llm import (
+from tickflow.llm import (
     AllModelsFailed,
     ChatMessage,
     ChatRequest,
@@ -19,7 +19,7 @@ from services.llm import (
     RetryPolicy,
     TokenBucket,
 )
-from services.llm.router import backoff_delay
+from tickflow.llm.router import backoff_delay
 
 
 class FakeClock:

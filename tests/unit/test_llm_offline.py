@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel
 
-from services.llm import (
+from tickflow.llm import (
     ChatMessage,
     ChatRequest,
     OfflineModel,
@@ -19,7 +19,7 @@ from services.llm import (
     ToolSpec,
     count_tokens,
 )
-from services.llm.types import ProviderFailure
+from tickflow.llm.types import ProviderFailure
 
 SEARCH = ToolSpec(name="search", description="web search",
                   parameters={"type": "object", "properties": {"query": {"type": "string", "minLength": 3},

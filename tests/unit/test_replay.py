@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import (
+from tickflow.core.decider import Decision, Fork, Recover, RunState, Start, WorkerResult, effects, fold, run
+from tickflow.core.state import NodeState, state_from_json, state_to_json
+from tickflow.events import (
     Envelope,
     ErrorInfo,
     ForkRun,
@@ -21,9 +23,8 @@ from events import (
     StepErrored,
     StepSucceeded,
 )
-from projections.rows import event_row
-from services.decider import Decision, Fork, Recover, RunState, Start, WorkerResult, effects, fold, run
-from services.replay import (
+from tickflow.projections.rows import event_row
+from tickflow.runtime.replay import (
     IncompleteHistory,
     NotForkable,
     SeqOutOfRange,
@@ -33,11 +34,8 @@ from services.replay import (
     fork_command,
     history_of,
     state_at,
-    state_from_json,
-    state_to_json,
 )
-from services.state import NodeState
-from services.workflow import Registry, Workflow
+from tickflow.workflow import Registry, Workflow
 
 
 def a(x: Any) -> Any:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from events import AcquireSlot, AdmitRun, CancelRun, Envelope, ReleaseSlot, StartRun, StepSucceeded
-from services.decider import RunState, Signal, Start, WorkerResult, effects, fold, recovery_effects, run
-from services.slots import SlotState, admissions, decide_slot, evolve_slot
-from services.workflow import Registry, Workflow
+from tickflow.core.decider import RunState, Signal, Start, WorkerResult, effects, fold, recovery_effects, run
+from tickflow.core.slots import SlotState, admissions, decide_slot, evolve_slot
+from tickflow.events import AcquireSlot, AdmitRun, CancelRun, Envelope, ReleaseSlot, StartRun, StepSucceeded
+from tickflow.workflow import Registry, Workflow
 
 
 def work(x: Any) -> Any:

@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import Envelope
-from events.agents import CreateStack, DeleteStack, PauseStack, PlayStack, TickFired, UpdateStack, stack_key
-from events.schemas import ChildFinished, Payload, StartRun
-from services.stacks import StackState, decide_stack, evolve_stack, new_stack, stack_recovery
+from tickflow.core.stacks import StackState, decide_stack, evolve_stack, new_stack, stack_recovery
+from tickflow.events import Envelope
+from tickflow.events.agents import CreateStack, DeleteStack, PauseStack, PlayStack, TickFired, UpdateStack, stack_key
+from tickflow.events.schemas import ChildFinished, Payload, StartRun
 
 T0 = 1_700_000_000_000
 WORKFLOWS = frozenset({"tick_wf", "other"})

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from events.codec import decode, encode
-from events.envelope import Envelope
-from events.schemas import CancelStep, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
-from services import step_logs
-from services.config import Settings
-from services.kafka import DeadLetters
-from services.worker import CancelledKeys, LocalQueue, Scheduler, StepWorker
-from services.workflow import Registry
+from tickflow.events.codec import decode, encode
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import CancelStep, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
+from tickflow.runtime import step_logs
+from tickflow.runtime.kafka import DeadLetters
+from tickflow.runtime.worker import CancelledKeys, LocalQueue, Scheduler, StepWorker
+from tickflow.settings import Settings
+from tickflow.workflow import Registry
 
 # --- step log capture -----------------------------------------------------------------------------------
 
@@ -435,7 +435,7 @@ async def test_an_attempt_that_already_reported_is_answered_again_not_run_again(
 
 
 def test_remembered_results_are_bounded_by_count_and_bytes() -> None:
-    from services.produced import ProducedResults
+    from tickflow.runtime.produced import ProducedResults
 
     memory = ProducedResults(capacity=3, max_bytes=25)
     for i in range(3):

@@ -1,0 +1,131 @@
+"""The HTTP API: commands in, status out. Bound to 127.0.0.1 unless configured otherwise.
+
+Commands are produced to Kafka and acknowledged (acks=all) before the API answers 202, so an accepted
+command is never lost. Reads go to the projections in ClickHouse; in embedded mode this process owns the chDB
+data directory, which is why the CLI and SDK read through here. Each family of routes is a module of this
+package with a ``build_router(deps)``; this module wires them together with the guards every route shares.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from tickflow.api import analytics, live, memory, rebuild, replay, runs, sql, stacks
+from tickflow.api.deps import ApiDeps, code_for_status
+from tickflow.events.codec import MAX_RECORD_BYTES
+from tickflow.events.errors import ErrorCode
+from tickflow.events.topics import TopicNames
+from tickflow.projections.store import ProjectionStore
+
+__all__ = ["create_api"]
+
+#: Every router of the API, in the order their routes are matched.
+ROUTERS = (runs, analytics, live, memory, rebuild, replay, sql, stacks)
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _has_lone_surrogate(body: bytes) -> bool:
+    """True when the JSON body decodes to text with an unpaired surrogate (a pair is one valid character)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return False
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # only an unpaired surrogate cannot be encoded as UTF-8
+        return True
+    except (ValueError, RecursionError):  # not JSON (or absurdly nested): FastAPI answers that itself
+        return False
+    return False
+
+
+def _error(status: int, detail: Any, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+def create_api(
+    *,
+    store: ProjectionStore,
+    producer: Any,
+    topics: TopicNames,
+    workflows: set[str] | None,
+    token: str | None = None,
+    metrics: Any = None,
+    blobs: Any = None,
+    offload_bytes: int = MAX_RECORD_BYTES // 4,
+    max_body_bytes: int = MAX_RECORD_BYTES,
+    bootstrap: str = "",
+    engine: Any = None,
+    projector: Any = None,
+) -> FastAPI:
+    """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name)."""
+    api = FastAPI(
+        title="tickflow",
+        version="0.1.0",
+        description="Durable workflows on a Kafka log; status and analytics from ClickHouse.",
+    )
+
+    async def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:], token)):
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <TICKFLOW_API_TOKEN>'")
+
+    @api.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        code = getattr(exc, "code", None) or code_for_status(exc.status_code)
+        return _error(exc.status_code, exc.detail, str(code), exc.headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, jsonable_encoder(exc.errors()), ErrorCode.INVALID_REQUEST)
+
+    @api.middleware("http")
+    async def refuse_lone_surrogates(request: Request, call_next: Any) -> Any:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python turns it into a str that cannot be encoded
+        # again, so it failed deep inside (the Kafka codec, chDB, even the error response) as a 500.
+        if request.method in ("POST", "PUT", "PATCH") and _has_lone_surrogate(await request.body()):
+            detail = "the JSON body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff): send valid Unicode text"
+            return _error(422, detail, ErrorCode.INVALID_REQUEST)
+        return await call_next(request)
+
+    @api.middleware("http")  # added last, so it runs first: a too-big body is refused before it is read
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            detail = f"request body is {length} bytes; the limit is {max_body_bytes}"
+            return _error(413, detail, ErrorCode.PAYLOAD_TOO_LARGE)
+        return await call_next(request)
+
+    deps = ApiDeps(
+        store=store,
+        producer=producer,
+        topics=topics,
+        guard=[Depends(authorize)],
+        bootstrap=bootstrap,
+        engine=engine,
+        workflows=workflows,
+        projector=projector,
+        metrics=metrics,
+        blobs=blobs,
+        offload_bytes=offload_bytes,
+        max_body_bytes=max_body_bytes,
+    )
+    for module in ROUTERS:
+        api.include_router(module.build_router(deps))
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return api
+

@@ -1,0 +1,204 @@
+"""Live updates: a run's (or a stack's) events as Server-Sent Events, read from the log.
+
+``GET /runs/{run_id}/live`` and ``GET /stacks/{stack_id}/live`` send each event as an SSE message whose
+``id`` is its offset in the events topic, ``event`` its type and ``data`` its JSON (seq, type,
+occurred_at_ms, causation_id, payload, offset). A browser's ``EventSource`` reconnects by itself with
+``Last-Event-ID`` and the stream continues strictly after that offset: nothing lost, nothing repeated.
+
+A run's stream ends after its terminal event (RunCompleted, RunFailed, RunCancelled, RunRejected) unless
+``?follow=true``. A reconnect after the end is answered 204, which tells ``EventSource`` to stop retrying.
+A stream opened before the run's first event exists (right after ``POST /runs``) waits for it instead of
+answering 404: the log, not the projection, decides what exists. Stack streams never end by themselves.
+
+Each stream owns one Kafka consumer (see ``services.live`` for its cost), so the router caps how many are
+open at once and answers 503 above the cap; ``GET /live/streams`` shows the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import orjson
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
+
+from tickflow.api.deps import ApiDeps
+from tickflow.events.schemas import RUN_TERMINAL_EVENTS
+from tickflow.runtime.live import LiveReader
+
+__all__ = ["MAX_STREAMS", "PING_S", "build_router"]
+
+log = logging.getLogger("tickflow.api.live")
+
+#: Open streams per API process. Each holds a consumer (two broker connections, a fetch buffer of up to
+#: 1 MiB, ~4 idle fetches a second), so a few hundred are cheap and tens of thousands are not.
+MAX_STREAMS = 256
+
+#: Keep-alive comment interval: below the idle timeouts of common proxies (30 to 60 s).
+PING_S = 10.0
+
+#: A client that stops reading for this long is dropped, so a stuck socket cannot hold a slot forever.
+SEND_TIMEOUT_S = 30.0
+
+#: The key prefix of agent-stack entities on the run topics.
+STACK_PREFIX = "stack:"
+
+
+class _Slots:
+    """How many streams are open; refuses beyond the limit instead of queueing (a queued stream is useless)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give(self) -> None:
+        self.open -= 1
+
+
+class _LiveResponse(EventSourceResponse):
+    """An SSE response that closes its reader and frees its slot however it ends: the stream finished, the
+    client left, a send timed out, or the body never started (a HEAD request, a client gone before the
+    first byte) — cases where a generator's ``finally`` would never run."""
+
+    def __init__(self, reader: LiveReader, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(_messages(reader), **kwargs)
+        self._reader = reader
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                with anyio.move_on_after(5, shield=True):  # the request may be cancelled: close regardless
+                    await self._reader.close()
+            finally:
+                self._release()
+
+
+async def _messages(reader: LiveReader) -> AsyncIterator[ServerSentEvent]:
+    while True:
+        for event in await reader.next_batch():
+            data = orjson.dumps(event.as_dict()).decode()
+            yield ServerSentEvent(data=data, event=event.type, id=str(event.offset))
+        if reader.finished:
+            return
+
+
+def _resume_point(header: str | None, after: int | None) -> int | None:
+    """``Last-Event-ID`` wins over ``?after=``: a browser reconnects to the same URL (with its original
+    ``after``) and sends the id of the last event it got in the header."""
+    if header is None or not header.strip():
+        return after
+    try:
+        value = int(header.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise HTTPException(
+            400, f"Last-Event-ID must be the id of an event this stream sent (an events-topic offset), got {header!r}"
+        )
+    return value
+
+
+def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
+    """The live-stream routes, sharing one cap of ``max_streams`` open streams."""
+    router = APIRouter()
+    slots = _Slots(max_streams)
+
+    async def stream(
+        request: Request,
+        key: str,
+        instead: str,
+        after: int | None,
+        from_seq: int | None,
+        follow: bool,
+        terminal: frozenset[str],
+    ) -> Response:
+        resume = _resume_point(request.headers.get("last-event-id"), after)
+        if not slots.take():
+            raise HTTPException(
+                503,
+                f"{slots.limit} live streams are already open, the most this API process serves; close one or "
+                f"retry later{instead}",
+                headers={"Retry-After": "5"},
+            )
+        reader: LiveReader | None = None
+        try:
+            first = await asyncio.to_thread(deps.store.first_offset, key)
+            reader = LiveReader(
+                bootstrap=deps.bootstrap,
+                topic=deps.topics.events,
+                partitions=deps.topics.partitions,
+                key=key,
+                after=resume,
+                from_seq=from_seq,
+                first=first,
+                terminal=terminal,
+                follow=follow,
+            )
+            await reader.open()
+        except BaseException as exc:
+            if reader is not None:
+                with anyio.move_on_after(5, shield=True):
+                    await reader.close()
+            slots.give()
+            if isinstance(exc, KafkaError):
+                log.warning("live stream of %s could not read the log: %r", key, exc)
+                raise HTTPException(
+                    503, f"cannot read the events topic at {deps.bootstrap}: {exc}; check that Kafka is up"
+                ) from None
+            raise
+        if reader.finished:  # a reconnect after the end: 204 makes EventSource stop retrying
+            try:
+                await reader.close()
+            finally:
+                slots.give()
+            return Response(status_code=204)
+        return _LiveResponse(reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+
+    after_q = Query(default=None, ge=0, description="Continue strictly after this event offset (like Last-Event-ID).")
+    from_seq_q = Query(default=None, ge=1, description="Only events with seq >= from_seq.")
+
+    @router.get("/runs/{run_id}/live", dependencies=deps.guard, response_class=EventSourceResponse)
+    async def run_live(
+        request: Request,
+        run_id: str,
+        after: int | None = after_q,
+        from_seq: int | None = from_seq_q,
+        follow: bool = Query(default=False, description="Keep streaming after the run's terminal event."),
+    ) -> Response:
+        """The run's events as Server-Sent Events, from its first event (or the resumption point) on,
+        ending after its terminal event unless ``follow``."""
+        instead = f", or poll GET /runs/{run_id}/events"
+        return await stream(request, run_id, instead, after, from_seq, follow, RUN_TERMINAL_EVENTS)
+
+    @router.get("/stacks/{stack_id}/live", dependencies=deps.guard, response_class=EventSourceResponse)
+    async def stack_live(
+        request: Request,
+        stack_id: str,
+        after: int | None = after_q,
+        from_seq: int | None = from_seq_q,
+    ) -> Response:
+        """The agent stack's events as Server-Sent Events; a stack lives on, so the stream never ends by itself."""
+        key = f"{STACK_PREFIX}{stack_id}"
+        return await stream(request, key, "", after, from_seq, True, frozenset())
+
+    @router.get("/live/streams", dependencies=deps.guard)
+    async def live_streams() -> dict[str, int]:
+        """How many live streams this API process has open, and its cap."""
+        return {"open": slots.open, "max": slots.limit}
+
+    return router

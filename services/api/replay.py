@@ -1,0 +1,134 @@
+"""HTTP routes of replay: a run's state at any seq, forks, and the engine's refold-vs-live check.
+
+Time travel and forks read the run's events from the ``events`` projection (the API's own store); a fork is
+sent as a ``ForkRun`` command, so the engine that owns the new run stays the only writer of its events. The
+verification needs the engine itself and therefore answers only in a process that hosts one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from tickflow.api.deps import ApiDeps, ApiProblem
+from tickflow.core.state import state_to_json
+from tickflow.events.codec import InvalidRecord, encode
+from tickflow.events.envelope import Envelope
+from tickflow.runtime.replay import ReplayError, fork_command, history_of, state_at, verify_engine
+from tickflow.wire import EngineReport
+
+__all__ = ["ForkRequest", "ForkResponse", "StateAtResponse", "build_router"]
+
+
+class StateAtResponse(BaseModel):
+    run_id: str
+    at_seq: int
+    last_seq: int = Field(description="The run's last event visible in the projection.")
+    state: dict[str, Any] = Field(description="The fold of events 1..at_seq: a RunState as JSON.")
+
+
+class ForkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at_seq: int = Field(description="Fork from the source's state after this event (1..its last seq).")
+    run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="The new run's id. Forking again with the same id forks once.",
+    )
+
+
+class ForkResponse(BaseModel):
+    run_id: str
+    source_run_id: str
+    at_seq: int
+
+
+def _refuse(exc: ReplayError | InvalidRecord) -> HTTPException:
+    if isinstance(exc, InvalidRecord):  # a stored event no longer decodes: the data, not the request, is bad
+        return HTTPException(500, f"the run's events cannot be decoded: {exc}")
+    return ApiProblem(exc.http_status, exc.code, str(exc))
+
+
+def build_router(deps: ApiDeps) -> APIRouter:
+    """Routes under ``/runs/{id}/state``, ``/runs/{id}/fork`` and ``/admin/engine/verify``."""
+    router = APIRouter(dependencies=deps.guard)
+
+    async def history(run_id: str) -> list[Envelope]:
+        rows = await asyncio.to_thread(deps.store.run_events, run_id)
+        try:
+            return await asyncio.to_thread(history_of, run_id, rows)
+        except (ReplayError, InvalidRecord) as exc:
+            raise _refuse(exc) from None
+
+    @router.get("/runs/{run_id}/state", response_model=StateAtResponse)
+    async def get_state(
+        run_id: str, at_seq: int | None = Query(default=None, description="Default: the last visible event.")
+    ) -> StateAtResponse:
+        """The run's state after event ``at_seq``: the fold of its events 1..at_seq (time travel)."""
+        events = await history(run_id)
+        try:
+            state = await asyncio.to_thread(state_at, run_id, events, at_seq)
+        except ReplayError as exc:
+            raise _refuse(exc) from None
+        return StateAtResponse(
+            run_id=run_id, at_seq=state.seq, last_seq=events[-1].seq or 0, state=state_to_json(state)
+        )
+
+    @router.post("/runs/{run_id}/fork", status_code=202, response_model=ForkResponse)
+    async def fork_run(run_id: str, body: ForkRequest) -> ForkResponse:
+        """Start a new run from this run's state at ``at_seq``. Steps completed by then are not run again;
+        steps in flight then are issued again under the new run's id; the rest runs as in any run."""
+        new_id = body.run_id or uuid.uuid4().hex
+        events = await history(run_id)
+        if body.run_id is not None and await _is_this_fork(deps, new_id, run_id, body.at_seq):
+            return ForkResponse(run_id=new_id, source_run_id=run_id, at_seq=body.at_seq)  # a retry: forked once
+        try:
+            command = await asyncio.to_thread(
+                fork_command, run_id, events, body.at_seq, new_id, int(time.time() * 1000)
+            )
+            raw = encode(command)
+        except ReplayError as exc:
+            raise _refuse(exc) from None
+        except InvalidRecord as exc:
+            raise HTTPException(
+                413, f"{exc}. A fork carries the source's events 1..{body.at_seq}; fork at an earlier seq"
+            ) from None
+        await deps.producer.send_and_wait(deps.topics.commands, raw, key=new_id.encode())
+        return ForkResponse(run_id=new_id, source_run_id=run_id, at_seq=body.at_seq)
+
+    @router.post("/admin/engine/verify", response_model=EngineReport)
+    async def verify() -> EngineReport:
+        """Refold the log of the partitions this process's engine owns and compare with its live state."""
+        if deps.engine is None:
+            raise HTTPException(
+                409,
+                "no engine runs in this API process, so there is no live state to compare: call the API of a "
+                "process started with both the engine and api roles (the default `tickflow up`)",
+            )
+        return await verify_engine(deps.engine)
+
+    return router
+
+
+async def _is_this_fork(deps: ApiDeps, new_id: str, source_id: str, at_seq: int) -> bool:
+    """True when ``new_id`` already is this very fork (a retry); 409 when another run has the id, because the
+    engine would ignore the fork silently. False when the id is free (as far as the projection shows)."""
+    rows = await asyncio.to_thread(deps.store.run_events, new_id)
+    if not rows:
+        return False
+    marker = next((r for r in rows if r.seq == at_seq + 1 and r.type == "RunForked"), None)
+    if marker is not None and orjson.loads(marker.payload).get("source_run_id") == source_id:
+        return True
+    if rows[0].type == "RunRejected":
+        reason = orjson.loads(rows[0].payload).get("reason", "")
+        raise HTTPException(409, f"run id {new_id!r} was refused before ({reason}); choose another run_id")
+    raise HTTPException(409, f"run id {new_id!r} is already taken by another run; choose another run_id")

@@ -1,0 +1,168 @@
+"""Run routes: start, resume and cancel runs (commands, 202 once Kafka acknowledged them), read their status,
+change a pool's concurrency, vacuum finished runs, and the overall counts of ``/stats``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query
+
+from tickflow.api.deps import ApiDeps, ApiProblem, produce_command
+from tickflow.events.codec import encode
+from tickflow.events.envelope import Envelope
+from tickflow.events.errors import ErrorCode, PayloadTooLarge
+from tickflow.events.schemas import CancelRun, ResumeRun, SetPoolConcurrency, StartRun
+from tickflow.projections.rows import RunRow
+from tickflow.runtime.claimcheck import offload
+from tickflow.wire import (
+    CancelRequest,
+    CommandAccepted,
+    PoolLimit,
+    ResumeRequest,
+    RunStatus,
+    StartRequest,
+    StartResponse,
+    VacuumRequest,
+)
+
+__all__ = ["build_router", "run_status"]
+
+
+def run_status(row: RunRow) -> RunStatus:
+    """A projected run row as the API shows it (input and output parsed back from their JSON text)."""
+    data: dict[str, Any] = {k: getattr(row, k) for k in RunRow.__dataclass_fields__}
+    data["input"] = orjson.loads(row.input) if row.input else None
+    data["output"] = orjson.loads(row.output) if row.output else None
+    return RunStatus(**data)
+
+
+def _run_not_found(run_id: str, why: str) -> ApiProblem:
+    return ApiProblem(404, ErrorCode.RUN_NOT_FOUND, f"no run {run_id!r} is visible{why}")
+
+
+def build_router(deps: ApiDeps) -> APIRouter:
+    router = APIRouter(dependencies=deps.guard)
+    store, producer, topics, workflows = deps.store, deps.producer, deps.topics, deps.workflows
+
+    @router.post("/runs", status_code=202, response_model=StartResponse)
+    async def start_run(body: StartRequest) -> StartResponse:
+        if workflows is not None and body.workflow not in workflows:
+            known = ", ".join(sorted(workflows)) or "none"
+            raise ApiProblem(
+                404, ErrorCode.UNKNOWN_WORKFLOW, f"unknown workflow {body.workflow!r}; registered workflows: {known}"
+            )
+        run_id = body.run_id or uuid.uuid4().hex
+        value = body.input
+        if deps.blobs is not None:  # claim-check: a big input is stored out of band, the log gets a reference
+            try:
+                value = await asyncio.to_thread(
+                    offload, value, deps.blobs, deps.offload_bytes, deps.max_body_bytes, f"the input of run {run_id!r}"
+                )
+            except PayloadTooLarge as exc:
+                raise HTTPException(413, str(exc)) from None
+            except TypeError as exc:  # e.g. an integer beyond 64 bits
+                raise HTTPException(422, f"the input cannot be stored as JSON: {exc}") from None
+        command = Envelope.wrap(
+            StartRun(workflow=body.workflow, input=value, priority=body.priority),
+            id=f"start/{run_id}",
+            key=run_id,
+            occurred_at_ms=int(time.time() * 1000),
+            correlation_id=run_id,
+        )
+        await produce_command(producer, topics.commands, command)
+        return StartResponse(run_id=run_id)
+
+    async def send_command(run_id: str, payload: Any, command_id: str) -> None:
+        rows = await asyncio.to_thread(store.runs_by_id, [run_id])
+        if run_id not in rows:
+            raise _run_not_found(run_id, ": check the id, or wait until its start is visible")
+        command = Envelope.wrap(
+            payload, id=command_id, key=run_id, occurred_at_ms=int(time.time() * 1000), correlation_id=run_id
+        )
+        await produce_command(producer, topics.commands, command)
+
+    @router.post("/runs/{run_id}/resume", status_code=202, response_model=CommandAccepted)
+    async def resume_run(run_id: str, body: ResumeRequest) -> CommandAccepted:
+        """Deliver an event to a run suspended in a wait node. The engine validates the payload against the
+        wait's schema; a refusal appears in the run's events as ResumeRejected with this command id."""
+        command_id = f"resume/{run_id}/{uuid.uuid4().hex}"
+        await send_command(run_id, ResumeRun(event=body.event, payload=body.payload), command_id)
+        return CommandAccepted(run_id=run_id, command_id=command_id)
+
+    @router.post("/runs/{run_id}/cancel", status_code=202, response_model=CommandAccepted)
+    async def cancel_run(run_id: str, body: CancelRequest | None = None) -> CommandAccepted:
+        command_id = f"cancel/{run_id}/{uuid.uuid4().hex}"
+        reason = body.reason if body is not None else "cancelled through the API"
+        await send_command(run_id, CancelRun(reason=reason), command_id)
+        return CommandAccepted(run_id=run_id, command_id=command_id)
+
+    @router.put("/pools/{pool}/concurrency", status_code=202)
+    async def set_pool_concurrency(pool: str, body: PoolLimit) -> dict[str, Any]:
+        """Change how many steps each worker of ``pool`` runs at once; workers apply it within seconds."""
+        try:
+            control = SetPoolConcurrency(pool=pool, limit=body.limit)
+        except ValueError as exc:
+            raise HTTPException(422, f"invalid pool name {pool!r}: {exc}") from None
+        now = int(time.time() * 1000)
+        env = Envelope.wrap(control, id=f"pool/{pool}/{uuid.uuid4().hex}", key=pool, occurred_at_ms=now)
+        await producer.send_and_wait(topics.control, encode(env), key=pool.encode())
+        return {"pool": pool, "limit": body.limit}
+
+    @router.post("/admin/vacuum")
+    async def vacuum(body: VacuumRequest) -> dict[str, Any]:
+        """Delete finished runs (and their events) that ended more than ``older_than_s`` ago from ClickHouse.
+        The log keeps them: a rebuild from the events topic brings them back."""
+        cutoff = int(time.time() * 1000) - int(body.older_than_s * 1000)
+        removed = await asyncio.to_thread(store.vacuum, cutoff)
+        return {"runs_removed": removed, "finished_before_ms": cutoff}
+
+    @router.get("/runs/{run_id}", response_model=RunStatus)
+    async def get_run(run_id: str) -> RunStatus:
+        rows = await asyncio.to_thread(store.runs_by_id, [run_id])
+        if run_id not in rows:
+            raise _run_not_found(run_id, " yet: it was never started, or its start is still in flight")
+        return run_status(rows[run_id])
+
+    @router.get("/runs", response_model=list[RunStatus])
+    async def list_runs(
+        status: str | None = Query(default=None, max_length=32),
+        workflow: str | None = Query(default=None, max_length=128),
+        limit: int = Query(default=50, ge=1, le=1000),
+        offset: int = Query(default=0, ge=0, le=10_000_000),
+    ) -> list[RunStatus]:
+        rows = await asyncio.to_thread(store.list_runs, status=status, workflow=workflow, limit=limit, offset=offset)
+        return [run_status(r) for r in rows]
+
+    @router.get("/runs/{run_id}/events")
+    async def run_events(run_id: str) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(store.run_events, run_id)
+        return [
+            {
+                "seq": r.seq,
+                "type": r.type,
+                "occurred_at_ms": r.occurred_at_ms,
+                "causation_id": r.causation_id,
+                "payload": orjson.loads(r.payload),
+            }
+            for r in rows
+        ]
+
+    @router.get("/stats")
+    async def stats(workflow: str | None = Query(default=None, max_length=128)) -> dict[str, Any]:
+        counts = await asyncio.to_thread(store.status_counts, workflow)
+        out: dict[str, Any] = {"runs": counts, "total": sum(counts.values())}
+        metrics = deps.metrics
+        if metrics is not None:
+            out["projector"] = {
+                "events_projected": metrics.events_projected,
+                "lag": sum(metrics.lag.values()),
+                "last_freshness_ms": metrics.last_freshness_ms,
+                "already_projected": metrics.already_projected,
+            }
+        return out
+
+    return router

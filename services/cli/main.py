@@ -1,0 +1,54 @@
+"""The ``tickflow`` command: bring everything up, start runs, read their status, run the demo.
+
+Each module of this package defines one family of commands; this one is the group that gathers them (and reads
+the settings every command gets as its context object).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from tickflow.cli import queries, replay, runs, serve, stacks
+from tickflow.settings import Settings
+
+__all__ = ["main"]
+
+
+@click.group()
+@click.option("--verbose", "-v", is_flag=True, help="Log at INFO level.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """tickflow: durable workflows on a Kafka log, status and analytics in ClickHouse."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:  # aiokafka warns about transient coordinator moves while a fresh broker settles
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    ctx.obj = Settings()
+
+
+for _command in (
+    serve.broker,
+    serve.up,
+    serve.demo,
+    runs.start,
+    runs.status,
+    runs.wait,
+    runs.follow,
+    runs.resume,
+    runs.cancel,
+    runs.runs,
+    runs.pool_limit,
+    runs.vacuum,
+    runs.sql,
+    runs.thread,
+    replay.replay,
+    queries.timeline,
+    queries.stacks,
+    queries.analytics,
+    stacks.stack,
+):
+    main.add_command(_command)

@@ -1,0 +1,112 @@
+"""``tickflow replay``: time travel, forks, the engine's refold-vs-live check, projection rebuilds."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tickflow.cli.common import client, fail, print_json
+from tickflow.core.state import state_to_json
+from tickflow.events.errors import TickflowError
+
+__all__ = ["replay"]
+
+
+@click.group()
+def replay() -> None:
+    """Time travel, forks, and the check that the engine's live state equals a refold of the log."""
+
+
+@replay.command("state")
+@click.argument("run_id")
+@click.option("--at-seq", type=int, default=None, help="After this event (default: the last visible one).")
+@click.option("--spec", "with_spec", is_flag=True, help="Also print the workflow spec the run pinned.")
+@click.pass_context
+def replay_state(ctx: click.Context, run_id: str, at_seq: int | None, with_spec: bool) -> None:
+    """Print RUN_ID's state after event --at-seq: the fold of its events up to there."""
+    try:
+        with client(ctx) as c:
+            data = state_to_json(c.state_at(run_id, at_seq))
+    except TickflowError as exc:
+        fail(exc)
+        return
+    if not with_spec:
+        data.pop("spec", None)
+    print_json(data)
+
+
+@replay.command("fork")
+@click.argument("run_id")
+@click.option("--at-seq", type=int, required=True, help="Fork from RUN_ID's state after this event.")
+@click.option("--run-id", "new_run_id", default=None, help="The new run's id; forking twice with it forks once.")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the fork's end.")
+@click.pass_context
+def replay_fork(ctx: click.Context, run_id: str, at_seq: int, new_run_id: str | None, wait_s: float | None) -> None:
+    """Start a new run from RUN_ID's state at --at-seq and print its id (completed steps do not run again)."""
+    try:
+        with client(ctx) as c:
+            rid = c.fork(run_id, at_seq, new_run_id=new_run_id)
+            click.echo(rid)
+            if wait_s is not None:
+                print_json(c.wait(rid, timeout=wait_s).model_dump())
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+
+
+@replay.command("verify-engine")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.pass_context
+def replay_verify_engine(ctx: click.Context, as_json: bool) -> None:
+    """Refold the log of the partitions the API's engine owns and compare with its live state; exit 1 on any
+    difference."""
+    try:
+        with client(ctx) as c:
+            report = c.verify_engine()
+    except TickflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        print_json(report.model_dump())
+    else:
+        for p in report.partitions:
+            click.echo(
+                f"partition {p.partition}: {p.runs_compared} compared, {p.equal} equal, {p.differing_count} differ, "
+                f"{len(p.missing_live)} missing live, {len(p.missing_in_log)} missing in the log, "
+                f"{p.expired} expired, {p.started_after_capture} started after the capture"
+            )
+            for d in p.differing:
+                click.echo(f"  {d.run_id}: first difference at {d.first_path} (live seq {d.live_seq})")
+        verdict = "live state equals the refold" if report.ok else "DIFFERENCES FOUND"
+        click.echo(f"{report.runs_compared} runs compared in {report.duration_ms:.0f} ms: {verdict}")
+    sys.exit(0 if report.ok else 1)
+
+
+@replay.command("rebuild")
+@click.option("--no-swap", is_flag=True, help="Build and verify only; keep serving the current database.")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job (and report) as JSON.")
+@click.pass_context
+def replay_rebuild(ctx: click.Context, no_swap: bool, wait_s: float | None, as_json: bool) -> None:
+    """Rebuild every projection from the log into a fresh database, verify it against the log and swap it in
+    without stopping queries; exit 1 when verification finds a mismatch (nothing is swapped then)."""
+    try:
+        with client(ctx) as c:
+            job = c.rebuild(swap=not no_swap, wait=wait_s)
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+        return
+    if as_json:
+        print_json(job.model_dump())
+    elif job.report is None:
+        click.echo(f"rebuild {job.job_id} started into {job.database}; follow it with --wait or the API")
+    else:
+        r = job.report
+        click.echo(f"rebuilt {r.events:,} events into {r.database} in {r.duration_s:.1f} s ({r.events_per_s:,.0f}/s)")
+        click.echo("rows: " + ", ".join(f"{t}={n:,}" for t, n in r.tables.items()))
+        for m in r.mismatches:
+            click.echo(f"  MISMATCH {m}")
+        if job.error:
+            click.echo(f"failed: {job.error}")
+        click.echo("swapped in (previous: " + r.previous_database + ")" if r.swapped else "not swapped")
+    sys.exit(1 if job.state == "failed" else 0)

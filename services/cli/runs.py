@@ -1,0 +1,242 @@
+"""Run commands: start, status, wait, follow, resume, cancel, list runs; pool limits, vacuum, SQL, memory threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+import click
+
+from tickflow.cli.common import client, fail, print_json
+from tickflow.events.errors import TickflowError
+
+__all__ = ["cancel", "follow", "pool_limit", "resume", "runs", "sql", "start", "status", "thread", "vacuum", "wait"]
+
+
+@click.command()
+@click.argument("workflow")
+@click.option("--input", "input_json", default="null", help="The run's input, as JSON.")
+@click.option("--run-id", default=None, help="Your own run id; starting the same id twice starts one run.")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the end.")
+@click.option("--priority", type=int, default=0, help="Order among runs queued for the same concurrency key.")
+@click.pass_context
+def start(
+    ctx: click.Context, workflow: str, input_json: str, run_id: str | None, wait_s: float | None, priority: int
+) -> None:
+    """Start a run of WORKFLOW and print its id."""
+    try:
+        value = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--input is not valid JSON: {exc}") from None
+    try:
+        with client(ctx) as c:
+            rid = c.start(workflow, value, run_id=run_id, priority=priority)
+            click.echo(rid)
+            if wait_s is not None:
+                print_json(c.wait(rid, timeout=wait_s).model_dump())
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--events", is_flag=True, help="Also print the run's events from the log projection.")
+@click.pass_context
+def status(ctx: click.Context, run_id: str, events: bool) -> None:
+    """Print a run's status."""
+    try:
+        with client(ctx) as c:
+            print_json(c.status(run_id).model_dump())
+            if events:
+                for e in c.events(run_id):
+                    click.echo(f"{e['seq']:>4} {e['type']:<16} {json.dumps(e['payload'])[:160]}")
+    except TickflowError as exc:
+        fail(exc)
+
+
+@click.command()
+@click.argument("thread_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.pass_context
+def thread(ctx: click.Context, thread_id: str, limit: int) -> None:
+    """Print the last messages of an agent memory thread, oldest first."""
+    try:
+        with client(ctx) as c:
+            for m in c.thread_messages(thread_id, limit=limit):
+                click.echo(f"{m['created_at_ms']:>14} {m['role']:<9} {m['agent']:<12} {m['content'][:160]}")
+    except TickflowError as exc:
+        fail(exc)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.pass_context
+def wait(ctx: click.Context, run_id: str, timeout: float) -> None:
+    """Wait until a run is completed, failed or rejected; exit 1 unless it completed."""
+    try:
+        with client(ctx) as c:
+            final = c.wait(run_id, timeout=timeout)
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+        return
+    print_json(final.model_dump())
+    sys.exit(0 if final.status == "completed" else 1)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--after", type=click.IntRange(min=0), default=None, help="Continue after this event offset.")
+@click.pass_context
+def follow(ctx: click.Context, run_id: str, after: int | None) -> None:
+    """Print RUN_ID's events as they happen (offset, seq, type, payload), until its terminal event.
+
+    Read from the log, so a run started a moment ago is waited for; rerun with --after <last offset> to
+    continue without repeats."""
+    try:
+        with client(ctx) as c:
+            for e in c.live(run_id, after=after):
+                click.echo(f"{e['offset']:>8} {e['seq']:>4} {e['type']:<16} {json.dumps(e['payload'])[:160]}")
+    except TickflowError as exc:
+        fail(exc)
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("event")
+@click.option("--payload", "payload_json", default="null", help="The event's payload, as JSON.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="How long to wait for the answer.")
+@click.pass_context
+def resume(ctx: click.Context, run_id: str, event: str, payload_json: str, timeout: float) -> None:
+    """Resume RUN_ID, suspended waiting for EVENT; exit 1 with the engine's reason if it refuses."""
+    try:
+        value = json.loads(payload_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--payload is not valid JSON: {exc}") from None
+    try:
+        with client(ctx) as c:
+            click.echo(c.resume(run_id, event, value, timeout=timeout))
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--reason", default="cancelled from the CLI", show_default=True)
+@click.pass_context
+def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
+    """Cancel RUN_ID and its children (in-flight steps get a best-effort stop signal)."""
+    try:
+        with client(ctx) as c:
+            click.echo(c.cancel(run_id, reason))
+    except TickflowError as exc:
+        fail(exc)
+
+
+@click.command("pool-limit")
+@click.argument("pool")
+@click.argument("limit", type=int)
+@click.pass_context
+def pool_limit(ctx: click.Context, pool: str, limit: int) -> None:
+    """Set how many steps each worker of POOL runs at once, at runtime."""
+    try:
+        with client(ctx) as c:
+            c.set_pool_concurrency(pool, limit)
+    except TickflowError as exc:
+        fail(exc)
+
+
+@click.command()
+@click.option("--older-than-days", type=float, required=True, help="Remove runs that finished before this.")
+@click.pass_context
+def vacuum(ctx: click.Context, older_than_days: float) -> None:
+    """Delete finished runs and their events from ClickHouse (the log keeps them; a rebuild restores them)."""
+    try:
+        with client(ctx) as c:
+            click.echo(f"{c.vacuum(older_than_days * 86_400)} finished runs removed")
+    except TickflowError as exc:
+        fail(exc)
+
+
+@click.command("runs")
+@click.option("--status", "status_", default=None)
+@click.option("--workflow", default=None)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--offset", default=0)
+@click.pass_context
+def runs(ctx: click.Context, status_: str | None, workflow: str | None, limit: int, offset: int) -> None:
+    """List runs, newest first."""
+    try:
+        with client(ctx) as c:
+            for r in c.list_runs(status=status_, workflow=workflow, limit=limit, offset=offset):
+                click.echo(
+                    f"{r.run_id:<34} {r.workflow:<12} {r.status:<10} "
+                    f"{r.steps_completed}/{r.steps_total} {r.error_message[:60]}"
+                )
+    except TickflowError as exc:
+        fail(exc)
+
+
+def _param(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """NAME=VALUE pairs. VALUE is text (ClickHouse parses it as the placeholder's type), except a JSON array,
+    which is sent as an array: text like ['a'] would arrive with its quotes escaped and not parse."""
+    out: dict[str, Any] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: write NAME=VALUE, matching a {{NAME:Type}} placeholder in the query")
+        if value.lstrip().startswith("["):
+            try:
+                out[name] = json.loads(value)
+            except ValueError as exc:
+                raise click.BadParameter(
+                    f"{item!r}: an array value must be JSON, e.g. {name}='[\"a\"]' ({exc})"
+                ) from None
+            continue
+        out[name] = value
+    return out
+
+
+@click.command("sql")
+@click.argument("query")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    callback=_param,
+    help="NAME=VALUE for a {NAME:Type} placeholder; repeatable. Arrays as JSON, e.g. ids='[1, 2]'.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--max-rows", type=click.IntRange(1, 100_000), default=1_000, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0, 60, min_open=True), default=10.0, show_default=True)
+@click.pass_context
+def sql(ctx: click.Context, query: str, params: dict[str, Any], fmt: str, max_rows: int, timeout_s: float) -> None:
+    """Run a read-only SQL QUERY over the projections (tables: runs, events, steps, …; add FINAL for the
+    current version of each row). Values go in --param, e.g.
+    tickflow sql "SELECT status, count() FROM runs FINAL WHERE workflow = {wf:String} GROUP BY status" --param wf=order
+    """
+    try:
+        with client(ctx) as c:
+            result = c.sql(query, params, max_rows=max_rows, timeout_s=timeout_s)
+    except TickflowError as exc:
+        fail(exc)
+        return
+    if fmt == "json":
+        click.echo(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
+        return
+    cells = [[_cell(v) for v in row] for row in result.rows]
+    widths = [max([len(col), *(len(r[i]) for r in cells)]) for i, col in enumerate(result.columns)]
+    click.echo("  ".join(col.ljust(w) for col, w in zip(result.columns, widths, strict=True)).rstrip())
+    click.echo("  ".join("-" * w for w in widths))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    more = f" (truncated at {max_rows}; raise --max-rows)" if result.truncated else ""
+    click.echo(f"{len(result.rows)} rows in {result.elapsed_ms:.0f} ms{more}", err=True)
+
+
+def _cell(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

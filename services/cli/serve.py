@@ -1,0 +1,97 @@
+"""``tickflow broker``, ``tickflow up`` and ``tickflow demo``: the commands that host tickflow itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import click
+
+from tickflow.broker import BrokerConfig, BrokerError, LocalBroker
+from tickflow.cli.common import load_registry
+from tickflow.node import ALL_ROLES, serve
+from tickflow.settings import Settings
+
+__all__ = ["broker", "demo", "up"]
+
+
+def kafka(settings: Settings, action: str) -> None:
+    """Run ``action`` on the local one-node broker whose data lives under the settings' state directory."""
+    local = LocalBroker(BrokerConfig.from_env(settings.state_dir))
+    try:
+        if action == "status":
+            ready = local.is_running() and local.is_ready()
+            click.echo(f"running {local.config.bootstrap}" if ready else "stopped")
+            if not ready:
+                raise SystemExit(1)
+            return
+        getattr(local, action)()
+    except BrokerError as exc:
+        raise click.ClickException(f"kafka {action}: {exc}") from None
+
+
+@click.command()
+@click.argument("action", type=click.Choice(["install", "start", "stop", "status", "reset"]))
+@click.pass_obj
+def broker(settings: Settings, action: str) -> None:
+    """Manage the local one-node Kafka (KRaft) broker of this checkout."""
+    kafka(settings, action)
+
+
+@click.command()
+@click.option(
+    "--app",
+    "app_path",
+    default="tickflow.demo:registry",
+    show_default=True,
+    help="module:attribute of the Registry holding your workflows.",
+)
+@click.option(
+    "--roles",
+    default=",".join(sorted(ALL_ROLES)),
+    show_default=True,
+    help="Comma-separated roles for this process: engine, worker, projector, api, trigger.",
+)
+@click.option("--no-broker", is_flag=True, help="Do not start the local Kafka; use TICKFLOW_KAFKA_BOOTSTRAP.")
+@click.pass_obj
+def up(settings: Settings, app_path: str, roles: str, no_broker: bool) -> None:
+    """Bring tickflow up: the local broker (unless --no-broker) and the chosen roles, until Ctrl-C."""
+    if not no_broker:
+        kafka(settings, "start")
+    registry = load_registry(app_path)
+    chosen = frozenset(r.strip() for r in roles.split(",") if r.strip())
+    if "TICKFLOW_POOLS" not in os.environ:  # serve every pool the app's workflows use (e.g. an agent's llm pool)
+        settings = settings.with_(pools=tuple(sorted(set(settings.pools) | registry.pools())))
+    logging.getLogger("tickflow").setLevel(logging.INFO)
+    click.echo(f"tickflow up: {', '.join(sorted(chosen))}; API on {settings.api_url}", err=True)
+    asyncio.run(serve(settings, registry, chosen))
+
+
+@click.command()
+@click.option("--scenario", type=click.Choice(["stacks", "orders"]), default="stacks", show_default=True,
+              help="stacks: agent stacks x 4 agents ticking (the seed ADR's scenario); orders: order workflows.")
+@click.option("--stacks", "stacks", default=100, show_default=True, help="stacks: how many agent stacks.")
+@click.option("--seconds", default=60.0, show_default=True, help="stacks: how long they tick before the report.")
+@click.option("--interval", default=10.0, show_default=True, help="stacks: seconds between a stack's ticks.")
+@click.option("--runs", "count", default=1000, show_default=True, help="orders: how many runs to start.")
+@click.option("--no-broker", is_flag=True, help="Do not start the local Kafka.")
+@click.pass_obj
+def demo(settings: Settings, scenario: str, stacks: int, seconds: float, interval: float, count: int,
+         no_broker: bool) -> None:
+    """Run the demo, with live progress and a report read from ClickHouse.
+
+    Default: STACKS agent stacks (planner, builder, communicator, reviewer on the offline scripted model — not a
+    real LLM) ticking every INTERVAL seconds for SECONDS. --scenario orders: COUNT order workflows end to end.
+    """
+    if not no_broker:
+        kafka(settings, "start")
+    from tickflow.demo.runner import run_demo, run_stacks_demo
+
+    if scenario == "orders":
+        asyncio.run(run_demo(settings, count))
+        return
+    try:
+        asyncio.run(run_stacks_demo(settings, stacks=stacks, seconds=seconds, interval=interval))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -1,0 +1,566 @@
+"""The engine: folds commands and worker results into each run's state and appends events to the log.
+
+Durability without Kafka transactions (aiokafka's are old and have open bugs):
+
+* The events topic is the state's only source of truth. When the engine is assigned a partition it rebuilds
+  that partition's runs by folding the events partition from its first offset; the in-memory table is a
+  cache of that fold and is dropped on revocation.
+* Offsets of commands/results are committed only after every event and task they caused is acknowledged
+  by the broker (acks=all, idempotent producer). A crash before that redelivers the inputs; the decider
+  ignores inputs already applied (idempotent start, exactly-once result application by attempt).
+* A crash may cut one decision's events short. After rebuilding, ``Recover`` emits what is missing, so the
+  log gets neither a duplicate nor a gap at any (run, seq); in-flight tasks are re-sent (workers are
+  at-least-once; their results are deduplicated by attempt).
+* commands, results and events share their partition count and key, and the range assignor gives one
+  engine the same partition numbers of both input topics, so exactly one engine owns a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from tickflow.core.decider import (
+    Decision,
+    Fork,
+    Outbound,
+    Recover,
+    RunState,
+    SequenceError,
+    Signal,
+    Start,
+    WorkerResult,
+    effects,
+    evolve,
+    recovery_effects,
+    run,
+)
+from tickflow.core.slots import SlotState, admissions, decide_slot, evolve_slot, is_slot
+from tickflow.core.stacks import StackDecision, StackState, decide_stack, evolve_stack, is_stack, stack_recovery
+from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import AcquireSlot, ForkRun, ReleaseSlot, StartRun
+from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
+from tickflow.runtime.snapshots import CHECKPOINT_KEY, decode_snapshot, encode_checkpoint, encode_snapshot
+from tickflow.settings import Settings
+from tickflow.workflow import Registry
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("tickflow.engine")
+SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
+
+
+#: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
+TIMER_CHECK_EVERY = 200
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Timers:
+    """When each owned run must be looked at again: a heap with lazy invalidation.
+
+    Timers are not a separate mechanism: a due time is part of the run's state (a sleep's due time, a
+    retry's backoff, a wait's or step's deadline, the time a finished run's state expires), so a restart
+    re-arms them by folding the log, a firing is just a ``Recover`` decision at ``now`` — deduplicated by
+    state, since a fired timer's node is no longer waiting — and nothing can fire early: the decider checks
+    ``now >= due`` itself.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []
+        self._armed: dict[str, int] = {}
+
+    def arm(self, partition: int, run_id: str, due_ms: int | None) -> None:
+        if due_ms is None:
+            self._armed.pop(run_id, None)
+            return
+        if self._armed.get(run_id) == due_ms:
+            return
+        self._armed[run_id] = due_ms
+        heapq.heappush(self._heap, (due_ms, partition, run_id))
+
+    def next_due(self) -> int | None:
+        while self._heap and self._armed.get(self._heap[0][2]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # superseded or disarmed
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now_ms: int) -> list[tuple[int, str]]:
+        due = []
+        while (first := self.next_due()) is not None and first <= now_ms:
+            _, partition, run_id = heapq.heappop(self._heap)
+            del self._armed[run_id]
+            due.append((partition, run_id))
+        return due
+
+    def drop_partition(self, runs: dict[str, Any]) -> None:
+        for run_id in runs:
+            self._armed.pop(run_id, None)
+
+
+class Engine:
+    """One engine process (or one of many in the same consumer group)."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.topics = settings.topics
+        self.runs: dict[int, dict[str, RunState]] = defaultdict(dict)
+        self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
+        self.stacks: dict[int, dict[str, StackState]] = defaultdict(dict)
+        self.ticks_fired = 0
+        self.dirty: dict[int, set[str]] = defaultdict(set)  # changed since the last snapshot
+        self.expired: dict[int, set[str]] = defaultdict(set)  # to tombstone at the next snapshot
+        self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
+        self._last_event_send: dict[int, asyncio.Future[Any]] = {}
+        self.snapshots_written = 0
+        self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
+        self._last_snapshot = time.monotonic()
+        self._round: dict[int, list[str]] | None = None  # a snapshot round in progress: keys left per partition
+        self._round_expired: dict[int, set[str]] = {}
+        self._round_marks: dict[int, int | None] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.pending = PendingSends()
+        self.recovered_partitions: set[int] = set()
+        self.timers = Timers()
+        self.processed = 0
+        self.timer_firings = 0
+        self._retention_ms = int(settings.state_retention_s * 1000)
+        # A stack's tick runs are many and only ever started by their stack, which re-sends the start of the
+        # running tick alone: their finished state need not be kept long to deduplicate a redelivered start.
+        self._tick_retention_ms = min(self._retention_ms, int(settings.tick_run_retention_s * 1000))
+        self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
+        self._workflows = frozenset(registry.specs)
+        self._task: asyncio.Task[None] | None = None
+        self._last_commit = 0.0
+        # aiokafka hands out records of newly assigned partitions while the rebalance listener is still
+        # running, and runs the listener in another task. This lock makes "recover a partition" and
+        # "process a batch" mutually exclusive, so no record is ever decided against a half-built state.
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.producer = new_producer(self.settings.bootstrap)
+        await self.producer.start()
+        self.dead_letters = DeadLetters(self.producer, self.topics.dead_letter, "engine")
+        self.consumer = new_consumer(
+            self.settings.bootstrap,
+            group_id=self.topics.engine_group,
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_poll_interval_ms=300_000,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe(
+            [self.topics.commands, self.topics.results],
+            listener=Rebalance(on_revoked=self.on_revoked, on_assigned=self.on_assigned),
+        )
+        self._task = asyncio.create_task(self._loop(), name="tickflow-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self._commit()
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    # -- main loop -----------------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
+        while True:
+            due = self.timers.next_due()
+            wait_ms = 100 if due is None else max(0, min(100, due - _now_ms()))
+            batch = await self.consumer.getmany(timeout_ms=wait_ms, max_records=2_000)
+            async with self._lock:
+                assigned = self.consumer.assignment()
+                await self._recover_missing({tp.partition for tp in assigned})
+                now = _now_ms()
+                handled = 0
+                for tp, records in batch.items():
+                    if tp not in assigned:
+                        continue  # fetched before a revocation: the new owner will process it
+                    for record in records:
+                        await self._handle(tp, record, now)
+                        handled += 1
+                        if handled % TIMER_CHECK_EVERY == 0:  # a big batch must not hold due timers back
+                            now = _now_ms()
+                            await self._fire_timers(now)
+                    self.positions[tp] = records[-1].offset + 1
+                    self.processed += len(records)
+                await self._fire_timers(_now_ms())
+            if self.positions and time.monotonic() - self._last_commit >= interval:
+                await self._commit()
+            every = self.settings.snapshot_interval_s
+            if self._round is None and every > 0 and time.monotonic() - self._last_snapshot >= every:
+                async with self._lock:
+                    await self._begin_snapshot_round()
+            if self._round is not None:
+                async with self._lock:
+                    await self._snapshot_some(SNAPSHOT_CHUNK)
+
+    async def _fire_timers(self, now: int) -> None:
+        for partition, run_id in self.timers.pop_due(now):
+            if is_stack(run_id):
+                stack = self.stacks.get(partition, {}).get(run_id)
+                if stack is not None:
+                    await self._apply_stack(partition, decide_stack(stack, None, now))
+                continue
+            state = self.runs.get(partition, {}).get(run_id)
+            if state is None:
+                continue
+            if state.terminal:
+                if state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state):
+                    del self.runs[partition][run_id]  # retention: the finished run's state expires
+                    self.dirty[partition].discard(run_id)
+                    self.expired[partition].add(run_id)  # its snapshot gets a tombstone
+                else:
+                    self._arm(partition, state)
+                continue
+            self.timer_firings += 1
+            await self._apply(partition, run(state, Recover(causation_id=f"timer/{now}"), now, self.registry))
+
+    def _retained_ms(self, state: RunState) -> int:
+        """How long a finished run's state stays in memory (and deduplicates a repeated start of its id)."""
+        tick = state.parent_run_id is not None and is_stack(state.parent_run_id)
+        return self._tick_retention_ms if tick else self._retention_ms
+
+    def _arm(self, partition: int, state: RunState) -> None:
+        if state.terminal and state.ended_at_ms is not None:
+            self.timers.arm(partition, state.run_id, state.ended_at_ms + self._retained_ms(state))
+        else:
+            self.timers.arm(partition, state.run_id, state.next_due_ms())
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        # Commits never outrun durable state: every event/task caused by these offsets is acked first.
+        await self.pending.drain()
+        offsets = {tp: o for tp, o in self.positions.items() if only is None or tp in only}
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # A rebalance got in first; the inputs will be redelivered and deduplicated by the decider.
+                log.warning("offset commit skipped during a rebalance: %s", exc)
+        self._last_commit = time.monotonic()
+
+    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now: int) -> None:
+        is_command = tp.topic == self.topics.commands
+        try:
+            env = decode(record.value, expect="command" if is_command else "result")
+        except InvalidRecord as exc:
+            self.pending.add(await self.dead_letters.send(record, str(exc), now))
+            return
+        if record.key != env.key.encode():
+            reason = "record key must be the envelope key (the run id); it decides which engine owns the run"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+            return
+        if is_slot(env.key):
+            await self._handle_slot(tp.partition, record, env, now)
+            return
+        if is_stack(env.key):
+            stack = self.stacks[tp.partition].get(env.key) or StackState(env.key)
+            stacked = decide_stack(stack, env, now, self._workflows)
+            if stacked.refused:
+                self.pending.add(await self.dead_letters.send(record, stacked.refused, now))
+            await self._apply_stack(tp.partition, stacked)
+            return
+        state = self.runs[tp.partition].get(env.key)
+        if isinstance(env.payload, AcquireSlot | ReleaseSlot):
+            reason = f"{env.type} must be keyed by a slot id ('slot:<workflow>:<key>'), not {env.key!r}"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+            return
+        if isinstance(env.payload, StartRun):
+            spec = self.registry.spec(env.payload.workflow)
+            if spec is None and state is None:
+                known = ", ".join(sorted(self.registry.specs)) or "none"
+                reason = f"unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
+                self.pending.add(await self.dead_letters.send(record, reason, now))
+            start = Start(env, spec, self._spec_hashes.get(env.payload.workflow, ""))
+            decision = run(state or RunState(env.key), start, now, self.registry)
+        elif isinstance(env.payload, ForkRun):
+            decision = run(state or RunState(env.key), Fork(env), now, self.registry)
+        elif state is None:
+            what = "command" if is_command else "result"
+            reason = f"{env.type} {what} for run {env.key!r}, which this engine partition does not know"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+            return
+        elif is_command:
+            decision = run(state, Signal(env), now, self.registry)
+        else:
+            decision = run(state, WorkerResult(env), now, self.registry)
+        await self._apply(tp.partition, decision)
+
+    async def _handle_slot(self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int) -> None:
+        if not isinstance(env.payload, AcquireSlot | ReleaseSlot):
+            reason = f"{env.type} cannot be sent to a slot entity ({env.key!r}); send AcquireSlot or ReleaseSlot"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+            return
+        slots = self.slots[partition]
+        events, state = decide_slot(slots.get(env.key) or SlotState(env.key), env, now)
+        await self._apply_slot(partition, state, events, admissions(state, events, now))
+
+    async def _apply_slot(
+        self, partition: int, state: SlotState, events: list[Envelope], admits: list[Envelope]
+    ) -> None:
+        if events:
+            self.slots[partition][state.slot] = state
+            self.dirty[partition].add(state.slot)
+        key = state.slot.encode()
+        for event in events:
+            await self._send_event(partition, event, key)
+        for admit in admits:
+            self.pending.add(await self.producer.send(self.topics.commands, encode(admit), key=admit.key.encode()))
+
+    async def _apply_stack(self, partition: int, decision: StackDecision, extra: list[Envelope] | None = None) -> None:
+        """Publish a stack's events, then the StartRun of each fired tick; cache it; arm its next tick."""
+        state = decision.state
+        if decision.events:
+            self.stacks[partition][state.key] = state
+            self.dirty[partition].add(state.key)
+            key = state.key.encode()
+            for event in decision.events:
+                await self._send_event(partition, event, key)
+        for start in [*decision.starts, *(extra or [])]:
+            self.pending.add(await self.producer.send(self.topics.commands, encode(start), key=start.key.encode()))
+        self.ticks_fired += len(decision.starts)
+        self.timers.arm(partition, state.key, state.timer_due_ms())
+
+    async def _apply(self, partition: int, decision: Decision, extra: list[Outbound] | None = None) -> None:
+        """Publish a decision's events, then the messages it sends; cache the new state; re-arm its timer."""
+        state = decision.state
+        if decision.events:
+            self.runs[partition][state.run_id] = state
+            self.dirty[partition].add(state.run_id)
+            key = state.run_id.encode()
+            for event in decision.events:
+                await self._send_event(partition, event, key)
+        outs = effects(decision)
+        if extra:  # recovery re-sends may repeat what the healing decision just sent
+            sent = {(o.topic, o.envelope.id) for o in outs}
+            outs += [o for o in extra if (o.topic, o.envelope.id) not in sent]
+        for out in outs:
+            topic = self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
+            self.pending.add(await self.producer.send(topic, encode(out.envelope), key=out.envelope.key.encode()))
+        self._arm(partition, state)
+
+    async def capture(self) -> tuple[dict[int, dict[str, RunState]], int]:
+        """A copy of the live run states of every recovered partition, and the time it was taken (epoch ms).
+
+        For comparing with a refold of the log. Taken under the lock, so between two batches: no decision is
+        half applied, and every later decision is made at or after that time. States are immutable, so a
+        shallow copy of each table is a consistent snapshot. Returns once the last event sent to each
+        partition before the copy is acknowledged, so a reader of the log then finds every seq it holds.
+        """
+        async with self._lock:
+            runs = {p: dict(self.runs.get(p, {})) for p in sorted(self.recovered_partitions)}
+            taken_at = _now_ms()
+            sends = list(self._last_event_send.values())
+        if sends:  # shielded: awaiting must never cancel the engine's own futures
+            await asyncio.gather(*(asyncio.shield(f) for f in sends))
+        return runs, taken_at
+
+    # -- partition ownership -------------------------------------------------------------------------------
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("engine owns partitions %s", sorted({tp.partition for tp in assigned}))
+        async with self._lock:
+            await self._recover_missing({tp.partition for tp in assigned})
+
+    async def _recover_missing(self, partitions: set[int]) -> None:
+        for partition in sorted(partitions - self.recovered_partitions):
+            await self._recover(partition)
+            self.recovered_partitions.add(partition)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            await self._commit(only=set(revoked))
+            for tp in revoked:
+                self.positions.pop(tp, None)
+            for partition in {tp.partition for tp in revoked}:
+                self.timers.drop_partition(self.runs.pop(partition, {}))
+                self.timers.drop_partition(self.stacks.pop(partition, {}))
+                self.slots.pop(partition, None)
+                self.dirty.pop(partition, None)
+                self.expired.pop(partition, None)
+                self.events_end.pop(partition, None)
+                self._last_event_send.pop(partition, None)
+                if self._round is not None:  # the new owner snapshots what it rebuilds
+                    self._round.pop(partition, None)
+                self._round_expired.pop(partition, None)
+                self._round_marks.pop(partition, None)
+                self.recovered_partitions.discard(partition)
+
+    async def _read_snapshots(
+        self, partition: int
+    ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], int | None]:
+        """The partition's snapshots and the events offset they cover (None: fold the whole log)."""
+        runs: dict[str, RunState] = {}
+        slots: dict[str, SlotState] = {}
+        stacks: dict[str, StackState] = {}
+        checkpoint: int | None = None
+        for record in await read_partition(self.settings.bootstrap, self.topics.state, partition):
+            if record.key == CHECKPOINT_KEY:
+                if record.value is not None:
+                    value = decode_snapshot(record.value)
+                    checkpoint = value if isinstance(value, int) else checkpoint
+                continue
+            key = (record.key or b"").decode()
+            if record.value is None:  # a tombstone: the run's state expired
+                runs.pop(key, None)
+                slots.pop(key, None)
+                stacks.pop(key, None)
+                continue
+            try:
+                snap = decode_snapshot(record.value)
+            except ValueError as exc:
+                log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
+                return {}, {}, {}, None
+            if isinstance(snap, RunState):
+                runs[key] = snap
+            elif isinstance(snap, SlotState):
+                slots[key] = snap
+            elif isinstance(snap, StackState):
+                stacks[key] = snap
+        return runs, slots, stacks, checkpoint
+
+    async def _begin_snapshot_round(self) -> None:
+        """Start writing the states changed since the last round; ``_snapshot_some`` writes them in chunks."""
+        await self.pending.drain()  # every event decided so far is acked: the last sends know their offsets
+        for partition, fut in self._last_event_send.items():
+            self.events_end[partition] = max(self.events_end.get(partition, 0), fut.result().offset + 1)
+        self._last_event_send.clear()
+        todo: dict[int, list[str]] = {}
+        for partition in sorted(self.recovered_partitions):
+            dirty, expired = self.dirty.pop(partition, set()), self.expired.pop(partition, set())
+            if dirty or expired:
+                todo[partition] = sorted(dirty)
+                self._round_expired[partition] = expired
+                self._round_marks[partition] = self.events_end.get(partition)
+        self._round = todo
+        self._last_snapshot = time.monotonic()
+
+    async def _snapshot_some(self, budget: int) -> None:
+        """Write up to ``budget`` snapshots; a partition whose list is done gets its tombstones and checkpoint.
+
+        Chunking keeps a round of 10,000 changed runs from stalling the loop (and the timers) for a second.
+        The checkpoint is the events offset taken when the round began: every state changed before it is in
+        this round, and a state snapshotted later than it is only newer (recovery skips seqs it already has).
+        A partition's records are ordered, so its checkpoint lands after its snapshots.
+        """
+        assert self._round is not None
+        topic = self.topics.state
+        for partition in list(self._round):
+            keys = self._round[partition]
+            while keys and budget > 0:
+                key = keys.pop()
+                budget -= 1
+                state: RunState | SlotState | StackState | None = (
+                    self.runs[partition].get(key) or self.slots[partition].get(key) or self.stacks[partition].get(key)
+                )
+                if state is None:
+                    continue
+                raw = encode_snapshot(state)
+                if len(raw) > MAX_RECORD_BYTES:
+                    self._round_marks[partition] = None  # too big to snapshot: keep the old checkpoint
+                    continue
+                self.pending.add(await self.producer.send(topic, raw, key=key.encode(), partition=partition))
+                self.snapshots_written += 1
+            if keys:
+                return
+            del self._round[partition]
+            for key in self._round_expired.pop(partition, set()):
+                self.pending.add(await self.producer.send(topic, None, key=key.encode(), partition=partition))
+            mark = self._round_marks.pop(partition, None)
+            if mark is not None:
+                checkpoint = encode_checkpoint(mark)
+                self.pending.add(await self.producer.send(topic, checkpoint, key=CHECKPOINT_KEY, partition=partition))
+        self._round = None
+
+    async def _send_event(self, partition: int, event: Envelope, key: bytes) -> None:
+        fut = await self.producer.send(self.topics.events, encode(event), key=key, partition=partition)
+        self.pending.add(fut)
+        # A partition's records are acked in send order, so its last send carries its highest offset.
+        self._last_event_send[partition] = fut
+
+    async def _recover(self, partition: int) -> None:
+        """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""
+        started = time.monotonic()
+        runs, slots, stacks, checkpoint = await self._read_snapshots(partition)
+        self.recovered_from[partition] = checkpoint
+        records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
+        for record in records:
+            try:
+                event = decode(record.value, expect="event")
+            except InvalidRecord as exc:
+                log.error("unreadable event at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
+                continue
+            if is_slot(event.key):
+                slot = slots.get(event.key) or SlotState(event.key)
+                if event.seq is not None and event.seq > slot.seq:
+                    slots[event.key] = evolve_slot(slot, event)
+                continue
+            if is_stack(event.key):
+                stack = stacks.get(event.key) or StackState(event.key)
+                if event.seq is not None and event.seq > stack.seq:
+                    stacks[event.key] = evolve_stack(stack, event)
+                continue
+            state = runs.get(event.key) or RunState(event.key)
+            if event.seq is None or event.seq <= state.seq:
+                continue  # an already-applied copy
+            try:
+                runs[event.key] = evolve(state, event)
+            except SequenceError as exc:
+                log.error("log gap: %s", exc)
+        now = _now_ms()
+        expired = [
+            run_id
+            for run_id, state in runs.items()
+            if state.terminal and state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state)
+        ]
+        for run_id in expired:
+            del runs[run_id]
+        self.runs[partition] = runs
+        self.slots[partition] = slots
+        self.stacks[partition] = stacks
+        # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
+        self.dirty[partition] = set(runs) | set(slots) | set(stacks)
+        self.expired[partition] = set(expired)
+        for slot in slots.values():
+            await self._apply_slot(partition, slot, [], admissions(slot, None, now))
+        for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent
+            await self._apply_stack(partition, StackDecision([], stack, []), stack_recovery(stack, now))
+        healed = resent = 0
+        for state in list(runs.values()):
+            decision = run(state, Recover(causation_id=f"recover/{partition}"), now, self.registry)
+            again = recovery_effects(decision.state, now)
+            healed += bool(decision.events)
+            resent += len(again)
+            await self._apply(partition, decision, again)
+        await self.pending.drain()
+        log.info(
+            "partition %d recovered: %d events after offset %s, %d runs (%d expired), %d healed, %d messages re-sent"
+            " in %.2fs",
+            partition,
+            len(records),
+            checkpoint,
+            len(runs),
+            len(expired),
+            healed,
+            resent,
+            time.monotonic() - started,
+        )

@@ -1,0 +1,59 @@
+"""Snapshots of the engine's state on a compacted topic, so recovery reads a tail of the log, not all of it.
+
+The events topic stays the source of truth; snapshots are a cache of its fold, like the in-memory table.
+Every ``snapshot_interval_s`` the engine writes, per owned partition, the state of each run (or slot entity)
+that changed since the last snapshot, keyed by its id, then a checkpoint record naming the events offset that
+all snapshots of that partition cover. A run whose state expired (retention) gets a tombstone, which
+compaction turns into nothing: that is how finished runs leave the engine's storage for good.
+
+Recovery reads the state partition, then folds only the events after the last checkpoint on top of the
+snapshots (events at or below a snapshot's seq are skipped). A snapshot that cannot be read is ignored and
+the checkpoint that follows it is not trusted, so the fold falls back to the full log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from tickflow.core.slots import SlotState
+from tickflow.core.stacks import StackState
+from tickflow.core.state import RunState
+
+__all__ = ["CHECKPOINT_KEY", "Snapshot", "decode_snapshot", "encode_checkpoint", "encode_snapshot"]
+
+CHECKPOINT_KEY = b"__checkpoint__"
+_RUN = TypeAdapter(RunState)
+_SLOT = TypeAdapter(SlotState)
+_STACK = TypeAdapter(StackState)
+
+Snapshot = RunState | SlotState | StackState
+
+
+def encode_snapshot(state: Snapshot) -> bytes:
+    if isinstance(state, RunState):
+        return orjson.dumps({"run": _RUN.dump_python(state, mode="json")})
+    if isinstance(state, StackState):
+        return orjson.dumps({"stack": _STACK.dump_python(state, mode="json")})
+    return orjson.dumps({"slot": _SLOT.dump_python(state, mode="json")})
+
+
+def encode_checkpoint(events_offset: int) -> bytes:
+    return orjson.dumps({"events_offset": events_offset})
+
+
+def decode_snapshot(raw: bytes) -> Snapshot | int:
+    """A run, slot or stack snapshot, or the events offset of a checkpoint; ValueError if unreadable."""
+    try:
+        data: Any = orjson.loads(raw)
+        if "run" in data:
+            return _RUN.validate_python(data["run"])
+        if "slot" in data:
+            return _SLOT.validate_python(data["slot"])
+        if "stack" in data:
+            return _STACK.validate_python(data["stack"])
+        return int(data["events_offset"])
+    except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable snapshot: {exc}") from None

@@ -1,0 +1,503 @@
+"""Step workers: run registered functions for one pool and report each attempt's result.
+
+At-least-once: a task's offset is committed only once its result is acknowledged by the broker, and only up
+to the lowest task still unfinished in its partition (tasks wait in a local priority queue and finish out of
+order). A redelivered task runs again with the same idempotency key; the engine keeps an attempt's first result.
+
+``CancelStep`` is best-effort: a queued attempt is dropped, a running async body is cancelled, but a sync body
+already in its thread cannot be interrupted (Python cannot safely kill a thread): it runs on, outside the
+concurrency limit, and its result is discarded. Cancelled attempts report nothing — the engine has moved on.
+Cancels queue behind the tasks on the tasks topic, so none are read while the full local queue pauses fetching.
+
+Concurrency can change at runtime (``set_concurrency``) and follows the pool's latest ``SetPoolConcurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import heapq
+import itertools
+import logging
+import os
+import socket
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.envelope import Envelope
+from tickflow.events.errors import NonRetryableError
+from tickflow.events.schemas import CancelStep, ErrorInfo, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
+from tickflow.events.topics import DEFAULT_POOL
+from tickflow.runtime import step_logs
+from tickflow.runtime.claimcheck import FileBlobStore, is_ref, offload, resolve
+from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer
+from tickflow.runtime.produced import ProducedResults
+from tickflow.settings import Settings
+from tickflow.workflow import Registry, StepContext
+
+__all__ = ["CancelledKeys", "LocalQueue", "Scheduler", "StepWorker"]
+
+log = logging.getLogger("tickflow.worker")
+T = TypeVar("T")
+TRACEBACK_LIMIT = 8_000
+#: Cancelled keys remembered, so a task redelivered after its cancel is skipped; older ones are forgotten.
+CANCELLED_MEMORY = 10_000
+#: Fetching pauses while this many times the concurrency tasks wait locally, which bounds the worker's memory.
+QUEUE_FACTOR = 2
+CONTROL_RETRY_S = 5.0
+#: How long ``start`` waits to learn the pool's concurrency before running anything with the configured one.
+CONTROL_READY_TIMEOUT_S = 5.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Offsets:
+    """Per-partition bookkeeping so commits cover only tasks whose results are already sent."""
+
+    def __init__(self) -> None:
+        self.running: dict[TopicPartition, set[int]] = defaultdict(set)
+        self.fetched: dict[TopicPartition, int] = {}
+
+    def begin(self, tp: TopicPartition, offset: int) -> None:
+        self.running[tp].add(offset)
+        self.fetched[tp] = offset + 1
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        self.running[tp].discard(offset)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        return {tp: min(self.running[tp]) if self.running[tp] else end for tp, end in self.fetched.items()}
+
+
+class LocalQueue(Generic[T]):
+    """Tasks fetched but not started: highest priority first, FIFO among equal priorities (a heap with a
+    sequence number as tie-breaker, so items themselves are never compared)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str, T]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, item: T, *, key: str, priority: int = 0) -> None:
+        heapq.heappush(self._heap, (-priority, next(self._seq), key, item))
+
+    def pop(self) -> T:
+        return heapq.heappop(self._heap)[3]
+
+    def remove_if(self, pred: Callable[[str, T], bool]) -> list[T]:
+        """Take out every item ``pred(key, item)`` selects, in arrival order. O(n), for rare events only."""
+        removed = sorted((e for e in self._heap if pred(e[2], e[3])), key=lambda e: e[1])
+        if removed:
+            self._heap = [e for e in self._heap if not pred(e[2], e[3])]
+            heapq.heapify(self._heap)
+        return [e[3] for e in removed]
+
+
+class CancelledKeys:
+    """The most recent ``capacity`` cancelled idempotency keys. Bounded because cancels never expire on
+    their own; a task redelivered after more than ``capacity`` later cancels would run (and be ignored)."""
+
+    def __init__(self, capacity: int = CANCELLED_MEMORY) -> None:
+        self.capacity = capacity
+        self._keys: dict[str, None] = {}  # insertion-ordered: the first key is the oldest
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def add(self, key: str) -> None:
+        self._keys.pop(key, None)
+        self._keys[key] = None
+        while len(self._keys) > self.capacity:
+            del self._keys[next(iter(self._keys))]
+
+
+class Scheduler(Generic[T]):
+    """Decides which fetched tasks start now and which wait, with no Kafka or asyncio in it (so it is tested
+    alone). ``start`` is called for each item that gets a slot; the owner calls ``finished`` when it ends."""
+
+    def __init__(self, limit: int, start: Callable[[T], None], *, remember: int = CANCELLED_MEMORY) -> None:
+        self.limit = self.running = 0
+        self.stopped = False  # set on shutdown: queued items stay uncommitted and are redelivered
+        self.queue: LocalQueue[T] = LocalQueue()
+        self.cancelled = CancelledKeys(remember)
+        self._start = start
+        self.set_limit(limit)
+
+    @property
+    def capacity(self) -> int:
+        return QUEUE_FACTOR * self.limit
+
+    @property
+    def room(self) -> int:
+        """How many more items may be fetched before the queue is full (0: pause fetching)."""
+        return max(self.capacity - len(self.queue), 0)
+
+    def offer(self, item: T, *, key: str, priority: int = 0) -> bool:
+        """Queue (and maybe start) an item; False if its key was cancelled, and then it must be skipped."""
+        if key in self.cancelled:
+            return False
+        self.queue.push(item, key=key, priority=priority)
+        self.dispatch()
+        return True
+
+    def cancel(self, key: str) -> list[T]:
+        """Remember ``key`` as cancelled and return its queued items, which will never start."""
+        self.cancelled.add(key)
+        return self.queue.remove_if(lambda k, _: k == key)
+
+    def set_limit(self, limit: int) -> None:
+        """Grow (queued items start at once) or shrink (running ones finish; none start until below)."""
+        if limit < 1:
+            raise ValueError(f"concurrency must be at least 1, got {limit}")
+        self.limit = limit
+        self.dispatch()
+
+    def finished(self) -> None:
+        self.running = max(self.running - 1, 0)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        while not self.stopped and self.running < self.limit and self.queue:
+            item = self.queue.pop()
+            self.running += 1
+            self._start(item)
+
+
+def _error_info(task: RunStep, exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, TimeoutError):
+        message = f"step {task.step!r} exceeded its timeout of {task.timeout_s}s"
+    elif isinstance(exc, InvalidRecord):
+        message = f"step {task.step!r} returned an output that cannot be recorded: {exc}"
+    else:
+        message = str(exc) or type(exc).__name__
+    return ErrorInfo(
+        type=type(exc).__name__,
+        message=message[:60_000],
+        traceback="".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    tp: TopicPartition
+    record: ConsumerRecord[bytes, bytes]
+    env: Envelope
+    task: RunStep
+
+
+class StepWorker:
+    """Consumes ``tasks.<pool>``, runs up to ``concurrency`` steps at once, produces results."""
+
+    def __init__(
+        self, settings: Settings, registry: Registry, pool: str = DEFAULT_POOL, concurrency: int | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.pool = pool
+        self.topics = settings.topics
+        self.control_topic = self.topics.control
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{pool}"
+        self.blobs = FileBlobStore(settings.blob_dir)
+        self.offsets = _Offsets()
+        self.pending = PendingSends()
+        self.executed = 0
+        self.scheduler: Scheduler[_Job] = Scheduler(concurrency or settings.worker_concurrency, self._start_job)
+        self._room = asyncio.Event()
+        self._running: dict[str, set[asyncio.Task[None]]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._control_task: asyncio.Task[None] | None = None
+        self._control_ready = asyncio.Event()
+        self._last_commit = 0.0
+        self.produced = ProducedResults()
+        self.reanswered = 0  # tasks answered with a result already produced, instead of running again
+        self._learned: set[int] = set()
+        # Jobs start from this context, not from whichever task freed their slot, so nothing a step body
+        # sets in its context can leak into later steps.
+        self._context = contextvars.copy_context()
+
+    @property
+    def concurrency(self) -> int:
+        return self.scheduler.limit
+
+    def set_concurrency(self, limit: int) -> None:
+        """Change how many steps run at once; shrinking lets the running ones finish."""
+        if limit != self.scheduler.limit:
+            log.info("pool %s: concurrency %d -> %d", self.pool, self.scheduler.limit, limit)
+        self.scheduler.set_limit(limit)
+
+    async def start(self) -> None:
+        step_logs.install()
+        self.producer = new_producer(self.settings.bootstrap)
+        await self.producer.start()
+        self.dead_letters = DeadLetters(self.producer, self.topics.dead_letter, f"worker:{self.pool}")
+        self._control_task = asyncio.create_task(self._control_loop(), name=f"tickflow-control-{self.pool}")
+        with contextlib.suppress(TimeoutError):  # a slow control topic must not keep the worker down
+            await asyncio.wait_for(self._control_ready.wait(), CONTROL_READY_TIMEOUT_S)
+        self.consumer = new_consumer(self.settings.bootstrap, group_id=self.topics.worker_group(self.pool))
+        await self.consumer.start()
+        self.consumer.subscribe([self.topics.tasks(self.pool)], listener=Rebalance(on_revoked=self.on_revoked))
+        self._task = asyncio.create_task(self._loop(), name=f"tickflow-worker-{self.pool}")
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def stop(self) -> None:
+        self.scheduler.stopped = True
+        for t in (self._task, self._control_task):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+        await self._drain_inflight()
+        try:
+            await self._commit()
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    async def _loop(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
+        while True:
+            # Pausing (rather than not polling) keeps the consumer in its group while long steps run.
+            room = self.scheduler.room
+            if room == 0:
+                self.consumer.pause(*self.consumer.assignment())
+                # Wake as soon as a step finishes, not at the next 100 ms poll: that poll capped throughput
+                # at about (2 x concurrency) tasks per 100 ms.
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), timeout=1.0)
+                continue
+            if paused := self.consumer.paused():
+                self.consumer.resume(*paused)
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=max(room, 1))
+            await self._learn_new_partitions()
+            for tp, records in batch.items():
+                for record in records:
+                    await self._accept(tp, record)
+            if time.monotonic() - self._last_commit >= interval:
+                await self._commit()
+
+    async def _accept(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.offsets.begin(tp, record.offset)
+        try:
+            env = decode(record.value, expect="task")
+            if not isinstance(env.payload, RunStep | CancelStep):
+                raise InvalidRecord(f"a step worker cannot handle {env.type} tasks")
+        except InvalidRecord as exc:
+            try:
+                self.pending.add(await self.dead_letters.send(record, str(exc), _now_ms()))
+            except Exception:  # left uncommitted: redelivered after a restart
+                log.exception("could not dead-letter %s[%d]@%d", tp.topic, tp.partition, record.offset)
+                return
+        else:
+            task = env.payload
+            if isinstance(task, CancelStep):
+                for job in self.scheduler.cancel(task.idempotency_key):
+                    self.offsets.done(job.tp, job.record.offset)
+                for running in self._running.get(task.idempotency_key, ()):
+                    running.cancel()
+                log.info("cancel %s: %s", task.idempotency_key, task.reason or "no reason given")
+            elif (done := self.produced.get(task.idempotency_key)) is not None:
+                # This attempt already ran and reported: answer again instead of running the body twice.
+                self.pending.add(await self.producer.send(self.topics.results, done, key=record.key))
+                self.reanswered += 1
+                log.info("%s already ran; re-sent its result instead of running it again", task.idempotency_key)
+            elif self.scheduler.offer(_Job(tp, record, env, task), key=task.idempotency_key, priority=task.priority):
+                return  # its offset is done once its result is sent
+            else:
+                log.info("skipping %s: it was cancelled", task.idempotency_key)
+        self.offsets.done(tp, record.offset)
+
+    def _start_job(self, job: _Job) -> None:
+        t = asyncio.create_task(self._execute(job), context=self._context.copy())
+        self._inflight.add(t)
+        self._running.setdefault(job.task.idempotency_key, set()).add(t)
+        t.add_done_callback(lambda done: self._job_done(job, done))
+
+    def _job_done(self, job: _Job, t: asyncio.Task[None]) -> None:
+        # A done callback, not a ``finally``: a task cancelled before its first step never runs its body.
+        key = job.task.idempotency_key
+        self._inflight.discard(t)
+        tasks = self._running.get(key, set())
+        tasks.discard(t)
+        if not tasks:
+            self._running.pop(key, None)
+        if t.cancelled():
+            if key in self.scheduler.cancelled:
+                log.info("cancelled %s while it ran; no result is reported", key)
+                self.offsets.done(job.tp, job.record.offset)
+            else:
+                self.scheduler.stopped = True  # cancelled by the event loop's teardown: start nothing more
+        self.scheduler.finished()
+        self._room.set()
+
+    async def _commit(self) -> None:
+        await self.pending.drain()  # results first, then the offsets of the tasks that produced them
+        offsets = self.offsets.committable()
+        if offsets:
+            await self.consumer.commit(offsets)
+        self._last_commit = time.monotonic()
+
+    async def _drain_inflight(self) -> None:
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=30)
+
+    async def _execute(self, job: _Job) -> None:
+        tp, record = job.tp, job.record
+        try:
+            result = await self._run(job.env, job.task)
+            if job.task.idempotency_key in self.scheduler.cancelled:
+                log.info("cancelled %s as it finished; no result is reported", job.task.idempotency_key)
+            else:
+                self.pending.add(await self.producer.send(self.topics.results, result, key=record.key))
+                self.produced.add(job.task.idempotency_key, result)
+                self.executed += 1
+            # Only now may the commit pass this offset; if sending raised, it stays uncommitted and the task
+            # is redelivered after a restart.
+            self.offsets.done(tp, record.offset)
+        except Exception:
+            log.exception("could not report task %s[%d]@%d", tp.topic, tp.partition, record.offset)
+
+    async def _run(self, env: Envelope, task: RunStep) -> bytes:
+        ctx = StepContext(
+            run_id=env.key,
+            workflow=task.workflow,
+            step=task.step,
+            attempt=task.attempt,
+            idempotency_key=task.idempotency_key,
+            path=task.path,
+            settings=self.settings,
+        )
+        common: dict[str, Any] = {"path": task.path, "step": task.step, "attempt": task.attempt, "worker": self.name}
+        # What the body reported on the way (LLM attempts, memory messages) goes with either outcome.
+        reported = {"llm_attempts": ctx.report.llm_attempts, "messages": ctx.report.messages}
+        logs, started = step_logs.LogBuffer(), time.perf_counter()
+        error: BaseException
+        try:
+            with step_logs.capture(logs):
+                value = await asyncio.to_thread(resolve, task.input, self.blobs) if is_ref(task.input) else task.input
+                call = self.registry.call(task.fn, value, ctx)
+                output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
+            s = self.settings
+            what = f"the output of step {task.step!r}"
+            if len(orjson.dumps(output)) > s.offload_bytes:  # rare: write the blob off the loop
+                output = await asyncio.to_thread(
+                    offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what
+                )
+            ms = (time.perf_counter() - started) * 1000
+            succeeded = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=logs.getvalue())
+            return encode(self._wrap(env, succeeded))
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise  # a cancel of this task (CancelStep or shutdown), not an error of the step
+            error = exc  # the body raised CancelledError itself
+        except Exception as exc:  # a step body may raise anything; report it, never crash the worker
+            error = exc
+        failed = StepErrored(
+            **common,
+            **reported,
+            error=_error_info(task, error),
+            retryable=not isinstance(error, NonRetryableError | LookupError | InvalidRecord),
+            duration_ms=(time.perf_counter() - started) * 1000,
+            logs=logs.getvalue(),
+        )
+        try:
+            return encode(self._wrap(env, failed))
+        except InvalidRecord:  # the report made the record too big: keep the error and the (small) attempts
+            return encode(self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""})))
+
+    @staticmethod
+    def _wrap(task: Envelope, payload: StepSucceeded | StepErrored) -> Envelope:
+        return Envelope.wrap(
+            payload,
+            # Deterministic id: a re-executed attempt reports under the same id.
+            id=f"{task.id}/result",
+            key=task.key,
+            occurred_at_ms=_now_ms(),
+            causation_id=task.id,
+            correlation_id=task.correlation_id,
+        )
+
+    async def _learn_new_partitions(self) -> None:
+        """Before running tasks of partitions just taken over, learn which of their steps already reported."""
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        new = assigned - self._learned
+        self._learned &= assigned
+        if new:
+            read = await self.produced.learn(self.settings.bootstrap, self.topics.results, new)
+            self._learned |= new
+            log.info(
+                "pool %s: read %d recent results of partitions %s before running their tasks",
+                self.pool,
+                read,
+                sorted(new),
+            )
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Queued tasks of lost partitions stay uncommitted; their new owner runs them.
+        self.scheduler.queue.remove_if(lambda _, job: job.tp in revoked)
+        await self._drain_inflight()
+        await self._commit()
+        for tp in revoked:
+            self.offsets.fetched.pop(tp, None)
+            self.offsets.running.pop(tp, None)
+
+    async def _control_loop(self) -> None:
+        """Follow this pool's ``SetPoolConcurrency``. Without a group, every worker reads all partitions of the
+        compacted topic from the start, so a late starter gets the latest limit. It subscribes only once the
+        topic exists, so the broker never auto-creates it uncompacted."""
+        while True:
+            consumer = new_consumer(self.settings.bootstrap, group_id=None, auto_offset_reset="earliest")
+            try:
+                await consumer.start()
+                while self.control_topic not in await consumer.topics():
+                    self._control_ready.set()  # nothing to learn yet: the configured concurrency stands
+                    await asyncio.sleep(CONTROL_RETRY_S)
+                consumer.subscribe([self.control_topic])
+                await self._follow_control(consumer)
+            except Exception as exc:
+                self._control_ready.set()
+                log.warning("cannot read %s (%s); retrying in %.0fs", self.control_topic, exc, CONTROL_RETRY_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+            await asyncio.sleep(CONTROL_RETRY_S)
+
+    async def _follow_control(self, consumer: AIOKafkaConsumer) -> None:
+        end: dict[TopicPartition, int] | None = None
+        while True:
+            batch = await consumer.getmany(timeout_ms=1_000 if self._control_ready.is_set() else 100)
+            limits = [limit for records in batch.values() for r in records if (limit := self._limit_in(r))]
+            if limits:
+                self.set_concurrency(limits[-1])  # only the newest matters; older ones were replayed history
+            if not self._control_ready.is_set() and (assigned := consumer.assignment()):
+                end = end or await consumer.end_offsets(list(assigned))
+                if all([await consumer.position(tp) >= offset for tp, offset in end.items()]):
+                    self._control_ready.set()
+
+    def _limit_in(self, record: ConsumerRecord[bytes, bytes]) -> int | None:
+        if record.value is None:
+            return None  # a tombstone: compaction will drop the key; the current limit stays
+        try:
+            env = decode(record.value, expect="control")
+        except InvalidRecord as exc:
+            log.warning("skipping control record %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+            return None
+        payload = env.payload
+        return payload.limit if isinstance(payload, SetPoolConcurrency) and payload.pool == self.pool else None

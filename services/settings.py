@@ -1,0 +1,103 @@
+"""Settings in layers: defaults written here once, then the environment (``TICKFLOW_*``), then constructor arguments.
+
+pydantic-settings gives that order and errors that name the field (``TICKFLOW_API_PORT: Input should be a valid
+integer``). Nothing here depends on where the code is installed: local state (the broker's data, embedded ClickHouse,
+claim-check blobs) defaults to ``.tickflow`` in the current directory, so an installed wheel behaves like a checkout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tickflow.events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, TopicNames
+
+__all__ = ["Settings"]
+
+
+def _env(name: str, field: str) -> AliasChoices:
+    """Accept the field's own name as a constructor argument and ``TICKFLOW_<name>`` from the environment."""
+    return AliasChoices(field, f"TICKFLOW_{name}")
+
+
+class Settings(BaseSettings):
+    """Everything a tickflow process needs to know; see README "Configuration" for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="TICKFLOW_", frozen=True, extra="forbid", populate_by_name=True)
+
+    #: Kafka bootstrap servers; default: the local broker on ``kafka_port``.
+    bootstrap: str = Field(default="", validation_alias=_env("KAFKA_BOOTSTRAP", "bootstrap"))
+    #: Port of the local broker ``tickflow broker start`` runs (its controller listens on port + 1).
+    kafka_port: int = Field(default=9092, ge=1, le=65_535)
+    prefix: str = Field(default="tickflow", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=10_000)
+    pools: Annotated[tuple[str, ...], NoDecode] = (DEFAULT_POOL,)
+    state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".tickflow")
+    clickhouse_url: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8700, ge=0, le=65_535)
+    api_token: str | None = Field(default=None, repr=False)
+    worker_concurrency: int = Field(default=16, ge=1)
+    projector_batch_ms: int = Field(default=100, ge=0)
+    commit_interval_ms: int = Field(default=200, ge=1)
+    #: How often the engine snapshots changed state to the compacted state topic (0: never).
+    snapshot_interval_s: float = Field(default=60.0, ge=0)
+    #: How long the engine keeps a finished run's state (and so deduplicates a repeated start of its id).
+    state_retention_s: float = Field(default=7 * 86_400, ge=0)
+    #: … and of a stack's tick run, which only its stack ever starts (bounded by state_retention_s).
+    tick_run_retention_s: float = Field(default=600.0, ge=0)
+    #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
+    log_retention_ms: int = Field(default=-1, ge=-1)
+    #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).
+    clickhouse_ttl_days: int | None = Field(default=None, ge=1)
+    #: Step inputs/outputs above this many bytes are stored out of band (claim-check) …
+    offload_bytes: int = Field(default=256_000, ge=1)
+    #: … and above this one they are refused with a clear error.
+    max_payload_bytes: int = Field(default=64_000_000, ge=1)
+    #: Where claim-checked payloads live; every process must see the same directory (None: under ``state_dir``).
+    blob_root: Path | None = Field(default=None, validation_alias=_env("BLOB_DIR", "blob_root"))
+    #: The LLM configuration file (``.toml``/``.json``, see ``tickflow.llm``) agent steps use; None: the
+    #: offline scripted models only (every answer labelled as not coming from a real LLM).
+    llm_config: Path | None = None
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _split_pools(cls, value: Any) -> Any:
+        if isinstance(value, str):  # TICKFLOW_POOLS=default,llm
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("clickhouse_url", "api_token", "llm_config", "clickhouse_ttl_days", "blob_root", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _default_bootstrap(self) -> Settings:
+        if not self.bootstrap:  # frozen: set once, while the model is being built
+            object.__setattr__(self, "bootstrap", f"127.0.0.1:{self.kafka_port}")
+        return self
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated (the environment is not read again)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(prefix=self.prefix, partitions=self.partitions)
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.state_dir / "clickhouse" / self.prefix
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where claim-checked payloads live (content-addressed files); must be shared by all processes."""
+        return self.blob_root or self.state_dir / "blobs" / self.prefix
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"

@@ -1,0 +1,157 @@
+"""What travels over HTTP between the API and its clients: request bodies and answers, as pydantic models.
+
+The API validates with them and the SDK parses with them, so both sides agree by construction. This module (and what
+it imports: pydantic, ``tickflow.projections.models``) loads no server library, which keeps ``tickflow.client``
+free of FastAPI, Kafka and ClickHouse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tickflow.events.spec import Name
+from tickflow.projections.models import RebuildProgress, RebuildReport
+
+__all__ = [
+    "CancelRequest",
+    "CommandAccepted",
+    "Difference",
+    "EngineReport",
+    "PartitionReport",
+    "PoolLimit",
+    "RebuildJob",
+    "RebuildRequest",
+    "ResumeRequest",
+    "RunStatus",
+    "StartRequest",
+    "StartResponse",
+    "VacuumRequest",
+]
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: Name
+    input: Any = None
+    run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="Supply your own id to make start idempotent: starting the same id twice starts one run.",
+    )
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Order among runs queued for the same concurrency key."
+    )
+
+
+class StartResponse(BaseModel):
+    run_id: str
+    accepted: bool = True
+
+
+class CommandAccepted(BaseModel):
+    run_id: str
+    command_id: str
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    payload: Any = None
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="cancelled through the API", max_length=1_000)
+
+
+class VacuumRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_s: float = Field(ge=0, le=100 * 365 * 86_400)
+
+
+class PoolLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(ge=1, le=100_000)
+
+
+class RunStatus(BaseModel):
+    run_id: str
+    workflow: str
+    status: Literal["pending", "running", "completed", "failed", "rejected"] | str
+    spec_hash: str
+    current_step: str
+    step_index: int
+    current_path: str = ""
+    waiting_for: str = ""
+    attempt: int
+    steps_total: int
+    steps_completed: int
+    input: Any = None
+    output: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    started_at_ms: int
+    updated_at_ms: int
+    finished_at_ms: int
+    last_seq: int
+
+
+class RebuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    swap: bool = Field(default=True, description="Swap the rebuilt database in once it is verified.")
+
+
+class RebuildJob(BaseModel):
+    job_id: str
+    state: Literal["running", "succeeded", "failed"]
+    database: str
+    swap: bool
+    started_at_ms: int
+    progress: RebuildProgress
+    report: RebuildReport | None = Field(default=None, description="Set when the job has ended.")
+    error: str = ""
+
+
+class Difference(BaseModel):
+    """One run whose live state is not the fold of its events up to the live seq."""
+
+    run_id: str
+    first_path: str = Field(description="The first field where live and refold differ.")
+    paths: list[str] = Field(description="Up to 10 differing fields, in field order.")
+    live_seq: int
+    refold_seq: int
+
+
+class PartitionReport(BaseModel):
+    partition: int
+    runs_compared: int = 0
+    equal: int = 0
+    differing_count: int = 0
+    differing: list[Difference] = []
+    missing_in_log: list[str] = Field(default=[], description="Live runs with no events in the log.")
+    missing_live: list[str] = Field(
+        default=[], description="Runs in the log, started before the capture and not expired, that the engine lacks."
+    )
+    expired: int = Field(default=0, description="Finished runs whose state the engine dropped after retention.")
+    started_after_capture: int = 0
+    other_entities: int = Field(default=0, description="Keys of the log that are no run (slots, stacks).")
+    unreadable_events: int = 0
+    events_read: int = 0
+
+
+class EngineReport(BaseModel):
+    ok: bool
+    captured_at_ms: int
+    duration_ms: float
+    runs_compared: int
+    equal: int
+    partitions: list[PartitionReport]
