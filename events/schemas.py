@@ -511,6 +511,9 @@ class StepErrored(Result):
     attempt: int = Field(ge=1)
     error: ErrorInfo
     retryable: bool = True
+    #: The step asked not to be retried before this many ms (``RetryableError(retry_after=...)``); the engine
+    #: waits for the longer of this and the policy's backoff.
+    retry_after_ms: int | None = Field(default=None, ge=0, le=366 * 86_400_000)
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
     logs: LongText = ""

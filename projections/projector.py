@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -30,9 +28,6 @@ __all__ = ["Projector", "ProjectorMetrics"]
 
 log = logging.getLogger("tickflow.projector")
 RUN_CACHE_SIZE = 200_000
-#: Fault injection for tests only: the process kills itself (SIGKILL) right after this many batches were
-#: inserted and before their offsets are committed — the exact window exactly-once projection must survive.
-KILL_AFTER_INSERTS_ENV = "TICKFLOW_FAULT_KILL_PROJECTOR_AFTER_INSERTS"
 
 
 @dataclass
@@ -63,7 +58,10 @@ class Projector:
         dead_letter_topic: str,
         batch_ms: int = 100,
         max_batch: int = 20_000,
+        after_insert: Callable[[ProjectorMetrics], None] | None = None,
     ) -> None:
+        """``after_insert`` runs after each batch's insert and before its offset commit — the window exactly-once
+        projection must survive; the crash test passes a function that kills the process there."""
         self.store = store
         self.bootstrap = bootstrap
         self.events_topic = events_topic
@@ -77,7 +75,7 @@ class Projector:
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._task: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
-        self._kill_after = int(os.environ.get(KILL_AFTER_INSERTS_ENV) or 0)
+        self._after_insert = after_insert
         self._gate = asyncio.Lock()
 
     async def start(self) -> None:
@@ -132,9 +130,8 @@ class Projector:
             async with self._gate:  # held from the insert to the commit: ``paused`` waits for a whole batch
                 await self._refresh_watermarks()
                 await self.project_batch(batch)
-                if self._kill_after and self.metrics.batches >= self._kill_after:
-                    log.warning("fault injection: SIGKILL between the insert and the offset commit")
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if self._after_insert is not None:
+                    self._after_insert(self.metrics)
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
                 await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
             await self._update_lag()

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence, Sized
-from pathlib import Path
+from importlib import resources
 from typing import Any, Protocol
 
 from tickflow.projections.facts import (
@@ -284,7 +284,7 @@ class ClickHouseStore:
                 "ENGINE = MergeTree ORDER BY version"
             )
             done = {r[0] for r in c.query(f"SELECT version FROM {self._t}.schema_migrations").result_rows}
-            folder = Path(__file__).resolve().parent / "migrations"
+            folder = resources.files("tickflow.projections") / "migrations"  # package data, in a wheel too
             for entry in sorted(folder.iterdir(), key=lambda p: p.name):
                 if not entry.name.endswith(".sql"):
                     continue

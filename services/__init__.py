@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from tickflow.node import Node, serve
     from tickflow.settings import Settings
     from tickflow.wire import RunStatus
-    from tickflow.workflow import Flow, Registry, StepContext, Trigger, Workflow, current_step
+    from tickflow.workflow import Flow, Registry, StepContext, Trigger, Workflow, current_step, named
 
 __all__ = [
     "Agent",
@@ -58,6 +58,7 @@ __all__ = [
     "UnknownWorkflow",
     "Workflow",
     "current_step",
+    "named",
     "serve",
 ]
 
@@ -71,7 +72,9 @@ _HOMES = {
     "Node": "tickflow.node",
     "serve": "tickflow.node",
     "Settings": "tickflow.settings",
-    **dict.fromkeys(["Flow", "Registry", "StepContext", "Trigger", "Workflow", "current_step"], "tickflow.workflow"),
+    **dict.fromkeys(
+        ["Flow", "Registry", "StepContext", "Trigger", "Workflow", "current_step", "named"], "tickflow.workflow"
+    ),
     **dict.fromkeys(
         [
             "ApiError",

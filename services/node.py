@@ -62,7 +62,7 @@ class Node:
                 open_store,
                 path=None if s.clickhouse_url else str(s.chdb_path),
                 url=s.clickhouse_url,
-                database=s.prefix.replace("-", "_").replace(".", "_"),
+                database=s.clickhouse_database,
             )
             if "projector" in self.roles and s.clickhouse_ttl_days is not None:
                 await asyncio.to_thread(self.store.set_ttl, s.clickhouse_ttl_days)

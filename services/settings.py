@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         return TopicNames(prefix=self.prefix, partitions=self.partitions)
 
     @property
+    def clickhouse_database(self) -> str:
+        """tickflow's own ClickHouse database: the prefix, spelled as an identifier."""
+        return self.prefix.replace("-", "_").replace(".", "_")
+
+    @property
     def chdb_path(self) -> Path:
         return self.state_dir / "clickhouse" / self.prefix
 

@@ -29,11 +29,11 @@ import copy
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from tickflow.events.errors import NonRetryableError
+from tickflow.events.errors import NonRetryableError, UnknownStepFunction
 from tickflow.events.schemas import LlmAttemptFields, MessageFields
 from tickflow.events.spec import (
     RetryPolicy,
@@ -45,7 +45,17 @@ from tickflow.events.topics import DEFAULT_POOL
 if TYPE_CHECKING:
     from tickflow.settings import Settings
 
-__all__ = ["AgentDefinition", "Flow", "Registry", "StepContext", "StepReport", "Trigger", "Workflow", "current_step"]
+__all__ = [
+    "AgentDefinition",
+    "Flow",
+    "Registry",
+    "StepContext",
+    "StepReport",
+    "Trigger",
+    "Workflow",
+    "current_step",
+    "named",
+]
 
 StepFn = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
 ScopeFn = Callable[[Mapping[str, Any]], Any]
@@ -99,6 +109,27 @@ _current: contextvars.ContextVar[StepContext] = contextvars.ContextVar("tickflow
 def current_step() -> StepContext:
     """The context of the step being executed; raises LookupError outside a step body."""
     return _current.get()
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def named(name: str) -> Callable[[_F], _F]:
+    """Give a step function, condition or mapper a stable name, instead of its ``module.qualname``.
+
+    A run pins its workflow's spec, and the spec refers to functions by name. The default name is the function's
+    import path, which changes when code moves; a run recorded before the move would then name a function no
+    worker knows (``UnknownStepFunction``). ``@named("billing.charge")`` fixes the name once, wherever the code
+    lives later.
+    """
+    if not name or len(name) > 200:
+        raise ValueError(f"a function name must be 1-200 characters, not {name!r}")
+
+    def pin(fn: _F) -> _F:
+        fn.__tickflow_name__ = name  # type: ignore[attr-defined]
+        return fn
+
+    return pin
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:
@@ -500,7 +531,11 @@ class Registry:
         """Run a registered function: async ones on the loop, sync ones in a thread so they cannot stall it."""
         fn = self.functions.get(fn_name)
         if fn is None:
-            raise LookupError(f"no step function {fn_name!r} is registered in this worker")
+            raise UnknownStepFunction(
+                f"no step function {fn_name!r} is registered in this worker: the run's spec names it, but the code "
+                "this worker hosts (its --app) does not register it; deploy it, or pin a moved function's old name "
+                "with @named"
+            )
         typed = self._typed.get(fn_name)
         if typed is None or typed.fn is not fn:
             typed = self._typed[fn_name] = _typed(fn)

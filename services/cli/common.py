@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 from typing import Any
 
 import click
@@ -15,9 +17,25 @@ __all__ = ["client", "fail", "load_registry", "print_json"]
 
 
 def load_registry(spec: str) -> Registry:
-    """Import ``module:attribute`` (like uvicorn's app path) and return the Registry it names."""
+    """Import ``module:attribute`` (like uvicorn's app path) and return the Registry it names.
+
+    The current directory is searched first, as ``python -m`` and uvicorn do: an installed ``tickflow`` command
+    does not put it on ``sys.path`` itself, and ``tickflow up --app mymodule:registry`` should find ``mymodule.py``.
+    """
     module_name, _, attr = spec.partition(":")
-    registry = getattr(importlib.import_module(module_name), attr or "registry")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # the app itself failed to import one of its own dependencies: show that as it is
+        raise click.BadParameter(
+            f"cannot import {module_name!r} (from {os.getcwd()}): check --app, or run from the folder holding it"
+        ) from None
+    registry = getattr(module, attr or "registry", None)
+    if registry is None:
+        raise click.BadParameter(f"{module_name} has no attribute {attr or 'registry'!r}: check --app")
     if not isinstance(registry, Registry):
         raise click.BadParameter(f"{spec} is a {type(registry).__name__}, not a tickflow Registry")
     return registry

@@ -25,7 +25,7 @@ __all__ = ["cancel", "follow", "pool_limit", "resume", "runs", "sql", "start", "
 def start(
     ctx: click.Context, workflow: str, input_json: str, run_id: str | None, wait_s: float | None, priority: int
 ) -> None:
-    """Start a run of WORKFLOW and print its id."""
+    """Start a run of WORKFLOW and print its id; with --wait, its final status (exit 1 unless it completed)."""
     try:
         value = json.loads(input_json)
     except json.JSONDecodeError as exc:
@@ -34,10 +34,13 @@ def start(
         with client(ctx) as c:
             rid = c.start(workflow, value, run_id=run_id, priority=priority)
             click.echo(rid)
-            if wait_s is not None:
-                print_json(c.wait(rid, timeout=wait_s).model_dump())
+            final = c.wait(rid, timeout=wait_s) if wait_s is not None else None
     except (TickflowError, TimeoutError) as exc:
         fail(exc)
+        return
+    if final is not None:
+        print_json(final.model_dump())
+        sys.exit(0 if final.status == "completed" else 1)
 
 
 @click.command()

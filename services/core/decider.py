@@ -359,7 +359,9 @@ def _on_result(em: Emitter, result: Envelope) -> None:
         return
     spec = spec_node(s, p.path)
     assert isinstance(spec, StepNode)
-    retry_at = retry_decision(spec.retry, p.error, p.retryable, p.attempt, s.run_id, p.path, em.now_ms)
+    retry_at = retry_decision(
+        spec.retry, p.error, p.retryable, p.attempt, s.run_id, p.path, em.now_ms, p.retry_after_ms
+    )
     em.emit(
         StepFailed(
             path=p.path,

@@ -160,12 +160,23 @@ def jitter_unit(run_id: str, path: str, attempt: int) -> float:
 
 
 def retry_decision(
-    policy: RetryPolicy, error: ErrorInfo, retryable: bool, attempt: int, run_id: str, path: str, now_ms: int
+    policy: RetryPolicy,
+    error: ErrorInfo,
+    retryable: bool,
+    attempt: int,
+    run_id: str,
+    path: str,
+    now_ms: int,
+    retry_after_ms: int | None = None,
 ) -> int | None:
-    """When the next attempt may start, or None when the step has failed for good."""
+    """When the next attempt may start, or None when the step has failed for good.
+
+    ``retry_after_ms`` (a step's ``RetryableError(retry_after=...)``) only ever delays the policy's backoff; the
+    policy alone decides whether another attempt is allowed.
+    """
     if not retryable or error.type in policy.non_retryable or attempt >= policy.max_attempts:
         return None
-    return now_ms + policy.delay_ms(attempt, jitter_unit(run_id, path, attempt))
+    return now_ms + max(policy.delay_ms(attempt, jitter_unit(run_id, path, attempt)), retry_after_ms or 0)
 
 
 def _scope(em: Emitter, scopes: list[str], value: Any, extra: Mapping[str, Any]) -> dict[str, Any]:

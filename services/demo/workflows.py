@@ -24,9 +24,17 @@ from pydantic import BaseModel, Field
 from tickflow.agents import Agent, Memory
 from tickflow.events.errors import NonRetryableError
 from tickflow.llm import OFFLINE_LABEL
-from tickflow.workflow import Flow, Registry, Workflow, current_step
+from tickflow.workflow import Flow, Registry, Workflow, current_step, named
 
 __all__ = ["AGENTS", "GOALS", "OFFLINE_LABEL", "Plan", "Review", "TestRun", "registry", "write_demo_llm_config"]
+
+
+
+def _pinned(fn: Any) -> Any:
+    """Keep the name this function had before the code moved to ``tickflow.demo`` (``services.demo.<name>``): runs
+    pin their spec, and the specs recorded by demos before the move name the functions that way."""
+    return named(f"services.demo.{fn.__name__}")(fn)
+
 
 # --- the agent stack tick (seed ADR 003) --------------------------------------------------------------------
 
@@ -123,12 +131,14 @@ def _tick(scope: Mapping[str, Any]) -> int:
     return int(run_input.get("tick", 0)) if isinstance(run_input, Mapping) else 0
 
 
+@_pinned
 def has_work(scope: Mapping[str, Any]) -> bool:
     """The planner's plan has work in it (anything but ``idle``): the other three agents run."""
     plan = _answer(scope)
     return isinstance(plan, Mapping) and plan.get("work") != "idle"
 
 
+@_pinned
 def brief_builder(scope: Mapping[str, Any]) -> dict[str, str]:
     """The builder's message: the plan and the stack's goal (a pure mapper, recorded in the log)."""
     run_input = scope["input"]
@@ -137,21 +147,25 @@ def brief_builder(scope: Mapping[str, Any]) -> dict[str, str]:
     return {"message": f"Tick {_tick(scope)}. Goal: {goal}. Plan: {plan}. Call run_tests, then report."}
 
 
+@_pinned
 def brief_communicator(scope: Mapping[str, Any]) -> dict[str, str]:
     """The communicator's message: the builder's report, cut so the prompt stays small."""
     return {"message": f"Write the status update for tick {_tick(scope)}: {str(_answer(scope))[:300]}"}
 
 
+@_pinned
 def brief_reviewer(scope: Mapping[str, Any]) -> dict[str, str]:
     """The reviewer's message: the status update to review."""
     return {"message": f"Review tick {_tick(scope)}: {str(_answer(scope))[:300]}"}
 
 
+@_pinned
 async def rest(value: Any) -> dict[str, Any]:
     """The tick's output when the planner found nothing to do: ``idle`` doubles the stack's next interval."""
     return {"idle": True, "reason": "the planner found nothing to do this tick"}
 
 
+@_pinned
 async def wrap_up(value: Any) -> dict[str, Any]:
     """The tick's output after a full cycle: the reviewer's verdict (not idle, so the stack keeps its pace)."""
     review = value.get("answer") if isinstance(value, Mapping) else None
@@ -209,21 +223,25 @@ def _bucket(order_id: str) -> int:
     return zlib.crc32(order_id.encode()) % 100
 
 
+@_pinned
 async def validate(order: dict[str, Any]) -> dict[str, Any]:
     if not order.get("items"):
         raise NonRetryableError("order has no items")
     return order
 
 
+@_pinned
 async def price(order: dict[str, Any]) -> dict[str, Any]:
     total = sum(int(i["qty"]) * float(i["price"]) for i in order["items"])
     return {**order, "total": round(total, 2)}
 
 
+@_pinned
 async def reserve(order: dict[str, Any]) -> dict[str, Any]:
     return {**order, "reserved": True}
 
 
+@_pinned
 async def charge(order: dict[str, Any]) -> dict[str, Any]:
     bucket = _bucket(order["id"])
     if bucket < 2:
@@ -233,10 +251,12 @@ async def charge(order: dict[str, Any]) -> dict[str, Any]:
     return {**order, "charged": order["total"]}
 
 
+@_pinned
 async def notify(order: dict[str, Any]) -> dict[str, Any]:
     return {"order": order["id"], "charged": order["charged"], "status": "confirmed"}
 
 
+@_pinned
 async def noop(value: Any) -> Any:
     return value
 

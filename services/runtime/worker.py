@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
-from tickflow.events.errors import NonRetryableError
+from tickflow.events.errors import NonRetryableError, RetryableError
 from tickflow.events.schemas import CancelStep, ErrorInfo, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
 from tickflow.events.topics import DEFAULT_POOL
 from tickflow.runtime import step_logs
@@ -174,6 +174,12 @@ class Scheduler(Generic[T]):
             item = self.queue.pop()
             self.running += 1
             self._start(item)
+
+
+def _retry_after_ms(exc: BaseException) -> int | None:
+    if isinstance(exc, RetryableError) and exc.retry_after is not None:
+        return int(exc.retry_after * 1000)
+    return None
 
 
 def _error_info(task: RunStep, exc: BaseException) -> ErrorInfo:
@@ -413,7 +419,9 @@ class StepWorker:
             **common,
             **reported,
             error=_error_info(task, error),
-            retryable=not isinstance(error, NonRetryableError | LookupError | InvalidRecord),
+            # Only tickflow's own verdicts are terminal: a user's KeyError or LookupError is retried like any error.
+            retryable=not isinstance(error, NonRetryableError | InvalidRecord),
+            retry_after_ms=_retry_after_ms(error),
             duration_ms=(time.perf_counter() - started) * 1000,
             logs=logs.getvalue(),
         )

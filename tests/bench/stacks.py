@@ -405,9 +405,9 @@ def summarize_profile(raw: Path) -> dict[str, Any]:
         for p in parsed:
             f = p["file"]
             label = ""
-            if f.endswith("cli.py"):
+            if "/cli/" in f:
                 continue  # the entry point is on every stack
-            if str(REPO_ROOT) in f or f.startswith(("services/", "events/", "projections/")):
+            if str(REPO_ROOT) in f or f.startswith(("services/", "events/", "projections/", "tickflow/")):
                 label = f"{p['fn']} ({Path(f).name})"
             elif "pydantic" in f:
                 label = "[pydantic]"

@@ -27,9 +27,13 @@ def settings_for(prefix: str, bootstrap: str, tmp: Path, api_port: int, **extra:
 
 
 def spawn_roles(
-    settings: Settings, roles: str, log_path: Path, app: str = "tests.integration.flows:registry"
+    settings: Settings,
+    roles: str,
+    log_path: Path,
+    app: str = "tests.integration.flows:registry",
+    command: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``tickflow up --roles …`` as its own process (so it can be killed with SIGKILL)."""
+    """Start ``tickflow up --roles …`` (or ``command``) as its own process, so it can be killed with SIGKILL."""
     env = {
         **os.environ,
         "TICKFLOW_KAFKA_BOOTSTRAP": settings.bootstrap,
@@ -44,7 +48,7 @@ def spawn_roles(
     }
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
-        [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", app, "--roles", roles],
+        command or [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", app, "--roles", roles],
         cwd=REPO_ROOT,
         env=env,
         stdout=out,

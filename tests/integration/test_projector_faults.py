@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,6 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.harness import read_topic, settings_for, spawn_roles
 from tests.integration.test_faults import start_runs, stop, wait_until
-from tickflow.projections.projector import KILL_AFTER_INSERTS_ENV
 from tickflow.projections.store import ClickHouseStore
 from tickflow.runtime.kafka import ensure_topics
 
@@ -23,7 +23,7 @@ RUNS = 300
 
 
 async def test_kill_between_insert_and_commit_leaves_no_duplicates(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port())
     ids = [f"pk-{i:04d}" for i in range(RUNS)]
@@ -32,9 +32,8 @@ async def test_kill_between_insert_and_commit_leaves_no_duplicates(
     projector = None
     try:
         await start_runs(settings, ids[: RUNS // 2], workflow="math", inputs={i: 1 for i in ids})
-        monkeypatch.setenv(KILL_AFTER_INSERTS_ENV, "1")
-        projector = spawn_roles(settings, "projector", tmp_path / "projector1.log")
-        monkeypatch.delenv(KILL_AFTER_INSERTS_ENV)
+        crashing = [sys.executable, "-m", "tests.integration.crashing_projector"]
+        projector = spawn_roles(settings, "projector", tmp_path / "projector1.log", command=crashing)
         await start_runs(settings, ids[RUNS // 2 :], workflow="math", inputs={i: 1 for i in ids})
         code = await asyncio.to_thread(projector.wait, 120)
         assert code == -signal.SIGKILL, f"the projector should have killed itself, exit code {code}"

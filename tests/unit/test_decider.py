@@ -83,13 +83,21 @@ class Sim:
         res = StepSucceeded(path=path, step=path.rsplit("/", 1)[-1], attempt=attempt, output=output, duration_ms=1)
         return self.apply(WorkerResult(Envelope.wrap(res, id=f"ok-{path}-{attempt}", key="r1", occurred_at_ms=0)))
 
-    def err(self, path: str, attempt: int = 1, retryable: bool = True, type_: str = "ValueError") -> Decision:
+    def err(
+        self,
+        path: str,
+        attempt: int = 1,
+        retryable: bool = True,
+        type_: str = "ValueError",
+        retry_after_ms: int | None = None,
+    ) -> Decision:
         res = StepErrored(
             path=path,
             step=path.rsplit("/", 1)[-1],
             attempt=attempt,
             error=ErrorInfo(type=type_, message="boom", traceback="Traceback…"),
             retryable=retryable,
+            retry_after_ms=retry_after_ms,
             duration_ms=1,
         )
         return self.apply(WorkerResult(Envelope.wrap(res, id=f"err-{path}-{attempt}", key="r1", occurred_at_ms=0)))
@@ -255,6 +263,20 @@ def test_retry_with_exponential_backoff_and_deterministic_jitter() -> None:
     again = Sim(wf, 1)
     again.err("a")
     assert again.state.nodes["a"].due_at_ms == first  # the jitter is a hash, not a random draw
+
+
+def test_retry_after_delays_the_next_attempt_but_never_hastens_it() -> None:
+    wf = Workflow("w").step(a, max_attempts=3, backoff_s=10, jitter=0)
+    sim = Sim(wf, 1)
+    sim.err("a", retry_after_ms=3_600_000)  # the step asked for an hour: longer than the 10 s backoff
+    assert sim.state.nodes["a"].due_at_ms == sim.now + 3_600_000
+    sim.check_refold()
+    short = Sim(wf, 1)
+    short.err("a", retry_after_ms=1)  # shorter than the backoff: the policy's delay stands
+    assert short.state.nodes["a"].due_at_ms == short.now + 10_000
+    last = Sim(Workflow("w").step(a, max_attempts=1), 1)
+    last.err("a", retry_after_ms=5)  # attempts are still bounded by the policy
+    assert last.state.status == "failed"
 
 
 def test_non_retryable_types_fail_at_once() -> None:

@@ -18,6 +18,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from tickflow.events.codec import decode, encode
 from tickflow.events.envelope import Envelope
+from tickflow.events.errors import NonRetryableError, RetryableError
 from tickflow.events.schemas import CancelStep, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
 from tickflow.runtime import step_logs
 from tickflow.runtime.kafka import DeadLetters
@@ -380,6 +381,34 @@ async def test_worker_reports_errors_with_their_logs(worker: StepWorker) -> None
     assert result.payload.error.message == "no luck"
     assert result.payload.logs == "about to fail\n"
     assert worker.offsets.committable() == {TP: 2}
+
+
+async def test_only_tickflow_verdicts_are_terminal(worker: StepWorker) -> None:
+    """A user's KeyError is retried like any error; NonRetryableError and an unknown function are terminal;
+    RetryableError carries its retry_after to the engine."""
+
+    def missing_key(x: Any) -> Any:
+        return {}["nope"]
+
+    def refuse(x: Any) -> Any:
+        raise NonRetryableError("card declined")
+
+    def later(x: Any) -> Any:
+        raise RetryableError("rate limited", retry_after=2.5)
+
+    worker.registry.functions.update({"missing_key": missing_key, "refuse": refuse, "later": later})
+    for offset, fn in enumerate(["missing_key", "refuse", "later", "not_registered"]):
+        await worker._accept(TP, _record(offset, _run_step(fn, fn)))
+        await _until(lambda: not worker._inflight)
+    results = {r.payload.step: r.payload for r in _results(worker)}
+    assert all(isinstance(p, StepErrored) for p in results.values())
+    assert (results["missing_key"].error.type, results["missing_key"].retryable) == ("KeyError", True)
+    assert results["refuse"].retryable is False
+    assert (results["later"].retryable, results["later"].retry_after_ms) == (True, 2_500)
+    assert results["missing_key"].retry_after_ms is None
+    unknown = results["not_registered"]
+    assert (unknown.error.type, unknown.retryable) == ("UnknownStepFunction", False)
+    assert "not_registered" in unknown.error.message and "@named" in unknown.error.message
 
 
 async def test_set_concurrency_starts_waiting_tasks(worker: StepWorker) -> None:

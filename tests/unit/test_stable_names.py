@@ -1,0 +1,32 @@
+"""Runs pin their spec, and specs name functions: a code move must not change what recorded runs refer to."""
+
+from __future__ import annotations
+
+import pytest
+
+from tickflow.demo import registry
+from tickflow.workflow import Registry, Workflow, named
+
+#: The demo's spec hashes as recorded before the code moved from ``services/demo.py`` to ``tickflow.demo``.
+DEMO_SPEC_HASHES = {
+    "noop10": "12cffe81759d48196f61028e2d41c947",
+    "order": "ae4defbffb60c0f067713f08adf0507c",
+    "stack_tick": "ba8f975e445f516f72c478ae37809b01",
+}
+
+
+def test_the_demo_specs_are_unchanged_by_the_move() -> None:
+    assert {name: spec.content_hash() for name, spec in registry.specs.items()} == DEMO_SPEC_HASHES
+
+
+def test_named_pins_a_function_name_wherever_the_code_lives() -> None:
+    @named("billing.charge")
+    def charge(x: int) -> int:
+        return x
+
+    reg = Registry()
+    reg.add(Workflow("w").step(charge))
+    assert reg.specs["w"].root.nodes[0].fn == "billing.charge"  # type: ignore[attr-defined]
+    assert "billing.charge" in reg.functions
+    with pytest.raises(ValueError, match="1-200"):
+        named("")
