@@ -110,7 +110,8 @@ class PayloadTooLarge(NonRetryableError):
 
 
 class ApiError(TickflowError):
-    """The tickflow API refused a request; ``status`` is the HTTP status and ``code`` the API's error code."""
+    """The tickflow API refused a request; ``status`` is the HTTP status and ``api_code`` the answer's error code
+    (an :class:`ErrorCode` value, or a code this SDK does not know yet as text)."""
 
     def __init__(self, message: str, *, status: int, code: ErrorCode | str = ErrorCode.INTERNAL) -> None:
         super().__init__(message)

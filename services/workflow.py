@@ -430,7 +430,7 @@ class Workflow(Flow):
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    """A rule: every record on ``topic`` starts a run of ``workflow`` (see ``services.triggers``)."""
+    """A rule: every record on ``topic`` starts a run of ``workflow`` (see ``tickflow.runtime.triggers``)."""
 
     name: str
     topic: str

@@ -169,7 +169,7 @@ class Memory:
     one thread per stack and agent (``stack:<stack_id>:agent:<agent>``), or per agent outside stacks
     (``agent:<agent>``). An input ``{"message": …, "thread_id": …}`` names its thread itself. ``window`` recent
     messages and ``recall_k`` recalled ones are shown to the model (0 turns either off). ``embedder`` is an
-    :class:`~services.llm.Embedder` or the id of an embedding model in the LLM configuration; the default is the
+    :class:`~tickflow.llm.Embedder` or the id of an embedding model in the LLM configuration; the default is the
     offline hashed bag of words (shared words, not meaning). ``remember=False`` keeps nothing.
     """
 

@@ -10,7 +10,7 @@ A run's stream ends after its terminal event (RunCompleted, RunFailed, RunCancel
 A stream opened before the run's first event exists (right after ``POST /runs``) waits for it instead of
 answering 404: the log, not the projection, decides what exists. Stack streams never end by themselves.
 
-Each stream owns one Kafka consumer (see ``services.live`` for its cost), so the router caps how many are
+Each stream owns one Kafka consumer (see ``tickflow.runtime.live`` for its cost), so the router caps how many are
 open at once and answers 503 above the cap; ``GET /live/streams`` shows the count.
 """
 

@@ -1,4 +1,4 @@
-"""Stack commands over HTTP: create, update, pause, play, delete. Reads (the board) live in ``api_analytics``.
+"""Stack commands over HTTP: create, update, pause, play, delete. Reads (the board) live in ``analytics``.
 
 A command is produced to the stack's key on the commands topic and acknowledged by Kafka before the answer
 (202). The engine owning the stack validates it again (a refused command lands on the dead-letter topic with

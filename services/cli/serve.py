@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 
@@ -18,7 +19,10 @@ __all__ = ["broker", "demo", "up"]
 
 def kafka(settings: Settings, action: str) -> None:
     """Run ``action`` on the local one-node broker whose data lives under the settings' state directory."""
-    local = LocalBroker(BrokerConfig.from_env(settings.state_dir))
+    # Where and on which port come from the settings (so ``Settings(kafka_port=...)`` is honoured too); the
+    # launcher's own knobs (heap, controller port, jar cache) from its environment variables.
+    config = dataclasses.replace(BrokerConfig.from_env(settings.state_dir), port=settings.kafka_port)
+    local = LocalBroker(config)
     try:
         if action == "status":
             ready = local.is_running() and local.is_ready()

@@ -1,4 +1,4 @@
-"""The LLM layer's configuration: providers, models, prices and fallback chains (format: see ``services.llm``).
+"""The LLM layer's configuration: providers, models, prices and fallback chains (format: see ``tickflow.llm``).
 
 Configuration objects hold the *name* of the environment variable that carries a provider's key, never the key
 itself, so they can be printed, logged, serialised into events and diffed without leaking anything.

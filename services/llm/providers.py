@@ -2,7 +2,7 @@
 
 ``OpenAICompatibleProvider`` talks to any OpenAI-compatible endpoint through the official SDK with the SDK's own
 retries switched off (``max_retries=0``): the router retries, so every request on the wire is one attempt record.
-``OfflineProvider`` serves the scripted :class:`~services.llm.offline.OfflineModel` in process.
+``OfflineProvider`` serves the scripted :class:`~tickflow.llm.offline.OfflineModel` in process.
 """
 
 from __future__ import annotations

@@ -386,9 +386,9 @@ def _where(parsed: list[dict[str, Any]]) -> str:
     files = [p["file"] for p in parsed]
     for label, marks in (
         ("projector (decode, fold, commit)", ("projections/projector.py", "projections/fold.py")),
-        ("engine", ("services/engine.py",)),
-        ("worker", ("services/worker.py",)),
-        ("API (HTTP, routing, pydantic)", ("fastapi/", "starlette/", "uvicorn/", "services/api")),
+        ("engine", ("runtime/engine.py",)),
+        ("worker", ("runtime/worker.py",)),
+        ("API (HTTP, routing, pydantic)", ("fastapi/", "starlette/", "uvicorn/", "tickflow/api/", "services/api/")),
         ("aiokafka", ("aiokafka/",)),
     ):
         if any(m in f for f in files for m in marks):
