@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from tickflow.events.schemas import (
     PAYLOAD_TYPES,
     Command,
+    EpochMs,
     Event,
+    Int64,
     LlmAttemptFields,
     LlmOutcome,
     MessageFields,
@@ -85,10 +87,10 @@ class _StackSettings(BaseModel):
     workflow: Name
     input: Any = None
     interval_s: float = Field(default=10.0, ge=1.0, le=86_400.0)
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    priority: Int64 = Field(default=0, ge=-1000, le=1000)
     overlap: OverlapPolicy = "skip"
     idle_backoff_max_s: float = Field(default=0.0, ge=0.0, le=86_400.0)
-    budget_tokens: int | None = Field(default=None, ge=0)
+    budget_tokens: Int64 | None = Field(default=None, ge=0)
     budget_cost_usd: float | None = Field(default=None, ge=0)
 
 
@@ -101,10 +103,10 @@ class _StackChanges(BaseModel):
     workflow: Name | None = None
     input: Any = None
     interval_s: float | None = Field(default=None, ge=1.0, le=86_400.0)
-    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    priority: Int64 | None = Field(default=None, ge=-1000, le=1000)
     overlap: OverlapPolicy | None = None
     idle_backoff_max_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
-    budget_tokens: int | None = Field(default=None, ge=0)
+    budget_tokens: Int64 | None = Field(default=None, ge=0)
     budget_cost_usd: float | None = Field(default=None, ge=0)
 
 
@@ -178,9 +180,9 @@ class TickFired(Event):
     """(Stack entity) Tick ``tick`` started run ``run_id``; ``due_at_ms`` is when it was due (lag = fired - due)."""
 
     TYPE: ClassVar[str] = "TickFired"
-    tick: int = Field(ge=1)
+    tick: Int64 = Field(ge=1)
     run_id: ShortText
-    due_at_ms: int
+    due_at_ms: EpochMs
     queued: bool = False
 
 
@@ -188,16 +190,16 @@ class TickQueued(Event):
     """(Stack entity) Tick ``tick`` was due while the previous tick's run was going; it fires when that ends."""
 
     TYPE: ClassVar[str] = "TickQueued"
-    tick: int = Field(ge=1)
-    due_at_ms: int
+    tick: Int64 = Field(ge=1)
+    due_at_ms: EpochMs
 
 
 class TickSkipped(Event):
     """(Stack entity) Tick ``tick`` was due but not fired (e.g. the previous tick's run is still going)."""
 
     TYPE: ClassVar[str] = "TickSkipped"
-    tick: int = Field(ge=1)
-    due_at_ms: int
+    tick: Int64 = Field(ge=1)
+    due_at_ms: EpochMs
     reason: ShortText
 
 
@@ -205,10 +207,10 @@ class TickFinished(Event):
     """(Stack entity) The run of tick ``tick`` ended; its usage counts against the stack's budget."""
 
     TYPE: ClassVar[str] = "TickFinished"
-    tick: int = Field(ge=1)
+    tick: Int64 = Field(ge=1)
     run_id: ShortText
     status: Literal["completed", "failed", "cancelled", "rejected"]
-    tokens: int = Field(default=0, ge=0)
+    tokens: Int64 = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
     idle: bool = False
 

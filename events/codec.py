@@ -16,10 +16,14 @@ from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import PAYLOAD_TYPES, Kind
 from tickflow.events.upcast import upcast
 
-__all__ = ["MAX_RECORD_BYTES", "InvalidRecord", "RecordTooLarge", "decode", "encode"]
+__all__ = ["MAX_JSON_DEPTH", "MAX_RECORD_BYTES", "InvalidRecord", "RecordTooLarge", "decode", "encode", "too_deep"]
 
 #: Records above this size are refused (the broker's message.max.bytes is set above it).
 MAX_RECORD_BYTES = 1_000_000
+#: The deepest JSON nesting tickflow accepts anywhere: in a record (an envelope counts as one level, its payload as
+#: a second) and in an API body. orjson reads up to 1,024 levels but writes only up to 254, so without this limit a
+#: record could be read, and then the events it causes could not be written. One constant, used at every edge.
+MAX_JSON_DEPTH = 128
 
 
 class InvalidRecord(ValueError):
@@ -30,14 +34,42 @@ class RecordTooLarge(InvalidRecord):
     """A record above ``MAX_RECORD_BYTES`` (HTTP 413, where the other refusals are 422)."""
 
 
+def too_deep(raw: bytes, value: Any) -> bool:
+    """Whether ``value`` (parsed from, or serialised to, ``raw``) nests deeper than ``MAX_JSON_DEPTH``.
+
+    Counting the opening brackets of ``raw`` bounds the depth from above at C speed, so only records with many
+    containers pay for the exact walk.
+    """
+    if raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH:
+        return False
+    level: list[tuple[Any, int]] = [(value, 1)]
+    while level:
+        node, depth = level.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list | tuple) else None
+        if children is None:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        level.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+    return False
+
+
 def encode(envelope: Envelope) -> bytes:
-    """Serialise an envelope; refuses records bigger than ``MAX_RECORD_BYTES`` or values JSON cannot hold."""
+    """Serialise an envelope; refuses records bigger than ``MAX_RECORD_BYTES``, nested deeper than
+    ``MAX_JSON_DEPTH`` or holding values JSON cannot (an integer beyond 64 bits)."""
     try:
-        raw = orjson.dumps(envelope.model_dump(mode="python"))
-    except TypeError as exc:  # e.g. an integer beyond 64 bits, which no JSON consumer reads back exactly
+        data = envelope.model_dump(mode="python")
+        raw = orjson.dumps(data)
+    except (TypeError, ValueError) as exc:  # an integer beyond 64 bits, nesting beyond what pydantic or orjson write
         raise InvalidRecord(
-            f"{envelope.type} record for key {envelope.key!r} cannot be encoded: {exc}; integers must fit in 64 bits"
+            f"{envelope.type} record for key {envelope.key!r} cannot be encoded: {exc}; integers must fit in "
+            f"64 bits and values may nest at most {MAX_JSON_DEPTH} levels"
         ) from None
+    if too_deep(raw, data):
+        raise InvalidRecord(
+            f"{envelope.type} record for key {envelope.key!r} nests deeper than {MAX_JSON_DEPTH} levels; "
+            "flatten inputs and outputs"
+        )
     if len(raw) > MAX_RECORD_BYTES:
         raise RecordTooLarge(
             f"{envelope.type} record for key {envelope.key!r} is {len(raw)} bytes, above the "
@@ -67,6 +99,8 @@ def decode(raw: bytes | None, *, expect: Kind | None = None) -> Envelope:
         raise InvalidRecord(f"record is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRecord("record must be a JSON object (an envelope with kind, type, key and payload)")
+    if too_deep(raw, data):
+        raise InvalidRecord(f"record nests deeper than {MAX_JSON_DEPTH} levels; flatten its values")
     kind, type_ = data.get("kind"), data.get("type")
     if expect is not None and kind != expect:
         raise InvalidRecord(f"expected a {expect!r} record on this topic, got kind={kind!r}")

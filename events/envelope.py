@@ -11,11 +11,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints
 
-from tickflow.events.schemas import DeadLetter, Kind, Payload
+from tickflow.events.schemas import DeadLetter, EpochMs, Kind, Payload
 
-__all__ = ["Envelope", "dead_letter", "event_id"]
+__all__ = ["MAX_ID_CHARS", "Envelope", "dead_letter", "event_id"]
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+#: The longest id or key an envelope holds (record ids, run ids, stack and slot keys).
+MAX_ID_CHARS = 256
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 def event_id(run_id: str, seq: int) -> str:
@@ -33,10 +35,10 @@ class Envelope(BaseModel):
     type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     schema_version: int = Field(default=1, ge=1)
     key: Id
-    seq: int | None = Field(default=None, ge=1)
+    seq: int | None = Field(default=None, ge=1, le=2**63 - 1)
     causation_id: Id | None = None
     correlation_id: Id | None = None
-    occurred_at_ms: int = Field(ge=0)
+    occurred_at_ms: EpochMs
     payload: SerializeAsAny[Payload]
 
     @classmethod
@@ -79,6 +81,9 @@ def dead_letter(
 ) -> Envelope:
     """The dead-letter record of a refused record: where it came from, why, and an excerpt of it."""
     source_key = key.decode(errors="replace") if key else None
+    # The letter's own key must be a valid envelope key whatever the refused record's key was (a key that is too
+    # long is one of the reasons records are refused): the source key itself when it fits, else its coordinates.
+    letter_key = source_key if source_key and len(source_key) <= MAX_ID_CHARS else f"{topic}/{partition}"
     return Envelope.wrap(
         DeadLetter(
             consumer=consumer,
@@ -91,6 +96,6 @@ def dead_letter(
         ),
         # Deterministic id: a redelivered bad record yields the same dead-letter id. Never change it.
         id=f"dlq/{topic}/{partition}/{offset}",
-        key=source_key or f"{topic}/{partition}",
+        key=letter_key,
         occurred_at_ms=now_ms,
     )

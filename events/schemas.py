@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from tickflow.events.spec import Name, WorkflowSpec
 
 __all__ = [
+    "MAX_EPOCH_MS",
     "PAYLOAD_TYPES",
     "RUN_TERMINAL_EVENTS",
     "AcquireSlot",
@@ -25,10 +26,12 @@ __all__ = [
     "ChildStarted",
     "Command",
     "DeadLetter",
+    "EpochMs",
     "ErrorInfo",
     "Event",
     "ForkRun",
     "HistoryEvent",
+    "Int64",
     "IterationStarted",
     "Kind",
     "LlmAttemptFields",
@@ -71,6 +74,12 @@ __all__ = [
 Kind = Literal["command", "event", "task", "result", "control", "dead_letter"]
 ShortText = Annotated[str, StringConstraints(max_length=1_000)]
 LongText = Annotated[str, StringConstraints(max_length=64_000)]
+#: 9999-12-31T23:59:59.999Z: the latest instant every reader (Python's datetime, ClickHouse's DateTime64) can show.
+MAX_EPOCH_MS = 253_402_300_799_999
+#: An integer every reader holds exactly: ClickHouse's Int64 columns, and JSON readers that use doubles elsewhere.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+#: A point in time, in epoch milliseconds, within what every reader can show.
+EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
 
 
 class Payload(BaseModel):
@@ -117,21 +126,21 @@ class LlmAttemptFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    call: int = Field(default=0, ge=0, description="Turn of the agent loop this call belongs to.")
-    attempt: int = Field(default=1, ge=1, description="Attempt number across the whole model chain for this call.")
+    call: Int64 = Field(default=0, ge=0, description="Turn of the agent loop this call belongs to.")
+    attempt: Int64 = Field(default=1, ge=1, description="Attempt number across the whole model chain for this call.")
     agent: ShortText = ""
     stack_id: ShortText = ""
     provider: ShortText
     model: ShortText
-    tokens_in: int = Field(default=0, ge=0)
-    tokens_out: int = Field(default=0, ge=0)
+    tokens_in: Int64 = Field(default=0, ge=0)
+    tokens_out: Int64 = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
     latency_ms: float = Field(default=0.0, ge=0)
     outcome: LlmOutcome
     error: ErrorInfo | None = None
-    http_status: int | None = None
+    http_status: Int64 | None = None
     fallback: bool = False
-    started_at_ms: int = 0
+    started_at_ms: EpochMs = 0
 
 
 class MessageFields(BaseModel):
@@ -162,7 +171,7 @@ class StartRun(Command):
     parent_run_id: ShortText | None = None
     parent_path: ShortText | None = None
     #: Among runs of one workflow queued for the same concurrency key, higher goes first.
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    priority: Int64 = Field(default=0, ge=-1000, le=1000)
 
 
 class ResumeRun(Command):
@@ -185,8 +194,8 @@ class AcquireSlot(Command):
 
     TYPE: ClassVar[str] = "AcquireSlot"
     run_id: ShortText
-    priority: int = 0
-    limit: int = Field(ge=1, le=10_000)
+    priority: Int64 = 0
+    limit: Int64 = Field(ge=1, le=10_000)
 
 
 class ReleaseSlot(Command):
@@ -213,7 +222,7 @@ class ChildFinished(Command):
     output: Any = None
     error: ErrorInfo | None = None
     #: LLM usage of the child run, so a stack can count a tick's tokens and cost against its budget.
-    tokens: int = Field(default=0, ge=0)
+    tokens: Int64 = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
 
 
@@ -223,8 +232,8 @@ class HistoryEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    schema_version: int = Field(default=1, ge=1)
-    occurred_at_ms: int = Field(ge=0)
+    schema_version: Int64 = Field(default=1, ge=1)
+    occurred_at_ms: EpochMs = Field(ge=0)
     payload: dict[str, Any]
 
 
@@ -239,7 +248,7 @@ class ForkRun(Command):
 
     TYPE: ClassVar[str] = "ForkRun"
     source_run_id: ShortText
-    at_seq: int = Field(ge=1)
+    at_seq: Int64 = Field(ge=1)
     history: list[HistoryEvent] = Field(min_length=1)
 
 
@@ -256,10 +265,10 @@ class RunStarted(Event):
     parent_run_id: ShortText | None = None
     parent_path: ShortText | None = None
     #: The run fails with RunTimeout at this time (from the spec's timeout_s).
-    deadline_ms: int | None = None
+    deadline_ms: EpochMs | None = None
     #: Set when the workflow limits concurrency per key: the run waits for ``RunAdmitted`` before it starts.
     slot: ShortText | None = None
-    priority: int = 0
+    priority: Int64 = 0
 
 
 class RunAdmitted(Event):
@@ -281,7 +290,7 @@ class SlotQueued(Event):
 
     TYPE: ClassVar[str] = "SlotQueued"
     run_id: ShortText
-    priority: int = 0
+    priority: Int64 = 0
 
 
 class SlotReleased(Event):
@@ -315,14 +324,14 @@ class BranchChosen(Event):
 
     TYPE: ClassVar[str] = "BranchChosen"
     path: ShortText
-    case: int | None = None
+    case: Int64 | None = None
     condition: Name | None = None
 
 
 class IterationStarted(Event):
     TYPE: ClassVar[str] = "IterationStarted"
     path: ShortText
-    iteration: int = Field(ge=1)
+    iteration: Int64 = Field(ge=1)
 
 
 class NodeCompleted(Event):
@@ -346,7 +355,7 @@ class TimerStarted(Event):
 
     TYPE: ClassVar[str] = "TimerStarted"
     path: ShortText
-    due_at_ms: int = Field(ge=0)
+    due_at_ms: EpochMs = Field(ge=0)
 
 
 class WaitStarted(Event):
@@ -355,7 +364,7 @@ class WaitStarted(Event):
     TYPE: ClassVar[str] = "WaitStarted"
     path: ShortText
     event: Name
-    due_at_ms: int | None = None
+    due_at_ms: EpochMs | None = None
 
 
 class WaitTimedOut(Event):
@@ -385,11 +394,11 @@ class StepScheduled(Event):
     VERSION: ClassVar[int] = 2
     path: ShortText
     step: Name
-    attempt: int = Field(ge=1)
+    attempt: Int64 = Field(ge=1)
     pool: Name
     input: Any = None
     #: When the engine gives up waiting for this attempt's result (from the step's timeout_s).
-    deadline_ms: int | None = None
+    deadline_ms: EpochMs | None = None
 
 
 class StepCompleted(Event):
@@ -397,7 +406,7 @@ class StepCompleted(Event):
     VERSION: ClassVar[int] = 2
     path: ShortText
     step: Name
-    attempt: int = Field(ge=1)
+    attempt: Int64 = Field(ge=1)
     output: Any = None
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
@@ -409,10 +418,10 @@ class StepFailed(Event):
     VERSION: ClassVar[int] = 2
     path: ShortText
     step: Name
-    attempt: int = Field(ge=1)
+    attempt: Int64 = Field(ge=1)
     error: ErrorInfo
     will_retry: bool
-    retry_at_ms: int | None = None
+    retry_at_ms: EpochMs | None = None
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
     logs: LongText = ""
@@ -452,8 +461,8 @@ class RunForked(Event):
 
     TYPE: ClassVar[str] = "RunForked"
     source_run_id: ShortText
-    at_seq: int = Field(ge=1)
-    shift_ms: int = 0
+    at_seq: Int64 = Field(ge=1)
+    shift_ms: Int64 = 0
 
 
 # --- tasks and results (engine ⇄ workers) ---------------------------------------------------------------
@@ -473,11 +482,11 @@ class RunStep(Task):
     path: ShortText
     step: Name
     fn: Name
-    attempt: int = Field(ge=1)
+    attempt: Int64 = Field(ge=1)
     input: Any = None
     idempotency_key: ShortText
     timeout_s: float | None = None
-    priority: int = 0
+    priority: Int64 = 0
 
 
 class CancelStep(Task):
@@ -493,7 +502,7 @@ class StepSucceeded(Result):
     VERSION: ClassVar[int] = 2
     path: ShortText
     step: Name
-    attempt: int = Field(ge=1)
+    attempt: Int64 = Field(ge=1)
     output: Any = None
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
@@ -508,12 +517,12 @@ class StepErrored(Result):
     VERSION: ClassVar[int] = 2
     path: ShortText
     step: Name
-    attempt: int = Field(ge=1)
+    attempt: Int64 = Field(ge=1)
     error: ErrorInfo
     retryable: bool = True
     #: The step asked not to be retried before this many ms (``RetryableError(retry_after=...)``); the engine
     #: waits for the longer of this and the policy's backoff.
-    retry_after_ms: int | None = Field(default=None, ge=0, le=366 * 86_400_000)
+    retry_after_ms: Int64 | None = Field(default=None, ge=0, le=366 * 86_400_000)
     duration_ms: float = Field(ge=0)
     worker: ShortText = ""
     logs: LongText = ""
@@ -531,7 +540,7 @@ class SetPoolConcurrency(Payload):
     KIND: ClassVar[Kind] = "control"
     TYPE: ClassVar[str] = "SetPoolConcurrency"
     pool: Name
-    limit: int = Field(ge=1, le=100_000)
+    limit: Int64 = Field(ge=1, le=100_000)
 
 
 # --- dead letters ---------------------------------------------------------------------------------------
@@ -544,8 +553,8 @@ class DeadLetter(Payload):
     TYPE: ClassVar[str] = "DeadLetter"
     consumer: ShortText
     source_topic: ShortText
-    source_partition: int
-    source_offset: int
+    source_partition: Int64
+    source_offset: Int64
     source_key: ShortText | None = None
     reason: LongText
     record_excerpt: LongText = ""

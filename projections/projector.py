@@ -208,7 +208,7 @@ class Projector:
             reason=reason,
             now_ms=int(time.time() * 1000),
         )
-        await self.producer.send_and_wait(self.dead_letter_topic, encode(letter), key=record.key)
+        await self.producer.send_and_wait(self.dead_letter_topic, encode(letter), key=letter.key.encode())
         self.metrics.dead_lettered += 1
         log.warning("dead-lettered event %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
 

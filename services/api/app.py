@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from tickflow.api import analytics, live, memory, rebuild, replay, runs, sql, stacks
 from tickflow.api.deps import ApiDeps, code_for_status
-from tickflow.events.codec import MAX_RECORD_BYTES
+from tickflow.events.codec import MAX_JSON_DEPTH, MAX_RECORD_BYTES, too_deep
 from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import ProjectionStore
@@ -32,6 +33,16 @@ __all__ = ["create_api"]
 ROUTERS = (runs, analytics, live, memory, rebuild, replay, sql, stacks)
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _too_deep(body: bytes) -> bool:
+    """True when the JSON body nests deeper than any record may (``MAX_JSON_DEPTH``, the codec's own limit)."""
+    if body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH:
+        return False
+    try:
+        return too_deep(body, orjson.loads(body))
+    except orjson.JSONDecodeError as exc:  # orjson stops at 1,024 levels; anything else is FastAPI's to answer
+        return "depth" in str(exc)
 
 
 def _has_lone_surrogate(body: bytes) -> bool:
@@ -90,12 +101,18 @@ def create_api(
         return _error(422, jsonable_encoder(exc.errors()), ErrorCode.INVALID_REQUEST)
 
     @api.middleware("http")
-    async def refuse_lone_surrogates(request: Request, call_next: Any) -> Any:
+    async def refuse_unrecordable_bodies(request: Request, call_next: Any) -> Any:
         # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python turns it into a str that cannot be encoded
-        # again, so it failed deep inside (the Kafka codec, chDB, even the error response) as a 500.
-        if request.method in ("POST", "PUT", "PATCH") and _has_lone_surrogate(await request.body()):
-            detail = "the JSON body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff): send valid Unicode text"
-            return _error(422, detail, ErrorCode.INVALID_REQUEST)
+        # again, so it failed deep inside (the Kafka codec, chDB, even the error response) as a 500. A body nested
+        # deeper than a record may be would be accepted here and refused by the codec: say so up front.
+        if request.method in ("POST", "PUT", "PATCH"):
+            body = await request.body()
+            if _too_deep(body):
+                detail = f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels: flatten it"
+                return _error(422, detail, ErrorCode.INVALID_REQUEST)
+            if _has_lone_surrogate(body):
+                detail = "the JSON body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): send valid Unicode text"
+                return _error(422, detail, ErrorCode.INVALID_REQUEST)
         return await call_next(request)
 
     @api.middleware("http")  # added last, so it runs first: a too-big body is refused before it is read

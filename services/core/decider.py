@@ -90,6 +90,7 @@ __all__ = [
     "fork_problem",
     "fork_source",
     "recovery_effects",
+    "refuse",
     "run",
 ]
 
@@ -172,6 +173,24 @@ def run(state: RunState, input: Input, now_ms: int, functions: Functions = NO_FU
     else:
         em = Emitter(state, now_ms, input.causation_id, functions)
     _advance(em)
+    return Decision(em.events, em.state)
+
+
+def refuse(
+    state: RunState, error: ErrorInfo, now_ms: int, causation_id: str | None, start: StartRun | None = None
+) -> Decision:
+    """What the engine records instead of a decision it cannot record (an event or a message would not encode).
+
+    A run that has not started is rejected (``start``: the command that tried), a live run fails with ``error``,
+    and a finished run is left as it is. Both events are small and bounded, so they always encode; their effects
+    (cancelling work in flight, releasing a slot, telling a parent) follow as for any rejection or failure.
+    """
+    em = Emitter(state, now_ms, causation_id, NO_FUNCTIONS)
+    if state.status == "new":
+        if start is not None:
+            _reject(em, start, f"{error.type}: {error.message}")
+    elif not state.terminal:
+        em.emit(RunFailed(error=error, path=None))
     return Decision(em.events, em.state)
 
 

@@ -31,6 +31,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from tickflow.core.decider import (
     Decision,
     Fork,
+    Input,
     Outbound,
     Recover,
     RunState,
@@ -41,13 +42,14 @@ from tickflow.core.decider import (
     effects,
     evolve,
     recovery_effects,
+    refuse,
     run,
 )
 from tickflow.core.slots import SlotState, admissions, decide_slot, evolve_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, evolve_stack, is_stack, stack_recovery
-from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
+from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
-from tickflow.events.schemas import AcquireSlot, ForkRun, ReleaseSlot, StartRun
+from tickflow.events.schemas import AcquireSlot, ErrorInfo, ForkRun, ReleaseSlot, StartRun
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
 from tickflow.runtime.snapshots import CHECKPOINT_KEY, decode_snapshot, encode_checkpoint, encode_snapshot
 from tickflow.settings import Settings
@@ -134,6 +136,7 @@ class Engine:
         self.recovered_partitions: set[int] = set()
         self.timers = Timers()
         self.processed = 0
+        self.resent = 0  # messages re-sent by recoveries (tasks in flight, child starts, parent reports)
         self.timer_firings = 0
         self._retention_ms = int(settings.state_retention_s * 1000)
         # A stack's tick runs are many and only ever started by their stack, which re-sends the start of the
@@ -233,7 +236,7 @@ class Engine:
                     self._arm(partition, state)
                 continue
             self.timer_firings += 1
-            await self._apply(partition, run(state, Recover(causation_id=f"timer/{now}"), now, self.registry))
+            await self._decide(partition, state, Recover(causation_id=f"timer/{now}"), now)
 
     def _retained_ms(self, state: RunState) -> int:
         """How long a finished run's state stays in memory (and deduplicates a repeated start of its id)."""
@@ -277,7 +280,7 @@ class Engine:
             stacked = decide_stack(stack, env, now, self._workflows)
             if stacked.refused:
                 self.pending.add(await self.dead_letters.send(record, stacked.refused, now))
-            await self._apply_stack(tp.partition, stacked)
+            await self._apply_stack(tp.partition, stacked, record=record)
             return
         state = self.runs[tp.partition].get(env.key)
         if isinstance(env.payload, AcquireSlot | ReleaseSlot):
@@ -291,19 +294,18 @@ class Engine:
                 reason = f"unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
                 self.pending.add(await self.dead_letters.send(record, reason, now))
             start = Start(env, spec, self._spec_hashes.get(env.payload.workflow, ""))
-            decision = run(state or RunState(env.key), start, now, self.registry)
-        elif isinstance(env.payload, ForkRun):
-            decision = run(state or RunState(env.key), Fork(env), now, self.registry)
+            await self._decide(tp.partition, state or RunState(env.key), start, now, record)
+            return
+        if isinstance(env.payload, ForkRun):
+            await self._decide(tp.partition, state or RunState(env.key), Fork(env), now, record)
         elif state is None:
             what = "command" if is_command else "result"
             reason = f"{env.type} {what} for run {env.key!r}, which this engine partition does not know"
             self.pending.add(await self.dead_letters.send(record, reason, now))
-            return
         elif is_command:
-            decision = run(state, Signal(env), now, self.registry)
+            await self._decide(tp.partition, state, Signal(env), now, record)
         else:
-            decision = run(state, WorkerResult(env), now, self.registry)
-        await self._apply(tp.partition, decision)
+            await self._decide(tp.partition, state, WorkerResult(env), now, record)
 
     async def _handle_slot(self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int) -> None:
         if not isinstance(env.payload, AcquireSlot | ReleaseSlot):
@@ -317,46 +319,132 @@ class Engine:
     async def _apply_slot(
         self, partition: int, state: SlotState, events: list[Envelope], admits: list[Envelope]
     ) -> None:
+        try:
+            records = self._encoded(events, [(self.topics.commands, admit) for admit in admits])
+        except InvalidRecord as exc:  # slot records are small and bounded: this would be a bug, not an input
+            log.error("slot %s: a decision cannot be recorded and is dropped: %s", state.slot, exc)
+            return
         if events:
             self.slots[partition][state.slot] = state
             self.dirty[partition].add(state.slot)
-        key = state.slot.encode()
-        for event in events:
-            await self._send_event(partition, event, key)
-        for admit in admits:
-            self.pending.add(await self.producer.send(self.topics.commands, encode(admit), key=admit.key.encode()))
+        await self._publish(partition, records)
 
-    async def _apply_stack(self, partition: int, decision: StackDecision, extra: list[Envelope] | None = None) -> None:
-        """Publish a stack's events, then the StartRun of each fired tick; cache it; arm its next tick."""
+    async def _apply_stack(
+        self,
+        partition: int,
+        decision: StackDecision,
+        extra: list[Envelope] | None = None,
+        record: ConsumerRecord[bytes, bytes] | None = None,
+    ) -> None:
+        """Publish a stack's events, then the StartRun of each fired tick; cache it; arm its next tick.
+
+        A decision whose records do not all encode (a stack input too big to go into its tick's start) is neither
+        cached nor sent: its command goes to the dead-letter topic with the reason, and the stack stays as it was.
+        """
         state = decision.state
+        starts = [*decision.starts, *(extra or [])]
+        try:
+            records = self._encoded(decision.events, [(self.topics.commands, start) for start in starts])
+        except InvalidRecord as exc:
+            reason = f"stack {state.key!r}: this command's effects cannot be recorded: {exc}"
+            if record is not None:
+                self.pending.add(await self.dead_letters.send(record, reason, _now_ms()))
+            else:
+                log.error("%s", reason)
+            return
         if decision.events:
             self.stacks[partition][state.key] = state
             self.dirty[partition].add(state.key)
-            key = state.key.encode()
-            for event in decision.events:
-                await self._send_event(partition, event, key)
-        for start in [*decision.starts, *(extra or [])]:
-            self.pending.add(await self.producer.send(self.topics.commands, encode(start), key=start.key.encode()))
+        await self._publish(partition, records)
         self.ticks_fired += len(decision.starts)
         self.timers.arm(partition, state.key, state.timer_due_ms())
 
-    async def _apply(self, partition: int, decision: Decision, extra: list[Outbound] | None = None) -> None:
-        """Publish a decision's events, then the messages it sends; cache the new state; re-arm its timer."""
+    async def _decide(
+        self,
+        partition: int,
+        state: RunState,
+        input: Input,
+        now: int,
+        record: ConsumerRecord[bytes, bytes] | None = None,
+        *,
+        recovering: bool = False,
+    ) -> bool:
+        """Decide ``input`` for the run in ``state`` and publish the decision; return whether it emitted events.
+
+        Nothing is cached or sent before every record of the decision is known to encode within the limits. A
+        decision that cannot be recorded (an output too big for the log, a value nested too deep) is replaced by
+        ``refuse``: the run fails, or a start is rejected, with the reason, and the input that caused it goes to
+        the dead-letter topic. An exception of the decider itself is handled the same way, so no single input can
+        stop the engine.
+        """
+        cause = _causation(input)
+        start = input.command.payload if isinstance(input, Start) else None
+        assert start is None or isinstance(start, StartRun)
+        try:
+            decision = run(state, input, now, self.registry)
+            records = self._run_records(decision, now, recovering)
+        except InvalidRecord as exc:
+            error = ErrorInfo(type="PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord",
+                              message=str(exc))
+        except Exception as exc:  # a decider bug must cost one run, not the engine (and every restart after it)
+            log.exception("run %s: the decider failed on %s", state.run_id, type(input).__name__)
+            error = ErrorInfo(type="EngineError", message=f"the engine could not decide this input: {exc!r}"[:10_000])
+        else:
+            await self._publish_run(partition, decision, records)
+            return bool(decision.events)
+        if record is not None:
+            reason = f"run {state.run_id!r}: {error.type}: {error.message}"
+            self.pending.add(await self.dead_letters.send(record, reason, now))
+        decision = refuse(state, error, now, cause, start)
+        try:
+            records = self._run_records(decision, now, recovering)
+        except InvalidRecord as exc:  # cannot happen with bounded failure events; never let it stop the engine
+            log.error("run %s: even its failure cannot be recorded: %s", state.run_id, exc)
+            return False
+        await self._publish_run(partition, decision, records)
+        return bool(decision.events)
+
+    def _run_records(self, decision: Decision, now: int, recovering: bool) -> list[tuple[str, bytes, bytes]]:
+        """A run decision's records, encoded: its events, then the messages it sends (tasks, commands)."""
+        outs = effects(decision)
+        if recovering:  # recovery re-sends may repeat what the healing decision just sent
+            sent = {(o.topic, o.envelope.id) for o in outs}
+            again = [o for o in recovery_effects(decision.state, now) if (o.topic, o.envelope.id) not in sent]
+            self.resent += len(again)
+            outs += again
+        messages = [(self._topic_of(out), out.envelope) for out in outs]
+        return self._encoded(decision.events, messages)
+
+    def _topic_of(self, out: Outbound) -> str:
+        return self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
+
+    def _encoded(
+        self, events: list[Envelope], messages: list[tuple[str, Envelope]]
+    ) -> list[tuple[str, bytes, bytes]]:
+        """Every record of a decision as (topic, value, key), or InvalidRecord if any of them cannot be written."""
+        out = [(self.topics.events, encode(event), event.key.encode()) for event in events]
+        out += [(topic, encode(message), message.key.encode()) for topic, message in messages]
+        return out
+
+    async def _publish_run(self, partition: int, decision: Decision, records: list[tuple[str, bytes, bytes]]) -> None:
+        """Cache the new state, publish its records (events first), re-arm its timer."""
         state = decision.state
         if decision.events:
             self.runs[partition][state.run_id] = state
             self.dirty[partition].add(state.run_id)
-            key = state.run_id.encode()
-            for event in decision.events:
-                await self._send_event(partition, event, key)
-        outs = effects(decision)
-        if extra:  # recovery re-sends may repeat what the healing decision just sent
-            sent = {(o.topic, o.envelope.id) for o in outs}
-            outs += [o for o in extra if (o.topic, o.envelope.id) not in sent]
-        for out in outs:
-            topic = self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
-            self.pending.add(await self.producer.send(topic, encode(out.envelope), key=out.envelope.key.encode()))
+        await self._publish(partition, records)
         self._arm(partition, state)
+
+    async def _publish(self, partition: int, records: list[tuple[str, bytes, bytes]]) -> None:
+        """Send encoded records in order; events go to the owned partition of the events topic."""
+        for topic, value, record_key in records:
+            if topic == self.topics.events:
+                fut = await self.producer.send(topic, value, key=record_key, partition=partition)
+                # A partition's records are acked in send order, so its last send carries its highest offset.
+                self._last_event_send[partition] = fut
+            else:
+                fut = await self.producer.send(topic, value, key=record_key)
+            self.pending.add(fut)
 
     async def capture(self) -> tuple[dict[int, dict[str, RunState]], int]:
         """A copy of the live run states of every recovered partition, and the time it was taken (epoch ms).
@@ -491,12 +579,6 @@ class Engine:
                 self.pending.add(await self.producer.send(topic, checkpoint, key=CHECKPOINT_KEY, partition=partition))
         self._round = None
 
-    async def _send_event(self, partition: int, event: Envelope, key: bytes) -> None:
-        fut = await self.producer.send(self.topics.events, encode(event), key=key, partition=partition)
-        self.pending.add(fut)
-        # A partition's records are acked in send order, so its last send carries its highest offset.
-        self._last_event_send[partition] = fut
-
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""
         started = time.monotonic()
@@ -544,13 +626,9 @@ class Engine:
             await self._apply_slot(partition, slot, [], admissions(slot, None, now))
         for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent
             await self._apply_stack(partition, StackDecision([], stack, []), stack_recovery(stack, now))
-        healed = resent = 0
+        healed, resent_before = 0, self.resent
         for state in list(runs.values()):
-            decision = run(state, Recover(causation_id=f"recover/{partition}"), now, self.registry)
-            again = recovery_effects(decision.state, now)
-            healed += bool(decision.events)
-            resent += len(again)
-            await self._apply(partition, decision, again)
+            healed += await self._decide(partition, state, Recover(f"recover/{partition}"), now, recovering=True)
         await self.pending.drain()
         log.info(
             "partition %d recovered: %d events after offset %s, %d runs (%d expired), %d healed, %d messages re-sent"
@@ -561,6 +639,15 @@ class Engine:
             len(runs),
             len(expired),
             healed,
-            resent,
+            self.resent - resent_before,
             time.monotonic() - started,
         )
+
+
+def _causation(input: Input) -> str | None:
+    """The id of the record a decision answers (its events' causation id)."""
+    if isinstance(input, Start | Signal | Fork):
+        return input.command.id
+    if isinstance(input, WorkerResult):
+        return input.result.id
+    return input.causation_id

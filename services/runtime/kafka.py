@@ -157,7 +157,7 @@ class DeadLetters:
             now_ms=now_ms,
         )
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300])
-        fut: asyncio.Future[Any] = await self.producer.send(self.topic, encode(letter), key=record.key)
+        fut: asyncio.Future[Any] = await self.producer.send(self.topic, encode(letter), key=letter.key.encode())
         return fut
 
 

@@ -14,9 +14,11 @@ from tickflow.events import (
     InvalidRecord,
     StartRun,
     WorkflowSpec,
+    dead_letter,
     decode,
     encode,
 )
+from tickflow.events.codec import MAX_JSON_DEPTH
 from tickflow.events.errors import NonRetryableError
 from tickflow.events.spec import walk
 from tickflow.workflow import Flow, Registry, StepContext, Workflow
@@ -118,3 +120,58 @@ async def test_typed_steps_validate_input_and_output() -> None:
     assert await reg.call(fn, {"id": "41"}, ctx) == {"id": 42}
     with pytest.raises(NonRetryableError, match="input of step 'total' does not match"):
         await reg.call(fn, {"id": "x"}, ctx)
+
+
+def _nested(depth: int) -> object:
+    """A JSON value ``depth`` containers deep."""
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _start(value: object) -> bytes:
+    body = {"workflow": "w", "input": 1, "parent_run_id": None, "parent_path": None, "priority": 0}
+    env = {"id": "c1", "kind": "command", "type": "StartRun", "key": "r1", "occurred_at_ms": 1, "payload": body}
+    return orjson.dumps(env).replace(b'"input":1', b'"input":' + orjson.dumps(value))
+
+
+def test_one_depth_limit_for_reading_and_writing() -> None:
+    # The record adds two levels (envelope, payload) above the input.
+    assert decode(_start(_nested(MAX_JSON_DEPTH - 2))).payload.input == _nested(MAX_JSON_DEPTH - 2)
+    with pytest.raises(InvalidRecord, match=f"deeper than {MAX_JSON_DEPTH} levels"):
+        decode(_start(_nested(MAX_JSON_DEPTH - 1)))
+    with pytest.raises(InvalidRecord, match="depth limit"):  # orjson's own stop, far below the recursion limit
+        decode(b"[" * 2_000 + b"]" * 2_000)
+    too_deep_start = Envelope.wrap(StartRun(workflow="w", input=_nested(200)), id="c", key="r", occurred_at_ms=1)
+    with pytest.raises(InvalidRecord, match="nest"):
+        encode(too_deep_start)
+    way_too_deep = Envelope.wrap(StartRun(workflow="w", input=_nested(400)), id="c", key="r", occurred_at_ms=1)
+    with pytest.raises(InvalidRecord):  # beyond what pydantic and orjson write: refused, not a crash
+        encode(way_too_deep)
+    wide = {"items": [{"n": i} for i in range(5_000)]}  # many containers, shallow: the exact walk says fine
+    assert decode(encode(Envelope.wrap(StartRun(workflow="w", input=wide), id="c", key="r", occurred_at_ms=1)))
+
+
+def test_integers_and_times_every_reader_can_hold() -> None:
+    with pytest.raises(InvalidRecord, match="occurred_at_ms"):
+        decode(_start(1).replace(b'"occurred_at_ms":1', b'"occurred_at_ms":18446744073709551615'))
+    with pytest.raises(InvalidRecord, match="priority"):
+        decode(_start(1).replace(b'"priority":0', b'"priority":9223372036854775808'))
+    big = Envelope.wrap(StartRun(workflow="w", input=2**64), id="c", key="r", occurred_at_ms=1)
+    with pytest.raises(InvalidRecord, match="64 bits"):
+        encode(big)
+
+
+def test_a_dead_letter_can_always_be_written() -> None:
+    letter = dead_letter(
+        consumer="engine",
+        topic="t.commands",
+        partition=3,
+        offset=9,
+        key=b"k" * 5_000,
+        value=b"\xff" * 10,
+        reason="r" * 100_000,
+        now_ms=1,
+    )
+    assert letter.key == "t.commands/3" and decode(encode(letter)).payload.source_key == "k" * 1_000

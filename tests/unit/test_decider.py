@@ -18,6 +18,7 @@ from tickflow.core.decider import (
     effects,
     fold,
     recovery_effects,
+    refuse,
     run,
 )
 from tickflow.events import (
@@ -471,3 +472,19 @@ def test_a_crash_after_any_prefix_heals_without_gaps_or_stalls(actions: list[tup
     assert decide(refolded, Recover(), 10**12, registry) == []
     waiting = [n for n in refolded.nodes.values() if n.kind == "step" and n.phase == "scheduled"]
     assert refolded.terminal or waiting  # never stuck: either finished or waiting for a worker
+
+
+def test_refuse_fails_a_live_run_rejects_a_new_one_and_leaves_a_finished_one() -> None:
+    """What the engine records when a decision cannot be: small events with the reason, and their effects."""
+    error = ErrorInfo(type="PayloadTooLarge", message="the join output is 1200000 bytes")
+    sim = Sim(Workflow("w").parallel(x=Flow().step(a), y=Flow().step(b)), 1)
+    d = refuse(sim.state, error, sim.now + 1, "result-9")
+    assert [e.type for e in d.events] == ["RunFailed"] and d.state.status == "failed"
+    assert d.events[0].causation_id == "result-9" and d.events[0].seq == sim.state.seq + 1
+    assert sorted(o.envelope.type for o in effects(d)) == ["CancelStep", "CancelStep"]  # work in flight stops
+    assert fold("r1", [*sim.log, *d.events]) == d.state  # a refusal is an ordinary part of the log
+
+    new = refuse(RunState("r2"), error, 5, "c2", StartRun(workflow="w", input="x"))
+    assert [e.type for e in new.events] == ["RunRejected"] and new.state.status == "rejected"
+    assert "PayloadTooLarge: the join output" in new.events[0].payload.reason
+    assert refuse(d.state, error, 6, "c3").events == []  # already failed: nothing more to say
