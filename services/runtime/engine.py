@@ -50,8 +50,15 @@ from tickflow.core.stacks import StackDecision, StackState, decide_stack, evolve
 from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import AcquireSlot, ErrorInfo, ForkRun, ReleaseSlot, StartRun
+from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
-from tickflow.runtime.snapshots import CHECKPOINT_KEY, decode_snapshot, encode_checkpoint, encode_snapshot
+from tickflow.runtime.snapshots import (
+    CHECKPOINT_KEY,
+    decode_snapshot,
+    encode_blob_reference,
+    encode_checkpoint,
+    encode_snapshot,
+)
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
@@ -117,6 +124,8 @@ class Engine:
         self.settings = settings
         self.registry = registry
         self.topics = settings.topics
+        #: Where snapshots too big for a record go (the claim-check store every process shares).
+        self.blobs = FileBlobStore(settings.blob_dir)
         self.runs: dict[int, dict[str, RunState]] = defaultdict(dict)
         self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
         self.stacks: dict[int, dict[str, StackState]] = defaultdict(dict)
@@ -504,7 +513,11 @@ class Engine:
         for record in await read_partition(self.settings.bootstrap, self.topics.state, partition):
             if record.key == CHECKPOINT_KEY:
                 if record.value is not None:
-                    value = decode_snapshot(record.value)
+                    try:
+                        value = decode_snapshot(record.value)
+                    except ValueError as exc:
+                        log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
+                        return {}, {}, {}, None
                     checkpoint = value if isinstance(value, int) else checkpoint
                 continue
             key = (record.key or b"").decode()
@@ -514,7 +527,7 @@ class Engine:
                 stacks.pop(key, None)
                 continue
             try:
-                snap = decode_snapshot(record.value)
+                snap = decode_snapshot(record.value, self.blobs)
             except ValueError as exc:
                 log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
                 return {}, {}, {}, None
@@ -562,9 +575,10 @@ class Engine:
                 )
                 if state is None:
                     continue
-                raw = encode_snapshot(state)
-                if len(raw) > MAX_RECORD_BYTES:
-                    self._round_marks[partition] = None  # too big to snapshot: keep the old checkpoint
+                raw = await self._snapshot_record(key, state)
+                if raw is None:  # not written: keep it for the next round, and the old checkpoint until then
+                    self._round_marks[partition] = None
+                    self.dirty[partition].add(key)
                     continue
                 self.pending.add(await self.producer.send(topic, raw, key=key.encode(), partition=partition))
                 self.snapshots_written += 1
@@ -578,6 +592,23 @@ class Engine:
                 checkpoint = encode_checkpoint(mark)
                 self.pending.add(await self.producer.send(topic, checkpoint, key=CHECKPOINT_KEY, partition=partition))
         self._round = None
+
+    async def _snapshot_record(self, key: str, state: RunState | SlotState | StackState) -> bytes | None:
+        """The state-topic record of one snapshot: the state itself, or a reference to it in the blob store when
+        it is too big for a record; None when it cannot be written now (it is logged, and tried again)."""
+        try:
+            raw = encode_snapshot(state)
+        except (TypeError, ValueError) as exc:
+            log.error("snapshot of %s cannot be encoded; the checkpoint waits for it: %s", key, exc)
+            return None
+        if len(raw) <= MAX_RECORD_BYTES:
+            return raw
+        try:
+            digest = await asyncio.to_thread(self.blobs.put, raw)
+        except OSError as exc:
+            log.error("snapshot of %s (%d bytes) cannot be stored; the checkpoint waits for it: %s", key, len(raw), exc)
+            return None
+        return encode_blob_reference(digest, len(raw))
 
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""

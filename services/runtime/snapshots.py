@@ -9,6 +9,11 @@ compaction turns into nothing: that is how finished runs leave the engine's stor
 Recovery reads the state partition, then folds only the events after the last checkpoint on top of the
 snapshots (events at or below a snapshot's seq are skipped). A snapshot that cannot be read is ignored and
 the checkpoint that follows it is not trusted, so the fold falls back to the full log.
+
+A state too big for one record (a run holding large step outputs) goes through the claim-check: its snapshot is
+written to the blob store and the state topic gets a reference. A state that cannot be written at all keeps the
+partition's checkpoint where it was, round after round, until it can: the checkpoint never passes an event whose
+run's latest state is not in a snapshot.
 """
 
 from __future__ import annotations
@@ -21,8 +26,16 @@ from pydantic import TypeAdapter, ValidationError
 from tickflow.core.slots import SlotState
 from tickflow.core.stacks import StackState
 from tickflow.core.state import RunState
+from tickflow.runtime.claimcheck import FileBlobStore
 
-__all__ = ["CHECKPOINT_KEY", "Snapshot", "decode_snapshot", "encode_checkpoint", "encode_snapshot"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "Snapshot",
+    "decode_snapshot",
+    "encode_blob_reference",
+    "encode_checkpoint",
+    "encode_snapshot",
+]
 
 CHECKPOINT_KEY = b"__checkpoint__"
 _RUN = TypeAdapter(RunState)
@@ -40,14 +53,28 @@ def encode_snapshot(state: Snapshot) -> bytes:
     return orjson.dumps({"slot": _SLOT.dump_python(state, mode="json")})
 
 
+def encode_blob_reference(digest: str, size: int) -> bytes:
+    """The state-topic record of a snapshot stored in the blob store (too big for a record of its own)."""
+    return orjson.dumps({"blob": {"sha256": digest, "size": size}})
+
+
 def encode_checkpoint(events_offset: int) -> bytes:
     return orjson.dumps({"events_offset": events_offset})
 
 
-def decode_snapshot(raw: bytes) -> Snapshot | int:
-    """A run, slot or stack snapshot, or the events offset of a checkpoint; ValueError if unreadable."""
+def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot | int:
+    """A run, slot or stack snapshot, or the events offset of a checkpoint; ValueError if unreadable (a snapshot
+    in the blob store is read from ``blobs``; a missing or corrupt blob is unreadable too)."""
     try:
         data: Any = orjson.loads(raw)
+        if "blob" in data:
+            if blobs is None:
+                raise ValueError("a snapshot in the blob store, and no blob store to read it from")
+            try:
+                stored = blobs.get(str(data["blob"]["sha256"]))
+            except OSError as exc:
+                raise ValueError(f"its blob cannot be read: {exc}") from None
+            return decode_snapshot(stored)
         if "run" in data:
             return _RUN.validate_python(data["run"])
         if "slot" in data:

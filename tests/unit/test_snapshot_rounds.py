@@ -1,0 +1,86 @@
+"""A snapshot round never moves a partition's checkpoint past a state it did not write."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tickflow.runtime.engine as engine_module
+from tickflow.core.state import RunState
+from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.engine import Engine
+from tickflow.runtime.snapshots import (
+    CHECKPOINT_KEY,
+    decode_snapshot,
+    encode_blob_reference,
+    encode_snapshot,
+)
+from tickflow.settings import Settings
+from tickflow.workflow import Registry
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes | None, key: bytes, partition: int) -> asyncio.Future[Any]:
+        self.sent.append((key, value))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _engine(tmp_path: Path) -> Engine:
+    engine = Engine(Settings(state_dir=tmp_path), Registry())
+    engine.producer = RecordingProducer()  # type: ignore[assignment]
+    engine.recovered_partitions = {0}
+    engine.events_end[0] = 42
+    return engine
+
+
+async def _round(engine: Engine) -> list[tuple[bytes, bytes | None]]:
+    sent: list[tuple[bytes, bytes | None]] = engine.producer.sent  # type: ignore[attr-defined]
+    sent.clear()
+    await engine._begin_snapshot_round()
+    await engine._snapshot_some(100)
+    return list(sent)
+
+
+async def test_an_unwritable_snapshot_holds_the_checkpoint_until_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(tmp_path)
+    engine.runs[0] = {"a": RunState("a"), "b": RunState("b")}
+    engine.dirty[0] = {"a", "b"}
+
+    def broken_for_b(state: Any) -> bytes:
+        if getattr(state, "run_id", "") == "b":
+            raise ValueError("Maximum serialization depth exceeded")
+        return encode_snapshot(state)
+
+    monkeypatch.setattr(engine_module, "encode_snapshot", broken_for_b)
+    first = await _round(engine)
+    assert [k for k, _ in first] == [b"a"], "b was not written, so no checkpoint may follow"
+    assert engine.dirty[0] == {"b"}  # tried again next round
+    monkeypatch.setattr(engine_module, "encode_snapshot", encode_snapshot)
+    second = await _round(engine)
+    assert [k for k, _ in second] == [b"b", CHECKPOINT_KEY]
+
+
+async def test_a_state_too_big_for_a_record_goes_through_the_claim_check(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    big = RunState("big", input="x" * 1_500_000)
+    engine.runs[0] = {"big": big}
+    engine.dirty[0] = {"big"}
+    sent = await _round(engine)
+    assert [k for k, _ in sent] == [b"big", CHECKPOINT_KEY]
+    reference = sent[0][1]
+    assert reference is not None and len(reference) < 200
+    assert decode_snapshot(reference, engine.blobs) == big
+    with pytest.raises(ValueError, match="no blob store"):
+        decode_snapshot(reference)
+    with pytest.raises(ValueError, match="cannot be read"):
+        decode_snapshot(encode_blob_reference("0" * 64, 10), FileBlobStore(tmp_path / "elsewhere"))
