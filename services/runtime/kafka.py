@@ -25,6 +25,7 @@ __all__ = [
     "DeadLetters",
     "PendingSends",
     "Rebalance",
+    "SendFailed",
     "ensure_topics",
     "new_consumer",
     "new_producer",
@@ -121,11 +122,21 @@ async def read_partition(
         await consumer.stop()
 
 
+class SendFailed(RuntimeError):
+    """A record the broker never acknowledged: the offsets of the inputs that caused it must never be committed."""
+
+
 class PendingSends:
-    """Produce futures not yet acknowledged. ``drain`` before committing the offsets they depend on."""
+    """Produce futures not yet acknowledged. ``drain`` before committing the offsets they depend on.
+
+    A failure is sticky. Once one send has failed, its record is lost, and every later ``drain`` raises too: a
+    role that committed offsets after that point would commit over the lost record, so it may commit nothing
+    again. It must stop; its inputs are then redelivered from the last offsets committed before the loss.
+    """
 
     def __init__(self) -> None:
         self._futures: list[asyncio.Future[Any]] = []
+        self.failure: BaseException | None = None
 
     def add(self, fut: asyncio.Future[Any]) -> None:
         self._futures.append(fut)
@@ -134,9 +145,19 @@ class PendingSends:
         return len(self._futures)
 
     async def drain(self) -> None:
-        futures, self._futures = self._futures, []
-        if futures:
-            await asyncio.gather(*futures)  # any failure propagates: the caller must not commit
+        if self.failure is None and self._futures:
+            futures = list(self._futures)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            settled = set(map(id, futures))
+            self._futures = [f for f in self._futures if id(f) not in settled]  # keep what was added meanwhile
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures and self.failure is None:
+                self.failure = failures[0]
+        if self.failure is not None:
+            raise SendFailed(
+                f"a record was not acknowledged by the broker ({type(self.failure).__name__}: {self.failure}); "
+                "no offset may be committed past it"
+            ) from self.failure
 
 
 class DeadLetters:
