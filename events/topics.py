@@ -7,9 +7,18 @@ Never change a topic's partition count in place: the key → partition mapping w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PARTITIONS", "DEFAULT_POOL", "SLOT_PREFIX", "TopicNames", "partition_key"]
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_POOL",
+    "RUN_ID_PATTERN",
+    "SLOT_PREFIX",
+    "TopicNames",
+    "is_run_id",
+    "partition_key",
+]
 
 DEFAULT_PARTITIONS = 8
 DEFAULT_POOL = "default"
@@ -17,6 +26,18 @@ DEFAULT_POOL = "default"
 
 #: Keys of per-key concurrency entities on the run topics (``slot:<workflow>:<key>``); they are not runs.
 SLOT_PREFIX = "slot:"
+
+
+#: What a run id may hold: it appears in URLs, in derived ids (``<run>/<seq>``, ``<parent>:<path>``) and in
+#: idempotency keys built with ``/``, so ``/`` and anything a URL would escape are out. Users' own ids (API, SDK)
+#: get at most 200 characters, leaving room for the ids of their child runs; the envelope holds 256.
+RUN_ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+_RUN_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
+
+
+def is_run_id(key: str) -> bool:
+    """Whether ``key`` can name a run (checked where a run is created, whoever sent the command)."""
+    return _RUN_ID.fullmatch(key) is not None
 
 
 def partition_key(run_id: str) -> bytes:

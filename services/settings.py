@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     state_retention_s: float = Field(default=7 * 86_400, ge=0)
     #: … and of a stack's tick run, which only its stack ever starts (bounded by state_retention_s).
     tick_run_retention_s: float = Field(default=600.0, ge=0)
+    #: How long a finished run's id stays taken after its state expired (a marker of a few bytes per run).
+    run_id_retention_s: float = Field(default=365 * 86_400, ge=0)
     #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
     log_retention_ms: int = Field(default=-1, ge=-1)
     #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tickflow.events.spec import Name
+from tickflow.events.topics import RUN_ID_PATTERN
 from tickflow.projections.models import RebuildProgress, RebuildReport
 
 __all__ = [
@@ -39,7 +40,7 @@ class StartRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        pattern=RUN_ID_PATTERN,
         description="Supply your own id to make start idempotent: starting the same id twice starts one run.",
     )
     priority: int = Field(

@@ -20,6 +20,7 @@ from tickflow.api.deps import ApiDeps, ApiProblem
 from tickflow.core.state import state_to_json
 from tickflow.events.codec import InvalidRecord, encode
 from tickflow.events.envelope import Envelope
+from tickflow.events.topics import RUN_ID_PATTERN
 from tickflow.runtime.replay import ReplayError, fork_command, history_of, state_at, verify_engine
 from tickflow.wire import EngineReport
 
@@ -41,7 +42,7 @@ class ForkRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        pattern=RUN_ID_PATTERN,
         description="The new run's id. Forking again with the same id forks once.",
     )
 

@@ -50,13 +50,16 @@ from tickflow.core.stacks import StackDecision, StackState, decide_stack, evolve
 from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import AcquireSlot, ErrorInfo, ForkRun, ReleaseSlot, StartRun
+from tickflow.events.topics import is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
 from tickflow.runtime.snapshots import (
     CHECKPOINT_KEY,
+    Gone,
     decode_snapshot,
     encode_blob_reference,
     encode_checkpoint,
+    encode_gone,
     encode_snapshot,
 )
 from tickflow.settings import Settings
@@ -131,14 +134,17 @@ class Engine:
         self.stacks: dict[int, dict[str, StackState]] = defaultdict(dict)
         self.ticks_fired = 0
         self.dirty: dict[int, set[str]] = defaultdict(set)  # changed since the last snapshot
-        self.expired: dict[int, set[str]] = defaultdict(set)  # to tombstone at the next snapshot
+        #: State-topic records to write at the next snapshot round, by key: a run's id marker, or a tombstone.
+        self.expired: dict[int, dict[str, bytes | None]] = defaultdict(dict)
+        #: Finished runs whose state expired, per partition: their ids stay taken until the time given.
+        self.gone: dict[int, dict[str, int]] = defaultdict(dict)
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
         self._last_event_send: dict[int, asyncio.Future[Any]] = {}
         self.snapshots_written = 0
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
         self._last_snapshot = time.monotonic()
         self._round: dict[int, list[str]] | None = None  # a snapshot round in progress: keys left per partition
-        self._round_expired: dict[int, set[str]] = {}
+        self._round_expired: dict[int, dict[str, bytes | None]] = {}
         self._round_marks: dict[int, int | None] = {}
         self.positions: dict[TopicPartition, int] = {}
         self.pending = PendingSends()
@@ -151,6 +157,7 @@ class Engine:
         # A stack's tick runs are many and only ever started by their stack, which re-sends the start of the
         # running tick alone: their finished state need not be kept long to deduplicate a redelivered start.
         self._tick_retention_ms = min(self._retention_ms, int(settings.tick_run_retention_s * 1000))
+        self._id_retention_ms = int(settings.run_id_retention_s * 1000)
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
         self._workflows = frozenset(registry.specs)
         self._task: asyncio.Task[None] | None = None
@@ -235,22 +242,43 @@ class Engine:
                 continue
             state = self.runs.get(partition, {}).get(run_id)
             if state is None:
+                until = self.gone.get(partition, {}).get(run_id)
+                if until is not None and now >= until:  # the id is forgotten at last: compaction drops its marker
+                    del self.gone[partition][run_id]
+                    self.expired[partition][run_id] = None
                 continue
             if state.terminal:
                 if state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state):
                     del self.runs[partition][run_id]  # retention: the finished run's state expires
                     self.dirty[partition].discard(run_id)
-                    self.expired[partition].add(run_id)  # its snapshot gets a tombstone
+                    self._forget(partition, state, now)
                 else:
                     self._arm(partition, state)
                 continue
             self.timer_firings += 1
             await self._decide(partition, state, Recover(causation_id=f"timer/{now}"), now)
 
+    def _forget(self, partition: int, state: RunState, now: int) -> None:
+        """A finished run's state leaves memory and the state topic; its id stays taken (``Gone``) for
+        ``run_id_retention_s`` more, so a late or repeated start of that id cannot begin a second seq 1.
+
+        A stack's tick runs are the exception: only their stack starts them, by a tick number it never reuses.
+        """
+        if self._is_tick(state):
+            self.expired[partition][state.run_id] = None
+            return
+        until = now + self._id_retention_ms
+        self.gone[partition][state.run_id] = until
+        self.expired[partition][state.run_id] = encode_gone(until)
+        self.timers.arm(partition, state.run_id, until)
+
+    @staticmethod
+    def _is_tick(state: RunState) -> bool:
+        return state.parent_run_id is not None and is_stack(state.parent_run_id)
+
     def _retained_ms(self, state: RunState) -> int:
         """How long a finished run's state stays in memory (and deduplicates a repeated start of its id)."""
-        tick = state.parent_run_id is not None and is_stack(state.parent_run_id)
-        return self._tick_retention_ms if tick else self._retention_ms
+        return self._tick_retention_ms if self._is_tick(state) else self._retention_ms
 
     def _arm(self, partition: int, state: RunState) -> None:
         if state.terminal and state.ended_at_ms is not None:
@@ -292,6 +320,9 @@ class Engine:
             await self._apply_stack(tp.partition, stacked, record=record)
             return
         state = self.runs[tp.partition].get(env.key)
+        if state is None and (problem := self._unusable_id(tp.partition, env)):
+            self.pending.add(await self.dead_letters.send(record, problem, now))
+            return
         if isinstance(env.payload, AcquireSlot | ReleaseSlot):
             reason = f"{env.type} must be keyed by a slot id ('slot:<workflow>:<key>'), not {env.key!r}"
             self.pending.add(await self.dead_letters.send(record, reason, now))
@@ -315,6 +346,20 @@ class Engine:
             await self._decide(tp.partition, state, Signal(env), now, record)
         else:
             await self._decide(tp.partition, state, WorkerResult(env), now, record)
+
+    def _unusable_id(self, partition: int, env: Envelope) -> str | None:
+        """Why a command or result for an id this engine holds no state of cannot be taken, if it cannot."""
+        if env.key in self.gone[partition]:
+            return (
+                f"run {env.key!r} finished and its state has expired; a run id is never reused, so this "
+                f"{env.type} is refused: start a new run with another id"
+            )
+        if isinstance(env.payload, StartRun | ForkRun) and not is_run_id(env.key):
+            return (
+                f"run id {env.key!r} is not allowed: use 1-256 letters, digits, '_', '.', ':' or '-' "
+                "(ids appear in URLs and in derived ids and keys)"
+            )
+        return None
 
     async def _handle_slot(self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int) -> None:
         if not isinstance(env.payload, AcquireSlot | ReleaseSlot):
@@ -491,6 +536,7 @@ class Engine:
             for partition in {tp.partition for tp in revoked}:
                 self.timers.drop_partition(self.runs.pop(partition, {}))
                 self.timers.drop_partition(self.stacks.pop(partition, {}))
+                self.timers.drop_partition(self.gone.pop(partition, {}))
                 self.slots.pop(partition, None)
                 self.dirty.pop(partition, None)
                 self.expired.pop(partition, None)
@@ -504,11 +550,15 @@ class Engine:
 
     async def _read_snapshots(
         self, partition: int
-    ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], int | None]:
-        """The partition's snapshots and the events offset they cover (None: fold the whole log)."""
+    ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], dict[str, int], int | None]:
+        """The partition's snapshots, its taken ids, and the events offset they cover (None: fold the whole log).
+
+        Ids marked gone are kept even when the snapshots are unreadable: they are what keeps an id from reuse.
+        """
         runs: dict[str, RunState] = {}
         slots: dict[str, SlotState] = {}
         stacks: dict[str, StackState] = {}
+        gone: dict[str, int] = {}
         checkpoint: int | None = None
         for record in await read_partition(self.settings.bootstrap, self.topics.state, partition):
             if record.key == CHECKPOINT_KEY:
@@ -517,27 +567,31 @@ class Engine:
                         value = decode_snapshot(record.value)
                     except ValueError as exc:
                         log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
-                        return {}, {}, {}, None
+                        return {}, {}, {}, gone, None
                     checkpoint = value if isinstance(value, int) else checkpoint
                 continue
             key = (record.key or b"").decode()
-            if record.value is None:  # a tombstone: the run's state expired
+            if record.value is None:  # a tombstone: the state (or, later, the id marker) is gone for good
                 runs.pop(key, None)
                 slots.pop(key, None)
                 stacks.pop(key, None)
+                gone.pop(key, None)
                 continue
             try:
                 snap = decode_snapshot(record.value, self.blobs)
             except ValueError as exc:
                 log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
-                return {}, {}, {}, None
-            if isinstance(snap, RunState):
+                return {}, {}, {}, gone, None
+            if isinstance(snap, Gone):
+                runs.pop(key, None)
+                gone[key] = snap.until_ms
+            elif isinstance(snap, RunState):
                 runs[key] = snap
             elif isinstance(snap, SlotState):
                 slots[key] = snap
             elif isinstance(snap, StackState):
                 stacks[key] = snap
-        return runs, slots, stacks, checkpoint
+        return runs, slots, stacks, gone, checkpoint
 
     async def _begin_snapshot_round(self) -> None:
         """Start writing the states changed since the last round; ``_snapshot_some`` writes them in chunks."""
@@ -547,7 +601,7 @@ class Engine:
         self._last_event_send.clear()
         todo: dict[int, list[str]] = {}
         for partition in sorted(self.recovered_partitions):
-            dirty, expired = self.dirty.pop(partition, set()), self.expired.pop(partition, set())
+            dirty, expired = self.dirty.pop(partition, set()), self.expired.pop(partition, {})
             if dirty or expired:
                 todo[partition] = sorted(dirty)
                 self._round_expired[partition] = expired
@@ -585,8 +639,8 @@ class Engine:
             if keys:
                 return
             del self._round[partition]
-            for key in self._round_expired.pop(partition, set()):
-                self.pending.add(await self.producer.send(topic, None, key=key.encode(), partition=partition))
+            for key, marker in self._round_expired.pop(partition, {}).items():  # id markers and tombstones
+                self.pending.add(await self.producer.send(topic, marker, key=key.encode(), partition=partition))
             mark = self._round_marks.pop(partition, None)
             if mark is not None:
                 checkpoint = encode_checkpoint(mark)
@@ -613,7 +667,7 @@ class Engine:
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""
         started = time.monotonic()
-        runs, slots, stacks, checkpoint = await self._read_snapshots(partition)
+        runs, slots, stacks, gone, checkpoint = await self._read_snapshots(partition)
         self.recovered_from[partition] = checkpoint
         records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
         for record in records:
@@ -622,16 +676,22 @@ class Engine:
             except InvalidRecord as exc:
                 log.error("unreadable event at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
                 continue
-            if is_slot(event.key):
-                slot = slots.get(event.key) or SlotState(event.key)
-                if event.seq is not None and event.seq > slot.seq:
-                    slots[event.key] = evolve_slot(slot, event)
+            try:
+                if is_slot(event.key):
+                    slot = slots.get(event.key) or SlotState(event.key)
+                    if event.seq is not None and event.seq > slot.seq:
+                        slots[event.key] = evolve_slot(slot, event)
+                    continue
+                if is_stack(event.key):
+                    stack = stacks.get(event.key) or StackState(event.key)
+                    if event.seq is not None and event.seq > stack.seq:
+                        stacks[event.key] = evolve_stack(stack, event)
+                    continue
+            except (ValueError, TypeError) as exc:  # a gap or a foreign event: keep the entity as it was, go on
+                log.error("log gap at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
                 continue
-            if is_stack(event.key):
-                stack = stacks.get(event.key) or StackState(event.key)
-                if event.seq is not None and event.seq > stack.seq:
-                    stacks[event.key] = evolve_stack(stack, event)
-                continue
+            if event.key in gone:
+                continue  # a finished run whose state expired: only its id is kept
             state = runs.get(event.key) or RunState(event.key)
             if event.seq is None or event.seq <= state.seq:
                 continue  # an already-applied copy
@@ -645,14 +705,17 @@ class Engine:
             for run_id, state in runs.items()
             if state.terminal and state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state)
         ]
-        for run_id in expired:
-            del runs[run_id]
         self.runs[partition] = runs
         self.slots[partition] = slots
         self.stacks[partition] = stacks
+        self.gone[partition] = gone
+        self.expired[partition] = {}
+        for run_id in expired:
+            self._forget(partition, runs.pop(run_id), now)
+        for run_id, until in gone.items():
+            self.timers.arm(partition, run_id, until)  # an elapsed one is forgotten at the next timer check
         # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
         self.dirty[partition] = set(runs) | set(slots) | set(stacks)
-        self.expired[partition] = set(expired)
         for slot in slots.values():
             await self._apply_slot(partition, slot, [], admissions(slot, None, now))
         for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent

@@ -18,6 +18,7 @@ run's latest state is not in a snapshot.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -30,10 +31,12 @@ from tickflow.runtime.claimcheck import FileBlobStore
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "Gone",
     "Snapshot",
     "decode_snapshot",
     "encode_blob_reference",
     "encode_checkpoint",
+    "encode_gone",
     "encode_snapshot",
 ]
 
@@ -43,6 +46,21 @@ _SLOT = TypeAdapter(SlotState)
 _STACK = TypeAdapter(StackState)
 
 Snapshot = RunState | SlotState | StackState
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """A finished run whose state has expired: its id stays taken until ``until_ms``.
+
+    It replaces the run's snapshot on the compacted topic, so the id outlives the state by far at the cost of a
+    few bytes; only when it passes ``until_ms`` does a tombstone let compaction forget the id.
+    """
+
+    until_ms: int
+
+
+def encode_gone(until_ms: int) -> bytes:
+    return orjson.dumps({"gone": {"until_ms": until_ms}})
 
 
 def encode_snapshot(state: Snapshot) -> bytes:
@@ -62,7 +80,7 @@ def encode_checkpoint(events_offset: int) -> bytes:
     return orjson.dumps({"events_offset": events_offset})
 
 
-def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot | int:
+def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot | Gone | int:
     """A run, slot or stack snapshot, or the events offset of a checkpoint; ValueError if unreadable (a snapshot
     in the blob store is read from ``blobs``; a missing or corrupt blob is unreadable too)."""
     try:
@@ -77,6 +95,8 @@ def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot 
             return decode_snapshot(stored)
         if "run" in data:
             return _RUN.validate_python(data["run"])
+        if "gone" in data:
+            return Gone(int(data["gone"]["until_ms"]))
         if "slot" in data:
             return _SLOT.validate_python(data["slot"])
         if "stack" in data:
