@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=16, ge=1)
     projector_batch_ms: int = Field(default=100, ge=0)
     commit_interval_ms: int = Field(default=200, ge=1)
+    #: How long the broker waits for the engine's heartbeats before it gives the engine's partitions to another.
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
     #: How often the engine snapshots changed state to the compacted state topic (0: never).
     snapshot_interval_s: float = Field(default=60.0, ge=0)
     #: How long the engine keeps a finished run's state (and so deduplicates a repeated start of its id).

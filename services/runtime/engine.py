@@ -3,8 +3,9 @@
 Durability without Kafka transactions (aiokafka's are old and have open bugs):
 
 * The events topic is the state's only source of truth. When the engine is assigned a partition it rebuilds
-  that partition's runs by folding the events partition from its first offset; the in-memory table is a
-  cache of that fold and is dropped on revocation.
+  that partition's runs from its snapshots and the events after their checkpoint, in the background with the
+  partition's inputs paused (never inside the rebalance callback, where no heartbeats flow); the in-memory table
+  is a cache of that fold and is dropped on revocation.
 * Offsets of commands/results are committed only after every event and task they caused is acknowledged
   by the broker (acks=all, idempotent producer). A crash before that redelivers the inputs; the decider
   ignores inputs already applied (idempotent start, exactly-once result application by attempt).
@@ -149,6 +150,10 @@ class Engine:
         self.positions: dict[TopicPartition, int] = {}
         self.pending = PendingSends()
         self.recovered_partitions: set[int] = set()
+        #: Partition recoveries started and finished (more than the partitions owned means a rebalance loop).
+        self.recoveries_started = self.recoveries = 0
+        self._recovering: dict[int, asyncio.Task[None]] = {}
+        self._recovery_failure: Exception | None = None
         self.timers = Timers()
         self.processed = 0
         self.resent = 0  # messages re-sent by recoveries (tasks in flight, child starts, parent reports)
@@ -176,6 +181,7 @@ class Engine:
             group_id=self.topics.engine_group,
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_poll_interval_ms=300_000,
+            session_timeout_ms=self.settings.session_timeout_ms,
         )
         await self.consumer.start()
         self.consumer.subscribe(
@@ -185,9 +191,10 @@ class Engine:
         self._task = asyncio.create_task(self._loop(), name="tickflow-engine")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in [self._task, *self._recovering.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self._commit()
         finally:
@@ -206,14 +213,18 @@ class Engine:
             due = self.timers.next_due()
             wait_ms = 100 if due is None else max(0, min(100, due - _now_ms()))
             batch = await self.consumer.getmany(timeout_ms=wait_ms, max_records=2_000)
+            if self._recovery_failure is not None:
+                raise self._recovery_failure
             async with self._lock:
                 assigned = self.consumer.assignment()
-                await self._recover_missing({tp.partition for tp in assigned})
                 now = _now_ms()
                 handled = 0
                 for tp, records in batch.items():
                     if tp not in assigned:
                         continue  # fetched before a revocation: the new owner will process it
+                    if tp.partition not in self.recovered_partitions:
+                        self.consumer.seek(tp, records[0].offset)  # fetched before its pause: read it again later
+                        continue
                     for record in records:
                         await self._handle(tp, record, now)
                         handled += 1
@@ -438,8 +449,9 @@ class Engine:
             decision = run(state, input, now, self.registry)
             records = self._run_records(decision, now, recovering)
         except InvalidRecord as exc:
-            error = ErrorInfo(type="PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord",
-                              message=str(exc))
+            error = ErrorInfo(
+                type="PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord", message=str(exc)
+            )
         except Exception as exc:  # a decider bug must cost one run, not the engine (and every restart after it)
             log.exception("run %s: the decider failed on %s", state.run_id, type(input).__name__)
             error = ErrorInfo(type="EngineError", message=f"the engine could not decide this input: {exc!r}"[:10_000])
@@ -472,9 +484,7 @@ class Engine:
     def _topic_of(self, out: Outbound) -> str:
         return self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
 
-    def _encoded(
-        self, events: list[Envelope], messages: list[tuple[str, Envelope]]
-    ) -> list[tuple[str, bytes, bytes]]:
+    def _encoded(self, events: list[Envelope], messages: list[tuple[str, Envelope]]) -> list[tuple[str, bytes, bytes]]:
         """Every record of a decision as (topic, value, key), or InvalidRecord if any of them cannot be written."""
         out = [(self.topics.events, encode(event), event.key.encode()) for event in events]
         out += [(topic, encode(message), message.key.encode()) for topic, message in messages]
@@ -519,16 +529,40 @@ class Engine:
     # -- partition ownership -------------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Pause the new partitions' inputs and rebuild them in the background; return at once (see ``_recover``)."""
+        partitions = {tp.partition for tp in assigned} - self.recovered_partitions - set(self._recovering)
         log.info("engine owns partitions %s", sorted({tp.partition for tp in assigned}))
-        async with self._lock:
-            await self._recover_missing({tp.partition for tp in assigned})
+        if partitions:
+            self.consumer.pause(*self._inputs(partitions))
+        for partition in sorted(partitions):
+            task = asyncio.create_task(self._recover_guarded(partition), name=f"tickflow-recover-{partition}")
+            self._recovering[partition] = task
+            self.recoveries_started += 1
 
-    async def _recover_missing(self, partitions: set[int]) -> None:
-        for partition in sorted(partitions - self.recovered_partitions):
+    async def _recover_guarded(self, partition: int) -> None:
+        try:
             await self._recover(partition)
-            self.recovered_partitions.add(partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the main loop raises it: a partition that cannot be rebuilt is never served
+            log.exception("recovery of partition %d failed", partition)
+            self._recovery_failure = exc
+        finally:
+            if self._recovering.get(partition) is asyncio.current_task():
+                del self._recovering[partition]
+
+    def _inputs(self, partitions: set[int]) -> list[TopicPartition]:
+        return [
+            TopicPartition(topic, p)
+            for p in sorted(partitions)
+            for topic in (self.topics.commands, self.topics.results)
+        ]
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for partition in {tp.partition for tp in revoked}:
+            task = self._recovering.pop(partition, None)
+            if task is not None:
+                task.cancel()  # not rebuilt yet: nothing of it was installed or sent
         async with self._lock:
             await self._commit(only=set(revoked))
             for tp in revoked:
@@ -548,19 +582,20 @@ class Engine:
                 self._round_marks.pop(partition, None)
                 self.recovered_partitions.discard(partition)
 
-    async def _read_snapshots(
-        self, partition: int
+    def _parse_snapshots(
+        self, partition: int, records: list[ConsumerRecord[bytes, bytes]]
     ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], dict[str, int], int | None]:
         """The partition's snapshots, its taken ids, and the events offset they cover (None: fold the whole log).
 
         Ids marked gone are kept even when the snapshots are unreadable: they are what keeps an id from reuse.
+        Pure apart from reading claim-checked blobs, so recovery runs it in a thread.
         """
         runs: dict[str, RunState] = {}
         slots: dict[str, SlotState] = {}
         stacks: dict[str, StackState] = {}
         gone: dict[str, int] = {}
         checkpoint: int | None = None
-        for record in await read_partition(self.settings.bootstrap, self.topics.state, partition):
+        for record in records:
             if record.key == CHECKPOINT_KEY:
                 if record.value is not None:
                     try:
@@ -665,40 +700,51 @@ class Engine:
         return encode_blob_reference(digest, len(raw))
 
     async def _recover(self, partition: int) -> None:
-        """Rebuild one partition's runs from the log, then finish what a crash may have cut short."""
+        """Rebuild one partition's runs from the log, then finish what a crash may have cut short.
+
+        Runs as a task of its own, never inside the rebalance callback: aiokafka sends no heartbeats while that
+        callback runs, so a fold longer than the session timeout there would get this engine evicted (two writers,
+        or a revoke/recover loop re-sending every task in flight). The partition's inputs stay paused until its
+        state is installed; reading the log and folding it happen outside the lock (the fold in a thread), so the
+        other partitions keep being served and the heartbeats keep flowing.
+        """
         started = time.monotonic()
-        runs, slots, stacks, gone, checkpoint = await self._read_snapshots(partition)
-        self.recovered_from[partition] = checkpoint
+        snapshots = await read_partition(self.settings.bootstrap, self.topics.state, partition)
+        runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(self._parse_snapshots, partition, snapshots)
         records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
-        for record in records:
-            try:
-                event = decode(record.value, expect="event")
-            except InvalidRecord as exc:
-                log.error("unreadable event at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
-                continue
-            try:
-                if is_slot(event.key):
-                    slot = slots.get(event.key) or SlotState(event.key)
-                    if event.seq is not None and event.seq > slot.seq:
-                        slots[event.key] = evolve_slot(slot, event)
-                    continue
-                if is_stack(event.key):
-                    stack = stacks.get(event.key) or StackState(event.key)
-                    if event.seq is not None and event.seq > stack.seq:
-                        stacks[event.key] = evolve_stack(stack, event)
-                    continue
-            except (ValueError, TypeError) as exc:  # a gap or a foreign event: keep the entity as it was, go on
-                log.error("log gap at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
-                continue
-            if event.key in gone:
-                continue  # a finished run whose state expired: only its id is kept
-            state = runs.get(event.key) or RunState(event.key)
-            if event.seq is None or event.seq <= state.seq:
-                continue  # an already-applied copy
-            try:
-                runs[event.key] = evolve(state, event)
-            except SequenceError as exc:
-                log.error("log gap: %s", exc)
+        read_s = time.monotonic() - started
+        await asyncio.to_thread(_fold_log, partition, records, runs, slots, stacks, gone)
+        fold_s = time.monotonic() - started - read_s
+        async with self._lock:
+            if partition not in {tp.partition for tp in self.consumer.assignment()}:
+                return  # revoked while it was being rebuilt: the new owner rebuilds it
+            self.recovered_from[partition] = checkpoint
+            summary = await self._install(partition, runs, slots, stacks, gone)
+            self.recovered_partitions.add(partition)
+            self.recoveries += 1
+            self.consumer.resume(*self._inputs({partition}))
+        took = time.monotonic() - started
+        log.info(
+            "partition %d recovered: %d events after offset %s, %s in %.2fs (read %.2fs, fold %.2fs, install %.2fs)",
+            partition,
+            len(records),
+            checkpoint,
+            summary,
+            took,
+            read_s,
+            fold_s,
+            took - read_s - fold_s,
+        )
+
+    async def _install(
+        self,
+        partition: int,
+        runs: dict[str, RunState],
+        slots: dict[str, SlotState],
+        stacks: dict[str, StackState],
+        gone: dict[str, int],
+    ) -> str:
+        """Make a rebuilt partition the live one: expire what is due, arm timers, heal and re-send in-flight work."""
         now = _now_ms()
         expired = [
             run_id
@@ -724,18 +770,50 @@ class Engine:
         for state in list(runs.values()):
             healed += await self._decide(partition, state, Recover(f"recover/{partition}"), now, recovering=True)
         await self.pending.drain()
-        log.info(
-            "partition %d recovered: %d events after offset %s, %d runs (%d expired), %d healed, %d messages re-sent"
-            " in %.2fs",
-            partition,
-            len(records),
-            checkpoint,
-            len(runs),
-            len(expired),
-            healed,
-            self.resent - resent_before,
-            time.monotonic() - started,
+        return (
+            f"{len(runs)} runs ({len(expired)} expired), {healed} healed, "
+            f"{self.resent - resent_before} messages re-sent"
         )
+
+
+def _fold_log(
+    partition: int,
+    records: list[ConsumerRecord[bytes, bytes]],
+    runs: dict[str, RunState],
+    slots: dict[str, SlotState],
+    stacks: dict[str, StackState],
+    gone: dict[str, int],
+) -> None:
+    """Fold a partition's events on top of its snapshots, in place. Pure (no engine state): it runs in a thread."""
+    for record in records:
+        try:
+            event = decode(record.value, expect="event")
+        except InvalidRecord as exc:
+            log.error("unreadable event at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
+            continue
+        try:
+            if is_slot(event.key):
+                slot = slots.get(event.key) or SlotState(event.key)
+                if event.seq is not None and event.seq > slot.seq:
+                    slots[event.key] = evolve_slot(slot, event)
+                continue
+            if is_stack(event.key):
+                stack = stacks.get(event.key) or StackState(event.key)
+                if event.seq is not None and event.seq > stack.seq:
+                    stacks[event.key] = evolve_stack(stack, event)
+                continue
+        except (ValueError, TypeError) as exc:  # a gap or a foreign event: keep the entity as it was, go on
+            log.error("log gap at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
+            continue
+        if event.key in gone:
+            continue  # a finished run whose state expired: only its id is kept
+        state = runs.get(event.key) or RunState(event.key)
+        if event.seq is None or event.seq <= state.seq:
+            continue  # an already-applied copy
+        try:
+            runs[event.key] = evolve(state, event)
+        except SequenceError as exc:
+            log.error("log gap: %s", exc)
 
 
 def _causation(input: Input) -> str | None:
