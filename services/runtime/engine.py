@@ -23,6 +23,7 @@ import heapq
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -66,7 +67,14 @@ from tickflow.runtime.snapshots import (
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
-__all__ = ["Engine"]
+__all__ = ["CRASH_POINTS", "CrashHook", "Engine"]
+
+#: Where a fault test may stop the engine: after a decision's state is cached and before anything is sent; after
+#: its first event is sent (so mid-fork, mid-start); after its events and before the messages they imply; after
+#: every send is acknowledged and before the offsets are committed; after one snapshot of a round, before the
+#: round's checkpoint.
+CRASH_POINTS = ("cached", "mid-events", "events-sent", "before-commit", "mid-snapshot")
+CrashHook = Callable[[str, str], None]
 
 log = logging.getLogger("tickflow.engine")
 SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
@@ -124,8 +132,11 @@ class Timers:
 class Engine:
     """One engine process (or one of many in the same consumer group)."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry, *, crash: CrashHook | None = None) -> None:
+        """``crash`` is for fault tests only: called at each named crash point (see ``CRASH_POINTS``) with the point
+        and the key it concerns, it may kill the process there, deterministically, to prove recovery from it."""
         self.settings = settings
+        self._crash = crash
         self.registry = registry
         self.topics = settings.topics
         #: Where snapshots too big for a record go (the claim-check store every process shares).
@@ -302,6 +313,7 @@ class Engine:
         await self.pending.drain()
         offsets = {tp: o for tp, o in self.positions.items() if only is None or tp in only}
         if offsets:
+            self._crash_point("before-commit", "")
             try:
                 await self.consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
@@ -496,19 +508,31 @@ class Engine:
         if decision.events:
             self.runs[partition][state.run_id] = state
             self.dirty[partition].add(state.run_id)
+            self._crash_point("cached", state.run_id)
         await self._publish(partition, records)
         self._arm(partition, state)
 
     async def _publish(self, partition: int, records: list[tuple[str, bytes, bytes]]) -> None:
         """Send encoded records in order; events go to the owned partition of the events topic."""
+        events = 0
         for topic, value, record_key in records:
             if topic == self.topics.events:
+                if events == 1:
+                    self._crash_point("mid-events", record_key.decode())
                 fut = await self.producer.send(topic, value, key=record_key, partition=partition)
                 # A partition's records are acked in send order, so its last send carries its highest offset.
                 self._last_event_send[partition] = fut
+                events += 1
             else:
+                if events > 0:
+                    self._crash_point("events-sent", record_key.decode())
+                    events = -1  # once per decision
                 fut = await self.producer.send(topic, value, key=record_key)
             self.pending.add(fut)
+
+    def _crash_point(self, point: str, key: str) -> None:
+        if self._crash is not None:
+            self._crash(point, key)
 
     async def capture(self) -> tuple[dict[int, dict[str, RunState]], int]:
         """A copy of the live run states of every recovered partition, and the time it was taken (epoch ms).
@@ -671,6 +695,7 @@ class Engine:
                     continue
                 self.pending.add(await self.producer.send(topic, raw, key=key.encode(), partition=partition))
                 self.snapshots_written += 1
+                self._crash_point("mid-snapshot", key)
             if keys:
                 return
             del self._round[partition]

@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import free_port
+from tests.integration.checker import check_log
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for, spawn_roles
 from tickflow.events import Envelope, StartRun, StepCompleted, encode
@@ -88,7 +89,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 async def assert_log_is_exact(
     settings: Settings, ids: list[str], paths: list[str] | None = None, final_n: int = STEPS
 ) -> None:
-    """Read the events topic from offset 0: every run complete, seqs 1..N, each step applied once."""
+    """Read every topic from offset 0: the shared checker's counts are all zero, and each run applied every one
+    of its steps once, fired each timer once and ended with the output it should have."""
+    (await check_log(settings)).assert_clean()
     expected = Counter(paths or [f"t{i}" for i in range(STEPS)])
     log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
     by_run: dict[str, list[Envelope]] = defaultdict(list)

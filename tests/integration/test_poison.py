@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.checker import check_log
 from tests.integration.harness import settings_for
 from tickflow.client import Client
 from tickflow.events.codec import MAX_RECORD_BYTES, encode
@@ -157,6 +158,7 @@ async def test_poison_records_never_stop_a_role(kafka_bootstrap: str, prefix: st
 
         for task in node._tasks():
             assert not task.done(), f"a role stopped: {task.get_name()} {task.exception()!r}"
+        (await check_log(settings)).assert_clean()  # every valid start ended; no seq lost or written twice
 
         letters = await _dead_letters(settings.bootstrap, topics.dead_letter, expect=13)
         by_source = {(d.source_topic, d.source_offset): d for d in letters}
