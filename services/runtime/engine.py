@@ -19,7 +19,6 @@ Durability without Kafka transactions (aiokafka's are old and have open bugs):
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections import defaultdict
@@ -37,33 +36,31 @@ from tickflow.core.decider import (
     Outbound,
     Recover,
     RunState,
-    SequenceError,
     Signal,
     Start,
     WorkerResult,
     effects,
-    evolve,
     recovery_effects,
     refuse,
     run,
 )
-from tickflow.core.slots import SlotState, admissions, decide_slot, evolve_slot, is_slot
-from tickflow.core.stacks import StackDecision, StackState, decide_stack, evolve_stack, is_stack, stack_recovery
+from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
+from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
 from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import AcquireSlot, ErrorInfo, ForkRun, ReleaseSlot, StartRun
 from tickflow.events.topics import is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
+from tickflow.runtime.recovery import fold_log, parse_snapshots
 from tickflow.runtime.snapshots import (
     CHECKPOINT_KEY,
-    Gone,
-    decode_snapshot,
     encode_blob_reference,
     encode_checkpoint,
     encode_gone,
     encode_snapshot,
 )
+from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
@@ -86,47 +83,6 @@ TIMER_CHECK_EVERY = 200
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class Timers:
-    """When each owned run must be looked at again: a heap with lazy invalidation.
-
-    Timers are not a separate mechanism: a due time is part of the run's state (a sleep's due time, a
-    retry's backoff, a wait's or step's deadline, the time a finished run's state expires), so a restart
-    re-arms them by folding the log, a firing is just a ``Recover`` decision at ``now`` — deduplicated by
-    state, since a fired timer's node is no longer waiting — and nothing can fire early: the decider checks
-    ``now >= due`` itself.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, int, str]] = []
-        self._armed: dict[str, int] = {}
-
-    def arm(self, partition: int, run_id: str, due_ms: int | None) -> None:
-        if due_ms is None:
-            self._armed.pop(run_id, None)
-            return
-        if self._armed.get(run_id) == due_ms:
-            return
-        self._armed[run_id] = due_ms
-        heapq.heappush(self._heap, (due_ms, partition, run_id))
-
-    def next_due(self) -> int | None:
-        while self._heap and self._armed.get(self._heap[0][2]) != self._heap[0][0]:
-            heapq.heappop(self._heap)  # superseded or disarmed
-        return self._heap[0][0] if self._heap else None
-
-    def pop_due(self, now_ms: int) -> list[tuple[int, str]]:
-        due = []
-        while (first := self.next_due()) is not None and first <= now_ms:
-            _, partition, run_id = heapq.heappop(self._heap)
-            del self._armed[run_id]
-            due.append((partition, run_id))
-        return due
-
-    def drop_partition(self, runs: dict[str, Any]) -> None:
-        for run_id in runs:
-            self._armed.pop(run_id, None)
 
 
 class Engine:
@@ -606,52 +562,6 @@ class Engine:
                 self._round_marks.pop(partition, None)
                 self.recovered_partitions.discard(partition)
 
-    def _parse_snapshots(
-        self, partition: int, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], dict[str, int], int | None]:
-        """The partition's snapshots, its taken ids, and the events offset they cover (None: fold the whole log).
-
-        Ids marked gone are kept even when the snapshots are unreadable: they are what keeps an id from reuse.
-        Pure apart from reading claim-checked blobs, so recovery runs it in a thread.
-        """
-        runs: dict[str, RunState] = {}
-        slots: dict[str, SlotState] = {}
-        stacks: dict[str, StackState] = {}
-        gone: dict[str, int] = {}
-        checkpoint: int | None = None
-        for record in records:
-            if record.key == CHECKPOINT_KEY:
-                if record.value is not None:
-                    try:
-                        value = decode_snapshot(record.value)
-                    except ValueError as exc:
-                        log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
-                        return {}, {}, {}, gone, None
-                    checkpoint = value if isinstance(value, int) else checkpoint
-                continue
-            key = (record.key or b"").decode()
-            if record.value is None:  # a tombstone: the state (or, later, the id marker) is gone for good
-                runs.pop(key, None)
-                slots.pop(key, None)
-                stacks.pop(key, None)
-                gone.pop(key, None)
-                continue
-            try:
-                snap = decode_snapshot(record.value, self.blobs)
-            except ValueError as exc:
-                log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
-                return {}, {}, {}, gone, None
-            if isinstance(snap, Gone):
-                runs.pop(key, None)
-                gone[key] = snap.until_ms
-            elif isinstance(snap, RunState):
-                runs[key] = snap
-            elif isinstance(snap, SlotState):
-                slots[key] = snap
-            elif isinstance(snap, StackState):
-                stacks[key] = snap
-        return runs, slots, stacks, gone, checkpoint
-
     async def _begin_snapshot_round(self) -> None:
         """Start writing the states changed since the last round; ``_snapshot_some`` writes them in chunks."""
         await self.pending.drain()  # every event decided so far is acked: the last sends know their offsets
@@ -735,10 +645,12 @@ class Engine:
         """
         started = time.monotonic()
         snapshots = await read_partition(self.settings.bootstrap, self.topics.state, partition)
-        runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(self._parse_snapshots, partition, snapshots)
+        runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(
+            parse_snapshots, partition, snapshots, self.blobs
+        )
         records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
         read_s = time.monotonic() - started
-        await asyncio.to_thread(_fold_log, partition, records, runs, slots, stacks, gone)
+        await asyncio.to_thread(fold_log, partition, records, runs, slots, stacks, gone)
         fold_s = time.monotonic() - started - read_s
         async with self._lock:
             if partition not in {tp.partition for tp in self.consumer.assignment()}:
@@ -799,46 +711,6 @@ class Engine:
             f"{len(runs)} runs ({len(expired)} expired), {healed} healed, "
             f"{self.resent - resent_before} messages re-sent"
         )
-
-
-def _fold_log(
-    partition: int,
-    records: list[ConsumerRecord[bytes, bytes]],
-    runs: dict[str, RunState],
-    slots: dict[str, SlotState],
-    stacks: dict[str, StackState],
-    gone: dict[str, int],
-) -> None:
-    """Fold a partition's events on top of its snapshots, in place. Pure (no engine state): it runs in a thread."""
-    for record in records:
-        try:
-            event = decode(record.value, expect="event")
-        except InvalidRecord as exc:
-            log.error("unreadable event at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
-            continue
-        try:
-            if is_slot(event.key):
-                slot = slots.get(event.key) or SlotState(event.key)
-                if event.seq is not None and event.seq > slot.seq:
-                    slots[event.key] = evolve_slot(slot, event)
-                continue
-            if is_stack(event.key):
-                stack = stacks.get(event.key) or StackState(event.key)
-                if event.seq is not None and event.seq > stack.seq:
-                    stacks[event.key] = evolve_stack(stack, event)
-                continue
-        except (ValueError, TypeError) as exc:  # a gap or a foreign event: keep the entity as it was, go on
-            log.error("log gap at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
-            continue
-        if event.key in gone:
-            continue  # a finished run whose state expired: only its id is kept
-        state = runs.get(event.key) or RunState(event.key)
-        if event.seq is None or event.seq <= state.seq:
-            continue  # an already-applied copy
-        try:
-            runs[event.key] = evolve(state, event)
-        except SequenceError as exc:
-            log.error("log gap: %s", exc)
 
 
 def _causation(input: Input) -> str | None:
