@@ -417,9 +417,8 @@ class Engine:
             decision = run(state, input, now, self.registry)
             records = self._run_records(decision, now, recovering)
         except InvalidRecord as exc:
-            error = ErrorInfo(
-                type="PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord", message=str(exc)
-            )
+            kind = "PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord"
+            error = ErrorInfo(type=kind, message=str(exc)[:10_000])
         except Exception as exc:  # a decider bug must cost one run, not the engine (and every restart after it)
             log.exception("run %s: the decider failed on %s", state.run_id, type(input).__name__)
             error = ErrorInfo(type="EngineError", message=f"the engine could not decide this input: {exc!r}"[:10_000])
