@@ -24,6 +24,7 @@ MAX_RECORD_BYTES = 1_000_000
 #: a second) and in an API body. orjson reads up to 1,024 levels but writes only up to 254, so without this limit a
 #: record could be read, and then the events it causes could not be written. One constant, used at every edge.
 MAX_JSON_DEPTH = 128
+_UNPARSED: Any = object()
 
 
 class InvalidRecord(ValueError):
@@ -34,14 +35,17 @@ class RecordTooLarge(InvalidRecord):
     """A record above ``MAX_RECORD_BYTES`` (HTTP 413, where the other refusals are 422)."""
 
 
-def too_deep(raw: bytes, value: Any) -> bool:
-    """Whether ``value`` (parsed from, or serialised to, ``raw``) nests deeper than ``MAX_JSON_DEPTH``.
+def too_deep(raw: bytes, value: Any = _UNPARSED) -> bool:
+    """Whether ``value`` (parsed from, or serialised to, ``raw``; parsed here when not given) nests deeper than
+    ``MAX_JSON_DEPTH``. Raises ``orjson.JSONDecodeError`` when ``raw`` must be parsed here and is not JSON.
 
     Counting the opening brackets of ``raw`` bounds the depth from above at C speed, so only records with many
-    containers pay for the exact walk.
+    containers pay for parsing and the exact walk.
     """
     if raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH:
         return False
+    if value is _UNPARSED:
+        value = orjson.loads(raw)
     level: list[tuple[Any, int]] = [(value, 1)]
     while level:
         node, depth = level.pop()

@@ -468,26 +468,27 @@ class Engine:
         self._arm(partition, state)
 
     async def _publish(self, partition: int, records: list[tuple[str, bytes, bytes]]) -> None:
-        """Send encoded records in order; events go to the owned partition of the events topic."""
+        """Send encoded records in order (events first); events go to the owned partition of the events topic."""
         events = 0
         for topic, value, record_key in records:
             if topic == self.topics.events:
                 if events == 1:
-                    self._crash_point("mid-events", record_key.decode())
+                    self._crash_point("mid-events", record_key)
                 fut = await self.producer.send(topic, value, key=record_key, partition=partition)
                 # A partition's records are acked in send order, so its last send carries its highest offset.
                 self._last_event_send[partition] = fut
                 events += 1
             else:
-                if events > 0:
-                    self._crash_point("events-sent", record_key.decode())
-                    events = -1  # once per decision
+                if events:  # the decision's first message, after its events
+                    self._crash_point("events-sent", record_key)
+                    events = 0
                 fut = await self.producer.send(topic, value, key=record_key)
             self.pending.add(fut)
 
-    def _crash_point(self, point: str, key: str) -> None:
+    def _crash_point(self, point: str, key: str | bytes) -> None:
+        """A named crash point (``CRASH_POINTS``); costs one comparison unless a test installed a hook."""
         if self._crash is not None:
-            self._crash(point, key)
+            self._crash(point, key.decode() if isinstance(key, bytes) else key)
 
     async def capture(self) -> tuple[dict[int, dict[str, RunState]], int]:
         """A copy of the live run states of every recovered partition, and the time it was taken (epoch ms).
