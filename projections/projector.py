@@ -87,6 +87,7 @@ class Projector:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_wait_ms=50,
+            isolation_level="read_committed",  # the engine writes in transactions: never project an aborted one
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True)
         await self.producer.start()

@@ -222,7 +222,12 @@ class Rebuild:
         return n
 
     async def _read(self, start: dict[int, int] | None, bulk: BulkLoad | None = None) -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",  # its end offsets are the last stable offsets, where reads stop
+        )
         reader = RangeReader(self.bootstrap, self.topic)
         await consumer.start()  # offsets only: nothing is assigned, so it fetches nothing
         try:

@@ -1,17 +1,22 @@
 """The engine: folds commands and worker results into each run's state and appends events to the log.
 
-Durability without Kafka transactions (aiokafka's are old and have open bugs):
+Durability and fencing:
 
+* Every write goes through the owned input partition's transactional producer (``runtime/fencing.py``), one
+  transaction per partition per loop turn: a turn's events, tasks, commands, snapshots and dead letters become
+  visible together or not at all, and an engine that lost a partition (paused past its session timeout, then
+  resumed) is fenced off by the new owner: nothing it writes after that is ever visible to a reader.
 * The events topic is the state's only source of truth. When the engine is assigned a partition it rebuilds
   that partition's runs from its snapshots and the events after their checkpoint, in the background with the
   partition's inputs paused (never inside the rebalance callback, where no heartbeats flow); the in-memory table
   is a cache of that fold and is dropped on revocation.
-* Offsets of commands/results are committed only after every event and task they caused is acknowledged
-  by the broker (acks=all, idempotent producer). A crash before that redelivers the inputs; the decider
-  ignores inputs already applied (idempotent start, exactly-once result application by attempt).
-* A crash may cut one decision's events short. After rebuilding, ``Recover`` emits what is missing, so the
-  log gets neither a duplicate nor a gap at any (run, seq); in-flight tasks are re-sent (workers are
-  at-least-once; their results are deduplicated by attempt).
+* Offsets of commands/results are committed only after the transactions of every event and task they caused
+  committed. A crash before that redelivers the inputs; the decider ignores inputs already applied (idempotent
+  start, exactly-once result application by attempt). A transaction that fails is aborted and its partition is
+  rebuilt from the log (its cached state may be ahead of it).
+* After rebuilding, ``Recover`` emits whatever a decision still owes (a run cut short by a crash in an older
+  version, a timer due meanwhile), and in-flight tasks are re-sent (workers are at-least-once; their results are
+  deduplicated by attempt), so the log gets neither a duplicate nor a gap at any (run, seq).
 * commands, results and events share their partition count and key, and the range assignor gives one
   engine the same partition numbers of both input topics, so exactly one engine owns a run.
 """
@@ -51,7 +56,8 @@ from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import AcquireSlot, ErrorInfo, ForkRun, ReleaseSlot, StartRun
 from tickflow.events.topics import is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
-from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer, read_partition
+from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
+from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer, read_partition
 from tickflow.runtime.recovery import fold_log, parse_snapshots
 from tickflow.runtime.snapshots import (
     CHECKPOINT_KEY,
@@ -115,7 +121,10 @@ class Engine:
         self._round_expired: dict[int, dict[str, bytes | None]] = {}
         self._round_marks: dict[int, int | None] = {}
         self.positions: dict[TopicPartition, int] = {}
-        self.pending = PendingSends()
+        #: The transactional producer of each partition this engine writes for (see ``runtime/fencing.py``).
+        self.writers: dict[int, PartitionWriter] = {}
+        #: Partitions given up after a failed transaction: fenced by a new owner, or rebuilt from the log.
+        self.fenced = self.given_up = 0
         self.recovered_partitions: set[int] = set()
         #: Partition recoveries started and finished (more than the partitions owned means a rebalance loop).
         self.recoveries_started = self.recoveries = 0
@@ -140,9 +149,7 @@ class Engine:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        self.producer = new_producer(self.settings.bootstrap)
-        await self.producer.start()
-        self.dead_letters = DeadLetters(self.producer, self.topics.dead_letter, "engine")
+        self.dead_letters = DeadLetters(None, self.topics.dead_letter, "engine")  # written by partition writers
         self.consumer = new_consumer(
             self.settings.bootstrap,
             group_id=self.topics.engine_group,
@@ -166,7 +173,8 @@ class Engine:
             await self._commit()
         finally:
             await self.consumer.stop()
-            await self.producer.stop()
+            writers, self.writers = list(self.writers.values()), {}
+            await asyncio.gather(*(w.stop() for w in writers))
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -201,15 +209,15 @@ class Engine:
                     self.positions[tp] = records[-1].offset + 1
                     self.processed += len(records)
                 await self._fire_timers(_now_ms())
-            if self.positions and time.monotonic() - self._last_commit >= interval:
-                await self._commit()
-            every = self.settings.snapshot_interval_s
-            if self._round is None and every > 0 and time.monotonic() - self._last_snapshot >= every:
-                async with self._lock:
+                every = self.settings.snapshot_interval_s
+                if self._round is None and every > 0 and time.monotonic() - self._last_snapshot >= every:
                     await self._begin_snapshot_round()
-            if self._round is not None:
-                async with self._lock:
+                if self._round is not None:
                     await self._snapshot_some(SNAPSHOT_CHUNK)
+                await self._end_transactions()  # this turn's writes become visible, or the partition is rebuilt
+            if self.positions and time.monotonic() - self._last_commit >= interval:
+                async with self._lock:
+                    await self._commit()
 
     async def _fire_timers(self, now: int) -> None:
         for partition, run_id in self.timers.pop_due(now):
@@ -264,9 +272,54 @@ class Engine:
         else:
             self.timers.arm(partition, state.run_id, state.next_due_ms())
 
+    async def _end_transactions(self, only: set[int] | None = None) -> None:
+        """Commit the open transaction of every partition (of ``only``); give up each partition whose one fails."""
+        open_ = [w for p, w in self.writers.items() if w.open and (only is None or p in only)]
+        if not open_:
+            return
+        results = await asyncio.gather(*(w.commit() for w in open_), return_exceptions=True)
+        for writer, result in zip(open_, results, strict=True):
+            if isinstance(result, TransactionFailed):
+                await self._give_up(writer.partition, result)
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def _give_up(self, partition: int, failure: TransactionFailed) -> None:
+        """Stop serving a partition whose transaction failed: its writes were aborted, so its cached state may be
+        ahead of the log, and the inputs of that turn must be read again.
+
+        Fenced: another engine holds the partition now (this one was paused past its session timeout, or lost a
+        race with a rebalance); its consumer learns that at its next heartbeat and rejoins. Anything else (a
+        broker fault): this engine still owns the partition, so it rebuilds it from the log at once.
+        """
+        fenced = isinstance(failure, Fenced)
+        if fenced:
+            self.fenced += 1
+            log.warning(
+                "partition %d: fenced by a newer owner; it is given up without writing more: %s", partition, failure
+            )
+        else:
+            self.given_up += 1
+            log.error("partition %d: a transaction failed; rebuilding it from the log: %s", partition, failure)
+        inputs = self._inputs({partition})
+        owned = set(self.consumer.assignment())
+        self.consumer.pause(*(tp for tp in inputs if tp in owned))
+        writer = self._drop(partition)
+        if writer is not None:
+            await writer.stop()
+        for tp in inputs:  # the aborted turn's inputs are read again, from the last committed offsets
+            if tp in owned:
+                committed = await self.consumer.committed(tp)
+                if committed is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+        if not fenced and partition in {tp.partition for tp in owned}:
+            self._start_recovery(partition)
+
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
-        # Commits never outrun durable state: every event/task caused by these offsets is acked first.
-        await self.pending.drain()
+        # Commits never outrun durable state: the transactions of every event/task these offsets caused commit first.
+        await self._end_transactions(None if only is None else {tp.partition for tp in only})
         offsets = {tp: o for tp, o in self.positions.items() if only is None or tp in only}
         if offsets:
             self._crash_point("before-commit", "")
@@ -282,11 +335,11 @@ class Engine:
         try:
             env = decode(record.value, expect="command" if is_command else "result")
         except InvalidRecord as exc:
-            self.pending.add(await self.dead_letters.send(record, str(exc), now))
+            await self._dead_letter(record, str(exc), now)
             return
         if record.key != env.key.encode():
             reason = "record key must be the envelope key (the run id); it decides which engine owns the run"
-            self.pending.add(await self.dead_letters.send(record, reason, now))
+            await self._dead_letter(record, reason, now)
             return
         if is_slot(env.key):
             await self._handle_slot(tp.partition, record, env, now)
@@ -295,23 +348,23 @@ class Engine:
             stack = self.stacks[tp.partition].get(env.key) or StackState(env.key)
             stacked = decide_stack(stack, env, now, self._workflows)
             if stacked.refused:
-                self.pending.add(await self.dead_letters.send(record, stacked.refused, now))
+                await self._dead_letter(record, stacked.refused, now)
             await self._apply_stack(tp.partition, stacked, record=record)
             return
         state = self.runs[tp.partition].get(env.key)
         if state is None and (problem := self._unusable_id(tp.partition, env)):
-            self.pending.add(await self.dead_letters.send(record, problem, now))
+            await self._dead_letter(record, problem, now)
             return
         if isinstance(env.payload, AcquireSlot | ReleaseSlot):
             reason = f"{env.type} must be keyed by a slot id ('slot:<workflow>:<key>'), not {env.key!r}"
-            self.pending.add(await self.dead_letters.send(record, reason, now))
+            await self._dead_letter(record, reason, now)
             return
         if isinstance(env.payload, StartRun):
             spec = self.registry.spec(env.payload.workflow)
             if spec is None and state is None:
                 known = ", ".join(sorted(self.registry.specs)) or "none"
                 reason = f"unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
-                self.pending.add(await self.dead_letters.send(record, reason, now))
+                await self._dead_letter(record, reason, now)
             start = Start(env, spec, self._spec_hashes.get(env.payload.workflow, ""))
             await self._decide(tp.partition, state or RunState(env.key), start, now, record)
             return
@@ -320,11 +373,16 @@ class Engine:
         elif state is None:
             what = "command" if is_command else "result"
             reason = f"{env.type} {what} for run {env.key!r}, which this engine partition does not know"
-            self.pending.add(await self.dead_letters.send(record, reason, now))
+            await self._dead_letter(record, reason, now)
         elif is_command:
             await self._decide(tp.partition, state, Signal(env), now, record)
         else:
             await self._decide(tp.partition, state, WorkerResult(env), now, record)
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, now: int) -> None:
+        """Refuse an input: its dead letter is written in its partition's transaction, with the turn's other writes."""
+        value, key = self.dead_letters.letter(record, reason, now)
+        await self.writers[record.partition].send(self.topics.dead_letter, value, key)
 
     def _unusable_id(self, partition: int, env: Envelope) -> str | None:
         """Why a command or result for an id this engine holds no state of cannot be taken, if it cannot."""
@@ -343,7 +401,7 @@ class Engine:
     async def _handle_slot(self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int) -> None:
         if not isinstance(env.payload, AcquireSlot | ReleaseSlot):
             reason = f"{env.type} cannot be sent to a slot entity ({env.key!r}); send AcquireSlot or ReleaseSlot"
-            self.pending.add(await self.dead_letters.send(record, reason, now))
+            await self._dead_letter(record, reason, now)
             return
         slots = self.slots[partition]
         events, state = decide_slot(slots.get(env.key) or SlotState(env.key), env, now)
@@ -381,7 +439,7 @@ class Engine:
         except InvalidRecord as exc:
             reason = f"stack {state.key!r}: this command's effects cannot be recorded: {exc}"
             if record is not None:
-                self.pending.add(await self.dead_letters.send(record, reason, _now_ms()))
+                await self._dead_letter(record, reason, _now_ms())
             else:
                 log.error("%s", reason)
             return
@@ -427,7 +485,7 @@ class Engine:
             return bool(decision.events)
         if record is not None:
             reason = f"run {state.run_id!r}: {error.type}: {error.message}"
-            self.pending.add(await self.dead_letters.send(record, reason, now))
+            await self._dead_letter(record, reason, now)
         decision = refuse(state, error, now, cause, start)
         try:
             records = self._run_records(decision, now, recovering)
@@ -470,11 +528,12 @@ class Engine:
     async def _publish(self, partition: int, records: list[tuple[str, bytes, bytes]]) -> None:
         """Send encoded records in order (events first); events go to the owned partition of the events topic."""
         events = 0
+        writer = self.writers[partition]
         for topic, value, record_key in records:
             if topic == self.topics.events:
                 if events == 1:
                     self._crash_point("mid-events", record_key)
-                fut = await self.producer.send(topic, value, key=record_key, partition=partition)
+                fut = await writer.send(topic, value, record_key, partition)
                 # A partition's records are acked in send order, so its last send carries its highest offset.
                 self._last_event_send[partition] = fut
                 events += 1
@@ -482,8 +541,7 @@ class Engine:
                 if events:  # the decision's first message, after its events
                     self._crash_point("events-sent", record_key)
                     events = 0
-                fut = await self.producer.send(topic, value, key=record_key)
-            self.pending.add(fut)
+                await writer.send(topic, value, record_key)
 
     def _crash_point(self, point: str, key: str | bytes) -> None:
         """A named crash point (``CRASH_POINTS``); costs one comparison unless a test installed a hook."""
@@ -515,9 +573,12 @@ class Engine:
         if partitions:
             self.consumer.pause(*self._inputs(partitions))
         for partition in sorted(partitions):
-            task = asyncio.create_task(self._recover_guarded(partition), name=f"tickflow-recover-{partition}")
-            self._recovering[partition] = task
-            self.recoveries_started += 1
+            self._start_recovery(partition)
+
+    def _start_recovery(self, partition: int) -> None:
+        task = asyncio.create_task(self._recover_guarded(partition), name=f"tickflow-recover-{partition}")
+        self._recovering[partition] = task
+        self.recoveries_started += 1
 
     async def _recover_guarded(self, partition: int) -> None:
         try:
@@ -545,26 +606,31 @@ class Engine:
                 task.cancel()  # not rebuilt yet: nothing of it was installed or sent
         async with self._lock:
             await self._commit(only=set(revoked))
-            for tp in revoked:
-                self.positions.pop(tp, None)
-            for partition in {tp.partition for tp in revoked}:
-                self.timers.drop_partition(self.runs.pop(partition, {}))
-                self.timers.drop_partition(self.stacks.pop(partition, {}))
-                self.timers.drop_partition(self.gone.pop(partition, {}))
-                self.slots.pop(partition, None)
-                self.dirty.pop(partition, None)
-                self.expired.pop(partition, None)
-                self.events_end.pop(partition, None)
-                self._last_event_send.pop(partition, None)
-                if self._round is not None:  # the new owner snapshots what it rebuilds
-                    self._round.pop(partition, None)
-                self._round_expired.pop(partition, None)
-                self._round_marks.pop(partition, None)
-                self.recovered_partitions.discard(partition)
+            writers = [self._drop(partition) for partition in {tp.partition for tp in revoked}]
+        await asyncio.gather(*(w.stop() for w in writers if w is not None))
+
+    def _drop(self, partition: int) -> PartitionWriter | None:
+        """Forget everything of a partition this engine no longer serves; returns its writer, to be stopped."""
+        for tp in self._inputs({partition}):
+            self.positions.pop(tp, None)
+        self.timers.drop_partition(self.runs.pop(partition, {}))
+        self.timers.drop_partition(self.stacks.pop(partition, {}))
+        self.timers.drop_partition(self.gone.pop(partition, {}))
+        self.slots.pop(partition, None)
+        self.dirty.pop(partition, None)
+        self.expired.pop(partition, None)
+        self.events_end.pop(partition, None)
+        self._last_event_send.pop(partition, None)
+        if self._round is not None:  # the new owner snapshots what it rebuilds
+            self._round.pop(partition, None)
+        self._round_expired.pop(partition, None)
+        self._round_marks.pop(partition, None)
+        self.recovered_partitions.discard(partition)
+        return self.writers.pop(partition, None)
 
     async def _begin_snapshot_round(self) -> None:
         """Start writing the states changed since the last round; ``_snapshot_some`` writes them in chunks."""
-        await self.pending.drain()  # every event decided so far is acked: the last sends know their offsets
+        await self._end_transactions()  # every event decided so far is committed: the last sends know their offsets
         for partition, fut in self._last_event_send.items():
             self.events_end[partition] = max(self.events_end.get(partition, 0), fut.result().offset + 1)
         self._last_event_send.clear()
@@ -603,18 +669,18 @@ class Engine:
                     self._round_marks[partition] = None
                     self.dirty[partition].add(key)
                     continue
-                self.pending.add(await self.producer.send(topic, raw, key=key.encode(), partition=partition))
+                await self.writers[partition].send(topic, raw, key.encode(), partition)
                 self.snapshots_written += 1
                 self._crash_point("mid-snapshot", key)
             if keys:
                 return
             del self._round[partition]
             for key, marker in self._round_expired.pop(partition, {}).items():  # id markers and tombstones
-                self.pending.add(await self.producer.send(topic, marker, key=key.encode(), partition=partition))
+                await self.writers[partition].send(topic, marker, key.encode(), partition)
             mark = self._round_marks.pop(partition, None)
             if mark is not None:
                 checkpoint = encode_checkpoint(mark)
-                self.pending.add(await self.producer.send(topic, checkpoint, key=CHECKPOINT_KEY, partition=partition))
+                await self.writers[partition].send(topic, checkpoint, CHECKPOINT_KEY, partition)
         self._round = None
 
     async def _snapshot_record(self, key: str, state: RunState | SlotState | StackState) -> bytes | None:
@@ -644,6 +710,22 @@ class Engine:
         other partitions keep being served and the heartbeats keep flowing.
         """
         started = time.monotonic()
+        # Fence the previous owner first: once this writer is registered, nothing it left open can still commit,
+        # so the reads below see every write of the partition that will ever be visible.
+        writer = PartitionWriter(self.settings.bootstrap, f"{self.topics.engine_group}.{partition}", partition)
+        try:
+            await writer.start()
+        except BaseException:
+            await writer.stop()
+            raise
+        try:
+            await self._rebuild(partition, writer, started)
+        except BaseException:
+            if self.writers.get(partition) is not writer:
+                await writer.stop()
+            raise
+
+    async def _rebuild(self, partition: int, writer: PartitionWriter, started: float) -> None:
         snapshots = await read_partition(self.settings.bootstrap, self.topics.state, partition)
         runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(
             parse_snapshots, partition, snapshots, self.blobs
@@ -654,9 +736,13 @@ class Engine:
         fold_s = time.monotonic() - started - read_s
         async with self._lock:
             if partition not in {tp.partition for tp in self.consumer.assignment()}:
+                await writer.stop()
                 return  # revoked while it was being rebuilt: the new owner rebuilds it
             self.recovered_from[partition] = checkpoint
+            self.writers[partition] = writer
             summary = await self._install(partition, runs, slots, stacks, gone)
+            if partition not in self.writers:
+                return  # its healing transaction failed: given up (and being rebuilt again unless fenced)
             self.recovered_partitions.add(partition)
             self.recoveries += 1
             self.consumer.resume(*self._inputs({partition}))
@@ -706,7 +792,7 @@ class Engine:
         healed, resent_before = 0, self.resent
         for state in list(runs.values()):
             healed += await self._decide(partition, state, Recover(f"recover/{partition}"), now, recovering=True)
-        await self.pending.drain()
+        await self._end_transactions({partition})
         return (
             f"{len(runs)} runs ({len(expired)} expired), {healed} healed, "
             f"{self.resent - resent_before} messages re-sent"

@@ -2,7 +2,8 @@
 
 Producers are idempotent with acks=all (aiokafka's defaults are acks=1 without idempotence, which can
 duplicate or drop records on a retry). Consumers never auto-commit: each role commits an offset only after
-the durable write it depends on.
+the durable write it depends on, and they read ``read_committed``: the engine's writes are transactional, and a
+write of a fenced or crashed engine is aborted, never seen.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def new_consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides
         "fetch_max_wait_ms": 100,
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 1_000,
-        "isolation_level": "read_uncommitted",
+        # The engine writes in transactions (see runtime/fencing.py): a reader must never see an aborted write.
+        "isolation_level": "read_committed",
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
@@ -161,12 +163,17 @@ class PendingSends:
 
 
 class DeadLetters:
-    """Sends refused records to the dead-letter topic with their source coordinates and the reason."""
+    """Sends refused records to the dead-letter topic with their source coordinates and the reason.
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, consumer: str) -> None:
+    ``letter`` only builds the record, for a role that writes it through a producer of its own choosing (the engine
+    writes a partition's dead letters in that partition's transaction).
+    """
+
+    def __init__(self, producer: AIOKafkaProducer | None, topic: str, consumer: str) -> None:
         self.producer, self.topic, self.consumer = producer, topic, consumer
 
-    async def send(self, record: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> asyncio.Future[Any]:
+    def letter(self, record: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> tuple[bytes, bytes]:
+        """The dead letter of ``record`` as (value, key), logged once here."""
         letter = dead_letter(
             consumer=self.consumer,
             topic=record.topic,
@@ -178,7 +185,12 @@ class DeadLetters:
             now_ms=now_ms,
         )
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300])
-        fut: asyncio.Future[Any] = await self.producer.send(self.topic, encode(letter), key=letter.key.encode())
+        return encode(letter), letter.key.encode()
+
+    async def send(self, record: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> asyncio.Future[Any]:
+        assert self.producer is not None, "DeadLetters.send needs a producer"
+        value, key = self.letter(record, reason, now_ms)
+        fut: asyncio.Future[Any] = await self.producer.send(self.topic, value, key=key)
         return fut
 
 

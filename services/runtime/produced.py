@@ -29,6 +29,7 @@ __all__ = ["MAX_PER_PARTITION", "MEMORY_S", "ProducedResults"]
 MEMORY_S = 15 * 60
 MAX_PER_PARTITION = 100_000
 
+
 class ProducedResults:
     """An LRU of encoded results by the idempotency key of their attempt."""
 
@@ -67,7 +68,12 @@ class ProducedResults:
         if not partitions:
             return 0
         since = (now_ms if now_ms is not None else int(time.time() * 1000)) - MEMORY_S * 1000
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            isolation_level="read_committed",
+        )
         await consumer.start()
         read = 0
         try:

@@ -58,7 +58,11 @@ async def _run(bootstrap: str, workdir: Path, wf: Workflow, inputs: list[Any], d
     node = Node(settings, reg, frozenset({"engine", "worker"}))
     await node.start()
     watcher = AIOKafkaConsumer(
-        settings.topics.events, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        settings.topics.events,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     await watcher.start()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)

@@ -212,6 +212,7 @@ async def watch_log(sh: Shared, settings: Settings) -> None:
         group_id=None,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=10,
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:

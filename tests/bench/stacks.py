@@ -207,7 +207,11 @@ async def wait_for_log(
 ) -> None:
     """Read the events topic until a record contains ``done`` (failing early if a role exits)."""
     consumer = AIOKafkaConsumer(
-        settings.topics.events, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50
+        settings.topics.events,
+        bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:
@@ -265,6 +269,7 @@ async def read_log(settings: Settings) -> Log:
         enable_auto_commit=False,
         max_partition_fetch_bytes=8 * 2**20,
         fetch_max_bytes=64 * 2**20,
+        isolation_level="read_committed",
     )
     await consumer.start()
     out = Log()

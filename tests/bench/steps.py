@@ -73,6 +73,7 @@ async def scenario(bootstrap: str, runs: int, concurrency: int, workdir: Path) -
         group_id=None,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=20,
+        isolation_level="read_committed",
     )
     await watcher.start()
     try:

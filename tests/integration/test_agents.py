@@ -272,7 +272,7 @@ def dump_tables(node: Node) -> dict[str, str]:
 
 async def dump_topics(s: Settings) -> dict[str, list[bytes]]:
     """Every record (key and value) of every topic of the prefix, from offset 0."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
         names = sorted(t for t in await consumer.topics() if t.startswith(f"{s.prefix}."))

@@ -1,0 +1,119 @@
+"""Zombie fencing: every engine write goes through one transactional producer per owned input partition.
+
+Why transactions, and why one producer per partition (see README, "Fencing"):
+
+* The transactional id is derived from the input partition (``<engine group>.<partition>``), not from the process.
+  Whoever starts a producer with that id bumps its epoch at the transaction coordinator, which aborts the previous
+  holder's open transaction and refuses every later write of the previous epoch (``ProducerFenced``). So an engine
+  that was paused past its session timeout, lost its partitions and then resumed can get nothing accepted: no
+  event, task, cross-partition command or snapshot. aiokafka 0.14 speaks the v0 transaction protocol (no KIP-447
+  group-generation check), which is why the id must follow the partition and not the process.
+* A transaction also makes one loop turn's writes for a partition atomic: its events, the tasks and commands they
+  imply, its snapshots and its dead letters become visible together or not at all. Readers use ``read_committed``.
+* Input offsets are not part of the transaction (no ``send_offsets_to_transaction``: it costs two more round
+  trips per commit, and aiokafka has an open bug in it, #1098). The engine commits offsets with its consumer after
+  the transactions they depend on committed; the group coordinator refuses a commit from an evicted member's old
+  generation, and the decider already ignores a redelivered input.
+
+A failed transaction is never retried in place: the partition's cached state may be ahead of the log, so the engine
+gives the partition up and rebuilds it from the log (or, when fenced, leaves it to its new owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from tickflow.runtime.kafka import new_producer
+
+__all__ = ["TRANSACTION_TIMEOUT_MS", "Fenced", "PartitionWriter", "TransactionFailed"]
+
+log = logging.getLogger("tickflow.engine")
+
+#: How long the coordinator lets a transaction stay open before aborting it. Only matters when an engine dies with
+#: a transaction open and nobody takes its partition over: until then, read_committed readers of the partitions it
+#: wrote to wait at that transaction. A loop turn's transaction lives for milliseconds.
+TRANSACTION_TIMEOUT_MS = 30_000
+
+
+class TransactionFailed(RuntimeError):
+    """A partition's transaction was not committed; its writes are aborted and its cached state is suspect."""
+
+    def __init__(self, partition: int, cause: BaseException) -> None:
+        super().__init__(f"partition {partition}: transaction not committed ({type(cause).__name__}: {cause})")
+        self.partition = partition
+
+
+class Fenced(TransactionFailed):
+    """Another engine now holds this partition's transactional id: this one must stop writing for it."""
+
+
+class PartitionWriter:
+    """The transactional producer of one owned input partition; a transaction opens at the first send."""
+
+    def __init__(self, bootstrap: str, transactional_id: str, partition: int) -> None:
+        self.partition = partition
+        self.transactional_id = transactional_id
+        self._producer: AIOKafkaProducer = new_producer(
+            bootstrap, transactional_id=transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS
+        )
+        self._open = False
+        self._sends: list[asyncio.Future[Any]] = []
+        self.transactions = 0  # committed so far
+
+    async def start(self) -> None:
+        """Register with the transaction coordinator; returns once any previous holder of the id is fenced off and
+        its open transaction aborted, so a read of the log after this sees everything it will ever commit."""
+        await self._producer.start()
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """Add a record to the open transaction (opening one if needed); the future resolves when the broker has it."""
+        if not self._open:
+            await self._producer.begin_transaction()
+            self._open = True
+        fut: asyncio.Future[Any] = await self._producer.send(topic, value, key=key, partition=partition)
+        self._sends.append(fut)
+        return fut
+
+    async def commit(self) -> None:
+        """Commit the open transaction, if any. Any failure aborts it and raises ``TransactionFailed``/``Fenced``.
+
+        aiokafka commits a transaction even when one of its records failed for good; every send is checked first,
+        so a transaction with a lost record is aborted instead of leaving a gap.
+        """
+        if not self._open:
+            return
+        sends, self._sends, self._open = self._sends, [], False
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        try:
+            if failed is not None:
+                raise failed
+            await self._producer.commit_transaction()
+        except (KafkaError, OSError, RuntimeError) as exc:
+            await self._abort_quietly()
+            raise (Fenced if isinstance(exc, ProducerFenced) else TransactionFailed)(self.partition, exc) from exc
+        self.transactions += 1
+
+    async def _abort_quietly(self) -> None:
+        try:
+            await self._producer.abort_transaction()
+        except Exception as exc:  # fenced or dead: the coordinator aborts it (new owner or timeout)
+            log.debug("abort of %s failed: %r", self.transactional_id, exc)
+
+    async def stop(self) -> None:
+        """Close the producer. An open transaction is aborted by the coordinator (at the next owner's start)."""
+        try:
+            await self._producer.stop()
+        except Exception as exc:  # a fenced producer's sender is already dead
+            log.debug("stopping %s: %r", self.transactional_id, exc)
