@@ -41,6 +41,7 @@ __all__ = [
     "NodeFailed",
     "NodeStarted",
     "Payload",
+    "ReleaseRun",
     "ReleaseSlot",
     "Result",
     "ResumeRejected",
@@ -51,7 +52,9 @@ __all__ = [
     "RunFailed",
     "RunFailing",
     "RunForked",
+    "RunQuarantined",
     "RunRejected",
+    "RunReleased",
     "RunStarted",
     "RunStep",
     "SetPoolConcurrency",
@@ -187,6 +190,14 @@ class CancelRun(Command):
 
     TYPE: ClassVar[str] = "CancelRun"
     reason: ShortText = "cancelled by request"
+
+
+class ReleaseRun(Command):
+    """An operator releases a quarantined run: it resumes from its last good state and the seqs between that state
+    and the highest one its log holds are skipped on purpose (``RunReleased``). Refused for a run not in quarantine."""
+
+    TYPE: ClassVar[str] = "ReleaseRun"
+    reason: ShortText = "released by an operator"
 
 
 class AcquireSlot(Command):
@@ -452,6 +463,27 @@ class RunCancelled(Event):
     reason: ShortText
 
 
+class RunQuarantined(Event):
+    """The engine cannot fold this run's log past ``last_good_seq`` (an event it cannot read, or a seq gap), so it
+    decides nothing for the run until an operator releases it (``ReleaseRun``). Written without a seq: it is a note
+    about the run's log, not a step of its state machine, and the run's own seqs stay as they are."""
+
+    TYPE: ClassVar[str] = "RunQuarantined"
+    reason: ShortText
+    last_good_seq: Int64 = Field(ge=0)
+    highest_seq: Int64 = Field(ge=0)
+
+
+class RunReleased(Event):
+    """An operator released a quarantined run: it resumes from its state at ``resumed_from_seq``; the seqs after it
+    and before this event's are skipped (the fold applies this event to the state at ``resumed_from_seq``)."""
+
+    TYPE: ClassVar[str] = "RunReleased"
+    resumed_from_seq: Int64 = Field(ge=0)
+    status: ShortText
+    reason: ShortText = ""
+
+
 class RunForked(Event):
     """This run's events 1..``at_seq`` are a copy of ``source_run_id``'s; from here on it is a run of its own.
 
@@ -595,6 +627,9 @@ PAYLOAD_TYPES: dict[tuple[str, str], type[Payload]] = {
         RunFailed,
         RunCancelled,
         RunForked,
+        RunQuarantined,
+        RunReleased,
+        ReleaseRun,
         RunStep,
         CancelStep,
         StepSucceeded,

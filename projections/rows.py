@@ -20,7 +20,9 @@ from tickflow.events.schemas import (
     RunCompleted,
     RunFailed,
     RunFailing,
+    RunQuarantined,
     RunRejected,
+    RunReleased,
     RunStarted,
     StepCompleted,
     StepFailed,
@@ -32,6 +34,7 @@ from tickflow.events.spec import StepNode, WorkflowSpec, walk
 
 __all__ = [
     "EVENT_COLUMNS",
+    "QUARANTINED",
     "RUN_COLUMNS",
     "TERMINAL_STATUSES",
     "EventRow",
@@ -152,13 +155,41 @@ def event_row(event: Envelope, topic: str, partition: int, offset: int, workflow
     )
 
 
+#: The status of a run whose log cannot be folded (``RunQuarantined``, or a seq gap the projection sees itself).
+QUARANTINED = "quarantined"
+_STATUS_FIELDS = ("status", "error_type", "error_message", "finished_at_ms")
+
+
 def run_row(prev: RunRow | None, event: Envelope) -> RunRow:
-    """The run's row after ``event``. Events at or below ``prev.last_seq`` (redeliveries) change nothing."""
+    """The run's row after ``event``. Events at or below ``prev.last_seq`` (redeliveries) change nothing.
+
+    A run is quarantined when the engine says so (``RunQuarantined``, which has no seq) or when its log skips a seq
+    (an event that cannot be read, a lost one); it stays so, whatever follows, until an operator's ``RunReleased``.
+    """
     row = prev or RunRow(run_id=event.key)
+    p = event.payload
+    if isinstance(p, RunQuarantined):
+        return fast_replace(row, status=QUARANTINED, error_type="Quarantined", error_message=p.reason)
     seq = event.seq or 0
     if seq <= row.last_seq:
         return row
-    return fast_replace(row, last_seq=seq, updated_at_ms=event.occurred_at_ms, **_run_row_changes(row, event))
+    if isinstance(p, RunReleased):
+        cleared = {"error_type": "", "error_message": ""} if p.status == "running" else {}
+        return fast_replace(row, last_seq=seq, updated_at_ms=event.occurred_at_ms, status=p.status, **cleared)
+    if prev is not None and seq > row.last_seq + 1 and row.status != QUARANTINED:
+        reason = f"the log skips seq {row.last_seq + 1} to {seq - 1} of this run (unreadable or lost events)"
+        return fast_replace(
+            row,
+            last_seq=seq,
+            updated_at_ms=event.occurred_at_ms,
+            status=QUARANTINED,
+            error_type="Quarantined",
+            error_message=reason,
+        )
+    changes = _run_row_changes(row, event)
+    if row.status == QUARANTINED:  # it says why until it is released
+        changes = {k: v for k, v in changes.items() if k not in _STATUS_FIELDS}
+    return fast_replace(row, last_seq=seq, updated_at_ms=event.occurred_at_ms, **changes)
 
 
 def _run_row_changes(row: RunRow, event: Envelope) -> dict[str, Any]:

@@ -82,6 +82,10 @@ class Client:
         """Cancel a run and its children; in-flight steps get a best-effort stop signal. Cancelled is final."""
         return str(self._check(self._http.post(f"/runs/{run_id}/cancel", json={"reason": reason}))["command_id"])
 
+    def release(self, run_id: str, reason: str = "released through the SDK") -> str:
+        """Release a quarantined run: it resumes from its last good state (see ``RunStatus.status``)."""
+        return str(self._check(self._http.post(f"/runs/{run_id}/release", json={"reason": reason}))["command_id"])
+
     def set_pool_concurrency(self, pool: str, limit: int) -> None:
         """Change how many steps each worker of ``pool`` runs at once, without a restart."""
         self._check(self._http.put(f"/pools/{pool}/concurrency", json={"limit": limit}))

@@ -24,6 +24,7 @@ __all__ = [
     "PoolLimit",
     "RebuildJob",
     "RebuildRequest",
+    "ReleaseRequest",
     "ResumeRequest",
     "RunStatus",
     "StartRequest",
@@ -69,6 +70,12 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="cancelled through the API", max_length=1_000)
+
+
+class ReleaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="released through the API", max_length=1_000)
 
 
 class VacuumRequest(BaseModel):

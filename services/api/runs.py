@@ -15,13 +15,14 @@ from tickflow.api.deps import ApiDeps, ApiProblem, produce_command
 from tickflow.events.codec import encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode, PayloadTooLarge
-from tickflow.events.schemas import CancelRun, ResumeRun, SetPoolConcurrency, StartRun
+from tickflow.events.schemas import CancelRun, ReleaseRun, ResumeRun, SetPoolConcurrency, StartRun
 from tickflow.projections.rows import RunRow
 from tickflow.runtime.claimcheck import offload
 from tickflow.wire import (
     CancelRequest,
     CommandAccepted,
     PoolLimit,
+    ReleaseRequest,
     ResumeRequest,
     RunStatus,
     StartRequest,
@@ -98,6 +99,16 @@ def build_router(deps: ApiDeps) -> APIRouter:
         command_id = f"cancel/{run_id}/{uuid.uuid4().hex}"
         reason = body.reason if body is not None else "cancelled through the API"
         await send_command(run_id, CancelRun(reason=reason), command_id)
+        return CommandAccepted(run_id=run_id, command_id=command_id)
+
+    @router.post("/runs/{run_id}/release", status_code=202, response_model=CommandAccepted)
+    async def release_run(run_id: str, body: ReleaseRequest | None = None) -> CommandAccepted:
+        """Release a quarantined run (status ``quarantined``: the engine could not fold its log): it resumes from
+        its last good state, skipping the stretch of log it could not read. A run not in quarantine is refused
+        (the command goes to the dead-letter topic with the reason)."""
+        command_id = f"release/{run_id}/{uuid.uuid4().hex}"
+        reason = body.reason if body is not None else "released through the API"
+        await send_command(run_id, ReleaseRun(reason=reason), command_id)
         return CommandAccepted(run_id=run_id, command_id=command_id)
 
     @router.put("/pools/{pool}/concurrency", status_code=202)

@@ -40,6 +40,7 @@ for _command in (
     runs.follow,
     runs.resume,
     runs.cancel,
+    runs.release,
     runs.runs,
     runs.pool_limit,
     runs.vacuum,

@@ -12,7 +12,20 @@ import click
 from tickflow.cli.common import client, fail, print_json
 from tickflow.events.errors import TickflowError
 
-__all__ = ["cancel", "follow", "pool_limit", "resume", "runs", "sql", "start", "status", "thread", "vacuum", "wait"]
+__all__ = [
+    "cancel",
+    "follow",
+    "pool_limit",
+    "release",
+    "resume",
+    "runs",
+    "sql",
+    "start",
+    "status",
+    "thread",
+    "vacuum",
+    "wait",
+]
 
 
 @click.command()
@@ -122,6 +135,20 @@ def resume(ctx: click.Context, run_id: str, event: str, payload_json: str, timeo
         with client(ctx) as c:
             click.echo(c.resume(run_id, event, value, timeout=timeout))
     except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--reason", default="released from the CLI", show_default=True)
+@click.pass_context
+def release(ctx: click.Context, run_id: str, reason: str) -> None:
+    """Release RUN_ID from quarantine (status 'quarantined': its log could not be folded); it resumes from its last
+    good state, the unreadable stretch of its log skipped."""
+    try:
+        with client(ctx) as c:
+            click.echo(c.release(run_id, reason))
+    except TickflowError as exc:
         fail(exc)
 
 

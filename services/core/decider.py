@@ -51,6 +51,7 @@ from tickflow.events.schemas import (
     ForkRun,
     NodeCompleted,
     NodeFailed,
+    ReleaseRun,
     ReleaseSlot,
     ResumeRejected,
     ResumeRun,
@@ -61,6 +62,7 @@ from tickflow.events.schemas import (
     RunFailing,
     RunForked,
     RunRejected,
+    RunReleased,
     RunStarted,
     RunStep,
     StartRun,
@@ -91,6 +93,7 @@ __all__ = [
     "fork_source",
     "recovery_effects",
     "refuse",
+    "release",
     "run",
 ]
 
@@ -192,6 +195,25 @@ def refuse(
     elif not state.terminal:
         em.emit(RunFailed(error=error, path=None))
     return Decision(em.events, em.state)
+
+
+def release(state: RunState, highest_seq: int, command: Envelope, now_ms: int) -> Decision:
+    """An operator's release of a quarantined run: one ``RunReleased`` after the highest seq its log holds, applied
+    to its last good ``state``. The seqs in between (an event that could not be read, a gap) are skipped on purpose,
+    and a refold does the same: ``evolve`` applies a release to the state it names."""
+    assert isinstance(command.payload, ReleaseRun)
+    seq = max(highest_seq, state.seq) + 1
+    payload = RunReleased(resumed_from_seq=state.seq, status=state.status, reason=command.payload.reason)
+    event = Envelope.wrap(
+        payload,
+        id=event_id(state.run_id, seq),
+        key=state.run_id,
+        seq=seq,
+        occurred_at_ms=now_ms,
+        causation_id=command.id,
+        correlation_id=state.run_id,
+    )
+    return Decision([event], evolve(state, event))
 
 
 def decide(state: RunState, input: Input, now_ms: int, functions: Functions = NO_FUNCTIONS) -> list[Envelope]:

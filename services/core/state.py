@@ -33,6 +33,7 @@ from tickflow.events.schemas import (
     RunFailing,
     RunForked,
     RunRejected,
+    RunReleased,
     RunStarted,
     StepCompleted,
     StepFailed,
@@ -242,14 +243,23 @@ def _child_finished(state: RunState, path: str, failed: bool) -> RunState:
 
 
 def evolve(state: RunState, event: Envelope) -> RunState:
-    """Apply one event; events must arrive in seq order with no gaps."""
-    if event.seq != state.seq + 1:
+    """Apply one event; events must arrive in seq order with no gaps.
+
+    The one exception is an operator's ``RunReleased``: it applies to the state at its ``resumed_from_seq`` and
+    skips the seqs between that and its own (the stretch of log a quarantine could not fold).
+    """
+    if event.seq != state.seq + 1 and not _releases(state, event):
         raise SequenceError(f"run {state.run_id}: expected seq {state.seq + 1}, got {event.seq}")
     moved = _replace(state, seq=event.seq, updated_at_ms=event.occurred_at_ms)
     payload = event.payload
     if not isinstance(payload, Event):
         raise TypeError(f"{event.type} is a {event.kind}, not an event")
     return _apply(payload, moved, event)
+
+
+def _releases(state: RunState, event: Envelope) -> bool:
+    p = event.payload
+    return isinstance(p, RunReleased) and p.resumed_from_seq == state.seq and (event.seq or 0) > state.seq
 
 
 def fold(run_id: str, events: list[Envelope]) -> RunState:
@@ -420,6 +430,11 @@ def _(p: RunFailed, s: RunState, e: Envelope) -> RunState:
 def _(p: RunCancelled, s: RunState, e: Envelope) -> RunState:
     error = ErrorInfo(type="Cancelled", message=p.reason)
     return _replace(s, status="cancelled", error=error, ended_at_ms=e.occurred_at_ms)
+
+
+@_apply.register
+def _(p: RunReleased, s: RunState, e: Envelope) -> RunState:
+    return s  # the state resumes as it was at resumed_from_seq; only its seq moved on
 
 
 _STATE = TypeAdapter(RunState)

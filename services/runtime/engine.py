@@ -47,18 +47,27 @@ from tickflow.core.decider import (
     effects,
     recovery_effects,
     refuse,
+    release,
     run,
 )
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
 from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, decode, encode
-from tickflow.events.envelope import Envelope
-from tickflow.events.schemas import AcquireSlot, ErrorInfo, ForkRun, ReleaseSlot, StartRun
+from tickflow.events.envelope import Envelope, event_id
+from tickflow.events.schemas import (
+    AcquireSlot,
+    ErrorInfo,
+    ForkRun,
+    ReleaseRun,
+    ReleaseSlot,
+    RunQuarantined,
+    StartRun,
+)
 from tickflow.events.topics import is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
 from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer, read_partition
-from tickflow.runtime.recovery import fold_log, parse_snapshots
+from tickflow.runtime.recovery import Quarantine, fold_log, parse_snapshots
 from tickflow.runtime.snapshots import (
     CHECKPOINT_KEY,
     encode_blob_reference,
@@ -73,10 +82,10 @@ from tickflow.workflow import Registry
 __all__ = ["CRASH_POINTS", "CrashHook", "Engine"]
 
 #: Where a fault test may stop the engine: after a decision's state is cached and before anything is sent; after
-#: its first event is sent (so mid-fork, mid-start); after its events and before the messages they imply; after
-#: every send is acknowledged and before the offsets are committed; after one snapshot of a round, before the
-#: round's checkpoint.
-CRASH_POINTS = ("cached", "mid-events", "events-sent", "before-commit", "mid-snapshot")
+#: its first event is sent (so mid-fork, mid-start); after its events and before the messages they imply; with a
+#: turn's records all acknowledged by the broker but their transaction not yet committed; after the transactions
+#: committed and before the offsets are; after one snapshot of a round, before the round's checkpoint.
+CRASH_POINTS = ("cached", "mid-events", "events-sent", "txn-open", "before-commit", "mid-snapshot")
 CrashHook = Callable[[str, str], None]
 
 log = logging.getLogger("tickflow.engine")
@@ -112,6 +121,8 @@ class Engine:
         self.expired: dict[int, dict[str, bytes | None]] = defaultdict(dict)
         #: Finished runs whose state expired, per partition: their ids stay taken until the time given.
         self.gone: dict[int, dict[str, int]] = defaultdict(dict)
+        #: Runs whose log recovery could not fold, per partition: nothing is decided for them until released.
+        self.quarantined: dict[int, dict[str, Quarantine]] = defaultdict(dict)
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
         self._last_event_send: dict[int, asyncio.Future[Any]] = {}
         self.snapshots_written = 0
@@ -277,6 +288,9 @@ class Engine:
         open_ = [w for p, w in self.writers.items() if w.open and (only is None or p in only)]
         if not open_:
             return
+        if self._crash is not None:  # a fault test: let the broker hold every record first, uncommitted
+            await asyncio.gather(*(w.acknowledged() for w in open_))
+            self._crash_point("txn-open", "")
         results = await asyncio.gather(*(w.commit() for w in open_), return_exceptions=True)
         for writer, result in zip(open_, results, strict=True):
             if isinstance(result, TransactionFailed):
@@ -351,6 +365,10 @@ class Engine:
                 await self._dead_letter(record, stacked.refused, now)
             await self._apply_stack(tp.partition, stacked, record=record)
             return
+        held = self.quarantined[tp.partition].get(env.key)
+        if held is not None or isinstance(env.payload, ReleaseRun):
+            await self._quarantined_input(tp.partition, record, env, held, now)
+            return
         state = self.runs[tp.partition].get(env.key)
         if state is None and (problem := self._unusable_id(tp.partition, env)):
             await self._dead_letter(record, problem, now)
@@ -378,6 +396,32 @@ class Engine:
             await self._decide(tp.partition, state, Signal(env), now, record)
         else:
             await self._decide(tp.partition, state, WorkerResult(env), now, record)
+
+    async def _quarantined_input(
+        self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, held: Quarantine | None, now: int
+    ) -> None:
+        """An input for a quarantined run is refused (with how to release the run); a ``ReleaseRun`` releases it.
+
+        A release resumes the run from its last good state, after the highest seq its log holds; the tasks it has
+        in flight are sent again (their results were refused meanwhile) and whatever is due is decided at once.
+        """
+        if held is None:
+            reason = f"run {env.key!r} is not quarantined; ReleaseRun only releases a run recovery set aside"
+            await self._dead_letter(record, reason, now)
+            return
+        if not isinstance(env.payload, ReleaseRun):
+            reason = (
+                f"run {env.key!r} is quarantined ({held.reason}); nothing is decided for it until an operator "
+                f"releases it (`tickflow runs release {env.key}`), resuming from its state at seq {held.state.seq}"
+            )
+            await self._dead_letter(record, reason, now)
+            return
+        decision = release(held.state, held.highest_seq, env, now)
+        del self.quarantined[partition][env.key]
+        log.warning("run %s released by %s: resumes from seq %d", env.key, env.id, held.state.seq)
+        records = self._run_records(decision, now, recovering=True)  # re-sends its work in flight
+        await self._publish_run(partition, decision, records)
+        await self._decide(partition, decision.state, Recover(causation_id=env.id), now)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, now: int) -> None:
         """Refuse an input: its dead letter is written in its partition's transaction, with the turn's other writes."""
@@ -617,6 +661,7 @@ class Engine:
         self.timers.drop_partition(self.stacks.pop(partition, {}))
         self.timers.drop_partition(self.gone.pop(partition, {}))
         self.slots.pop(partition, None)
+        self.quarantined.pop(partition, None)
         self.dirty.pop(partition, None)
         self.expired.pop(partition, None)
         self.events_end.pop(partition, None)
@@ -732,7 +777,7 @@ class Engine:
         )
         records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
         read_s = time.monotonic() - started
-        await asyncio.to_thread(fold_log, partition, records, runs, slots, stacks, gone)
+        held = await asyncio.to_thread(fold_log, partition, records, runs, slots, stacks, gone)
         fold_s = time.monotonic() - started - read_s
         async with self._lock:
             if partition not in {tp.partition for tp in self.consumer.assignment()}:
@@ -740,7 +785,7 @@ class Engine:
                 return  # revoked while it was being rebuilt: the new owner rebuilds it
             self.recovered_from[partition] = checkpoint
             self.writers[partition] = writer
-            summary = await self._install(partition, runs, slots, stacks, gone)
+            summary = await self._install(partition, runs, slots, stacks, gone, held)
             if partition not in self.writers:
                 return  # its healing transaction failed: given up (and being rebuilt again unless fenced)
             self.recovered_partitions.add(partition)
@@ -766,9 +811,26 @@ class Engine:
         slots: dict[str, SlotState],
         stacks: dict[str, StackState],
         gone: dict[str, int],
+        held: dict[str, Quarantine],
     ) -> str:
-        """Make a rebuilt partition the live one: expire what is due, arm timers, heal and re-send in-flight work."""
+        """Make a rebuilt partition the live one: expire what is due, arm timers, heal and re-send in-flight work.
+
+        Each newly quarantined run gets a ``RunQuarantined`` note in the log (once), so its status says why.
+        """
         now = _now_ms()
+        self.quarantined[partition] = held
+        for run_id, q in held.items():
+            if not q.announced:
+                note = RunQuarantined(reason=q.reason, last_good_seq=q.state.seq, highest_seq=q.highest_seq)
+                event = Envelope.wrap(
+                    note,
+                    id=f"{event_id(run_id, q.highest_seq)}/quarantined",
+                    key=run_id,
+                    occurred_at_ms=now,
+                    correlation_id=run_id,
+                )
+                await self._publish(partition, [(self.topics.events, encode(event), run_id.encode())])
+                q.announced = True
         expired = [
             run_id
             for run_id, state in runs.items()

@@ -85,6 +85,10 @@ class PartitionWriter:
         self._sends.append(fut)
         return fut
 
+    async def acknowledged(self) -> None:
+        """Wait until the broker has every record of the open transaction (committed or not); raises nothing."""
+        await asyncio.gather(*self._sends, return_exceptions=True)
+
     async def commit(self) -> None:
         """Commit the open transaction, if any. Any failure aborts it and raises ``TransactionFailed``/``Fenced``.
 

@@ -99,10 +99,14 @@ async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str],
 
 
 async def read_partition(
-    bootstrap: str, topic: str, partition: int, start: int | None = None
+    bootstrap: str, topic: str, partition: int, start: int | None = None, *, committed: bool = True
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of one partition from ``start`` (default: its first retained offset) to the end as of now."""
-    consumer = new_consumer(bootstrap, group_id=None, fetch_max_wait_ms=10)
+    """Every record of one partition from ``start`` (default: its first retained offset) to the end as of now.
+
+    ``committed=False`` reads aborted and open transactions' records too (for tests that prove a fence held).
+    """
+    isolation = "read_committed" if committed else "read_uncommitted"
+    consumer = new_consumer(bootstrap, group_id=None, fetch_max_wait_ms=10, isolation_level=isolation)
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)

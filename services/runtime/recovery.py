@@ -2,11 +2,19 @@
 
 Both functions are pure apart from reading claim-checked snapshot blobs, and touch no engine state, so the engine
 runs them in a thread while its loop keeps serving other partitions and sending heartbeats (see ``Engine._recover``).
+
+Nothing is skipped silently. A run whose log cannot be folded (an event that cannot be read, a seq gap, an event
+its state cannot take) is quarantined: its last good state is set aside with the reason, later events of it are
+only counted, and the engine decides nothing for it until an operator's ``RunReleased`` (a ``ReleaseRun``
+command) says from which state it resumes. Continuing from the stale state instead would write seqs the log
+already has. A slot or stack whose log has a gap keeps its last good state (their events are re-derivable
+bookkeeping), so neither can crash-loop recovery.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 
@@ -14,12 +22,26 @@ from tickflow.core.slots import SlotState, evolve_slot, is_slot
 from tickflow.core.stacks import StackState, evolve_stack, is_stack
 from tickflow.core.state import RunState, SequenceError, evolve
 from tickflow.events.codec import InvalidRecord, decode
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import RunQuarantined, RunReleased
+from tickflow.events.topics import is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.snapshots import CHECKPOINT_KEY, Gone, decode_snapshot
 
-__all__ = ["fold_log", "parse_snapshots"]
+__all__ = ["Quarantine", "fold_log", "parse_snapshots"]
 
 log = logging.getLogger("tickflow.engine")
+
+
+@dataclass(slots=True)
+class Quarantine:
+    """A run set aside because its log cannot be folded past ``state`` (its last good state)."""
+
+    state: RunState
+    reason: str
+    highest_seq: int  # the highest seq its log holds: a release resumes after it
+    announced: bool = False  # a RunQuarantined about it is in the log already
+    skipped: int = 0  # events of it after the quarantine (not folded)
 
 
 def parse_snapshots(
@@ -76,13 +98,25 @@ def fold_log(
     slots: dict[str, SlotState],
     stacks: dict[str, StackState],
     gone: dict[str, int],
-) -> None:
-    """Fold a partition's events on top of its snapshots, in place. Pure (no engine state): it runs in a thread."""
+    quarantined: dict[str, Quarantine] | None = None,
+) -> dict[str, Quarantine]:
+    """Fold a partition's events on top of its snapshots, in place; returns the runs quarantined (see the module
+    docstring), which are no longer in ``runs``. Pure (no engine state): it runs in a thread."""
+    held = {} if quarantined is None else quarantined
     for record in records:
+        where = f"events[{partition}]@{record.offset}"
         try:
             event = decode(record.value, expect="event")
         except InvalidRecord as exc:
-            log.error("unreadable event at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
+            key = (record.key or b"").decode("utf-8", "replace")
+            if key in held:  # it may have held a seq: a release must skip past it too
+                held[key].highest_seq += 1
+                held[key].skipped += 1
+            elif _is_run(key) and key not in gone:
+                seq = (runs[key].seq if key in runs else 0) + 1  # the seq it most likely held
+                _quarantine(runs, held, key, f"the event at {where} cannot be read: {exc}", seq)
+            else:
+                log.error("unreadable event at %s (key %r), not of a run: %s", where, key[:100], exc)
             continue
         try:
             if is_slot(event.key):
@@ -96,14 +130,45 @@ def fold_log(
                     stacks[event.key] = evolve_stack(stack, event)
                 continue
         except (ValueError, TypeError) as exc:  # a gap or a foreign event: keep the entity as it was, go on
-            log.error("log gap at %s[%d]@%d: %s", record.topic, partition, record.offset, exc)
+            log.error("log gap at %s: %s", where, exc)
             continue
         if event.key in gone:
             continue  # a finished run whose state expired: only its id is kept
+        if event.key in held:
+            _while_quarantined(runs, held, event)
+            continue
         state = runs.get(event.key) or RunState(event.key)
         if event.seq is None or event.seq <= state.seq:
-            continue  # an already-applied copy
+            continue  # an already-applied copy, or a note about the run (RunQuarantined)
         try:
             runs[event.key] = evolve(state, event)
-        except SequenceError as exc:
-            log.error("log gap: %s", exc)
+        except (SequenceError, KeyError, TypeError, ValueError) as exc:
+            _quarantine(runs, held, event.key, f"the event at {where} cannot be folded: {exc}", event.seq)
+    return held
+
+
+def _is_run(key: str) -> bool:
+    return is_run_id(key) and not is_slot(key) and not is_stack(key)
+
+
+def _quarantine(runs: dict[str, RunState], held: dict[str, Quarantine], key: str, reason: str, seq: int) -> None:
+    state = runs.pop(key, None) or RunState(key)
+    log.error("run %s quarantined at seq %d: %s", key, state.seq, reason)
+    held[key] = Quarantine(state=state, reason=reason[:900], highest_seq=max(seq, state.seq))
+
+
+def _while_quarantined(runs: dict[str, RunState], held: dict[str, Quarantine], event: Envelope) -> None:
+    """An event of a quarantined run: a release lifts the quarantine; anything else is only counted."""
+    q = held[event.key]
+    if isinstance(event.payload, RunQuarantined):
+        q.announced = True
+        return
+    if event.seq is None:
+        return
+    q.highest_seq = max(q.highest_seq, event.seq)
+    payload = event.payload
+    if isinstance(payload, RunReleased) and payload.resumed_from_seq == q.state.seq:
+        runs[event.key] = evolve(q.state, event)
+        del held[event.key]
+        return
+    q.skipped += 1

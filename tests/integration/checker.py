@@ -4,7 +4,7 @@ What a fault may never do, counted rather than asserted piecemeal, so a failing 
 
 * **lost**: a run whose acknowledged ``StartRun`` (commands topic) has no first event in the log;
 * **duplicate (run, seq)**: the same seq of a key written twice;
-* **gap**: a key whose seqs are not exactly 1..N;
+* **gap**: a key whose seqs are not exactly 1..N (less the seqs an operator's ``RunReleased`` skipped on purpose);
 * **result applied twice**: two ``StepCompleted``/``StepFailed`` for one (run, step path, attempt);
 * **LLM attempt logged twice**: two ``LlmCallAttempted`` for one (run, result, call, attempt) — tokens counted twice;
 * **unfinished**: a started run with no terminal event (allowed only while a test still expects progress).
@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tickflow.events import Envelope, ForkRun, StartRun
+from tickflow.events import Envelope, ForkRun, RunReleased, StartRun
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.runtime.kafka import read_partition
@@ -87,10 +87,13 @@ async def check_log(settings: Settings) -> Integrity:
                 found.events.append(decode(record.value, expect="event"))
             except InvalidRecord:
                 found.unreadable += 1  # not the engine's: the projector dead-letters it, readers skip it
+    released: dict[str, set[int]] = defaultdict(set)  # seqs an operator's release skipped on purpose
     for event in found.events:
         if event.seq is not None:
             seqs[event.key][event.seq] += 1
         p = event.payload
+        if isinstance(p, RunReleased) and event.seq is not None:
+            released[event.key].update(range(p.resumed_from_seq + 1, event.seq))
         if event.type in FIRST_EVENTS:
             firsts.add(event.key)
         if event.type in RUN_TERMINAL_EVENTS:
@@ -101,7 +104,8 @@ async def check_log(settings: Settings) -> Integrity:
             llm[(event.key, event.causation_id or "", p.call, p.attempt)] += 1  # type: ignore[attr-defined]
     for key, counts in sorted(seqs.items()):
         found.duplicates += [(key, seq) for seq, n in sorted(counts.items()) if n > 1]
-        if sorted(counts) != list(range(1, len(counts) + 1)):
+        present = sorted(set(counts) | released.get(key, set()))
+        if present != list(range(1, len(present) + 1)):
             found.gaps.append((key, sorted(counts)))
     found.lost = sorted(found.started - firsts)
     found.unfinished = sorted(found.started - ended)

@@ -69,7 +69,8 @@ async def _crash_at(settings: Settings, tmp_path: Path, point: str, after: int, 
 
 
 @pytest.mark.parametrize(
-    ("point", "after"), [("cached", 60), ("events-sent", 60), ("before-commit", 3), ("mid-snapshot", 2)]
+    ("point", "after"),
+    [("cached", 60), ("events-sent", 60), ("txn-open", 20), ("before-commit", 3), ("mid-snapshot", 2)],
 )
 async def test_a_crash_at_each_point_loses_and_duplicates_nothing(
     workers: Node, tmp_path: Path, point: str, after: int

@@ -1,4 +1,7 @@
-"""A failed send is never forgotten: no offset is committed over an event or task the broker did not take."""
+"""A failed send is never forgotten: no offset is committed over an event or task the broker did not take.
+
+Workers and triggers keep their sends in ``PendingSends`` (sticky failure); the engine writes in transactions
+(``runtime/fencing.py``), and a transaction that fails gives its partition up instead."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
 from tickflow.runtime.engine import Engine
+from tickflow.runtime.fencing import Fenced, TransactionFailed
 from tickflow.runtime.kafka import PendingSends, SendFailed
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
@@ -38,23 +42,64 @@ async def test_a_failed_send_fails_every_later_drain() -> None:
 
 
 class RecordingConsumer:
-    def __init__(self) -> None:
+    def __init__(self, owned: set[TopicPartition]) -> None:
+        self.owned = owned
         self.commits: list[dict[TopicPartition, int]] = []
+        self.seeks: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    async def committed(self, tp: TopicPartition) -> int:
+        return 7
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp] = offset
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(offsets)
 
 
-async def test_the_engine_commits_nothing_after_a_lost_send(tmp_path: Path) -> None:
-    engine = Engine(Settings(state_dir=tmp_path), Registry())
-    consumer = RecordingConsumer()
+class FailingWriter:
+    """A partition writer whose open transaction cannot commit (a lost record, or a newer owner's fence)."""
+
+    def __init__(self, partition: int, failure: TransactionFailed | None) -> None:
+        self.partition, self.failure, self.open, self.stopped = partition, failure, True, False
+
+    async def commit(self) -> None:
+        self.open = False
+        if self.failure is not None:
+            raise self.failure
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.mark.parametrize("fenced", [False, True])
+async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: Path, fenced: bool) -> None:
+    """The partition whose transaction failed is given up: its offsets stay where they were committed, its inputs
+    are read again from there, and it is rebuilt from the log (unless a newer owner fenced it). Others commit."""
+    engine = Engine(Settings(state_dir=tmp_path, prefix="t"), Registry())
+    inputs = {p: [TopicPartition("t.commands", p), TopicPartition("t.results", p)] for p in (0, 1)}
+    consumer = RecordingConsumer({tp for tps in inputs.values() for tp in tps})
     engine.consumer = consumer  # type: ignore[assignment]
-    tp = TopicPartition("t.commands", 0)
-    engine.positions[tp] = 10
-    engine.pending.add(_future(KafkaTimeoutError()))
-    with pytest.raises(SendFailed):
-        await engine._commit()
-    engine.positions[tp] = 11
-    with pytest.raises(SendFailed):
-        await engine._commit(only={tp})  # as a revocation would
-    assert consumer.commits == []
+    rebuilt: list[int] = []
+    engine._start_recovery = rebuilt.append  # type: ignore[method-assign]
+    failure = (Fenced if fenced else TransactionFailed)(0, KafkaTimeoutError())
+    broken, healthy = FailingWriter(0, failure), FailingWriter(1, None)
+    engine.writers = {0: broken, 1: healthy}  # type: ignore[dict-item]
+    engine.recovered_partitions = {0, 1}
+    for tps in inputs.values():
+        for tp in tps:
+            engine.positions[tp] = 10
+    await engine._commit()
+    assert consumer.commits == [{tp: 10 for tp in inputs[1]}]  # partition 0's offsets are not committed
+    assert {tp: consumer.seeks[tp] for tp in inputs[0]} == {tp: 7 for tp in inputs[0]}
+    assert set(inputs[0]) <= consumer.paused and broken.stopped
+    assert 0 not in engine.writers and engine.recovered_partitions == {1}
+    assert rebuilt == ([] if fenced else [0])
+    assert (engine.fenced, engine.given_up) == ((1, 0) if fenced else (0, 1))

@@ -22,7 +22,12 @@ from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
 
-class RecordingProducer:
+class RecordingWriter:
+    """Stands in for a partition's transactional writer: records what is sent, commits nothing."""
+
+    partition = 0
+    open = False
+
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes | None]] = []
 
@@ -35,14 +40,14 @@ class RecordingProducer:
 
 def _engine(tmp_path: Path) -> Engine:
     engine = Engine(Settings(state_dir=tmp_path), Registry())
-    engine.producer = RecordingProducer()  # type: ignore[assignment]
+    engine.writers[0] = RecordingWriter()  # type: ignore[assignment]
     engine.recovered_partitions = {0}
     engine.events_end[0] = 42
     return engine
 
 
 async def _round(engine: Engine) -> list[tuple[bytes, bytes | None]]:
-    sent: list[tuple[bytes, bytes | None]] = engine.producer.sent  # type: ignore[attr-defined]
+    sent: list[tuple[bytes, bytes | None]] = engine.writers[0].sent  # type: ignore[attr-defined]
     sent.clear()
     await engine._begin_snapshot_round()
     await engine._snapshot_some(100)
