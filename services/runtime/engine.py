@@ -820,6 +820,13 @@ class Engine:
         now = _now_ms()
         self.quarantined[partition] = held
         for run_id, q in held.items():
+            log.error(
+                "run %s quarantined at seq %d: %s; `tickflow runs release %s` resumes it from there",
+                run_id,
+                q.state.seq,
+                q.reason,
+                run_id,
+            )
             if not q.announced:
                 note = RunQuarantined(reason=q.reason, last_good_seq=q.state.seq, highest_seq=q.highest_seq)
                 event = Envelope.wrap(
