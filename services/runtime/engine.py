@@ -52,29 +52,22 @@ from tickflow.core.decider import (
 )
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
-from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, decode, encode
-from tickflow.events.envelope import Envelope, event_id
+from tickflow.events.codec import InvalidRecord, RecordTooLarge, decode, encode
+from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
     AcquireSlot,
     ErrorInfo,
     ForkRun,
     ReleaseRun,
     ReleaseSlot,
-    RunQuarantined,
     StartRun,
 )
 from tickflow.events.topics import is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
-from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer, read_partition
-from tickflow.runtime.recovery import Quarantine, fold_log, parse_snapshots
-from tickflow.runtime.snapshots import (
-    CHECKPOINT_KEY,
-    encode_blob_reference,
-    encode_checkpoint,
-    encode_gone,
-    encode_snapshot,
-)
+from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer
+from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
+from tickflow.runtime.snapshots import CHECKPOINT_KEY, encode_checkpoint, encode_gone, snapshot_record
 from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
@@ -412,7 +405,7 @@ class Engine:
         if not isinstance(env.payload, ReleaseRun):
             reason = (
                 f"run {env.key!r} is quarantined ({held.reason}); nothing is decided for it until an operator "
-                f"releases it (`tickflow runs release {env.key}`), resuming from its state at seq {held.state.seq}"
+                f"releases it (`tickflow release {env.key}`), resuming from its state at seq {held.state.seq}"
             )
             await self._dead_letter(record, reason, now)
             return
@@ -709,7 +702,7 @@ class Engine:
                 )
                 if state is None:
                     continue
-                raw = await self._snapshot_record(key, state)
+                raw = await snapshot_record(key, state, self.blobs)
                 if raw is None:  # not written: keep it for the next round, and the old checkpoint until then
                     self._round_marks[partition] = None
                     self.dirty[partition].add(key)
@@ -727,23 +720,6 @@ class Engine:
                 checkpoint = encode_checkpoint(mark)
                 await self.writers[partition].send(topic, checkpoint, CHECKPOINT_KEY, partition)
         self._round = None
-
-    async def _snapshot_record(self, key: str, state: RunState | SlotState | StackState) -> bytes | None:
-        """The state-topic record of one snapshot: the state itself, or a reference to it in the blob store when
-        it is too big for a record; None when it cannot be written now (it is logged, and tried again)."""
-        try:
-            raw = encode_snapshot(state)
-        except (TypeError, ValueError) as exc:
-            log.error("snapshot of %s cannot be encoded; the checkpoint waits for it: %s", key, exc)
-            return None
-        if len(raw) <= MAX_RECORD_BYTES:
-            return raw
-        try:
-            digest = await asyncio.to_thread(self.blobs.put, raw)
-        except OSError as exc:
-            log.error("snapshot of %s (%d bytes) cannot be stored; the checkpoint waits for it: %s", key, len(raw), exc)
-            return None
-        return encode_blob_reference(digest, len(raw))
 
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short.
@@ -771,21 +747,14 @@ class Engine:
             raise
 
     async def _rebuild(self, partition: int, writer: PartitionWriter, started: float) -> None:
-        snapshots = await read_partition(self.settings.bootstrap, self.topics.state, partition)
-        runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(
-            parse_snapshots, partition, snapshots, self.blobs
-        )
-        records = await read_partition(self.settings.bootstrap, self.topics.events, partition, start=checkpoint)
-        read_s = time.monotonic() - started
-        held = await asyncio.to_thread(fold_log, partition, records, runs, slots, stacks, gone)
-        fold_s = time.monotonic() - started - read_s
+        built = await rebuild_partition(self.settings.bootstrap, self.topics, self.blobs, partition)
         async with self._lock:
             if partition not in {tp.partition for tp in self.consumer.assignment()}:
                 await writer.stop()
                 return  # revoked while it was being rebuilt: the new owner rebuilds it
-            self.recovered_from[partition] = checkpoint
+            self.recovered_from[partition] = built.checkpoint
             self.writers[partition] = writer
-            summary = await self._install(partition, runs, slots, stacks, gone, held)
+            summary = await self._install(partition, built)
             if partition not in self.writers:
                 return  # its healing transaction failed: given up (and being rebuilt again unless fenced)
             self.recovered_partitions.add(partition)
@@ -795,48 +764,34 @@ class Engine:
         log.info(
             "partition %d recovered: %d events after offset %s, %s in %.2fs (read %.2fs, fold %.2fs, install %.2fs)",
             partition,
-            len(records),
-            checkpoint,
+            built.events_read,
+            built.checkpoint,
             summary,
             took,
-            read_s,
-            fold_s,
-            took - read_s - fold_s,
+            built.read_s,
+            built.fold_s,
+            took - (built.started - started) - built.read_s - built.fold_s,
         )
 
-    async def _install(
-        self,
-        partition: int,
-        runs: dict[str, RunState],
-        slots: dict[str, SlotState],
-        stacks: dict[str, StackState],
-        gone: dict[str, int],
-        held: dict[str, Quarantine],
-    ) -> str:
+    async def _install(self, partition: int, built: Rebuilt) -> str:
         """Make a rebuilt partition the live one: expire what is due, arm timers, heal and re-send in-flight work.
 
         Each newly quarantined run gets a ``RunQuarantined`` note in the log (once), so its status says why.
         """
         now = _now_ms()
-        self.quarantined[partition] = held
-        for run_id, q in held.items():
+        runs, slots, stacks, gone = built.runs, built.slots, built.stacks, built.gone
+        self.quarantined[partition] = built.held
+        for run_id, q in built.held.items():
             log.error(
-                "run %s quarantined at seq %d: %s; `tickflow runs release %s` resumes it from there",
+                "run %s quarantined at seq %d: %s; `tickflow release %s` resumes it from there",
                 run_id,
                 q.state.seq,
                 q.reason,
                 run_id,
             )
             if not q.announced:
-                note = RunQuarantined(reason=q.reason, last_good_seq=q.state.seq, highest_seq=q.highest_seq)
-                event = Envelope.wrap(
-                    note,
-                    id=f"{event_id(run_id, q.highest_seq)}/quarantined",
-                    key=run_id,
-                    occurred_at_ms=now,
-                    correlation_id=run_id,
-                )
-                await self._publish(partition, [(self.topics.events, encode(event), run_id.encode())])
+                note = quarantine_note(run_id, q, now)
+                await self._publish(partition, [(self.topics.events, encode(note), run_id.encode())])
                 q.announced = True
         expired = [
             run_id

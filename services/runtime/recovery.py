@@ -13,8 +13,10 @@ bookkeeping), so neither can crash-loop recovery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord
 
@@ -24,11 +26,12 @@ from tickflow.core.state import RunState, SequenceError, evolve
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import RunQuarantined, RunReleased
-from tickflow.events.topics import is_run_id
+from tickflow.events.topics import TopicNames, is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.kafka import read_partition
 from tickflow.runtime.snapshots import CHECKPOINT_KEY, Gone, decode_snapshot
 
-__all__ = ["Quarantine", "fold_log", "parse_snapshots"]
+__all__ = ["Quarantine", "Rebuilt", "fold_log", "parse_snapshots", "quarantine_note", "rebuild_partition"]
 
 log = logging.getLogger("tickflow.engine")
 
@@ -42,6 +45,43 @@ class Quarantine:
     highest_seq: int  # the highest seq its log holds: a release resumes after it
     announced: bool = False  # a RunQuarantined about it is in the log already
     skipped: int = 0  # events of it after the quarantine (not folded)
+
+
+@dataclass
+class Rebuilt:
+    """One partition's state as its snapshots and log make it, and what it took to get there."""
+
+    runs: dict[str, RunState]
+    slots: dict[str, SlotState]
+    stacks: dict[str, StackState]
+    gone: dict[str, int]
+    held: dict[str, Quarantine]
+    checkpoint: int | None
+    events_read: int
+    read_s: float
+    fold_s: float
+    started: float = field(default_factory=time.monotonic)
+
+
+async def rebuild_partition(bootstrap: str, topics: TopicNames, blobs: FileBlobStore, partition: int) -> Rebuilt:
+    """Read a partition's snapshots and the events after their checkpoint, and fold them (in threads, so the caller's
+    loop keeps turning). Call it only once the partition's previous writer is fenced (``runtime/fencing.py``)."""
+    started = time.monotonic()
+    snapshots = await read_partition(bootstrap, topics.state, partition)
+    runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(parse_snapshots, partition, snapshots, blobs)
+    records = await read_partition(bootstrap, topics.events, partition, start=checkpoint)
+    read_s = time.monotonic() - started
+    held = await asyncio.to_thread(fold_log, partition, records, runs, slots, stacks, gone)
+    fold_s = time.monotonic() - started - read_s
+    return Rebuilt(runs, slots, stacks, gone, held, checkpoint, len(records), read_s, fold_s, started)
+
+
+def quarantine_note(run_id: str, q: Quarantine, now_ms: int) -> Envelope:
+    """The ``RunQuarantined`` the engine writes (once) for a run it set aside, so the run's status says why."""
+    note = RunQuarantined(reason=q.reason, last_good_seq=q.state.seq, highest_seq=q.highest_seq)
+    return Envelope.wrap(
+        note, id=f"{run_id}/{q.highest_seq}/quarantined", key=run_id, occurred_at_ms=now_ms, correlation_id=run_id
+    )
 
 
 def parse_snapshots(

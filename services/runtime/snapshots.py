@@ -18,6 +18,8 @@ run's latest state is not in a snapshot.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from pydantic import TypeAdapter, ValidationError
 from tickflow.core.slots import SlotState
 from tickflow.core.stacks import StackState
 from tickflow.core.state import RunState
+from tickflow.events.codec import MAX_RECORD_BYTES
 from tickflow.runtime.claimcheck import FileBlobStore
 
 __all__ = [
@@ -38,7 +41,10 @@ __all__ = [
     "encode_checkpoint",
     "encode_gone",
     "encode_snapshot",
+    "snapshot_record",
 ]
+
+log = logging.getLogger("tickflow.engine")
 
 CHECKPOINT_KEY = b"__checkpoint__"
 _RUN = TypeAdapter(RunState)
@@ -104,3 +110,21 @@ def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot 
         return int(data["events_offset"])
     except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable snapshot: {exc}") from None
+
+
+async def snapshot_record(key: str, state: RunState | SlotState | StackState, blobs: FileBlobStore) -> bytes | None:
+    """The state-topic record of one snapshot: the state itself, or a reference to it in the blob store when it is
+    too big for a record; None when it cannot be written now (it is logged, and the caller tries again later)."""
+    try:
+        raw = encode_snapshot(state)
+    except (TypeError, ValueError) as exc:
+        log.error("snapshot of %s cannot be encoded; the checkpoint waits for it: %s", key, exc)
+        return None
+    if len(raw) <= MAX_RECORD_BYTES:
+        return raw
+    try:
+        digest = await asyncio.to_thread(blobs.put, raw)
+    except OSError as exc:
+        log.error("snapshot of %s (%d bytes) cannot be stored; the checkpoint waits for it: %s", key, len(raw), exc)
+        return None
+    return encode_blob_reference(digest, len(raw))

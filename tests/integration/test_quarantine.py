@@ -110,7 +110,7 @@ async def test_a_run_whose_log_cannot_be_folded_is_quarantined_until_released(
                     break
                 await asyncio.sleep(0.2)
             reasons = " | ".join(d.reason for d in letters)
-            assert "is quarantined" in reasons and "tickflow runs release unreadable" in reasons, reasons
+            assert "is quarantined" in reasons and "tickflow release unreadable" in reasons, reasons
             assert "'healthy' is not quarantined" in reasons, reasons
 
             # Released, each resumes from its last good state and finishes.

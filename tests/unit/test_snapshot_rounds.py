@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import tickflow.runtime.engine as engine_module
+import tickflow.runtime.snapshots as snapshots_module
 from tickflow.core.state import RunState
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.engine import Engine
@@ -66,11 +66,11 @@ async def test_an_unwritable_snapshot_holds_the_checkpoint_until_it_is_written(
             raise ValueError("Maximum serialization depth exceeded")
         return encode_snapshot(state)
 
-    monkeypatch.setattr(engine_module, "encode_snapshot", broken_for_b)
+    monkeypatch.setattr(snapshots_module, "encode_snapshot", broken_for_b)
     first = await _round(engine)
     assert [k for k, _ in first] == [b"a"], "b was not written, so no checkpoint may follow"
     assert engine.dirty[0] == {"b"}  # tried again next round
-    monkeypatch.setattr(engine_module, "encode_snapshot", encode_snapshot)
+    monkeypatch.setattr(snapshots_module, "encode_snapshot", encode_snapshot)
     second = await _round(engine)
     assert [k for k, _ in second] == [b"b", CHECKPOINT_KEY]
 
