@@ -133,6 +133,7 @@ class Engine:
         #: Partition recoveries started and finished (more than the partitions owned means a rebalance loop).
         self.recoveries_started = self.recoveries = 0
         self._recovering: dict[int, asyncio.Task[None]] = {}
+        self._revoking: set[int] = set()  # partitions being handed over (their last commit happens now)
         self._recovery_failure: Exception | None = None
         self.timers = Timers()
         self.processed = 0
@@ -321,7 +322,7 @@ class Engine:
                     await self.consumer.seek_to_beginning(tp)
                 else:
                     self.consumer.seek(tp, committed)
-        if not fenced and partition in {tp.partition for tp in owned}:
+        if not fenced and partition in {tp.partition for tp in owned} - self._revoking:
             self._start_recovery(partition)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
@@ -642,7 +643,11 @@ class Engine:
             if task is not None:
                 task.cancel()  # not rebuilt yet: nothing of it was installed or sent
         async with self._lock:
-            await self._commit(only=set(revoked))
+            self._revoking = {tp.partition for tp in revoked}  # a failed last transaction is not rebuilt here
+            try:
+                await self._commit(only=set(revoked))
+            finally:
+                self._revoking = set()
             writers = [self._drop(partition) for partition in {tp.partition for tp in revoked}]
         await asyncio.gather(*(w.stop() for w in writers if w is not None))
 

@@ -103,3 +103,24 @@ async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: 
     assert 0 not in engine.writers and engine.recovered_partitions == {1}
     assert rebuilt == ([] if fenced else [0])
     assert (engine.fenced, engine.given_up) == ((1, 0) if fenced else (0, 1))
+
+
+async def test_a_revocation_whose_last_transaction_fails_commits_nothing_of_it_and_lets_it_go(
+    tmp_path: Path,
+) -> None:
+    """Handing a partition over: its last transaction fails, so its offsets are not committed, and it is not
+    rebuilt here (the new owner rebuilds it from the log, where nothing of the aborted turn is visible)."""
+    engine = Engine(Settings(state_dir=tmp_path, prefix="t"), Registry())
+    inputs = [TopicPartition("t.commands", 0), TopicPartition("t.results", 0)]
+    consumer = RecordingConsumer(set(inputs))
+    engine.consumer = consumer  # type: ignore[assignment]
+    rebuilt: list[int] = []
+    engine._start_recovery = rebuilt.append  # type: ignore[method-assign]
+    writer = FailingWriter(0, TransactionFailed(0, KafkaTimeoutError()))
+    engine.writers = {0: writer}  # type: ignore[dict-item]
+    engine.recovered_partitions = {0}
+    for tp in inputs:
+        engine.positions[tp] = 10
+    await engine.on_revoked(set(inputs))
+    assert consumer.commits == [] and rebuilt == [] and writer.stopped
+    assert engine.writers == {} and engine.recovered_partitions == set() and engine.given_up == 1
