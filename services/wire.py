@@ -152,6 +152,7 @@ class PartitionReport(BaseModel):
     expired: int = Field(default=0, description="Finished runs whose state the engine dropped after retention.")
     started_after_capture: int = 0
     other_entities: int = Field(default=0, description="Keys of the log that are no run (slots, stacks).")
+    quarantined: list[str] = Field(default=[], description="Runs the engine set aside (quarantined), not compared.")
     unreadable_events: int = 0
     events_read: int = 0
 

@@ -27,7 +27,7 @@ from tickflow.core.state import RunState, SequenceError, evolve, fold
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode, TickflowError
-from tickflow.events.schemas import ForkRun, HistoryEvent, RunForked, RunRejected, RunStarted
+from tickflow.events.schemas import ForkRun, HistoryEvent, RunForked, RunRejected, RunReleased, RunStarted
 from tickflow.projections.rows import EventRow
 from tickflow.runtime.kafka import read_partition
 from tickflow.wire import Difference, EngineReport, PartitionReport
@@ -237,14 +237,19 @@ def _by_key(records: Sequence[ConsumerRecord[bytes, bytes]], report: PartitionRe
 
 
 def _refold(run_id: str, events: list[Envelope], up_to: int) -> RunState:
-    """Fold like recovery does: copies of already-applied seqs are skipped, nothing beyond ``up_to``."""
-    state = RunState(run_id)
+    """Fold like recovery does (``runtime/recovery.py``): copies of already-applied seqs are skipped, nothing beyond
+    ``up_to``; past an event that cannot be folded only an operator's ``RunReleased`` applies."""
+    state, held = RunState(run_id), False
     for event in events:
         seq = event.seq or 0
         if seq > up_to:
             break
-        if seq > state.seq:
-            state = evolve(state, event)
+        if seq <= state.seq or (held and not isinstance(event.payload, RunReleased)):
+            continue
+        try:
+            state, held = evolve(state, event), False
+        except (SequenceError, KeyError, TypeError, ValueError):
+            held = True
     return state
 
 
@@ -261,11 +266,17 @@ def compare_partition(
     records: Sequence[ConsumerRecord[bytes, bytes]],
     taken_at_ms: int,
     retention_ms: int,
+    quarantined: frozenset[str] = frozenset(),
 ) -> PartitionReport:
-    """Compare one partition's live states with the fold of its log records (pure apart from the clock value)."""
+    """Compare one partition's live states with the fold of its log records (pure apart from the clock value).
+
+    ``quarantined`` runs (set aside by the engine, see ``runtime/recovery.py``) are listed, not compared."""
     report = PartitionReport(partition=partition, events_read=len(records))
     by_key = _by_key(records, report)
     for run_id, events in by_key.items():
+        if run_id in quarantined:
+            report.quarantined.append(run_id)
+            continue
         if not isinstance(events[0].payload, RunStarted | RunRejected):
             report.other_entities += 1
             continue
@@ -315,7 +326,10 @@ async def verify_engine(engine: Engine) -> EngineReport:
     reports = []
     for partition, live in captured.items():
         records = await read_partition(engine.settings.bootstrap, engine.topics.events, partition)
-        reports.append(await asyncio.to_thread(compare_partition, partition, live, records, taken_at, retention_ms))
+        held = frozenset(engine.quarantined.get(partition, {}))
+        reports.append(
+            await asyncio.to_thread(compare_partition, partition, live, records, taken_at, retention_ms, held)
+        )
     compared = sum(r.runs_compared for r in reports)
     equal = sum(r.equal for r in reports)
     ok = all(r.differing_count == 0 and not r.missing_in_log and not r.missing_live for r in reports)

@@ -21,6 +21,7 @@ from tickflow.events import Envelope, ReleaseRun, RunQuarantined, RunReleased
 from tickflow.events.codec import encode
 from tickflow.projections.rows import QUARANTINED, run_row
 from tickflow.runtime.recovery import fold_log
+from tickflow.runtime.replay import compare_partition
 from tickflow.workflow import Workflow
 
 from .test_decider import Sim
@@ -161,3 +162,16 @@ def test_the_projection_quarantines_on_a_gap_or_a_note_and_says_why_until_releas
     released = _release(fold("r1", log[:3]), len(log))
     back = run_row(noted, released)
     assert back.status == "running" and back.error_type == "" and back.last_seq == len(log) + 1
+
+
+def test_verify_engine_refolds_a_released_run_and_lists_a_quarantined_one() -> None:
+    log = _finished_log()
+    values = [(e.key, encode(e)) for e in log]
+    values[2] = ("r1", b"garbage")
+    _, held = _fold(values)
+    released = _release(held["r1"].state, held["r1"].highest_seq)
+    live = evolve(held["r1"].state, released)
+    after = compare_partition(0, {"r1": live}, _records([*values, ("r1", encode(released))]), 10**13, 10**12)
+    assert (after.runs_compared, after.equal, after.differing_count) == (1, 1, 0), after
+    during = compare_partition(0, {}, _records(values), 10**13, 10**12, frozenset({"r1"}))
+    assert during.quarantined == ["r1"] and during.missing_live == [], during
