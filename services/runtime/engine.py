@@ -134,6 +134,7 @@ class Engine:
         self.recoveries_started = self.recoveries = 0
         self._recovering: dict[int, asyncio.Task[None]] = {}
         self._revoking: set[int] = set()  # partitions being handed over (their last commit happens now)
+        self._stopping = False
         self._recovery_failure: Exception | None = None
         self.timers = Timers()
         self.processed = 0
@@ -170,6 +171,7 @@ class Engine:
         self._task = asyncio.create_task(self._loop(), name="tickflow-engine")
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [t for t in [self._task, *self._recovering.values()] if t is not None]
         for task in tasks:
             task.cancel()
@@ -322,7 +324,7 @@ class Engine:
                     await self.consumer.seek_to_beginning(tp)
                 else:
                     self.consumer.seek(tp, committed)
-        if not fenced and partition in {tp.partition for tp in owned} - self._revoking:
+        if not fenced and not self._stopping and partition in {tp.partition for tp in owned} - self._revoking:
             self._start_recovery(partition)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
