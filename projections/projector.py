@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -40,6 +40,7 @@ class ProjectorMetrics:
     last_insert_ms: float = 0.0
     last_freshness_ms: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
+    lag_by_partition: dict[int, int] = field(default_factory=dict)
     dead_lettered: int = 0
     #: Rows dropped because they were already projected (a redelivery after a crash before the commit).
     already_projected: int = 0
@@ -47,6 +48,22 @@ class ProjectorMetrics:
 
 class Projector:
     """Runs the projection loop for one consumer group over the events topic."""
+
+    def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+        """Its counters and levels for /metrics (the API's collector reads them; no Prometheus import here)."""
+        m, role = self.metrics, {"role": "projector"}
+        for kind, name, help_text, value in (
+            ("counter", "tickflow_projector_events", "Events projected into ClickHouse.", m.events_projected),
+            ("counter", "tickflow_projector_batches", "Inserts into ClickHouse.", m.batches),
+            ("counter", "tickflow_projector_dead_letters", "Events refused to the dead-letter topic.", m.dead_lettered),
+            ("counter", "tickflow_projector_already_projected", "Rows already projected.", m.already_projected),
+            ("gauge", "tickflow_projector_freshness_seconds", "Log → ClickHouse delay.", m.last_freshness_ms / 1e3),
+            ("gauge", "tickflow_projector_insert_seconds", "Duration of the last insert.", m.last_insert_ms / 1e3),
+        ):
+            yield kind, name, help_text, role, float(value)
+        for partition, lag in list(m.lag_by_partition.items()):
+            labels = {"role": "projector", "topic": self.events_topic, "partition": str(partition)}
+            yield "gauge", "tickflow_consumer_lag", "Records behind the end of a partition.", labels, float(lag)
 
     def __init__(
         self,
@@ -224,7 +241,9 @@ class Projector:
         lag = {}
         for tp in assignment:
             try:
-                lag[f"{tp.topic}[{tp.partition}]"] = max(0, ends[tp] - await self.consumer.position(tp))
+                lag[f"{tp.topic}[{tp.partition}]"] = self.metrics.lag_by_partition[tp.partition] = max(
+                    0, ends[tp] - await self.consumer.position(tp)
+                )
             except Exception:  # position unknown while a rebalance is in progress
                 continue
         self.metrics.lag = lag

@@ -12,6 +12,7 @@ import logging
 import signal
 from typing import Any
 
+from tickflow import metrics
 from tickflow.events.codec import MAX_RECORD_BYTES
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import FileBlobStore
@@ -89,8 +90,13 @@ class Node:
                 batch_ms=s.projector_batch_ms,
             )
             await self.projector.start()
+        for role in (self.engine, *self.workers, self.triggers, self.projector):
+            if role is not None:
+                metrics.track(role)
         if "api" in self.roles:
-            await self._start_api()
+            await self._start_api()  # serves /metrics itself
+        elif s.metrics_port is not None:
+            metrics.serve_metrics(s.api_host, s.metrics_port)
 
     async def _start_api(self) -> None:
         import uvicorn

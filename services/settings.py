@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8700, ge=0, le=65_535)
     api_token: str | None = Field(default=None, repr=False)
+    #: Where a process without the API serves Prometheus' /metrics (unset: nowhere; the API process serves it on
+    #: its own port). Give each process on a host its own.
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
     worker_concurrency: int = Field(default=16, ge=1)
     projector_batch_ms: int = Field(default=100, ge=0)
     commit_interval_ms: int = Field(default=200, ge=1)

@@ -18,7 +18,8 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from tickflow.api import analytics, live, memory, rebuild, replay, runs, sql, stacks
 from tickflow.api.deps import ApiDeps, code_for_status
@@ -141,6 +142,11 @@ def create_api(
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/metrics", dependencies=[Depends(authorize)], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Every role of this process in Prometheus' text format (``tickflow.metrics``); behind the API token."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return api
 

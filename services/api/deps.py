@@ -7,7 +7,8 @@ Every error the API answers carries a machine-readable ``code`` next to its huma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
@@ -19,7 +20,7 @@ from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import ProjectionStore
 
-__all__ = ["ApiDeps", "ApiProblem", "code_for_status", "produce_command"]
+__all__ = ["AcceptedRuns", "ApiDeps", "ApiProblem", "code_for_status", "produce_command"]
 
 _CODE_BY_STATUS = {
     400: ErrorCode.INVALID_REQUEST,
@@ -46,6 +47,34 @@ class ApiProblem(HTTPException):
         self.code = code
 
 
+class AcceptedRuns:
+    """Runs this API process accepted whose first projection may not have landed yet: read-your-writes.
+
+    A ``GET /runs/{id}`` right after ``POST /runs`` answers ``pending`` instead of 404 while the start travels
+    through the engine and the projector (tens of milliseconds to a second). Bounded (least recently accepted go
+    first) and per process: a run started through another API process or straight to Kafka is visible once
+    projected.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._runs: OrderedDict[str, tuple[str, int]] = OrderedDict()
+
+    def add(self, run_id: str, workflow: str, accepted_at_ms: int) -> None:
+        self._runs[run_id] = (workflow, accepted_at_ms)
+        self._runs.move_to_end(run_id)
+        while len(self._runs) > self.limit:
+            self._runs.popitem(last=False)
+
+    def get(self, run_id: str) -> tuple[str, int] | None:
+        """(workflow, accepted at) of a run accepted here and not yet seen projected."""
+        return self._runs.get(run_id)
+
+    def projected(self, run_id: str) -> None:
+        """The run's row is in the store now: it needs no stand-in any more."""
+        self._runs.pop(run_id, None)
+
+
 @dataclass(frozen=True)
 class ApiDeps:
     """What the routers of the API share: the projection store, a started producer, topic names, the bearer
@@ -67,6 +96,8 @@ class ApiDeps:
     blobs: Any = None
     offload_bytes: int = MAX_RECORD_BYTES // 4
     max_body_bytes: int = MAX_RECORD_BYTES
+    #: Runs accepted here and not yet projected (``GET /runs/{id}`` answers ``pending`` for them).
+    accepted: AcceptedRuns = field(default_factory=AcceptedRuns)
 
 
 async def produce_command(producer: Any, topic: str, command: Envelope) -> None:

@@ -47,7 +47,7 @@ def _run_not_found(run_id: str, why: str) -> ApiProblem:
 
 def build_router(deps: ApiDeps) -> APIRouter:
     router = APIRouter(dependencies=deps.guard)
-    store, producer, topics, workflows = deps.store, deps.producer, deps.topics, deps.workflows
+    store, producer, topics, workflows, accepted = deps.store, deps.producer, deps.topics, deps.workflows, deps.accepted
 
     @router.post("/runs", status_code=202, response_model=StartResponse)
     async def start_run(body: StartRequest) -> StartResponse:
@@ -75,11 +75,12 @@ def build_router(deps: ApiDeps) -> APIRouter:
             correlation_id=run_id,
         )
         await produce_command(producer, topics.commands, command)
+        accepted.add(run_id, body.workflow, command.occurred_at_ms)
         return StartResponse(run_id=run_id)
 
     async def send_command(run_id: str, payload: Any, command_id: str) -> None:
         rows = await asyncio.to_thread(store.runs_by_id, [run_id])
-        if run_id not in rows:
+        if run_id not in rows and accepted.get(run_id) is None:  # a start accepted here precedes it in the log
             raise _run_not_found(run_id, ": check the id, or wait until its start is visible")
         command = Envelope.wrap(
             payload, id=command_id, key=run_id, occurred_at_ms=int(time.time() * 1000), correlation_id=run_id
@@ -134,9 +135,13 @@ def build_router(deps: ApiDeps) -> APIRouter:
     @router.get("/runs/{run_id}", response_model=RunStatus)
     async def get_run(run_id: str) -> RunStatus:
         rows = await asyncio.to_thread(store.runs_by_id, [run_id])
-        if run_id not in rows:
-            raise _run_not_found(run_id, " yet: it was never started, or its start is still in flight")
-        return run_status(rows[run_id])
+        if run_id in rows:
+            accepted.projected(run_id)
+            return run_status(rows[run_id])
+        if (known := accepted.get(run_id)) is not None:  # accepted here, not projected yet: read-your-writes
+            workflow, accepted_at_ms = known
+            return run_status(RunRow(run_id=run_id, workflow=workflow, status="pending", updated_at_ms=accepted_at_ms))
+        raise _run_not_found(run_id, " yet: it was never started, or its start is still in flight")
 
     @router.get("/runs", response_model=list[RunStatus])
     async def list_runs(

@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -52,6 +52,7 @@ from tickflow.core.decider import (
 )
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
+from tickflow.events.agents import TickFired, TickQueued, TickSkipped
 from tickflow.events.codec import InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
@@ -63,9 +64,10 @@ from tickflow.events.schemas import (
     StartRun,
 )
 from tickflow.events.topics import is_run_id
+from tickflow.metrics import DECISION_SECONDS, TICK_LAG_SECONDS, TICKS
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
-from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer
+from tickflow.runtime.kafka import DeadLetters, Rebalance, consumer_lag, new_consumer
 from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
 from tickflow.runtime.snapshots import CHECKPOINT_KEY, encode_checkpoint, encode_gone, snapshot_record
 from tickflow.runtime.timers import Timers
@@ -138,6 +140,9 @@ class Engine:
         self._recovery_failure: Exception | None = None
         self.timers = Timers()
         self.processed = 0
+        self.inputs: Counter[str] = Counter()  # commands and results consumed, by type (for /metrics)
+        self.events_out: Counter[str] = Counter()  # events appended, by type
+        self.dead_lettered = 0
         self.resent = 0  # messages re-sent by recoveries (tasks in flight, child starts, parent reports)
         self.timer_firings = 0
         self._retention_ms = int(settings.state_retention_s * 1000)
@@ -347,6 +352,7 @@ class Engine:
         except InvalidRecord as exc:
             await self._dead_letter(record, str(exc), now)
             return
+        self.inputs[env.type] += 1
         if record.key != env.key.encode():
             reason = "record key must be the envelope key (the run id); it decides which engine owns the run"
             await self._dead_letter(record, reason, now)
@@ -423,6 +429,7 @@ class Engine:
         """Refuse an input: its dead letter is written in its partition's transaction, with the turn's other writes."""
         value, key = self.dead_letters.letter(record, reason, now)
         await self.writers[record.partition].send(self.topics.dead_letter, value, key)
+        self.dead_lettered += 1
 
     def _unusable_id(self, partition: int, env: Envelope) -> str | None:
         """Why a command or result for an id this engine holds no state of cannot be taken, if it cannot."""
@@ -458,6 +465,7 @@ class Engine:
         if events:
             self.slots[partition][state.slot] = state
             self.dirty[partition].add(state.slot)
+            self.events_out.update(e.type for e in events)
         await self._publish(partition, records)
 
     async def _apply_stack(
@@ -486,6 +494,8 @@ class Engine:
         if decision.events:
             self.stacks[partition][state.key] = state
             self.dirty[partition].add(state.key)
+            self.events_out.update(e.type for e in decision.events)
+            _observe_ticks(decision.events)
         await self._publish(partition, records)
         self.ticks_fired += len(decision.starts)
         self.timers.arm(partition, state.key, state.timer_due_ms())
@@ -511,9 +521,11 @@ class Engine:
         cause = _causation(input)
         start = input.command.payload if isinstance(input, Start) else None
         assert start is None or isinstance(start, StartRun)
+        started = time.perf_counter()
         try:
             decision = run(state, input, now, self.registry)
             records = self._run_records(decision, now, recovering)
+            DECISION_SECONDS.observe(time.perf_counter() - started)
         except InvalidRecord as exc:
             kind = "PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord"
             error = ErrorInfo(type=kind, message=str(exc)[:10_000])
@@ -561,6 +573,7 @@ class Engine:
         if decision.events:
             self.runs[partition][state.run_id] = state
             self.dirty[partition].add(state.run_id)
+            self.events_out.update(e.type for e in decision.events)
             self._crash_point("cached", state.run_id)
         await self._publish(partition, records)
         self._arm(partition, state)
@@ -587,6 +600,61 @@ class Engine:
         """A named crash point (``CRASH_POINTS``); costs one comparison unless a test installed a hook."""
         if self._crash is not None:
             self._crash(point, key.decode() if isinstance(key, bytes) else key)
+
+    def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+        """This engine's counters and levels for /metrics (``tickflow.metrics.RoleCollector`` reads them)."""
+        role = {"role": "engine"}
+        for kind, name, help_text, value in (
+            ("counter", "tickflow_engine_records_consumed", "Input records the engine consumed.", self.processed),
+            (
+                "counter",
+                "tickflow_engine_dead_letters",
+                "Inputs the engine refused to the dead-letter topic.",
+                self.dead_lettered,
+            ),
+            ("counter", "tickflow_engine_recoveries", "Partitions rebuilt from the log.", self.recoveries),
+            (
+                "counter",
+                "tickflow_engine_fenced",
+                "Partitions given up because a newer owner fenced them.",
+                self.fenced,
+            ),
+            (
+                "counter",
+                "tickflow_engine_transactions_failed",
+                "Partitions given up after a failed transaction.",
+                self.given_up,
+            ),
+            ("counter", "tickflow_engine_snapshots", "Snapshots written to the state topic.", self.snapshots_written),
+            (
+                "counter",
+                "tickflow_engine_timer_firings",
+                "Timers (sleeps, retries, deadlines) that fired.",
+                self.timer_firings,
+            ),
+            ("counter", "tickflow_engine_resent", "Messages re-sent by recoveries (work in flight).", self.resent),
+            ("gauge", "tickflow_engine_partitions", "Partitions this engine serves.", len(self.recovered_partitions)),
+            ("gauge", "tickflow_engine_runs", "Run states in memory.", sum(map(len, list(self.runs.values())))),
+            (
+                "gauge",
+                "tickflow_engine_quarantined_runs",
+                "Runs set aside until released.",
+                sum(map(len, list(self.quarantined.values()))),
+            ),
+        ):
+            yield kind, name, help_text, role, float(value)
+        for type_, n in list(self.inputs.items()):  # copies: a scrape may run in another thread
+            yield (
+                "counter",
+                "tickflow_engine_inputs",
+                "Commands and results consumed, by type.",
+                {"type": type_},
+                float(n),
+            )
+        for type_, n in list(self.events_out.items()):
+            yield "counter", "tickflow_engine_events", "Events appended to the log, by type.", {"type": type_}, float(n)
+        if hasattr(self, "consumer"):  # started
+            yield from consumer_lag("engine", self.consumer, self.positions)
 
     async def capture(self) -> tuple[dict[int, dict[str, RunState]], int]:
         """A copy of the live run states of every recovered partition, and the time it was taken (epoch ms).
@@ -828,6 +896,19 @@ class Engine:
             f"{len(runs)} runs ({len(expired)} expired), {healed} healed, "
             f"{self.resent - resent_before} messages re-sent"
         )
+
+
+def _observe_ticks(events: list[Envelope]) -> None:
+    """Ticks fired (with how late), queued and skipped, for /metrics."""
+    for event in events:
+        p = event.payload
+        if isinstance(p, TickFired):
+            TICKS.labels("fired").inc()
+            TICK_LAG_SECONDS.observe(max(0, event.occurred_at_ms - p.due_at_ms) / 1000)
+        elif isinstance(p, TickSkipped):
+            TICKS.labels("skipped").inc()
+        elif isinstance(p, TickQueued):
+            TICKS.labels("queued").inc()
 
 
 def _causation(input: Input) -> str | None:

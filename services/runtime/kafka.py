@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -27,6 +27,7 @@ __all__ = [
     "PendingSends",
     "Rebalance",
     "SendFailed",
+    "consumer_lag",
     "ensure_topics",
     "new_consumer",
     "new_producer",
@@ -196,6 +197,24 @@ class DeadLetters:
         value, key = self.letter(record, reason, now_ms)
         fut: asyncio.Future[Any] = await self.producer.send(self.topic, value, key=key)
         return fut
+
+
+def consumer_lag(
+    role: str, consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int]
+) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+    """``tickflow_consumer_lag`` samples (see ``tickflow.metrics``): records between a role's position in each
+    partition it consumed and that partition's end as of the last fetch (no broker round trip at scrape time)."""
+    for tp, position in list(positions.items()):  # a copy: a scrape may run in another thread
+        end = consumer.highwater(tp)
+        if end is not None:
+            labels = {"role": role, "topic": tp.topic, "partition": str(tp.partition)}
+            yield (
+                "gauge",
+                "tickflow_consumer_lag",
+                "Records behind the end of a partition.",
+                labels,
+                float(max(0, end - position)),
+            )
 
 
 OnPartitions = Callable[[set[TopicPartition]], Awaitable[None]]

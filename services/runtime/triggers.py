@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from tickflow.events.codec import InvalidRecord, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import StartRun
-from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer
+from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, consumer_lag, new_consumer, new_producer
 from tickflow.settings import Settings
 from tickflow.workflow import Registry, Trigger
 
@@ -63,6 +64,7 @@ class TriggerRole:
         for trig in registry.triggers:
             self.by_topic.setdefault(trig.topic, []).append(trig)
         self.started = 0
+        self.dead_lettered = 0
         self.pending = PendingSends()
         self.positions: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -80,6 +82,15 @@ class TriggerRole:
         await self.consumer.start()
         self.consumer.subscribe(sorted(self.by_topic), listener=Rebalance(on_revoked=self._on_revoked))
         self._task = asyncio.create_task(self._loop(), name="tickflow-triggers")
+
+    def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+        """Its counters and levels for /metrics (``tickflow.metrics.RoleCollector`` reads them)."""
+        role = {"role": "trigger"}
+        yield "counter", "tickflow_trigger_runs_started", "Runs started by triggers.", role, float(self.started)
+        refused = float(self.dead_lettered)
+        yield "counter", "tickflow_trigger_dead_letters", "Records refused to the dead-letter topic.", role, refused
+        if hasattr(self, "consumer"):
+            yield from consumer_lag("trigger", self.consumer, self.positions)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -116,6 +127,7 @@ class TriggerRole:
                 raw = encode(command)
             except InvalidRecord as exc:
                 self.pending.add(await self.dead_letters.send(record, f"trigger {trig.name!r}: {exc}", now))
+                self.dead_lettered += 1
                 continue
             topic = self.settings.topics.commands
             self.pending.add(await self.producer.send(topic, raw, key=run_id.encode()))

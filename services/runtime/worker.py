@@ -25,7 +25,7 @@ import socket
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -35,11 +35,20 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import NonRetryableError, RetryableError
-from tickflow.events.schemas import CancelStep, ErrorInfo, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
+from tickflow.events.schemas import (
+    CancelStep,
+    ErrorInfo,
+    LlmAttemptFields,
+    RunStep,
+    SetPoolConcurrency,
+    StepErrored,
+    StepSucceeded,
+)
 from tickflow.events.topics import DEFAULT_POOL
+from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
 from tickflow.runtime.claimcheck import FileBlobStore, is_ref, offload, resolve
-from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, new_consumer, new_producer
+from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, consumer_lag, new_consumer, new_producer
 from tickflow.runtime.produced import ProducedResults
 from tickflow.settings import Settings
 from tickflow.workflow import Registry, StepContext
@@ -182,6 +191,17 @@ def _retry_after_ms(exc: BaseException) -> int | None:
     return None
 
 
+def _observe_step(task: RunStep, outcome: str, ms: float, llm: Sequence[LlmAttemptFields]) -> None:
+    """A finished attempt, and the LLM calls it made, for /metrics."""
+    STEPS.labels(task.workflow, task.step, outcome).inc()
+    STEP_SECONDS.labels(task.workflow, task.step).observe(ms / 1000)
+    for a in llm:
+        LLM_CALLS.labels(a.provider, a.model, a.outcome).inc()
+        LLM_TOKENS.labels(a.provider, a.model, "in").inc(a.tokens_in)
+        LLM_TOKENS.labels(a.provider, a.model, "out").inc(a.tokens_out)
+        LLM_COST.labels(a.provider, a.model).inc(a.cost_usd)
+
+
 def _error_info(task: RunStep, exc: BaseException) -> ErrorInfo:
     if isinstance(exc, TimeoutError):
         message = f"step {task.step!r} exceeded its timeout of {task.timeout_s}s"
@@ -220,6 +240,7 @@ class StepWorker:
         self.offsets = _Offsets()
         self.pending = PendingSends()
         self.executed = 0
+        self.dead_lettered = 0
         self.scheduler: Scheduler[_Job] = Scheduler(concurrency or settings.worker_concurrency, self._start_job)
         self._room = asyncio.Event()
         self._running: dict[str, set[asyncio.Task[None]]] = {}
@@ -261,6 +282,42 @@ class StepWorker:
     @property
     def task(self) -> asyncio.Task[None] | None:
         return self._task
+
+    def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+        """This worker's counters and levels for /metrics (``tickflow.metrics.RoleCollector`` reads them)."""
+        pool = {"pool": self.pool}
+        yield "counter", "tickflow_worker_steps_executed", "Step attempts run and reported.", pool, float(self.executed)
+        yield (
+            "counter",
+            "tickflow_worker_reanswered",
+            "Results re-sent for an attempt that already ran.",
+            pool,
+            float(self.reanswered),
+        )
+        yield (
+            "counter",
+            "tickflow_worker_dead_letters",
+            "Tasks refused to the dead-letter topic.",
+            pool,
+            float(self.dead_lettered),
+        )
+        yield "gauge", "tickflow_worker_running", "Steps running now.", pool, float(self.scheduler.running)
+        yield (
+            "gauge",
+            "tickflow_worker_queued",
+            "Steps fetched and waiting for a slot.",
+            pool,
+            float(len(self.scheduler.queue)),
+        )
+        yield (
+            "gauge",
+            "tickflow_worker_concurrency",
+            "Steps this worker runs at once.",
+            pool,
+            float(self.scheduler.limit),
+        )
+        if hasattr(self, "consumer"):
+            yield from consumer_lag(f"worker:{self.pool}", self.consumer, self.offsets.fetched)
 
     async def stop(self) -> None:
         self.scheduler.stopped = True
@@ -307,6 +364,7 @@ class StepWorker:
         except InvalidRecord as exc:
             try:
                 self.pending.add(await self.dead_letters.send(record, str(exc), _now_ms()))
+                self.dead_lettered += 1
             except Exception:  # left uncommitted: redelivered after a restart
                 log.exception("could not dead-letter %s[%d]@%d", tp.topic, tp.partition, record.offset)
                 return
@@ -393,6 +451,7 @@ class StepWorker:
         # What the body reported on the way (LLM attempts, memory messages) goes with either outcome.
         reported = {"llm_attempts": ctx.report.llm_attempts, "messages": ctx.report.messages}
         logs, started = step_logs.LogBuffer(), time.perf_counter()
+        STEPS.labels(task.workflow, task.step, "started").inc()
         error: BaseException
         try:
             with step_logs.capture(logs):
@@ -406,6 +465,7 @@ class StepWorker:
                     offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what
                 )
             ms = (time.perf_counter() - started) * 1000
+            _observe_step(task, "succeeded", ms, ctx.report.llm_attempts)
             succeeded = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=logs.getvalue())
             return encode(self._wrap(env, succeeded))
         except asyncio.CancelledError as exc:
@@ -415,6 +475,7 @@ class StepWorker:
             error = exc  # the body raised CancelledError itself
         except Exception as exc:  # a step body may raise anything; report it, never crash the worker
             error = exc
+        _observe_step(task, "failed", (time.perf_counter() - started) * 1000, ctx.report.llm_attempts)
         failed = StepErrored(
             **common,
             **reported,

@@ -1,0 +1,73 @@
+"""The metrics a role keeps as plain attributes reach Prometheus' text format at scrape time, labelled by role; a
+finished step attempt counts its LLM calls, tokens and cost by provider and model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tickflow import metrics
+from tickflow.events.schemas import LlmAttemptFields, RunStep
+from tickflow.runtime.engine import Engine
+from tickflow.runtime.worker import _observe_step
+from tickflow.settings import Settings
+from tickflow.workflow import Registry
+
+
+def _value(name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+class FakeRole:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+        yield "counter", "tickflow_test_things", "Things.", {"role": f"fake{self.n}"}, float(self.n)
+        yield "gauge", "tickflow_test_level", "A level.", {"role": f"fake{self.n}"}, self.n / 2
+
+
+def test_tracked_roles_are_read_at_scrape_time_and_forgotten_when_gone() -> None:
+    one, two = FakeRole(3), FakeRole(4)
+    metrics.track(one)
+    metrics.track(two)
+    assert _value("tickflow_test_things_total", role="fake3") == 3
+    assert _value("tickflow_test_level", role="fake4") == 2
+    one.n = 5  # read when scraped, not when tracked
+    assert _value("tickflow_test_things_total", role="fake5") == 5
+    del one, two
+    text = generate_latest(REGISTRY).decode()
+    assert "fake5" not in text  # weakly tracked: a stopped role leaves no stale series
+
+
+def test_an_engine_reports_its_counters_before_it_has_started(tmp_path: Path) -> None:
+    engine = Engine(Settings(state_dir=tmp_path), Registry())
+    engine.inputs["StartRun"] += 2
+    engine.events_out["RunStarted"] += 2
+    metrics.track(engine)
+    assert _value("tickflow_engine_inputs_total", type="StartRun") == 2
+    assert _value("tickflow_engine_events_total", type="RunStarted") == 2
+    assert _value("tickflow_engine_partitions", role="engine") == 0
+
+
+def test_a_step_counts_its_llm_calls_tokens_and_cost() -> None:
+    task = RunStep(workflow="wf-m", path="p", step="ask", fn="ask", attempt=1, idempotency_key="k")
+    attempts = [
+        LlmAttemptFields(provider="prov-m", model="m1", tokens_in=10, tokens_out=5, cost_usd=0.25, outcome="ok"),
+        LlmAttemptFields(provider="prov-m", model="m1", outcome="rate_limited"),
+    ]
+    _observe_step(task, "succeeded", 12.0, attempts)
+    assert _value("tickflow_steps_total", workflow="wf-m", step="ask", outcome="succeeded") == 1
+    assert _value("tickflow_step_duration_seconds_count", workflow="wf-m", step="ask") == 1
+    assert _value("tickflow_llm_calls_total", provider="prov-m", model="m1", outcome="ok") == 1
+    assert _value("tickflow_llm_calls_total", provider="prov-m", model="m1", outcome="rate_limited") == 1
+    assert _value("tickflow_llm_tokens_total", provider="prov-m", model="m1", direction="in") == 10
+    assert _value("tickflow_llm_tokens_total", provider="prov-m", model="m1", direction="out") == 5
+    assert _value("tickflow_llm_cost_usd_total", provider="prov-m", model="m1") == 0.25
