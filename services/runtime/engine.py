@@ -120,7 +120,7 @@ class Engine:
         self.quarantined: dict[int, dict[str, Quarantine]] = defaultdict(dict)
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
         self._last_event_send: dict[int, asyncio.Future[Any]] = {}
-        self.snapshots_written = 0
+        self.snapshots_written = self.snapshot_rounds = 0
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
         self._last_snapshot = time.monotonic()
         self._round: dict[int, list[str]] | None = None  # a snapshot round in progress: keys left per partition
@@ -626,6 +626,7 @@ class Engine:
                 self.given_up,
             ),
             ("counter", "tickflow_engine_snapshots", "Snapshots written to the state topic.", self.snapshots_written),
+            ("counter", "tickflow_engine_snapshot_rounds", "Snapshot rounds begun.", self.snapshot_rounds),
             (
                 "counter",
                 "tickflow_engine_timer_firings",
@@ -747,6 +748,7 @@ class Engine:
         for partition, fut in self._last_event_send.items():
             self.events_end[partition] = max(self.events_end.get(partition, 0), fut.result().offset + 1)
         self._last_event_send.clear()
+        self.snapshot_rounds += 1
         todo: dict[int, list[str]] = {}
         for partition in sorted(self.recovered_partitions):
             dirty, expired = self.dirty.pop(partition, set()), self.expired.pop(partition, {})
