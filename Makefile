@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # mypy and every tool see the real `tickflow` layout. A file added or removed needs a new link tree, so the stamp
 # is named after the list of packaged files and a changed list reinstalls.
 PACKAGED := $(shell find events services projections -type f \( -name '*.py' -o -name '*.sql' -o -name '*.xml' \
-	-o -name '*.properties' -o -name py.typed \) -not -path '*/__pycache__/*' | LC_ALL=C sort | cksum | cut -d' ' -f1)
+	-o -name '*.properties' -o -name py.typed -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -path '*/vendor/*' \) \
+	-not -path '*/__pycache__/*' | LC_ALL=C sort | cksum | cut -d' ' -f1)
 STAMP := $(BIN)/.installed-$(PACKAGED)
 
 .PHONY: install demo test lint bench broker-stop clean
@@ -23,7 +24,14 @@ demo: install
 	$(BIN)/tickflow broker start
 	$(BIN)/tickflow demo
 
-test: install
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own browser download cannot work here).
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: install $(CHROMIUM)
 	$(BIN)/tickflow broker start
 	$(BIN)/pytest -q
 

@@ -18,11 +18,15 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from tickflow.api import analytics, live, memory, rebuild, replay, runs, sql, stacks
 from tickflow.api.deps import ApiDeps, code_for_status
+from tickflow.dashboard import pages as dashboard
+from tickflow.dashboard.board import BoardFeed
+from tickflow.dashboard.session import build_login_router, cookie_session
 from tickflow.events.codec import MAX_JSON_DEPTH, MAX_RECORD_BYTES, too_deep
 from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
@@ -87,11 +91,18 @@ def create_api(
         if token is None:
             return
         given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:], token)):
-            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <TICKFLOW_API_TOKEN>'")
+        if given.startswith("Bearer ") and secrets.compare_digest(given[7:], token):
+            return
+        if cookie_session(request, token):  # the dashboard, signed in (unsafe methods need the CSRF header)
+            return
+        if request.url.path.startswith("/ui/") and request.method == "GET":
+            raise HTTPException(303, "sign in first", headers={"Location": f"/ui/login?next={request.url.path}"})
+        raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <TICKFLOW_API_TOKEN>'")
 
     @api.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(_request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 303 and exc.headers:  # a dashboard page before signing in
+            return RedirectResponse(exc.headers["Location"], status_code=303)
         code = getattr(exc, "code", None) or code_for_status(exc.status_code)
         return _error(exc.status_code, exc.detail, str(code), exc.headers)
 
@@ -138,6 +149,13 @@ def create_api(
     )
     for module in ROUTERS:
         api.include_router(module.build_router(deps))
+    # The dashboard: pages under /ui, its assets (shipped in the package) under /ui/static, sign-in with the token.
+    api.include_router(build_login_router(token, dashboard.HERE / "templates"))
+    board = BoardFeed(store, bootstrap, topics.events, topics.partitions)
+    api.include_router(dashboard.build_router(deps, board))
+    # follow_symlink: an editable install links the files (a wheel holds them as they are).
+    static = StaticFiles(directory=dashboard.HERE / "static", follow_symlink=True)
+    api.mount("/ui/static", static, name="ui-static")
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,5 @@
+"""The dashboard: a live stacks board, runs and run pages, served by the API process under ``/ui``.
+
+``pages`` holds the routes and templates, ``board`` the live fold of the stacks board from the log, ``session``
+the sign-in for an API with a token. Assets ship in ``static/`` (vendored htmx and uPlot, with their licenses).
+"""

@@ -1,0 +1,125 @@
+"""The live stacks board: one reader of the events topic folds every stack's board row and fans changes out.
+
+Why not poll ClickHouse: the projector lands an event about half a second after it is written, and a poll adds its
+own period on top, so a pause pressed in the browser would show up a second or more later. The ADR promises
+visitors under a second. So the board reads the log itself, like the live streams (``runtime/live.py``): one
+consumer, no group, all partitions of the events topic, started where the projection stands (its per-partition
+watermark), so nothing between the projected rows and "now" is missed. Rows fold with the projection's own pure
+rule (``projections.facts.stack_row``, idempotent by seq), so the board and the ``stacks`` table agree.
+
+One feed per API process, whatever the number of open pages: each page subscribes to a bounded queue; a page that
+falls behind by more than ``QUEUE_LIMIT`` changes is dropped (the browser's EventSource reconnects and gets a fresh
+board). The feed stops reading when the last page leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiokafka import TopicPartition
+
+from tickflow.events.agents import STACK_PREFIX
+from tickflow.events.codec import InvalidRecord, decode
+from tickflow.projections.facts import StackRow, stack_row
+from tickflow.projections.store import ProjectionStore
+from tickflow.runtime.kafka import new_consumer
+
+__all__ = ["QUEUE_LIMIT", "BoardFeed"]
+
+log = logging.getLogger("tickflow.dashboard")
+
+#: Changes a page may fall behind by before it is dropped (it reconnects and starts from a fresh board).
+QUEUE_LIMIT = 10_000
+#: Rows a board shows (the stacks with the most recent activity first when there are more).
+BOARD_LIMIT = 5_000
+
+
+class BoardFeed:
+    """Every stack's board row, kept current from the log, and a stream of the rows that change."""
+
+    def __init__(self, store: ProjectionStore, bootstrap: str, events_topic: str, partitions: int) -> None:
+        self.store, self.bootstrap, self.events_topic, self.partitions = store, bootstrap, events_topic, partitions
+        self.rows: dict[str, StackRow] = {}
+        self._pages: set[asyncio.Queue[StackRow | None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.events_read = 0
+
+    async def subscribe(self) -> AsyncIterator[StackRow]:
+        """The rows that change from now on, for one page (after ``snapshot``); ends when the page is dropped."""
+        queue: asyncio.Queue[StackRow | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._pages.add(queue)
+        try:
+            await self._ensure_started()
+            while (row := await queue.get()) is not None:
+                yield row
+        finally:
+            self._pages.discard(queue)
+            if not self._pages and self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._task = None
+                self._ready.clear()
+
+    async def snapshot(self) -> list[StackRow]:
+        """The board now: from the live fold when it runs, else from the projection."""
+        if self._task is not None and self._ready.is_set():
+            rows = list(self.rows.values())
+        else:
+            rows = await asyncio.to_thread(self.store.list_stacks, limit=BOARD_LIMIT)
+        return sorted((r for r in rows if r.status != "deleted"), key=lambda r: r.stack_id)
+
+    async def _ensure_started(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(), name="tickflow-board")
+        await self._ready.wait()
+
+    async def _follow(self) -> None:
+        rows = await asyncio.to_thread(self.store.list_stacks, limit=BOARD_LIMIT)
+        marks = (await asyncio.to_thread(self.store.watermarks)).get("events", {})
+        self.rows = {r.stack_id: r for r in rows}
+        consumer = new_consumer(self.bootstrap, group_id=None, fetch_max_wait_ms=500, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.events_topic, p) for p in range(self.partitions)]
+            consumer.assign(tps)
+            for tp in tps:  # from where the projection stands: rows fold idempotently by seq
+                if tp.partition in marks:
+                    consumer.seek(tp, marks[tp.partition] + 1)
+                else:
+                    await consumer.seek_to_beginning(tp)
+            self._ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=1_000, max_records=5_000)
+                for records in batch.values():
+                    for record in records:
+                        if record.key is None or not record.key.startswith(STACK_PREFIX.encode()):
+                            continue
+                        self._apply(record.value)
+        finally:
+            await consumer.stop()
+
+    def _apply(self, value: bytes | None) -> None:
+        try:
+            event = decode(value, expect="event")
+        except InvalidRecord:
+            return  # the projector dead-letters it
+        self.events_read += 1
+        stack_id = event.key[len(STACK_PREFIX) :]
+        prev = self.rows.get(stack_id)
+        row = stack_row(prev, event)
+        if row is None or row is prev:
+            return
+        self.rows[stack_id] = row
+        for queue in list(self._pages):
+            try:
+                queue.put_nowait(row)
+            except asyncio.QueueFull:  # too slow: drop it; its EventSource reconnects to a fresh board
+                self._pages.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)

@@ -1,0 +1,174 @@
+"""The dashboard's pages, served by the API process under ``/ui`` (server-rendered Jinja2 templates, htmx, SSE).
+
+Every asset ships in the package (``static/vendor`` holds htmx, its JSON-encoding extension and uPlot, with their
+licenses); nothing comes from a CDN, so the dashboard works offline. Pages read the projection for what is settled
+and the log for what is live: the stacks board folds the log itself (``board.py``), a run page follows the run's
+live SSE stream (``/runs/{id}/live``) and refreshes its timeline on each event. Buttons and forms call the same
+HTTP API as the SDK, so the dashboard can do nothing the API does not allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from tickflow.api.deps import ApiDeps, ApiProblem
+from tickflow.dashboard.board import BoardFeed
+from tickflow.events.errors import ErrorCode
+from tickflow.events.schemas import PAYLOAD_TYPES
+from tickflow.projections import analytics
+from tickflow.projections.analytics import AnalyticsUnavailable
+from tickflow.projections.facts import StackRow
+
+__all__ = ["HERE", "build_router", "wait_schema"]
+
+HERE = Path(__file__).parent
+RUN_STATUSES = ("pending", "running", "failing", "completed", "failed", "cancelled", "rejected", "quarantined")
+EVENT_TYPES = sorted(t for (kind, t) in PAYLOAD_TYPES if kind == "event")
+PAGE_SIZE = 50
+
+
+def wait_schema(spec: dict[str, Any], event: str) -> dict[str, Any] | None:
+    """The JSON schema of the wait node of ``spec`` that waits for ``event`` (None: none, or no schema)."""
+    stack: list[Any] = [spec.get("root")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("kind") == "wait" and node.get("event") == event:
+                schema = node.get("schema_", node.get("schema"))  # the spec's field name, or its alias
+                return schema if isinstance(schema, dict) else None
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
+
+
+def _ms(value: int) -> str:
+    if not value:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value / 1000)) + f".{value % 1000:03d}"
+
+
+def _folded(text: str, limit: int = 300) -> dict[str, Any]:
+    """A value as the page shows it: short ones whole, long ones folded (the full text behind a <details>)."""
+    return {"short": text if len(text) <= limit else text[:limit] + "…", "full": text, "long": len(text) > limit}
+
+
+def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["ms"] = _ms
+    templates.env.filters["folded"] = _folded
+    router = APIRouter(prefix="/ui", dependencies=deps.guard, include_in_schema=False)
+    store = deps.store
+
+    def page(request: Request, name: str, **context: Any) -> HTMLResponse:
+        context.update(request=request, csrf=request.cookies.get("tickflow_csrf", ""), nav=name.split(".")[0])
+        return templates.TemplateResponse(request, name, context)
+
+    @router.get("/")
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/ui/board", status_code=303)
+
+    # -- stacks board ------------------------------------------------------------------------------------
+
+    @router.get("/board", response_class=HTMLResponse)
+    async def board_page(request: Request) -> HTMLResponse:
+        rows = await board.snapshot()
+        workflows = sorted(deps.workflows) if deps.workflows is not None else []
+        return page(request, "board.html", rows=rows, workflows=workflows)
+
+    @router.get("/board/stream")
+    async def board_stream(request: Request) -> EventSourceResponse:
+        """Each stack whose row changes, as its rendered row (``data``) for the page to swap in by id."""
+        row_template = templates.get_template("_stack_row.html")
+        csrf = request.cookies.get("tickflow_csrf", "")
+
+        async def changes() -> AsyncIterator[ServerSentEvent]:
+            async for row in board.subscribe():
+                html = row_template.render(row=row, csrf=csrf)
+                yield ServerSentEvent(data=orjson.dumps({"id": _row_id(row), "html": html}).decode(), event="row")
+
+        return EventSourceResponse(changes(), ping=15)
+
+    # -- runs --------------------------------------------------------------------------------------------
+
+    @router.get("/runs", response_class=HTMLResponse)
+    async def runs_page(request: Request) -> HTMLResponse:
+        return page(request, "runs.html", statuses=RUN_STATUSES)
+
+    @router.get("/runs/table", response_class=HTMLResponse)
+    async def runs_table(
+        request: Request,
+        status: str = Query(default="", max_length=32),
+        workflow: str = Query(default="", max_length=128),
+        offset: int = Query(default=0, ge=0, le=10_000_000),
+    ) -> HTMLResponse:
+        rows = await asyncio.to_thread(
+            store.list_runs, status=status or None, workflow=workflow or None, limit=PAGE_SIZE + 1, offset=offset
+        )
+        more = len(rows) > PAGE_SIZE
+        return page(
+            request,
+            "_runs_table.html",
+            rows=rows[:PAGE_SIZE],
+            offset=offset,
+            more=more,
+            page_size=PAGE_SIZE,
+            status=status,
+            workflow=workflow,
+        )
+
+    @router.get("/runs/{run_id}", response_class=HTMLResponse)
+    async def run_page(request: Request, run_id: str) -> HTMLResponse:
+        rows = await asyncio.to_thread(store.runs_by_id, [run_id])
+        row = rows.get(run_id)
+        accepted = deps.accepted.get(run_id)
+        if row is None and accepted is None:
+            raise ApiProblem(404, ErrorCode.RUN_NOT_FOUND, f"no run {run_id!r} is visible yet")
+        return page(request, "run.html", run_id=run_id, event_types=EVENT_TYPES)
+
+    @router.get("/runs/{run_id}/panel", response_class=HTMLResponse)
+    async def run_panel(request: Request, run_id: str) -> HTMLResponse:
+        """The run's status, timeline and (when it waits) resume form: refreshed on each of its live events."""
+        rows = await asyncio.to_thread(store.runs_by_id, [run_id])
+        row = rows.get(run_id)
+        steps = await asyncio.to_thread(store.run_steps, run_id)
+        events = await asyncio.to_thread(store.run_events, run_id) if row is not None else []
+        values: dict[tuple[str, int], dict[str, str]] = {}
+        schema = None
+        for event in events:
+            payload = orjson.loads(event.payload)
+            if event.type == "RunStarted" and row is not None and row.waiting_for:
+                schema = wait_schema(payload.get("spec", {}), row.waiting_for)
+            elif event.type in ("StepScheduled", "StepCompleted", "StepFailed"):
+                slot = values.setdefault((payload.get("path", ""), int(payload.get("attempt", 0))), {})
+                if event.type == "StepScheduled":
+                    slot["in"] = orjson.dumps(payload.get("input")).decode()
+                elif event.type == "StepCompleted":
+                    slot["out"] = orjson.dumps(payload.get("output")).decode()
+                else:
+                    error = payload.get("error") or {}
+                    slot["error"] = f"{error.get('type', '')}: {error.get('message', '')}"
+        try:
+            calls = await asyncio.to_thread(analytics.run_llm_calls, store, run_id) if row is not None else []
+        except AnalyticsUnavailable:
+            calls = []
+        return page(
+            request, "_run_panel.html", run_id=run_id, row=row, steps=steps, values=values, calls=calls, schema=schema
+        )
+
+    return router
+
+
+def _row_id(row: StackRow) -> str:
+    return "stack-" + row.stack_id
+

@@ -1,0 +1,121 @@
+// tickflow dashboard: the few behaviours htmx does not cover. Live rows and events arrive as Server-Sent Events
+// (EventSource reconnects by itself and resumes from the last event id); errors from the API show in #flash.
+"use strict";
+
+function flash(text, kind) {
+  const box = document.getElementById("flash");
+  box.textContent = text;
+  box.className = kind || "error";
+  box.hidden = !text;
+}
+
+function liveState(id, state) {
+  const badge = document.getElementById(id);
+  if (badge) { badge.dataset.state = state; badge.textContent = state; }
+}
+
+// An API refusal (4xx/5xx) says what to fix: show its detail.
+document.addEventListener("htmx:responseError", (ev) => {
+  let detail = ev.detail.xhr.responseText;
+  try { const body = JSON.parse(detail); detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail); } catch (e) { /* not JSON */ }
+  flash(`${ev.detail.xhr.status}: ${detail}`, "error");
+});
+document.addEventListener("htmx:afterRequest", (ev) => { if (ev.detail.successful) flash("", ""); });
+
+// The stacks board: each changed row replaces its own (by id) or joins the table.
+function followBoard() {
+  const rows = document.getElementById("board-rows");
+  if (!rows) return;
+  const source = new EventSource(rows.dataset.stream);
+  source.onopen = () => liveState("board-live", "live");
+  source.onerror = () => liveState("board-live", "reconnecting");
+  source.addEventListener("row", (msg) => {
+    const { id, html } = JSON.parse(msg.data);
+    const template = document.createElement("template");
+    template.innerHTML = html.trim();
+    const row = template.content.firstElementChild;
+    row.dataset.receivedAt = String(Date.now());
+    const old = document.getElementById(id);
+    if (old) old.replaceWith(row); else rows.appendChild(row);
+    htmx.process(row);
+    const empty = document.getElementById("board-empty");
+    if (empty) empty.remove();
+  });
+}
+
+// A run page: its events as they are appended to the log; each one refreshes the status and timeline panel.
+function followRun() {
+  const list = document.getElementById("run-events");
+  if (!list) return;
+  const source = new EventSource(list.dataset.stream);
+  source.onopen = () => liveState("run-live", "live");
+  source.onerror = () => liveState("run-live", "reconnecting");
+  let refresh = null;
+  const onEvent = (msg) => {
+    const event = JSON.parse(msg.data);
+    const item = document.createElement("li");
+    item.className = `event ${event.type}`;
+    item.dataset.seq = event.seq;
+    item.dataset.receivedAt = String(Date.now());
+    const head = document.createElement("b");
+    head.textContent = `#${event.seq} ${event.type}`;
+    const body = document.createElement("code");
+    const text = JSON.stringify(event.payload);
+    body.textContent = text.length > 300 ? text.slice(0, 300) + "…" : text;
+    item.append(head, " ", body);
+    list.appendChild(item);
+    if (event.type === "ResumeRejected") {
+      const box = document.getElementById("refusal");
+      box.textContent = `Resume refused: ${event.payload.reason}`;
+      box.hidden = false;
+    }
+    clearTimeout(refresh);  // one panel refresh per burst of events
+    refresh = setTimeout(() => htmx.trigger("#run-panel", "refresh"), 100);
+  };
+  for (const type of JSON.parse(list.dataset.types)) source.addEventListener(type, onEvent);
+}
+
+// The resume form: its fields become one JSON payload, typed as the wait's schema says.
+document.addEventListener("submit", async (ev) => {
+  const form = ev.target;
+  if (form.id !== "resume-form") return;
+  ev.preventDefault();
+  let payload = {};
+  try {
+    for (const input of form.querySelectorAll("[name]")) {
+      const type = input.dataset.type, raw = input.value;
+      let value;
+      if (type === "boolean") value = input.checked;
+      else if (type === "integer" || type === "number") value = raw === "" ? null : Number(raw);
+      else if (type === "json") value = raw.trim() === "" ? null : JSON.parse(raw);
+      else value = raw;
+      if (input.name === "__payload__") payload = value; else if (value !== null) payload[input.name] = value;
+    }
+  } catch (e) {
+    flash(`The payload is not valid JSON: ${e.message}`, "error");
+    return;
+  }
+  document.getElementById("refusal").hidden = true;
+  const csrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRF-Token"] || "";
+  const answer = await fetch(`/runs/${encodeURIComponent(form.dataset.run)}/resume`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: JSON.stringify({ event: form.dataset.event, payload }),
+  });
+  if (!answer.ok) {
+    const body = await answer.json().catch(() => ({ detail: answer.statusText }));
+    flash(`${answer.status}: ${typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`, "error");
+  } else {
+    flash("Resume sent; the engine checks it against the wait's schema.", "info");
+  }
+});
+
+// Runs table pager: keep the page across the table's periodic refresh.
+document.addEventListener("click", (ev) => {
+  const button = ev.target.closest("button.page");
+  if (!button) return;
+  document.getElementById("runs-offset").value = button.dataset.offset;
+  htmx.trigger("#run-filters", "submit");
+});
+
+document.addEventListener("DOMContentLoaded", () => { followBoard(); followRun(); });
