@@ -96,6 +96,11 @@ def build_router(deps: ApiDeps) -> APIRouter:
         jobs[job.job_id] = job
         return job.view()
 
+    @router.get("/admin/rebuild", response_model=list[RebuildJob])
+    async def rebuild_jobs() -> list[RebuildJob]:
+        """The rebuilds this process has run or runs, the latest first (jobs do not survive a restart)."""
+        return [j.view() for j in sorted(jobs.values(), key=lambda j: j.started_at_ms, reverse=True)]
+
     @router.get("/admin/rebuild/{job_id}", response_model=RebuildJob)
     async def rebuild_status(job_id: str) -> RebuildJob:
         """Progress of a rebuild and, once it ended, its report (counts, checksums, mismatches, events/s)."""

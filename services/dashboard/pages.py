@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
@@ -23,13 +24,15 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from tickflow.api.deps import ApiDeps, ApiProblem
 from tickflow.dashboard.board import BoardFeed
+from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.errors import ErrorCode
-from tickflow.events.schemas import PAYLOAD_TYPES
+from tickflow.events.schemas import PAYLOAD_TYPES, DeadLetter
 from tickflow.projections import analytics
 from tickflow.projections.analytics import AnalyticsUnavailable
 from tickflow.projections.facts import StackRow
+from tickflow.runtime.kafka import new_consumer
 
-__all__ = ["HERE", "build_router", "wait_schema"]
+__all__ = ["HERE", "DeadLetterTail", "build_router", "wait_schema"]
 
 HERE = Path(__file__).parent
 RUN_STATUSES = ("pending", "running", "failing", "completed", "failed", "cancelled", "rejected", "quarantined")
@@ -166,7 +169,82 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
             request, "_run_panel.html", run_id=run_id, row=row, steps=steps, values=values, calls=calls, schema=schema
         )
 
+    # -- analytics and system ----------------------------------------------------------------------------
+
+    @router.get("/analytics", response_class=HTMLResponse)
+    async def analytics_page(request: Request) -> HTMLResponse:
+        """Charts drawn in the browser (uPlot) from the analytics API: tokens and cost by model, agent or stack,
+        run rates and failures over time, step latency percentiles."""
+        return page(request, "analytics.html")
+
+    @router.get("/system", response_class=HTMLResponse)
+    async def system_page(request: Request) -> HTMLResponse:
+        return page(request, "system.html")
+
+    @router.get("/system/panel", response_class=HTMLResponse)
+    async def system_panel(request: Request) -> HTMLResponse:
+        """The projector's lag and freshness, the engine's partitions, the dead letters, the rebuilds."""
+        engine = deps.engine
+        engine_view = None
+        if engine is not None:
+            engine_view = {
+                "partitions": sorted(engine.recovered_partitions),
+                "recoveries_started": engine.recoveries_started,
+                "recoveries": engine.recoveries,
+                "fenced": engine.fenced,
+                "given_up": engine.given_up,
+                "runs": sum(map(len, list(engine.runs.values()))),
+                "quarantined": sorted(r for held in list(engine.quarantined.values()) for r in held),
+                "processed": engine.processed,
+            }
+        letters = await dead_letters.latest()
+        return page(request, "_system_panel.html", projector=deps.metrics, engine=engine_view, letters=letters)
+
+    dead_letters = DeadLetterTail(deps.bootstrap, deps.topics.dead_letter)
     return router
+
+
+class DeadLetterTail:
+    """How many records the dead-letter topic holds and the latest few, read at most every ``every_s`` seconds."""
+
+    def __init__(self, bootstrap: str, topic: str, keep: int = 10, every_s: float = 2.0) -> None:
+        self.bootstrap, self.topic, self.keep, self.every_s = bootstrap, topic, keep, every_s
+        self._read_at = 0.0
+        self._view: dict[str, Any] = {"count": 0, "latest": [], "error": ""}
+
+    async def latest(self) -> dict[str, Any]:
+        if time.monotonic() - self._read_at >= self.every_s and self.bootstrap:
+            self._read_at = time.monotonic()
+            try:
+                self._view = await self._read()
+            except Exception as exc:  # the page says so; it must never fail because Kafka is away
+                self._view = {**self._view, "error": f"cannot read {self.topic}: {exc!r}"}
+        return self._view
+
+    async def _read(self) -> dict[str, Any]:
+        tp = TopicPartition(self.topic, 0)
+        consumer = new_consumer(self.bootstrap, group_id=None, fetch_max_wait_ms=50)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            first, end = (await consumer.beginning_offsets([tp]))[tp], (await consumer.end_offsets([tp]))[tp]
+            consumer.seek(tp, max(first, end - self.keep))
+            records = []
+            while await consumer.position(tp) < end:
+                records += (await consumer.getmany(tp, timeout_ms=500)).get(tp, [])
+        finally:
+            await consumer.stop()
+        latest = []
+        for record in reversed(records):
+            try:
+                env = decode(record.value)
+            except InvalidRecord:
+                continue
+            if isinstance(letter := env.payload, DeadLetter):
+                source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
+                at, by = env.occurred_at_ms, letter.consumer
+                latest.append({"at_ms": at, "consumer": by, "source": source, "reason": letter.reason})
+        return {"count": end - first, "latest": latest, "error": ""}
 
 
 def _row_id(row: StackRow) -> str:

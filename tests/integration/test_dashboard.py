@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.conftest import free_port
 from tests.integration.harness import settings_for
 from tickflow.client import Client
+from tickflow.demo.workflows import stack_tick, write_demo_llm_config
 from tickflow.events import decode
 from tickflow.node import Node
 from tickflow.runtime.kafka import ensure_topics
@@ -42,6 +43,7 @@ def echo(value: Any) -> Any:
 
 registry = Registry()
 registry.add(Workflow("tick").step(echo))
+registry.add(stack_tick)  # the demo's four agents, on the offline scripted model: LLM usage for the charts
 registry.add(
     Workflow("approval")
     .wait_for_event(
@@ -88,7 +90,10 @@ def in_browser(session: Callable[[Browser], T]) -> T:
 
 @pytest.fixture
 async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), api_token=TOKEN, snapshot_interval_s=0)
+    llm = write_demo_llm_config(tmp_path / "llm.json")
+    settings = settings_for(
+        prefix, kafka_bootstrap, tmp_path, free_port(), api_token=TOKEN, snapshot_interval_s=0, llm_config=llm
+    )
     await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
     node = Node(settings, registry, frozenset({"engine", "worker", "projector", "api"}))
     await node.start()
@@ -158,9 +163,9 @@ async def test_the_dashboard_in_a_real_browser(node: Node) -> None:
             page = browser.new_page()
             _sign_in(page, base)
             page.evaluate(OBSERVE)
-            for stack_id in ("alpha", "beta"):
+            for stack_id, workflow in (("alpha", "tick"), ("beta", "stack_tick")):
                 page.fill("#create-stack input[name=stack_id]", stack_id)
-                page.select_option("#create-stack select[name=workflow]", "tick")
+                page.select_option("#create-stack select[name=workflow]", workflow)
                 page.fill("#create-stack input[name=interval_s]", "1")
                 page.click("#create-stack button[type=submit]")
                 page.wait_for_selector(f"#stack-{stack_id}", timeout=10_000)
@@ -222,3 +227,32 @@ async def test_the_dashboard_in_a_real_browser(node: Node) -> None:
 
     refusal = await asyncio.to_thread(in_browser, run_session)
     assert "Resume refused" in refusal and "amount" in refusal, refusal
+
+    # Analytics: the charts are drawn (uPlot canvases) from data; the system page shows every role of this process.
+    def analytics_session(browser: Browser) -> dict[str, Any]:
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        _sign_in(page, base)
+        page.goto(f"{base}/ui/analytics")
+        page.select_option("#analytics-controls select[name=bucket]", "minute")
+        drawn = {}
+        for chart in ("chart-tokens", "chart-cost", "chart-runs", "chart-failures", "chart-steps"):
+            page.wait_for_selector(f"#{chart} canvas", timeout=30_000)
+            drawn[chart] = int(page.get_attribute(f"#{chart}", "data-points") or 0)
+        steps = page.locator("#steps-table tbody tr").count()
+        page.goto(f"{base}/ui/system")
+        page.wait_for_selector("#engine-partitions", timeout=15_000)
+        system = {
+            "partitions": page.text_content("#engine-partitions"),
+            "freshness": page.text_content("#freshness"),
+        }
+        page.click("#start-rebuild")
+        page.wait_for_selector("#rebuilds p.rebuild.succeeded", timeout=120_000)
+        page.close()
+        return {"drawn": drawn, "steps": steps, "system": system}
+
+    seen = await asyncio.to_thread(in_browser, analytics_session)
+    assert all(points > 0 for points in seen["drawn"].values()), seen
+    assert seen["steps"] >= 2, seen
+    assert seen["system"]["partitions"] == ", ".join(str(p) for p in range(settings.partitions)), seen
+    assert seen["system"]["freshness"].endswith("ms"), seen

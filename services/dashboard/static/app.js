@@ -118,4 +118,25 @@ document.addEventListener("click", (ev) => {
   htmx.trigger("#run-filters", "submit");
 });
 
-document.addEventListener("DOMContentLoaded", () => { followBoard(); followRun(); });
+// The system page: the rebuilds of this API process, polled while the page is open.
+function followRebuilds() {
+  const box = document.getElementById("rebuilds");
+  if (!box) return;
+  const render = async () => {
+    const answer = await fetch(box.dataset.source, { credentials: "same-origin" });
+    if (!answer.ok) return;
+    const jobs = await answer.json();
+    box.replaceChildren(...jobs.slice(0, 5).map((job) => {
+      const p = document.createElement("p");
+      p.className = `rebuild ${job.state}`;
+      const done = job.progress.events_total ? Math.round((100 * job.progress.events_done) / job.progress.events_total) : 0;
+      p.textContent = `${job.job_id}: ${job.state} (${job.progress.phase}, ${done}%)` + (job.error ? ` — ${job.error}` : "");
+      return p;
+    }));
+  };
+  render();
+  setInterval(render, 2000);
+  document.addEventListener("htmx:afterRequest", (ev) => { if (ev.detail.elt.id === "start-rebuild") render(); });
+}
+
+document.addEventListener("DOMContentLoaded", () => { followBoard(); followRun(); followRebuilds(); });
