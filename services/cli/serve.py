@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import sys
 
 import click
 
@@ -80,9 +82,11 @@ def up(settings: Settings, app_path: str, roles: str, no_broker: bool) -> None:
 @click.option("--interval", default=10.0, show_default=True, help="stacks: seconds between a stack's ticks.")
 @click.option("--runs", "count", default=1000, show_default=True, help="orders: how many runs to start.")
 @click.option("--no-broker", is_flag=True, help="Do not start the local Kafka.")
+@click.option("--serve/--no-serve", "keep_serving", default=None,
+              help="Keep serving the dashboard after the report until Ctrl-C (default: when run in a terminal).")
 @click.pass_obj
 def demo(settings: Settings, scenario: str, stacks: int, seconds: float, interval: float, count: int,
-         no_broker: bool) -> None:
+         no_broker: bool, keep_serving: bool | None) -> None:
     """Run the demo, with live progress and a report read from ClickHouse.
 
     Default: STACKS agent stacks (planner, builder, communicator, reviewer on the offline scripted model — not a
@@ -96,6 +100,10 @@ def demo(settings: Settings, scenario: str, stacks: int, seconds: float, interva
         asyncio.run(run_demo(settings, count))
         return
     try:
-        asyncio.run(run_stacks_demo(settings, stacks=stacks, seconds=seconds, interval=interval))
+        serve_after = sys.stdin.isatty() and sys.stdout.isatty() if keep_serving is None else keep_serving
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                run_stacks_demo(settings, stacks=stacks, seconds=seconds, interval=interval, keep_serving=serve_after)
+            )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

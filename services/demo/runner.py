@@ -62,16 +62,26 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 async def run_stacks_demo(settings: Settings, *, stacks: int, seconds: float, interval: float,
-                          out: TextIO = sys.stdout) -> StackReport:
-    """Start a node, run the stacks scenario on it, print the report; returns the report."""
+                          out: TextIO = sys.stdout, keep_serving: bool = False) -> StackReport:
+    """Start a node, run the stacks scenario on it, print the report; returns the report.
+
+    The dashboard is served by the node's API all along; with ``keep_serving`` it stays up after the report
+    until Ctrl-C, so the run can still be looked at."""
     t0 = time.monotonic()
     node = Node(demo_settings(settings), registry)
     await node.start()
     try:
         started_s = time.monotonic() - t0
+        print(f"  dashboard: {node.settings.api_url}/ui/board (live stacks board; runs, analytics, system pages)",
+              file=out)
         report = await drive_stacks(node, stacks=stacks, seconds=seconds, interval=interval, out=out)
         report.timings = {"node start": started_s, **report.timings, "end to end": time.monotonic() - t0}
         print_report(report, out)
+        if keep_serving:
+            print(f"\nThe dashboard stays up at {node.settings.api_url}/ui until Ctrl-C.", file=out, flush=True)
+            await asyncio.Event().wait()
+        else:
+            print(f"\nTo look at it again: tickflow up, then open {node.settings.api_url}/ui", file=out)
         return report
     finally:
         await node.stop()

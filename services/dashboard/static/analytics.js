@@ -1,7 +1,9 @@
 // tickflow analytics: charts (uPlot) drawn from the analytics API, redrawn when a control changes and every 30 s.
 "use strict";
 
-const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
+const PALETTE = ["#2563eb", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#dc2626", "#16a34a"];
+const NAMED = { started: "#2563eb", completed: "#16a34a", failed: "#dc2626", "failure rate": "#dc2626",
+  p50: "#16a34a", p90: "#d97706", p99: "#dc2626" };
 const charts = {};
 
 async function getJSON(url) {
@@ -17,15 +19,20 @@ function draw(id, seriesNames, xs, columns, opts = {}) {
   box.dataset.series = String(seriesNames.length);
   if (!xs.length) { box.textContent = "no data in this window"; box.classList.add("empty"); return; }
   box.textContent = ""; box.classList.remove("empty");
+  const color = (name, i) => NAMED[name] || PALETTE[i % PALETTE.length];
   const series = [{}].concat(seriesNames.map((name, i) => ({
-    label: name, stroke: PALETTE[i % PALETTE.length], width: 2,
-    fill: opts.bars ? PALETTE[i % PALETTE.length] + "99" : undefined,
+    label: name, stroke: color(name, i), width: 2, points: { show: xs.length < 60, size: 5 },
+    fill: opts.bars ? color(name, i) + "99" : undefined,
     paths: opts.bars ? uPlot.paths.bars({ size: [0.8 / seriesNames.length, 60], align: 0 }) : undefined,
   })));
+  const top = Math.max(0, ...columns.flat().filter(Number.isFinite));
   charts[id] = new uPlot({
     width: box.clientWidth || 600, height: 240, series,
-    scales: { x: { time: !opts.categories } },
-    axes: [opts.categories ? { values: (u, splits) => splits.map((v) => opts.categories[v] ?? "") } : {}, {}],
+    scales: {
+      x: opts.categories ? { time: false, range: [-0.5, xs.length - 0.5] } : { time: true, range: opts.range },
+      y: { range: [0, top > 0 ? top * 1.15 : 1] },
+    },
+    axes: [opts.categories ? { values: (u, splits) => splits.map((v) => opts.categories[Math.round(v)] ?? "") } : {}, {}],
   }, [xs, ...columns], box);
 }
 
@@ -43,21 +50,22 @@ async function refresh() {
   const form = document.getElementById("analytics-controls");
   const until = Date.now(), since = until - Number(form.window.value);
   const q = `since_ms=${since}&until_ms=${until}&bucket=${form.bucket.value}`;
+  const range = [since / 1000, until / 1000];
   try {
     const usage = await getJSON(`/analytics/usage?by=${form.by.value}&${q}`);
     const tokens = usage.map((r) => ({ ...r, tokens: r.tokens_in + r.tokens_out }));
     let p = pivot(tokens, form.by.value, "tokens");
-    draw("chart-tokens", p.keys, p.xs, p.columns);
+    draw("chart-tokens", p.keys, p.xs, p.columns, { range });
     p = pivot(usage, form.by.value, "cost_usd");
-    draw("chart-cost", p.keys, p.xs, p.columns);
+    draw("chart-cost", p.keys, p.xs, p.columns, { range });
 
     const runs = await getJSON(`/analytics/runs?${q}`);
     const xs = [...new Set(runs.map((r) => r.bucket_ms))].sort((a, b) => a - b);
     const sum = (field) => xs.map((x) => runs.filter((r) => r.bucket_ms === x).reduce((n, r) => n + r[field], 0));
     const started = sum("started"), completed = sum("completed"), failed = sum("failed"), cancelled = sum("cancelled");
-    draw("chart-runs", ["started", "completed", "failed"], xs.map((x) => x / 1000), [started, completed, failed]);
+    draw("chart-runs", ["started", "completed", "failed"], xs.map((x) => x / 1000), [started, completed, failed], { range });
     const rate = xs.map((_, i) => { const done = completed[i] + failed[i] + cancelled[i]; return done ? failed[i] / done : 0; });
-    draw("chart-failures", ["failure rate"], xs.map((x) => x / 1000), [rate]);
+    draw("chart-failures", ["failure rate"], xs.map((x) => x / 1000), [rate], { range });
 
     const steps = await getJSON(`/analytics/steps?since_ms=${since}&until_ms=${until}`);
     const names = steps.map((s) => `${s.workflow}/${s.step}`);
