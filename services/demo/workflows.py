@@ -142,7 +142,8 @@ def has_work(scope: Mapping[str, Any]) -> bool:
 def brief_builder(scope: Mapping[str, Any]) -> dict[str, str]:
     """The builder's message: the plan and the stack's goal (a pure mapper, recorded in the log)."""
     run_input = scope["input"]
-    goal = run_input.get("input", {}).get("goal", "") if isinstance(run_input, Mapping) else ""
+    stack_input = run_input.get("input") if isinstance(run_input, Mapping) else None  # None: a stack without input
+    goal = stack_input.get("goal", "") if isinstance(stack_input, Mapping) else ""
     plan = json.dumps(_answer(scope), sort_keys=True)
     return {"message": f"Tick {_tick(scope)}. Goal: {goal}. Plan: {plan}. Call run_tests, then report."}
 
