@@ -57,9 +57,12 @@ async def main() -> None:
             run_id = await asyncio.to_thread(start)
             await asyncio.sleep(3)
             await asyncio.to_thread(shoot, settings.api_url, run_id)
-            with Client(settings.api_url, timeout=60) as c:
-                for i in range(12):
-                    c.delete_stack(f"team-{i:02d}")
+            def clean_up() -> None:
+                with Client(settings.api_url, timeout=60) as c:
+                    for i in range(12):
+                        c.delete_stack(f"team-{i:02d}")
+
+            await asyncio.to_thread(clean_up)
         finally:
             await node.stop()
 

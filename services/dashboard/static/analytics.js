@@ -32,7 +32,8 @@ function draw(id, seriesNames, xs, columns, opts = {}) {
       x: opts.categories ? { time: false, range: [-0.5, xs.length - 0.5] } : { time: true, range: opts.range },
       y: { range: [0, top > 0 ? top * 1.15 : 1] },
     },
-    axes: [opts.categories ? { values: (u, splits) => splits.map((v) => opts.categories[Math.round(v)] ?? "") } : {}, {}],
+    axes: [opts.categories ? { values: (u, splits) => splits.map((v) => opts.categories[Math.round(v)] ?? "") } : {},
+      { size: 72 }],  // room for "100,000" on the y axis
   }, [xs, ...columns], box);
 }
 
