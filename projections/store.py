@@ -96,8 +96,16 @@ class ProjectionStore(Protocol):
     def list_stacks(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[StackRow]: ...
 
     def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
-    ) -> list[RunRow]: ...
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        started_since_ms: int | None = None,
+    ) -> list[RunRow]:
+        """Runs, the latest started first; ``started_since_ms`` keeps those started at or after it."""
+        ...
 
     def run_events(self, run_id: str) -> list[EventRow]: ...
 
@@ -190,12 +198,20 @@ class MemoryStore:
         return rows[offset : offset + limit]
 
     def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        started_since_ms: int | None = None,
     ) -> list[RunRow]:
         rows = [
             r
             for r in self._runs.values()
-            if (status is None or r.status == status) and (workflow is None or r.workflow == workflow)
+            if (status is None or r.status == status)
+            and (workflow is None or r.workflow == workflow)
+            and (started_since_ms is None or r.started_at_ms >= started_since_ms)
         ]
         rows.sort(key=lambda r: (-r.started_at_ms, r.run_id))
         return rows[offset : offset + limit]
@@ -380,10 +396,19 @@ class ClickHouseStore:
         return [StackRow(*r) for r in rows]
 
     def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        started_since_ms: int | None = None,
     ) -> list[RunRow]:
         where: list[str] = []
         params: dict[str, Any] = {"limit": int(limit), "offset": int(offset)}
+        if started_since_ms is not None:
+            where.append("started_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')")
+            params["since"] = int(started_since_ms)
         if status is not None:
             where.append("status = {status:String}")
             params["status"] = status

@@ -161,9 +161,18 @@ class Client:
         return list(self._check(self._http.get(f"/runs/{run_id}/events")))
 
     def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        started_since_ms: int | None = None,
     ) -> list[RunStatus]:
+        """Runs, the latest started first (``started_since_ms``: only those started since, epoch ms)."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if started_since_ms is not None:
+            params["started_since_ms"] = started_since_ms
         if status:
             params["status"] = status
         if workflow:

@@ -149,8 +149,17 @@ def build_router(deps: ApiDeps) -> APIRouter:
         workflow: str | None = Query(default=None, max_length=128),
         limit: int = Query(default=50, ge=1, le=1000),
         offset: int = Query(default=0, ge=0, le=10_000_000),
+        started_since_ms: int | None = Query(default=None, ge=0, le=10**14, description="Only runs started since."),
     ) -> list[RunStatus]:
-        rows = await asyncio.to_thread(store.list_runs, status=status, workflow=workflow, limit=limit, offset=offset)
+        """Runs, the latest started first, filtered by status, workflow and start time."""
+        rows = await asyncio.to_thread(
+            store.list_runs,
+            status=status,
+            workflow=workflow,
+            limit=limit,
+            offset=offset,
+            started_since_ms=started_since_ms,
+        )
         return [run_status(r) for r in rows]
 
     @router.get("/runs/{run_id}/events")

@@ -114,9 +114,16 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
         status: str = Query(default="", max_length=32),
         workflow: str = Query(default="", max_length=128),
         offset: int = Query(default=0, ge=0, le=10_000_000),
+        within_s: int = Query(default=0, ge=0, le=400 * 86_400),
     ) -> HTMLResponse:
+        since = int(time.time() * 1000) - within_s * 1000 if within_s else None
         rows = await asyncio.to_thread(
-            store.list_runs, status=status or None, workflow=workflow or None, limit=PAGE_SIZE + 1, offset=offset
+            store.list_runs,
+            status=status or None,
+            workflow=workflow or None,
+            limit=PAGE_SIZE + 1,
+            offset=offset,
+            started_since_ms=since,
         )
         more = len(rows) > PAGE_SIZE
         return page(

@@ -67,6 +67,9 @@ def test_list_filter_and_paginate(store: ProjectionStore) -> None:
     page1 = store.list_runs(limit=2)
     page2 = store.list_runs(limit=2, offset=2)
     assert [r.run_id for r in page1] == ["r4", "r3"] and [r.run_id for r in page2] == ["r2", "r1"]
+    recent = store.list_runs(started_since_ms=1_700_000_000_000 + 21)  # r2 started at +21 (t0 + 1)
+    assert [r.run_id for r in recent] == ["r4", "r3", "r2"]
+    assert [r.run_id for r in store.list_runs(status="failed", started_since_ms=1_700_000_000_000 + 22)] == ["r3"]
 
 
 def test_parameters_are_bound_not_spliced(store: ProjectionStore) -> None:
