@@ -38,6 +38,7 @@ __all__ = [
     "RoleCollector",
     "serve_metrics",
     "track",
+    "untrack",
 ]
 
 _LATENCY = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -91,18 +92,30 @@ class RoleCollector(Collector):
         with self._lock:
             self._roles[id(role)] = role
 
+    def untrack(self, role: MetricsSource) -> None:
+        with self._lock:
+            self._roles.pop(id(role), None)
+
     def collect(self) -> Iterator[Metric]:
+        """One family per name; samples with the same labels from several roles of a kind (two worker pools'
+        lag on one partition cannot happen, two engines in one process can) are summed."""
         with self._lock:
             roles = list(self._roles.values())
-        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        kinds: dict[str, tuple[str, str]] = {}
+        values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
         for role in roles:
             for kind, name, help_text, labels, value in role.metric_values():
-                family = families.get(name)
-                if family is None:
-                    make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-                    family = families[name] = make(name, help_text, labels=sorted(labels))
-                family.add_metric([labels[k] for k in sorted(labels)], value)
-        yield from families.values()
+                kinds.setdefault(name, (kind, help_text))
+                key = tuple(sorted(labels.items()))
+                per_name = values.setdefault(name, {})
+                per_name[key] = per_name.get(key, 0.0) + value
+        for name, samples in values.items():
+            kind, help_text = kinds[name]
+            make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = make(name, help_text, labels=[k for k, _ in next(iter(samples))])
+            for key, value in samples.items():
+                family.add_metric([v for _, v in key], value)
+            yield family
 
 
 _COLLECTOR = RoleCollector()
@@ -111,8 +124,13 @@ _served: set[tuple[str, int]] = set()
 
 
 def track(role: MetricsSource) -> None:
-    """Report ``role``'s counters and levels at every scrape, for as long as it lives."""
+    """Report ``role``'s counters and levels at every scrape, until ``untrack`` (or until it is garbage)."""
     _COLLECTOR.track(role)
+
+
+def untrack(role: MetricsSource) -> None:
+    """Stop reporting a stopped role (its counters would otherwise linger until it is garbage collected)."""
+    _COLLECTOR.untrack(role)
 
 
 def serve_metrics(host: str, port: int) -> None:

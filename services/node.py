@@ -153,6 +153,7 @@ class Node:
                     await asyncio.wait_for(self._api_task, 5)
         for role in [self.triggers, self.projector, *self.workers, self.engine]:
             if role is not None:
+                metrics.untrack(role)
                 try:
                     await role.stop()
                 except Exception:

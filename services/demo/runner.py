@@ -118,7 +118,7 @@ async def drive_stacks(node: Node, *, stacks: int, seconds: float, interval: flo
         t_drain = time.monotonic()
         await asyncio.to_thread(_delete_stacks, s, ids)
         deleted = True
-        drained = await _drain(node, batch, timeout_s=max(60.0, 3 * interval), out=out, t_run=t_run)
+        drained = await _drain(node, batch, stacks, timeout_s=max(60.0, 3 * interval), out=out, t_run=t_run)
         timings["drain"] = time.monotonic() - t_drain
         print(file=out)
         if not drained:
@@ -208,11 +208,13 @@ async def _progress(node: Node, batch: str, elapsed: float, out: TextIO, note: s
     return fired, running, completed, failed
 
 
-async def _drain(node: Node, batch: str, *, timeout_s: float, out: TextIO, t_run: float) -> bool:
-    """Wait until no tick of the batch is running and every tick run's result is in ClickHouse."""
+async def _drain(node: Node, batch: str, stacks: int, *, timeout_s: float, out: TextIO, t_run: float) -> bool:
+    """Wait until every stack's deletion is in ClickHouse (so is every tick fired before it: a stack's events are
+    ordered), no tick of the batch is running, and every tick run's result is in ClickHouse."""
     deadline = time.monotonic() + timeout_s
     query = (
-        "SELECT (SELECT countIf(status IN ('fired', 'queued')) FROM {db}.ticks FINAL "
+        "SELECT (SELECT countIf(status = 'deleted') FROM {db}.stacks FINAL WHERE startsWith(stack_id, {b:String})), "
+        "       (SELECT countIf(status IN ('fired', 'queued')) FROM {db}.ticks FINAL "
         "        WHERE startsWith(stack_id, {b:String})), "
         "       (SELECT countIf(status IN ('completed', 'failed', 'cancelled', 'rejected')) FROM {db}.ticks FINAL "
         "        WHERE startsWith(stack_id, {b:String})), "
@@ -221,8 +223,9 @@ async def _drain(node: Node, batch: str, *, timeout_s: float, out: TextIO, t_run
     )
     while time.monotonic() < deadline:
         await _progress(node, batch, time.monotonic() - t_run, out, " · draining")
-        running, ticks_done, runs_done = (await asyncio.to_thread(node.store.query, query, {"b": batch}))[0]
-        if int(running) == 0 and int(ticks_done) == int(runs_done):
+        row = (await asyncio.to_thread(node.store.query, query, {"b": batch}))[0]
+        deleted, running, ticks_done, runs_done = (int(v) for v in row)
+        if deleted == stacks and running == 0 and ticks_done == runs_done:
             return True
         await asyncio.sleep(0.5)
     return False

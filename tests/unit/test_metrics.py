@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tickflow import metrics
@@ -17,12 +17,19 @@ from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
 
-def _value(name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
+def _value(name: str, registry: CollectorRegistry = REGISTRY, **labels: str) -> float:
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     raise AssertionError(f"no sample {name} {labels}")
+
+
+def _private() -> tuple[metrics.RoleCollector, CollectorRegistry]:
+    """A collector on a registry of its own: roles other tests left running in this process do not count."""
+    collector, registry = metrics.RoleCollector(), CollectorRegistry()
+    registry.register(collector)
+    return collector, registry
 
 
 class FakeRole:
@@ -35,26 +42,29 @@ class FakeRole:
 
 
 def test_tracked_roles_are_read_at_scrape_time_and_forgotten_when_gone() -> None:
-    one, two = FakeRole(3), FakeRole(4)
-    metrics.track(one)
-    metrics.track(two)
-    assert _value("tickflow_test_things_total", role="fake3") == 3
-    assert _value("tickflow_test_level", role="fake4") == 2
+    collector, registry = _private()
+    one, two, twin = FakeRole(3), FakeRole(4), FakeRole(4)
+    for role in (one, two, twin):
+        collector.track(role)
+    assert _value("tickflow_test_things_total", registry, role="fake3") == 3
+    assert _value("tickflow_test_level", registry, role="fake4") == 4  # two roles, one label set: summed
     one.n = 5  # read when scraped, not when tracked
-    assert _value("tickflow_test_things_total", role="fake5") == 5
-    del one, two
-    text = generate_latest(REGISTRY).decode()
-    assert "fake5" not in text  # weakly tracked: a stopped role leaves no stale series
+    assert _value("tickflow_test_things_total", registry, role="fake5") == 5
+    collector.untrack(twin)
+    assert _value("tickflow_test_level", registry, role="fake4") == 2
+    del one, two, twin
+    assert "fake" not in generate_latest(registry).decode()  # weakly tracked: a dropped role leaves no series
 
 
 def test_an_engine_reports_its_counters_before_it_has_started(tmp_path: Path) -> None:
+    collector, registry = _private()
     engine = Engine(Settings(state_dir=tmp_path), Registry())
     engine.inputs["StartRun"] += 2
     engine.events_out["RunStarted"] += 2
-    metrics.track(engine)
-    assert _value("tickflow_engine_inputs_total", type="StartRun") == 2
-    assert _value("tickflow_engine_events_total", type="RunStarted") == 2
-    assert _value("tickflow_engine_partitions", role="engine") == 0
+    collector.track(engine)
+    assert _value("tickflow_engine_inputs_total", registry, type="StartRun") == 2
+    assert _value("tickflow_engine_events_total", registry, type="RunStarted") == 2
+    assert _value("tickflow_engine_partitions", registry, role="engine") == 0
 
 
 def test_a_step_counts_its_llm_calls_tokens_and_cost() -> None:
