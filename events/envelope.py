@@ -39,6 +39,10 @@ class Envelope(BaseModel):
     causation_id: Id | None = None
     correlation_id: Id | None = None
     occurred_at_ms: EpochMs
+    #: W3C ``traceparent`` of the span that wrote the record (``tickflow.tracing``); left out of the JSON when None,
+    #: so records written without tracing are byte for byte what they were. Before the payload: readers that take
+    #: the payload as the rest of the record (the bulk rebuild) stay right.
+    trace_parent: str | None = Field(default=None, max_length=256, exclude_if=lambda v: v is None)
     payload: SerializeAsAny[Payload]
 
     @classmethod
@@ -52,6 +56,7 @@ class Envelope(BaseModel):
         seq: int | None = None,
         causation_id: str | None = None,
         correlation_id: str | None = None,
+        trace_parent: str | None = None,
     ) -> Envelope:
         """Build an envelope whose kind, type and version come from the payload class."""
         return cls(
@@ -65,6 +70,7 @@ class Envelope(BaseModel):
             correlation_id=correlation_id,
             occurred_at_ms=occurred_at_ms,
             payload=payload,
+            trace_parent=trace_parent,
         )
 
 

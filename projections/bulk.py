@@ -79,7 +79,7 @@ _S = r'"(?:[^"\\]|\\.)*"'
 _CANONICAL = (
     rf'^[0-9]{{25}}\{{"id":{_S},"kind":"event","type":"[A-Za-z0-9_]+","schema_version":[0-9]+,"key":{_S},'
     rf'"seq":(?:[0-9]+|null),"causation_id":(?:{_S}|null),"correlation_id":(?:{_S}|null),'
-    r'"occurred_at_ms":[0-9]+,"payload":\{'
+    rf'"occurred_at_ms":[0-9]+,(?:"trace_parent":{_S},)?"payload":\{{'
 )
 _CANONICAL_PARAMS = {"canonical": _CANONICAL}
 

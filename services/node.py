@@ -12,7 +12,8 @@ import logging
 import signal
 from typing import Any
 
-from tickflow import metrics
+import tickflow.metrics as metrics
+import tickflow.tracing as tracing
 from tickflow.events.codec import MAX_RECORD_BYTES
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import FileBlobStore
@@ -54,6 +55,7 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
+        tracing.configure(f"tickflow-{'-'.join(sorted(self.roles))}")  # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
         await ensure_topics(s.bootstrap, s.topics, s.pools, s.log_retention_ms)
         if "projector" in self.roles or "api" in self.roles:
             from tickflow.projections.store import open_store

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, HTTPException, Query
 
+import tickflow.tracing as tracing
 from tickflow.api.deps import ApiDeps, ApiProblem, produce_command
 from tickflow.events.codec import encode
 from tickflow.events.envelope import Envelope
@@ -67,14 +68,16 @@ def build_router(deps: ApiDeps) -> APIRouter:
                 raise HTTPException(413, str(exc)) from None
             except TypeError as exc:  # e.g. an integer beyond 64 bits
                 raise HTTPException(422, f"the input cannot be stored as JSON: {exc}") from None
-        command = Envelope.wrap(
-            StartRun(workflow=body.workflow, input=value, priority=body.priority),
-            id=f"start/{run_id}",
-            key=run_id,
-            occurred_at_ms=int(time.time() * 1000),
-            correlation_id=run_id,
-        )
-        await produce_command(producer, topics.commands, command)
+        with tracing.span("start run", None, tickflow__run_id=run_id, tickflow__workflow=body.workflow):
+            command = Envelope.wrap(
+                StartRun(workflow=body.workflow, input=value, priority=body.priority),
+                id=f"start/{run_id}",
+                key=run_id,
+                occurred_at_ms=int(time.time() * 1000),
+                correlation_id=run_id,
+                trace_parent=tracing.current_trace_parent(),  # the root of the run's trace
+            )
+            await produce_command(producer, topics.commands, command)
         accepted.add(run_id, body.workflow, command.occurred_at_ms)
         return StartResponse(run_id=run_id)
 
@@ -82,10 +85,16 @@ def build_router(deps: ApiDeps) -> APIRouter:
         rows = await asyncio.to_thread(store.runs_by_id, [run_id])
         if run_id not in rows and accepted.get(run_id) is None:  # a start accepted here precedes it in the log
             raise _run_not_found(run_id, ": check the id, or wait until its start is visible")
-        command = Envelope.wrap(
-            payload, id=command_id, key=run_id, occurred_at_ms=int(time.time() * 1000), correlation_id=run_id
-        )
-        await produce_command(producer, topics.commands, command)
+        with tracing.span(f"send {type(payload).__name__}", None, tickflow__run_id=run_id):
+            command = Envelope.wrap(
+                payload,
+                id=command_id,
+                key=run_id,
+                occurred_at_ms=int(time.time() * 1000),
+                correlation_id=run_id,
+                trace_parent=tracing.current_trace_parent(),
+            )
+            await produce_command(producer, topics.commands, command)
 
     @router.post("/runs/{run_id}/resume", status_code=202, response_model=CommandAccepted)
     async def resume_run(run_id: str, body: ResumeRequest) -> CommandAccepted:

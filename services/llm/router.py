@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 import pydantic
 
+import tickflow.tracing as tracing
 from tickflow.llm.config import OFFLINE_LABEL, LlmConfig, ModelConfig, RetryPolicy
 from tickflow.llm.limits import ProviderLimiter
 from tickflow.llm.providers import Provider, build_provider
@@ -130,10 +131,15 @@ class LlmRouter:
         async with self.limiter(model.provider).slot(estimate) as slot:
             waited_s = slot.waited_s
             call_start = time.perf_counter()
-            try:
-                reply = await provider.complete(model, request, timeout_s=timeout_s, max_tokens=max_tokens)
-            except ProviderFailure as exc:
-                failure = exc
+            attrs = {"gen_ai__operation__name": "chat", "gen_ai__system": pconf.name}
+            attrs["gen_ai__request__model"] = model.id
+            with tracing.span(f"chat {model.id}", None, **attrs) as span:  # a child of the step's span
+                try:
+                    reply = await provider.complete(model, request, timeout_s=timeout_s, max_tokens=max_tokens)
+                except ProviderFailure as exc:
+                    failure = exc
+                if span is not None:
+                    _annotate(span, reply, failure, attempt)
             slot.settle(reply.usage.tokens_in + reply.usage.tokens_out if reply else 0)
         latency_ms = (time.perf_counter() - call_start) * 1000
         if reply is not None:
@@ -211,3 +217,15 @@ def _structured(request: ChatRequest, reply: ModelReply) -> Any:
 
 def _short(exc: pydantic.ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def _annotate(span: Any, reply: ModelReply | None, failure: ProviderFailure | None, attempt: int) -> None:
+    """GenAI semantic conventions on an LLM call's span: tokens, finish reason, or the error."""
+    span.set_attribute("tickflow.attempt", attempt)
+    if reply is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", reply.usage.tokens_in)
+        span.set_attribute("gen_ai.usage.output_tokens", reply.usage.tokens_out)
+        if reply.finish_reason:
+            span.set_attribute("gen_ai.response.finish_reasons", [reply.finish_reason])
+    if failure is not None:
+        span.set_attribute("error.type", failure.error_type or failure.outcome)

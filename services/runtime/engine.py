@@ -34,6 +34,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+import tickflow.tracing as tracing
 from tickflow.core.decider import (
     Decision,
     Fork,
@@ -136,6 +137,8 @@ class Engine:
         self.recoveries_started = self.recoveries = 0
         self._recovering: dict[int, asyncio.Task[None]] = {}
         self._revoking: set[int] = set()  # partitions being handed over (their last commit happens now)
+        self._trace: str | None = None  # the traceparent of the decision being made, when tracing is on
+        self._traces: dict[str, str] = {}  # per run: the context of its latest traced input (for timer decisions)
         self._stopping = False
         self._recovery_failure: Exception | None = None
         self.timers = Timers()
@@ -262,6 +265,7 @@ class Engine:
 
         A stack's tick runs are the exception: only their stack starts them, by a tick number it never reuses.
         """
+        self._traces.pop(state.run_id, None)
         if self._is_tick(state):
             self.expired[partition][state.run_id] = None
             return
@@ -510,6 +514,31 @@ class Engine:
         *,
         recovering: bool = False,
     ) -> bool:
+        """``_decide_now`` in a span of the run's trace when tracing is on (``tickflow.tracing``): a child of the
+        record that caused the decision, or of the run's latest traced input for a timer; its records carry it."""
+        if not tracing.enabled():
+            return await self._decide_now(partition, state, input, now, record, recovering=recovering)
+        parent = _trace_of(input) or self._traces.get(state.run_id)
+        if parent is not None:
+            self._traces[state.run_id] = parent
+        name = f"decide {type(input).__name__}"
+        with tracing.span(name, parent, tickflow__run_id=state.run_id, tickflow__partition=partition):
+            self._trace = tracing.current_trace_parent()
+            try:
+                return await self._decide_now(partition, state, input, now, record, recovering=recovering)
+            finally:
+                self._trace = None
+
+    async def _decide_now(
+        self,
+        partition: int,
+        state: RunState,
+        input: Input,
+        now: int,
+        record: ConsumerRecord[bytes, bytes] | None = None,
+        *,
+        recovering: bool = False,
+    ) -> bool:
         """Decide ``input`` for the run in ``state`` and publish the decision; return whether it emitted events.
 
         Nothing is cached or sent before every record of the decision is known to encode within the limits. A
@@ -563,6 +592,9 @@ class Engine:
 
     def _encoded(self, events: list[Envelope], messages: list[tuple[str, Envelope]]) -> list[tuple[str, bytes, bytes]]:
         """Every record of a decision as (topic, value, key), or InvalidRecord if any of them cannot be written."""
+        if self._trace is not None:  # a traced decision: each record names its span
+            events = [e.model_copy(update={"trace_parent": self._trace}) for e in events]
+            messages = [(t, m.model_copy(update={"trace_parent": self._trace})) for t, m in messages]
         out = [(self.topics.events, encode(event), event.key.encode()) for event in events]
         out += [(topic, encode(message), message.key.encode()) for topic, message in messages]
         return out
@@ -911,6 +943,15 @@ def _observe_ticks(events: list[Envelope]) -> None:
             TICKS.labels("skipped").inc()
         elif isinstance(p, TickQueued):
             TICKS.labels("queued").inc()
+
+
+def _trace_of(input: Input) -> str | None:
+    """The traceparent of the record that caused a decision (None for a timer or a recovery)."""
+    if isinstance(input, Start | Signal | Fork):
+        return input.command.trace_parent
+    if isinstance(input, WorkerResult):
+        return input.result.trace_parent
+    return None
 
 
 def _causation(input: Input) -> str | None:

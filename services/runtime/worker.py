@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+import tickflow.tracing as tracing
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import NonRetryableError, RetryableError
@@ -438,6 +439,16 @@ class StepWorker:
             log.exception("could not report task %s[%d]@%d", tp.topic, tp.partition, record.offset)
 
     async def _run(self, env: Envelope, task: RunStep) -> bytes:
+        """``_attempt`` in a span of the run's trace (a child of the decision that sent the task), when tracing is
+        on; the result it reports carries that span, so the engine's next decision continues the trace."""
+        if not tracing.enabled():
+            return await self._attempt(env, task)
+        name = f"step {task.step}"
+        attrs = {"tickflow__run_id": env.key, "tickflow__step": task.path, "tickflow__attempt": task.attempt}
+        with tracing.span(name, env.trace_parent, **attrs):
+            return await self._attempt(env, task)
+
+    async def _attempt(self, env: Envelope, task: RunStep) -> bytes:
         ctx = StepContext(
             run_id=env.key,
             workflow=task.workflow,
@@ -497,6 +508,7 @@ class StepWorker:
             payload,
             # Deterministic id: a re-executed attempt reports under the same id.
             id=f"{task.id}/result",
+            trace_parent=tracing.current_trace_parent(),
             key=task.key,
             occurred_at_ms=_now_ms(),
             causation_id=task.id,

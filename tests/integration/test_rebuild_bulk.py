@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.bench.rebuild import synthetic_log
+from tickflow.events import decode, encode
 from tickflow.projections.models import RebuildReport
 from tickflow.projections.rebuild import rebuild_database, table_checksums
 from tickflow.projections.store import ClickHouseStore
@@ -147,3 +148,17 @@ async def test_a_log_the_bulk_path_cannot_vouch_for_is_folded_in_python(
     bulk, fold, bulk_sums, fold_sums = both.bulk, both.fold, both.bulk_sums, both.fold_sums
     assert bulk.method == "fold" and "stack record" in bulk.method_reason, bulk.method_reason
     assert bulk.ok and bulk.invalid_records == fold.invalid_records == 1 and bulk_sums == fold_sums
+
+
+async def test_traced_records_rebuild_the_same_both_ways(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    """Records written with tracing on carry a ``trace_parent`` after their payload: the bulk path takes them."""
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    records: list[tuple[bytes | None, bytes | None]] = []
+    for key, value in synthetic_log(500, seed=5):
+        env = decode(value)
+        records.append((key, encode(env.model_copy(update={"trace_parent": traced}))))
+    assert b'"trace_parent":' in (records[0][1] or b"")
+    both = await rebuild_both(kafka_bootstrap, prefix, tmp_path, records)
+    assert both.bulk.method == "bulk", both.bulk.method_reason
+    assert both.bulk.ok and both.bulk.events == both.fold.events == len(records)
+    assert both.bulk_sums == both.fold_sums
