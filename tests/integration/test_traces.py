@@ -10,15 +10,23 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 import tickflow.tracing as tracing
 from tests.conftest import free_port
-from tests.integration.harness import settings_for
+from tests.integration.harness import settings_for, spawn_roles
+from tests.integration.test_faults import stop
 from tickflow.agents import Agent
 from tickflow.client import Client
 from tickflow.demo.workflows import write_demo_llm_config
@@ -109,3 +117,92 @@ async def test_a_run_is_one_connected_trace_across_roles(
     assert chat.attributes is not None and chat.attributes.get("gen_ai.request.model") == "offline/echo"
     assert int(chat.attributes.get("gen_ai.usage.input_tokens", 0)) > 0
     print(f"\none trace, {len(whole)} spans:\n{_dump(whole)}")
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace receiver (POST /v1/traces, protobuf) on 127.0.0.1, collecting spans as dicts."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.spans: list[dict[str, Any]] = []
+
+        async def receive(request: Request) -> Response:
+            message = trace_service_pb2.ExportTraceServiceRequest()
+            message.ParseFromString(await request.body())
+            for resource in message.resource_spans:
+                named = (a.value.string_value for a in resource.resource.attributes if a.key == "service.name")
+                service = next(named, "")
+                for scope in resource.scope_spans:
+                    for s in scope.spans:
+                        self.spans.append(
+                            {
+                                "trace_id": s.trace_id.hex(),
+                                "span_id": s.span_id.hex(),
+                                "parent": s.parent_span_id.hex() or None,
+                                "name": s.name,
+                                "service": service,
+                                "attributes": {a.key: a.value.string_value or a.value.int_value for a in s.attributes},
+                            }
+                        )
+            return Response(trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
+
+        app = Starlette(routes=[Route("/v1/traces", receive, methods=["POST"])])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+
+    async def __aenter__(self) -> OtlpReceiver:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.05)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        await self._task
+
+
+async def test_the_trace_crosses_real_processes_over_otlp(
+    spans: InMemorySpanExporter, kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """Engine and worker in processes of their own, exporting over OTLP/HTTP as deployed; the API in this one."""
+    llm = write_demo_llm_config(tmp_path / "llm.json")
+    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), llm_config=llm)
+    settings = settings.with_(pools=tuple(sorted(set(settings.pools) | registry.pools())))
+    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
+    api = Node(settings, registry, frozenset({"api", "projector"}))
+    async with OtlpReceiver() as receiver:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+            env.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+            env.setenv("TICKFLOW_LLM_CONFIG", str(llm))
+            roles = [
+                spawn_roles(settings, role, tmp_path / f"{role}.log", app="tests.integration.test_traces:registry")
+                for role in ("engine", "worker")
+            ]
+        await api.start()
+        try:
+
+            def run() -> None:
+                with Client(settings.api_url) as c:
+                    c.start("traced", 2, run_id="traced-2")
+                    assert c.wait("traced-2", timeout=60).status == "completed"
+
+            await asyncio.to_thread(run)
+            root = next(s for s in spans.get_finished_spans() if s.name == "start run")
+            assert root.context is not None
+            trace_id = f"{root.context.trace_id:032x}"
+            for _ in range(100):  # the processes export in batches
+                names = {s["name"].split(" ")[0] for s in receiver.spans if s["trace_id"] == trace_id}
+                if {"decide", "step", "chat"} <= names:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await api.stop()
+            for proc in roles:
+                stop(proc)
+    remote = [s for s in receiver.spans if s["trace_id"] == trace_id]
+    services = {s["service"] for s in remote}
+    assert services == {"tickflow-engine", "tickflow-worker"}, services
+    ids = {f"{root.context.span_id:016x}"} | {s["span_id"] for s in remote}
+    assert all(s["parent"] in ids for s in remote), "a span's parent is not in the trace"
+    assert {s["name"].split(" ")[0] for s in remote} >= {"decide", "step", "chat"}
+    print(f"\none trace across 3 processes: {len(remote) + 1} spans ({Counter(s['service'] for s in remote)})")
