@@ -50,7 +50,7 @@ function followRun() {
   const source = new EventSource(list.dataset.stream);
   source.onopen = () => liveState("run-live", "live");
   source.onerror = () => liveState("run-live", "reconnecting");
-  let refresh = null;
+  let refresh = [];
   const onEvent = (msg) => {
     const event = JSON.parse(msg.data);
     const item = document.createElement("li");
@@ -69,8 +69,10 @@ function followRun() {
       box.textContent = `Resume refused: ${event.payload.reason}`;
       box.hidden = false;
     }
-    clearTimeout(refresh);  // one panel refresh per burst of events
-    refresh = setTimeout(() => htmx.trigger("#run-panel", "refresh"), 100);
+    // The panel reads the projection, which lands an event about half a second after the log has it: refresh soon,
+    // and again later, so the last event of a burst is never shown stale (one refresh per burst and per delay).
+    for (const t of refresh) clearTimeout(t);
+    refresh = [150, 1200, 3000].map((ms) => setTimeout(() => htmx.trigger("#run-panel", "refresh"), ms));
   };
   for (const type of JSON.parse(list.dataset.types)) source.addEventListener(type, onEvent);
 }
