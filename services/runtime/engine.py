@@ -28,6 +28,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -87,6 +88,8 @@ CrashHook = Callable[[str, str], None]
 log = logging.getLogger("tickflow.engine")
 SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
 
+
+_NO_SPAN = nullcontext()  # a decision's span when tracing is off: shared, reusable, free
 
 #: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
 TIMER_CHECK_EVERY = 200
@@ -514,31 +517,6 @@ class Engine:
         *,
         recovering: bool = False,
     ) -> bool:
-        """``_decide_now`` in a span of the run's trace when tracing is on (``tickflow.tracing``): a child of the
-        record that caused the decision, or of the run's latest traced input for a timer; its records carry it."""
-        if not tracing.enabled():
-            return await self._decide_now(partition, state, input, now, record, recovering=recovering)
-        parent = _trace_of(input) or self._traces.get(state.run_id)
-        if parent is not None:
-            self._traces[state.run_id] = parent
-        name = f"decide {type(input).__name__}"
-        with tracing.span(name, parent, tickflow__run_id=state.run_id, tickflow__partition=partition):
-            self._trace = tracing.current_trace_parent()
-            try:
-                return await self._decide_now(partition, state, input, now, record, recovering=recovering)
-            finally:
-                self._trace = None
-
-    async def _decide_now(
-        self,
-        partition: int,
-        state: RunState,
-        input: Input,
-        now: int,
-        record: ConsumerRecord[bytes, bytes] | None = None,
-        *,
-        recovering: bool = False,
-    ) -> bool:
         """Decide ``input`` for the run in ``state`` and publish the decision; return whether it emitted events.
 
         Nothing is cached or sent before every record of the decision is known to encode within the limits. A
@@ -547,34 +525,56 @@ class Engine:
         the dead-letter topic. An exception of the decider itself is handled the same way, so no single input can
         stop the engine.
         """
-        cause = _causation(input)
-        start = input.command.payload if isinstance(input, Start) else None
-        assert start is None or isinstance(start, StartRun)
-        started = time.perf_counter()
-        try:
-            decision = run(state, input, now, self.registry)
-            records = self._run_records(decision, now, recovering)
-            DECISION_SECONDS.observe(time.perf_counter() - started)
-        except InvalidRecord as exc:
-            kind = "PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord"
-            error = ErrorInfo(type=kind, message=str(exc)[:10_000])
-        except Exception as exc:  # a decider bug must cost one run, not the engine (and every restart after it)
-            log.exception("run %s: the decider failed on %s", state.run_id, type(input).__name__)
-            error = ErrorInfo(type="EngineError", message=f"the engine could not decide this input: {exc!r}"[:10_000])
-        else:
+        with self._decision_span(partition, state, input):
+            cause = _causation(input)
+            start = input.command.payload if isinstance(input, Start) else None
+            assert start is None or isinstance(start, StartRun)
+            started = time.perf_counter()
+            try:
+                decision = run(state, input, now, self.registry)
+                records = self._run_records(decision, now, recovering)
+                DECISION_SECONDS.observe(time.perf_counter() - started)
+            except InvalidRecord as exc:
+                kind = "PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord"
+                error = ErrorInfo(type=kind, message=str(exc)[:10_000])
+            except Exception as exc:  # a decider bug must cost one run, not the engine (and every restart after it)
+                log.exception("run %s: the decider failed on %s", state.run_id, type(input).__name__)
+                message = f"the engine could not decide this input: {exc!r}"[:10_000]
+                error = ErrorInfo(type="EngineError", message=message)
+            else:
+                await self._publish_run(partition, decision, records)
+                return bool(decision.events)
+            if record is not None:
+                reason = f"run {state.run_id!r}: {error.type}: {error.message}"
+                await self._dead_letter(record, reason, now)
+            decision = refuse(state, error, now, cause, start)
+            try:
+                records = self._run_records(decision, now, recovering)
+            except InvalidRecord as exc:  # cannot happen with bounded failure events; never let it stop the engine
+                log.error("run %s: even its failure cannot be recorded: %s", state.run_id, exc)
+                return False
             await self._publish_run(partition, decision, records)
             return bool(decision.events)
-        if record is not None:
-            reason = f"run {state.run_id!r}: {error.type}: {error.message}"
-            await self._dead_letter(record, reason, now)
-        decision = refuse(state, error, now, cause, start)
-        try:
-            records = self._run_records(decision, now, recovering)
-        except InvalidRecord as exc:  # cannot happen with bounded failure events; never let it stop the engine
-            log.error("run %s: even its failure cannot be recorded: %s", state.run_id, exc)
-            return False
-        await self._publish_run(partition, decision, records)
-        return bool(decision.events)
+
+    def _decision_span(self, partition: int, state: RunState, input: Input) -> AbstractContextManager[object]:
+        """A span of the run's trace around one decision when tracing is on (``tickflow.tracing``): a child of the
+        record that caused it, or of the run's latest traced input for a timer; its records carry it. Off: nothing."""
+        if not tracing.enabled():
+            return _NO_SPAN
+        return self._traced(partition, state, input)
+
+    @contextmanager
+    def _traced(self, partition: int, state: RunState, input: Input) -> Iterator[None]:
+        parent = _trace_of(input) or self._traces.get(state.run_id)
+        if parent is not None:
+            self._traces[state.run_id] = parent
+        name = f"decide {type(input).__name__}"
+        with tracing.span(name, parent, tickflow__run_id=state.run_id, tickflow__partition=partition):
+            self._trace = tracing.current_trace_parent()
+            try:
+                yield
+            finally:
+                self._trace = None
 
     def _run_records(self, decision: Decision, now: int, recovering: bool) -> list[tuple[str, bytes, bytes]]:
         """A run decision's records, encoded: its events, then the messages it sends (tasks, commands)."""

@@ -32,6 +32,7 @@ from tickflow.client import Client
 from tickflow.demo.workflows import write_demo_llm_config
 from tickflow.node import Node
 from tickflow.runtime.kafka import ensure_topics
+from tickflow.settings import Settings
 from tickflow.workflow import Registry, Workflow
 
 pytestmark = pytest.mark.integration
@@ -78,13 +79,19 @@ def _dump(run: list[ReadableSpan]) -> str:
     return "\n".join(lines)
 
 
+async def _settings(prefix: str, bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings with the offline LLM models and every pool the workflow uses; its topics created."""
+    llm = write_demo_llm_config(tmp_path / "llm.json")
+    settings = settings_for(prefix, bootstrap, tmp_path, free_port(), llm_config=llm)
+    settings = settings.with_(pools=tuple(sorted(set(settings.pools) | registry.pools())))
+    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
+    return settings
+
+
 async def test_a_run_is_one_connected_trace_across_roles(
     spans: InMemorySpanExporter, kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    llm = write_demo_llm_config(tmp_path / "llm.json")
-    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), llm_config=llm)
-    settings = settings.with_(pools=tuple(sorted(set(settings.pools) | registry.pools())))
-    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
+    settings = await _settings(prefix, kafka_bootstrap, tmp_path)
     nodes = [Node(settings, registry, frozenset({role})) for role in ("engine", "worker")]
     nodes.append(Node(settings, registry, frozenset({"api", "projector"})))
     for node in nodes:
@@ -164,16 +171,13 @@ async def test_the_trace_crosses_real_processes_over_otlp(
     spans: InMemorySpanExporter, kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     """Engine and worker in processes of their own, exporting over OTLP/HTTP as deployed; the API in this one."""
-    llm = write_demo_llm_config(tmp_path / "llm.json")
-    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), llm_config=llm)
-    settings = settings.with_(pools=tuple(sorted(set(settings.pools) | registry.pools())))
-    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
+    settings = await _settings(prefix, kafka_bootstrap, tmp_path)
     api = Node(settings, registry, frozenset({"api", "projector"}))
     async with OtlpReceiver() as receiver:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
             env.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-            env.setenv("TICKFLOW_LLM_CONFIG", str(llm))
+            env.setenv("TICKFLOW_LLM_CONFIG", str(settings.llm_config))
             roles = [
                 spawn_roles(settings, role, tmp_path / f"{role}.log", app="tests.integration.test_traces:registry")
                 for role in ("engine", "worker")
