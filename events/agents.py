@@ -18,9 +18,12 @@ from tickflow.events.schemas import (
     EpochMs,
     Event,
     Int64,
+    Kind,
     LlmAttemptFields,
     LlmOutcome,
+    LongText,
     MessageFields,
+    Payload,
     ShortText,
 )
 from tickflow.events.spec import Name
@@ -33,6 +36,7 @@ __all__ = [
     "DeleteStack",
     "LlmCallAttempted",
     "LlmOutcome",
+    "LlmTokens",
     "MessageAppended",
     "PauseStack",
     "PlayStack",
@@ -229,4 +233,36 @@ AGENT_EVENT_TYPES: tuple[type[Event], ...] = (
     TickSkipped,
     TickFinished,
 )
-PAYLOAD_TYPES.update({(cls.KIND, cls.TYPE): cls for cls in (*AGENT_EVENT_TYPES, *STACK_COMMAND_TYPES)})
+class LlmTokens(Payload):
+    """Deltas of one streamed LLM reply, as a step's worker receives them: the text (or a tool call's arguments)
+    that arrived since the previous chunk of the same stream.
+
+    Written to the tokens topic (keyed by run id, short retention) for people watching a run, never to the log:
+    the reply is recorded once, whole, when the step reports. ``stream`` numbers the LLM requests of one step
+    attempt (a retried or fallback request is a new stream); ``index`` orders the chunks of a stream from 0; the
+    last chunk has ``done`` and the request's ``outcome``. A crashed worker's stream simply stops; the attempt
+    that runs again streams anew.
+    """
+
+    KIND: ClassVar[Kind] = "token"
+    TYPE: ClassVar[str] = "LlmTokens"
+    path: ShortText
+    step: ShortText
+    step_attempt: Int64 = Field(ge=1)
+    #: One execution of the step attempt: a task redelivered after a crash runs again under a new one, and its
+    #: streams start over at ``index`` 0 (a watcher shows the newest execution's).
+    execution: ShortText
+    stream: Int64 = Field(ge=1)
+    provider: ShortText
+    model: ShortText
+    index: Int64 = Field(ge=0)
+    text: LongText = ""
+    #: The tool whose call arguments ``text`` continues; None for the reply's content.
+    tool: ShortText | None = None
+    done: bool = False
+    outcome: LlmOutcome | None = None
+    finish_reason: ShortText | None = None
+
+
+_REGISTERED: tuple[type[Payload], ...] = (*AGENT_EVENT_TYPES, *STACK_COMMAND_TYPES, LlmTokens)
+PAYLOAD_TYPES.update({(cls.KIND, cls.TYPE): cls for cls in _REGISTERED})

@@ -74,7 +74,8 @@ __all__ = [
     "idempotency_key",
 ]
 
-Kind = Literal["command", "event", "task", "result", "control", "dead_letter"]
+#: ``token``: deltas of a streamed LLM reply, on the tokens topic only (never in the log; see ``LlmTokens``).
+Kind = Literal["command", "event", "task", "result", "control", "dead_letter", "token"]
 ShortText = Annotated[str, StringConstraints(max_length=1_000)]
 LongText = Annotated[str, StringConstraints(max_length=64_000)]
 #: 9999-12-31T23:59:59.999Z: the latest instant every reader (Python's datetime, ClickHouse's DateTime64) can show.

@@ -82,6 +82,11 @@ class TopicNames:
         """Runtime settings broadcast to every worker (pool limits); compacted, keyed by pool."""
         return f"{self.prefix}.control"
 
+    @property
+    def tokens(self) -> str:
+        """Deltas of streamed LLM replies, keyed by run id, kept for hours only: for watching, never the truth."""
+        return f"{self.prefix}.tokens"
+
     def tasks(self, pool: str = DEFAULT_POOL) -> str:
         return f"{self.prefix}.tasks.{pool}"
 
@@ -101,4 +106,4 @@ class TopicNames:
         return [self.commands, self.events, self.results, *(self.tasks(p) for p in pools)]
 
     def all_topics(self, pools: tuple[str, ...] = (DEFAULT_POOL,)) -> list[str]:
-        return [*self.keyed_topics(pools), self.state, self.dead_letter, self.control]
+        return [*self.keyed_topics(pools), self.state, self.dead_letter, self.control, self.tokens]

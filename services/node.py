@@ -56,7 +56,9 @@ class Node:
     async def start(self) -> None:
         s = self.settings
         tracing.configure(f"tickflow-{'-'.join(sorted(self.roles))}")  # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
-        await ensure_topics(s.bootstrap, s.topics, s.pools, s.log_retention_ms)
+        await ensure_topics(
+            s.bootstrap, s.topics, s.pools, s.log_retention_ms, tokens_retention_ms=s.tokens_retention_ms
+        )
         if "projector" in self.roles or "api" in self.roles:
             from tickflow.projections.store import open_store
 

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     run_id_retention_s: float = Field(default=365 * 86_400, ge=0)
     #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
     log_retention_ms: int = Field(default=-1, ge=-1)
+    #: retention.ms of the tokens topic (streamed LLM deltas, for watching a run live; the log keeps each reply).
+    tokens_retention_ms: int = Field(default=6 * 3_600_000, ge=60_000)  # = runtime.kafka.TOKENS_RETENTION_MS
     #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).
     clickhouse_ttl_days: int | None = Field(default=None, ge=1)
     #: Step inputs/outputs above this many bytes are stored out of band (claim-check) …

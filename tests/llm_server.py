@@ -20,8 +20,15 @@ Scripted chat models:
 ``json-answer``     content ``{"city": "Paris", "temp_c": 21}``
 ``json-wrong``      content ``{"city": 5}`` (does not match the tests' schema)
 ``echo-key-401``    401 whose message echoes the presented key, as OpenAI's does
+``stream-slow``     a 24-word answer; streamed, one word per chunk 60 ms apart (about 1.4 s in all)
+``stream-break``    streamed: three words, then the connection drops mid-stream; whole: 503
 anything else       404 model not found
 ==================  ===================================================================================
+
+With ``"stream": true`` every answer above is sent as Server-Sent Events of ``chat.completion.chunk`` objects, as
+OpenAI streams: the role, the content word by word (a tool call's name, then its arguments in pieces), the finish
+reason, then — when ``stream_options.include_usage`` — a last chunk with no choices and the usage. Errors stay
+plain JSON answers with their status, as OpenAI's are.
 
 Embedding models: ``embed`` (8-dim deterministic vectors), ``embed-503-once`` (503 then vectors).
 """
@@ -30,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import re
 import threading
 import time
 from collections import Counter
@@ -40,7 +49,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tests.conftest import free_port
 
@@ -104,7 +113,10 @@ def build_app(state: LlmTestServer) -> FastAPI:
         state.in_flight += 1
         state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
         try:
-            return await _chat(rec, nth)
+            response = await _chat(rec, nth)
+            if rec.body.get("stream") and response.status_code == 200 and isinstance(response, JSONResponse):
+                return _streamed(rec, json.loads(bytes(response.body)))
+            return response
         finally:
             state.in_flight -= 1
             rec.finished = time.monotonic()
@@ -128,8 +140,55 @@ def build_app(state: LlmTestServer) -> FastAPI:
     return app
 
 
+#: Seconds between streamed chunks, per model (the others stream as fast as they can).
+STREAM_GAP_S = {"stream-slow": 0.06, "stream-break": 0.06}
+SLOW_ANSWER = " ".join(f"word{i}" for i in range(1, 25))
+
+
+def _streamed(rec: Recorded, completion: dict[str, Any]) -> StreamingResponse:
+    """A whole completion told as OpenAI's chunk stream."""
+    choice = completion["choices"][0]
+    message = choice["message"]
+    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+            "model": completion["model"]}
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": piece} for piece in re.findall(r"\s*\S+", message.get("content") or "")]
+    for i, call in enumerate(message.get("tool_calls") or []):
+        deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                       "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        args = call["function"]["arguments"]
+        deltas += [{"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 6]}}]}
+                   for j in range(0, len(args), 6)]
+    include_usage = bool((rec.body.get("stream_options") or {}).get("include_usage"))
+    gap = STREAM_GAP_S.get(rec.model, 0.0)
+
+    async def chunks() -> Any:
+        for n, delta in enumerate(deltas):
+            if rec.model == "stream-break" and n == 4:
+                raise ConnectionResetError("the test server drops the stream on purpose")
+            yield _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            if gap:
+                await asyncio.sleep(gap)
+        yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+        if include_usage and "usage" in completion:
+            yield _sse({**base, "choices": [], "usage": completion["usage"]})
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(chunks(), media_type="text/event-stream")
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
 async def _chat(rec: Recorded, nth: int) -> Response:
     model = rec.model
+    if model == "stream-slow":
+        return JSONResponse(_completion(model, {"content": SLOW_ANSWER}))
+    if model == "stream-break":
+        if rec.body.get("stream"):
+            return JSONResponse(_completion(model, {"content": SLOW_ANSWER}))
+        return _error(503, "stream-break only streams")
     if model == "ok":
         return JSONResponse(_completion(model, {"content": "hello from ok"}))
     if model == "no-usage":

@@ -18,6 +18,7 @@ Configuration (``LlmConfig.load(path_or_dict)``; TOML shown, JSON has the same s
     timeout_s = 30                                # per request (default 60)
     structured_output = "json_schema"             # or "json_object" for servers with JSON mode only
     max_tokens_param = "max_tokens"               # or "max_completion_tokens" (newer OpenAI models)
+    stream = true                                 # stream replies to the tokens topic (false: servers that can't)
     [providers.limits]                            # all optional; waiting for a limit is not an error
     max_concurrency = 8
     requests_per_minute = 30
@@ -78,6 +79,7 @@ from tickflow.llm.limits import ProviderLimiter, TokenBucket
 from tickflow.llm.offline import OfflineModel
 from tickflow.llm.router import LlmRouter
 from tickflow.llm.scrub import count_tokens, scrub
+from tickflow.llm.streaming import TokenListener, TokenStream, listening
 from tickflow.llm.types import (
     AllModelsFailed,
     ChatMessage,
@@ -115,9 +117,12 @@ __all__ = [
     "ProviderLimits",
     "RetryPolicy",
     "TokenBucket",
+    "TokenListener",
+    "TokenStream",
     "ToolCall",
     "ToolSpec",
     "Usage",
     "count_tokens",
+    "listening",
     "scrub",
 ]

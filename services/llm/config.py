@@ -112,6 +112,9 @@ class ProviderConfig(_Strict):
     structured_output: Literal["json_schema", "json_object"] = "json_schema"
     #: Newer OpenAI models want ``max_completion_tokens``; most compatible servers want ``max_tokens``.
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    #: Stream replies (``stream=True`` with usage in the last chunk) when someone listens — a step in a worker,
+    #: whose deltas go to the tokens topic. Off for servers that cannot stream; the reply is the same either way.
+    stream: bool = True
     offline: OfflineSettings = OfflineSettings()
 
     @model_validator(mode="after")

@@ -27,13 +27,18 @@ import hashlib
 import json
 import math
 import random
+import re
 from typing import Any
 
 from tickflow.llm.config import OFFLINE_SCRIPTS, OfflineSettings
 from tickflow.llm.scrub import count_tokens
+from tickflow.llm.streaming import TokenStream
 from tickflow.llm.types import ChatRequest, ModelReply, ProviderFailure, ToolCall, ToolSpec, Usage
 
-__all__ = ["OfflineModel", "instance_from_schema"]
+__all__ = ["FIRST_TOKEN_SHARE", "OfflineModel", "instance_from_schema"]
+
+#: The share of a streamed reply's latency spent before its first word (a real model's time to first token).
+FIRST_TOKEN_SHARE = 0.3
 
 
 class OfflineModel:
@@ -49,17 +54,21 @@ class OfflineModel:
     def __repr__(self) -> str:
         return f"OfflineModel({self.settings!r})"
 
-    async def complete(self, model: str, request: ChatRequest) -> ModelReply:
-        """Sleep a uniform latency in ``settings.latency_ms``, fail with probability ``failure_rate``, else reply."""
+    async def complete(self, model: str, request: ChatRequest, *, stream: TokenStream | None = None) -> ModelReply:
+        """Sleep a uniform latency in ``settings.latency_ms``, fail with probability ``failure_rate``, else reply.
+
+        With ``stream``, the reply is told word by word: the first word after ``FIRST_TOKEN_SHARE`` of the
+        latency, the others spread evenly over the rest, so a watcher sees it arrive as from a real model.
+        """
         self.calls += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             low, high = self.settings.latency_ms
-            delay_ms = self._rng.uniform(low, high)
+            delay_s = self._rng.uniform(low, high) / 1000
             failing = self._rng.random() < self.settings.failure_rate
-            if delay_ms > 0:
-                await asyncio.sleep(delay_ms / 1000)
+            if (failing or stream is None) and delay_s > 0:
+                await asyncio.sleep(delay_s)
             if failing:
                 raise ProviderFailure(
                     "server_error",
@@ -67,7 +76,10 @@ class OfflineModel:
                     error_type="OfflineSimulatedFailure",
                     http_status=503,
                 )
-            return self.reply(model, request)
+            reply = self.reply(model, request)
+            if stream is not None:
+                await _tell(reply, stream, delay_s)
+            return reply
         finally:
             self.in_flight -= 1
 
@@ -111,6 +123,24 @@ class OfflineModel:
             text = f"[offline {script} {digest[:8]}] you said: {user_text[:200]}"
         return ModelReply(text=text, finish_reason="stop",
                           usage=Usage(tokens_in=tokens_in, tokens_out=count_tokens(text)))
+
+
+async def _tell(reply: ModelReply, stream: TokenStream, delay_s: float) -> None:
+    """Tell ``reply`` to ``stream`` in pieces over ``delay_s`` seconds."""
+    pieces: list[tuple[str | None, str]] = [(None, word) for word in re.findall(r"\s*\S+", reply.text or "")]
+    for call in reply.tool_calls:
+        size = max(len(call.arguments) // 3, 1)
+        pieces.extend((call.name, call.arguments[i:i + size]) for i in range(0, len(call.arguments), size))
+    if delay_s > 0:
+        await asyncio.sleep(delay_s * FIRST_TOKEN_SHARE)
+    gap = delay_s * (1 - FIRST_TOKEN_SHARE) / max(len(pieces) - 1, 1)
+    for i, (tool, piece) in enumerate(pieces):
+        if i and gap > 0:
+            await asyncio.sleep(gap)
+        if tool is None:
+            stream.text(piece)
+        else:
+            stream.tool(tool, piece)
 
 
 def _pick_tool(tools: list[ToolSpec], user_text: str) -> ToolSpec:

@@ -14,14 +14,17 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import httpx
 import openai
 import pydantic
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageFunctionToolCall
 
 from tickflow.llm.config import LlmConfigError, ModelConfig, ProviderConfig
 from tickflow.llm.offline import OfflineModel
 from tickflow.llm.scrub import count_tokens, scrub
+from tickflow.llm.streaming import TokenStream
 from tickflow.llm.types import ChatRequest, ModelReply, ProviderFailure, ToolCall, Usage
 
 __all__ = ["OfflineProvider", "OpenAICompatibleProvider", "Provider", "build_provider"]
@@ -36,7 +39,9 @@ class Provider(Protocol):
     def offline(self) -> bool: ...
 
     async def complete(self, model: ModelConfig, request: ChatRequest, *, timeout_s: float,
-                       max_tokens: int | None) -> ModelReply: ...
+                       max_tokens: int | None, stream: TokenStream | None = None) -> ModelReply:
+        """The reply; with ``stream``, streamed, each delta told to ``stream`` as it arrives."""
+        ...
 
     async def embed(self, model: str, texts: Sequence[str], *, timeout_s: float) -> list[list[float]]: ...
 
@@ -64,10 +69,10 @@ class OfflineProvider:
         return True
 
     async def complete(self, model: ModelConfig, request: ChatRequest, *, timeout_s: float,
-                       max_tokens: int | None) -> ModelReply:
+                       max_tokens: int | None, stream: TokenStream | None = None) -> ModelReply:
         try:
             async with asyncio.timeout(timeout_s):
-                return await self.model.complete(model.remote_name, request)
+                return await self.model.complete(model.remote_name, request, stream=stream)
         except TimeoutError:
             raise ProviderFailure("timeout", f"no reply within {timeout_s:g} s", error_type="TimeoutError") from None
 
@@ -138,40 +143,58 @@ class OpenAICompatibleProvider:
         return params
 
     async def complete(self, model: ModelConfig, request: ChatRequest, *, timeout_s: float,
-                       max_tokens: int | None) -> ModelReply:
+                       max_tokens: int | None, stream: TokenStream | None = None) -> ModelReply:
         params = self._params(model, request, max_tokens)
         client = self.client()
         try:
             # The SDK's timeout bounds each socket operation; this one bounds the whole exchange.
             async with asyncio.timeout(timeout_s):
-                response: Any = await client.chat.completions.create(**params, timeout=timeout_s)
+                if stream is None:
+                    response: Any = await client.chat.completions.create(**params, timeout=timeout_s)
+                else:
+                    response = await self._streamed(client, params, timeout_s, stream)
+        except ProviderFailure:
+            raise
         except Exception as exc:
             raise self._classify(exc, timeout_s) from None
-        if not isinstance(response, ChatCompletion):
+        if stream is None and not isinstance(response, ChatCompletion):
             raise ProviderFailure("malformed", "the server did not answer with a chat completion JSON object",
                                   error_type="MalformedResponse")
-        if not response.choices:
-            raise ProviderFailure("malformed", "the response has no choices", error_type="MalformedResponse")
-        message = response.choices[0].message
-        if message is None:
-            raise ProviderFailure("malformed", "the first choice has no message", error_type="MalformedResponse")
-        calls = [
-            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
-            for c in message.tool_calls or []
-            # Custom (free-text) tools are not offered by ChatRequest, so only function calls can come back.
-            if isinstance(c, ChatCompletionMessageFunctionToolCall)
-        ]
-        if response.usage is not None:
-            usage = Usage(tokens_in=response.usage.prompt_tokens, tokens_out=response.usage.completion_tokens)
-            reported = True
-        else:
-            usage = Usage(
-                tokens_in=sum(count_tokens(m.content or "") for m in request.messages),
-                tokens_out=count_tokens(message.content or "") + sum(count_tokens(c.arguments) for c in calls),
-            )
-            reported = False
-        return ModelReply(text=message.content, tool_calls=calls, finish_reason=response.choices[0].finish_reason,
-                          usage=usage, usage_reported=reported)
+        return _reply(response, request)
+
+    @staticmethod
+    async def _streamed(client: AsyncOpenAI, params: dict[str, Any], timeout_s: float, stream: TokenStream) -> Any:
+        """Stream the reply, telling ``stream`` each delta, and return the completion the chunks add up to (the
+        SDK's own accumulator builds it, tool-call fragments included)."""
+        state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
+        chunks = await client.chat.completions.create(
+            **params, stream=True, stream_options={"include_usage": True}, timeout=timeout_s
+        )
+        tools: dict[int, str] = {}  # a tool call's name comes in its first delta only
+        seen = False
+        async with chunks:
+            async for chunk in chunks:
+                if not isinstance(chunk, ChatCompletionChunk):
+                    raise ProviderFailure("malformed", "the stream sent something other than a chat completion "
+                                          "chunk", error_type="MalformedResponse")
+                state.handle_chunk(chunk)
+                seen = True
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    if choice.delta.content:
+                        stream.text(choice.delta.content)
+                    for call in choice.delta.tool_calls or []:
+                        function = call.function
+                        new = call.index not in tools
+                        if function is not None and function.name:
+                            tools[call.index] = function.name
+                        arguments = function.arguments if function is not None and function.arguments else ""
+                        if arguments or (new and call.index in tools):
+                            stream.tool(tools.get(call.index, ""), arguments)
+        if not seen:
+            raise ProviderFailure("malformed", "the stream ended without a single chunk", error_type="EmptyStream")
+        return state.current_completion_snapshot
 
     async def embed(self, model: str, texts: Sequence[str], *, timeout_s: float) -> list[list[float]]:
         client = self.client()
@@ -192,6 +215,12 @@ class OpenAICompatibleProvider:
         name = type(exc).__name__
         if isinstance(exc, openai.APITimeoutError | TimeoutError):
             return ProviderFailure("timeout", f"no reply within {timeout_s:g} s", error_type=name)
+        if isinstance(exc, httpx.TimeoutException):  # raised while a stream is read, outside the SDK's wrapping
+            return ProviderFailure("timeout", f"no reply within {timeout_s:g} s", error_type=name)
+        if isinstance(exc, httpx.TransportError):
+            detail = scrub(str(exc), secret_vars)
+            return ProviderFailure("connection_error", f"the stream from {self.config.base_url} broke off ({detail})",
+                                   error_type=name)
         if isinstance(exc, openai.APIConnectionError):
             cause = f" ({scrub(str(exc.__cause__), secret_vars)})" if exc.__cause__ else ""
             return ProviderFailure("connection_error", f"cannot reach {self.config.base_url}{cause}", error_type=name)
@@ -211,9 +240,39 @@ class OpenAICompatibleProvider:
             # ValueError covers a body that is not JSON at all (json.JSONDecodeError).
             return ProviderFailure("malformed", f"the response could not be parsed: {scrub(str(exc), secret_vars)}",
                                    error_type=name)
+        if isinstance(exc, openai.APIError):  # an error event in the middle of a stream: the server failed
+            return ProviderFailure("server_error", f"the stream reported an error: {scrub(str(exc), secret_vars)}",
+                                   error_type=name)
         if isinstance(exc, openai.OpenAIError):
             return ProviderFailure("client_error", scrub(str(exc), secret_vars), error_type=name)
         return exc
+
+
+def _reply(response: Any, request: ChatRequest) -> ModelReply:
+    """The reply in a completion, whole (``ChatCompletion``) or added up from a stream (its snapshot)."""
+    if not response.choices:
+        raise ProviderFailure("malformed", "the response has no choices", error_type="MalformedResponse")
+    choice = response.choices[0]
+    message = choice.message
+    if message is None:
+        raise ProviderFailure("malformed", "the first choice has no message", error_type="MalformedResponse")
+    calls = [
+        ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
+        for c in message.tool_calls or []
+        # Custom (free-text) tools are not offered by ChatRequest, so only function calls can come back.
+        if isinstance(c, ChatCompletionMessageFunctionToolCall)
+    ]
+    if response.usage is not None:
+        usage = Usage(tokens_in=response.usage.prompt_tokens, tokens_out=response.usage.completion_tokens)
+        reported = True
+    else:
+        usage = Usage(
+            tokens_in=sum(count_tokens(m.content or "") for m in request.messages),
+            tokens_out=count_tokens(message.content or "") + sum(count_tokens(c.arguments) for c in calls),
+        )
+        reported = False
+    return ModelReply(text=message.content, tool_calls=calls, finish_reason=choice.finish_reason, usage=usage,
+                      usage_reported=reported)
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 import pydantic
 
+import tickflow.llm.streaming as streaming
 import tickflow.tracing as tracing
 from tickflow.llm.config import OFFLINE_LABEL, LlmConfig, ModelConfig, RetryPolicy
 from tickflow.llm.limits import ProviderLimiter
@@ -133,11 +134,18 @@ class LlmRouter:
             call_start = time.perf_counter()
             attrs = {"gen_ai__operation__name": "chat", "gen_ai__system": pconf.name}
             attrs["gen_ai__request__model"] = model.id
+            listener = streaming.current_listener() if pconf.stream else None
+            stream = listener.open(provider=pconf.name, model=model.id) if listener is not None else None
             with tracing.span(f"chat {model.id}", None, **attrs) as span:  # a child of the step's span
                 try:
-                    reply = await provider.complete(model, request, timeout_s=timeout_s, max_tokens=max_tokens)
+                    reply = await provider.complete(model, request, timeout_s=timeout_s, max_tokens=max_tokens,
+                                                    stream=stream)
                 except ProviderFailure as exc:
                     failure = exc
+                except BaseException:
+                    if stream is not None:  # cancelled (or a bug): the watcher still learns the stream ended
+                        stream.close("client_error", "cancelled")
+                    raise
                 if span is not None:
                     _annotate(span, reply, failure, attempt)
             slot.settle(reply.usage.tokens_in + reply.usage.tokens_out if reply else 0)
@@ -147,6 +155,8 @@ class LlmRouter:
                 parsed = _structured(request, reply)
             except ProviderFailure as exc:
                 failure = exc
+        if stream is not None:
+            stream.close(failure.outcome if failure else "ok", reply.finish_reason if reply else None)
         tokens_in = reply.usage.tokens_in if reply else 0
         tokens_out = reply.usage.tokens_out if reply else 0
         price = self.config.prices.get(model.id)

@@ -23,6 +23,7 @@ from tickflow.events.envelope import dead_letter
 from tickflow.events.topics import TopicNames
 
 __all__ = [
+    "TOKENS_RETENTION_MS",
     "DeadLetters",
     "PendingSends",
     "Rebalance",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("tickflow.kafka")
+
+#: How long the tokens topic keeps streamed LLM deltas by default: long enough to reopen a run page of the day.
+TOKENS_RETENTION_MS = 6 * 3_600_000
 
 
 def new_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
@@ -68,10 +72,18 @@ def new_consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str], log_retention_ms: int = -1) -> None:
+async def ensure_topics(
+    bootstrap: str,
+    names: TopicNames,
+    pools: Iterable[str],
+    log_retention_ms: int = -1,
+    *,
+    tokens_retention_ms: int = TOKENS_RETENTION_MS,
+) -> None:
     """Create tickflow's topics with the partition counts ``events`` defines; existing topics are kept.
 
-    The events topic keeps records for ``log_retention_ms`` (-1: forever, the default: the log is the state).
+    The events topic keeps records for ``log_retention_ms`` (-1: forever, the default: the log is the state); the
+    tokens topic (streamed LLM deltas, for watching only) for ``tokens_retention_ms``.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -85,6 +97,8 @@ async def ensure_topics(bootstrap: str, names: TopicNames, pools: Iterable[str],
         wanted.append(NewTopic(names.state, names.partitions, 1, topic_configs={"cleanup.policy": "compact"}))
         wanted.append(NewTopic(names.dead_letter, 1, 1))
         wanted.append(NewTopic(names.control, 1, 1, topic_configs={"cleanup.policy": "compact"}))
+        tokens_config = {"retention.ms": str(tokens_retention_ms)}
+        wanted.append(NewTopic(names.tokens, names.partitions, 1, topic_configs=tokens_config))
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:

@@ -46,11 +46,13 @@ from tickflow.events.schemas import (
     StepSucceeded,
 )
 from tickflow.events.topics import DEFAULT_POOL
+from tickflow.llm.streaming import listening
 from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
 from tickflow.runtime.claimcheck import FileBlobStore, is_ref, offload, resolve
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, consumer_lag, new_consumer, new_producer
 from tickflow.runtime.produced import ProducedResults
+from tickflow.runtime.tokens import TokenPublisher
 from tickflow.settings import Settings
 from tickflow.workflow import Registry, StepContext
 
@@ -272,6 +274,8 @@ class StepWorker:
         self.producer = new_producer(self.settings.bootstrap)
         await self.producer.start()
         self.dead_letters = DeadLetters(self.producer, self.topics.dead_letter, f"worker:{self.pool}")
+        self.tokens = TokenPublisher(self.producer, self.topics.tokens)
+        self.tokens.start()
         self._control_task = asyncio.create_task(self._control_loop(), name=f"tickflow-control-{self.pool}")
         with contextlib.suppress(TimeoutError):  # a slow control topic must not keep the worker down
             await asyncio.wait_for(self._control_ready.wait(), CONTROL_READY_TIMEOUT_S)
@@ -317,6 +321,8 @@ class StepWorker:
             pool,
             float(self.scheduler.limit),
         )
+        if hasattr(self, "tokens"):
+            yield from self.tokens.metric_values()
         if hasattr(self, "consumer"):
             yield from consumer_lag(f"worker:{self.pool}", self.consumer, self.offsets.fetched)
 
@@ -330,6 +336,7 @@ class StepWorker:
         try:
             await self._commit()
         finally:
+            await self.tokens.stop()
             await self.consumer.stop()
             await self.producer.stop()
 
@@ -465,7 +472,8 @@ class StepWorker:
         STEPS.labels(task.workflow, task.step, "started").inc()
         error: BaseException
         try:
-            with step_logs.capture(logs):
+            # What an LLM streams while the body runs goes to the tokens topic, for watchers (the result records it).
+            with step_logs.capture(logs), listening(self.tokens.listener(env, task)):
                 value = await asyncio.to_thread(resolve, task.input, self.blobs) if is_ref(task.input) else task.input
                 call = self.registry.call(task.fn, value, ctx)
                 output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
