@@ -284,6 +284,30 @@ class Client:
         run's terminal event (unless ``follow``); a run that does not exist yet is waited for. A dropped
         connection is resumed after the last offset received, up to three times in a row.
         """
+        for event in self._sse(f"/runs/{run_id}/live", after, follow, f"the live stream of run {run_id!r}",
+                               ends_cleanly=False):
+            yield event
+            if not follow and event["type"] in RUN_TERMINAL_EVENTS:
+                return
+
+    def tokens(self, run_id: str, after: int | None = None, *, follow: bool = False) -> Iterator[dict[str, Any]]:
+        """Yield what the run's LLM calls stream, chunk by chunk, as they stream (from the tokens topic).
+
+        Each chunk is ``{path, step, step_attempt, execution, stream, provider, model, index, text, tool, done,
+        outcome, finish_reason, at_ms, offset}``: ``text`` continues stream ``stream`` of step ``path`` (a tool
+        call's arguments when ``tool`` is set); ``done`` marks a stream's last chunk. A step redelivered after a
+        crash streams again under a new ``execution``. Iteration ends once the run has ended and every chunk
+        was delivered (unless ``follow``); pass the last ``offset`` as ``after`` to continue later. The tokens
+        topic keeps chunks for hours; the reply itself is recorded whole in the run's events.
+        """
+        yield from self._sse(f"/runs/{run_id}/tokens", after, follow, f"the token stream of run {run_id!r}",
+                             ends_cleanly=True)
+
+    def _sse(self, path: str, after: int | None, follow: bool, what: str, *,
+             ends_cleanly: bool) -> Iterator[dict[str, Any]]:
+        """Messages of an SSE stream whose data carry an ``offset``, resumed after the last one on a dropped
+        connection (three times in a row at most). ``ends_cleanly``: the server closing the stream is its end
+        (otherwise only a 204 is, and a close is a dropped connection)."""
         failures = 0
         while True:
             params: dict[str, Any] = {"follow": "true"} if follow else {}
@@ -292,7 +316,7 @@ class Client:
             try:
                 # Read timeout well above the server's 10 s keep-alive pings: silence means a dead link.
                 timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
-                with self._http.stream("GET", f"/runs/{run_id}/live", params=params, timeout=timeout) as response:
+                with self._http.stream("GET", path, params=params, timeout=timeout) as response:
                     if response.status_code == 204:  # resumed at or past the end: nothing more will come
                         return
                     if response.status_code >= 400:
@@ -306,20 +330,20 @@ class Client:
                                 data.append(value.removeprefix(" "))
                             continue
                         if data:
-                            event: dict[str, Any] = orjson.loads("\n".join(data))
+                            message: dict[str, Any] = orjson.loads("\n".join(data))
                             data = []
-                            after, failures = int(event["offset"]), 0
-                            yield event
-                            if not follow and event["type"] in RUN_TERMINAL_EVENTS:
-                                return
+                            after, failures = int(message["offset"]), 0
+                            yield message
+                if ends_cleanly:
+                    return
                 reason = "the server ended the stream early (is it shutting down?)"
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             failures += 1
             if failures > 3:
                 raise TickflowError(
-                    f"lost the live stream of run {run_id!r} {failures} times in a row ({reason}); check that the "
-                    f"API is up, then call live(..., after={after}) to continue where you stopped"
+                    f"lost {what} {failures} times in a row ({reason}); check that the API is up, then call again "
+                    f"with after={after} to continue where you stopped"
                 )
             time.sleep(0.5 * failures)
 

@@ -1,4 +1,4 @@
-"""Live updates: a run's (or a stack's) events as Server-Sent Events, read from the log.
+"""Live updates: a run's (or a stack's) events as Server-Sent Events, read from the log; a run's LLM tokens.
 
 ``GET /runs/{run_id}/live`` and ``GET /stacks/{stack_id}/live`` send each event as an SSE message whose
 ``id`` is its offset in the events topic, ``event`` its type and ``data`` its JSON (seq, type,
@@ -10,6 +10,9 @@ A run's stream ends after its terminal event (RunCompleted, RunFailed, RunCancel
 A stream opened before the run's first event exists (right after ``POST /runs``) waits for it instead of
 answering 404: the log, not the projection, decides what exists. Stack streams never end by themselves.
 
+``GET /runs/{run_id}/tokens`` streams what the run's LLM calls stream, read from the tokens topic the same way
+(ids are tokens-topic offsets); it ends once the run has ended and every chunk was sent.
+
 Each stream owns one Kafka consumer (see ``tickflow.runtime.live`` for its cost), so the router caps how many are
 open at once and answers 503 above the cap; ``GET /live/streams`` shows the count.
 """
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import anyio
 import orjson
@@ -31,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from tickflow.api.deps import ApiDeps
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.runtime.live import LiveReader
+from tickflow.runtime.tokens import TokenReader, TokensUnavailable
 
 __all__ = ["MAX_STREAMS", "PING_S", "build_router"]
 
@@ -67,13 +72,18 @@ class _Slots:
         self.open -= 1
 
 
+class _Reader(Protocol):
+    async def close(self) -> None: ...
+
+
 class _LiveResponse(EventSourceResponse):
     """An SSE response that closes its reader and frees its slot however it ends: the stream finished, the
     client left, a send timed out, or the body never started (a HEAD request, a client gone before the
     first byte) — cases where a generator's ``finally`` would never run."""
 
-    def __init__(self, reader: LiveReader, release: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(_messages(reader), **kwargs)
+    def __init__(self, messages: AsyncIterator[ServerSentEvent], reader: _Reader, release: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(messages, **kwargs)
         self._reader = reader
         self._release = release
 
@@ -95,6 +105,29 @@ async def _messages(reader: LiveReader) -> AsyncIterator[ServerSentEvent]:
             yield ServerSentEvent(data=data, event=event.type, id=str(event.offset))
         if reader.finished:
             return
+
+
+async def _token_messages(reader: TokenReader, ended: Callable[[], Awaitable[bool]],
+                          follow: bool) -> AsyncIterator[ServerSentEvent]:
+    """Chunks as they come; without ``follow``, the stream ends once the run has ended and every chunk written
+    by then was sent (checked when the topic is quiet, at most once a second)."""
+    while True:
+        chunks = await reader.next_batch()
+        for chunk in chunks:
+            yield ServerSentEvent(data=orjson.dumps(chunk.as_dict()).decode(), event="tokens", id=str(chunk.offset))
+        if not chunks and not follow and await ended() and await reader.caught_up():
+            return
+
+
+async def _run_started_ms(deps: ApiDeps, run_id: str) -> int:
+    """Where a run's chunks begin: a second before it started (clocks of hosts differ a little), as the projection
+    or this API's read-your-writes cache knows it, else a minute ago (a run this API has not seen yet)."""
+    row = (await asyncio.to_thread(deps.store.runs_by_id, [run_id])).get(run_id)
+    if row is not None and row.started_at_ms:
+        return max(row.started_at_ms - 1_000, 0)
+    if (accepted := deps.accepted.get(run_id)) is not None:
+        return max(accepted[1] - 1_000, 0)
+    return int(time.time() * 1000) - 60_000
 
 
 def _resume_point(header: str | None, after: int | None) -> int | None:
@@ -167,7 +200,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
             finally:
                 slots.give()
             return Response(status_code=204)
-        return _LiveResponse(reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+        return _LiveResponse(_messages(reader), reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
 
     after_q = Query(default=None, ge=0, description="Continue strictly after this event offset (like Last-Event-ID).")
     from_seq_q = Query(default=None, ge=1, description="Only events with seq >= from_seq.")
@@ -195,6 +228,61 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         """The agent stack's events as Server-Sent Events; a stack lives on, so the stream never ends by itself."""
         key = f"{STACK_PREFIX}{stack_id}"
         return await stream(request, key, "", after, from_seq, True, frozenset())
+
+    @router.get("/runs/{run_id}/tokens", dependencies=deps.guard, response_class=EventSourceResponse)
+    async def run_tokens(
+        request: Request,
+        run_id: str,
+        after: int | None = Query(
+            default=None, ge=0, description="Continue strictly after this tokens-topic offset (like Last-Event-ID)."
+        ),
+        since_ms: int | None = Query(
+            default=None, ge=0, le=10**14, description="Start at chunks written since (default: the run's start)."
+        ),
+        follow: bool = Query(default=False, description="Keep streaming after the run has ended."),
+    ) -> Response:
+        """What the run's LLM calls stream, as it streams, as Server-Sent Events: each message is one ``LlmTokens``
+        chunk (``event: tokens``; data: path, step, step_attempt, execution, stream, provider, model, index, text,
+        tool, done, outcome, finish_reason, at_ms, offset), its ``id`` the chunk's tokens-topic offset to resume
+        from. Ends once the run has ended and every chunk was sent, unless ``follow``. The tokens topic keeps
+        chunks for hours only (``tokens_retention_ms``); each reply is recorded whole in the run's events."""
+        resume = _resume_point(request.headers.get("last-event-id"), after)
+        if not slots.take():
+            raise HTTPException(
+                503, f"{slots.limit} live streams are already open, the most this API process serves; close one "
+                "or retry later", headers={"Retry-After": "5"},
+            )
+
+        async def run_ended() -> bool:
+            row = (await asyncio.to_thread(deps.store.runs_by_id, [run_id])).get(run_id)
+            return row is not None and row.terminal
+
+        reader: TokenReader | None = None
+        try:
+            if since_ms is None:
+                since_ms = await _run_started_ms(deps, run_id)
+            reader = TokenReader(bootstrap=deps.bootstrap, topic=deps.topics.tokens, partitions=deps.topics.partitions,
+                                 key=run_id, after=resume,
+                                 since_ms=since_ms)
+            await reader.open()
+            finished = resume is not None and not follow and await run_ended() and await reader.caught_up()
+        except BaseException as exc:
+            if reader is not None:
+                with anyio.move_on_after(5, shield=True):
+                    await reader.close()
+            slots.give()
+            if isinstance(exc, KafkaError | TokensUnavailable):
+                log.warning("token stream of %s could not read the tokens topic: %r", run_id, exc)
+                raise HTTPException(503, f"cannot read the tokens topic at {deps.bootstrap}: {exc}") from None
+            raise
+        if finished:  # a reconnect after the end: 204 makes EventSource stop retrying
+            try:
+                await reader.close()
+            finally:
+                slots.give()
+            return Response(status_code=204)
+        messages = _token_messages(reader, run_ended, follow)
+        return _LiveResponse(messages, reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
 
     @router.get("/live/streams", dependencies=deps.guard)
     async def live_streams() -> dict[str, int]:

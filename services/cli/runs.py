@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -104,21 +105,40 @@ def wait(ctx: click.Context, run_id: str, timeout: float) -> None:
 
 @click.command()
 @click.argument("run_id")
-@click.option("--after", type=click.IntRange(min=0), default=None, help="Continue after this event offset.")
+@click.option("--after", type=click.IntRange(min=0), default=None,
+              help="Continue after this offset (of the events topic; of the tokens topic with --tokens).")
+@click.option("--tokens", is_flag=True, help="Print what the run's LLM calls stream, as they stream, instead.")
 @click.pass_context
-def follow(ctx: click.Context, run_id: str, after: int | None) -> None:
+def follow(ctx: click.Context, run_id: str, after: int | None, tokens: bool) -> None:
     """Print RUN_ID's events as they happen (offset, seq, type, payload), until its terminal event.
 
     Read from the log, so a run started a moment ago is waited for; rerun with --after <last offset> to
-    continue without repeats."""
+    continue without repeats. With --tokens, print the text its LLM calls stream instead, each stream under a
+    header naming its step and model, until the run has ended."""
     try:
         with client(ctx) as c:
+            if tokens:
+                _print_tokens(c.tokens(run_id, after=after))
+                return
             for e in c.live(run_id, after=after):
                 click.echo(f"{e['offset']:>8} {e['seq']:>4} {e['type']:<16} {json.dumps(e['payload'])[:160]}")
     except TickflowError as exc:
         fail(exc)
 
 
+def _print_tokens(chunks: Iterator[dict[str, Any]]) -> None:
+    current: tuple[Any, ...] | None = None
+    for chunk in chunks:
+        stream = (chunk["path"], chunk["step_attempt"], chunk["execution"], chunk["stream"], chunk["tool"])
+        if stream != current and (chunk["text"] or chunk["tool"]):  # a done chunk carries no text of its own
+            what = f"tool call {chunk['tool']}" if chunk["tool"] else "reply"
+            click.echo(f"\n── {chunk['path']} · {chunk['model']} · {what} (attempt {chunk['step_attempt']}, "
+                       f"request {chunk['stream']}) ──")
+            current = stream
+        click.echo(chunk["text"], nl=False)
+        if chunk["done"]:
+            click.echo(f"\n── {chunk['outcome']}{f' ({r})' if (r := chunk['finish_reason']) else ''} ──")
+            current = None
 @click.command()
 @click.argument("run_id")
 @click.argument("event")

@@ -207,7 +207,7 @@ class _Stream:
 
 
 class TokensUnavailable(Exception):
-    """The tokens topic cannot be read (it does not exist yet, or the broker is unreachable)."""
+    """The tokens topic does not exist (no role of this version has started yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,24 +225,26 @@ class TokenChunk:
 class TokenReader:
     """Tails one run's chunks in its partition of the tokens topic, from ``since_ms`` or strictly after ``after``."""
 
-    def __init__(self, *, bootstrap: str, topic: str, key: str, after: int | None = None,
+    def __init__(self, *, bootstrap: str, topic: str, partitions: int, key: str, after: int | None = None,
                  since_ms: int | None = None) -> None:
         self.key = key
+        self.tp = TopicPartition(topic, partition_of(key, partitions))
         self.topic = topic
         self._key_bytes = partition_key(key)
         self._bootstrap = bootstrap
         self._after = after
         self._since_ms = since_ms
         self._consumer: AIOKafkaConsumer | None = None
-        self.tp: TopicPartition | None = None
 
     async def open(self) -> None:
         consumer = new_consumer(self._bootstrap, group_id=None, fetch_max_wait_ms=FETCH_WAIT_MS,
                                 max_partition_fetch_bytes=1024 * 1024, auto_offset_reset="latest")
         self._consumer = consumer
         await consumer.start()
-        partitions = await _partitions(consumer, self.topic)
-        self.tp = tp = TopicPartition(self.topic, partition_of(self.key, partitions))
+        tp = self.tp
+        if tp.topic not in await consumer.topics():
+            raise TokensUnavailable(f"the tokens topic {tp.topic!r} does not exist yet; every tickflow role creates it "
+                                    "when it starts (tickflow serve, up, worker…)")
         consumer.assign([tp])
         begin = (await consumer.beginning_offsets([tp]))[tp]
         end = (await consumer.end_offsets([tp]))[tp]
@@ -274,7 +276,7 @@ class TokenReader:
             await consumer.stop()
 
     def _opened(self) -> tuple[AIOKafkaConsumer, TopicPartition]:
-        if self._consumer is None or self.tp is None:
+        if self._consumer is None:
             raise RuntimeError("TokenReader.open() must be awaited before reading")
         return self._consumer, self.tp
 
@@ -289,16 +291,3 @@ class TokenReader:
         if env.key != self.key:
             return None
         return TokenChunk(offset=record.offset, at_ms=env.occurred_at_ms, payload=env.payload.model_dump(mode="json"))
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> int:
-    """How many partitions ``topic`` has (the hash of a key depends on it), waiting briefly for metadata."""
-    for _ in range(20):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return len(found)
-        if topic not in await consumer.topics():
-            raise TokensUnavailable(f"the tokens topic {topic!r} does not exist yet; it is created when a tickflow "
-                                    "role starts (tickflow serve, worker or engine)")
-        await asyncio.sleep(0.05)
-    raise TokensUnavailable(f"no partition metadata for {topic!r}")

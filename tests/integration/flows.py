@@ -183,3 +183,9 @@ registry.add(Workflow("agent_lookup").agent(librarian))
 forecaster = Agent("forecaster", chain="http", tools=[get_weather], memory=Memory(window=4, recall_k=2),
                    llm_max_attempts=1)
 registry.add(Workflow("agent_http").agent(forecaster))
+
+# --- token streaming (tests/integration/test_tokens.py) -------------------------------------------------------------
+
+# Chain "stream" points at the local test server's stream-slow model, which streams its answer over ~1.4 s.
+narrator = Agent("narrator", chain="stream", memory=Memory(window=0, recall_k=0, remember=False), llm_max_attempts=1)
+registry.add(Workflow("agent_stream").agent(narrator))
