@@ -323,17 +323,23 @@ class Client:
                         response.read()
                         self._check(response)
                     data: list[str] = []
+                    event = "message"
                     for line in response.iter_lines():
                         if line:  # SSE: "field: value" lines, ":" comments (pings), a blank line ends a message
                             name, _, value = line.partition(":")
                             if name == "data":
                                 data.append(value.removeprefix(" "))
+                            elif name == "event":
+                                event = value.strip()
                             continue
+                        if event == "end":  # the server says the stream is complete
+                            return
                         if data:
                             message: dict[str, Any] = orjson.loads("\n".join(data))
                             data = []
                             after, failures = int(message["offset"]), 0
                             yield message
+                        event = "message"
                 if ends_cleanly:
                     return
                 reason = "the server ended the stream early (is it shutting down?)"

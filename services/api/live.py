@@ -116,6 +116,9 @@ async def _token_messages(reader: TokenReader, ended: Callable[[], Awaitable[boo
         for chunk in chunks:
             yield ServerSentEvent(data=orjson.dumps(chunk.as_dict()).decode(), event="tokens", id=str(chunk.offset))
         if not chunks and not follow and await ended() and await reader.caught_up():
+            # Said out loud, because a stream that sent nothing has no id to reconnect with, and EventSource would
+            # otherwise reconnect from the start for ever.
+            yield ServerSentEvent(data="{}", event="end")
             return
 
 
@@ -244,8 +247,9 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         """What the run's LLM calls stream, as it streams, as Server-Sent Events: each message is one ``LlmTokens``
         chunk (``event: tokens``; data: path, step, step_attempt, execution, stream, provider, model, index, text,
         tool, done, outcome, finish_reason, at_ms, offset), its ``id`` the chunk's tokens-topic offset to resume
-        from. Ends once the run has ended and every chunk was sent, unless ``follow``. The tokens topic keeps
-        chunks for hours only (``tokens_retention_ms``); each reply is recorded whole in the run's events."""
+        from. Ends with an ``end`` message once the run has ended and every chunk was sent, unless ``follow``. The
+        tokens topic keeps chunks for hours only (``tokens_retention_ms``); each reply is recorded whole in the run's
+        events."""
         resume = _resume_point(request.headers.get("last-event-id"), after)
         if not slots.take():
             raise HTTPException(

@@ -37,7 +37,7 @@ from tests.integration.harness import settings_for, spawn_roles
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("TICKFLOW_FUZZ_EXAMPLES", "25"))
-STREAMING = re.compile(r"/live$")
+STREAMING = re.compile(r"/(live|tokens)$")
 
 
 @pytest.fixture

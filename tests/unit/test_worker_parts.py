@@ -22,6 +22,7 @@ from tickflow.events.errors import NonRetryableError, RetryableError
 from tickflow.events.schemas import CancelStep, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
 from tickflow.runtime import step_logs
 from tickflow.runtime.kafka import DeadLetters
+from tickflow.runtime.tokens import TokenPublisher
 from tickflow.runtime.worker import CancelledKeys, LocalQueue, Scheduler, StepWorker
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
@@ -300,6 +301,7 @@ def worker() -> Iterator[StepWorker]:
     producer = FakeProducer()
     w.producer = producer
     w.dead_letters = DeadLetters(producer, "dlq", "test")
+    w.tokens = TokenPublisher(producer, "tokens")  # not started: chunks wait in its queue
     yield w
     for t in w._inflight:
         t.cancel()

@@ -77,6 +77,60 @@ function followRun() {
   for (const type of JSON.parse(list.dataset.types)) source.addEventListener(type, onEvent);
 }
 
+// A run page: what its LLM calls stream, as they stream (one block per request; a step run again after a worker
+// crash streams anew under a new execution, and the cut-off block says so). The stream ends once the run has.
+function followTokens() {
+  const pane = document.getElementById("run-tokens");
+  if (!pane) return;
+  const source = new EventSource(pane.dataset.stream);
+  source.addEventListener("end", () => source.close());
+  const blocks = new Map();
+  source.addEventListener("tokens", (msg) => {
+    const chunk = JSON.parse(msg.data);
+    const key = `${chunk.path}|${chunk.execution}|${chunk.stream}`;
+    let block = blocks.get(key);
+    if (!block) {
+      for (const other of pane.querySelectorAll(`.token-stream[data-path="${CSS.escape(chunk.path)}"]:not([data-outcome])`)) {
+        if (other.dataset.execution !== chunk.execution) { other.dataset.outcome = "cut off"; other.querySelector(".outcome").textContent = "cut off: the step ran again"; }
+      }
+      block = document.createElement("div");
+      block.className = "token-stream";
+      Object.assign(block.dataset, { path: chunk.path, execution: chunk.execution, stream: String(chunk.stream) });
+      const head = document.createElement("header");
+      const name = document.createElement("b");
+      name.textContent = chunk.path;
+      const outcome = document.createElement("span");
+      outcome.className = "outcome";
+      outcome.textContent = "streaming…";
+      head.append(name, ` · ${chunk.model} · attempt ${chunk.step_attempt}, request ${chunk.stream} `, outcome);
+      const text = document.createElement("pre");
+      block.append(head, text);
+      pane.appendChild(block);
+      blocks.set(key, block);
+      document.getElementById("tokens-section").hidden = false;
+    }
+    const text = block.querySelector("pre");
+    if (chunk.tool) {
+      let call = text.lastElementChild;
+      if (!call || call.dataset.tool !== chunk.tool || text.lastChild !== call) {
+        call = document.createElement("span");
+        call.className = "tool-call";
+        call.dataset.tool = chunk.tool;
+        call.textContent = `\n→ ${chunk.tool} `;
+        text.appendChild(call);
+      }
+      call.append(chunk.text);
+    } else if (chunk.text) {
+      text.append(chunk.text);
+    }
+    block.dataset.receivedAt = String(Date.now());
+    if (chunk.done) {
+      block.dataset.outcome = chunk.outcome;
+      block.querySelector(".outcome").textContent = chunk.outcome + (chunk.finish_reason ? ` (${chunk.finish_reason})` : "");
+    }
+  });
+}
+
 // The resume form: its fields become one JSON payload, typed as the wait's schema says.
 document.addEventListener("submit", async (ev) => {
   const form = ev.target;
@@ -141,4 +195,4 @@ function followRebuilds() {
   document.addEventListener("htmx:afterRequest", (ev) => { if (ev.detail.elt.id === "start-rebuild") render(); });
 }
 
-document.addEventListener("DOMContentLoaded", () => { followBoard(); followRun(); followRebuilds(); });
+document.addEventListener("DOMContentLoaded", () => { followBoard(); followRun(); followTokens(); followRebuilds(); });
