@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from click.testing import CliRunner
 
 from tests.conftest import free_port
 from tests.integration.checker import check_log
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for, spawn_roles
 from tests.llm_server import SLOW_ANSWER, LlmTestServer, running_llm_server
+from tickflow.cli import main
 from tickflow.client import Client
 from tickflow.events.codec import decode
 from tickflow.node import Node
@@ -107,6 +109,12 @@ async def test_a_reply_streams_live_over_sse_resumes_by_offset_and_is_one_event_
         # A page opened after the end still gets the whole stream (the topic keeps it for hours), then the end.
         replay = await asyncio.to_thread(follow_tokens, s, "story-1")
         assert [c for _, c in replay] == chunks
+        # The CLI prints the reply under a header naming the step and model, then the outcome.
+        cli = await asyncio.to_thread(CliRunner().invoke, main, ["follow", "story-1", "--tokens"],
+                                      env={"TICKFLOW_API_PORT": str(s.api_port)}, catch_exceptions=False)
+        assert cli.exit_code == 0, cli.output
+        assert f"── {LLM_STEP} · slow-writer · reply (attempt 1, request 1) ──\n{SLOW_ANSWER}\n── ok (stop) ──" \
+            in cli.output, cli.output
         # The server was asked to stream.
         assert [r.body.get("stream") for r in server.for_model("stream-slow")] == [True]
 
