@@ -57,7 +57,8 @@ class Node:
         s = self.settings
         tracing.configure(f"tickflow-{'-'.join(sorted(self.roles))}")  # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
         await ensure_topics(
-            s.bootstrap, s.topics, s.pools, s.log_retention_ms, tokens_retention_ms=s.tokens_retention_ms
+            s.bootstrap, s.topics, s.pools, s.log_retention_ms, tokens_retention_ms=s.tokens_retention_ms,
+            replication=s.replication_factor, min_insync=s.min_insync_replicas,
         )
         if "projector" in self.roles or "api" in self.roles:
             from tickflow.projections.store import open_store

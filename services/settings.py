@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     run_id_retention_s: float = Field(default=365 * 86_400, ge=0)
     #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
     log_retention_ms: int = Field(default=-1, ge=-1)
+    #: Replication factor of the topics tickflow creates (None: 3 on a cluster of three brokers or more, else 1) …
+    replication_factor: int | None = Field(default=None, ge=1, le=10)
+    #: … and their min.insync.replicas (None: one less than the replication factor, at least 1).
+    min_insync_replicas: int | None = Field(default=None, ge=1, le=10)
     #: retention.ms of the tokens topic (streamed LLM deltas, for watching a run live; the log keeps each reply).
     tokens_retention_ms: int = Field(default=6 * 3_600_000, ge=60_000)  # = runtime.kafka.TOKENS_RETENTION_MS
     #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).

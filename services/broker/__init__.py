@@ -11,13 +11,23 @@ Where: a KRaft broker+controller bound to 127.0.0.1 only, with its data, logs an
 directory (``<state_dir>/kafka``; $TICKFLOW_STATE_DIR, default ./.tickflow), so two projects never share a log.
 """
 
-from .launcher import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, default_cache_dir, main, server_properties
+from .launcher import (
+    KAFKA_VERSION,
+    BrokerConfig,
+    BrokerError,
+    LocalBroker,
+    LocalCluster,
+    default_cache_dir,
+    main,
+    server_properties,
+)
 
 __all__ = [
     "KAFKA_VERSION",
     "BrokerConfig",
     "BrokerError",
     "LocalBroker",
+    "LocalCluster",
     "default_cache_dir",
     "main",
     "server_properties",

@@ -1,4 +1,10 @@
-"""One-node Apache Kafka (KRaft) on 127.0.0.1: fetch its jars once, configure, format, start, wait, stop.
+"""Apache Kafka (KRaft) on 127.0.0.1 — one node, or a cluster of N: fetch its jars once, configure, format, start,
+wait, stop.
+
+A cluster (``TICKFLOW_KAFKA_BROKERS=3`` or ``LocalCluster``) is N combined broker+controller nodes on consecutive
+loopback ports — node i listens on ``port + 2(i-1)`` and its controller on the next port — formatted with one
+cluster id, so any one node can die and the other two keep a controller quorum and every partition's leadership.
+Internal topics get replication 3 and min ISR 2 on three nodes or more.
 
 Why a launcher in the package: ``tickflow broker start`` and ``tickflow up`` must work from an installed wheel, with
 nothing of the checkout around. Ready means "Kafka Server started" in logs/server.log *and* a TCP connect: the broker
@@ -8,6 +14,7 @@ accepts connections before it has joined its quorum. Jars are cached per user, d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -26,6 +33,8 @@ _PACKAGE = __package__ or __name__.rpartition(".")[0]
 HOST = "127.0.0.1"
 READY_LINE = b"Kafka Server started"
 COMMANDS = ("install", "start", "stop", "status", "reset", "bootstrap")
+#: Replication of internal topics (and tickflow's, by default) on a cluster this size or larger; min ISR one less.
+FULL_REPLICATION = 3
 USAGE = f"usage: python -m tickflow.broker {'|'.join(COMMANDS)}"
 
 
@@ -80,6 +89,11 @@ class BrokerConfig:
     controller_port: int | None = None  # default port + 1
     cache_dir: Path | None = None  # the kafka-<version> directory itself; default: default_cache_dir()
     heap: str = "768m"
+    node_id: int = 1
+    #: (node id, controller port) of every controller of the cluster; empty: this node alone.
+    voters: tuple[tuple[int, int], ...] = ()
+    #: Where under state_dir this node keeps its files ("kafka" alone, "kafka/node-<id>" in a cluster).
+    subdir: str = "kafka"
 
     @classmethod
     def from_env(cls, state_dir: Path | None = None) -> BrokerConfig:
@@ -109,16 +123,24 @@ class BrokerConfig:
 
     @property
     def kafka_dir(self) -> Path:
-        return Path(self.state_dir).absolute() / "kafka"
+        return Path(self.state_dir).absolute() / self.subdir
+
+    @property
+    def cluster_size(self) -> int:
+        return max(len(self.voters), 1)
 
 
 def server_properties(config: BrokerConfig) -> str:
-    """The broker's server.properties, for a one-node KRaft broker on loopback."""
+    """The server.properties of one KRaft node (broker and controller) on loopback, alone or in a cluster."""
     port, controller = config.port, config.resolved_controller_port
+    voters = config.voters or ((config.node_id, controller),)
+    quorum = ",".join(f"{node}@{HOST}:{cport}" for node, cport in voters)
+    replication = min(config.cluster_size, FULL_REPLICATION)
+    min_isr = max(replication - 1, 1)
     return f"""\
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{HOST}:{controller}
+node.id={config.node_id}
+controller.quorum.voters={quorum}
 listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}
 advertised.listeners=PLAINTEXT://{HOST}:{port}
 controller.listener.names=CONTROLLER
@@ -126,11 +148,12 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs={config.kafka_dir / "data"}
 num.partitions=1
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-min.insync.replicas=1
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=-1
@@ -259,16 +282,24 @@ class LocalBroker:
 
     def start(self, timeout_s: float = 90.0) -> None:
         """Install if needed, format storage if needed, start detached and wait until ready."""
+        if self.launch():
+            self.wait_ready(timeout_s)
+
+    def launch(self, cluster_id: str | None = None) -> bool:
+        """Install and format if needed, and start the JVM detached, without waiting; False if already running.
+
+        ``cluster_id``: the id every node of a cluster is formatted with (a new one for a node alone)."""
         self.install()
         pid = self._read_pid()
         if pid is not None and self._alive(pid):
-            _log(f"already running (pid {pid}) on {self.config.bootstrap}")
-            return
+            _log(f"node {self.config.node_id} already running (pid {pid}) on {self.config.bootstrap}")
+            return False
         _require("java", "install OpenJDK 17")
         self._write_config()
         if not (self.data_dir / "meta.properties").is_file():
             tool, props = "kafka.tools.StorageTool", str(self.properties_path)
-            cluster_id = _run(self._java_cmd(tool, "random-uuid"), "StorageTool random-uuid").decode().split()[-1]
+            if cluster_id is None:
+                cluster_id = _run(self._java_cmd(tool, "random-uuid"), "StorageTool random-uuid").decode().split()[-1]
             _run(self._java_cmd(tool, "format", "-t", cluster_id, "-c", props), "StorageTool format")
         _log(f"starting Kafka {KAFKA_VERSION} on {self.config.bootstrap} (data in {self.kafka_dir})")
         (self.logs_dir / "server.log").write_bytes(b"")
@@ -278,20 +309,35 @@ class LocalBroker:
             proc = subprocess.Popen(cmd, stdin=DEVNULL, stdout=out, stderr=STDOUT, start_new_session=True)
         self._proc = proc
         self.pidfile.write_text(f"{proc.pid}\n", encoding="utf-8")
+        return True
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Wait until the node started by ``launch`` serves; raise with its log's last lines if it died."""
+        pid = self._read_pid()
+        stdout_log = self.logs_dir / "stdout.log"
         deadline = time.monotonic() + timeout_s
         while True:
-            if not self._alive(proc.pid):
+            if pid is None or not self._alive(pid):
                 self.pidfile.unlink(missing_ok=True)
-                tail = _tail(stdout_log.read_bytes(), 20) or "(empty)"
-                exited = f"broker exited during start (exit {proc.poll()})"
+                tail = _tail(stdout_log.read_bytes(), 20) if stdout_log.exists() else "(empty)"
+                code = self._proc.poll() if self._proc is not None else None
+                exited = f"broker exited during start (exit {code})"
                 errors = _server_errors(self.logs_dir / "server.log")
-                raise BrokerError(f"{exited}; last lines of {stdout_log}:\n{tail}{errors}")
+                raise BrokerError(f"{exited}; last lines of {stdout_log}:\n{tail or '(empty)'}{errors}")
             if self.is_ready():
                 _log(f"ready on {self.config.bootstrap}")
                 return
             if time.monotonic() >= deadline:
                 raise BrokerError(f"broker did not become ready within {timeout_s:g} s; see {self.logs_dir}")
             time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests of broker failures); the pidfile stays for ``stop``'s bookkeeping."""
+        pid = self._read_pid()
+        if pid is not None and self._alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_gone(pid, 10.0)
 
     def _wait_gone(self, pid: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -320,6 +366,55 @@ class LocalBroker:
         shutil.rmtree(self.kafka_dir, ignore_errors=True)
 
 
+class LocalCluster:
+    """``size`` KRaft nodes on consecutive loopback ports, each broker and controller, one cluster id."""
+
+    def __init__(self, base: BrokerConfig, size: int = FULL_REPLICATION) -> None:
+        if size < 1:
+            raise BrokerError(f"a cluster needs at least one node, not {size}")
+        self.base = base
+        voters = tuple((i + 1, base.port + 2 * i + 1) for i in range(size))
+        self.nodes = [
+            LocalBroker(dataclasses.replace(
+                base, node_id=i + 1, port=base.port + 2 * i, controller_port=base.port + 2 * i + 1, voters=voters,
+                subdir=f"kafka/node-{i + 1}",
+            ))
+            for i in range(size)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.config.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalBroker:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start every node (they wait for each other's quorum), then wait until all serve."""
+        id_file = Path(self.base.state_dir).absolute() / "kafka" / "cluster.id"
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        if not id_file.is_file():
+            self.nodes[0].install()
+            uuid = _run(self.nodes[0]._java_cmd("kafka.tools.StorageTool", "random-uuid"), "StorageTool random-uuid")
+            id_file.write_text(uuid.decode().split()[-1], encoding="utf-8")
+        cluster_id = id_file.read_text(encoding="utf-8").strip()
+        for node in self.nodes:
+            node.launch(cluster_id)
+        for node in self.nodes:
+            node.wait_ready(timeout_s)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def is_ready(self) -> bool:
+        return all(node.is_running() and node.is_ready() for node in self.nodes)
+
+    def reset(self) -> None:
+        self.stop()
+        shutil.rmtree(Path(self.base.state_dir).absolute() / "kafka", ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tickflow.broker COMMAND``; status exits 0 only when the broker is ready."""
     args = sys.argv[1:] if argv is None else argv
@@ -332,17 +427,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = BrokerConfig.from_env()
-        broker = LocalBroker(config)
+        size = _env_int("TICKFLOW_KAFKA_BROKERS") or 1
+        broker: LocalBroker | LocalCluster = LocalBroker(config) if size == 1 else LocalCluster(config, size)
+        bootstrap = broker.bootstrap if isinstance(broker, LocalCluster) else config.bootstrap
         if command == "status":
-            ready = broker.is_running() and broker.is_ready()
-            print(f"running {config.bootstrap}" if ready else "stopped")
+            ready = broker.is_ready() if isinstance(broker, LocalCluster) else broker.is_running() and broker.is_ready()
+            print(f"running {bootstrap}" if ready else "stopped")
             return 0 if ready else 1
         actions: dict[str, Callable[[], object]] = {
-            "install": broker.install,
+            "install": LocalBroker(config).install,
             "start": broker.start,
             "stop": broker.stop,
             "reset": broker.reset,
-            "bootstrap": lambda: print(config.bootstrap),
+            "bootstrap": lambda: print(bootstrap),
         }
         actions[command]()
     except BrokerError as exc:

@@ -28,11 +28,13 @@ __all__ = [
     "PendingSends",
     "Rebalance",
     "SendFailed",
+    "TopicLayoutError",
     "consumer_lag",
     "ensure_topics",
     "new_consumer",
     "new_producer",
     "read_partition",
+    "replication_for",
 ]
 
 log = logging.getLogger("tickflow.kafka")
@@ -72,6 +74,26 @@ def new_consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides
     return AIOKafkaConsumer(*topics, **options)
 
 
+class TopicLayoutError(RuntimeError):
+    """tickflow's topics exist with a layout it cannot run on (keyed topics with another partition count)."""
+
+
+def replication_for(brokers: int, replication: int | None = None, min_insync: int | None = None) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: the settings when given, else 3 and 2
+    on three brokers or more (one broker may fail with no write refused and no acknowledged write lost), 1 and 1
+    on one broker. A factor above the broker count is refused here, with the fix, rather than by Kafka."""
+    rf = replication if replication is not None else (3 if brokers >= 3 else 1)
+    if rf > brokers:
+        raise TopicLayoutError(
+            f"replication factor {rf} needs at least {rf} brokers, the cluster has {brokers}; set "
+            "TICKFLOW_REPLICATION_FACTOR to at most the broker count"
+        )
+    isr = min_insync if min_insync is not None else max(rf - 1, 1)
+    if not 1 <= isr <= rf:
+        raise TopicLayoutError(f"min.insync.replicas must be between 1 and the replication factor {rf}, not {isr}")
+    return rf, isr
+
+
 async def ensure_topics(
     bootstrap: str,
     names: TopicNames,
@@ -79,26 +101,35 @@ async def ensure_topics(
     log_retention_ms: int = -1,
     *,
     tokens_retention_ms: int = TOKENS_RETENTION_MS,
+    replication: int | None = None,
+    min_insync: int | None = None,
 ) -> None:
-    """Create tickflow's topics with the partition counts ``events`` defines; existing topics are kept.
+    """Create tickflow's topics with the partition counts ``events`` defines; existing topics are kept, but keyed
+    topics whose partition count differs are refused (``TopicLayoutError``): a run's records would land in
+    partitions no single engine owns.
 
     The events topic keeps records for ``log_retention_ms`` (-1: forever, the default: the log is the state); the
-    tokens topic (streamed LLM deltas, for watching only) for ``tokens_retention_ms``.
+    tokens topic (streamed LLM deltas, for watching only) for ``tokens_retention_ms``. Replication and
+    ``min.insync.replicas`` follow ``replication_for`` (3 / 2 on a cluster of three brokers or more).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        brokers = len((await admin.describe_cluster()).get("brokers") or []) or 1
+        rf, isr = replication_for(brokers, replication, min_insync)
+
+        def topic(name: str, partitions: int, **configs: str) -> NewTopic:
+            return NewTopic(name, partitions, rf, topic_configs={"min.insync.replicas": str(isr), **configs})
+
+        keyed = names.keyed_topics(tuple(pools))
         wanted = [
-            NewTopic(t, names.partitions, 1, topic_configs={"retention.ms": str(log_retention_ms)})
-            if t == names.events
-            else NewTopic(t, names.partitions, 1)
-            for t in names.keyed_topics(tuple(pools))
+            topic(t, names.partitions, **({"retention.ms": str(log_retention_ms)} if t == names.events else {}))
+            for t in keyed
         ]
-        wanted.append(NewTopic(names.state, names.partitions, 1, topic_configs={"cleanup.policy": "compact"}))
-        wanted.append(NewTopic(names.dead_letter, 1, 1))
-        wanted.append(NewTopic(names.control, 1, 1, topic_configs={"cleanup.policy": "compact"}))
-        tokens_config = {"retention.ms": str(tokens_retention_ms)}
-        wanted.append(NewTopic(names.tokens, names.partitions, 1, topic_configs=tokens_config))
+        wanted.append(topic(names.state, names.partitions, **{"cleanup.policy": "compact"}))
+        wanted.append(topic(names.dead_letter, 1))
+        wanted.append(topic(names.control, 1, **{"cleanup.policy": "compact"}))
+        wanted.append(topic(names.tokens, names.partitions, **{"retention.ms": str(tokens_retention_ms)}))
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:
@@ -106,9 +137,23 @@ async def ensure_topics(
                 await admin.create_topics(missing)
         for _ in range(100):  # metadata propagates asynchronously after creation
             if {t.name for t in wanted} <= set(await admin.list_topics()):
-                return
+                break
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"topics were not visible after creation: {[t.name for t in wanted]}")
+        else:
+            raise RuntimeError(f"topics were not visible after creation: {[t.name for t in wanted]}")
+        co_partitioned = [*keyed, names.state]
+        counts = {
+            str(t.get("topic") or t.get("name")): len(t.get("partitions") or [])
+            for t in await admin.describe_topics(co_partitioned)
+        }
+        wrong = {t: n for t, n in counts.items() if n != names.partitions}
+        if wrong:
+            raise TopicLayoutError(
+                f"tickflow runs with {names.partitions} partitions per keyed topic (TICKFLOW_PARTITIONS), but "
+                + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+                + "; every record of a run must land in the partition of one engine: use the topics' count, or a new "
+                "TICKFLOW_PREFIX (and replay into it)"
+            )
     finally:
         await admin.close()
 

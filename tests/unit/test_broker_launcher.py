@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tickflow.broker import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, main, server_properties
+from tickflow.broker import (
+    KAFKA_VERSION,
+    BrokerConfig,
+    BrokerError,
+    LocalBroker,
+    LocalCluster,
+    main,
+    server_properties,
+)
+from tickflow.runtime.kafka import TopicLayoutError, replication_for
 
 ENV = ("TICKFLOW_STATE_DIR", "TICKFLOW_KAFKA_PORT", "TICKFLOW_KAFKA_CONTROLLER_PORT", "TICKFLOW_KAFKA_HEAP")
 
@@ -98,9 +107,37 @@ def test_server_properties_match_the_script() -> None:
     assert props["log.dirs"] == "/srv/st/kafka/data"
     assert props["message.max.bytes"] == "8388608" and props["auto.create.topics.enable"] == "false"
     assert props["process.roles"] == "broker,controller" and props["log.retention.hours"] == "-1"
-    assert len(props) == 22 and server_properties(config).endswith("message.max.bytes=8388608\n")
+    assert len(props) == 23 and server_properties(config).endswith("message.max.bytes=8388608\n")
+    alone = (props["default.replication.factor"], props["min.insync.replicas"], props["offsets.topic.replication.factor"])
+    assert alone == ("1", "1", "1")
     explicit = BrokerConfig(Path("/s"), port=19500, controller_port=7000)
     assert "CONTROLLER://127.0.0.1:7000" in server_properties(explicit)
+
+
+def test_a_cluster_is_nodes_on_consecutive_ports_with_one_quorum_and_full_replication(tmp_path: Path) -> None:
+    cluster = LocalCluster(BrokerConfig(tmp_path, port=19600), 3)
+    assert cluster.bootstrap == "127.0.0.1:19600,127.0.0.1:19602,127.0.0.1:19604"
+    for i, node in enumerate(cluster.nodes, start=1):
+        props = dict(line.split("=", 1) for line in server_properties(node.config).splitlines())
+        assert props["node.id"] == str(i)
+        assert props["controller.quorum.voters"] == "1@127.0.0.1:19601,2@127.0.0.1:19603,3@127.0.0.1:19605"
+        assert props["listeners"] == f"PLAINTEXT://127.0.0.1:{19598 + 2 * i},CONTROLLER://127.0.0.1:{19599 + 2 * i}"
+        assert props["log.dirs"] == str(tmp_path / "kafka" / f"node-{i}" / "data")
+        assert (props["default.replication.factor"], props["min.insync.replicas"]) == ("3", "2")
+        assert (props["transaction.state.log.replication.factor"], props["transaction.state.log.min.isr"]) == ("3", "2")
+    assert cluster.node(2) is cluster.nodes[1]
+    with pytest.raises(BrokerError):
+        LocalCluster(BrokerConfig(tmp_path), 0)
+
+
+def test_replication_follows_the_cluster_size_unless_set() -> None:
+    assert replication_for(1) == (1, 1) and replication_for(2) == (1, 1)
+    assert replication_for(3) == (3, 2) and replication_for(5) == (3, 2)
+    assert replication_for(3, 2) == (2, 1) and replication_for(5, 5, 3) == (5, 3)
+    with pytest.raises(TopicLayoutError, match="needs at least 3 brokers"):
+        replication_for(1, 3)
+    with pytest.raises(TopicLayoutError, match="min.insync.replicas"):
+        replication_for(3, 3, 4)
 
 
 def test_defaults_and_bootstrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
