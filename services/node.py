@@ -107,8 +107,10 @@ class Node:
         import uvicorn
 
         from tickflow.api.app import create_api
+        from tickflow.api.guards import allowed_hosts, check_bind
 
         s = self.settings
+        check_bind(s.api_host, s.api_token)
         self._api_producer = new_producer(s.bootstrap, linger_ms=0)
         await self._api_producer.start()
         app = create_api(
@@ -124,6 +126,7 @@ class Node:
             bootstrap=s.bootstrap,
             engine=self.engine,
             projector=self.projector,  # a rebuild pauses it to swap its database in
+            hosts=allowed_hosts(s.api_host, s.api_allowed_hosts),
         )
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off")
         self._api_server = uvicorn.Server(config)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8700, ge=0, le=65_535)
     api_token: str | None = Field(default=None, repr=False)
+    #: Host header values the API answers (comma-separated; unset: the loopback names for a loopback bind, any
+    #: otherwise — see ``tickflow.api.guards``).
+    api_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     #: Where a process without the API serves Prometheus' /metrics (unset: nowhere; the API process serves it on
     #: its own port). Give each process on a host its own.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
@@ -76,9 +79,9 @@ class Settings(BaseSettings):
     #: offline scripted models only (every answer labelled as not coming from a real LLM).
     llm_config: Path | None = None
 
-    @field_validator("pools", mode="before")
+    @field_validator("pools", "api_allowed_hosts", mode="before")
     @classmethod
-    def _split_pools(cls, value: Any) -> Any:
+    def _split_pools(cls, value: Any) -> Any:  # also TICKFLOW_API_ALLOWED_HOSTS=api.example.com,127.0.0.1
         if isinstance(value, str):  # TICKFLOW_POOLS=default,llm
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value

@@ -11,19 +11,22 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tickflow.api import analytics, live, memory, rebuild, replay, runs, sql, stacks
 from tickflow.api.deps import ApiDeps, code_for_status
+from tickflow.api.guards import BodyLimit
 from tickflow.dashboard import pages as dashboard
 from tickflow.dashboard.board import BoardFeed
 from tickflow.dashboard.session import build_login_router, cookie_session
@@ -79,19 +82,27 @@ def create_api(
     bootstrap: str = "",
     engine: Any = None,
     projector: Any = None,
+    hosts: Sequence[str] | None = None,
 ) -> FastAPI:
-    """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name)."""
+    """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name); ``hosts`` the Host
+    header values answered (None: any; see ``tickflow.api.guards``)."""
     api = FastAPI(
         title="tickflow",
         version="0.1.0",
         description="Durable workflows on a Kafka log; status and analytics from ClickHouse.",
+        # Served below behind the token, like every other route.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    expected = token.encode() if token is not None else b""
 
     async def authorize(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "")
-        if given.startswith("Bearer ") and secrets.compare_digest(given[7:], token):
+        # Bytes, not str: compare_digest refuses non-ASCII text with a TypeError (a 500 instead of a 401).
+        if given.startswith("Bearer ") and secrets.compare_digest(given[7:].encode(), expected):
             return
         if cookie_session(request, token):  # the dashboard, signed in (unsafe methods need the CSRF header)
             return
@@ -125,13 +136,10 @@ def create_api(
                 return _error(422, detail, ErrorCode.INVALID_REQUEST)
         return await call_next(request)
 
-    @api.middleware("http")  # added last, so it runs first: a too-big body is refused before it is read
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            detail = f"request body is {length} bytes; the limit is {max_body_bytes}"
-            return _error(413, detail, ErrorCode.PAYLOAD_TOO_LARGE)
-        return await call_next(request)
+    if hosts is not None:
+        api.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+    # Added last, so it runs first: a body over the limit (declared or chunked) is refused before anything reads it.
+    api.add_middleware(BodyLimit, limit=max_body_bytes)
 
     deps = ApiDeps(
         store=store,
@@ -160,6 +168,15 @@ def create_api(
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(api.openapi())
+
+    @api.get("/docs", dependencies=[Depends(authorize)], include_in_schema=False)
+    async def interactive_docs() -> HTMLResponse:
+        """Swagger UI (its script comes from a CDN: this page, unlike the dashboard, needs the internet)."""
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="tickflow API")
 
     @api.get("/metrics", dependencies=[Depends(authorize)], include_in_schema=False)
     async def prometheus_metrics() -> Response:

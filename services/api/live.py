@@ -174,6 +174,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         reader: LiveReader | None = None
         try:
             first = await asyncio.to_thread(deps.store.first_offset, key)
+            since_ms = None if first is not None else await _run_started_ms(deps, key)
             reader = LiveReader(
                 bootstrap=deps.bootstrap,
                 topic=deps.topics.events,
@@ -184,6 +185,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
                 first=first,
                 terminal=terminal,
                 follow=follow,
+                since_ms=since_ms,
             )
             await reader.open()
         except BaseException as exc:

@@ -70,7 +70,8 @@ class LiveReader:
     itself is read, not delivered, so the reader knows the last seq the client has and whether the entity
     had already ended). ``from_seq``: deliver only events with ``seq >= from_seq``. ``first``: (partition,
     offset) of the key's first event when the projection knows it, so the reader does not scan the
-    partition from its start. ``terminal``: event types after which the stream is complete; ``follow`` keeps
+    partition from its start; ``since_ms``, when it does not: start at records written since then (a key not seen
+    yet is new, so its events are recent), never at the partition's start for every client that asks. ``terminal``: event types after which the stream is complete; ``follow`` keeps
     tailing past them.
 
     A copy of an event already delivered (same seq) is skipped, so a client sees each seq once.
@@ -88,6 +89,7 @@ class LiveReader:
         first: tuple[int, int] | None = None,
         terminal: frozenset[str] = RUN_TERMINAL_EVENTS,
         follow: bool = False,
+        since_ms: int | None = None,
     ) -> None:
         self.key = key
         self._key_bytes = partition_key(key)
@@ -98,6 +100,7 @@ class LiveReader:
         self._bootstrap = bootstrap
         self._first = first[1] if first is not None else None
         self._after = after
+        self._since_ms = since_ms if first is None else None
         self._from_seq = from_seq or 1
         self._terminal = terminal
         self._follow = follow
@@ -134,6 +137,9 @@ class LiveReader:
         start = begin
         if self._first is not None:
             start = max(start, self._first)
+        elif self._since_ms is not None and self._after is None:
+            found = (await consumer.offsets_for_times({self.tp: max(self._since_ms, 0)}))[self.tp]
+            start = max(start, found.offset if found is not None else end)
         if self._after is not None:
             start = max(start, self._after)
         start = min(start, end)  # an offset beyond the end (a recreated topic) waits for new records
