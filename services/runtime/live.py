@@ -70,9 +70,9 @@ class LiveReader:
     itself is read, not delivered, so the reader knows the last seq the client has and whether the entity
     had already ended). ``from_seq``: deliver only events with ``seq >= from_seq``. ``first``: (partition,
     offset) of the key's first event when the projection knows it, so the reader does not scan the
-    partition from its start; ``since_ms``, when it does not: start at records written since then (a key not seen
-    yet is new, so its events are recent), never at the partition's start for every client that asks. ``terminal``: event types after which the stream is complete; ``follow`` keeps
-    tailing past them.
+    partition from its start; ``since_ms``, when it does not: start at records written since then (a key not
+    seen yet is new, so its events are recent), never at the partition's start for every client that asks.
+    ``terminal``: event types after which the stream is complete; ``follow`` keeps tailing past them.
 
     A copy of an event already delivered (same seq) is skipped, so a client sees each seq once.
     """
