@@ -51,7 +51,8 @@ __all__ = [
 READ_KEYWORDS = frozenset({"SELECT", "WITH", "EXPLAIN", "DESCRIBE", "SHOW", "EXISTS"})
 
 #: Table functions that only generate data or read this database's own tables. Anything else (file, url, s3,
-#: remote, executable, mysql, Python, arrowstream, …) is refused before ClickHouse sees the query.
+#: remote, executable, mysql, Python, arrowstream, merge — which reads any database by regex — …) is refused
+#: before ClickHouse sees the query.
 TABLE_FUNCTIONS = frozenset(
     {
         "numbers",
@@ -64,15 +65,20 @@ TABLE_FUNCTIONS = frozenset(
         "generaterandom",
         "primes",
         "view",
-        "merge",
     }
 )
 
 #: Ordinary functions that read outside the database even under ``readonly=1`` (checked on chDB: ``file``
 #: returns any file's content) or expose the server's configuration.
 DENIED_FUNCTIONS = frozenset(
-    {"file", "showcertificate", "catboostevaluate", "getserversetting", "getclienthttpheader", "getmacro"}
+    {"file", "showcertificate", "catboostevaluate", "getserversetting", "getclienthttpheader", "getmacro",
+     # These read tables (or dictionaries, any function named dict*) by a name given as a string, which
+     # names any database: hasColumnInTable('system', 'users', …).
+     "hascolumnintable", "joinget", "joingetornull"}
 )
+
+#: SHOW statements that stay in tickflow's database (``SHOW TABLES FROM <db>`` is checked to name it).
+_SHOW_ALLOWED = re.compile(r"^SHOW (TABLES|CREATE TABLE|CREATE|COLUMNS|FULL COLUMNS|INDEX|INDEXES|KEYS)\b")
 
 MAX_QUERY_CHARS = 100_000
 MAX_PARAMS = 100
@@ -94,8 +100,9 @@ class SqlUnavailable(RuntimeError):
     """This store has no SQL engine (the in-memory twin). HTTP 501."""
 
 
-def check_ast(ast: str) -> None:
-    """Refuse an ``EXPLAIN AST`` dump that calls a denied function or a table function not allow-listed.
+def check_ast(ast: str, database: str | None = None) -> None:
+    """Refuse an ``EXPLAIN AST`` dump that calls a denied function or a table function not allow-listed, or —
+    given ``database`` — names a table of another database (``system.*``, ``INFORMATION_SCHEMA.*``, any other).
 
     A table function is a ``Function`` node whose parent is a ``TableExpression``; the parent is the nearest
     earlier line indented one level less. Literals are printed quoted with newlines escaped, so a value that
@@ -111,14 +118,31 @@ def check_ast(ast: str) -> None:
             parents.pop()
         parent = parents[-1][1] if parents else ""
         parents.append((depth, node))
+        if database is not None:
+            _check_database(node, name, line, database)
         if node != "Function":
             continue
         lowered = name.lower()
         if parent == "TableExpression" and lowered not in TABLE_FUNCTIONS:
             allowed = ", ".join(sorted(TABLE_FUNCTIONS))
             raise SqlError(f"table function {name}() is not allowed here; allowed table functions: {allowed}")
-        if lowered in DENIED_FUNCTIONS:
+        if lowered in DENIED_FUNCTIONS or lowered.startswith("dict"):
             raise SqlError(f"function {name}() reads outside the database and is not allowed here")
+
+
+def _check_database(node: str, name: str, line: str, database: str) -> None:
+    """A table named with a database must be in ``database``: ``TableIdentifier system.tables``, or
+    ``ExistsTableQuery system tables`` / ``ShowCreateTableQuery system tables`` (database, then table)."""
+    named: str | None = None
+    if node == "TableIdentifier" and "." in name:
+        named = name.split(".", 1)[0]
+    elif node in ("ExistsTableQuery", "ShowCreateTableQuery"):
+        words = line.split()
+        if len(words) >= 3 and not words[2].startswith("("):
+            named = words[1]
+    if named is not None and named.strip("`\"") != database:
+        raise SqlError(f"only tickflow's own database ({database}) can be read here, not {named}: system tables "
+                       "and other databases are out of reach")
 
 
 def _trim(exc: BaseException, limit: int = 1_000) -> str:
@@ -219,11 +243,11 @@ class ReadOnlySql:
             except ClickHouseError as exc:
                 raise SqlError(f"cannot open a read-only ClickHouse session: {_trim(exc)}") from None
             try:
-                canonical = self._canonical(client, text)
+                canonical = self._canonical(client, text, self._store.database)
                 ast = "\n".join(
                     str(r[0]) for r in client.query(f"EXPLAIN AST {canonical}", parameters=params).result_rows
                 )
-                check_ast(ast)
+                check_ast(ast, self._store.database)
                 result = client.query(canonical, parameters=params)
             except ClickHouseError as exc:
                 raise SqlError(_trim(exc)) from None
@@ -258,7 +282,24 @@ class ReadOnlySql:
         return query.replace("{db}", f"`{self._store.database}`")
 
     @staticmethod
-    def _canonical(client: Any, text: str) -> str:
+    def _check_show(canonical: str, database: str) -> None:
+        """SHOW TABLES [FROM db], SHOW COLUMNS/INDEX FROM table [FROM db] (or FROM db.table), SHOW CREATE TABLE
+        (its table is checked in the AST): any database named must be tickflow's."""
+        if not _SHOW_ALLOWED.match(canonical):
+            raise SqlError("of the SHOW statements only SHOW TABLES, SHOW CREATE TABLE and SHOW COLUMNS are allowed, "
+                           "and only of tickflow's own database")
+        words = canonical.split()
+        targets = [words[i + 1] for i, word in enumerate(words[:-1]) if word.upper() in ("FROM", "IN")]
+        if canonical.startswith("SHOW TABLES"):
+            named = targets[:1]
+        else:
+            named = targets[1:2] or [t.split(".", 1)[0] for t in targets[:1] if "." in t]
+        for db in named:
+            if db.strip("`\"") != database:
+                raise SqlError(f"only tickflow's own database ({database}) can be shown here, not {db}")
+
+    @staticmethod
+    def _canonical(client: Any, text: str, database: str) -> str:
         """ClickHouse's own formatting of the statement: one statement, no comments, clauses on their lines."""
         canonical = str(client.query("SELECT formatQuery({q:String})", parameters={"q": text}).result_rows[0][0])
         keyword = canonical.split(None, 1)[0].upper() if canonical.strip() else ""
@@ -266,6 +307,8 @@ class ReadOnlySql:
             allowed = ", ".join(sorted(READ_KEYWORDS))
             raise SqlError(f"only read statements are allowed ({allowed}); this one starts with {keyword or '?'}")
         # formatQuery escapes newlines inside literals, so a clause can only start a line as a real clause.
+        if keyword == "SHOW":
+            ReadOnlySql._check_show(canonical, database)
         if re.search(r"(?m)^\s*INTO OUTFILE\b", canonical):
             raise SqlError("INTO OUTFILE is not allowed: the result comes back in the response")
         if re.search(r"(?m)^\s*FORMAT\b", canonical):

@@ -103,6 +103,47 @@ def test_reaching_outside_is_refused(sql: ReadOnlySql, query: str, reason: str) 
         sql.run(query)
 
 
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("SELECT count() FROM system.tables", "not system"),
+        ("SELECT count() FROM `system`.`users`", "not system"),
+        ("SELECT * FROM INFORMATION_SCHEMA.tables", "not INFORMATION_SCHEMA"),
+        ("SELECT * FROM default.anything", "not default"),
+        ("SELECT count() FROM runs AS r JOIN system.one AS o ON 1", "not system"),
+        ("SELECT (SELECT count() FROM system.tables)", "not system"),
+        ("SELECT * FROM view(SELECT * FROM system.one)", "not system"),
+        ("SELECT * FROM merge('system', '.*')", "merge() is not allowed"),
+        ("SELECT * FROM clusterAllReplicas('default', system.one)", "clusterAllReplicas() is not allowed"),
+        ("DESCRIBE system.tables", "not system"),
+        ("EXISTS system.tables", "not system"),
+        ("SHOW CREATE TABLE system.tables", "not system"),
+        ("SHOW TABLES FROM system", "not system"),
+        ("SHOW COLUMNS FROM tables FROM system", "not system"),
+        ("SHOW COLUMNS FROM system.tables", "not system"),
+        ("SHOW DATABASES", "only SHOW TABLES"),
+        ("SHOW USERS", "only SHOW TABLES"),
+        ("SHOW PROCESSLIST", "only SHOW TABLES"),
+        ("SHOW SETTINGS LIKE 'max%'", "only SHOW TABLES"),
+        ("SELECT hasColumnInTable('system', 'tables', 'name')", "hasColumnInTable() reads outside"),
+        ("SELECT dictGet('system.d', 'x', 1)", "dictGet() reads outside"),
+        ("SELECT joinGet('system.j', 'x', 1)", "joinGet() reads outside"),
+    ],
+)
+def test_other_databases_are_out_of_reach(sql: ReadOnlySql, query: str, reason: str) -> None:
+    with pytest.raises(SqlError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        sql.run(query)
+
+
+def test_its_own_database_stays_readable_every_way(sql: ReadOnlySql, store: ClickHouseStore) -> None:
+    db = store.database
+    assert sql.run(f"SELECT count() FROM {db}.runs FINAL").rows == [[5]]
+    assert ["runs"] in sql.run(f"SHOW TABLES FROM {db}").rows
+    assert sql.run("EXISTS runs").rows == [[1]] and sql.run(f"EXISTS {db}.runs").rows == [[1]]
+    assert sql.run("SHOW CREATE TABLE runs").rows[0][0].startswith(f"CREATE TABLE {db}.runs")
+    assert sql.run("SHOW COLUMNS FROM runs").rows and sql.run(f"DESCRIBE {db}.runs").rows
+
+
 def test_the_session_itself_is_read_only_and_limited(sql: ReadOnlySql, store: ClickHouseStore) -> None:
     """The limits are ClickHouse settings of the session, not a filter of ours: check ClickHouse sees them."""
     res = sql.run(
