@@ -14,7 +14,6 @@ from typing import Any
 
 import tickflow.metrics as metrics
 import tickflow.tracing as tracing
-from tickflow.events.codec import MAX_RECORD_BYTES
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.engine import Engine
@@ -122,7 +121,7 @@ class Node:
             metrics=self.projector.metrics if self.projector else None,
             blobs=FileBlobStore(s.blob_dir),
             offload_bytes=s.offload_bytes,
-            max_body_bytes=max(s.max_payload_bytes, MAX_RECORD_BYTES),
+            max_body_bytes=s.api_max_body_bytes,
             bootstrap=s.bootstrap,
             engine=self.engine,
             projector=self.projector,  # a rebuild pauses it to swap its database in

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     #: Host header values the API answers (comma-separated; unset: the loopback names for a loopback bind, any
     #: otherwise — see ``tickflow.api.guards``).
     api_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    #: The biggest request body the API reads (declared or chunked); a run input above ``offload_bytes`` travels
+    #: on through the claim-check, so this bounds memory per request, not what a run may carry.
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1_024)
     #: Where a process without the API serves Prometheus' /metrics (unset: nowhere; the API process serves it on
     #: its own port). Give each process on a host its own.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), max_payload_bytes=2_000_000), registry)
+    n = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), max_payload_bytes=2_000_000,
+                          api_max_body_bytes=2_000_000), registry)
     await n.start()
     yield n
     await n.stop()
