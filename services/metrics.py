@@ -30,6 +30,7 @@ __all__ = [
     "LLM_CALLS",
     "LLM_COST",
     "LLM_TOKENS",
+    "ROLE_RESTARTS",
     "STEPS",
     "STEP_SECONDS",
     "TICKS",
@@ -70,6 +71,7 @@ LLM_CALLS = Counter(
 LLM_TOKENS = Counter(
     "tickflow_llm_tokens", "LLM tokens by provider, model and direction (in, out).", ["provider", "model", "direction"]
 )
+ROLE_RESTARTS = Counter("tickflow_role_restarts", "Roles restarted by their node after they failed.", ["role"])
 LLM_COST = Counter("tickflow_llm_cost_usd", "LLM cost in US dollars by provider and model.", ["provider", "model"])
 
 

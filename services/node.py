@@ -2,6 +2,11 @@
 
 Each role is an independent consumer group, so the same code scales out by starting more processes:
 partitions are the unit of parallelism.
+
+A role whose loop fails (an error its own retries did not absorb: the broker gone for longer than the clients'
+timeouts, a bug) is restarted by its node — stopped, built anew, started — after a backoff that doubles from
+``RESTART_FIRST_S`` to ``RESTART_MAX_S`` while failures keep coming. A restarted role resumes from its committed
+offsets, as after a crash. Restarts count in ``/stats`` and ``tickflow_role_restarts_total``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import tickflow.metrics as metrics
@@ -23,10 +30,27 @@ from tickflow.runtime.worker import StepWorker
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
-__all__ = ["ALL_ROLES", "Node", "serve"]
+__all__ = ["ALL_ROLES", "RESTART_FIRST_S", "RESTART_MAX_S", "Node", "RoleFailures", "serve"]
 
 log = logging.getLogger("tickflow")
 ALL_ROLES = frozenset({"engine", "worker", "projector", "api", "trigger"})
+#: Backoff before restarting a failed role: doubling from the first, capped; reset after a quiet minute.
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+RESTART_QUIET_S = 60.0
+
+
+@dataclass
+class RoleFailures:
+    """How often a role failed and was restarted, and why it last failed (shown in ``/stats``)."""
+
+    restarts: int = 0
+    in_a_row: int = 0
+    last_error: str = ""
+    last_failed_at_ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"restarts": self.restarts, "last_error": self.last_error, "last_failed_at_ms": self.last_failed_at_ms}
 
 
 class Node:
@@ -47,6 +71,8 @@ class Node:
         self._api_server: Any = None
         self._api_task: asyncio.Task[None] | None = None
         self._api_producer: Any = None
+        self._api_deps: Any = None
+        self.failures: dict[str, RoleFailures] = {}
 
     @property
     def topics(self) -> TopicNames:
@@ -72,28 +98,14 @@ class Node:
             if "projector" in self.roles and s.clickhouse_ttl_days is not None:
                 await asyncio.to_thread(self.store.set_ttl, s.clickhouse_ttl_days)
         if "engine" in self.roles:
-            self.engine = Engine(s, self.registry)
-            await self.engine.start()
+            self.engine = await self._started("engine")
         if "worker" in self.roles:
             for pool in s.pools:
-                worker = StepWorker(s, self.registry, pool)
-                await worker.start()
-                self.workers.append(worker)
+                self.workers.append(await self._started(f"worker:{pool}"))
         if "trigger" in self.roles and self.registry.triggers:
-            self.triggers = TriggerRole(s, self.registry)
-            await self.triggers.start()
+            self.triggers = await self._started("trigger")
         if "projector" in self.roles:
-            from tickflow.projections.projector import Projector
-
-            self.projector = Projector(
-                self.store,
-                bootstrap=s.bootstrap,
-                events_topic=s.topics.events,
-                group_id=s.topics.projector_group,
-                dead_letter_topic=s.topics.dead_letter,
-                batch_ms=s.projector_batch_ms,
-            )
-            await self.projector.start()
+            self.projector = await self._started("projector")
         for role in (self.engine, *self.workers, self.triggers, self.projector):
             if role is not None:
                 metrics.track(role)
@@ -101,6 +113,83 @@ class Node:
             await self._start_api()  # serves /metrics itself
         elif s.metrics_port is not None:
             metrics.serve_metrics(s.api_host, s.metrics_port)
+
+    def _build(self, name: str) -> Any:
+        """A new, unstarted role: ``engine``, ``worker:<pool>``, ``trigger`` or ``projector``."""
+        s = self.settings
+        if name == "engine":
+            return Engine(s, self.registry)
+        if name.startswith("worker:"):
+            return StepWorker(s, self.registry, name.removeprefix("worker:"))
+        if name == "trigger":
+            return TriggerRole(s, self.registry)
+        from tickflow.projections.projector import Projector
+
+        return Projector(
+            self.store,
+            bootstrap=s.bootstrap,
+            events_topic=s.topics.events,
+            group_id=s.topics.projector_group,
+            dead_letter_topic=s.topics.dead_letter,
+            batch_ms=s.projector_batch_ms,
+        )
+
+    async def _started(self, name: str) -> Any:
+        role = self._build(name)
+        await role.start()
+        return role
+
+    def _running(self) -> dict[str, Any]:
+        """The roles this node runs now, by name."""
+        named: dict[str, Any] = {"engine": self.engine, "trigger": self.triggers, "projector": self.projector}
+        named.update({f"worker:{w.pool}": w for w in self.workers})
+        return {name: role for name, role in named.items() if role is not None}
+
+    def _replace(self, name: str, role: Any) -> None:
+        if name == "engine":
+            self.engine = role
+        elif name == "trigger":
+            self.triggers = role
+        elif name == "projector":
+            self.projector = role
+        else:
+            self.workers = [role if f"worker:{w.pool}" == name else w for w in self.workers]
+        if self._api_deps is not None:  # the API reads the engine (verify) and the projector (rebuild swaps)
+            self._api_deps.engine, self._api_deps.projector = self.engine, self.projector
+            self._api_deps.metrics = self.projector.metrics if self.projector is not None else None
+
+    async def _restart(self, name: str, failed: asyncio.Task[Any]) -> None:
+        """Stop the failed role, wait out the backoff, start a new one in its place (retrying until it starts)."""
+        record = self.failures.setdefault(name, RoleFailures())
+        old = self._running()[name]
+        metrics.untrack(old)
+        with contextlib.suppress(Exception):
+            await old.stop()
+        error: BaseException | None = None if failed.cancelled() else failed.exception()
+        while True:
+            now = time.time()
+            if now - record.last_failed_at_ms / 1000 > RESTART_QUIET_S:
+                record.in_a_row = 0
+            record.in_a_row += 1
+            record.last_error = f"{type(error).__name__}: {error}"[:1_000] if error else "its loop ended"
+            record.last_failed_at_ms = int(now * 1000)
+            delay = min(RESTART_FIRST_S * 2 ** (record.in_a_row - 1), RESTART_MAX_S)
+            log.error("role %s failed (%s); restarting it in %.1f s", name, record.last_error, delay,
+                      exc_info=error)
+            await asyncio.sleep(delay)
+            role = self._build(name)
+            try:
+                await role.start()
+            except Exception as exc:
+                error = exc
+                with contextlib.suppress(Exception):
+                    await role.stop()
+                continue
+            record.restarts += 1
+            metrics.ROLE_RESTARTS.labels(name).inc()
+            self._replace(name, role)
+            metrics.track(role)
+            return
 
     async def _start_api(self) -> None:
         import uvicorn
@@ -127,6 +216,8 @@ class Node:
             projector=self.projector,  # a rebuild pauses it to swap its database in
             hosts=allowed_hosts(s.api_host, s.api_allowed_hosts),
         )
+        self._api_deps = app.state.deps
+        self._api_deps.role_failures = lambda: {name: f.as_dict() for name, f in self.failures.items()}
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off")
         self._api_server = uvicorn.Server(config)
         self._api_server.install_signal_handlers = lambda: None  # the Node owns signals
@@ -139,18 +230,21 @@ class Node:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"the API did not start on {s.api_host}:{s.api_port}")
 
-    def _tasks(self) -> list[asyncio.Task[Any]]:
-        roles = [self.engine, *self.workers, self.projector, self.triggers]
-        tasks = [r.task for r in roles if r is not None and r.task]
-        if self._api_task is not None:
-            tasks.append(self._api_task)
-        return tasks
-
     async def wait(self) -> None:
-        """Return when a role's loop ends; its exception (if any) propagates."""
-        done, _ = await asyncio.wait(self._tasks(), return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
+        """Supervise the roles until the API server ends (its error, if any, propagates): a role whose loop ends
+        is restarted (see the module docstring). Without an API, run until cancelled."""
+        while True:
+            watched = {role.task: name for name, role in self._running().items() if role.task is not None}
+            if self._api_task is not None:
+                watched[self._api_task] = "api"
+            if not watched:
+                await asyncio.Event().wait()
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if watched[task] == "api":
+                    task.result()
+                    return
+                await self._restart(watched[task], task)
 
     async def stop(self) -> None:
         if self._api_server is not None:

@@ -155,6 +155,7 @@ def create_api(
         offload_bytes=offload_bytes,
         max_body_bytes=max_body_bytes,
     )
+    api.state.deps = deps  # the node updates its engine and projector when it restarts them
     for module in ROUTERS:
         api.include_router(module.build_router(deps))
     # The dashboard: pages under /ui, its assets (shipped in the package) under /ui/static, sign-in with the token.

@@ -8,6 +8,7 @@ Every error the API answers carries a machine-readable ``code`` next to its huma
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,7 @@ class AcceptedRuns:
         self._runs.pop(run_id, None)
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: the node puts a restarted engine or projector in place (``Node._replace``)
 class ApiDeps:
     """What the routers of the API share: the projection store, a started producer, topic names, the bearer
     guard to put on every route, and (when this process hosts it) the engine, for replay diffs."""
@@ -96,6 +97,8 @@ class ApiDeps:
     blobs: Any = None
     offload_bytes: int = MAX_RECORD_BYTES // 4
     max_body_bytes: int = MAX_RECORD_BYTES
+    #: Restarts of this process's roles by their node (``/stats`` shows them): name → {restarts, last_error, …}.
+    role_failures: Callable[[], dict[str, Any]] | None = None
     #: Runs accepted here and not yet projected (``GET /runs/{id}`` answers ``pending`` for them).
     accepted: AcceptedRuns = field(default_factory=AcceptedRuns)
 

@@ -197,6 +197,8 @@ def build_router(deps: ApiDeps) -> APIRouter:
                 "last_freshness_ms": metrics.last_freshness_ms,
                 "already_projected": metrics.already_projected,
             }
+        if deps.role_failures is not None:
+            out["role_restarts"] = deps.role_failures()
         return out
 
     return router
