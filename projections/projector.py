@@ -16,18 +16,26 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import dead_letter
 from tickflow.projections.fold import ProjectionBatch, ProjectionFold, Record, drop_projected
 from tickflow.projections.store import ProjectionStore
 
-__all__ = ["Projector", "ProjectorMetrics"]
+__all__ = ["STORE_RETRY_S", "Projector", "ProjectorMetrics"]
 
 log = logging.getLogger("tickflow.projector")
 RUN_CACHE_SIZE = 200_000
+#: How long the projector retries a failing store call before giving up (its node then restarts it). Below
+#: max.poll.interval.ms (5 min), so the consumer keeps its partitions while it waits.
+STORE_RETRY_S = 120.0
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -38,6 +46,8 @@ class ProjectorMetrics:
     batches: int = 0
     last_batch_size: int = 0
     last_insert_ms: float = 0.0
+    #: Store calls that failed and were retried (ClickHouse refusing inserts or reads).
+    store_failures: int = 0
     last_freshness_ms: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
     lag_by_partition: dict[int, int] = field(default_factory=dict)
@@ -59,6 +69,7 @@ class Projector:
             ("counter", "tickflow_projector_already_projected", "Rows already projected.", m.already_projected),
             ("gauge", "tickflow_projector_freshness_seconds", "Log → ClickHouse delay.", m.last_freshness_ms / 1e3),
             ("gauge", "tickflow_projector_insert_seconds", "Duration of the last insert.", m.last_insert_ms / 1e3),
+            ("counter", "tickflow_projector_store_failures", "ClickHouse calls failed and retried.", m.store_failures),
         ):
             yield kind, name, help_text, role, float(value)
         for partition, lag in list(m.lag_by_partition.items()):
@@ -151,7 +162,12 @@ class Projector:
                 if self._after_insert is not None:
                     self._after_insert(self.metrics)
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-                await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
+                try:
+                    await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # A rebalance got in first: the batch is redelivered to the partitions' new owner, whose
+                    # watermarks drop the rows already inserted.
+                    log.warning("offset commit skipped during a rebalance: %s", exc)
             await self._update_lag()
 
     @contextlib.asynccontextmanager
@@ -190,9 +206,9 @@ class Projector:
                     records.append((tp.partition, record.offset, decode(record.value, expect="event")))
                 except InvalidRecord as exc:
                     await self._dead_letter(record, str(exc))
-        rows = await asyncio.to_thread(self._fold, records)
+        rows = await self._retrying("read the projection state", self._fold, records)
         started = time.perf_counter()
-        await asyncio.to_thread(self.store.write, rows)
+        await self._retrying("insert a batch", self.store.write, rows)
         m = self.metrics
         m.last_insert_ms = (time.perf_counter() - started) * 1000
         m.events_projected += len(rows.events)
@@ -200,6 +216,27 @@ class Projector:
         m.last_batch_size = len(rows.events)
         if records:
             m.last_freshness_ms = time.time() * 1000 - records[-1][2].occurred_at_ms
+
+    async def _retrying(self, what: str, call: Callable[[_A], _R], arg: _A) -> _R:
+        """``call(arg)`` in a thread, retried with backoff while ClickHouse refuses (a server restarting, a full
+        disk, a lost connection) for up to ``STORE_RETRY_S``; then the error ends the loop and the node restarts
+        the projector from its committed offsets. Nothing is committed meanwhile: the offsets wait for the insert.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(STORE_RETRY_S),
+            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            retry=retry_if_exception_type(Exception),
+            before_sleep=lambda state: self._store_failed(what, state.outcome.exception() if state.outcome else None),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await asyncio.to_thread(call, arg)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _store_failed(self, what: str, error: BaseException | None) -> None:
+        self.metrics.store_failures += 1
+        log.warning("cannot %s in ClickHouse (%r); retrying, offsets held back", what, error)
 
     def _fold(self, records: list[Record]) -> ProjectionBatch:
         missing = self.fold.missing(records)

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tickflow.events.codec import InvalidRecord, encode
 from tickflow.events.envelope import Envelope
@@ -136,7 +137,10 @@ class TriggerRole:
     async def _commit(self) -> None:
         await self.pending.drain()  # the StartRuns first, then the offsets of the records that caused them
         if self.positions:
-            await self.consumer.commit(dict(self.positions))
+            try:
+                await self.consumer.commit(dict(self.positions))
+            except (CommitFailedError, IllegalStateError) as exc:  # a rebalance got in first: redelivered
+                log.warning("offset commit skipped during a rebalance: %s", exc)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         await self._commit()

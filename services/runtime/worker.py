@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 import tickflow.tracing as tracing
 from tickflow.events.codec import InvalidRecord, decode, encode
@@ -422,7 +423,12 @@ class StepWorker:
         await self.pending.drain()  # results first, then the offsets of the tasks that produced them
         offsets = self.offsets.committable()
         if offsets:
-            await self.consumer.commit(offsets)
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # A rebalance got in first: the tasks are redelivered to their new owner, which answers the ones
+                # already run with their produced results.
+                log.warning("offset commit skipped during a rebalance: %s", exc)
         self._last_commit = time.monotonic()
 
     async def _drain_inflight(self) -> None:

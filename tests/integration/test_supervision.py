@@ -60,3 +60,61 @@ def _run(api_url: str, run_id: str) -> str:
     with Client(api_url) as c:
         c.start("math", 1, run_id=run_id)
         return c.wait(run_id, timeout=60).status
+
+
+async def test_the_projector_holds_its_offsets_while_clickhouse_refuses_and_catches_up(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path,
+) -> None:
+    node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
+    await node.start()
+    supervisor = asyncio.create_task(node.wait())
+    s = node.settings
+    projector = node.projector
+    store = node.store
+    real_write, refusals = store.write, 3
+    committed_while_refusing: list[int] = []
+
+    def refusing_write(rows: object) -> None:  # the real store, refusing its first inserts as a server would
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise ConnectionError("ClickHouse refused the insert (injected)")
+        real_write(rows)  # type: ignore[arg-type]
+
+    try:
+        store.write = refusing_write  # type: ignore[method-assign]
+        runs = await asyncio.to_thread(_start_many, s.api_url, [f"f{i}" for i in range(5)])
+        deadline = time.monotonic() + 30
+        while projector.metrics.store_failures < 3:
+            assert time.monotonic() < deadline, "the store was never refused"
+            committed_while_refusing.append(await _committed(projector))
+            await asyncio.sleep(0.1)
+        while True:
+            done = await asyncio.to_thread(store.status_counts, "math")
+            if done.get("completed", 0) == len(runs):
+                break
+            assert time.monotonic() < deadline + 60, done
+            await asyncio.sleep(0.2)
+        assert projector is node.projector and node.failures == {}, "retried in place, not restarted"
+        assert set(committed_while_refusing) == {committed_while_refusing[0]}, "offsets moved while refused"
+        events = int(store.query("SELECT count() FROM {db}.events", None)[0][0])
+        assert events == projector.metrics.events_projected  # each event inserted once, none lost
+    finally:
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        await node.stop()
+
+
+async def _committed(projector: object) -> int:
+    consumer = projector.consumer  # type: ignore[attr-defined]
+    total = 0
+    for tp in consumer.assignment():
+        total += await consumer.committed(tp) or 0
+    return total
+
+
+def _start_many(api_url: str, run_ids: list[str]) -> list[str]:
+    with Client(api_url) as c:
+        for rid in run_ids:
+            c.start("math", 1, run_id=rid)
+    return run_ids
