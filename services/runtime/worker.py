@@ -353,6 +353,9 @@ class StepWorker:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), timeout=1.0)
+                # A poll of paused partitions returns nothing, but counts as one: without it, steps that hold every
+                # slot longer than max.poll.interval.ms (5 min) would make this worker leave its group.
+                await self.consumer.getmany(timeout_ms=0)
                 continue
             if paused := self.consumer.paused():
                 self.consumer.resume(*paused)
