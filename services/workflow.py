@@ -28,6 +28,7 @@ import contextvars
 import copy
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
@@ -527,8 +528,10 @@ class Registry:
     def mapper(self, name: str) -> ScopeFn | None:
         return self.mappers.get(name)
 
-    async def call(self, fn_name: str, value: Any, ctx: StepContext) -> Any:
-        """Run a registered function: async ones on the loop, sync ones in a thread so they cannot stall it."""
+    async def call(self, fn_name: str, value: Any, ctx: StepContext, executor: Executor | None = None) -> Any:
+        """Run a registered function: async ones on the loop, sync ones in a thread so they cannot stall it — of
+        ``executor`` when given (a worker's own, so stuck sync steps cannot starve the threads the projector and
+        the API use), else of the loop's default executor."""
         fn = self.functions.get(fn_name)
         if fn is None:
             raise UnknownStepFunction(
@@ -549,7 +552,8 @@ class Registry:
             if inspect.iscoroutinefunction(fn):
                 output = await fn(value)
             else:
-                output = await asyncio.to_thread(contextvars.copy_context().run, fn, value)
+                loop = asyncio.get_running_loop()
+                output = await loop.run_in_executor(executor, contextvars.copy_context().run, fn, value)
         finally:
             _current.reset(token)
         if typed.returns is not None:

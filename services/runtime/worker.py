@@ -26,6 +26,7 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -259,6 +260,11 @@ class StepWorker:
         # Jobs start from this context, not from whichever task freed their slot, so nothing a step body
         # sets in its context can leak into later steps.
         self._context = contextvars.copy_context()
+        # Sync step bodies run on threads of this worker's own, bounded: a stuck one holds one of these, never a
+        # thread of the loop's default executor, which the projector's and the API's store calls share.
+        self._sync_steps = ThreadPoolExecutor(
+            max_workers=max(concurrency or settings.worker_concurrency, 1), thread_name_prefix=f"tickflow-step-{pool}"
+        )
 
     @property
     def concurrency(self) -> int:
@@ -334,6 +340,7 @@ class StepWorker:
                 t.cancel()
                 await asyncio.gather(t, return_exceptions=True)
         await self._drain_inflight()
+        self._sync_steps.shutdown(wait=False, cancel_futures=True)  # a stuck sync body is left to finish alone
         try:
             await self._commit()
         finally:
@@ -484,7 +491,7 @@ class StepWorker:
             # What an LLM streams while the body runs goes to the tokens topic, for watchers (the result records it).
             with step_logs.capture(logs), listening(self.tokens.listener(env, task)):
                 value = await asyncio.to_thread(resolve, task.input, self.blobs) if is_ref(task.input) else task.input
-                call = self.registry.call(task.fn, value, ctx)
+                call = self.registry.call(task.fn, value, ctx, self._sync_steps)
                 output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
             s = self.settings
             what = f"the output of step {task.step!r}"

@@ -8,9 +8,11 @@ import contextlib
 import contextvars
 import io
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -25,7 +27,7 @@ from tickflow.runtime.kafka import DeadLetters
 from tickflow.runtime.tokens import TokenPublisher
 from tickflow.runtime.worker import CancelledKeys, LocalQueue, Scheduler, StepWorker
 from tickflow.settings import Settings
-from tickflow.workflow import Registry
+from tickflow.workflow import Registry, StepContext, Workflow
 
 # --- step log capture -----------------------------------------------------------------------------------
 
@@ -475,3 +477,29 @@ def test_remembered_results_are_bounded_by_count_and_bytes() -> None:
     memory.add("k1", b"y" * 5)  # replacing a result counts its new size only
     memory.add("k3", b"z")
     assert [memory.get(k) for k in ("k1", "k2", "k3")] == [b"y" * 5, b"x" * 10, b"z"]
+
+
+async def test_stuck_sync_steps_hold_the_workers_threads_not_the_loops_default_ones() -> None:
+    """More sync bodies blocked at once than the loop's default executor has threads leave that executor free for
+    the store calls of the projector and the API."""
+    release = threading.Event()
+    n = min(32, (os.cpu_count() or 1) + 4) + 2  # asyncio's default executor size, and then some
+
+    def stuck(value: int) -> int:
+        release.wait(10)
+        return value
+
+    reg = Registry()
+    reg.add(Workflow("stuck").step(stuck))
+    name = next(iter(reg.functions))
+    own = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tickflow-step-test")
+    ctx = StepContext(run_id="r", workflow="w", step="s", attempt=1, idempotency_key="k")
+    try:
+        held = [asyncio.create_task(reg.call(name, i, ctx, own)) for i in range(n)]
+        await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "a store call"), 2) == "a store call"
+        release.set()
+        assert sorted(await asyncio.gather(*held)) == list(range(n))
+    finally:
+        release.set()
+        own.shutdown(wait=False)
