@@ -191,6 +191,9 @@ class Projector:
         assignment = frozenset(self.consumer.assignment())
         if assignment != self._assignment:
             self._assignment = assignment
+            # The cached rows of partitions now owned elsewhere would only go stale (their new owner updates them
+            # in the store): start from an empty cache, which the fold fills from the store as records need it.
+            self.fold = ProjectionFold(RUN_CACHE_SIZE)
             self._watermarks = await asyncio.to_thread(self.store.watermarks)
             log.info(
                 "assigned %s; already projected up to (events, per partition): %s",
