@@ -366,6 +366,26 @@ class LocalBroker:
         shutil.rmtree(self.kafka_dir, ignore_errors=True)
 
 
+def _brokers_seen(bootstrap: str) -> int:
+    """How many brokers the node at ``bootstrap`` lists in its metadata (0 if it cannot answer)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def ask() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+        await admin.start()
+        try:
+            return len((await admin.describe_cluster()).get("brokers") or [])
+        finally:
+            await admin.close()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:
+        return 0
+
+
 class LocalCluster:
     """``size`` KRaft nodes on consecutive loopback ports, each broker and controller, one cluster id."""
 
@@ -400,8 +420,17 @@ class LocalCluster:
         cluster_id = id_file.read_text(encoding="utf-8").strip()
         for node in self.nodes:
             node.launch(cluster_id)
+        deadline = time.monotonic() + timeout_s
         for node in self.nodes:
-            node.wait_ready(timeout_s)
+            node.wait_ready(max(deadline - time.monotonic(), 1.0))
+        # Each node says it started before the others' registrations reached it: until every node reports the
+        # whole cluster, a client sizing replication from the metadata would see fewer brokers than there are.
+        for node in self.nodes:
+            while (seen := _brokers_seen(node.config.bootstrap)) < len(self.nodes):
+                if time.monotonic() >= deadline:
+                    raise BrokerError(f"{node.config.bootstrap} sees {seen} of {len(self.nodes)} brokers")
+                time.sleep(0.2)
+        _log(f"cluster of {len(self.nodes)} ready on {self.bootstrap}")
 
     def stop(self) -> None:
         for node in self.nodes:

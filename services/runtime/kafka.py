@@ -142,10 +142,7 @@ async def ensure_topics(
         else:
             raise RuntimeError(f"topics were not visible after creation: {[t.name for t in wanted]}")
         co_partitioned = [*keyed, names.state]
-        counts = {
-            str(t.get("topic") or t.get("name")): len(t.get("partitions") or [])
-            for t in await admin.describe_topics(co_partitioned)
-        }
+        counts = await _partition_counts(admin, co_partitioned)
         wrong = {t: n for t, n in counts.items() if n != names.partitions}
         if wrong:
             raise TopicLayoutError(
@@ -156,6 +153,19 @@ async def ensure_topics(
             )
     finally:
         await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """Partitions per topic, once every broker asked knows them (a topic just created may still be described with
+    an error and no partitions by a broker its metadata has not reached)."""
+    counts: dict[str, int] = {}
+    for _ in range(100):
+        described = await admin.describe_topics(topics)
+        counts = {str(t.get("topic") or t.get("name")): len(t.get("partitions") or []) for t in described}
+        if all(t.get("error_code", 0) == 0 and t.get("partitions") for t in described):
+            return counts
+        await asyncio.sleep(0.1)
+    return counts
 
 
 async def read_partition(

@@ -81,11 +81,21 @@ async def test_topics_are_replicated_three_times_and_a_partition_mismatch_refuse
     admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics([s.topics.events, s.topics.commands])
+        for _ in range(50):  # a broker the new topics' metadata has not reached yet describes them empty
+            described = await admin.describe_topics([s.topics.events, s.topics.commands])
+            if all(t["partitions"] for t in described):
+                break
+            await asyncio.sleep(0.1)
         assert {len(p["replicas"]) for t in described for p in t["partitions"]} == {3}
-        (configs,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.topics.events)])
-        values = {c[0]: c[1] for c in configs.resources[0][4]}
-        assert values["min.insync.replicas"] == "2"
+        assert sum(len(t["partitions"]) for t in described) == 2 * s.partitions
+        values: dict[str, str] = {}
+        for _ in range(50):  # the broker asked may not know the topic yet: it answers with an error and no configs
+            (configs,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.topics.events)])
+            values = {c[0]: c[1] for c in configs.resources[0][4]}
+            if values:
+                break
+            await asyncio.sleep(0.1)
+        assert values["min.insync.replicas"] == "2", configs.resources[0][:2]
     finally:
         await admin.close()
     other = s.with_(partitions=8)
@@ -118,11 +128,13 @@ async def test_killing_the_busiest_broker_under_load_loses_nothing(
         mark(f"restart broker {victim}")
         await asyncio.to_thread(cluster.node(victim).launch)
         await asyncio.to_thread(cluster.node(victim).wait_ready, 120)
-        mark(f"broker {victim} ready")
-        accepted = await load
-        mark(f"{accepted} runs accepted")
+        ticks_at_restart = await asyncio.to_thread(_ticks, settings)
+        mark(f"broker {victim} ready; stack ticks fired so far: {ticks_at_restart}")
+        accepted, refused = await load
+        mark(f"{accepted} runs accepted ({refused} starts refused on the way and retried)")
         statuses = await asyncio.to_thread(_wait_all, settings, [f"c{i:03d}" for i in range(RUNS)], 180.0)
         mark(f"every run ended: {dict(Counter(statuses.values()))}")
+        await asyncio.sleep(3)
         ticks = await asyncio.to_thread(_ticks, settings)
         mark(f"stack ticks fired: {ticks}")
     finally:
@@ -132,8 +144,9 @@ async def test_killing_the_busiest_broker_under_load_loses_nothing(
     mark(f"checker: {integrity.summary()}")
     print("\n" + "\n".join(f"{t:7.1f} s  {what}" for t, what in timeline))
     assert set(statuses.values()) == {"completed"}, statuses
-    assert ticks >= 10
-    integrity.assert_clean()
+    assert ticks > ticks_at_restart > 0, "the stack stopped ticking"
+    integrity.assert_clean(finished=False)  # the stack's last tick run may be in flight when the node stops
+    assert len(integrity.unfinished) <= 1 and not set(integrity.unfinished) & set(statuses), integrity.unfinished
 
 
 def _create_stack(settings: Settings) -> None:
@@ -151,9 +164,10 @@ def _ticks(settings: Settings) -> int:
         return int(c.stack("steady")["stack"]["ticks_fired"])
 
 
-def _start_runs(settings: Settings, n: int, over_s: float) -> int:
+def _start_runs(settings: Settings, n: int, over_s: float) -> tuple[int, int]:
     """Start ``n`` runs evenly over ``over_s`` seconds; a refused start (the API's producer riding out the kill) is
-    retried with the same run id, which the engine deduplicates."""
+    retried with the same run id, which the engine deduplicates. Returns (started, refusals)."""
+    refused = 0
     with Client(settings.api_url, timeout=30) as c:
         for i in range(n):
             for attempt in range(20):
@@ -161,11 +175,12 @@ def _start_runs(settings: Settings, n: int, over_s: float) -> int:
                     c.start("slow10", {"n": i}, run_id=f"c{i:03d}")
                     break
                 except TickflowError:
+                    refused += 1
                     if attempt == 19:
                         raise
                     time.sleep(0.5)
             time.sleep(over_s / n)
-    return n
+    return n, refused
 
 
 def _wait_all(settings: Settings, run_ids: list[str], timeout_s: float) -> dict[str, Any]:
