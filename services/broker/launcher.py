@@ -161,6 +161,16 @@ log.segment.bytes=104857600
 num.network.threads=2
 num.io.threads=4
 message.max.bytes=8388608
+""" + (_CLUSTER_TIMING if config.cluster_size > 1 else "")
+
+
+#: A dead node is fenced (and dropped from every ISR, so acks=all writes go on without it) ~3 s after its last
+#: heartbeat, not Kafka's default 9 s; a live but lagging follower leaves the ISR after 5 s, not 30 s. On loopback
+#: heartbeats do not get lost, so the short timeouts only shorten the stall a crash causes.
+_CLUSTER_TIMING = """\
+broker.heartbeat.interval.ms=500
+broker.session.timeout.ms=3000
+replica.lag.time.max.ms=5000
 """
 
 
