@@ -18,16 +18,20 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from tests.conftest import free_port
 from tests.integration.checker import check_log
 from tests.integration.flows import registry
 from tests.integration.harness import settings_for
-from tickflow.broker import BrokerConfig, LocalCluster
+from tickflow.broker import BrokerConfig, LocalBroker, LocalCluster
 from tickflow.client import Client
+from tickflow.events.codec import encode
+from tickflow.events.envelope import Envelope
 from tickflow.events.errors import TickflowError
+from tickflow.events.schemas import StartRun
 from tickflow.node import Node
-from tickflow.runtime.kafka import TopicLayoutError, ensure_topics
+from tickflow.runtime.kafka import TopicLayoutError, ensure_topics, new_producer
 from tickflow.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -197,3 +201,100 @@ def _wait_all(settings: Settings, run_ids: list[str], timeout_s: float) -> dict[
                     time.monotonic() > deadline:
                 return {rid: runs.get(rid) for rid in run_ids}
             time.sleep(0.5)
+
+
+@pytest.fixture
+def lone_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    b = LocalBroker(BrokerConfig(tmp_path / "lone", port=_free_block(2), heap="384m"))
+    b.start(timeout_s=120)
+    try:
+        yield b
+    finally:
+        b.kill()
+        b.stop()
+
+
+async def test_a_lone_broker_restarted_in_the_middle_of_10000_commands_loses_nothing(
+    lone_broker: LocalBroker, prefix: str, tmp_path: Path,
+) -> None:
+    settings = settings_for(prefix, lone_broker.config.bootstrap, tmp_path, free_port(), worker_concurrency=64)
+    node = Node(settings, registry)
+    await node.start()
+    supervisor = asyncio.create_task(node.wait())
+    timeline: list[tuple[float, str]] = []
+    began = time.monotonic()
+
+    def mark(what: str) -> None:
+        timeline.append((time.monotonic() - began, what))
+
+    ids = [f"b{i:05d}" for i in range(COMMANDS)]
+    try:
+        sending = asyncio.create_task(_produce_starts(settings, ids))
+        while sending_progress["sent"] < COMMANDS // 3:
+            await asyncio.sleep(0.05)
+        mark(f"{sending_progress['sent']} commands sent; SIGKILL the broker")
+        await asyncio.to_thread(lone_broker.kill)
+        await asyncio.sleep(3)
+        mark("restart the broker")
+        await asyncio.to_thread(lone_broker.start, 120)
+        mark("broker ready")
+        await sending
+        mark(f"all {COMMANDS} commands acknowledged")
+        deadline = time.monotonic() + 240
+        while (done := (await asyncio.to_thread(node.store.status_counts, "square")).get("completed", 0)) < COMMANDS:
+            assert time.monotonic() < deadline, f"{done} of {COMMANDS} runs completed; roles: {node.failures}"
+            await asyncio.sleep(1)
+        mark(f"all {COMMANDS} runs completed; role restarts: {({n: f.restarts for n, f in node.failures.items()})}")
+    finally:
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        await node.stop()
+    integrity = await check_log(settings)
+    mark(f"checker: {integrity.summary()}")
+    print("\n" + "\n".join(f"{t:7.1f} s  {what}" for t, what in timeline))
+    assert integrity.started >= set(ids)
+    integrity.assert_clean()
+
+
+COMMANDS = 10_000
+sending_progress = {"sent": 0}
+
+
+async def _produce_starts(settings: Settings, ids: list[str]) -> None:
+    """StartRun commands straight to the commands topic, as an external producer would (idempotent, acks=all),
+    500 at a time; a command whose send failed (the broker away) is sent again until acknowledged."""
+    producer = new_producer(settings.bootstrap, request_timeout_ms=30_000)
+    await producer.start()
+    sending_progress["sent"] = 0
+
+    def record(i: int, run_id: str) -> bytes:
+        command = Envelope.wrap(StartRun(workflow="square", input=i), id=f"{run_id}/start", key=run_id,
+                                occurred_at_ms=int(time.time() * 1000))
+        return encode(command)
+
+    try:
+        for first in range(0, len(ids), 500):
+            chunk = list(enumerate(ids[first:first + 500], start=first))
+            pending: list[tuple[int, str, asyncio.Future[Any] | None]] = []
+            for i, run_id in chunk:
+                try:
+                    pending.append((i, run_id, await producer.send(settings.topics.commands, record(i, run_id),
+                                                                   key=run_id.encode())))
+                except KafkaError:
+                    pending.append((i, run_id, None))
+            for i, run_id, delivery in pending:
+                try:
+                    if delivery is None:
+                        raise KafkaError("not sent")
+                    await delivery
+                except KafkaError:
+                    while True:
+                        try:
+                            await producer.send_and_wait(settings.topics.commands, record(i, run_id),
+                                                         key=run_id.encode())
+                            break
+                        except KafkaError:
+                            await asyncio.sleep(0.5)
+                sending_progress["sent"] = i + 1
+    finally:
+        await producer.stop()
