@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from tickflow.broker import BrokerConfig, BrokerError, LocalBroker
+from tickflow.broker import BrokerConfig, BrokerError, LocalBroker, LocalCluster
 from tickflow.cli.common import load_registry
 from tickflow.node import ALL_ROLES, serve
 from tickflow.settings import Settings
@@ -19,18 +19,26 @@ from tickflow.settings import Settings
 __all__ = ["broker", "demo", "up"]
 
 
-def kafka(settings: Settings, action: str) -> None:
-    """Run ``action`` on the local one-node broker whose data lives under the settings' state directory."""
+def kafka(settings: Settings, action: str, brokers: int = 1) -> None:
+    """Run ``action`` on the local broker (or, with ``brokers`` > 1, the local KRaft cluster) whose data lives
+    under the settings' state directory."""
     # Where and on which port come from the settings (so ``Settings(kafka_port=...)`` is honoured too); the
     # launcher's own knobs (heap, controller port, jar cache) from its environment variables.
     config = dataclasses.replace(BrokerConfig.from_env(settings.state_dir), port=settings.kafka_port)
-    local = LocalBroker(config)
+    local: LocalBroker | LocalCluster = LocalBroker(config) if brokers == 1 else LocalCluster(config, brokers)
+    bootstrap = local.bootstrap if isinstance(local, LocalCluster) else local.config.bootstrap
     try:
         if action == "status":
-            ready = local.is_running() and local.is_ready()
-            click.echo(f"running {local.config.bootstrap}" if ready else "stopped")
+            ready = local.is_ready() if isinstance(local, LocalCluster) else local.is_running() and local.is_ready()
+            click.echo(f"running {bootstrap}" if ready else "stopped")
             if not ready:
                 raise SystemExit(1)
+            return
+        if action == "bootstrap":
+            click.echo(bootstrap)
+            return
+        if action == "install":
+            LocalBroker(config).install()
             return
         getattr(local, action)()
     except BrokerError as exc:
@@ -38,11 +46,14 @@ def kafka(settings: Settings, action: str) -> None:
 
 
 @click.command()
-@click.argument("action", type=click.Choice(["install", "start", "stop", "status", "reset"]))
+@click.argument("action", type=click.Choice(["install", "start", "stop", "status", "reset", "bootstrap"]))
+@click.option("--brokers", type=click.IntRange(1, 9), default=1, show_default=True, envvar="TICKFLOW_KAFKA_BROKERS",
+              help="Nodes of the local KRaft cluster (3: ports 9092, 9094, 9096; replication 3, min ISR 2).")
 @click.pass_obj
-def broker(settings: Settings, action: str) -> None:
-    """Manage the local one-node Kafka (KRaft) broker of this checkout."""
-    kafka(settings, action)
+def broker(settings: Settings, action: str, brokers: int) -> None:
+    """Manage the local Kafka (KRaft) of this checkout: one broker, or a cluster of --brokers nodes; bootstrap
+    prints the servers to give TICKFLOW_KAFKA_BOOTSTRAP."""
+    kafka(settings, action, brokers)
 
 
 @click.command()
