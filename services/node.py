@@ -180,6 +180,10 @@ class Node:
             role = self._build(name)
             try:
                 await role.start()
+            except asyncio.CancelledError:  # the node is stopping: leave nothing half started behind
+                with contextlib.suppress(Exception):
+                    await role.stop()
+                raise
             except Exception as exc:
                 error = exc
                 with contextlib.suppress(Exception):
@@ -244,6 +248,8 @@ class Node:
                 if watched[task] == "api":
                     task.result()
                     return
+                if task.cancelled():  # stopped on purpose (the node is stopping): nothing to restart
+                    return
                 await self._restart(watched[task], task)
 
     async def stop(self) -> None:
@@ -266,7 +272,7 @@ class Node:
 
 
 async def serve(settings: Settings, registry: Registry, roles: frozenset[str] = ALL_ROLES) -> None:
-    """Run roles until SIGINT/SIGTERM or until one of them fails."""
+    """Run roles until SIGINT/SIGTERM (a failed role is restarted meanwhile) or until the API server fails."""
     node = Node(settings, registry, roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -280,8 +286,9 @@ async def serve(settings: Settings, registry: Registry, roles: frozenset[str] = 
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
+        if not waiter.done():  # stop supervising first, or the roles being stopped would be restarted
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
         await node.stop()
-    if waiter.done():
+    if waiter.done() and not waiter.cancelled():
         waiter.result()
-    else:
-        waiter.cancel()
