@@ -276,6 +276,7 @@ def consumer_lag(
     for tp, position in list(positions.items()):  # a copy: a scrape may run in another thread
         end = consumer.highwater(tp)
         if end is not None:
+            position = max(position, _fetched_to(consumer, tp) or 0)
             labels = {"role": role, "topic": tp.topic, "partition": str(tp.partition)}
             yield (
                 "gauge",
@@ -284,6 +285,18 @@ def consumer_lag(
                 labels,
                 float(max(0, end - position)),
             )
+
+
+def _fetched_to(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """aiokafka's own fetch position in ``tp``, which moves past transaction markers: the offsets of the records a
+    role handled never do, so a partition whose last entry is a commit marker would show a lag of 1 for ever.
+    aiokafka keeps it private and has no synchronous accessor (``position`` is a coroutine), so it is read
+    defensively: None when the internals differ."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        return int(state.position) if state is not None and state.has_valid_position else None
+    except (AttributeError, TypeError, AssertionError):
+        return None
 
 
 OnPartitions = Callable[[set[TopicPartition]], Awaitable[None]]
