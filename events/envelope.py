@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints
 
+from tickflow.events.redact import redact
 from tickflow.events.schemas import DeadLetter, EpochMs, Kind, Payload
 
 __all__ = ["MAX_ID_CHARS", "Envelope", "dead_letter", "event_id"]
@@ -97,8 +98,9 @@ def dead_letter(
             source_partition=partition,
             source_offset=offset,
             source_key=source_key[:1_000] if source_key else None,
-            reason=reason[:60_000],
-            record_excerpt=(value or b"")[:2_000].decode(errors="replace"),
+            # A refused record may carry a secret (a key pasted into a payload): the letter keeps none.
+            reason=redact(reason[:60_000]),
+            record_excerpt=redact((value or b"")[:2_000].decode(errors="replace")),
         ),
         # Deterministic id: a redelivered bad record yields the same dead-letter id. Never change it.
         id=f"dlq/{topic}/{partition}/{offset}",

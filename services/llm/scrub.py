@@ -2,7 +2,8 @@
 
 Providers echo keys back (OpenAI's 401 says "Incorrect API key provided: sk-…"), and SDK exceptions can carry
 request details, so every error text this package keeps goes through :func:`scrub` first: the exact values of the
-configured key variables are replaced, then anything shaped like a bearer token or a well-known key format.
+configured key variables are replaced, then everything ``tickflow.events.redact`` knows as a secret (URL
+credentials, secret-named environment variables, bearer tokens, well-known key formats).
 """
 
 from __future__ import annotations
@@ -11,30 +12,21 @@ import os
 import re
 from collections.abc import Iterable
 
+from tickflow.events.redact import REDACTED, redact
+
 __all__ = ["MAX_ERROR_CHARS", "count_tokens", "scrub"]
 
 #: Error messages kept in records and exceptions are cut to this length.
 MAX_ERROR_CHARS = 500
 
-# Each pattern keeps its first group (the label) and redacts the rest of the match.
-_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
-    re.compile(r"()\b(?:sk|gsk|xai|pk|rk)[-_][A-Za-z0-9_\-]{6,}"),
-    re.compile(r"(?i)((?:api[_-]?key|authorization|token|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
-]
-_REDACTED = "[redacted]"
+_REDACTED = REDACTED
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
 def scrub(text: str, env_vars: Iterable[str | None] = (), *, limit: int = MAX_ERROR_CHARS) -> str:
     """``text`` with the values of ``env_vars`` and key-shaped strings redacted, cut to ``limit`` characters."""
-    for name in env_vars:
-        value = os.environ.get(name) if name else None
-        # Very short values would redact ordinary words; real keys are long.
-        if value and len(value) >= 8:
-            text = text.replace(value, _REDACTED)
-    for pattern in _PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + _REDACTED, text)
+    # Very short values would redact ordinary words; real keys are long (``redact`` skips those under 8).
+    text = redact(text, [v for name in env_vars if name and (v := os.environ.get(name))])
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text

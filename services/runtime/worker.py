@@ -38,6 +38,7 @@ import tickflow.tracing as tracing
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import NonRetryableError, RetryableError
+from tickflow.events.redact import redact
 from tickflow.events.schemas import (
     CancelStep,
     ErrorInfo,
@@ -216,8 +217,9 @@ def _error_info(task: RunStep, exc: BaseException) -> ErrorInfo:
         message = str(exc) or type(exc).__name__
     return ErrorInfo(
         type=type(exc).__name__,
-        message=message[:60_000],
-        traceback="".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:],
+        # A step's exception may quote a secret it handled (a URL with credentials, a key): the log keeps none.
+        message=redact(message[:60_000]),
+        traceback=redact("".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]),
     )
 
 
@@ -501,7 +503,7 @@ class StepWorker:
                 )
             ms = (time.perf_counter() - started) * 1000
             _observe_step(task, "succeeded", ms, ctx.report.llm_attempts)
-            succeeded = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=logs.getvalue())
+            succeeded = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=redact(logs.getvalue()))
             return encode(self._wrap(env, succeeded))
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
@@ -519,7 +521,7 @@ class StepWorker:
             retryable=not isinstance(error, NonRetryableError | InvalidRecord),
             retry_after_ms=_retry_after_ms(error),
             duration_ms=(time.perf_counter() - started) * 1000,
-            logs=logs.getvalue(),
+            logs=redact(logs.getvalue()),
         )
         try:
             return encode(self._wrap(env, failed))
