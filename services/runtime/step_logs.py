@@ -17,8 +17,9 @@ step (and only that step) writes into its own buffer, while code outside any ste
   stream. Writes made by ``logging``'s own stream handlers are not teed: the root handler already captured
   those records, and teeing them too would duplicate every line.
 
-Capture must never break a step: every hook swallows its own errors. Buffers are bounded and keep the tail,
-since the end of the output (the lines right before a failure) is what explains it.
+What a step writes to stdout/stderr while it runs is redacted (``tickflow.events.redact``) on its way to both the
+buffer and the real stream. Capture must never break a step: every hook swallows its own errors. Buffers are
+bounded and keep the tail, since the end of the output (the lines right before a failure) is what explains it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, TextIO, cast
+
+from tickflow.events.redact import redact
 
 __all__ = ["DEFAULT_LIMIT", "LogBuffer", "capture", "current", "install", "uninstall"]
 
@@ -155,6 +158,7 @@ class _Tee:
         buffer = _current.get()
         if buffer is not None:
             try:
+                text = redact(text)  # a step printing a secret it uses: neither its logs nor the stream keep it
                 caller = sys._getframe(1).f_globals.get("__name__", "")
                 if not (caller == "logging" or str(caller).startswith("logging.")):
                     buffer.write(text)

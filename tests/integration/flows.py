@@ -189,3 +189,19 @@ registry.add(Workflow("agent_http").agent(forecaster))
 # Chain "stream" points at the local test server's stream-slow model, which streams its answer over ~1.4 s.
 narrator = Agent("narrator", chain="stream", memory=Memory(window=0, recall_k=0, remember=False), llm_max_attempts=1)
 registry.add(Workflow("agent_stream").agent(narrator))
+
+# --- secrets (tests/integration/test_secrets.py) --------------------------------------------------------------------
+
+#: The variable a planted secret is read from; its name says it holds a key, so every kept text redacts its value.
+PLANTED_ENV = "ACME_API_KEY"
+
+
+def leak(value: Any) -> Any:
+    """A careless step: prints a secret it uses, then fails with it in the message."""
+    secret = os.environ.get(PLANTED_ENV, "")
+    print(f"calling the billing API with {secret}")
+    logging.getLogger("acme").warning("retrying https://svc:%s@billing.example/v1", secret)
+    raise RuntimeError(f"billing API refused key {secret}")
+
+
+registry.add(Workflow("leaky").step(leak, max_attempts=1))
