@@ -7,11 +7,11 @@ number of events (1, 2, 3… without gaps); other kinds leave it empty.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints
 
-from tickflow.events.redact import redact
 from tickflow.events.schemas import DeadLetter, EpochMs, Kind, Payload
 
 __all__ = ["MAX_ID_CHARS", "Envelope", "dead_letter", "event_id"]
@@ -85,8 +85,14 @@ def dead_letter(
     value: bytes | None,
     reason: str,
     now_ms: int,
+    scrub: Callable[[str], str],
 ) -> Envelope:
-    """The dead-letter record of a refused record: where it came from, why, and an excerpt of it."""
+    """The dead-letter record of a refused record: where it came from, why, and an excerpt of it.
+
+    ``scrub`` cleans the reason and the excerpt (``tickflow.events.redact.redact``): a refused record may carry a
+    secret pasted into a payload, and the letter must keep none. It is a parameter, not an import, so this module
+    stays free of the environment the redaction reads.
+    """
     source_key = key.decode(errors="replace") if key else None
     # The letter's own key must be a valid envelope key whatever the refused record's key was (a key that is too
     # long is one of the reasons records are refused): the source key itself when it fits, else its coordinates.
@@ -98,9 +104,8 @@ def dead_letter(
             source_partition=partition,
             source_offset=offset,
             source_key=source_key[:1_000] if source_key else None,
-            # A refused record may carry a secret (a key pasted into a payload): the letter keeps none.
-            reason=redact(reason[:60_000]),
-            record_excerpt=redact((value or b"")[:2_000].decode(errors="replace")),
+            reason=scrub(reason[:60_000]),
+            record_excerpt=scrub((value or b"")[:2_000].decode(errors="replace")),
         ),
         # Deterministic id: a redelivered bad record yields the same dead-letter id. Never change it.
         id=f"dlq/{topic}/{partition}/{offset}",

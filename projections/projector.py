@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import dead_letter
+from tickflow.events.redact import redact
 from tickflow.projections.fold import ProjectionBatch, ProjectionFold, Record, drop_projected
 from tickflow.projections.store import ProjectionStore
 
@@ -265,7 +266,9 @@ class Projector:
             value=record.value,
             reason=reason,
             now_ms=int(time.time() * 1000),
+            scrub=redact,
         )
+        reason = letter.payload.reason  # type: ignore[attr-defined]  # redacted, for the log line too
         await self.producer.send_and_wait(self.dead_letter_topic, encode(letter), key=letter.key.encode())
         self.metrics.dead_lettered += 1
         log.warning("dead-lettered event %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)

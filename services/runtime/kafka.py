@@ -20,6 +20,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from tickflow.events.codec import encode
 from tickflow.events.envelope import dead_letter
+from tickflow.events.redact import redact
 from tickflow.events.topics import TopicNames
 
 __all__ = [
@@ -257,7 +258,9 @@ class DeadLetters:
             value=record.value,
             reason=reason,
             now_ms=now_ms,
+            scrub=redact,
         )
+        reason = letter.payload.reason  # type: ignore[attr-defined]  # redacted, for the log line too
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300])
         return encode(letter), letter.key.encode()
 

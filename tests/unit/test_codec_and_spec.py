@@ -20,6 +20,7 @@ from tickflow.events import (
 )
 from tickflow.events.codec import MAX_JSON_DEPTH
 from tickflow.events.errors import NonRetryableError
+from tickflow.events.redact import redact
 from tickflow.events.spec import walk
 from tickflow.workflow import Flow, Registry, StepContext, Workflow
 
@@ -173,5 +174,6 @@ def test_a_dead_letter_can_always_be_written() -> None:
         value=b"\xff" * 10,
         reason="r" * 100_000,
         now_ms=1,
+        scrub=redact,
     )
     assert letter.key == "t.commands/3" and decode(encode(letter)).payload.source_key == "k" * 1_000

@@ -44,6 +44,6 @@ def test_ordinary_text_and_non_secret_variables_are_kept() -> None:
 def test_dead_letters_and_llm_errors_keep_no_secret() -> None:
     letter = dead_letter(consumer="engine", topic="t.commands", partition=0, offset=7, key=b"k",
                          value=f'{{"kind": "command", "payload": {{"key": "{PLANTED}"}}}}'.encode(),
-                         reason=f"invalid StartRun near {PLANTED}", now_ms=1)
+                         reason=f"invalid StartRun near {PLANTED}", now_ms=1, scrub=redact)
     assert PLANTED not in letter.payload.model_dump_json() and REDACTED in letter.payload.record_excerpt  # type: ignore[attr-defined]
     assert PLANTED not in scrub(f"cannot reach https://u:{PLANTED}@host/v1")
