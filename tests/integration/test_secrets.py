@@ -74,7 +74,11 @@ async def test_a_planted_secret_reaches_no_topic_table_or_log(
     events = b"".join(topics[s.topics.events])
     assert b"calling the billing API with [redacted]" in events and b"https://[redacted]@" in events
     for topic, values in topics.items():
-        assert not any(secret.encode() in v for v in values), f"the secret leaked into topic {topic}"
+        holding = [v for v in values if secret.encode() in v]
+        if topic == s.topics.commands:  # the malformed command the test itself wrote, and nothing else
+            assert len(holding) == 1 and b'{"oops": ' in holding[0], holding
+        else:
+            assert not holding, f"the secret leaked into topic {topic}"
     for table, text in tables.items():
         assert secret not in text, f"the secret leaked into ClickHouse table {table}"
     assert secret not in captured.getvalue() and secret not in out and secret not in err, "the secret was logged"
