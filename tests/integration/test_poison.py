@@ -156,8 +156,9 @@ async def test_poison_records_never_stop_a_role(kafka_bootstrap: str, prefix: st
             job = await asyncio.to_thread(c.rebuild, swap=False, wait=120)
             assert job.report is not None and job.report.invalid_records >= 2, job
 
-        for task in node._tasks():
-            assert not task.done(), f"a role stopped: {task.get_name()} {task.exception()!r}"
+        for name, role in node._running().items():
+            assert role.task is not None and not role.task.done(), f"role {name} stopped: {role.task!r}"
+        assert node.failures == {}, node.failures  # and none was restarted by its node
         (await check_log(settings)).assert_clean()  # every valid start ended; no seq lost or written twice
 
         letters = await _dead_letters(settings.bootstrap, topics.dead_letter, expect=13)
