@@ -184,7 +184,10 @@ async def test_verify_engine_while_runs_are_in_flight(node: Node) -> None:
 
     ids = await asyncio.to_thread(start_many)
     report = await asyncio.to_thread(lambda: Client(node.settings.api_url).verify_engine())
-    assert report.ok, report
+    differing = [(p.partition, d) for p in report.partitions for d in p.differing]
+    missing = [(p.partition, p.missing_in_log, p.missing_live) for p in report.partitions
+               if p.missing_in_log or p.missing_live]
+    assert report.ok, f"differing: {differing}; missing: {missing}"
     assert report.runs_compared >= 3 and report.equal == report.runs_compared
     assert sum(p.started_after_capture + p.runs_compared for p in report.partitions) >= 3
     in_flight = sum(1 for runs in engine.runs.values() for s in runs.values() if s.run_id in ids and not s.terminal)
