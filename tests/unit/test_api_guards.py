@@ -9,20 +9,13 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.unit.test_api_errors import RecordingProducer
 from tickflow.api.app import create_api
 from tickflow.api.guards import allowed_hosts, check_bind
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import MemoryStore
 
 LIMIT = 5_000
-
-
-class RecordingProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
-        self.sent.append((topic, value, key))
 
 
 @pytest.fixture
