@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import orjson
@@ -38,6 +38,8 @@ from tickflow.runtime.live import LiveReader
 from tickflow.runtime.tokens import TokenReader, TokensUnavailable
 
 __all__ = ["MAX_STREAMS", "PING_S", "build_router"]
+
+R = TypeVar("R", LiveReader, TokenReader)
 
 log = logging.getLogger("tickflow.api.live")
 
@@ -73,6 +75,8 @@ class _Slots:
 
 
 class _Reader(Protocol):
+    async def open(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -154,6 +158,46 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
     router = APIRouter()
     slots = _Slots(max_streams)
 
+    async def serve(
+        topic: str,
+        instead: str,
+        build: Callable[[], Awaitable[R]],
+        finished: Callable[[R], Awaitable[bool]],
+        messages: Callable[[R], AsyncIterator[ServerSentEvent]],
+    ) -> Response:
+        """One SSE stream under the shared cap: 503 above it; the reader ``build`` makes is opened (and closed again
+        if anything fails, a Kafka error being a 503); 204 when ``finished`` says a reconnect came after the end."""
+        if not slots.take():
+            raise HTTPException(
+                503,
+                f"{slots.limit} live streams are already open, the most this API process serves; close one or "
+                f"retry later{instead}",
+                headers={"Retry-After": "5"},
+            )
+        reader: R | None = None
+        try:
+            reader = await build()
+            await reader.open()
+            done = await finished(reader)
+        except BaseException as exc:
+            if reader is not None:
+                with anyio.move_on_after(5, shield=True):
+                    await reader.close()
+            slots.give()
+            if isinstance(exc, KafkaError | TokensUnavailable):
+                log.warning("a stream could not read %s: %r", topic, exc)
+                raise HTTPException(
+                    503, f"cannot read the topic {topic} at {deps.bootstrap}: {exc}; check that Kafka is up"
+                ) from None
+            raise
+        if done:  # a reconnect after the end: 204 makes EventSource stop retrying
+            try:
+                await reader.close()
+            finally:
+                slots.give()
+            return Response(status_code=204)
+        return _LiveResponse(messages(reader), reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+
     async def stream(
         request: Request,
         key: str,
@@ -164,18 +208,11 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         terminal: frozenset[str],
     ) -> Response:
         resume = _resume_point(request.headers.get("last-event-id"), after)
-        if not slots.take():
-            raise HTTPException(
-                503,
-                f"{slots.limit} live streams are already open, the most this API process serves; close one or "
-                f"retry later{instead}",
-                headers={"Retry-After": "5"},
-            )
-        reader: LiveReader | None = None
-        try:
+
+        async def build() -> LiveReader:
             first = await asyncio.to_thread(deps.store.first_offset, key)
             since_ms = None if first is not None else await _run_started_ms(deps, key)
-            reader = LiveReader(
+            return LiveReader(
                 bootstrap=deps.bootstrap,
                 topic=deps.topics.events,
                 partitions=deps.topics.partitions,
@@ -187,25 +224,11 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
                 follow=follow,
                 since_ms=since_ms,
             )
-            await reader.open()
-        except BaseException as exc:
-            if reader is not None:
-                with anyio.move_on_after(5, shield=True):
-                    await reader.close()
-            slots.give()
-            if isinstance(exc, KafkaError):
-                log.warning("live stream of %s could not read the log: %r", key, exc)
-                raise HTTPException(
-                    503, f"cannot read the events topic at {deps.bootstrap}: {exc}; check that Kafka is up"
-                ) from None
-            raise
-        if reader.finished:  # a reconnect after the end: 204 makes EventSource stop retrying
-            try:
-                await reader.close()
-            finally:
-                slots.give()
-            return Response(status_code=204)
-        return _LiveResponse(_messages(reader), reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+
+        async def finished(reader: LiveReader) -> bool:
+            return reader.finished
+
+        return await serve(deps.topics.events, instead, build, finished, _messages)
 
     after_q = Query(default=None, ge=0, description="Continue strictly after this event offset (like Last-Event-ID).")
     from_seq_q = Query(default=None, ge=1, description="Only events with seq >= from_seq.")
@@ -253,42 +276,23 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         tokens topic keeps chunks for hours only (``tokens_retention_ms``); each reply is recorded whole in the run's
         events."""
         resume = _resume_point(request.headers.get("last-event-id"), after)
-        if not slots.take():
-            raise HTTPException(
-                503, f"{slots.limit} live streams are already open, the most this API process serves; close one "
-                "or retry later", headers={"Retry-After": "5"},
-            )
 
         async def run_ended() -> bool:
             row = (await asyncio.to_thread(deps.store.runs_by_id, [run_id])).get(run_id)
             return row is not None and row.terminal
 
-        reader: TokenReader | None = None
-        try:
-            if since_ms is None:
-                since_ms = await _run_started_ms(deps, run_id)
-            reader = TokenReader(bootstrap=deps.bootstrap, topic=deps.topics.tokens, partitions=deps.topics.partitions,
-                                 key=run_id, after=resume,
-                                 since_ms=since_ms)
-            await reader.open()
-            finished = resume is not None and not follow and await run_ended() and await reader.caught_up()
-        except BaseException as exc:
-            if reader is not None:
-                with anyio.move_on_after(5, shield=True):
-                    await reader.close()
-            slots.give()
-            if isinstance(exc, KafkaError | TokensUnavailable):
-                log.warning("token stream of %s could not read the tokens topic: %r", run_id, exc)
-                raise HTTPException(503, f"cannot read the tokens topic at {deps.bootstrap}: {exc}") from None
-            raise
-        if finished:  # a reconnect after the end: 204 makes EventSource stop retrying
-            try:
-                await reader.close()
-            finally:
-                slots.give()
-            return Response(status_code=204)
-        messages = _token_messages(reader, run_ended, follow)
-        return _LiveResponse(messages, reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+        async def build() -> TokenReader:
+            start = since_ms if since_ms is not None else await _run_started_ms(deps, run_id)
+            return TokenReader(bootstrap=deps.bootstrap, topic=deps.topics.tokens, partitions=deps.topics.partitions,
+                               key=run_id, after=resume, since_ms=start)
+
+        async def finished(reader: TokenReader) -> bool:
+            return resume is not None and not follow and await run_ended() and await reader.caught_up()
+
+        def messages(reader: TokenReader) -> AsyncIterator[ServerSentEvent]:
+            return _token_messages(reader, run_ended, follow)
+
+        return await serve(deps.topics.tokens, "", build, finished, messages)
 
     @router.get("/live/streams", dependencies=deps.guard)
     async def live_streams() -> dict[str, int]:
