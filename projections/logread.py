@@ -26,6 +26,8 @@ from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 
+from tickflow.events.connection import KafkaTarget, kafka_connection
+
 __all__ = ["LogReadError", "RangeReader"]
 
 #: Fetch sizes: whole batches of a partition (up to 16 MiB) per request, 64 MiB per response.
@@ -47,11 +49,11 @@ class RangeReader:
     ``LogReadError``, as does a position the log no longer holds (retention removed it meanwhile).
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, max_wait_ms: int = 100, stall_s: float = 60.0) -> None:
+    def __init__(self, kafka: KafkaTarget, topic: str, *, max_wait_ms: int = 100, stall_s: float = 60.0) -> None:
         self.topic = topic
         self.max_wait_ms = max_wait_ms
         self.stall_s = stall_s
-        self._client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="tickflow-rebuild")
+        self._client = AIOKafkaClient(**kafka_connection(kafka).client_options(), client_id="tickflow-rebuild")
         self._progress_at = time.monotonic()
 
     async def start(self) -> None:

@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.events.envelope import dead_letter
 from tickflow.events.redact import redact
 from tickflow.projections.fold import ProjectionBatch, ProjectionFold, Record, drop_projected
@@ -81,7 +82,7 @@ class Projector:
         self,
         store: ProjectionStore,
         *,
-        bootstrap: str,
+        kafka: KafkaTarget,
         events_topic: str,
         group_id: str,
         dead_letter_topic: str,
@@ -92,7 +93,7 @@ class Projector:
         """``after_insert`` runs after each batch's insert and before its offset commit — the window exactly-once
         projection must survive; the crash test passes a function that kills the process there."""
         self.store = store
-        self.bootstrap = bootstrap
+        self.kafka = kafka_connection(kafka)
         self.events_topic = events_topic
         self.group_id = group_id
         self.dead_letter_topic = dead_letter_topic
@@ -110,7 +111,7 @@ class Projector:
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
             self.events_topic,
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -118,7 +119,7 @@ class Projector:
             fetch_max_wait_ms=50,
             isolation_level="read_committed",  # the engine writes in transactions: never project an aborted one
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True)
+        self.producer = AIOKafkaProducer(**self.kafka.client_options(), acks="all", enable_idempotence=True)
         await self.producer.start()
         await self.consumer.start()
         self._task = asyncio.create_task(self._loop(), name="tickflow-projector")

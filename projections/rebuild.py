@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tickflow.events.codec import InvalidRecord, decode
+from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.projections.bulk import Block, BulkLoad, StagingError, count_event
 from tickflow.projections.fold import ProjectionFold, Record
 from tickflow.projections.logread import LogReadError, RangeReader
@@ -127,13 +128,13 @@ class Rebuild:
         self,
         store: ClickHouseStore,
         *,
-        bootstrap: str,
+        kafka: KafkaTarget,
         topic: str,
         database: str | None = None,
         batch_events: int = 50_000,
         bulk: bool = True,
     ) -> None:
-        self.store, self.bootstrap, self.topic = store, bootstrap, topic
+        self.store, self.kafka, self.topic = store, kafka_connection(kafka), topic
         self.bulk = bulk
         self.database = database or next_generation(store)
         self.batch_events = batch_events
@@ -223,12 +224,12 @@ class Rebuild:
 
     async def _read(self, start: dict[int, int] | None, bulk: BulkLoad | None = None) -> int:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.client_options(),
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",  # its end offsets are the last stable offsets, where reads stop
         )
-        reader = RangeReader(self.bootstrap, self.topic)
+        reader = RangeReader(self.kafka, self.topic)
         await consumer.start()  # offsets only: nothing is assigned, so it fetches nothing
         try:
             await reader.start()
@@ -432,7 +433,7 @@ def drop_generations(store: ClickHouseStore, keep: set[str]) -> list[str]:
 def rebuild_database(
     store: ClickHouseStore,
     *,
-    bootstrap: str,
+    kafka: KafkaTarget,
     topic: str,
     database: str | None = None,
     before_verify: Callable[[Rebuild], Any] | None = None,
@@ -440,7 +441,7 @@ def rebuild_database(
 ) -> RebuildReport:
     """Build and verify a new database (no swap); blocking. ``before_verify`` is for fault-injection tests;
     ``bulk=False`` folds every event in Python (the reference the bulk path is tested against)."""
-    rebuild = Rebuild(store, bootstrap=bootstrap, topic=topic, database=database, bulk=bulk)
+    rebuild = Rebuild(store, kafka=kafka, topic=topic, database=database, bulk=bulk)
     try:
         rebuild.build()
         if before_verify is not None:

@@ -82,7 +82,7 @@ class Node:
         s = self.settings
         tracing.configure(f"tickflow-{'-'.join(sorted(self.roles))}")  # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
         await ensure_topics(
-            s.bootstrap, s.topics, s.pools, s.log_retention_ms, tokens_retention_ms=s.tokens_retention_ms,
+            s.kafka, s.topics, s.pools, s.log_retention_ms, tokens_retention_ms=s.tokens_retention_ms,
             replication=s.replication_factor, min_insync=s.min_insync_replicas,
         )
         if "projector" in self.roles or "api" in self.roles:
@@ -127,7 +127,7 @@ class Node:
 
         return Projector(
             self.store,
-            bootstrap=s.bootstrap,
+            kafka=s.kafka,
             events_topic=s.topics.events,
             group_id=s.topics.projector_group,
             dead_letter_topic=s.topics.dead_letter,
@@ -203,7 +203,7 @@ class Node:
 
         s = self.settings
         check_bind(s.api_host, s.api_token)
-        self._api_producer = new_producer(s.bootstrap, linger_ms=0)
+        self._api_producer = new_producer(s.kafka, linger_ms=0)
         await self._api_producer.start()
         app = create_api(
             store=self.store,
@@ -215,7 +215,7 @@ class Node:
             blobs=FileBlobStore(s.blob_dir),
             offload_bytes=s.offload_bytes,
             max_body_bytes=s.api_max_body_bytes,
-            bootstrap=s.bootstrap,
+            kafka=s.kafka,
             engine=self.engine,
             projector=self.projector,  # a rebuild pauses it to swap its database in
             hosts=allowed_hosts(s.api_host, s.api_allowed_hosts),
@@ -279,7 +279,7 @@ async def serve(settings: Settings, registry: Registry, roles: frozenset[str] = 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
-    log.info("tickflow up: roles=%s prefix=%s kafka=%s", sorted(roles), settings.prefix, settings.bootstrap)
+    log.info("tickflow up: roles=%s prefix=%s kafka=%s", sorted(roles), settings.prefix, settings.kafka)
     waiter = asyncio.create_task(node.wait())
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tickflow.events.connection import KafkaConnection, SaslMechanism, SecurityProtocol
 from tickflow.events.topics import DEFAULT_PARTITIONS, DEFAULT_POOL, TopicNames
 
 __all__ = ["Settings"]
@@ -26,10 +27,26 @@ def _env(name: str, field: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Everything a tickflow process needs to know; see README "Configuration" for each variable."""
 
-    model_config = SettingsConfigDict(env_prefix="TICKFLOW_", frozen=True, extra="forbid", populate_by_name=True)
+    #: hide_input_in_errors: a validation error must not print the input it failed on, which holds the secrets.
+    model_config = SettingsConfigDict(env_prefix="TICKFLOW_", frozen=True, extra="forbid", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     #: Kafka bootstrap servers; default: the local broker on ``kafka_port``.
     bootstrap: str = Field(default="", validation_alias=_env("KAFKA_BOOTSTRAP", "bootstrap"))
+    #: How clients reach Kafka: PLAINTEXT (the local broker), SSL, SASL_SSL, or SASL_PLAINTEXT on a trusted network.
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    #: SASL (with a SASL_* protocol): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, a username and its password.
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(default=None, repr=False)
+    #: TLS (with SSL or SASL_SSL): the CA bundle (PEM) that signed the brokers' certificates (unset: the system's) …
+    kafka_ssl_cafile: Path | None = None
+    #: … a client certificate and its key (PEM) for mutual TLS, and the key's password …
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = Field(default=None, repr=False)
+    #: … and whether the brokers' certificates must name the host they are reached at (leave on).
+    kafka_ssl_check_hostname: bool = True
     #: Port of the local broker ``tickflow broker start`` runs (its controller listens on port + 1).
     kafka_port: int = Field(default=9092, ge=1, le=65_535)
     prefix: str = Field(default="tickflow", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
@@ -89,7 +106,9 @@ class Settings(BaseSettings):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
 
-    @field_validator("clickhouse_url", "api_token", "llm_config", "clickhouse_ttl_days", "blob_root", mode="before")
+    @field_validator("clickhouse_url", "api_token", "llm_config", "clickhouse_ttl_days", "blob_root",
+                     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile",
+                     "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -98,7 +117,34 @@ class Settings(BaseSettings):
     def _default_bootstrap(self) -> Settings:
         if not self.bootstrap:  # frozen: set once, while the model is being built
             object.__setattr__(self, "bootstrap", f"127.0.0.1:{self.kafka_port}")
+        try:
+            self.kafka  # noqa: B018 - validate the Kafka security settings together, at start
+        except ValueError as exc:
+            raise ValueError(f"Kafka security settings (TICKFLOW_KAFKA_SECURITY_PROTOCOL, TICKFLOW_KAFKA_SASL_*, "
+                             f"TICKFLOW_KAFKA_SSL_*): {exc}") from None
         return self
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How every Kafka client of this process connects (address and security)."""
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        def path(value: Path | None) -> str | None:
+            return str(value) if value is not None else None
+
+        return KafkaConnection(
+            self.bootstrap,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=secret(self.kafka_sasl_password),
+            ssl_cafile=path(self.kafka_ssl_cafile),
+            ssl_certfile=path(self.kafka_ssl_certfile),
+            ssl_keyfile=path(self.kafka_ssl_keyfile),
+            ssl_key_password=secret(self.kafka_ssl_key_password),
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated (the environment is not read again)."""

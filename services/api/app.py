@@ -31,6 +31,7 @@ from tickflow.dashboard import pages as dashboard
 from tickflow.dashboard.board import BoardFeed
 from tickflow.dashboard.session import build_login_router, cookie_session
 from tickflow.events.codec import MAX_JSON_DEPTH, MAX_RECORD_BYTES, too_deep
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import ProjectionStore
@@ -79,7 +80,7 @@ def create_api(
     blobs: Any = None,
     offload_bytes: int = MAX_RECORD_BYTES // 4,
     max_body_bytes: int = MAX_RECORD_BYTES,
-    bootstrap: str = "",
+    kafka: KafkaTarget | None = None,
     engine: Any = None,
     projector: Any = None,
     hosts: Sequence[str] | None = None,
@@ -146,7 +147,7 @@ def create_api(
         producer=producer,
         topics=topics,
         guard=[Depends(authorize)],
-        bootstrap=bootstrap,
+        kafka=kafka,
         engine=engine,
         workflows=workflows,
         projector=projector,
@@ -160,7 +161,7 @@ def create_api(
         api.include_router(module.build_router(deps))
     # The dashboard: pages under /ui, its assets (shipped in the package) under /ui/static, sign-in with the token.
     api.include_router(build_login_router(token, dashboard.HERE / "templates"))
-    board = BoardFeed(store, bootstrap, topics.events, topics.partitions)
+    board = BoardFeed(store, kafka, topics.events, topics.partitions)
     api.include_router(dashboard.build_router(deps, board))
     # follow_symlink: an editable install links the files (a wheel holds them as they are).
     static = StaticFiles(directory=dashboard.HERE / "static", follow_symlink=True)

@@ -16,6 +16,7 @@ from fastapi import HTTPException
 from fastapi.params import Depends as DependsParam
 
 from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, encode
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
@@ -85,7 +86,8 @@ class ApiDeps:
     producer: Any
     topics: TopicNames
     guard: list[DependsParam]
-    bootstrap: str = ""
+    #: How this API reaches Kafka (None: it does not; live streams, rebuilds and the dead-letter tail are off).
+    kafka: KafkaTarget | None = None
     engine: Any = None
     #: Workflows the engine of this process knows (None: the engine runs elsewhere; accept any name).
     workflows: set[str] | None = None

@@ -33,6 +33,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from tickflow.api.deps import ApiDeps
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.runtime.live import LiveReader
 from tickflow.runtime.tokens import TokenReader, TokensUnavailable
@@ -137,6 +138,12 @@ async def _run_started_ms(deps: ApiDeps, run_id: str) -> int:
     return int(time.time() * 1000) - 60_000
 
 
+def _kafka_of(deps: ApiDeps) -> KafkaTarget:
+    if deps.kafka is None:
+        raise HTTPException(503, "this API was started without Kafka, so it cannot stream the log")
+    return deps.kafka
+
+
 def _resume_point(header: str | None, after: int | None) -> int | None:
     """``Last-Event-ID`` wins over ``?after=``: a browser reconnects to the same URL (with its original
     ``after``) and sends the id of the last event it got in the header."""
@@ -187,7 +194,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
             if isinstance(exc, KafkaError | TokensUnavailable):
                 log.warning("a stream could not read %s: %r", topic, exc)
                 raise HTTPException(
-                    503, f"cannot read the topic {topic} at {deps.bootstrap}: {exc}; check that Kafka is up"
+                    503, f"cannot read the topic {topic} at {deps.kafka}: {exc}; check that Kafka is up"
                 ) from None
             raise
         if done:  # a reconnect after the end: 204 makes EventSource stop retrying
@@ -213,7 +220,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
             first = await asyncio.to_thread(deps.store.first_offset, key)
             since_ms = None if first is not None else await _run_started_ms(deps, key)
             return LiveReader(
-                bootstrap=deps.bootstrap,
+                kafka=_kafka_of(deps),
                 topic=deps.topics.events,
                 partitions=deps.topics.partitions,
                 key=key,
@@ -283,7 +290,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
 
         async def build() -> TokenReader:
             start = since_ms if since_ms is not None else await _run_started_ms(deps, run_id)
-            return TokenReader(bootstrap=deps.bootstrap, topic=deps.topics.tokens, partitions=deps.topics.partitions,
+            return TokenReader(kafka=_kafka_of(deps), topic=deps.topics.tokens, partitions=deps.topics.partitions,
                                key=run_id, after=resume, since_ms=start)
 
         async def finished(reader: TokenReader) -> bool:

@@ -78,7 +78,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
         store = deps.store
         if not isinstance(store, ClickHouseStore):
             raise HTTPException(409, "rebuilds need the ClickHouse store; this API runs on the in-memory one")
-        if not deps.bootstrap:
+        if deps.kafka is None:
             raise HTTPException(409, "this API was started without a Kafka bootstrap, so it cannot read the log")
         if swap and deps.projector is None:
             raise HTTPException(
@@ -89,7 +89,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
         if any(not j.done for j in jobs.values()):
             running = next(j.job_id for j in jobs.values() if not j.done)
             raise HTTPException(409, f"rebuild {running} is still running; follow it at /admin/rebuild/{running}")
-        rebuild = await asyncio.to_thread(Rebuild, store, bootstrap=deps.bootstrap, topic=deps.topics.events)
+        rebuild = await asyncio.to_thread(Rebuild, store, kafka=deps.kafka, topic=deps.topics.events)
         job = _Job(uuid.uuid4().hex[:12], swap, rebuild, int(time.time() * 1000))
         job.task = asyncio.create_task(run(job), name=f"tickflow-rebuild-{job.job_id}")
         job.task.add_done_callback(lambda t: t.cancelled() or t.exception())  # the error is kept on the job

@@ -29,6 +29,9 @@ from importlib.resources import files
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT
 
+from tickflow.broker.secure import BrokerSecrets
+from tickflow.events.connection import KafkaConnection
+
 _PACKAGE = __package__ or __name__.rpartition(".")[0]
 HOST = "127.0.0.1"
 READY_LINE = b"Kafka Server started"
@@ -94,6 +97,8 @@ class BrokerConfig:
     voters: tuple[tuple[int, int], ...] = ()
     #: Where under state_dir this node keeps its files ("kafka" alone, "kafka/node-<id>" in a cluster).
     subdir: str = "kafka"
+    #: A SASL_SSL listener (TLS + SCRAM-SHA-512/PLAIN users, see ``tickflow.broker.secure``) instead of PLAINTEXT.
+    secure: bool = False
 
     @classmethod
     def from_env(cls, state_dir: Path | None = None) -> BrokerConfig:
@@ -107,6 +112,7 @@ class BrokerConfig:
             controller_port=_env_int("TICKFLOW_KAFKA_CONTROLLER_PORT"),
             cache_dir=default_cache_dir(),
             heap=_env("TICKFLOW_KAFKA_HEAP") or "768m",
+            secure=(_env("TICKFLOW_KAFKA_SECURE") or "0").lower() in ("1", "true", "yes"),
         )
 
     @property
@@ -130,23 +136,26 @@ class BrokerConfig:
         return max(len(self.voters), 1)
 
 
-def server_properties(config: BrokerConfig) -> str:
-    """The server.properties of one KRaft node (broker and controller) on loopback, alone or in a cluster."""
+def server_properties(config: BrokerConfig, secrets: BrokerSecrets | None = None) -> str:
+    """The server.properties of one KRaft node (broker and controller) on loopback, alone or in a cluster; with
+    ``secrets``, its client and inter-broker listener is SASL_SSL."""
     port, controller = config.port, config.resolved_controller_port
     voters = config.voters or ((config.node_id, controller),)
     quorum = ",".join(f"{node}@{HOST}:{cport}" for node, cport in voters)
     replication = min(config.cluster_size, FULL_REPLICATION)
     min_isr = max(replication - 1, 1)
-    return f"""\
-process.roles=broker,controller
-node.id={config.node_id}
-controller.quorum.voters={quorum}
+    listeners = secrets.listener_properties(HOST, port, controller) if secrets is not None else f"""\
 listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}
 advertised.listeners=PLAINTEXT://{HOST}:{port}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
-log.dirs={config.kafka_dir / "data"}
+"""
+    return f"""\
+process.roles=broker,controller
+node.id={config.node_id}
+controller.quorum.voters={quorum}
+{listeners}log.dirs={config.kafka_dir / "data"}
 num.partitions=1
 offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=8
@@ -228,6 +237,21 @@ class LocalBroker:
         self.log4j_path = self.kafka_dir / "log4j.properties"
         self.pidfile = self.kafka_dir / "broker.pid"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._secrets: BrokerSecrets | None = None
+
+    @property
+    def secrets(self) -> BrokerSecrets | None:
+        """The TLS material and SASL users of a ``secure`` broker (generated on first use), else None."""
+        if self.config.secure and self._secrets is None:
+            self._secrets = BrokerSecrets.ensure(self.kafka_dir / "tls")
+        return self._secrets
+
+    def connection(self) -> KafkaConnection:
+        """How a client reaches this broker: plaintext, or SASL_SSL as the ``tickflow`` user when secure."""
+        secrets = self.secrets
+        if secrets is None:
+            return KafkaConnection(self.config.bootstrap)
+        return secrets.client_connection(self.config.bootstrap)
 
     def install(self) -> None:
         """Fetch Kafka's jars from Maven Central into the cache (once; ``.complete`` marks a finished fetch)."""
@@ -254,7 +278,9 @@ class LocalBroker:
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_path.write_text(server_properties(self.config), encoding="utf-8")
+        self.properties_path.touch(mode=0o600, exist_ok=True)  # it holds the keystore's and the SASL passwords
+        self.properties_path.chmod(0o600)
+        self.properties_path.write_text(server_properties(self.config, self.secrets), encoding="utf-8")
         self.log4j_path.write_text(_resource("log4j.properties"), encoding="utf-8")
 
     def _read_pid(self) -> int | None:
@@ -310,8 +336,12 @@ class LocalBroker:
             tool, props = "kafka.tools.StorageTool", str(self.properties_path)
             if cluster_id is None:
                 cluster_id = _run(self._java_cmd(tool, "random-uuid"), "StorageTool random-uuid").decode().split()[-1]
-            _run(self._java_cmd(tool, "format", "-t", cluster_id, "-c", props), "StorageTool format")
+            users = self.secrets.scram_format_args() if self.secrets is not None else []
+            _run(self._java_cmd(tool, "format", "-t", cluster_id, "-c", props, *users), "StorageTool format")
         _log(f"starting Kafka {KAFKA_VERSION} on {self.config.bootstrap} (data in {self.kafka_dir})")
+        if self.secrets is not None:
+            env = self.secrets.write_client_env(self.config.bootstrap)
+            _log(f"listener SASL_SSL (SCRAM-SHA-512, PLAIN); a client's settings are in {env} (set -a; . {env})")
         (self.logs_dir / "server.log").write_bytes(b"")
         stdout_log = self.logs_dir / "stdout.log"
         cmd = self._java_cmd("kafka.Kafka", str(self.properties_path))
@@ -402,6 +432,8 @@ class LocalCluster:
     def __init__(self, base: BrokerConfig, size: int = FULL_REPLICATION) -> None:
         if size < 1:
             raise BrokerError(f"a cluster needs at least one node, not {size}")
+        if base.secure:
+            raise BrokerError("the secure (SASL_SSL) local broker runs as one node; start the cluster without it")
         self.base = base
         voters = tuple((i + 1, base.port + 2 * i + 1) for i in range(size))
         self.nodes = [

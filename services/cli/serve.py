@@ -19,12 +19,14 @@ from tickflow.settings import Settings
 __all__ = ["broker", "demo", "up"]
 
 
-def kafka(settings: Settings, action: str, brokers: int = 1) -> None:
+def kafka(settings: Settings, action: str, brokers: int = 1, secure: bool | None = None) -> None:
     """Run ``action`` on the local broker (or, with ``brokers`` > 1, the local KRaft cluster) whose data lives
     under the settings' state directory."""
     # Where and on which port come from the settings (so ``Settings(kafka_port=...)`` is honoured too); the
     # launcher's own knobs (heap, controller port, jar cache) from its environment variables.
     config = dataclasses.replace(BrokerConfig.from_env(settings.state_dir), port=settings.kafka_port)
+    if secure is not None:
+        config = dataclasses.replace(config, secure=secure)
     local: LocalBroker | LocalCluster = LocalBroker(config) if brokers == 1 else LocalCluster(config, brokers)
     bootstrap = local.bootstrap if isinstance(local, LocalCluster) else local.config.bootstrap
     try:
@@ -49,11 +51,14 @@ def kafka(settings: Settings, action: str, brokers: int = 1) -> None:
 @click.argument("action", type=click.Choice(["install", "start", "stop", "status", "reset", "bootstrap"]))
 @click.option("--brokers", type=click.IntRange(1, 9), default=1, show_default=True, envvar="TICKFLOW_KAFKA_BROKERS",
               help="Nodes of the local KRaft cluster (3: ports 9092, 9094, 9096; replication 3, min ISR 2).")
+@click.option("--secure", is_flag=True, default=None, envvar="TICKFLOW_KAFKA_SECURE",
+              help="One node with a SASL_SSL listener (TLS from keytool, SCRAM-SHA-512 users); clients' settings are "
+                   "written to <state dir>/kafka/tls/client.env.")
 @click.pass_obj
-def broker(settings: Settings, action: str, brokers: int) -> None:
+def broker(settings: Settings, action: str, brokers: int, secure: bool | None) -> None:
     """Manage the local Kafka (KRaft) of this checkout: one broker, or a cluster of --brokers nodes; bootstrap
     prints the servers to give TICKFLOW_KAFKA_BOOTSTRAP."""
-    kafka(settings, action, brokers)
+    kafka(settings, action, brokers, secure)
 
 
 @click.command()

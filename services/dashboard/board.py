@@ -23,6 +23,7 @@ from aiokafka import TopicPartition
 
 from tickflow.events.agents import STACK_PREFIX
 from tickflow.events.codec import InvalidRecord, decode
+from tickflow.events.connection import KafkaTarget
 from tickflow.projections.facts import StackRow, stack_row
 from tickflow.projections.store import ProjectionStore
 from tickflow.runtime.kafka import new_consumer
@@ -40,8 +41,8 @@ BOARD_LIMIT = 5_000
 class BoardFeed:
     """Every stack's board row, kept current from the log, and a stream of the rows that change."""
 
-    def __init__(self, store: ProjectionStore, bootstrap: str, events_topic: str, partitions: int) -> None:
-        self.store, self.bootstrap, self.events_topic, self.partitions = store, bootstrap, events_topic, partitions
+    def __init__(self, store: ProjectionStore, kafka: KafkaTarget | None, events_topic: str, partitions: int) -> None:
+        self.store, self.kafka, self.events_topic, self.partitions = store, kafka, events_topic, partitions
         self.rows: dict[str, StackRow] = {}
         self._pages: set[asyncio.Queue[StackRow | None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -82,7 +83,10 @@ class BoardFeed:
         rows = await asyncio.to_thread(self.store.list_stacks, limit=BOARD_LIMIT)
         marks = (await asyncio.to_thread(self.store.watermarks)).get("events", {})
         self.rows = {r.stack_id: r for r in rows}
-        consumer = new_consumer(self.bootstrap, group_id=None, fetch_max_wait_ms=500, auto_offset_reset="earliest")
+        if self.kafka is None:  # an API without Kafka: the board is the projection's, refreshed by reloading
+            self._ready.set()
+            return
+        consumer = new_consumer(self.kafka, group_id=None, fetch_max_wait_ms=500, auto_offset_reset="earliest")
         await consumer.start()
         try:
             tps = [TopicPartition(self.events_topic, p) for p in range(self.partitions)]

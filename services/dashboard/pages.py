@@ -25,6 +25,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from tickflow.api.deps import ApiDeps, ApiProblem
 from tickflow.dashboard.board import BoardFeed
 from tickflow.events.codec import InvalidRecord, decode
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.errors import ErrorCode
 from tickflow.events.schemas import PAYLOAD_TYPES, DeadLetter
 from tickflow.projections import analytics
@@ -207,30 +208,30 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
         letters = await dead_letters.latest()
         return page(request, "_system_panel.html", projector=deps.metrics, engine=engine_view, letters=letters)
 
-    dead_letters = DeadLetterTail(deps.bootstrap, deps.topics.dead_letter)
+    dead_letters = DeadLetterTail(deps.kafka, deps.topics.dead_letter)
     return router
 
 
 class DeadLetterTail:
     """How many records the dead-letter topic holds and the latest few, read at most every ``every_s`` seconds."""
 
-    def __init__(self, bootstrap: str, topic: str, keep: int = 10, every_s: float = 2.0) -> None:
-        self.bootstrap, self.topic, self.keep, self.every_s = bootstrap, topic, keep, every_s
+    def __init__(self, kafka: KafkaTarget | None, topic: str, keep: int = 10, every_s: float = 2.0) -> None:
+        self.kafka, self.topic, self.keep, self.every_s = kafka, topic, keep, every_s
         self._read_at = 0.0
         self._view: dict[str, Any] = {"count": 0, "latest": [], "error": ""}
 
     async def latest(self) -> dict[str, Any]:
-        if time.monotonic() - self._read_at >= self.every_s and self.bootstrap:
+        if time.monotonic() - self._read_at >= self.every_s and self.kafka is not None:
             self._read_at = time.monotonic()
             try:
-                self._view = await self._read()
+                self._view = await self._read(self.kafka)
             except Exception as exc:  # the page says so; it must never fail because Kafka is away
                 self._view = {**self._view, "error": f"cannot read {self.topic}: {exc!r}"}
         return self._view
 
-    async def _read(self) -> dict[str, Any]:
+    async def _read(self, kafka: KafkaTarget) -> dict[str, Any]:
         tp = TopicPartition(self.topic, 0)
-        consumer = new_consumer(self.bootstrap, group_id=None, fetch_max_wait_ms=50)
+        consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=50)
         await consumer.start()
         try:
             consumer.assign([tp])

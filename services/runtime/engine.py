@@ -168,7 +168,7 @@ class Engine:
     async def start(self) -> None:
         self.dead_letters = DeadLetters(None, self.topics.dead_letter, "engine")  # written by partition writers
         self.consumer = new_consumer(
-            self.settings.bootstrap,
+            self.settings.kafka,
             group_id=self.topics.engine_group,
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_poll_interval_ms=300_000,
@@ -842,7 +842,7 @@ class Engine:
         started = time.monotonic()
         # Fence the previous owner first: once this writer is registered, nothing it left open can still commit,
         # so the reads below see every write of the partition that will ever be visible.
-        writer = PartitionWriter(self.settings.bootstrap, f"{self.topics.engine_group}.{partition}", partition)
+        writer = PartitionWriter(self.settings.kafka, f"{self.topics.engine_group}.{partition}", partition)
         try:
             await writer.start()
         except BaseException:
@@ -856,7 +856,7 @@ class Engine:
             raise
 
     async def _rebuild(self, partition: int, writer: PartitionWriter, started: float) -> None:
-        built = await rebuild_partition(self.settings.bootstrap, self.topics, self.blobs, partition)
+        built = await rebuild_partition(self.settings.kafka, self.topics, self.blobs, partition)
         async with self._lock:
             if partition not in {tp.partition for tp in self.consumer.assignment()}:
                 await writer.stop()

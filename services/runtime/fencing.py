@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from tickflow.events.connection import KafkaTarget
 from tickflow.runtime.kafka import new_producer
 
 __all__ = ["TRANSACTION_TIMEOUT_MS", "Fenced", "PartitionWriter", "TransactionFailed"]
@@ -55,11 +56,11 @@ class Fenced(TransactionFailed):
 class PartitionWriter:
     """The transactional producer of one owned input partition; a transaction opens at the first send."""
 
-    def __init__(self, bootstrap: str, transactional_id: str, partition: int) -> None:
+    def __init__(self, kafka: KafkaTarget, transactional_id: str, partition: int) -> None:
         self.partition = partition
         self.transactional_id = transactional_id
         self._producer: AIOKafkaProducer = new_producer(
-            bootstrap, transactional_id=transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS
+            kafka, transactional_id=transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS
         )
         self._open = False
         self._sends: list[asyncio.Future[Any]] = []

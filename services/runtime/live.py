@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from tickflow.events.codec import InvalidRecord, decode
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.events.topics import partition_key
 from tickflow.runtime.kafka import new_consumer
@@ -80,7 +81,7 @@ class LiveReader:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaTarget,
         topic: str,
         partitions: int,
         key: str,
@@ -97,7 +98,7 @@ class LiveReader:
         # not seen yet (a run just started, or events not projected yet).
         partition = first[0] if first is not None else partition_of(key, partitions)
         self.tp = TopicPartition(topic, partition)
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._first = first[1] if first is not None else None
         self._after = after
         self._since_ms = since_ms if first is None else None
@@ -123,7 +124,7 @@ class LiveReader:
     async def open(self) -> None:
         """Connect, seek to the start point, and read up to the resumption point (usually one fetch)."""
         consumer = new_consumer(
-            self._bootstrap,
+            self._kafka,
             group_id=None,
             fetch_max_wait_ms=FETCH_WAIT_MS,
             max_partition_fetch_bytes=1024 * 1024,

@@ -12,6 +12,7 @@ from typing import Protocol
 from aiokafka.partitioner import murmur2
 
 from tickflow.events.codec import decode, encode
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
 from tickflow.runtime.kafka import new_producer, read_partition
 
@@ -47,9 +48,9 @@ class MemoryEventLog:
 
 
 class KafkaEventLog:
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
-        self._producer = new_producer(bootstrap)
+    def __init__(self, kafka: KafkaTarget, topic: str, partitions: int) -> None:
+        self.kafka, self.topic, self.partitions = kafka, topic, partitions
+        self._producer = new_producer(kafka)
         self._started = False
 
     async def append(self, events: Sequence[Envelope]) -> None:
@@ -61,7 +62,7 @@ class KafkaEventLog:
             await fut
 
     async def read(self, partition: int) -> list[Envelope]:
-        return [decode(r.value) for r in await read_partition(self.bootstrap, self.topic, partition)]
+        return [decode(r.value) for r in await read_partition(self.kafka, self.topic, partition)]
 
     async def close(self) -> None:
         if self._started:

@@ -22,6 +22,7 @@ from collections import OrderedDict
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.events.schemas import idempotency_key
 
 __all__ = ["MAX_PER_PARTITION", "MEMORY_S", "ProducedResults"]
@@ -63,13 +64,13 @@ class ProducedResults:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return  # not a step result we could re-send; the engine dead-letters such records anyway
 
-    async def learn(self, bootstrap: str, topic: str, partitions: set[int], now_ms: int | None = None) -> int:
+    async def learn(self, kafka: KafkaTarget, topic: str, partitions: set[int], now_ms: int | None = None) -> int:
         """Read the recent results of ``partitions`` (see the module docstring); returns how many were read."""
         if not partitions:
             return 0
         since = (now_ms if now_ms is not None else int(time.time() * 1000)) - MEMORY_S * 1000
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **kafka_connection(kafka).client_options(),
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
             isolation_level="read_committed",

@@ -24,6 +24,7 @@ from tickflow.core.slots import SlotState, evolve_slot, is_slot
 from tickflow.core.stacks import StackState, evolve_stack, is_stack
 from tickflow.core.state import RunState, SequenceError, evolve
 from tickflow.events.codec import InvalidRecord, decode
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import RunQuarantined, RunReleased
 from tickflow.events.topics import TopicNames, is_run_id
@@ -63,13 +64,13 @@ class Rebuilt:
     started: float = field(default_factory=time.monotonic)
 
 
-async def rebuild_partition(bootstrap: str, topics: TopicNames, blobs: FileBlobStore, partition: int) -> Rebuilt:
+async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: FileBlobStore, partition: int) -> Rebuilt:
     """Read a partition's snapshots and the events after their checkpoint, and fold them (in threads, so the caller's
     loop keeps turning). Call it only once the partition's previous writer is fenced (``runtime/fencing.py``)."""
     started = time.monotonic()
-    snapshots = await read_partition(bootstrap, topics.state, partition)
+    snapshots = await read_partition(kafka, topics.state, partition)
     runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(parse_snapshots, partition, snapshots, blobs)
-    records = await read_partition(bootstrap, topics.events, partition, start=checkpoint)
+    records = await read_partition(kafka, topics.events, partition, start=checkpoint)
     read_s = time.monotonic() - started
     held = await asyncio.to_thread(fold_log, partition, records, runs, slots, stacks, gone)
     fold_s = time.monotonic() - started - read_s

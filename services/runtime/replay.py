@@ -325,7 +325,7 @@ async def verify_engine(engine: Engine) -> EngineReport:
     retention_ms = int(engine.settings.state_retention_s * 1000)
     reports = []
     for partition, live in captured.items():
-        records = await read_partition(engine.settings.bootstrap, engine.topics.events, partition)
+        records = await read_partition(engine.settings.kafka, engine.topics.events, partition)
         held = frozenset(engine.quarantined.get(partition, {}))
         reports.append(
             await asyncio.to_thread(compare_partition, partition, live, records, taken_at, retention_ms, held)

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from tickflow.events.agents import LlmTokens
 from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import MAX_ID_CHARS, Envelope
 from tickflow.events.schemas import RunStep
 from tickflow.events.topics import partition_key
@@ -225,19 +226,19 @@ class TokenChunk:
 class TokenReader:
     """Tails one run's chunks in its partition of the tokens topic, from ``since_ms`` or strictly after ``after``."""
 
-    def __init__(self, *, bootstrap: str, topic: str, partitions: int, key: str, after: int | None = None,
+    def __init__(self, *, kafka: KafkaTarget, topic: str, partitions: int, key: str, after: int | None = None,
                  since_ms: int | None = None) -> None:
         self.key = key
         self.tp = TopicPartition(topic, partition_of(key, partitions))
         self.topic = topic
         self._key_bytes = partition_key(key)
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._after = after
         self._since_ms = since_ms
         self._consumer: AIOKafkaConsumer | None = None
 
     async def open(self) -> None:
-        consumer = new_consumer(self._bootstrap, group_id=None, fetch_max_wait_ms=FETCH_WAIT_MS,
+        consumer = new_consumer(self._kafka, group_id=None, fetch_max_wait_ms=FETCH_WAIT_MS,
                                 max_partition_fetch_bytes=1024 * 1024, auto_offset_reset="latest")
         self._consumer = consumer
         await consumer.start()

@@ -76,10 +76,10 @@ class TriggerRole:
 
     async def start(self) -> None:
         s = self.settings
-        self.producer = new_producer(s.bootstrap)
+        self.producer = new_producer(s.kafka)
         await self.producer.start()
         self.dead_letters = DeadLetters(self.producer, s.topics.dead_letter, "trigger")
-        self.consumer = new_consumer(s.bootstrap, group_id=f"{s.topics.prefix}.trigger")
+        self.consumer = new_consumer(s.kafka, group_id=f"{s.topics.prefix}.trigger")
         await self.consumer.start()
         self.consumer.subscribe(sorted(self.by_topic), listener=Rebalance(on_revoked=self._on_revoked))
         self._task = asyncio.create_task(self._loop(), name="tickflow-triggers")

@@ -280,7 +280,7 @@ class StepWorker:
 
     async def start(self) -> None:
         step_logs.install()
-        self.producer = new_producer(self.settings.bootstrap)
+        self.producer = new_producer(self.settings.kafka)
         await self.producer.start()
         self.dead_letters = DeadLetters(self.producer, self.topics.dead_letter, f"worker:{self.pool}")
         self.tokens = TokenPublisher(self.producer, self.topics.tokens)
@@ -288,7 +288,7 @@ class StepWorker:
         self._control_task = asyncio.create_task(self._control_loop(), name=f"tickflow-control-{self.pool}")
         with contextlib.suppress(TimeoutError):  # a slow control topic must not keep the worker down
             await asyncio.wait_for(self._control_ready.wait(), CONTROL_READY_TIMEOUT_S)
-        self.consumer = new_consumer(self.settings.bootstrap, group_id=self.topics.worker_group(self.pool))
+        self.consumer = new_consumer(self.settings.kafka, group_id=self.topics.worker_group(self.pool))
         await self.consumer.start()
         self.consumer.subscribe([self.topics.tasks(self.pool)], listener=Rebalance(on_revoked=self.on_revoked))
         self._task = asyncio.create_task(self._loop(), name=f"tickflow-worker-{self.pool}")
@@ -547,7 +547,7 @@ class StepWorker:
         new = assigned - self._learned
         self._learned &= assigned
         if new:
-            read = await self.produced.learn(self.settings.bootstrap, self.topics.results, new)
+            read = await self.produced.learn(self.settings.kafka, self.topics.results, new)
             self._learned |= new
             log.info(
                 "pool %s: read %d recent results of partitions %s before running their tasks",
@@ -570,7 +570,7 @@ class StepWorker:
         compacted topic from the start, so a late starter gets the latest limit. It subscribes only once the
         topic exists, so the broker never auto-creates it uncompacted."""
         while True:
-            consumer = new_consumer(self.settings.bootstrap, group_id=None, auto_offset_reset="earliest")
+            consumer = new_consumer(self.settings.kafka, group_id=None, auto_offset_reset="earliest")
             try:
                 await consumer.start()
                 while self.control_topic not in await consumer.topics():

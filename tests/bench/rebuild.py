@@ -262,7 +262,7 @@ async def main() -> None:
                 report = await asyncio.to_thread(
                     rebuild_database,
                     store,
-                    bootstrap=args.bootstrap,
+                    kafka=args.bootstrap,
                     topic=topics.events,
                     database=f"{prefix}_rebuilt",
                     bulk=not args.fold,

@@ -67,7 +67,7 @@ async def check_log(settings: Settings) -> Integrity:
     """Read the commands and events topics of ``settings`` from offset 0 and count every violation."""
     found = Integrity()
     for partition in range(settings.partitions):
-        for record in await read_partition(settings.bootstrap, settings.topics.commands, partition):
+        for record in await read_partition(settings.kafka, settings.topics.commands, partition):
             try:
                 command = decode(record.value, expect="command")
             except InvalidRecord:
@@ -82,7 +82,7 @@ async def check_log(settings: Settings) -> Integrity:
     applied: Counter[tuple[str, str, int]] = Counter()
     llm: Counter[tuple[str, str, int, int]] = Counter()
     for partition in range(settings.partitions):
-        for record in await read_partition(settings.bootstrap, settings.topics.events, partition):
+        for record in await read_partition(settings.kafka, settings.topics.events, partition):
             try:
                 found.events.append(decode(record.value, expect="event"))
             except InvalidRecord:

@@ -29,7 +29,7 @@ async def main() -> None:
     store = open_store(path=str(s.chdb_path), url=None, database=s.clickhouse_database)
     projector = Projector(
         store,
-        bootstrap=s.bootstrap,
+        kafka=s.kafka,
         events_topic=s.topics.events,
         group_id=s.topics.projector_group,
         dead_letter_topic=s.topics.dead_letter,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.paths import REPO_ROOT
 from tickflow.events.codec import decode
+from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
 from tickflow.runtime.kafka import read_partition
 from tickflow.settings import Settings
@@ -56,8 +57,8 @@ def spawn_roles(
     )
 
 
-async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, Envelope]]:
+async def read_topic(kafka: KafkaTarget, topic: str, partitions: int) -> list[tuple[int, int, Envelope]]:
     """Every record of a topic from offset 0, as (partition, offset, envelope)."""
     return [
-        (p, r.offset, decode(r.value)) for p in range(partitions) for r in await read_partition(bootstrap, topic, p)
+        (p, r.offset, decode(r.value)) for p in range(partitions) for r in await read_partition(kafka, topic, p)
     ]

@@ -200,7 +200,7 @@ async def test_sdk_and_cli_follow_a_run(node: Node) -> None:
 
 
 async def test_streams_above_the_cap_get_503_and_freed_slots_are_reused(node: Node) -> None:
-    deps = ApiDeps(store=node.store, producer=None, topics=node.topics, guard=[], bootstrap=node.settings.bootstrap)
+    deps = ApiDeps(store=node.store, producer=None, topics=node.topics, guard=[], kafka=node.settings.kafka)
     app = FastAPI()
     app.include_router(build_router(deps, max_streams=1))
     port = free_port()

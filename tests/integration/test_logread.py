@@ -57,6 +57,6 @@ def test_a_missing_topic_is_a_clear_error(kafka_bootstrap: str, prefix: str, tmp
     store = ClickHouseStore(path=str(tmp_path / "chdb"), database=prefix)
     try:
         with pytest.raises(RebuildError, match="does not exist: check TICKFLOW_PREFIX"):
-            rebuild_database(store, bootstrap=kafka_bootstrap, topic=f"{prefix}.no-such-topic")
+            rebuild_database(store, kafka=kafka_bootstrap, topic=f"{prefix}.no-such-topic")
     finally:
         store.close()

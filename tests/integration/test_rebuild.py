@@ -47,7 +47,7 @@ async def test_two_rebuilds_equal_each_other_and_the_live_projection(node: Node)
     live = await asyncio.to_thread(table_checksums, store)
 
     def rebuild() -> tuple[dict[str, int], dict[str, int], bool]:
-        r = rebuild_database(store, bootstrap=node.settings.bootstrap, topic=node.topics.events)
+        r = rebuild_database(store, kafka=node.settings.bootstrap, topic=node.topics.events)
         return r.tables, r.checksums, r.ok
 
     first, second = await asyncio.to_thread(rebuild), await asyncio.to_thread(rebuild)
@@ -72,7 +72,7 @@ async def test_verification_catches_a_tampered_table_and_does_not_swap(node: Nod
         finally:
             victim.close()
 
-    job = Rebuild(store, bootstrap=node.settings.bootstrap, topic=node.topics.events)
+    job = Rebuild(store, kafka=node.settings.bootstrap, topic=node.topics.events)
     report = await rebuild_and_swap(job, swap=True, projector=node.projector, before_verify=tamper)
     assert not report.ok and not report.swapped
     assert len(report.mismatches) == 1 and "partition" in report.mismatches[0]

@@ -84,8 +84,8 @@ async def rebuild_both(
 
 
 def _both(store: ClickHouseStore, bootstrap: str, topic: str) -> Both:
-    bulk = rebuild_database(store, bootstrap=bootstrap, topic=topic, database=f"{store.database}_bulk")
-    fold = rebuild_database(store, bootstrap=bootstrap, topic=topic, database=f"{store.database}_fold", bulk=False)
+    bulk = rebuild_database(store, kafka=bootstrap, topic=topic, database=f"{store.database}_bulk")
+    fold = rebuild_database(store, kafka=bootstrap, topic=topic, database=f"{store.database}_fold", bulk=False)
     sums, views, tables = {}, {}, {}
     for db in (bulk.database, fold.database):
         other = store.sibling(db)
