@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     #: How often the engine snapshots changed state to the compacted state topic (0: never).
     snapshot_interval_s: float = Field(default=60.0, ge=0)
+    #: How long a finished run keeps its full state in the engine's memory before it shrinks to id, seq, status and
+    #: times (a few hundred bytes; ``tickflow.core.state.shrink``), which answer late inputs the same way …
+    finished_state_s: float = Field(default=60.0, ge=0)
     #: How long the engine keeps a finished run's state (and so deduplicates a repeated start of its id).
     state_retention_s: float = Field(default=7 * 86_400, ge=0)
     #: … and of a stack's tick run, which only its stack ever starts (bounded by state_retention_s).

@@ -674,6 +674,8 @@ def recovery_effects(state: RunState, now_ms: int) -> list[Outbound]:
     is safe; it costs at most one extra execution of each step that was in flight.
     """
     if state.terminal:
+        if state.shrunk:  # long after its report and release were committed (see ``shrink``): nothing to re-send
+            return []
         report = _report_to_parent(state, now_ms)
         release = [_slot_message(state, True, now_ms)] if state.slot is not None else []
         return release + ([report] if report is not None else [])

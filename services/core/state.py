@@ -52,6 +52,7 @@ __all__ = [
     "evolve",
     "fold",
     "parent_path",
+    "shrink",
     "spec_node",
     "split_path",
     "state_from_json",
@@ -120,6 +121,8 @@ class RunState:
     #: LLM usage so far (every attempt, failed ones included): reported to a parent or a stack at the end.
     tokens: int = 0
     cost_usd: float = 0.0
+    #: The state was shrunk (``shrink``) to what a finished run still needs: no spec, input, nodes or output.
+    shrunk: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -136,6 +139,38 @@ class RunState:
         due = [self.deadline_ms] if self.deadline_ms is not None and self.status == "running" else []
         due.extend(n.due_at_ms for n in self.nodes.values() if n.status == "active" and n.due_at_ms is not None)
         return min(due) if due else None
+
+
+def shrink(state: RunState) -> RunState:
+    """A finished run as the engine keeps it once its full state has left memory: id, seq, status, workflow, lineage
+    and times — a few hundred bytes instead of its spec, input, nodes and output.
+
+    Enough to answer every late input exactly as the full state would (a repeated start or fork is ignored, a late
+    result or child report changes nothing, a resume is rejected with the same ``ResumeRejected``: the decider looks
+    at nothing else of a finished run), and the shrunk state folds those answers the same way. What it cannot do is
+    re-send the run's report to its parent or its slot release, so ``recovery_effects`` sends nothing for it: the
+    engine shrinks a run only long after those were committed with its last event.
+    """
+    if not state.terminal:
+        raise ValueError(f"only a finished run can be shrunk; {state.run_id!r} is {state.status}")
+    return RunState(
+        run_id=state.run_id,
+        seq=state.seq,
+        status=state.status,
+        workflow=state.workflow,
+        spec_hash=state.spec_hash,
+        parent_run_id=state.parent_run_id,
+        parent_path=state.parent_path,
+        slot=state.slot,
+        priority=state.priority,
+        admitted=state.admitted,
+        started_at_ms=state.started_at_ms,
+        updated_at_ms=state.updated_at_ms,
+        ended_at_ms=state.ended_at_ms,
+        tokens=state.tokens,
+        cost_usd=state.cost_usd,
+        shrunk=True,
+    )
 
 
 def _replace(obj: _T, **changes: Any) -> _T:

@@ -54,6 +54,7 @@ from tickflow.core.decider import (
 )
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
+from tickflow.core.state import shrink
 from tickflow.events.agents import TickFired, TickQueued, TickSkipped
 from tickflow.events.codec import InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
@@ -156,6 +157,8 @@ class Engine:
         # running tick alone: their finished state need not be kept long to deduplicate a redelivered start.
         self._tick_retention_ms = min(self._retention_ms, int(settings.tick_run_retention_s * 1000))
         self._id_retention_ms = int(settings.run_id_retention_s * 1000)
+        self._full_state_ms = int(settings.finished_state_s * 1000)
+        self.shrunk = 0  # finished runs shrunk to their tombstone-sized state (see ``_fire_timers``)
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
         self._workflows = frozenset(registry.specs)
         self._task: asyncio.Task[None] | None = None
@@ -252,10 +255,20 @@ class Engine:
                     self.expired[partition][run_id] = None
                 continue
             if state.terminal:
-                if state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state):
+                ended = state.ended_at_ms
+                if ended is not None and now >= ended + self._retained_ms(state):
                     del self.runs[partition][run_id]  # retention: the finished run's state expires
                     self.dirty[partition].discard(run_id)
                     self._forget(partition, state, now)
+                elif ended is not None and not state.shrunk and now >= ended + self._full_state_ms:
+                    # Its last events, report and slot release were committed long ago: keep only what answers
+                    # late inputs (a few hundred bytes), in memory and, at the next snapshot, on the state topic.
+                    small = shrink(state)
+                    self.runs[partition][run_id] = small
+                    self.dirty[partition].add(run_id)
+                    self._traces.pop(run_id, None)
+                    self.shrunk += 1
+                    self._arm(partition, small)
                 else:
                     self._arm(partition, state)
                 continue
@@ -287,7 +300,8 @@ class Engine:
 
     def _arm(self, partition: int, state: RunState) -> None:
         if state.terminal and state.ended_at_ms is not None:
-            self.timers.arm(partition, state.run_id, state.ended_at_ms + self._retained_ms(state))
+            keep = self._retained_ms(state) if state.shrunk else min(self._full_state_ms, self._retained_ms(state))
+            self.timers.arm(partition, state.run_id, state.ended_at_ms + keep)
         else:
             self.timers.arm(partition, state.run_id, state.next_due_ms())
 
@@ -668,6 +682,7 @@ class Engine:
             ("counter", "tickflow_engine_resent", "Messages re-sent by recoveries (work in flight).", self.resent),
             ("gauge", "tickflow_engine_partitions", "Partitions this engine serves.", len(self.recovered_partitions)),
             ("gauge", "tickflow_engine_runs", "Run states in memory.", sum(map(len, list(self.runs.values())))),
+            ("counter", "tickflow_engine_runs_shrunk", "Finished runs shrunk to id, seq and status.", self.shrunk),
             (
                 "gauge",
                 "tickflow_engine_quarantined_runs",

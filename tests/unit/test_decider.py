@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,9 @@ from tickflow.core.decider import (
     refuse,
     run,
 )
+from tickflow.core.state import shrink
 from tickflow.events import (
+    AdmitRun,
     CancelRun,
     ChildFinished,
     Envelope,
@@ -488,3 +491,69 @@ def test_refuse_fails_a_live_run_rejects_a_new_one_and_leaves_a_finished_one() -
     assert [e.type for e in new.events] == ["RunRejected"] and new.state.status == "rejected"
     assert "PayloadTooLarge: the join output" in new.events[0].payload.reason
     assert refuse(d.state, error, 6, "c3").events == []  # already failed: nothing more to say
+
+
+def _late_input(kind: str, value: int, state: RunState) -> Any:
+    """An input arriving after the run ended: a repeated start, a late or stale result, a signal, a timer."""
+    def wrap(payload: Any) -> Envelope:
+        return Envelope.wrap(payload, id=f"late-{kind}-{value}", key=state.run_id, occurred_at_ms=0)
+
+    path = sorted(state.nodes)[value % len(state.nodes)] if state.nodes else "a"
+    if kind == "start":
+        return Start(wrap(StartRun(workflow="rich", input=value)), RICH_SPEC)
+    if kind == "ok":
+        return WorkerResult(wrap(StepSucceeded(path=path, step="a", attempt=value % 3 + 1, output=value,
+                                               duration_ms=1)))
+    if kind == "err":
+        error = ErrorInfo(type="ValueError", message="late")
+        return WorkerResult(wrap(StepErrored(path=path, step="a", attempt=1, error=error, retryable=True,
+                                             duration_ms=1)))
+    if kind == "resume":
+        return Signal(wrap(ResumeRun(event=f"e{value}", payload={"v": value})))
+    if kind == "cancel":
+        return Signal(wrap(CancelRun()))
+    if kind == "child":
+        return Signal(wrap(ChildFinished(path=path, child_run_id=f"c{value}", status="completed", output=value)))
+    if kind == "admit":
+        return Signal(wrap(AdmitRun(slot=f"slot:rich:{value}")))
+    return Recover()
+
+
+RICH_SPEC = Registry().add(RICH)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(Action, max_size=40),
+    st.lists(st.tuples(st.sampled_from(["start", "ok", "err", "resume", "cancel", "child", "admit", "timer"]),
+                       st.integers(0, 99)), min_size=1, max_size=6),
+)
+def test_a_shrunk_finished_run_answers_late_inputs_as_its_full_state(
+    actions: list[tuple[str, int]], late: list[tuple[str, int]]
+) -> None:
+    """What lets the engine drop a finished run's spec, input, nodes and output from memory: for every input that
+    can still arrive, the shrunk state decides the very same events, and stays the shrink of the full state."""
+    state, log = play(actions)
+    if not state.terminal:
+        ended = run(state, Signal(Envelope.wrap(CancelRun(), id="end", key="r1", occurred_at_ms=0)), 10**6)
+        state, log = ended.state, [*log, *ended.events]
+    small = shrink(state)
+    assert small.shrunk and small.seq == state.seq and small.status == state.status
+    assert recovery_effects(small, 10**9) == []
+    registry = Registry()
+    registry.add(RICH)
+    now = 10**7
+    for kind, value in late:
+        now += 1_000
+        full_decision = run(state, _late_input(kind, value, state), now, registry)
+        small_decision = run(small, _late_input(kind, value, state), now, registry)
+        assert [e.model_dump() for e in small_decision.events] == [e.model_dump() for e in full_decision.events]
+        assert small_decision.state == shrink(full_decision.state)
+        state, small, log = full_decision.state, small_decision.state, [*log, *full_decision.events]
+    assert shrink(fold("r1", log)) == small  # what verify-engine compares a shrunk state with
+
+
+def test_only_a_finished_run_can_be_shrunk() -> None:
+    sim = Sim(Workflow("w").step(a), 1)
+    with pytest.raises(ValueError, match="only a finished run"):
+        shrink(sim.state)
