@@ -318,6 +318,13 @@ class StepWorker:
         yield "gauge", "tickflow_worker_running", "Steps running now.", pool, float(self.scheduler.running)
         yield (
             "gauge",
+            "tickflow_worker_results_kept_bytes",
+            "Memory of the results kept to answer a redelivered task without running it again.",
+            pool,
+            float(self.produced.memory_bytes),
+        )
+        yield (
+            "gauge",
             "tickflow_worker_queued",
             "Steps fetched and waiting for a slot.",
             pool,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
@@ -467,16 +468,40 @@ async def test_an_attempt_that_already_reported_is_answered_again_not_run_again(
     assert fresh.produced.get("run-1/0/1") is not None
 
 
-def test_remembered_results_are_bounded_by_count_and_bytes() -> None:
-    from tickflow.runtime.produced import ProducedResults
+def test_remembered_results_are_bounded_by_count_and_memory() -> None:
+    from tickflow.runtime.produced import ProducedResults, _cost
 
-    memory = ProducedResults(capacity=3, max_bytes=25)
+    one = _cost("k0", b"x" * 10)  # key, bytes object and table entry, as Python holds them
+    memory = ProducedResults(capacity=3, max_bytes=one * 2 + one // 2)
     for i in range(3):
-        memory.add(f"k{i}", b"x" * 10)  # 30 bytes: the oldest goes
+        memory.add(f"k{i}", b"x" * 10)  # three entries' worth: the oldest goes
     assert memory.get("k0") is None and len(memory) == 2
     memory.add("k1", b"y" * 5)  # replacing a result counts its new size only
     memory.add("k3", b"z")
-    assert [memory.get(k) for k in ("k1", "k2", "k3")] == [b"y" * 5, b"x" * 10, b"z"]
+    assert [memory.get(k) for k in ("k1", "k2", "k3")] == [b"y" * 5, None, b"z"]  # k2 was the oldest
+    assert memory.memory_bytes <= memory.max_bytes
+    memory = ProducedResults(capacity=10)
+    for i in range(3):
+        memory.add(f"k{i}", b"x" * 10)
+    assert len(memory) == 3 and memory.memory_bytes == 3 * one
+
+
+def test_remembered_results_cost_what_they_hold_not_orjsons_buffer() -> None:
+    """orjson's bytes keep its 4 KiB output buffer; a kept result is an exact copy, so the memory bound holds."""
+    import tracemalloc
+
+    from tickflow.runtime.produced import ProducedResults
+
+    memory = ProducedResults()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2_000):
+            memory.add(f"run-{i}/charge/1", orjson.dumps({"key": f"run-{i}", "output": "x" * 400}))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1.5 * memory.memory_bytes, (held, memory.memory_bytes)  # not 4 KiB per result
 
 
 async def test_stuck_sync_steps_hold_the_workers_threads_not_the_loops_default_ones() -> None:
