@@ -25,7 +25,7 @@ import socket
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -235,9 +235,17 @@ class StepWorker:
     """Consumes ``tasks.<pool>``, runs up to ``concurrency`` steps at once, produces results."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, pool: str = DEFAULT_POOL, concurrency: int | None = None
+        self,
+        settings: Settings,
+        registry: Registry,
+        pool: str = DEFAULT_POOL,
+        concurrency: int | None = None,
+        *,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """``consumer_options``: aiokafka consumer settings over tickflow's (tests shorten max_poll_interval_ms)."""
         self.settings = settings
+        self._consumer_options = dict(consumer_options or {})
         self.registry = registry
         self.pool = pool
         self.topics = settings.topics
@@ -288,7 +296,9 @@ class StepWorker:
         self._control_task = asyncio.create_task(self._control_loop(), name=f"tickflow-control-{self.pool}")
         with contextlib.suppress(TimeoutError):  # a slow control topic must not keep the worker down
             await asyncio.wait_for(self._control_ready.wait(), CONTROL_READY_TIMEOUT_S)
-        self.consumer = new_consumer(self.settings.kafka, group_id=self.topics.worker_group(self.pool))
+        self.consumer = new_consumer(
+            self.settings.kafka, group_id=self.topics.worker_group(self.pool), **self._consumer_options
+        )
         await self.consumer.start()
         self.consumer.subscribe([self.topics.tasks(self.pool)], listener=Rebalance(on_revoked=self.on_revoked))
         self._task = asyncio.create_task(self._loop(), name=f"tickflow-worker-{self.pool}")
