@@ -6,6 +6,9 @@ broker stays away longer than its timeouts), so its next fetch raises and its lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -121,3 +124,60 @@ def _start_many(api_url: str, run_ids: list[str]) -> list[str]:
         for rid in run_ids:
             c.start("math", 1, run_id=rid)
     return run_ids
+
+
+def _immutable(path: Path, on: bool) -> None:
+    """``chattr ±i`` on a tree: even root cannot write an immutable file or add to an immutable directory (plain
+    permissions would not stop the root user these tests run as)."""
+    entries = [str(p) for p in [path, *path.rglob("*")] if not p.is_symlink()]  # ClickHouse links tables to store/
+    subprocess.run(["chattr", "+i" if on else "-i", *entries], check=True, capture_output=True)
+
+
+async def test_the_projector_waits_out_a_read_only_clickhouse_directory_and_catches_up(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path,
+) -> None:
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr (e2fsprogs) is not installed: no way to make a directory read-only for root")
+    node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
+    await node.start()
+    supervisor = asyncio.create_task(node.wait())
+    s, projector, store = node.settings, node.projector, node.store
+    data = s.chdb_path
+    committed: list[int] = []
+    try:
+        assert projector is not None
+        first = await asyncio.to_thread(_start_many, s.api_url, [f"ro-before-{i}" for i in range(3)])
+        await _until_projected(store, len(first), 60)
+        failures_before = projector.metrics.store_failures
+        _immutable(data, True)
+        try:
+            later = await asyncio.to_thread(_start_many, s.api_url, [f"ro-during-{i}" for i in range(5)])
+            deadline = time.monotonic() + 60
+            while projector.metrics.store_failures < failures_before + 2:
+                assert time.monotonic() < deadline, "no insert was refused by the read-only directory"
+                committed.append(await _committed(projector))
+                await asyncio.sleep(0.2)
+            committed.append(await _committed(projector))
+        finally:
+            _immutable(data, False)
+        await _until_projected(store, len(first) + len(later), 150)
+        assert set(committed) == {committed[0]}, f"offsets moved while ClickHouse could not write: {committed}"
+        assert projector is node.projector and node.failures == {}, "retried in place, not restarted"
+        events = int(store.query("SELECT count() FROM {db}.events", None)[0][0])
+        assert events == projector.metrics.events_projected  # each event inserted once, none lost
+    finally:
+        with contextlib.suppress(Exception):
+            _immutable(data, False)
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        await node.stop()
+
+
+async def _until_projected(store: object, completed: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = await asyncio.to_thread(store.status_counts, "math")  # type: ignore[attr-defined]
+        if done.get("completed", 0) >= completed:
+            return
+        assert time.monotonic() < deadline, done
+        await asyncio.sleep(0.2)
