@@ -29,7 +29,7 @@ from importlib.resources import files
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT
 
-from tickflow.broker.secure import BrokerSecrets
+from tickflow.broker.secure import BrokerSecrets, write_private
 from tickflow.events.connection import KafkaConnection
 
 _PACKAGE = __package__ or __name__.rpartition(".")[0]
@@ -278,9 +278,8 @@ class LocalBroker:
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_path.touch(mode=0o600, exist_ok=True)  # it holds the keystore's and the SASL passwords
-        self.properties_path.chmod(0o600)
-        self.properties_path.write_text(server_properties(self.config, self.secrets), encoding="utf-8")
+        # Private: with --secure it holds the keystore's and the SASL users' passwords.
+        write_private(self.properties_path, server_properties(self.config, self.secrets))
         self.log4j_path.write_text(_resource("log4j.properties"), encoding="utf-8")
 
     def _read_pid(self) -> int | None:

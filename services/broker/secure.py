@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tickflow.events.connection import KafkaConnection, SaslMechanism
 
-__all__ = ["ADMIN_USER", "CLIENT_USER", "SCRAM", "BrokerSecrets"]
+__all__ = ["ADMIN_USER", "CLIENT_USER", "SCRAM", "BrokerSecrets", "write_private"]
 
 SCRAM: SaslMechanism = "SCRAM-SHA-512"
 ADMIN_USER = "admin"
@@ -38,7 +38,8 @@ def _password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds passwords), mode 600 before the first byte lands."""
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_text(text, encoding="utf-8")
@@ -63,7 +64,7 @@ class BrokerSecrets:
             made = cls(directory, data["store"], data["admin"], data["client"])
         else:
             made = cls(directory, _password(), _password(), _password())
-            _write_private(stored, json.dumps(
+            write_private(stored, json.dumps(
                 {"store": made.store_password, "admin": made.admin_password, "client": made.client_password}))
         if not made.keystore.is_file() or not made.cafile.is_file():
             made._generate_keystore()
@@ -130,7 +131,7 @@ ssl.enabled.protocols=TLSv1.3,TLSv1.2
     def write_client_env(self, bootstrap: str) -> Path:
         """``tls/client.env``: the settings of ``client_connection``, for ``set -a; . client.env``."""
         path = self.directory / "client.env"
-        _write_private(path, "".join(f"{k}={v}\n" for k, v in {
+        write_private(path, "".join(f"{k}={v}\n" for k, v in {
             "TICKFLOW_KAFKA_BOOTSTRAP": bootstrap,
             "TICKFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "TICKFLOW_KAFKA_SASL_MECHANISM": SCRAM,
