@@ -29,7 +29,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -77,7 +77,7 @@ from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
-__all__ = ["CRASH_POINTS", "CrashHook", "Engine"]
+__all__ = ["CRASH_POINTS", "Capture", "CrashHook", "Engine"]
 
 #: Where a fault test may stop the engine: after a decision's state is cached and before anything is sent; after
 #: its first event is sent (so mid-fork, mid-start); after its events and before the messages they imply; with a
@@ -98,6 +98,15 @@ TIMER_CHECK_EVERY = 200
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class Capture(NamedTuple):
+    """The engine's live run states at one moment (``Engine.capture``)."""
+
+    runs: dict[int, dict[str, RunState]]
+    taken_at_ms: int
+    #: Per partition: the events offset after the last event of those states.
+    events_end: dict[int, int]
 
 
 class Engine:
@@ -704,21 +713,27 @@ class Engine:
         if hasattr(self, "consumer"):  # started
             yield from consumer_lag("engine", self.consumer, self.positions)
 
-    async def capture(self) -> tuple[dict[int, dict[str, RunState]], int]:
-        """A copy of the live run states of every recovered partition, and the time it was taken (epoch ms).
+    async def capture(self) -> Capture:
+        """A copy of the live run states of every recovered partition, the time it was taken (epoch ms), and the
+        events offset each partition's log must reach to hold every seq of those states.
 
         For comparing with a refold of the log. Taken under the lock, so between two batches: no decision is
         half applied, and every later decision is made at or after that time. States are immutable, so a
         shallow copy of each table is a consistent snapshot. Returns once the last event sent to each
-        partition before the copy is acknowledged, so a reader of the log then finds every seq it holds.
+        partition before the copy is acknowledged. A ``read_committed`` reader may still stop short of it for a
+        moment: a transaction's commit markers reach the partition shortly after its commit returns, so a reader
+        waits for ``events_end`` (see ``verify_engine``).
         """
         async with self._lock:
             runs = {p: dict(self.runs.get(p, {})) for p in sorted(self.recovered_partitions)}
             taken_at = _now_ms()
-            sends = list(self._last_event_send.values())
+            ends = {p: self.events_end.get(p, 0) for p in runs}
+            sends = [(p, f) for p, f in self._last_event_send.items() if p in runs]
         if sends:  # shielded: awaiting must never cancel the engine's own futures
-            await asyncio.gather(*(asyncio.shield(f) for f in sends))
-        return runs, taken_at
+            acked = await asyncio.gather(*(asyncio.shield(f) for _, f in sends))
+            for (partition, _), metadata in zip(sends, acked, strict=True):
+                ends[partition] = max(ends[partition], metadata.offset + 1)
+        return Capture(runs, taken_at, ends)
 
     # -- partition ownership -------------------------------------------------------------------------------
 

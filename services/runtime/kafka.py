@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -176,11 +177,21 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> di
 
 
 async def read_partition(
-    kafka: KafkaTarget, topic: str, partition: int, start: int | None = None, *, committed: bool = True
+    kafka: KafkaTarget,
+    topic: str,
+    partition: int,
+    start: int | None = None,
+    *,
+    committed: bool = True,
+    min_end: int = 0,
+    wait_s: float = 10.0,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of one partition from ``start`` (default: its first retained offset) to the end as of now.
 
     ``committed=False`` reads aborted and open transactions' records too (for tests that prove a fence held).
+    ``min_end``: first wait (up to ``wait_s``) until the readable end reaches this offset. A transaction's commit
+    returns before its markers land on the partition, and until they do a ``read_committed`` reader's end (the last
+    stable offset) stays before that transaction's records.
     """
     isolation = "read_committed" if committed else "read_uncommitted"
     consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, isolation_level=isolation)
@@ -189,6 +200,10 @@ async def read_partition(
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
+        deadline = time.monotonic() + wait_s
+        while end < min_end and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            end = (await consumer.end_offsets([tp]))[tp]
         first = (await consumer.beginning_offsets([tp]))[tp]
         if start is None or start < first:
             await consumer.seek_to_beginning(tp)

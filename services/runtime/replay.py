@@ -323,11 +323,13 @@ async def verify_engine(engine: Engine) -> EngineReport:
     difference. Folding runs in a thread so the engine's loop (in this same process) keeps turning.
     """
     started = time.monotonic()
-    captured, taken_at = await engine.capture()
+    captured, taken_at, events_end = await engine.capture()
     retention_ms = int(engine.settings.state_retention_s * 1000)
     reports = []
     for partition, live in captured.items():
-        records = await read_partition(engine.settings.kafka, engine.topics.events, partition)
+        records = await read_partition(
+            engine.settings.kafka, engine.topics.events, partition, min_end=events_end.get(partition, 0)
+        )
         held = frozenset(engine.quarantined.get(partition, {}))
         reports.append(
             await asyncio.to_thread(compare_partition, partition, live, records, taken_at, retention_ms, held)
