@@ -8,6 +8,7 @@ and wide foreach nodes.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from functools import singledispatch
 from typing import Any, Literal, TypeVar
@@ -157,8 +158,8 @@ def shrink(state: RunState) -> RunState:
         run_id=state.run_id,
         seq=state.seq,
         status=state.status,
-        workflow=state.workflow,
-        spec_hash=state.spec_hash,
+        workflow=sys.intern(state.workflow),  # one copy per workflow, not per run: they stay for days
+        spec_hash=sys.intern(state.spec_hash),
         parent_run_id=state.parent_run_id,
         parent_path=state.parent_path,
         slot=state.slot,
