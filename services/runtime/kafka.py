@@ -9,7 +9,6 @@ write of a fenced or crashed engine is aborted, never seen.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -17,7 +16,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    NotControllerError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from tickflow.events.codec import encode
 from tickflow.events.connection import KafkaTarget, kafka_connection
@@ -111,6 +116,7 @@ async def ensure_topics(
     tokens_retention_ms: int = TOKENS_RETENTION_MS,
     replication: int | None = None,
     min_insync: int | None = None,
+    wait_s: float = 15.0,
 ) -> None:
     """Create tickflow's topics with the partition counts ``events`` defines; existing topics are kept, but keyed
     topics whose partition count differs are refused (``TopicLayoutError``): a run's records would land in
@@ -118,12 +124,17 @@ async def ensure_topics(
 
     The events topic keeps records for ``log_retention_ms`` (-1: forever, the default: the log is the state); the
     tokens topic (streamed LLM deltas, for watching only) for ``tokens_retention_ms``. Replication and
-    ``min.insync.replicas`` follow ``replication_for`` (3 / 2 on a cluster of three brokers or more).
+    ``min.insync.replicas`` follow ``replication_for`` (3 / 2 on a cluster of three brokers or more). The cluster's
+    size is the larger of the bootstrap addresses listed and the brokers its metadata shows: metadata lists only the
+    brokers serving at that instant, and one fenced for a missed heartbeat must not make every topic a single copy
+    for good. ``wait_s`` bounds the wait for the listed brokers to show and for a refused creation to be retried.
     """
-    admin = new_admin(kafka)
+    connection = kafka_connection(kafka)
+    admin = new_admin(connection)
     await admin.start()
     try:
-        brokers = len((await admin.describe_cluster()).get("brokers") or []) or 1
+        listed = len({a.strip() for a in connection.bootstrap.split(",") if a.strip()})
+        brokers = max(await _brokers_serving(admin, listed, wait_s), listed)
         rf, isr = replication_for(brokers, replication, min_insync)
 
         def topic(name: str, partitions: int, **configs: str) -> NewTopic:
@@ -138,11 +149,7 @@ async def ensure_topics(
         wanted.append(topic(names.dead_letter, 1))
         wanted.append(topic(names.control, 1, **{"cleanup.policy": "compact"}))
         wanted.append(topic(names.tokens, names.partitions, **{"retention.ms": str(tokens_retention_ms)}))
-        existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
-                await admin.create_topics(missing)
+        await _create_missing(admin, wanted, wait_s)
         for _ in range(100):  # metadata propagates asynchronously after creation
             if {t.name for t in wanted} <= set(await admin.list_topics()):
                 break
@@ -161,6 +168,52 @@ async def ensure_topics(
             )
     finally:
         await admin.close()
+
+
+async def _brokers_serving(admin: AIOKafkaAdminClient, listed: int, wait_s: float) -> int:
+    """The most brokers the cluster's metadata showed, asked until it shows the ``listed`` bootstrap addresses or
+    ``wait_s`` ran out (a broker fenced for a missed heartbeat, or still starting, is left out of the metadata)."""
+    deadline = time.monotonic() + wait_s
+    seen = 0
+    while True:
+        seen = max(seen, len((await admin.describe_cluster()).get("brokers") or []))
+        if seen >= listed or time.monotonic() >= deadline:
+            if seen < listed:
+                log.warning("the cluster shows %d brokers of the %d bootstrap addresses listed", seen, listed)
+            return seen
+        await asyncio.sleep(0.25)
+
+
+# Refusals a moment later may not repeat: the controller moved, or too few brokers were unfenced to place replicas.
+_RETRIED_CREATE_ERRORS = frozenset({InvalidReplicationFactorError.errno, NotControllerError.errno,
+                                    RequestTimedOutError.errno})
+
+
+async def _create_missing(admin: AIOKafkaAdminClient, wanted: list[NewTopic], wait_s: float) -> None:
+    """Create the topics of ``wanted`` that do not exist yet. aiokafka returns per-topic refusals instead of raising
+    them: each is read, a passing one retried until ``wait_s``, any other (or the last) raised with Kafka's words."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(missing)
+        refused = {
+            str(name): (int(code), str(rest[0]) if rest and rest[0] else "")
+            for name, code, *rest in response.topic_errors
+            if code not in (0, TopicAlreadyExistsError.errno)  # another process may have won the race
+        }
+        if not refused:
+            return
+        if any(code not in _RETRIED_CREATE_ERRORS for code, _ in refused.values()) or time.monotonic() >= deadline:
+            name, (code, message) = sorted(refused.items())[0]
+            raise TopicLayoutError(
+                f"Kafka refused to create {len(refused)} topic(s), {name} first: {for_code(code).__name__}"
+                f"{': ' + message if message else ''}; check TICKFLOW_REPLICATION_FACTOR / "
+                "TICKFLOW_MIN_INSYNC_REPLICAS against the brokers serving, and the client's rights to create topics"
+            )
+        await asyncio.sleep(0.5)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
