@@ -25,6 +25,9 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tickflow.events.agents import TickFired, TickQueued, TickSkipped
+from tickflow.events.envelope import Envelope
+
 __all__ = [
     "DECISION_SECONDS",
     "LLM_CALLS",
@@ -37,6 +40,7 @@ __all__ = [
     "TICK_LAG_SECONDS",
     "MetricsSource",
     "RoleCollector",
+    "observe_ticks",
     "serve_metrics",
     "track",
     "untrack",
@@ -73,6 +77,19 @@ LLM_TOKENS = Counter(
 )
 ROLE_RESTARTS = Counter("tickflow_role_restarts", "Roles restarted by their node after they failed.", ["role"])
 LLM_COST = Counter("tickflow_llm_cost_usd", "LLM cost in US dollars by provider and model.", ["provider", "model"])
+
+
+def observe_ticks(events: Iterable[Envelope]) -> None:
+    """Count the ticks among a stack's new events (fired, with how late; queued; skipped)."""
+    for event in events:
+        p = event.payload
+        if isinstance(p, TickFired):
+            TICKS.labels("fired").inc()
+            TICK_LAG_SECONDS.observe(max(0, event.occurred_at_ms - p.due_at_ms) / 1000)
+        elif isinstance(p, TickSkipped):
+            TICKS.labels("skipped").inc()
+        elif isinstance(p, TickQueued):
+            TICKS.labels("queued").inc()
 
 
 class MetricsSource(Protocol):

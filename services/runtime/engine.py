@@ -28,14 +28,12 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-import tickflow.tracing as tracing
 from tickflow.core.decider import (
     Decision,
     Fork,
@@ -55,7 +53,6 @@ from tickflow.core.decider import (
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
 from tickflow.core.state import shrink
-from tickflow.events.agents import TickFired, TickQueued, TickSkipped
 from tickflow.events.codec import InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
@@ -67,12 +64,14 @@ from tickflow.events.schemas import (
     StartRun,
 )
 from tickflow.events.topics import is_run_id
-from tickflow.metrics import DECISION_SECONDS, TICK_LAG_SECONDS, TICKS
+from tickflow.metrics import DECISION_SECONDS, observe_ticks
 from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.decision_traces import DecisionTraces
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
 from tickflow.runtime.kafka import DeadLetters, Rebalance, consumer_lag, new_consumer
 from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
-from tickflow.runtime.snapshots import CHECKPOINT_KEY, encode_checkpoint, encode_gone, snapshot_record
+from tickflow.runtime.snapshot_rounds import SnapshotRounds
+from tickflow.runtime.snapshots import encode_gone
 from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
@@ -89,8 +88,6 @@ CrashHook = Callable[[str, str], None]
 log = logging.getLogger("tickflow.engine")
 SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
 
-
-_NO_SPAN = nullcontext()  # a decision's span when tracing is off: shared, reusable, free
 
 #: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
 TIMER_CHECK_EVERY = 200
@@ -125,21 +122,15 @@ class Engine:
         self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
         self.stacks: dict[int, dict[str, StackState]] = defaultdict(dict)
         self.ticks_fired = 0
-        self.dirty: dict[int, set[str]] = defaultdict(set)  # changed since the last snapshot
-        #: State-topic records to write at the next snapshot round, by key: a run's id marker, or a tombstone.
-        self.expired: dict[int, dict[str, bytes | None]] = defaultdict(dict)
+        #: What each partition owes the state topic (changed states, id markers, tombstones), and the round writing it.
+        self.snapshots = SnapshotRounds(self.topics.state, self.blobs, crash=crash)
         #: Finished runs whose state expired, per partition: their ids stay taken until the time given.
         self.gone: dict[int, dict[str, int]] = defaultdict(dict)
         #: Runs whose log recovery could not fold, per partition: nothing is decided for them until released.
         self.quarantined: dict[int, dict[str, Quarantine]] = defaultdict(dict)
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
         self._last_event_send: dict[int, asyncio.Future[Any]] = {}
-        self.snapshots_written = self.snapshot_rounds = 0
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
-        self._last_snapshot = time.monotonic()
-        self._round: dict[int, list[str]] | None = None  # a snapshot round in progress: keys left per partition
-        self._round_expired: dict[int, dict[str, bytes | None]] = {}
-        self._round_marks: dict[int, int | None] = {}
         self.positions: dict[TopicPartition, int] = {}
         #: The transactional producer of each partition this engine writes for (see ``runtime/fencing.py``).
         self.writers: dict[int, PartitionWriter] = {}
@@ -150,8 +141,7 @@ class Engine:
         self.recoveries_started = self.recoveries = 0
         self._recovering: dict[int, asyncio.Task[None]] = {}
         self._revoking: set[int] = set()  # partitions being handed over (their last commit happens now)
-        self._trace: str | None = None  # the traceparent of the decision being made, when tracing is on
-        self._traces: dict[str, str] = {}  # per run: the context of its latest traced input (for timer decisions)
+        self.traces = DecisionTraces()
         self._stopping = False
         self._recovery_failure: Exception | None = None
         self.timers = Timers()
@@ -239,11 +229,9 @@ class Engine:
                     self.positions[tp] = records[-1].offset + 1
                     self.processed += len(records)
                 await self._fire_timers(_now_ms())
-                every = self.settings.snapshot_interval_s
-                if self._round is None and every > 0 and time.monotonic() - self._last_snapshot >= every:
+                if self.snapshots.due(self.settings.snapshot_interval_s):
                     await self._begin_snapshot_round()
-                if self._round is not None:
-                    await self._snapshot_some(SNAPSHOT_CHUNK)
+                await self.snapshots.write_some(SNAPSHOT_CHUNK, self._state_of, self.writers)
                 await self._end_transactions()  # this turn's writes become visible, or the partition is rebuilt
             if self.positions and time.monotonic() - self._last_commit >= interval:
                 async with self._lock:
@@ -261,21 +249,21 @@ class Engine:
                 until = self.gone.get(partition, {}).get(run_id)
                 if until is not None and now >= until:  # the id is forgotten at last: compaction drops its marker
                     del self.gone[partition][run_id]
-                    self.expired[partition][run_id] = None
+                    self.snapshots.expired[partition][run_id] = None
                 continue
             if state.terminal:
                 ended = state.ended_at_ms
                 if ended is not None and now >= ended + self._retained_ms(state):
                     del self.runs[partition][run_id]  # retention: the finished run's state expires
-                    self.dirty[partition].discard(run_id)
+                    self.snapshots.dirty[partition].discard(run_id)
                     self._forget(partition, state, now)
                 elif ended is not None and not state.shrunk and now >= ended + self._full_state_ms:
                     # Its last events, report and slot release were committed long ago: keep only what answers
                     # late inputs (a few hundred bytes), in memory and, at the next snapshot, on the state topic.
                     small = shrink(state)
                     self.runs[partition][run_id] = small
-                    self.dirty[partition].add(run_id)
-                    self._traces.pop(run_id, None)
+                    self.snapshots.dirty[partition].add(run_id)
+                    self.traces.forget(run_id)
                     self.shrunk += 1
                     self._arm(partition, small)
                 else:
@@ -290,13 +278,13 @@ class Engine:
 
         A stack's tick runs are the exception: only their stack starts them, by a tick number it never reuses.
         """
-        self._traces.pop(state.run_id, None)
+        self.traces.forget(state.run_id)
         if self._is_tick(state):
-            self.expired[partition][state.run_id] = None
+            self.snapshots.expired[partition][state.run_id] = None
             return
         until = now + self._id_retention_ms
         self.gone[partition][state.run_id] = until
-        self.expired[partition][state.run_id] = encode_gone(until)
+        self.snapshots.expired[partition][state.run_id] = encode_gone(until)
         self.timers.arm(partition, state.run_id, until)
 
     @staticmethod
@@ -494,7 +482,7 @@ class Engine:
             return
         if events:
             self.slots[partition][state.slot] = state
-            self.dirty[partition].add(state.slot)
+            self.snapshots.dirty[partition].add(state.slot)
             self.events_out.update(e.type for e in events)
         await self._publish(partition, records)
 
@@ -523,9 +511,9 @@ class Engine:
             return
         if decision.events:
             self.stacks[partition][state.key] = state
-            self.dirty[partition].add(state.key)
+            self.snapshots.dirty[partition].add(state.key)
             self.events_out.update(e.type for e in decision.events)
-            _observe_ticks(decision.events)
+            observe_ticks(decision.events)
         await self._publish(partition, records)
         self.ticks_fired += len(decision.starts)
         self.timers.arm(partition, state.key, state.timer_due_ms())
@@ -548,7 +536,7 @@ class Engine:
         the dead-letter topic. An exception of the decider itself is handled the same way, so no single input can
         stop the engine.
         """
-        with self._decision_span(partition, state, input):
+        with self.traces.span(partition, state.run_id, input):
             cause = _causation(input)
             start = input.command.payload if isinstance(input, Start) else None
             assert start is None or isinstance(start, StartRun)
@@ -579,26 +567,6 @@ class Engine:
             await self._publish_run(partition, decision, records)
             return bool(decision.events)
 
-    def _decision_span(self, partition: int, state: RunState, input: Input) -> AbstractContextManager[object]:
-        """A span of the run's trace around one decision when tracing is on (``tickflow.tracing``): a child of the
-        record that caused it, or of the run's latest traced input for a timer; its records carry it. Off: nothing."""
-        if not tracing.enabled():
-            return _NO_SPAN
-        return self._traced(partition, state, input)
-
-    @contextmanager
-    def _traced(self, partition: int, state: RunState, input: Input) -> Iterator[None]:
-        parent = _trace_of(input) or self._traces.get(state.run_id)
-        if parent is not None:
-            self._traces[state.run_id] = parent
-        name = f"decide {type(input).__name__}"
-        with tracing.span(name, parent, tickflow__run_id=state.run_id, tickflow__partition=partition):
-            self._trace = tracing.current_trace_parent()
-            try:
-                yield
-            finally:
-                self._trace = None
-
     def _run_records(self, decision: Decision, now: int, recovering: bool) -> list[tuple[str, bytes, bytes]]:
         """A run decision's records, encoded: its events, then the messages it sends (tasks, commands)."""
         outs = effects(decision)
@@ -615,9 +583,10 @@ class Engine:
 
     def _encoded(self, events: list[Envelope], messages: list[tuple[str, Envelope]]) -> list[tuple[str, bytes, bytes]]:
         """Every record of a decision as (topic, value, key), or InvalidRecord if any of them cannot be written."""
-        if self._trace is not None:  # a traced decision: each record names its span
-            events = [e.model_copy(update={"trace_parent": self._trace}) for e in events]
-            messages = [(t, m.model_copy(update={"trace_parent": self._trace})) for t, m in messages]
+        trace = self.traces.current
+        if trace is not None:  # a traced decision: each record names its span
+            events = [e.model_copy(update={"trace_parent": trace}) for e in events]
+            messages = [(t, m.model_copy(update={"trace_parent": trace})) for t, m in messages]
         out = [(self.topics.events, encode(event), event.key.encode()) for event in events]
         out += [(topic, encode(message), message.key.encode()) for topic, message in messages]
         return out
@@ -627,7 +596,7 @@ class Engine:
         state = decision.state
         if decision.events:
             self.runs[partition][state.run_id] = state
-            self.dirty[partition].add(state.run_id)
+            self.snapshots.dirty[partition].add(state.run_id)
             self.events_out.update(e.type for e in decision.events)
             self._crash_point("cached", state.run_id)
         await self._publish(partition, records)
@@ -659,57 +628,12 @@ class Engine:
     def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
         """This engine's counters and levels for /metrics (``tickflow.metrics.RoleCollector`` reads them)."""
         role = {"role": "engine"}
-        for kind, name, help_text, value in (
-            ("counter", "tickflow_engine_records_consumed", "Input records the engine consumed.", self.processed),
-            (
-                "counter",
-                "tickflow_engine_dead_letters",
-                "Inputs the engine refused to the dead-letter topic.",
-                self.dead_lettered,
-            ),
-            ("counter", "tickflow_engine_recoveries", "Partitions rebuilt from the log.", self.recoveries),
-            (
-                "counter",
-                "tickflow_engine_fenced",
-                "Partitions given up because a newer owner fenced them.",
-                self.fenced,
-            ),
-            (
-                "counter",
-                "tickflow_engine_transactions_failed",
-                "Partitions given up after a failed transaction.",
-                self.given_up,
-            ),
-            ("counter", "tickflow_engine_snapshots", "Snapshots written to the state topic.", self.snapshots_written),
-            ("counter", "tickflow_engine_snapshot_rounds", "Snapshot rounds begun.", self.snapshot_rounds),
-            (
-                "counter",
-                "tickflow_engine_timer_firings",
-                "Timers (sleeps, retries, deadlines) that fired.",
-                self.timer_firings,
-            ),
-            ("counter", "tickflow_engine_resent", "Messages re-sent by recoveries (work in flight).", self.resent),
-            ("gauge", "tickflow_engine_partitions", "Partitions this engine serves.", len(self.recovered_partitions)),
-            ("gauge", "tickflow_engine_runs", "Run states in memory.", sum(map(len, list(self.runs.values())))),
-            ("counter", "tickflow_engine_runs_shrunk", "Finished runs shrunk to id, seq and status.", self.shrunk),
-            (
-                "gauge",
-                "tickflow_engine_quarantined_runs",
-                "Runs set aside until released.",
-                sum(map(len, list(self.quarantined.values()))),
-            ),
-        ):
-            yield kind, name, help_text, role, float(value)
+        for kind, name, help_text, value_of in _ENGINE_METRICS:
+            yield kind, name, help_text, role, float(value_of(self))
         for type_, n in list(self.inputs.items()):  # copies: a scrape may run in another thread
-            yield (
-                "counter",
-                "tickflow_engine_inputs",
-                "Commands and results consumed, by type.",
-                {"type": type_},
-                float(n),
-            )
+            yield "counter", "tickflow_engine_inputs", "Commands and results consumed, by type.", {"type": type_}, n
         for type_, n in list(self.events_out.items()):
-            yield "counter", "tickflow_engine_events", "Events appended to the log, by type.", {"type": type_}, float(n)
+            yield "counter", "tickflow_engine_events", "Events appended to the log, by type.", {"type": type_}, n
         if hasattr(self, "consumer"):  # started
             yield from consumer_lag("engine", self.consumer, self.positions)
 
@@ -793,72 +717,22 @@ class Engine:
         self.timers.drop_partition(self.gone.pop(partition, {}))
         self.slots.pop(partition, None)
         self.quarantined.pop(partition, None)
-        self.dirty.pop(partition, None)
-        self.expired.pop(partition, None)
+        self.snapshots.drop(partition)
         self.events_end.pop(partition, None)
         self._last_event_send.pop(partition, None)
-        if self._round is not None:  # the new owner snapshots what it rebuilds
-            self._round.pop(partition, None)
-        self._round_expired.pop(partition, None)
-        self._round_marks.pop(partition, None)
         self.recovered_partitions.discard(partition)
         return self.writers.pop(partition, None)
 
     async def _begin_snapshot_round(self) -> None:
-        """Start writing the states changed since the last round; ``_snapshot_some`` writes them in chunks."""
+        """Start writing the states changed since the last round (``SnapshotRounds`` writes them in chunks)."""
         await self._end_transactions()  # every event decided so far is committed: the last sends know their offsets
         for partition, fut in self._last_event_send.items():
             self.events_end[partition] = max(self.events_end.get(partition, 0), fut.result().offset + 1)
         self._last_event_send.clear()
-        self.snapshot_rounds += 1
-        todo: dict[int, list[str]] = {}
-        for partition in sorted(self.recovered_partitions):
-            dirty, expired = self.dirty.pop(partition, set()), self.expired.pop(partition, {})
-            if dirty or expired:
-                todo[partition] = sorted(dirty)
-                self._round_expired[partition] = expired
-                self._round_marks[partition] = self.events_end.get(partition)
-        self._round = todo
-        self._last_snapshot = time.monotonic()
+        self.snapshots.begin(self.recovered_partitions, self.events_end)
 
-    async def _snapshot_some(self, budget: int) -> None:
-        """Write up to ``budget`` snapshots; a partition whose list is done gets its tombstones and checkpoint.
-
-        Chunking keeps a round of 10,000 changed runs from stalling the loop (and the timers) for a second.
-        The checkpoint is the events offset taken when the round began: every state changed before it is in
-        this round, and a state snapshotted later than it is only newer (recovery skips seqs it already has).
-        A partition's records are ordered, so its checkpoint lands after its snapshots.
-        """
-        assert self._round is not None
-        topic = self.topics.state
-        for partition in list(self._round):
-            keys = self._round[partition]
-            while keys and budget > 0:
-                key = keys.pop()
-                budget -= 1
-                state: RunState | SlotState | StackState | None = (
-                    self.runs[partition].get(key) or self.slots[partition].get(key) or self.stacks[partition].get(key)
-                )
-                if state is None:
-                    continue
-                raw = await snapshot_record(key, state, self.blobs)
-                if raw is None:  # not written: keep it for the next round, and the old checkpoint until then
-                    self._round_marks[partition] = None
-                    self.dirty[partition].add(key)
-                    continue
-                await self.writers[partition].send(topic, raw, key.encode(), partition)
-                self.snapshots_written += 1
-                self._crash_point("mid-snapshot", key)
-            if keys:
-                return
-            del self._round[partition]
-            for key, marker in self._round_expired.pop(partition, {}).items():  # id markers and tombstones
-                await self.writers[partition].send(topic, marker, key.encode(), partition)
-            mark = self._round_marks.pop(partition, None)
-            if mark is not None:
-                checkpoint = encode_checkpoint(mark)
-                await self.writers[partition].send(topic, checkpoint, CHECKPOINT_KEY, partition)
-        self._round = None
+    def _state_of(self, partition: int, key: str) -> RunState | SlotState | StackState | None:
+        return self.runs[partition].get(key) or self.slots[partition].get(key) or self.stacks[partition].get(key)
 
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short.
@@ -941,13 +815,13 @@ class Engine:
         self.slots[partition] = slots
         self.stacks[partition] = stacks
         self.gone[partition] = gone
-        self.expired[partition] = {}
+        self.snapshots.drop(partition)  # whatever it owed before is covered by what follows
         for run_id in expired:
             self._forget(partition, runs.pop(run_id), now)
         for run_id, until in gone.items():
             self.timers.arm(partition, run_id, until)  # an elapsed one is forgotten at the next timer check
         # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
-        self.dirty[partition] = set(runs) | set(slots) | set(stacks)
+        self.snapshots.owe_all(partition, [*runs, *slots, *stacks])
         for slot in slots.values():
             await self._apply_slot(partition, slot, [], admissions(slot, None, now))
         for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent
@@ -962,28 +836,6 @@ class Engine:
         )
 
 
-def _observe_ticks(events: list[Envelope]) -> None:
-    """Ticks fired (with how late), queued and skipped, for /metrics."""
-    for event in events:
-        p = event.payload
-        if isinstance(p, TickFired):
-            TICKS.labels("fired").inc()
-            TICK_LAG_SECONDS.observe(max(0, event.occurred_at_ms - p.due_at_ms) / 1000)
-        elif isinstance(p, TickSkipped):
-            TICKS.labels("skipped").inc()
-        elif isinstance(p, TickQueued):
-            TICKS.labels("queued").inc()
-
-
-def _trace_of(input: Input) -> str | None:
-    """The traceparent of the record that caused a decision (None for a timer or a recovery)."""
-    if isinstance(input, Start | Signal | Fork):
-        return input.command.trace_parent
-    if isinstance(input, WorkerResult):
-        return input.result.trace_parent
-    return None
-
-
 def _causation(input: Input) -> str | None:
     """The id of the record a decision answers (its events' causation id)."""
     if isinstance(input, Start | Signal | Fork):
@@ -991,3 +843,40 @@ def _causation(input: Input) -> str | None:
     if isinstance(input, WorkerResult):
         return input.result.id
     return input.causation_id
+
+
+def _count_of(tables: dict[int, dict[str, Any]]) -> int:
+    return sum(map(len, list(tables.values())))  # a copy: a scrape may run in another thread
+
+
+#: (kind, name, help, value) of the engine's plain counters and levels.
+_ENGINE_METRICS: tuple[tuple[str, str, str, Callable[[Engine], int]], ...] = (
+    ("counter", "tickflow_engine_records_consumed", "Input records the engine consumed.", lambda e: e.processed),
+    (
+        "counter",
+        "tickflow_engine_dead_letters",
+        "Inputs the engine refused to the dead-letter topic.",
+        lambda e: e.dead_lettered,
+    ),
+    ("counter", "tickflow_engine_recoveries", "Partitions rebuilt from the log.", lambda e: e.recoveries),
+    ("counter", "tickflow_engine_fenced", "Partitions given up because a newer owner fenced them.", lambda e: e.fenced),
+    (
+        "counter",
+        "tickflow_engine_transactions_failed",
+        "Partitions given up after a failed transaction.",
+        lambda e: e.given_up,
+    ),
+    ("counter", "tickflow_engine_snapshots", "Snapshots written to the state topic.", lambda e: e.snapshots.written),
+    ("counter", "tickflow_engine_snapshot_rounds", "Snapshot rounds begun.", lambda e: e.snapshots.rounds),
+    (
+        "counter",
+        "tickflow_engine_timer_firings",
+        "Timers (sleeps, retries, deadlines) that fired.",
+        lambda e: e.timer_firings,
+    ),
+    ("counter", "tickflow_engine_resent", "Messages re-sent by recoveries (work in flight).", lambda e: e.resent),
+    ("gauge", "tickflow_engine_partitions", "Partitions this engine serves.", lambda e: len(e.recovered_partitions)),
+    ("gauge", "tickflow_engine_runs", "Run states in memory.", lambda e: _count_of(e.runs)),
+    ("counter", "tickflow_engine_runs_shrunk", "Finished runs shrunk to id, seq and status.", lambda e: e.shrunk),
+    ("gauge", "tickflow_engine_quarantined_runs", "Runs set aside until released.", lambda e: _count_of(e.quarantined)),
+)

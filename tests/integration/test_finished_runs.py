@@ -67,7 +67,7 @@ async def test_finished_runs_shrink_answer_late_inputs_alike_and_recover_shrunk(
         assert runs["fin-math"].shrunk and runs["fin-math"].status == "completed"
         report = await verify_engine(engine)
         assert report.ok and report.runs_compared >= 5, report
-        await _until(lambda: not engine.dirty[0], "a snapshot round to write the shrunk states")
+        await _until(lambda: not engine.snapshots.dirty[0], "a snapshot round to write the shrunk states")
         await asyncio.sleep(0.5)  # its checkpoint follows the snapshots
     finally:
         await node.stop()

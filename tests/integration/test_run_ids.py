@@ -37,7 +37,7 @@ async def test_an_expired_run_id_is_never_reused(kafka_bootstrap: str, prefix: s
             assert (await asyncio.to_thread(c.wait, first, timeout=60)).output == 9
         assert node.engine is not None
         for _ in range(100):  # its state expires after 0.5 s; a snapshot round writes the id's marker
-            if "once" in node.engine.gone[0] and not node.engine.expired[0]:
+            if "once" in node.engine.gone[0] and not node.engine.snapshots.expired[0]:
                 break
             await asyncio.sleep(0.1)
         assert "once" in node.engine.gone[0] and "once" not in node.engine.runs[0]

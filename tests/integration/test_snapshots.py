@@ -41,7 +41,7 @@ async def test_recovery_from_snapshots_equals_the_full_fold(kafka_bootstrap: str
 
         waiting = await asyncio.to_thread(before)
         await asyncio.sleep(1.0)  # at least one snapshot round after the last change
-        assert first.engine is not None and first.engine.snapshots_written > 0
+        assert first.engine is not None and first.engine.snapshots.written > 0
     finally:
         await first.stop()
 
@@ -114,7 +114,7 @@ async def test_a_state_too_big_for_one_record_is_never_lost(kafka_bootstrap: str
 
         await asyncio.to_thread(another_change)
         await asyncio.sleep(1.0)
-        assert first.engine is not None and first.engine.snapshots_written > 0
+        assert first.engine is not None and first.engine.snapshots.written > 0
     finally:
         await first.stop()
 

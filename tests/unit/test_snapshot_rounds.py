@@ -50,7 +50,7 @@ async def _round(engine: Engine) -> list[tuple[bytes, bytes | None]]:
     sent: list[tuple[bytes, bytes | None]] = engine.writers[0].sent  # type: ignore[attr-defined]
     sent.clear()
     await engine._begin_snapshot_round()
-    await engine._snapshot_some(100)
+    await engine.snapshots.write_some(100, engine._state_of, engine.writers)  # type: ignore[arg-type]
     return list(sent)
 
 
@@ -59,7 +59,7 @@ async def test_an_unwritable_snapshot_holds_the_checkpoint_until_it_is_written(
 ) -> None:
     engine = _engine(tmp_path)
     engine.runs[0] = {"a": RunState("a"), "b": RunState("b")}
-    engine.dirty[0] = {"a", "b"}
+    engine.snapshots.dirty[0] = {"a", "b"}
 
     def broken_for_b(state: Any) -> bytes:
         if getattr(state, "run_id", "") == "b":
@@ -69,7 +69,7 @@ async def test_an_unwritable_snapshot_holds_the_checkpoint_until_it_is_written(
     monkeypatch.setattr(snapshots_module, "encode_snapshot", broken_for_b)
     first = await _round(engine)
     assert [k for k, _ in first] == [b"a"], "b was not written, so no checkpoint may follow"
-    assert engine.dirty[0] == {"b"}  # tried again next round
+    assert engine.snapshots.dirty[0] == {"b"}  # tried again next round
     monkeypatch.setattr(snapshots_module, "encode_snapshot", encode_snapshot)
     second = await _round(engine)
     assert [k for k, _ in second] == [b"b", CHECKPOINT_KEY]
@@ -79,7 +79,7 @@ async def test_a_state_too_big_for_a_record_goes_through_the_claim_check(tmp_pat
     engine = _engine(tmp_path)
     big = RunState("big", input="x" * 1_500_000)
     engine.runs[0] = {"big": big}
-    engine.dirty[0] = {"big"}
+    engine.snapshots.dirty[0] = {"big"}
     sent = await _round(engine)
     assert [k for k, _ in sent] == [b"big", CHECKPOINT_KEY]
     reference = sent[0][1]
