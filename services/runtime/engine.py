@@ -50,6 +50,7 @@ from tickflow.core.decider import (
     release,
     run,
 )
+from tickflow.core.retention import Retention
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
 from tickflow.core.state import shrink
@@ -151,12 +152,12 @@ class Engine:
         self.dead_lettered = 0
         self.resent = 0  # messages re-sent by recoveries (tasks in flight, child starts, parent reports)
         self.timer_firings = 0
-        self._retention_ms = int(settings.state_retention_s * 1000)
-        # A stack's tick runs are many and only ever started by their stack, which re-sends the start of the
-        # running tick alone: their finished state need not be kept long to deduplicate a redelivered start.
-        self._tick_retention_ms = min(self._retention_ms, int(settings.tick_run_retention_s * 1000))
-        self._id_retention_ms = int(settings.run_id_retention_s * 1000)
-        self._full_state_ms = int(settings.finished_state_s * 1000)
+        self.retention = Retention(
+            state_ms=int(settings.state_retention_s * 1000),
+            tick_state_ms=int(settings.tick_run_retention_s * 1000),
+            id_ms=int(settings.run_id_retention_s * 1000),
+            full_state_ms=int(settings.finished_state_s * 1000),
+        )
         self.shrunk = 0  # finished runs shrunk to their tombstone-sized state (see ``_fire_timers``)
         self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
         self._workflows = frozenset(registry.specs)
@@ -251,56 +252,40 @@ class Engine:
                     del self.gone[partition][run_id]
                     self.snapshots.expired[partition][run_id] = None
                 continue
-            if state.terminal:
-                ended = state.ended_at_ms
-                if ended is not None and now >= ended + self._retained_ms(state):
-                    del self.runs[partition][run_id]  # retention: the finished run's state expires
-                    self.snapshots.dirty[partition].discard(run_id)
-                    self._forget(partition, state, now)
-                elif ended is not None and not state.shrunk and now >= ended + self._full_state_ms:
-                    # Its last events, report and slot release were committed long ago: keep only what answers
-                    # late inputs (a few hundred bytes), in memory and, at the next snapshot, on the state topic.
-                    small = shrink(state)
-                    self.runs[partition][run_id] = small
-                    self.snapshots.dirty[partition].add(run_id)
-                    self.traces.forget(run_id)
-                    self.shrunk += 1
-                    self._arm(partition, small)
-                else:
-                    self._arm(partition, state)
-                continue
-            self.timer_firings += 1
-            await self._decide(partition, state, Recover(causation_id=f"timer/{now}"), now)
+            stage = self.retention.stage(state, now)
+            if stage == "decide":
+                self.timer_firings += 1
+                await self._decide(partition, state, Recover(causation_id=f"timer/{now}"), now)
+            elif stage == "expire":
+                del self.runs[partition][run_id]
+                self.snapshots.dirty[partition].discard(run_id)
+                self._forget(partition, state, now)
+            elif stage == "shrink":
+                # Its last events, report and slot release were committed long ago: keep only what answers
+                # late inputs (a few hundred bytes), in memory and, at the next snapshot, on the state topic.
+                small = shrink(state)
+                self.runs[partition][run_id] = small
+                self.snapshots.dirty[partition].add(run_id)
+                self.traces.forget(run_id)
+                self.shrunk += 1
+                self._arm(partition, small)
+            else:
+                self._arm(partition, state)
 
     def _forget(self, partition: int, state: RunState, now: int) -> None:
-        """A finished run's state leaves memory and the state topic; its id stays taken (``Gone``) for
-        ``run_id_retention_s`` more, so a late or repeated start of that id cannot begin a second seq 1.
-
-        A stack's tick runs are the exception: only their stack starts them, by a tick number it never reuses.
-        """
+        """A finished run's state leaves memory and the state topic; its id stays taken (a ``Gone`` marker) for
+        ``run_id_retention_s`` more, except a tick run's (see ``core.retention``)."""
         self.traces.forget(state.run_id)
-        if self._is_tick(state):
+        until = self.retention.id_taken_until(state, now)
+        if until is None:
             self.snapshots.expired[partition][state.run_id] = None
             return
-        until = now + self._id_retention_ms
         self.gone[partition][state.run_id] = until
         self.snapshots.expired[partition][state.run_id] = encode_gone(until)
         self.timers.arm(partition, state.run_id, until)
 
-    @staticmethod
-    def _is_tick(state: RunState) -> bool:
-        return state.parent_run_id is not None and is_stack(state.parent_run_id)
-
-    def _retained_ms(self, state: RunState) -> int:
-        """How long a finished run's state stays in memory (and deduplicates a repeated start of its id)."""
-        return self._tick_retention_ms if self._is_tick(state) else self._retention_ms
-
     def _arm(self, partition: int, state: RunState) -> None:
-        if state.terminal and state.ended_at_ms is not None:
-            keep = self._retained_ms(state) if state.shrunk else min(self._full_state_ms, self._retained_ms(state))
-            self.timers.arm(partition, state.run_id, state.ended_at_ms + keep)
-        else:
-            self.timers.arm(partition, state.run_id, state.next_due_ms())
+        self.timers.arm(partition, state.run_id, self.retention.due_ms(state))
 
     async def _end_transactions(self, only: set[int] | None = None) -> None:
         """Commit the open transaction of every partition (of ``only``); give up each partition whose one fails."""
@@ -806,11 +791,7 @@ class Engine:
                 note = quarantine_note(run_id, q, now)
                 await self._publish(partition, [(self.topics.events, encode(note), run_id.encode())])
                 q.announced = True
-        expired = [
-            run_id
-            for run_id, state in runs.items()
-            if state.terminal and state.ended_at_ms is not None and now >= state.ended_at_ms + self._retained_ms(state)
-        ]
+        expired = [run_id for run_id, state in runs.items() if self.retention.stage(state, now) == "expire"]
         self.runs[partition] = runs
         self.slots[partition] = slots
         self.stacks[partition] = stacks

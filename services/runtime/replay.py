@@ -23,6 +23,7 @@ from aiokafka import ConsumerRecord
 from pydantic import BaseModel
 
 from tickflow.core.decider import fork_problem
+from tickflow.core.retention import Retention
 from tickflow.core.state import RunState, SequenceError, evolve, fold, shrink
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope
@@ -265,7 +266,7 @@ def compare_partition(
     live: dict[str, RunState],
     records: Sequence[ConsumerRecord[bytes, bytes]],
     taken_at_ms: int,
-    retention_ms: int,
+    retention: Retention,
     quarantined: frozenset[str] = frozenset(),
 ) -> PartitionReport:
     """Compare one partition's live states with the fold of its log records (pure apart from the clock value).
@@ -282,9 +283,7 @@ def compare_partition(
             continue
         state = live.get(run_id)
         if state is None:
-            full = _refold(run_id, events, 1 << 62)
-            ended = full.ended_at_ms
-            if full.terminal and ended is not None and taken_at_ms >= ended + retention_ms:
+            if retention.stage(_refold(run_id, events, 1 << 62), taken_at_ms) == "expire":
                 report.expired += 1
             elif _created_at(events) >= taken_at_ms:
                 report.started_after_capture += 1
@@ -324,7 +323,6 @@ async def verify_engine(engine: Engine) -> EngineReport:
     """
     started = time.monotonic()
     captured, taken_at, events_end = await engine.capture()
-    retention_ms = int(engine.settings.state_retention_s * 1000)
     reports = []
     for partition, live in captured.items():
         records = await read_partition(
@@ -332,7 +330,7 @@ async def verify_engine(engine: Engine) -> EngineReport:
         )
         held = frozenset(engine.quarantined.get(partition, {}))
         reports.append(
-            await asyncio.to_thread(compare_partition, partition, live, records, taken_at, retention_ms, held)
+            await asyncio.to_thread(compare_partition, partition, live, records, taken_at, engine.retention, held)
         )
     compared = sum(r.runs_compared for r in reports)
     equal = sum(r.equal for r in reports)

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tickflow.core.decider import Recover, release, run
+from tickflow.core.retention import Retention
 from tickflow.core.state import RunState, SequenceError, evolve, fold
 from tickflow.events import Envelope, ReleaseRun, RunQuarantined, RunReleased
 from tickflow.events.codec import encode
@@ -25,6 +26,8 @@ from tickflow.runtime.replay import compare_partition
 from tickflow.workflow import Workflow
 
 from .test_decider import Sim
+
+_KEEP_ALL = Retention(state_ms=10**12, tick_state_ms=10**12, id_ms=10**12, full_state_ms=10**12)
 
 
 def step1(x: Any) -> Any:
@@ -171,7 +174,7 @@ def test_verify_engine_refolds_a_released_run_and_lists_a_quarantined_one() -> N
     _, held = _fold(values)
     released = _release(held["r1"].state, held["r1"].highest_seq)
     live = evolve(held["r1"].state, released)
-    after = compare_partition(0, {"r1": live}, _records([*values, ("r1", encode(released))]), 10**13, 10**12)
+    after = compare_partition(0, {"r1": live}, _records([*values, ("r1", encode(released))]), 10**13, _KEEP_ALL)
     assert (after.runs_compared, after.equal, after.differing_count) == (1, 1, 0), after
-    during = compare_partition(0, {}, _records(values), 10**13, 10**12, frozenset({"r1"}))
+    during = compare_partition(0, {}, _records(values), 10**13, _KEEP_ALL, frozenset({"r1"}))
     assert during.quarantined == ["r1"] and during.missing_live == [], during
