@@ -40,6 +40,8 @@ __all__ = ["create_api"]
 
 #: Every router of the API, in the order their routes are matched.
 ROUTERS = (runs, analytics, live, memory, rebuild, replay, sql, stacks)
+#: Swagger UI's vendored assets (``tickflow/dashboard/static/vendor``), without the suffix.
+SWAGGER_UI = "/ui/static/vendor/swagger-ui-5.32.0"
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -177,8 +179,16 @@ def create_api(
 
     @api.get("/docs", dependencies=[Depends(authorize)], include_in_schema=False)
     async def interactive_docs() -> HTMLResponse:
-        """Swagger UI (its script comes from a CDN: this page, unlike the dashboard, needs the internet)."""
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="tickflow API")
+        """Swagger UI, served from the package like the dashboard's assets (no CDN: it works where the API has no
+        internet, and nothing about the page is sent elsewhere; the spec validator badge is off for that reason)."""
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="tickflow API",
+            swagger_js_url=f"{SWAGGER_UI}-bundle.js",
+            swagger_css_url=f"{SWAGGER_UI}.css",
+            swagger_favicon_url="/ui/static/vendor/swagger-ui-favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
     @api.get("/metrics", dependencies=[Depends(authorize)], include_in_schema=False)
     async def prometheus_metrics() -> Response:

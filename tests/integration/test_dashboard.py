@@ -256,3 +256,22 @@ async def test_the_dashboard_in_a_real_browser(node: Node) -> None:
     assert seen["steps"] >= 2, seen
     assert seen["system"]["partitions"] == ", ".join(str(p) for p in range(settings.partitions)), seen
     assert seen["system"]["freshness"].endswith("ms"), seen
+
+    # The interactive docs render from the package's own copy of Swagger UI: no request leaves the API's origin.
+    def docs_session(browser: Browser) -> dict[str, Any]:
+        page = browser.new_page()
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        _sign_in(page, base)
+        page.goto(f"{base}/docs")
+        page.wait_for_selector(".swagger-ui .information-container .title", timeout=15_000)
+        shown = {
+            "title": page.text_content(".swagger-ui .information-container .title") or "",
+            "operations": page.locator(".swagger-ui .opblock").count(),
+        }
+        page.close()
+        return {**shown, "elsewhere": [url for url in requested if not url.startswith(base)]}
+
+    docs = await asyncio.to_thread(in_browser, docs_session)
+    assert docs["title"].startswith("tickflow") and docs["operations"] >= 10, docs
+    assert docs["elsewhere"] == [], docs

@@ -4,6 +4,7 @@ chunked bodies too and act before authentication, trusted hosts against DNS rebi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +79,15 @@ def test_hosts_and_bind_rules() -> None:
         check_bind("0.0.0.0", None)
     with pytest.raises(ValueError, match="beyond this machine"):
         check_bind("10.1.2.3", None)
+
+
+def test_the_interactive_docs_load_nothing_from_outside(app_client: TestClient) -> None:
+    """/docs works where the API has no internet: every script, style and icon it names is served by the API."""
+    page = app_client.get("/docs", headers=AUTH).text
+    assert "https://" not in page and "http://" not in page, "the docs page names an outside address"
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(assets) == 3, assets  # script, style sheet, icon
+    for asset in assets:
+        answer = app_client.get(asset)
+        assert answer.status_code == 200 and len(answer.content) > 500, asset
+    assert '"validatorUrl": null' in page  # no badge fetched from the online validator
