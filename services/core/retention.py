@@ -45,8 +45,10 @@ class Retention:
 
     def stage(self, state: RunState, now: int) -> Stage:
         ended = state.ended_at_ms
-        if not state.terminal or ended is None:
+        if not state.terminal:
             return "decide"
+        if ended is None:  # finished without an end time: nothing to time its stages by
+            return "keep"
         if now >= ended + self.state_kept_ms(state):
             return "expire"
         if not state.shrunk and now >= ended + self.full_state_ms:
