@@ -185,8 +185,9 @@ async def _brokers_serving(admin: AIOKafkaAdminClient, listed: int, wait_s: floa
 
 
 # Refusals a moment later may not repeat: the controller moved, or too few brokers were unfenced to place replicas.
-_RETRIED_CREATE_ERRORS = frozenset({InvalidReplicationFactorError.errno, NotControllerError.errno,
-                                    RequestTimedOutError.errno})
+_RETRIED_CREATE_ERRORS = frozenset(
+    e.errno for e in (InvalidReplicationFactorError, NotControllerError, RequestTimedOutError)
+)
 
 
 async def _create_missing(admin: AIOKafkaAdminClient, wanted: list[NewTopic], wait_s: float) -> None:
