@@ -9,9 +9,10 @@ write of a fenced or crashed engine is aborted, never seen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -31,6 +32,7 @@ from tickflow.events.redact import redact
 from tickflow.events.topics import TopicNames
 
 __all__ = [
+    "STATE_TOPIC_CONFIGS",
     "TOKENS_RETENTION_MS",
     "DeadLetters",
     "PendingSends",
@@ -42,6 +44,7 @@ __all__ = [
     "new_admin",
     "new_consumer",
     "new_producer",
+    "partition_batches",
     "read_partition",
     "replication_for",
 ]
@@ -85,6 +88,16 @@ def new_consumer(kafka: KafkaTarget, *topics: str, group_id: str | None, **overr
 
 def new_admin(kafka: KafkaTarget, **overrides: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**{**kafka_connection(kafka).client_options(), **overrides})
+
+
+#: The compacted state topic (engine snapshots). Compaction only cleans closed segments, and Kafka closes one at 1 GiB
+#: or after 7 days by default: until then every snapshot round's copy of each changed state stays, and a partition
+#: recovery reads them all. Small, time-bounded segments let the cleaner keep it near one copy per key.
+STATE_TOPIC_CONFIGS = {
+    "cleanup.policy": "compact",
+    "segment.bytes": str(16 * 1024 * 1024),
+    "segment.ms": str(15 * 60 * 1000),
+}
 
 
 class TopicLayoutError(RuntimeError):
@@ -145,7 +158,7 @@ async def ensure_topics(
             topic(t, names.partitions, **({"retention.ms": str(log_retention_ms)} if t == names.events else {}))
             for t in keyed
         ]
-        wanted.append(topic(names.state, names.partitions, **{"cleanup.policy": "compact"}))
+        wanted.append(topic(names.state, names.partitions, **STATE_TOPIC_CONFIGS))
         wanted.append(topic(names.dead_letter, 1))
         wanted.append(topic(names.control, 1, **{"cleanup.policy": "compact"}))
         wanted.append(topic(names.tokens, names.partitions, **{"retention.ms": str(tokens_retention_ms)}))
@@ -247,6 +260,28 @@ async def read_partition(
     returns before its markers land on the partition, and until they do a ``read_committed`` reader's end (the last
     stable offset) stays before that transaction's records.
     """
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    async with contextlib.aclosing(
+        partition_batches(kafka, topic, partition, start, committed=committed, min_end=min_end, wait_s=wait_s)
+    ) as batches:
+        async for batch in batches:
+            out.extend(batch)
+    return out
+
+
+async def partition_batches(
+    kafka: KafkaTarget,
+    topic: str,
+    partition: int,
+    start: int | None = None,
+    *,
+    committed: bool = True,
+    min_end: int = 0,
+    wait_s: float = 10.0,
+    batch_size: int = 10_000,
+) -> AsyncGenerator[list[ConsumerRecord[bytes, bytes]], None]:
+    """``read_partition``'s records, a batch at a time: a reader that folds as it goes holds one batch, not the
+    partition (a compacted topic can hold many versions of each key until the cleaner has run)."""
     isolation = "read_committed" if committed else "read_uncommitted"
     consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10, isolation_level=isolation)
     await consumer.start()
@@ -263,13 +298,11 @@ async def read_partition(
             await consumer.seek_to_beginning(tp)
         else:
             consumer.seek(tp, start)
-        out: list[ConsumerRecord[bytes, bytes]] = []
         while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
-            for record in batch.get(tp, []):
-                if record.offset < end:
-                    out.append(record)
-        return out
+            fetched = await consumer.getmany(tp, timeout_ms=500, max_records=batch_size)
+            batch = [record for record in fetched.get(tp, []) if record.offset < end]
+            if batch:
+                yield batch
     finally:
         await consumer.stop()
 

@@ -14,6 +14,7 @@ bookkeeping), so neither can crash-loop recovery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,10 +30,18 @@ from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import RunQuarantined, RunReleased
 from tickflow.events.topics import TopicNames, is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
-from tickflow.runtime.kafka import read_partition
+from tickflow.runtime.kafka import partition_batches
 from tickflow.runtime.snapshots import CHECKPOINT_KEY, Gone, decode_snapshot
 
-__all__ = ["Quarantine", "Rebuilt", "fold_log", "parse_snapshots", "quarantine_note", "rebuild_partition"]
+__all__ = [
+    "Quarantine",
+    "Rebuilt",
+    "SnapshotReader",
+    "fold_log",
+    "parse_snapshots",
+    "quarantine_note",
+    "rebuild_partition",
+]
 
 log = logging.getLogger("tickflow.engine")
 
@@ -66,15 +75,33 @@ class Rebuilt:
 
 async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: FileBlobStore, partition: int) -> Rebuilt:
     """Read a partition's snapshots and the events after their checkpoint, and fold them (in threads, so the caller's
-    loop keeps turning). Call it only once the partition's previous writer is fenced (``runtime/fencing.py``)."""
+    loop keeps turning). Call it only once the partition's previous writer is fenced (``runtime/fencing.py``).
+
+    Both are folded a batch at a time as they are read: memory holds the partition's state and one batch, never the
+    state topic's history (every snapshot round writes each changed state again, and compaction keeps the old
+    versions until the cleaner reaches their segment) nor the whole log when there is no checkpoint.
+    """
     started = time.monotonic()
-    snapshots = await read_partition(kafka, topics.state, partition)
-    runs, slots, stacks, gone, checkpoint = await asyncio.to_thread(parse_snapshots, partition, snapshots, blobs)
-    records = await read_partition(kafka, topics.events, partition, start=checkpoint)
-    read_s = time.monotonic() - started
-    held = await asyncio.to_thread(fold_log, partition, records, runs, slots, stacks, gone)
-    fold_s = time.monotonic() - started - read_s
-    return Rebuilt(runs, slots, stacks, gone, held, checkpoint, len(records), read_s, fold_s, started)
+    fold_s = 0.0  # the rest of the time is reading
+    snapshots = SnapshotReader(partition, blobs)
+    async with contextlib.aclosing(partition_batches(kafka, topics.state, partition)) as batches:
+        async for batch in batches:
+            began = time.monotonic()
+            usable = await asyncio.to_thread(snapshots.feed, batch)
+            fold_s += time.monotonic() - began
+            if not usable:
+                break
+    runs, slots, stacks, gone, checkpoint = snapshots.result()
+    held: dict[str, Quarantine] = {}
+    events = 0
+    async with contextlib.aclosing(partition_batches(kafka, topics.events, partition, start=checkpoint)) as batches:
+        async for batch in batches:
+            began = time.monotonic()
+            await asyncio.to_thread(fold_log, partition, batch, runs, slots, stacks, gone, held)
+            fold_s += time.monotonic() - began
+            events += len(batch)
+    read_s = time.monotonic() - started - fold_s
+    return Rebuilt(runs, slots, stacks, gone, held, checkpoint, events, read_s, fold_s, started)
 
 
 def quarantine_note(run_id: str, q: Quarantine, now_ms: int) -> Envelope:
@@ -88,48 +115,82 @@ def quarantine_note(run_id: str, q: Quarantine, now_ms: int) -> Envelope:
 def parse_snapshots(
     partition: int, records: list[ConsumerRecord[bytes, bytes]], blobs: FileBlobStore
 ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], dict[str, int], int | None]:
-    """The partition's snapshots, its taken ids, and the events offset they cover (None: fold the whole log).
+    """The partition's snapshots, its taken ids, and the events offset they cover (None: fold the whole log)."""
+    reader = SnapshotReader(partition, blobs)
+    reader.feed(records)
+    return reader.result()
 
-    Ids marked gone are kept even when the snapshots are unreadable: they are what keeps an id from reuse.
-    Pure apart from reading claim-checked blobs, so recovery runs it in a thread.
+
+class SnapshotReader:
+    """Folds a state partition's records, in order, a batch at a time, into its snapshots, its taken ids, and the
+    events offset they cover (None: fold the whole log).
+
+    An unreadable snapshot or checkpoint makes it give up on the snapshots (the whole log is folded instead), but
+    ids marked gone are kept: they are what keeps an id from reuse. Pure apart from reading claim-checked blobs, so
+    recovery runs it in a thread.
     """
-    runs: dict[str, RunState] = {}
-    slots: dict[str, SlotState] = {}
-    stacks: dict[str, StackState] = {}
-    gone: dict[str, int] = {}
-    checkpoint: int | None = None
-    for record in records:
+
+    def __init__(self, partition: int, blobs: FileBlobStore) -> None:
+        self.partition = partition
+        self.blobs = blobs
+        self.runs: dict[str, RunState] = {}
+        self.slots: dict[str, SlotState] = {}
+        self.stacks: dict[str, StackState] = {}
+        self.gone: dict[str, int] = {}
+        self.checkpoint: int | None = None
+        self.usable = True
+
+    def result(
+        self,
+    ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], dict[str, int], int | None]:
+        if not self.usable:
+            return {}, {}, {}, self.gone, None
+        return self.runs, self.slots, self.stacks, self.gone, self.checkpoint
+
+    def feed(self, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Fold the next records; False once the snapshots are given up (the rest need not be read)."""
+        for record in records:
+            if not self.usable:
+                return False
+            self._fold(record)
+        return self.usable
+
+    def _give_up(self, exc: ValueError) -> None:
+        log.error("ignoring snapshots of partition %d, folding the whole log: %s", self.partition, exc)
+        self.usable = False
+        self.runs, self.slots, self.stacks = {}, {}, {}
+
+    def _fold(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key == CHECKPOINT_KEY:
             if record.value is not None:
                 try:
                     value = decode_snapshot(record.value)
                 except ValueError as exc:
-                    log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
-                    return {}, {}, {}, gone, None
-                checkpoint = value if isinstance(value, int) else checkpoint
-            continue
+                    self._give_up(exc)
+                    return
+                self.checkpoint = value if isinstance(value, int) else self.checkpoint
+            return
         key = (record.key or b"").decode()
         if record.value is None:  # a tombstone: the state (or, later, the id marker) is gone for good
-            runs.pop(key, None)
-            slots.pop(key, None)
-            stacks.pop(key, None)
-            gone.pop(key, None)
-            continue
+            self.runs.pop(key, None)
+            self.slots.pop(key, None)
+            self.stacks.pop(key, None)
+            self.gone.pop(key, None)
+            return
         try:
-            snap = decode_snapshot(record.value, blobs)
+            snap = decode_snapshot(record.value, self.blobs)
         except ValueError as exc:
-            log.error("ignoring snapshots of partition %d, folding the whole log: %s", partition, exc)
-            return {}, {}, {}, gone, None
+            self._give_up(exc)
+            return
         if isinstance(snap, Gone):
-            runs.pop(key, None)
-            gone[key] = snap.until_ms
+            self.runs.pop(key, None)
+            self.gone[key] = snap.until_ms
         elif isinstance(snap, RunState):
-            runs[key] = snap
+            self.runs[key] = snap
         elif isinstance(snap, SlotState):
-            slots[key] = snap
+            self.slots[key] = snap
         elif isinstance(snap, StackState):
-            stacks[key] = snap
-    return runs, slots, stacks, gone, checkpoint
+            self.stacks[key] = snap
 
 
 def fold_log(

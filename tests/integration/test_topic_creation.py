@@ -4,13 +4,15 @@ the cluster's size is taken from the bootstrap list as well as from the brokers 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tickflow.events import TopicNames
-from tickflow.runtime.kafka import TopicLayoutError, _create_missing, ensure_topics, new_admin
+from tickflow.runtime.kafka import STATE_TOPIC_CONFIGS, TopicLayoutError, _create_missing, ensure_topics, new_admin
 
 pytestmark = pytest.mark.integration
 
@@ -48,3 +50,23 @@ async def test_a_bootstrap_list_of_three_addresses_asks_for_three_copies(kafka_b
     three = f"127.0.0.1:{port},localhost:{port},LOCALHOST:{port}"
     with pytest.raises(TopicLayoutError, match="InvalidReplicationFactorError"):
         await ensure_topics(three, wide, (), wait_s=1)
+
+
+async def test_the_state_topic_rolls_small_segments_so_compaction_keeps_up(kafka_bootstrap: str, prefix: str) -> None:
+    """Compaction cleans closed segments only: the state topic closes one at 16 MiB or 15 minutes, not Kafka's 1 GiB
+    or 7 days, so a recovery reads close to one snapshot per key, not every round's copy."""
+    names = TopicNames(prefix=prefix, partitions=2)
+    await ensure_topics(kafka_bootstrap, names, ())
+    admin = new_admin(kafka_bootstrap)
+    await admin.start()
+    try:
+        values: dict[str, str] = {}
+        for _ in range(50):  # a broker may answer before the new topic's configs reached it
+            (configs,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, names.state)])
+            values = {c[0]: c[1] for c in configs.resources[0][4]}
+            if values:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    assert {k: values[k] for k in STATE_TOPIC_CONFIGS} == STATE_TOPIC_CONFIGS
