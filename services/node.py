@@ -73,6 +73,7 @@ class Node:
         self._api_producer: Any = None
         self._api_deps: Any = None
         self.failures: dict[str, RoleFailures] = {}
+        self._stopping = False
 
     @property
     def topics(self) -> TopicNames:
@@ -248,11 +249,12 @@ class Node:
                 if watched[task] == "api":
                     task.result()
                     return
-                if task.cancelled():  # stopped on purpose (the node is stopping): nothing to restart
+                if task.cancelled() or self._stopping:  # stopped on purpose: nothing to restart
                     return
                 await self._restart(watched[task], task)
 
     async def stop(self) -> None:
+        self._stopping = True  # a role's loop that ends from here on ends on purpose
         if self._api_server is not None:
             self._api_server.should_exit = True
             if self._api_task is not None:

@@ -72,7 +72,7 @@ from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
 from tickflow.runtime.kafka import DeadLetters, Rebalance, consumer_lag, new_consumer
 from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
-from tickflow.runtime.snapshots import encode_gone
+from tickflow.runtime.snapshots import APPLIED_KEY, encode_applied, encode_gone
 from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
@@ -89,6 +89,14 @@ CrashHook = Callable[[str, str], None]
 log = logging.getLogger("tickflow.engine")
 SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
 
+
+#: How long ``stop`` waits for the loop to reach a turn boundary before cancelling it (committing no offset then).
+STOP_TIMEOUT_S = 30.0
+#: A partition whose recovery fails is retried alone, after a backoff doubling from the first to the most; after
+#: ``PARK_AFTER`` failures in a row it counts as parked (metric, /stats) while it keeps being retried.
+RECOVERY_RETRY_FIRST_S = 0.5
+RECOVERY_RETRY_MAX_S = 60.0
+PARK_AFTER = 3
 
 #: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
 TIMER_CHECK_EVERY = 200
@@ -132,7 +140,16 @@ class Engine:
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
         self._last_event_send: dict[int, asyncio.Future[Any]] = {}
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
+        #: Input offsets handled in this turn, not yet durable: they move to ``positions`` only once their
+        #: partition's transaction committed (or when the turn wrote nothing for that partition).
+        self._pending: dict[TopicPartition, int] = {}
+        #: Input offsets whose effects are committed: the only offsets ever committed to the consumer group.
         self.positions: dict[TopicPartition, int] = {}
+        #: Per partition, per input role (commands, results): the offset up to which its committed transactions
+        #: applied their inputs, as its last ``APPLIED_KEY`` note on the state topic says.
+        self.applied: dict[int, dict[str, int]] = {}
+        #: Partitions whose recovery keeps failing (with the last error): retried with backoff, not served.
+        self.parked: dict[int, str] = {}
         #: The transactional producer of each partition this engine writes for (see ``runtime/fencing.py``).
         self.writers: dict[int, PartitionWriter] = {}
         #: Partitions given up after a failed transaction: fenced by a new owner, or rebuilt from the log.
@@ -144,7 +161,6 @@ class Engine:
         self._revoking: set[int] = set()  # partitions being handed over (their last commit happens now)
         self.traces = DecisionTraces()
         self._stopping = False
-        self._recovery_failure: Exception | None = None
         self.timers = Timers()
         self.processed = 0
         self.inputs: Counter[str] = Counter()  # commands and results consumed, by type (for /metrics)
@@ -185,13 +201,35 @@ class Engine:
         self._task = asyncio.create_task(self._loop(), name="tickflow-engine")
 
     async def stop(self) -> None:
+        """Stop at a turn boundary: the loop finishes its turn (its transactions end), recoveries not yet installing
+        are cancelled, and only offsets whose transactions committed are committed.
+
+        Never by cancelling the loop mid-turn: a cancellation inside a transaction's commit leaves its outcome
+        unknown, and committing the turn's offsets after it would skip inputs whose effects the broker then aborts.
+        Only a loop stuck longer than ``STOP_TIMEOUT_S`` is cancelled, and then no offset is committed at all (the
+        inputs since the last commit are read again and recognised by the applied offsets).
+        """
         self._stopping = True
-        tasks = [t for t in [self._task, *self._recovering.values()] if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        clean = True
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("the engine loop did not reach a turn boundary in %.0f s; stopping it anyway", STOP_TIMEOUT_S)
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+                clean = False
+            except Exception:  # its failure is the supervisor's to report; what it left open is never committed
+                clean = False
+        async with self._lock:  # no recovery is installing its partition now: the others can be dropped safely
+            recovering = list(self._recovering.values())
+            for task in recovering:
+                task.cancel()
+        await asyncio.gather(*recovering, return_exceptions=True)
         try:
-            await self._commit()
+            if clean:
+                async with self._lock:
+                    await self._commit()
         finally:
             await self.consumer.stop()
             writers, self.writers = list(self.writers.values()), {}
@@ -205,12 +243,12 @@ class Engine:
 
     async def _loop(self) -> None:
         interval = self.settings.commit_interval_ms / 1000
-        while True:
+        while not self._stopping:
             due = self.timers.next_due()
             wait_ms = 100 if due is None else max(0, min(100, due - _now_ms()))
             batch = await self.consumer.getmany(timeout_ms=wait_ms, max_records=2_000)
-            if self._recovery_failure is not None:
-                raise self._recovery_failure
+            if self._stopping:
+                return  # the batch is not handled: its offsets are not positions, so it is read again
             async with self._lock:
                 assigned = self.consumer.assignment()
                 now = _now_ms()
@@ -227,7 +265,7 @@ class Engine:
                         if handled % TIMER_CHECK_EVERY == 0:  # a big batch must not hold due timers back
                             now = _now_ms()
                             await self._fire_timers(now)
-                    self.positions[tp] = records[-1].offset + 1
+                    self._pending[tp] = records[-1].offset + 1
                     self.processed += len(records)
                 await self._fire_timers(_now_ms())
                 if self.snapshots.due(self.settings.snapshot_interval_s):
@@ -288,19 +326,48 @@ class Engine:
         self.timers.arm(partition, state.run_id, self.retention.due_ms(state))
 
     async def _end_transactions(self, only: set[int] | None = None) -> None:
-        """Commit the open transaction of every partition (of ``only``); give up each partition whose one fails."""
-        open_ = [w for p, w in self.writers.items() if w.open and (only is None or p in only)]
-        if not open_:
-            return
-        if self._crash is not None:  # a fault test: let the broker hold every record first, uncommitted
+        """Commit the open transaction of every partition (of ``only``); give up each partition whose one fails.
+
+        Each transaction ends with its partition's applied-offsets note (``APPLIED_KEY``), and the offsets handled
+        for a partition become committable (``positions``) only once its transaction committed, or when the turn
+        wrote nothing for it.
+        """
+        parts = {tp.partition for tp in self._pending} | {p for p, w in self.writers.items() if w.open}
+        if only is not None:
+            parts &= only
+        open_ = [self.writers[p] for p in sorted(parts) if p in self.writers and self.writers[p].open]
+        if open_ and self._crash is not None:  # a fault test: let the broker hold every record first, uncommitted
             await asyncio.gather(*(w.acknowledged() for w in open_))
             self._crash_point("txn-open", "")
-        results = await asyncio.gather(*(w.commit() for w in open_), return_exceptions=True)
+        notes = {w.partition: self._applied_note(w.partition) for w in open_}
+        results = await asyncio.gather(*(w.commit(notes[w.partition]) for w in open_), return_exceptions=True)
         for writer, result in zip(open_, results, strict=True):
             if isinstance(result, TransactionFailed):
+                parts.discard(writer.partition)
                 await self._give_up(writer.partition, result)
             elif isinstance(result, BaseException):
                 raise result
+        for partition in parts:
+            self._promote(partition)
+
+    def _role(self, tp: TopicPartition) -> str:
+        return "commands" if tp.topic == self.topics.commands else "results"
+
+    def _applied_note(self, partition: int) -> tuple[str, bytes, bytes, int] | None:
+        """The state-topic record saying up to which offsets this partition's transaction applies its inputs."""
+        handled = {self._role(tp): o for tp, o in self._pending.items() if tp.partition == partition}
+        if not handled:
+            return None
+        offsets = {**self.applied.get(partition, {}), **handled}
+        return self.topics.state, encode_applied(offsets), APPLIED_KEY, partition
+
+    def _promote(self, partition: int) -> None:
+        """The partition's handled inputs are durable now: their offsets may be committed."""
+        for tp in self._inputs({partition}):
+            offset = self._pending.pop(tp, None)
+            if offset is not None:
+                self.positions[tp] = offset
+                self.applied.setdefault(partition, {})[self._role(tp)] = offset
 
     async def _give_up(self, partition: int, failure: TransactionFailed) -> None:
         """Stop serving a partition whose transaction failed: its writes were aborted, so its cached state may be
@@ -319,10 +386,10 @@ class Engine:
         else:
             self.given_up += 1
             log.error("partition %d: a transaction failed; rebuilding it from the log: %s", partition, failure)
+        writer = self._drop(partition)  # first: nothing of the aborted turn may be committed, whatever follows
         inputs = self._inputs({partition})
         owned = set(self.consumer.assignment())
         self.consumer.pause(*(tp for tp in inputs if tp in owned))
-        writer = self._drop(partition)
         if writer is not None:
             await writer.stop()
         for tp in inputs:  # the aborted turn's inputs are read again, from the last committed offsets
@@ -661,13 +728,29 @@ class Engine:
         self.recoveries_started += 1
 
     async def _recover_guarded(self, partition: int) -> None:
+        """Recover a partition, retrying it alone with backoff while it fails: the other partitions keep being
+        served. After ``PARK_AFTER`` failures in a row it is parked (visible in /metrics and /stats) and still
+        retried, every ``RECOVERY_RETRY_MAX_S`` at most, until it recovers or is revoked."""
+        failures = 0
         try:
-            await self._recover(partition)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the main loop raises it: a partition that cannot be rebuilt is never served
-            log.exception("recovery of partition %d failed", partition)
-            self._recovery_failure = exc
+            while True:
+                try:
+                    await self._recover(partition)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    delay = min(RECOVERY_RETRY_FIRST_S * 2 ** (failures - 1), RECOVERY_RETRY_MAX_S)
+                    log.exception("recovery of partition %d failed (%d in a row); retrying in %.1f s",
+                                  partition, failures, delay)
+                    if failures >= PARK_AFTER:
+                        self.parked[partition] = f"{type(exc).__name__}: {exc}"[:1_000]
+                    await asyncio.sleep(delay)
+                    if self._stopping or partition not in {tp.partition for tp in self.consumer.assignment()}:
+                        return
+                    continue
+                self.parked.pop(partition, None)
+                return
         finally:
             if self._recovering.get(partition) is asyncio.current_task():
                 del self._recovering[partition]
@@ -681,6 +764,7 @@ class Engine:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         for partition in {tp.partition for tp in revoked}:
+            self.parked.pop(partition, None)
             task = self._recovering.pop(partition, None)
             if task is not None:
                 task.cancel()  # not rebuilt yet: nothing of it was installed or sent
@@ -697,6 +781,8 @@ class Engine:
         """Forget everything of a partition this engine no longer serves; returns its writer, to be stopped."""
         for tp in self._inputs({partition}):
             self.positions.pop(tp, None)
+            self._pending.pop(tp, None)
+        self.applied.pop(partition, None)
         self.timers.drop_partition(self.runs.pop(partition, {}))
         self.timers.drop_partition(self.stacks.pop(partition, {}))
         self.timers.drop_partition(self.gone.pop(partition, {}))
@@ -746,18 +832,31 @@ class Engine:
 
     async def _rebuild(self, partition: int, writer: PartitionWriter, started: float) -> None:
         built = await rebuild_partition(self.settings.kafka, self.topics, self.blobs, partition)
+        inputs = self._inputs({partition})
+        committed = {tp: await self.consumer.committed(tp) for tp in inputs}  # read after the old writer is fenced
         async with self._lock:
             if partition not in {tp.partition for tp in self.consumer.assignment()}:
                 await writer.stop()
                 return  # revoked while it was being rebuilt: the new owner rebuilds it
             self.recovered_from[partition] = built.checkpoint
             self.writers[partition] = writer
-            summary = await self._install(partition, built)
+            try:
+                summary = await self._install(partition, built)
+            except BaseException:  # nothing half installed stays behind: the retry starts from scratch
+                self._drop(partition)
+                raise
             if partition not in self.writers:
                 return  # its healing transaction failed: given up (and being rebuilt again unless fenced)
+            self.applied[partition] = dict(built.applied)
+            for tp in inputs:
+                # Resume after every input a committed transaction applied, even where the group's offsets lag
+                # (a crash between a transaction and the offset commit): no redelivered input is applied twice.
+                start = max(committed[tp] or 0, built.applied.get(self._role(tp), 0))
+                if start > 0:
+                    self.consumer.seek(tp, start)
             self.recovered_partitions.add(partition)
             self.recoveries += 1
-            self.consumer.resume(*self._inputs({partition}))
+            self.consumer.resume(*inputs)
         took = time.monotonic() - started
         log.info(
             "partition %d recovered: %d events after offset %s, %s in %.2fs (read %.2fs, fold %.2fs, install %.2fs)",
@@ -857,6 +956,12 @@ _ENGINE_METRICS: tuple[tuple[str, str, str, Callable[[Engine], int]], ...] = (
     ),
     ("counter", "tickflow_engine_resent", "Messages re-sent by recoveries (work in flight).", lambda e: e.resent),
     ("gauge", "tickflow_engine_partitions", "Partitions this engine serves.", lambda e: len(e.recovered_partitions)),
+    (
+        "gauge",
+        "tickflow_engine_partitions_parked",
+        "Partitions whose recovery keeps failing (retried with backoff, not served).",
+        lambda e: len(e.parked),
+    ),
     ("gauge", "tickflow_engine_runs", "Run states in memory.", lambda e: _count_of(e.runs)),
     ("counter", "tickflow_engine_runs_shrunk", "Finished runs shrunk to id, seq and status.", lambda e: e.shrunk),
     ("gauge", "tickflow_engine_quarantined_runs", "Runs set aside until released.", lambda e: _count_of(e.quarantined)),

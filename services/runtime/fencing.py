@@ -65,6 +65,8 @@ class PartitionWriter:
         self._open = False
         self._sends: list[asyncio.Future[Any]] = []
         self.transactions = 0  # committed so far
+        #: A commit was interrupted (cancelled) with its outcome unknown: this writer must not be used again.
+        self.doubtful = False
 
     async def start(self) -> None:
         """Register with the transaction coordinator; returns once any previous holder of the id is fenced off and
@@ -78,11 +80,20 @@ class PartitionWriter:
     async def send(
         self, topic: str, value: bytes | None, key: bytes, partition: int | None = None
     ) -> asyncio.Future[Any]:
-        """Add a record to the open transaction (opening one if needed); the future resolves when the broker has it."""
+        """Add a record to the open transaction (opening one if needed); the future resolves when the broker has it.
+
+        A send that fails at once (a full buffer, a record the client refuses) does not raise here: the failure is
+        kept as the record's future, so the transaction is aborted at ``commit`` and the partition rebuilt, instead of
+        an exception leaving the partition with a transaction open and nobody to end it.
+        """
         if not self._open:
             await self._producer.begin_transaction()
             self._open = True
-        fut: asyncio.Future[Any] = await self._producer.send(topic, value, key=key, partition=partition)
+        try:
+            fut: asyncio.Future[Any] = await self._producer.send(topic, value, key=key, partition=partition)
+        except (KafkaError, OSError, RuntimeError, ValueError, TypeError) as exc:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
         self._sends.append(fut)
         return fut
 
@@ -90,24 +101,37 @@ class PartitionWriter:
         """Wait until the broker has every record of the open transaction (committed or not); raises nothing."""
         await asyncio.gather(*self._sends, return_exceptions=True)
 
-    async def commit(self) -> None:
+    async def commit(self, last_record: tuple[str, bytes, bytes, int] | None = None) -> None:
         """Commit the open transaction, if any. Any failure aborts it and raises ``TransactionFailed``/``Fenced``.
 
-        aiokafka commits a transaction even when one of its records failed for good; every send is checked first,
-        so a transaction with a lost record is aborted instead of leaving a gap.
+        ``last_record`` (topic, value, key, partition) is added to the transaction just before it commits: the
+        engine's note of the input offsets the transaction applies (see ``Engine``), so that note and the writes it
+        speaks for become visible together or not at all.
+
+        The writer stays open until the outcome is known. aiokafka commits a transaction even when one of its
+        records failed for good; every send is checked first, so a transaction with a lost record is aborted
+        instead of leaving a gap. A cancellation while the commit is in flight leaves the outcome unknown: the
+        writer then stays open (``doubtful``) and must not be used again; the engine commits no offset of its
+        partition and the next owner's writer settles the transaction.
         """
         if not self._open:
             return
-        sends, self._sends, self._open = self._sends, [], False
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
         try:
+            if last_record is not None:
+                await self.send(*last_record)
+            results = await asyncio.gather(*self._sends, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
             if failed is not None:
                 raise failed
             await self._producer.commit_transaction()
-        except (KafkaError, OSError, RuntimeError) as exc:
+        except (KafkaError, OSError, RuntimeError, ValueError, TypeError) as exc:
             await self._abort_quietly()
+            self._sends, self._open = [], False
             raise (Fenced if isinstance(exc, ProducerFenced) else TransactionFailed)(self.partition, exc) from exc
+        except BaseException:
+            self.doubtful = True
+            raise
+        self._sends, self._open = [], False
         self.transactions += 1
 
     async def _abort_quietly(self) -> None:

@@ -31,7 +31,7 @@ from tickflow.events.schemas import RunQuarantined, RunReleased
 from tickflow.events.topics import TopicNames, is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.kafka import partition_batches
-from tickflow.runtime.snapshots import CHECKPOINT_KEY, Gone, decode_snapshot
+from tickflow.runtime.snapshots import APPLIED_KEY, CHECKPOINT_KEY, Gone, decode_applied, decode_snapshot
 
 __all__ = [
     "Quarantine",
@@ -67,6 +67,9 @@ class Rebuilt:
     gone: dict[str, int]
     held: dict[str, Quarantine]
     checkpoint: int | None
+    #: Per input topic role (commands, results): the offset up to which the partition's committed transactions
+    #: applied their inputs; recovery resumes reading there, so no input is applied twice.
+    applied: dict[str, int]
     events_read: int
     read_s: float
     fold_s: float
@@ -87,10 +90,8 @@ async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: FileB
     async with contextlib.aclosing(partition_batches(kafka, topics.state, partition)) as batches:
         async for batch in batches:
             began = time.monotonic()
-            usable = await asyncio.to_thread(snapshots.feed, batch)
+            await asyncio.to_thread(snapshots.feed, batch)
             fold_s += time.monotonic() - began
-            if not usable:
-                break
     runs, slots, stacks, gone, checkpoint = snapshots.result()
     held: dict[str, Quarantine] = {}
     events = 0
@@ -101,7 +102,7 @@ async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: FileB
             fold_s += time.monotonic() - began
             events += len(batch)
     read_s = time.monotonic() - started - fold_s
-    return Rebuilt(runs, slots, stacks, gone, held, checkpoint, events, read_s, fold_s, started)
+    return Rebuilt(runs, slots, stacks, gone, held, checkpoint, snapshots.applied, events, read_s, fold_s, started)
 
 
 def quarantine_note(run_id: str, q: Quarantine, now_ms: int) -> Envelope:
@@ -138,6 +139,8 @@ class SnapshotReader:
         self.stacks: dict[str, StackState] = {}
         self.gone: dict[str, int] = {}
         self.checkpoint: int | None = None
+        #: The latest applied-input offsets (``APPLIED_KEY``); kept even when the snapshots are given up.
+        self.applied: dict[str, int] = {}
         self.usable = True
 
     def result(
@@ -147,13 +150,11 @@ class SnapshotReader:
             return {}, {}, {}, self.gone, None
         return self.runs, self.slots, self.stacks, self.gone, self.checkpoint
 
-    def feed(self, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
-        """Fold the next records; False once the snapshots are given up (the rest need not be read)."""
+    def feed(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Fold the next records. Once the snapshots are given up only the applied offsets are still read."""
         for record in records:
-            if not self.usable:
-                return False
-            self._fold(record)
-        return self.usable
+            if self.usable or record.key == APPLIED_KEY:
+                self._fold(record)
 
     def _give_up(self, exc: ValueError) -> None:
         log.error("ignoring snapshots of partition %d, folding the whole log: %s", self.partition, exc)
@@ -161,6 +162,13 @@ class SnapshotReader:
         self.runs, self.slots, self.stacks = {}, {}, {}
 
     def _fold(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.key == APPLIED_KEY:
+            if record.value is not None:
+                try:
+                    self.applied = decode_applied(record.value)
+                except ValueError as exc:  # the next one replaces it; meanwhile the group's offsets are used
+                    log.error("partition %d: %s", self.partition, exc)
+            return
         if record.key == CHECKPOINT_KEY:
             if record.value is not None:
                 try:

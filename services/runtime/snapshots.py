@@ -33,10 +33,13 @@ from tickflow.events.codec import MAX_RECORD_BYTES
 from tickflow.runtime.claimcheck import FileBlobStore
 
 __all__ = [
+    "APPLIED_KEY",
     "CHECKPOINT_KEY",
     "Gone",
     "Snapshot",
+    "decode_applied",
     "decode_snapshot",
+    "encode_applied",
     "encode_blob_reference",
     "encode_checkpoint",
     "encode_gone",
@@ -47,6 +50,9 @@ __all__ = [
 log = logging.getLogger("tickflow.engine")
 
 CHECKPOINT_KEY = b"__checkpoint__"
+#: The input offsets (per input topic role: commands, results) up to which a partition's committed transactions
+#: applied their inputs: written as the last record of every engine transaction (``PartitionWriter.commit``).
+APPLIED_KEY = b"__applied__"
 _RUN = TypeAdapter(RunState)
 _SLOT = TypeAdapter(SlotState)
 _STACK = TypeAdapter(StackState)
@@ -84,6 +90,19 @@ def encode_blob_reference(digest: str, size: int) -> bytes:
 
 def encode_checkpoint(events_offset: int) -> bytes:
     return orjson.dumps({"events_offset": events_offset})
+
+
+def encode_applied(offsets: dict[str, int]) -> bytes:
+    return orjson.dumps({"applied": offsets})
+
+
+def decode_applied(raw: bytes) -> dict[str, int]:
+    """The input offsets of an ``APPLIED_KEY`` record; ValueError if unreadable."""
+    try:
+        data = orjson.loads(raw)["applied"]
+        return {str(k): int(v) for k, v in data.items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"unreadable applied-offsets record: {exc!r}") from None
 
 
 def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot | Gone | int:

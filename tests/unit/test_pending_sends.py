@@ -70,7 +70,7 @@ class FailingWriter:
     def __init__(self, partition: int, failure: TransactionFailed | None) -> None:
         self.partition, self.failure, self.open, self.stopped = partition, failure, True, False
 
-    async def commit(self) -> None:
+    async def commit(self, last_record: object = None) -> None:
         self.open = False
         if self.failure is not None:
             raise self.failure
@@ -95,7 +95,7 @@ async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: 
     engine.recovered_partitions = {0, 1}
     for tps in inputs.values():
         for tp in tps:
-            engine.positions[tp] = 10
+            engine._pending[tp] = 10  # handled in the turn whose transaction now ends
     await engine._commit()
     assert consumer.commits == [{tp: 10 for tp in inputs[1]}]  # partition 0's offsets are not committed
     assert {tp: consumer.seeks[tp] for tp in inputs[0]} == {tp: 7 for tp in inputs[0]}
@@ -120,7 +120,7 @@ async def test_a_revocation_whose_last_transaction_fails_commits_nothing_of_it_a
     engine.writers = {0: writer}  # type: ignore[dict-item]
     engine.recovered_partitions = {0}
     for tp in inputs:
-        engine.positions[tp] = 10
+        engine._pending[tp] = 10
     await engine.on_revoked(set(inputs))
     assert consumer.commits == [] and rebuilt == [] and writer.stopped
     assert engine.writers == {} and engine.recovered_partitions == set() and engine.given_up == 1

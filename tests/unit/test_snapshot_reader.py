@@ -51,8 +51,7 @@ def _in_batches(records: list[ConsumerRecord[bytes, bytes]], cuts: list[int]) ->
     reader = SnapshotReader(0, BLOBS)
     bounds = sorted({0, len(records), *(c % (len(records) + 1) for c in cuts)})
     for lo, hi in itertools.pairwise(bounds):
-        if not reader.feed(records[lo:hi]):
-            break
+        reader.feed(records[lo:hi])
     return reader.result()
 
 
