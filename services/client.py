@@ -65,26 +65,55 @@ class Client:
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def resume(self, run_id: str, event: str, payload: Any = None, *, wait: bool = True, timeout: float = 30.0) -> str:
+    def _command(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None) -> str:
+        """Send a command and return its id. Every command carries an ``Idempotency-Key`` (``idempotency_key``, or
+        a fresh one for this call), so the retries after a lost answer here — and yours, with the same key — are
+        one command: the engine applies it once."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(3):
+            try:
+                response = self._http.request(method, path, json=body, headers=headers)
+                return str(self._check(response)["command_id"])
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def resume(
+        self,
+        run_id: str,
+        event: str,
+        payload: Any = None,
+        *,
+        wait: bool = True,
+        timeout: float = 30.0,
+        idempotency_key: str | None = None,
+    ) -> str:
         """Deliver ``event`` to a run waiting for it; returns the command id.
 
         With ``wait`` (the default) this returns once the engine accepted the payload, and raises
         ``ResumeRejected`` with the engine's reason (wrong event, payload not matching the wait's schema, run
-        not waiting) if it refused it; the run then stays suspended as it was.
+        not waiting) if it refused it; the run then stays suspended as it was. Calling again with the same
+        ``idempotency_key`` resumes once.
         """
         body = {"event": event, "payload": payload}
-        command_id = str(self._check(self._http.post(f"/runs/{run_id}/resume", json=body))["command_id"])
+        command_id = self._command("POST", f"/runs/{run_id}/resume", body, idempotency_key)
         if wait:
             self._outcome(run_id, command_id, timeout)
         return command_id
 
-    def cancel(self, run_id: str, reason: str = "cancelled through the SDK") -> str:
+    def cancel(
+        self, run_id: str, reason: str = "cancelled through the SDK", *, idempotency_key: str | None = None
+    ) -> str:
         """Cancel a run and its children; in-flight steps get a best-effort stop signal. Cancelled is final."""
-        return str(self._check(self._http.post(f"/runs/{run_id}/cancel", json={"reason": reason}))["command_id"])
+        return self._command("POST", f"/runs/{run_id}/cancel", {"reason": reason}, idempotency_key)
 
-    def release(self, run_id: str, reason: str = "released through the SDK") -> str:
+    def release(
+        self, run_id: str, reason: str = "released through the SDK", *, idempotency_key: str | None = None
+    ) -> str:
         """Release a quarantined run: it resumes from its last good state (see ``RunStatus.status``)."""
-        return str(self._check(self._http.post(f"/runs/{run_id}/release", json={"reason": reason}))["command_id"])
+        return self._command("POST", f"/runs/{run_id}/release", {"reason": reason}, idempotency_key)
 
     def set_pool_concurrency(self, pool: str, limit: int) -> None:
         """Change how many steps each worker of ``pool`` runs at once, without a restart."""
@@ -191,26 +220,29 @@ class Client:
         params: dict[str, Any] = {"limit": limit, "offset": offset} | ({"status": status} if status else {})
         return list(self._check(self._http.get("/stacks", params=params)))
 
-    def create_stack(self, stack_id: str, workflow: str, **settings: Any) -> str:
+    def create_stack(
+        self, stack_id: str, workflow: str, *, idempotency_key: str | None = None, **settings: Any
+    ) -> str:
         """Create a stack that runs ``workflow`` every ``interval_s`` (default 10) seconds; returns the command id.
 
         Settings: ``input``, ``interval_s``, ``priority``, ``overlap`` ("skip" | "queue"), ``idle_backoff_max_s``,
         ``budget_tokens``, ``budget_cost_usd``, ``playing``, ``name``. Creating an existing stack is a no-op.
+        Every stack command takes an ``idempotency_key``: the same command sent again with it is taken once.
         """
         body = {"stack_id": stack_id, "workflow": workflow, **settings}
-        return str(self._check(self._http.post("/stacks", json=body))["command_id"])
+        return self._command("POST", "/stacks", body, idempotency_key)
 
-    def update_stack(self, stack_id: str, **changes: Any) -> str:
-        return str(self._check(self._http.patch(f"/stacks/{stack_id}", json=changes))["command_id"])
+    def update_stack(self, stack_id: str, *, idempotency_key: str | None = None, **changes: Any) -> str:
+        return self._command("PATCH", f"/stacks/{stack_id}", changes, idempotency_key)
 
-    def pause_stack(self, stack_id: str, reason: str = "") -> str:
-        return str(self._check(self._http.post(f"/stacks/{stack_id}/pause", json={"reason": reason}))["command_id"])
+    def pause_stack(self, stack_id: str, reason: str = "", *, idempotency_key: str | None = None) -> str:
+        return self._command("POST", f"/stacks/{stack_id}/pause", {"reason": reason}, idempotency_key)
 
-    def play_stack(self, stack_id: str) -> str:
-        return str(self._check(self._http.post(f"/stacks/{stack_id}/play"))["command_id"])
+    def play_stack(self, stack_id: str, *, idempotency_key: str | None = None) -> str:
+        return self._command("POST", f"/stacks/{stack_id}/play", None, idempotency_key)
 
-    def delete_stack(self, stack_id: str) -> str:
-        return str(self._check(self._http.delete(f"/stacks/{stack_id}"))["command_id"])
+    def delete_stack(self, stack_id: str, *, idempotency_key: str | None = None) -> str:
+        return self._command("DELETE", f"/stacks/{stack_id}", None, idempotency_key)
 
     def stack(self, stack_id: str, *, ticks: int = 20) -> dict[str, Any]:
         """One stack and its most recent ticks."""

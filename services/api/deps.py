@@ -7,12 +7,14 @@ Every error the API answers carries a machine-readable ``code`` next to its huma
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException
+from fastapi import Header, HTTPException
 from fastapi.params import Depends as DependsParam
 
 from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, encode
@@ -22,7 +24,38 @@ from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import ProjectionStore
 
-__all__ = ["AcceptedRuns", "ApiDeps", "ApiProblem", "code_for_status", "produce_command"]
+__all__ = [
+    "AcceptedRuns",
+    "ApiDeps",
+    "ApiProblem",
+    "IdempotencyKey",
+    "code_for_status",
+    "command_token",
+    "produce_command",
+]
+
+#: The ``Idempotency-Key`` header of every command route: a retry with the same key is the same command.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description=(
+            "Any string of yours (a UUID, say). A request sent again with the same key (a retry after a lost answer) "
+            "is the same command: the engine applies it once."
+        ),
+    ),
+]
+
+
+def command_token(idempotency_key: str | None) -> str:
+    """The part of a command id that makes it unique: derived from the client's idempotency key, so a retry
+    carries the same id and the engine recognises it; random without a key. The key itself never enters the log
+    (a client may put anything in it), only a digest of it."""
+    if idempotency_key is None:
+        return uuid.uuid4().hex
+    return "k-" + hashlib.blake2b(idempotency_key.encode(), digest_size=16).hexdigest()
 
 _CODE_BY_STATUS = {
     400: ErrorCode.INVALID_REQUEST,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query
 
 import tickflow.tracing as tracing
-from tickflow.api.deps import ApiDeps, ApiProblem, produce_command
+from tickflow.api.deps import ApiDeps, ApiProblem, IdempotencyKey, command_token, produce_command
 from tickflow.events.codec import encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode, PayloadTooLarge
@@ -51,13 +50,15 @@ def build_router(deps: ApiDeps) -> APIRouter:
     store, producer, topics, workflows, accepted = deps.store, deps.producer, deps.topics, deps.workflows, deps.accepted
 
     @router.post("/runs", status_code=202, response_model=StartResponse)
-    async def start_run(body: StartRequest) -> StartResponse:
+    async def start_run(body: StartRequest, idempotency_key: IdempotencyKey = None) -> StartResponse:
+        """Start a run. Its id is the start's idempotency: with ``run_id`` (or an ``Idempotency-Key``, from which the
+        id is then derived) a retried request starts one run."""
         if workflows is not None and body.workflow not in workflows:
             known = ", ".join(sorted(workflows)) or "none"
             raise ApiProblem(
                 404, ErrorCode.UNKNOWN_WORKFLOW, f"unknown workflow {body.workflow!r}; registered workflows: {known}"
             )
-        run_id = body.run_id or uuid.uuid4().hex
+        run_id = body.run_id or command_token(idempotency_key)
         value = body.input
         if deps.blobs is not None:  # claim-check: a big input is stored out of band, the log gets a reference
             try:
@@ -97,26 +98,33 @@ def build_router(deps: ApiDeps) -> APIRouter:
             await produce_command(producer, topics.commands, command)
 
     @router.post("/runs/{run_id}/resume", status_code=202, response_model=CommandAccepted)
-    async def resume_run(run_id: str, body: ResumeRequest) -> CommandAccepted:
+    async def resume_run(
+        run_id: str, body: ResumeRequest, idempotency_key: IdempotencyKey = None
+    ) -> CommandAccepted:
         """Deliver an event to a run suspended in a wait node. The engine validates the payload against the
-        wait's schema; a refusal appears in the run's events as ResumeRejected with this command id."""
-        command_id = f"resume/{run_id}/{uuid.uuid4().hex}"
+        wait's schema; a refusal appears in the run's events as ResumeRejected with this command id. Sent again
+        with the same ``Idempotency-Key``, it is the same command: the run takes it once."""
+        command_id = f"resume/{run_id}/{command_token(idempotency_key)}"
         await send_command(run_id, ResumeRun(event=body.event, payload=body.payload), command_id)
         return CommandAccepted(run_id=run_id, command_id=command_id)
 
     @router.post("/runs/{run_id}/cancel", status_code=202, response_model=CommandAccepted)
-    async def cancel_run(run_id: str, body: CancelRequest | None = None) -> CommandAccepted:
-        command_id = f"cancel/{run_id}/{uuid.uuid4().hex}"
+    async def cancel_run(
+        run_id: str, body: CancelRequest | None = None, idempotency_key: IdempotencyKey = None
+    ) -> CommandAccepted:
+        command_id = f"cancel/{run_id}/{command_token(idempotency_key)}"
         reason = body.reason if body is not None else "cancelled through the API"
         await send_command(run_id, CancelRun(reason=reason), command_id)
         return CommandAccepted(run_id=run_id, command_id=command_id)
 
     @router.post("/runs/{run_id}/release", status_code=202, response_model=CommandAccepted)
-    async def release_run(run_id: str, body: ReleaseRequest | None = None) -> CommandAccepted:
+    async def release_run(
+        run_id: str, body: ReleaseRequest | None = None, idempotency_key: IdempotencyKey = None
+    ) -> CommandAccepted:
         """Release a quarantined run (status ``quarantined``: the engine could not fold its log): it resumes from
         its last good state, skipping the stretch of log it could not read. A run not in quarantine is refused
         (the command goes to the dead-letter topic with the reason)."""
-        command_id = f"release/{run_id}/{uuid.uuid4().hex}"
+        command_id = f"release/{run_id}/{command_token(idempotency_key)}"
         reason = body.reason if body is not None else "released through the API"
         await send_command(run_id, ReleaseRun(reason=reason), command_id)
         return CommandAccepted(run_id=run_id, command_id=command_id)
@@ -129,7 +137,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
         except ValueError as exc:
             raise HTTPException(422, f"invalid pool name {pool!r}: {exc}") from None
         now = int(time.time() * 1000)
-        env = Envelope.wrap(control, id=f"pool/{pool}/{uuid.uuid4().hex}", key=pool, occurred_at_ms=now)
+        env = Envelope.wrap(control, id=f"pool/{pool}/{command_token(None)}", key=pool, occurred_at_ms=now)
         await producer.send_and_wait(topics.control, encode(env), key=pool.encode())
         return {"pool": pool, "limit": body.limit}
 

@@ -13,7 +13,14 @@ import click
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
-__all__ = ["client", "fail", "load_registry", "print_json"]
+__all__ = ["client", "fail", "idempotency_option", "load_registry", "print_json"]
+
+#: ``--idempotency-key`` of every command: the same command sent again with the same key is applied once.
+idempotency_option = click.option(
+    "--idempotency-key",
+    default=None,
+    help="Any string of yours; running the command again with the same key applies it once (safe retries).",
+)
 
 
 def load_registry(spec: str) -> Registry:

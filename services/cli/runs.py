@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tickflow.cli.common import client, fail, print_json
+from tickflow.cli.common import client, fail, idempotency_option, print_json
 from tickflow.events.errors import TickflowError
 
 __all__ = [
@@ -144,8 +144,11 @@ def _print_tokens(chunks: Iterator[dict[str, Any]]) -> None:
 @click.argument("event")
 @click.option("--payload", "payload_json", default="null", help="The event's payload, as JSON.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="How long to wait for the answer.")
+@idempotency_option
 @click.pass_context
-def resume(ctx: click.Context, run_id: str, event: str, payload_json: str, timeout: float) -> None:
+def resume(
+    ctx: click.Context, run_id: str, event: str, payload_json: str, timeout: float, idempotency_key: str | None
+) -> None:
     """Resume RUN_ID, suspended waiting for EVENT; exit 1 with the engine's reason if it refuses."""
     try:
         value = json.loads(payload_json)
@@ -153,7 +156,7 @@ def resume(ctx: click.Context, run_id: str, event: str, payload_json: str, timeo
         raise click.BadParameter(f"--payload is not valid JSON: {exc}") from None
     try:
         with client(ctx) as c:
-            click.echo(c.resume(run_id, event, value, timeout=timeout))
+            click.echo(c.resume(run_id, event, value, timeout=timeout, idempotency_key=idempotency_key))
     except (TickflowError, TimeoutError) as exc:
         fail(exc)
 
@@ -161,13 +164,14 @@ def resume(ctx: click.Context, run_id: str, event: str, payload_json: str, timeo
 @click.command()
 @click.argument("run_id")
 @click.option("--reason", default="released from the CLI", show_default=True)
+@idempotency_option
 @click.pass_context
-def release(ctx: click.Context, run_id: str, reason: str) -> None:
+def release(ctx: click.Context, run_id: str, reason: str, idempotency_key: str | None) -> None:
     """Release RUN_ID from quarantine (status 'quarantined': its log could not be folded); it resumes from its last
     good state, the unreadable stretch of its log skipped."""
     try:
         with client(ctx) as c:
-            click.echo(c.release(run_id, reason))
+            click.echo(c.release(run_id, reason, idempotency_key=idempotency_key))
     except TickflowError as exc:
         fail(exc)
 
@@ -175,12 +179,13 @@ def release(ctx: click.Context, run_id: str, reason: str) -> None:
 @click.command()
 @click.argument("run_id")
 @click.option("--reason", default="cancelled from the CLI", show_default=True)
+@idempotency_option
 @click.pass_context
-def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
+def cancel(ctx: click.Context, run_id: str, reason: str, idempotency_key: str | None) -> None:
     """Cancel RUN_ID and its children (in-flight steps get a best-effort stop signal)."""
     try:
         with client(ctx) as c:
-            click.echo(c.cancel(run_id, reason))
+            click.echo(c.cancel(run_id, reason, idempotency_key=idempotency_key))
     except TickflowError as exc:
         fail(exc)
 

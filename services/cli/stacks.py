@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tickflow.cli.common import client, fail
+from tickflow.cli.common import client, fail, idempotency_option
 from tickflow.events.errors import TickflowError
 
 __all__ = ["stack"]
@@ -60,49 +60,66 @@ def _settings(input_json: str | None, **given: Any) -> dict[str, Any]:
 @click.argument("workflow")
 @_with_settings
 @click.option("--paused", is_flag=True, help="Create it paused.")
+@idempotency_option
 @click.pass_context
 def create(
-    ctx: click.Context, /, stack_id: str, workflow: str, input_json: str | None, paused: bool, **given: Any
+    ctx: click.Context,
+    /,
+    stack_id: str,
+    workflow: str,
+    input_json: str | None,
+    paused: bool,
+    idempotency_key: str | None,
+    **given: Any,
 ) -> None:
     """Create STACK_ID, running WORKFLOW every --interval seconds (default 10)."""
     settings = _settings(input_json, **given) | ({"playing": False} if paused else {})
-    _call(ctx, f"stack {stack_id} created", "create_stack", stack_id, workflow, **settings)
+    _call(
+        ctx, f"stack {stack_id} created", "create_stack", stack_id, workflow, idempotency_key=idempotency_key,
+        **settings,
+    )
 
 
 @stack.command("update")
 @click.argument("stack_id")
 @_with_settings
 @click.option("--workflow", default=None)
+@idempotency_option
 @click.pass_context
-def update(ctx: click.Context, /, stack_id: str, input_json: str | None, **given: Any) -> None:
+def update(
+    ctx: click.Context, /, stack_id: str, input_json: str | None, idempotency_key: str | None, **given: Any
+) -> None:
     """Change STACK_ID's settings; options left out keep their value."""
     changes = _settings(input_json, **given)
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
-    _call(ctx, f"stack {stack_id} updated", "update_stack", stack_id, **changes)
+    _call(ctx, f"stack {stack_id} updated", "update_stack", stack_id, idempotency_key=idempotency_key, **changes)
 
 
 @stack.command("pause")
 @click.argument("stack_id")
 @click.option("--reason", default="paused from the CLI", show_default=True)
+@idempotency_option
 @click.pass_context
-def pause(ctx: click.Context, stack_id: str, reason: str) -> None:
-    _call(ctx, f"stack {stack_id} paused", "pause_stack", stack_id, reason)
+def pause(ctx: click.Context, stack_id: str, reason: str, idempotency_key: str | None) -> None:
+    _call(ctx, f"stack {stack_id} paused", "pause_stack", stack_id, reason, idempotency_key=idempotency_key)
 
 
 @stack.command("play")
 @click.argument("stack_id")
+@idempotency_option
 @click.pass_context
-def play(ctx: click.Context, stack_id: str) -> None:
+def play(ctx: click.Context, stack_id: str, idempotency_key: str | None) -> None:
     """Resume STACK_ID; its next tick fires at once."""
-    _call(ctx, f"stack {stack_id} playing", "play_stack", stack_id)
+    _call(ctx, f"stack {stack_id} playing", "play_stack", stack_id, idempotency_key=idempotency_key)
 
 
 @stack.command("delete")
 @click.argument("stack_id")
+@idempotency_option
 @click.pass_context
-def delete(ctx: click.Context, stack_id: str) -> None:
-    _call(ctx, f"stack {stack_id} deleted", "delete_stack", stack_id)
+def delete(ctx: click.Context, stack_id: str, idempotency_key: str | None) -> None:
+    _call(ctx, f"stack {stack_id} deleted", "delete_stack", stack_id, idempotency_key=idempotency_key)
 
 
 @stack.command("show")

@@ -424,7 +424,8 @@ def _on_signal(em: Emitter, command: Envelope) -> None:
         if em.state.active:
             em.emit(RunCancelled(reason=p.reason))
     elif isinstance(p, ResumeRun):
-        _on_resume(em, p, command.id)
+        if command.id not in em.state.resumed_by:  # a retried resume (same id) is taken once
+            _on_resume(em, p, command.id)
     elif isinstance(p, ChildFinished):
         _on_child_finished(em, p)
     elif isinstance(p, AdmitRun):

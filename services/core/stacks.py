@@ -93,6 +93,9 @@ class StackState:
     idle_streak: int = 0
     tokens_used: int = 0
     cost_used_usd: float = 0.0
+    #: Ids of the last ``COMMAND_WINDOW`` commands that changed the stack (oldest first): the same command sent
+    #: again (a client's retry under one idempotency key) is recognised and changes nothing.
+    commands: tuple[str, ...] = ()
 
     @property
     def stack_id(self) -> str:
@@ -115,6 +118,12 @@ class StackState:
         return self.next_due_ms if self.live and self.playing else None
 
 
+#: How many command ids a stack remembers (``StackState.commands``).
+COMMAND_WINDOW = 16
+#: The events a user's command causes (a budget pause is caused by a tick's report, also a command).
+_COMMANDED = (StackCreated, StackUpdated, StackPaused, StackPlayed, StackDeleted)
+
+
 def _phase_ms(key: str, interval_ms: int) -> int:
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % max(1, interval_ms)
@@ -131,9 +140,11 @@ def evolve_stack(state: StackState, event: Envelope) -> StackState:
         raise ValueError(f"stack {state.key}: expected seq {state.seq + 1}, got {event.seq}")
     s = replace(state, seq=event.seq)
     p, at = event.payload, event.occurred_at_ms
+    if isinstance(p, _COMMANDED) and event.causation_id is not None:
+        s = replace(s, commands=(*s.commands, event.causation_id)[-COMMAND_WINDOW:])
     if isinstance(p, StackCreated):
         # A re-created stack keeps its tick numbers and the run of a tick still going (so ticks never overlap).
-        fresh = StackState(key=s.key, seq=s.seq, last_tick=s.last_tick, running=s.running)
+        fresh = StackState(key=s.key, seq=s.seq, last_tick=s.last_tick, running=s.running, commands=s.commands)
         settings = p.model_dump(exclude={"stack_id", "playing"})
         created = replace(fresh, exists=True, playing=p.playing, **settings)
         return replace(created, next_due_ms=at + _phase_ms(s.key, created.interval_ms()))
@@ -250,6 +261,8 @@ def decide_stack(
     """What a command to the stack (or, with ``command`` None, its timer) causes."""
     em = _Emitter(state, now_ms, command.id if command is not None else f"timer/{now_ms}")
     p = command.payload if command is not None else None
+    if command is not None and command.id in state.commands:
+        return em.decision()  # the same command again: it was taken once
     if p is None:
         _on_timer(em)
     elif isinstance(p, CreateStack):

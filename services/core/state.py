@@ -46,6 +46,7 @@ from tickflow.events.schemas import (
 from tickflow.events.spec import ForEachNode, LoopNode, Node, WorkflowSpec, children, walk
 
 __all__ = [
+    "RESUME_WINDOW",
     "TERMINAL",
     "NodeState",
     "RunState",
@@ -95,6 +96,11 @@ class NodeState:
     timed_out: bool = False
 
 
+
+#: How many resume command ids a run remembers (``RunState.resumed_by``): a retried resume is recognised while
+#: fewer than this many other resumes reached the run since the first one.
+RESUME_WINDOW = 16
+
 @dataclass(frozen=True, slots=True)
 class RunState:
     """Everything the decider needs to know about one run, rebuilt by folding its events."""
@@ -124,6 +130,9 @@ class RunState:
     cost_usd: float = 0.0
     #: The state was shrunk (``shrink``) to what a finished run still needs: no spec, input, nodes or output.
     shrunk: bool = False
+    #: Ids of the last ``RESUME_WINDOW`` resume commands this run took or refused (oldest first): a resume sent
+    #: again with the same id (a client's retry under one idempotency key) is recognised and changes nothing.
+    resumed_by: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -171,6 +180,7 @@ def shrink(state: RunState) -> RunState:
         tokens=state.tokens,
         cost_usd=state.cost_usd,
         shrunk=True,
+        resumed_by=state.resumed_by,
     )
 
 
@@ -380,8 +390,15 @@ def _(p: IterationStarted, s: RunState, e: Envelope) -> RunState:
 
 @_apply.register
 def _(p: NodeCompleted, s: RunState, e: Envelope) -> RunState:
-    node = _replace(s.nodes[p.path], status="done", output=p.output, due_at_ms=None)
+    before = s.nodes[p.path]
+    if before.kind == "wait" and e.causation_id is not None:  # only a resume completes a wait
+        s = _replace(s, resumed_by=_remember(s.resumed_by, e.causation_id))
+    node = _replace(before, status="done", output=p.output, due_at_ms=None)
     return _child_finished(_set(s, p.path, node), p.path, failed=False)
+
+
+def _remember(ids: tuple[str, ...], new: str) -> tuple[str, ...]:
+    return (*ids, new)[-RESUME_WINDOW:]
 
 
 @_apply.register
@@ -409,7 +426,7 @@ def _(p: WaitTimedOut, s: RunState, e: Envelope) -> RunState:
 
 @_apply.register
 def _(p: ResumeRejected, s: RunState, e: Envelope) -> RunState:
-    return s
+    return s if p.command_id is None else _replace(s, resumed_by=_remember(s.resumed_by, p.command_id))
 
 
 @_apply.register

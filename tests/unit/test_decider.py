@@ -22,7 +22,7 @@ from tickflow.core.decider import (
     refuse,
     run,
 )
-from tickflow.core.state import shrink
+from tickflow.core.state import RESUME_WINDOW, shrink
 from tickflow.events import (
     AdmitRun,
     CancelRun,
@@ -106,8 +106,11 @@ class Sim:
         )
         return self.apply(WorkerResult(Envelope.wrap(res, id=f"err-{path}-{attempt}", key="r1", occurred_at_ms=0)))
 
-    def signal(self, payload: Any, id: str = "s1") -> Decision:
-        return self.apply(Signal(Envelope.wrap(payload, id=id, key=self.state.run_id, occurred_at_ms=0)))
+    def signal(self, payload: Any, id: str | None = None) -> Decision:
+        """Send a command to the run; each gets an id of its own unless ``id`` repeats one on purpose."""
+        self.signals = getattr(self, "signals", 0) + 1
+        command_id = id or f"s{self.signals}"
+        return self.apply(Signal(Envelope.wrap(payload, id=command_id, key=self.state.run_id, occurred_at_ms=0)))
 
     def tasks(self) -> list[str]:
         return [t.payload.path for t in self.sent if isinstance(t.payload, RunStep)]
@@ -328,6 +331,32 @@ def test_wait_for_event_validates_payload_and_resumes() -> None:
     assert sim.sent[-1].payload.input == {"ok": True}
     again = sim.signal(ResumeRun(event="approval", payload={"ok": True}))
     assert sim.types(again) == ["ResumeRejected"]  # resumed once; finished work is never re-run
+
+
+def test_a_resume_sent_again_with_the_same_id_is_taken_once() -> None:
+    """A client retrying a resume under one idempotency key (or a command read twice) completes one wait, not
+    two; the ids a run remembers are folded from its events, so a refold recognises them too."""
+    sim = Sim(Workflow("w").wait_for_event("first").wait_for_event("second").step(a), 1)
+    first = sim.signal(ResumeRun(event="first", payload=1), id="resume-1")
+    assert sim.types(first) == ["NodeCompleted", "WaitStarted"]
+    assert sim.signal(ResumeRun(event="first", payload=1), id="resume-1").events == []
+    assert sim.signal(ResumeRun(event="second", payload=2), id="resume-1").events == []
+    second = sim.signal(ResumeRun(event="second", payload=2), id="resume-2")
+    assert sim.types(second) == ["NodeCompleted", "StepScheduled"]
+    refused = sim.signal(ResumeRun(event="nope"), id="resume-3")
+    assert sim.types(refused) == ["ResumeRejected"]
+    assert sim.signal(ResumeRun(event="nope"), id="resume-3").events == []
+    assert sim.state.resumed_by == ("resume-1", "resume-2", "resume-3")
+    sim.check_refold()
+
+
+def test_a_run_remembers_only_the_last_resumes() -> None:
+    sim = Sim(Workflow("w").wait_for_event("never").step(a), 1)
+    for i in range(RESUME_WINDOW + 4):
+        sim.signal(ResumeRun(event="other"), id=f"r{i}")
+    assert sim.state.resumed_by == tuple(f"r{i}" for i in range(4, RESUME_WINDOW + 4))
+    assert sim.types(sim.signal(ResumeRun(event="other"), id="r0")) == ["ResumeRejected"]  # forgotten: taken again
+    sim.check_refold()
 
 
 def test_wait_timeout_takes_the_declared_path_or_fails() -> None:

@@ -27,12 +27,12 @@ class Stack:
         self.n = 0
         self.send(CreateStack(workflow="tick_wf", interval_s=10, **settings), T0)
 
-    def send(self, payload: Payload | None, now: int) -> list[str]:
+    def send(self, payload: Payload | None, now: int, id: str | None = None) -> list[str]:
         self.n += 1
         command = (
             None
             if payload is None
-            else Envelope.wrap(payload, id=f"c{self.n}", key=stack_key("s1"), occurred_at_ms=now)
+            else Envelope.wrap(payload, id=id or f"c{self.n}", key=stack_key("s1"), occurred_at_ms=now)
         )
         decision = decide_stack(self.state, command, now, WORKFLOWS)
         assert decision.refused is None, decision.refused
@@ -122,6 +122,22 @@ def test_budget_pauses_the_stack_with_the_reason() -> None:
     s.send(UpdateStack(budget_tokens=1000), due + 21_000)
     assert s.send(PlayStack(), due + 21_000) == ["StackPlayed"]
     assert s.timer(due + 21_000) == ["TickFired"]  # play ticks at once
+
+
+def test_a_command_sent_again_with_the_same_id_is_taken_once() -> None:
+    """A client retrying Play, Pause or Create under one idempotency key: the retry changes nothing, even after
+    other commands changed the stack meanwhile (a retried Play must not fire an extra tick, a retried Create must
+    not bring a deleted stack back)."""
+    s = Stack()
+    assert s.send(PauseStack(), T0 + 1, id="pause-1") == ["StackPaused"]
+    assert s.send(PlayStack(), T0 + 2, id="play-1") == ["StackPlayed"]
+    assert s.timer(T0 + 2) == ["TickFired"]
+    assert s.send(PauseStack(), T0 + 3, id="pause-2") == ["StackPaused"]
+    assert s.send(PlayStack(), T0 + 4, id="play-1") == []  # the retry: still paused, no second tick
+    assert s.send(DeleteStack(), T0 + 5, id="delete-1") == ["StackDeleted"]
+    assert s.send(CreateStack(workflow="tick_wf"), T0 + 6, id="c1") == []  # the first create, again
+    assert s.state.deleted and s.state.commands[-3:] == ("play-1", "pause-2", "delete-1")
+    assert s.refold() == s.state
 
 
 def test_pause_play_delete_and_refusals() -> None:
