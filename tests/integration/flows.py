@@ -138,6 +138,37 @@ async def hold(value: Any) -> Any:
 registry.add(Workflow("per_customer", concurrency_key="input.customer", max_per_key=1).step(hold))
 
 
+# --- commands taken once (tests/integration/test_seams.py) -----------------------------------------------------
+
+
+async def both(value: Any) -> Any:
+    return {"shipped": value}
+
+
+def said_bye(scope: Any) -> bool:
+    return bool(scope["value"] == "bye")
+
+
+async def reply(message: Any) -> Any:
+    return message
+
+
+async def on_tick(value: Any) -> Any:
+    return {"tick": value["tick"]}
+
+
+# Two approvals of the same event, one after the other: a resume taken twice completes both.
+registry.add(
+    Workflow("two_approvals")
+    .wait_for_event("approve", name="first")
+    .wait_for_event("approve", name="second")
+    .step(both)
+)
+# A chat: each message is answered once, until "bye".
+registry.add(Workflow("chat").loop(Flow().wait_for_event("message").step(reply), until=said_bye, max_iterations=50))
+registry.add(Workflow("stack_tick").step(on_tick))
+
+
 # --- agents (tests/integration/test_agents.py) ------------------------------------------------------------------
 
 import os  # noqa: E402 - grouped with the agent flows they serve
