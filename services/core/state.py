@@ -54,6 +54,7 @@ __all__ = [
     "evolve",
     "fold",
     "parent_path",
+    "released_seqs",
     "shrink",
     "spec_node",
     "split_path",
@@ -309,11 +310,27 @@ def _releases(state: RunState, event: Envelope) -> bool:
 
 
 def fold(run_id: str, events: list[Envelope]) -> RunState:
-    """Rebuild a run's state from its events (the replay the engine's cache must always equal)."""
+    """Rebuild a run's state from its events (the replay the engine's cache must always equal).
+
+    The seqs an operator's release skipped (``released_seqs``) are skipped here too, even where they are readable
+    now (an upcaster added since): the live run resumed without them, so a refold must as well."""
+    skipped = released_seqs(events)
     state = RunState(run_id=run_id)
     for event in events:
-        state = evolve(state, event)
+        if event.seq not in skipped:
+            state = evolve(state, event)
     return state
+
+
+def released_seqs(events: list[Envelope]) -> set[int]:
+    """The seqs of a run's log that its ``RunReleased`` events skip: between the state each resumed from and the
+    release itself (the stretch a quarantine could not fold)."""
+    skipped: set[int] = set()
+    for event in events:
+        p = event.payload
+        if isinstance(p, RunReleased) and event.seq is not None:
+            skipped.update(range(p.resumed_from_seq + 1, event.seq))
+    return skipped
 
 
 @singledispatch

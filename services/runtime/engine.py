@@ -802,8 +802,14 @@ class Engine:
         self._last_event_send.clear()
         self.snapshots.begin(self.recovered_partitions, self.events_end)
 
-    def _state_of(self, partition: int, key: str) -> RunState | SlotState | StackState | None:
-        return self.runs[partition].get(key) or self.slots[partition].get(key) or self.stacks[partition].get(key)
+    def _state_of(self, partition: int, key: str) -> RunState | SlotState | StackState | Quarantine | None:
+        """What the state topic keeps for ``key``: its state, or, while it is quarantined, its quarantine."""
+        return (
+            self.runs[partition].get(key)
+            or self.slots[partition].get(key)
+            or self.stacks[partition].get(key)
+            or self.quarantined[partition].get(key)
+        )
 
     async def _recover(self, partition: int) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short.
@@ -901,7 +907,7 @@ class Engine:
         for run_id, until in gone.items():
             self.timers.arm(partition, run_id, until)  # an elapsed one is forgotten at the next timer check
         # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
-        self.snapshots.owe_all(partition, [*runs, *slots, *stacks])
+        self.snapshots.owe_all(partition, [*runs, *slots, *stacks, *built.held])
         for slot in slots.values():
             await self._apply_slot(partition, slot, [], admissions(slot, None, now))
         for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent

@@ -31,7 +31,14 @@ from tickflow.events.schemas import RunQuarantined, RunReleased
 from tickflow.events.topics import TopicNames, is_run_id
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.kafka import partition_batches
-from tickflow.runtime.snapshots import APPLIED_KEY, CHECKPOINT_KEY, Gone, decode_applied, decode_snapshot
+from tickflow.runtime.snapshots import (
+    APPLIED_KEY,
+    CHECKPOINT_KEY,
+    Gone,
+    Quarantine,
+    decode_applied,
+    decode_snapshot,
+)
 
 __all__ = [
     "Quarantine",
@@ -44,17 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("tickflow.engine")
-
-
-@dataclass(slots=True)
-class Quarantine:
-    """A run set aside because its log cannot be folded past ``state`` (its last good state)."""
-
-    state: RunState
-    reason: str
-    highest_seq: int  # the highest seq its log holds: a release resumes after it
-    announced: bool = False  # a RunQuarantined about it is in the log already
-    skipped: int = 0  # events of it after the quarantine (not folded)
 
 
 @dataclass
@@ -93,7 +89,7 @@ async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: FileB
             await asyncio.to_thread(snapshots.feed, batch)
             fold_s += time.monotonic() - began
     runs, slots, stacks, gone, checkpoint = snapshots.result()
-    held: dict[str, Quarantine] = {}
+    held = snapshots.held if snapshots.usable else {}  # set aside before the checkpoint: still held
     events = 0
     async with contextlib.aclosing(partition_batches(kafka, topics.events, partition, start=checkpoint)) as batches:
         async for batch in batches:
@@ -138,6 +134,8 @@ class SnapshotReader:
         self.slots: dict[str, SlotState] = {}
         self.stacks: dict[str, StackState] = {}
         self.gone: dict[str, int] = {}
+        #: Runs quarantined when the snapshots were written (until an operator's release).
+        self.held: dict[str, Quarantine] = {}
         self.checkpoint: int | None = None
         #: The latest applied-input offsets (``APPLIED_KEY``); kept even when the snapshots are given up.
         self.applied: dict[str, int] = {}
@@ -159,7 +157,7 @@ class SnapshotReader:
     def _give_up(self, exc: ValueError) -> None:
         log.error("ignoring snapshots of partition %d, folding the whole log: %s", self.partition, exc)
         self.usable = False
-        self.runs, self.slots, self.stacks = {}, {}, {}
+        self.runs, self.slots, self.stacks, self.held = {}, {}, {}, {}
 
     def _fold(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key == APPLIED_KEY:
@@ -184,6 +182,7 @@ class SnapshotReader:
             self.slots.pop(key, None)
             self.stacks.pop(key, None)
             self.gone.pop(key, None)
+            self.held.pop(key, None)
             return
         try:
             snap = decode_snapshot(record.value, self.blobs)
@@ -192,8 +191,13 @@ class SnapshotReader:
             return
         if isinstance(snap, Gone):
             self.runs.pop(key, None)
+            self.held.pop(key, None)
             self.gone[key] = snap.until_ms
+        elif isinstance(snap, Quarantine):
+            self.runs.pop(key, None)
+            self.held[key] = snap
         elif isinstance(snap, RunState):
+            self.held.pop(key, None)
             self.runs[key] = snap
         elif isinstance(snap, SlotState):
             self.slots[key] = snap

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from tickflow.core.decider import fork_problem
 from tickflow.core.retention import Retention
-from tickflow.core.state import RunState, SequenceError, evolve, fold, shrink
+from tickflow.core.state import RunState, SequenceError, evolve, fold, released_seqs, shrink
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode, TickflowError
@@ -241,11 +241,12 @@ def _refold(run_id: str, events: list[Envelope], up_to: int) -> RunState:
     """Fold like recovery does (``runtime/recovery.py``): copies of already-applied seqs are skipped, nothing beyond
     ``up_to``; past an event that cannot be folded only an operator's ``RunReleased`` applies."""
     state, held = RunState(run_id), False
+    skipped = released_seqs(events)  # skipped by a release even where readable now (see ``core.state.fold``)
     for event in events:
         seq = event.seq or 0
         if seq > up_to:
             break
-        if seq <= state.seq or (held and not isinstance(event.payload, RunReleased)):
+        if seq <= state.seq or seq in skipped or (held and not isinstance(event.payload, RunReleased)):
             continue
         try:
             state, held = evolve(state, event), False

@@ -20,16 +20,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from tickflow.core.slots import SlotState
-from tickflow.core.stacks import StackState
-from tickflow.core.state import RunState
 from tickflow.runtime.claimcheck import FileBlobStore
-from tickflow.runtime.snapshots import CHECKPOINT_KEY, encode_checkpoint, snapshot_record
+from tickflow.runtime.snapshots import CHECKPOINT_KEY, Snapshot, encode_checkpoint, snapshot_record
 
 __all__ = ["SnapshotRounds", "StateOf", "StateWriter"]
 
 #: The live state of a key in a partition, or None once it left memory.
-StateOf = Callable[[int, str], RunState | SlotState | StackState | None]
+StateOf = Callable[[int, str], Snapshot | None]
 
 
 class StateWriter(Protocol):

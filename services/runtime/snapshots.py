@@ -36,6 +36,7 @@ __all__ = [
     "APPLIED_KEY",
     "CHECKPOINT_KEY",
     "Gone",
+    "Quarantine",
     "Snapshot",
     "decode_applied",
     "decode_snapshot",
@@ -57,7 +58,24 @@ _RUN = TypeAdapter(RunState)
 _SLOT = TypeAdapter(SlotState)
 _STACK = TypeAdapter(StackState)
 
-Snapshot = RunState | SlotState | StackState
+
+
+@dataclass(slots=True)
+class Quarantine:
+    """A run set aside because its log cannot be folded past ``state`` (its last good state).
+
+    Snapshotted under the run's key like a state, so it outlives checkpoints and restarts: the checkpoint after the
+    quarantine passes the event that could not be folded, and only this record still says the run is held, at
+    which seq, and why."""
+
+    state: RunState
+    reason: str
+    highest_seq: int  # the highest seq its log holds: a release resumes after it
+    announced: bool = False  # a RunQuarantined about it is in the log already
+    skipped: int = 0  # events of it after the quarantine (not folded)
+
+
+Snapshot = RunState | SlotState | StackState | Quarantine
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +94,15 @@ def encode_gone(until_ms: int) -> bytes:
 
 
 def encode_snapshot(state: Snapshot) -> bytes:
+    if isinstance(state, Quarantine):
+        held = {
+            "state": _RUN.dump_python(state.state, mode="json"),
+            "reason": state.reason,
+            "highest_seq": state.highest_seq,
+            "announced": state.announced,
+            "skipped": state.skipped,
+        }
+        return orjson.dumps({"held": held})
     if isinstance(state, RunState):
         return orjson.dumps({"run": _RUN.dump_python(state, mode="json")})
     if isinstance(state, StackState):
@@ -120,6 +147,15 @@ def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot 
             return decode_snapshot(stored)
         if "run" in data:
             return _RUN.validate_python(data["run"])
+        if "held" in data:
+            held = data["held"]
+            return Quarantine(
+                state=_RUN.validate_python(held["state"]),
+                reason=str(held["reason"]),
+                highest_seq=int(held["highest_seq"]),
+                announced=bool(held["announced"]),
+                skipped=int(held["skipped"]),
+            )
         if "gone" in data:
             return Gone(int(data["gone"]["until_ms"]))
         if "slot" in data:
@@ -131,7 +167,7 @@ def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot 
         raise ValueError(f"unreadable snapshot: {exc}") from None
 
 
-async def snapshot_record(key: str, state: RunState | SlotState | StackState, blobs: FileBlobStore) -> bytes | None:
+async def snapshot_record(key: str, state: Snapshot, blobs: FileBlobStore) -> bytes | None:
     """The state-topic record of one snapshot: the state itself, or a reference to it in the blob store when it is
     too big for a record; None when it cannot be written now (it is logged, and the caller tries again later)."""
     try:

@@ -122,9 +122,8 @@ async def check_log(settings: Settings) -> Integrity:
             waits[event.key].add(p.path)  # type: ignore[attr-defined]
         cause = event.causation_id or ""
         resumed = event.type == "NodeCompleted" and p.path in waits[event.key]  # type: ignore[attr-defined]
-        if resumed or event.type == "ResumeRejected":
-            taken[(event.key, cause)] += 1
-        elif event.key.startswith(STACK_PREFIX) and event.type in STACK_COMMANDED:
+        commanded = event.key.startswith(STACK_PREFIX) and event.type in STACK_COMMANDED
+        if resumed or commanded or event.type == "ResumeRejected":
             taken[(event.key, cause)] += 1
     for key, counts in sorted(seqs.items()):
         found.duplicates += [(key, seq) for seq, n in sorted(counts.items()) if n > 1]

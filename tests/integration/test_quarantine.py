@@ -66,7 +66,7 @@ async def _dead_letters(settings: Settings) -> list[DeadLetter]:
 async def test_a_run_whose_log_cannot_be_folded_is_quarantined_until_released(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port())
+    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), snapshot_interval_s=0.5)
     await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
     node = Node(settings, registry, frozenset({"worker", "projector", "api"}))
     await node.start()
@@ -100,6 +100,18 @@ async def test_a_run_whose_log_cannot_be_folded_is_quarantined_until_released(
             assert "cannot be read" in held["unreadable"].error_message
             assert f"expected seq {last.seq + 1}, got {last.seq + 2}" in held["gapped"].error_message
             assert held["gapped"].error_type == "Quarantined"
+
+            # A snapshot round's checkpoint passes the bad events; a restart still finds both runs held (their
+            # quarantine is on the state topic), instead of bringing them back from stale states.
+            await asyncio.sleep(2)  # a few snapshot rounds
+            stop(engine)
+            engine = spawn_roles(settings, "engine", tmp_path / "engine-2b.log", app=APP)
+            await _until(
+                lambda: (tmp_path / "engine-2b.log").read_text().count(" recovered: ") >= settings.partitions,
+                "the restarted engine to recover",
+            )
+            text = (tmp_path / "engine-2b.log").read_text()
+            assert "run unreadable quarantined" in text and "run gapped quarantined" in text, text[-3000:]
 
             # Its inputs are refused, with what to do; a release of a healthy run is refused too.
             await asyncio.to_thread(c.resume, "unreadable", "go", None, wait=False)

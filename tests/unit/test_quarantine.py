@@ -8,6 +8,7 @@ last good state (never folding on from stale state), later events are only count
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +22,10 @@ from tickflow.core.state import RunState, SequenceError, evolve, fold
 from tickflow.events import Envelope, ReleaseRun, RunQuarantined, RunReleased
 from tickflow.events.codec import encode
 from tickflow.projections.rows import QUARANTINED, run_row
-from tickflow.runtime.recovery import fold_log
+from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.recovery import SnapshotReader, fold_log
 from tickflow.runtime.replay import compare_partition
+from tickflow.runtime.snapshots import CHECKPOINT_KEY, encode_checkpoint, encode_snapshot
 from tickflow.workflow import Workflow
 
 from .test_decider import Sim
@@ -178,3 +181,49 @@ def test_verify_engine_refolds_a_released_run_and_lists_a_quarantined_one() -> N
     assert (after.runs_compared, after.equal, after.differing_count) == (1, 1, 0), after
     during = compare_partition(0, {}, _records(values), 10**13, _KEEP_ALL, frozenset({"r1"}))
     assert during.quarantined == ["r1"] and during.missing_live == [], during
+
+
+@given(st.data())
+def test_a_refold_after_a_release_skips_the_released_stretch_even_once_it_is_readable(data: st.DataObject) -> None:
+    """An upcaster added after the release makes the bad event readable again: the live run resumed without it, so
+    every refold (``fold``, verify-engine) skips it too and agrees with the live state."""
+    log = _finished_log()
+    bad = data.draw(st.integers(1, len(log) - 2))
+    values = [(e.key, encode(e)) for e in log]
+    values[bad] = ("r1", b"garbage")
+    _, held = _fold(values)
+    released = _release(held["r1"].state, held["r1"].highest_seq)
+    live = evolve(held["r1"].state, released)
+    readable_now = [*log, released]  # the garbage decodes now: the original event
+    assert fold("r1", readable_now) == live
+    report = compare_partition(
+        0, {"r1": live}, _records([(e.key, encode(e)) for e in readable_now]), 10**13, _KEEP_ALL
+    )
+    assert (report.equal, report.differing_count) == (1, 0), report
+
+
+def test_a_quarantine_is_snapshotted_and_outlives_the_checkpoint_that_passes_it(tmp_path: Path) -> None:
+    """The checkpoint after a quarantine passes the event that could not be folded. Before, the held run was not
+    snapshotted: after a restart it came back from its stale snapshot (and wrote seqs its log already had), or
+    vanished. Now the state topic holds its quarantine under its key, and recovery holds it again."""
+    log = _finished_log()
+    values = [(e.key, encode(e)) for e in log]
+    values[2] = ("r1", b"garbage")
+    _, held = _fold(values)
+    held["r1"].announced = True
+    blobs = FileBlobStore(tmp_path)
+    stale = encode_snapshot(fold("r1", log[:1]))
+    records = [(b"r1", stale), (b"r1", encode_snapshot(held["r1"])), (CHECKPOINT_KEY, encode_checkpoint(len(log)))]
+    state = [
+        ConsumerRecord("state", 0, offset, 0, 0, key, value, None, len(key), len(value), ())
+        for offset, (key, value) in enumerate(records)
+    ]
+    reader = SnapshotReader(0, blobs)
+    reader.feed(state)  # type: ignore[arg-type]
+    runs, _, _, _, checkpoint = reader.result()
+    assert "r1" not in runs and checkpoint == len(log)
+    assert reader.held["r1"] == held["r1"]
+    # What recovery folds after the checkpoint (here: the operator's release) applies to the held state.
+    released = _release(held["r1"].state, held["r1"].highest_seq)
+    after = fold_log(0, _records([("r1", encode(released))]), runs, {}, {}, {}, dict(reader.held))
+    assert after == {} and runs["r1"] == evolve(held["r1"].state, released)
