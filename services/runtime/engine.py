@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from tickflow.core.decider import (
     Decision,
@@ -377,16 +377,24 @@ class Engine:
         race with a rebalance); its consumer learns that at its next heartbeat and rejoins. Anything else (a
         broker fault): this engine still owns the partition, so it rebuilds it from the log at once.
         """
-        fenced = isinstance(failure, Fenced)
+        writer = self._drop(partition)  # first: nothing of the aborted turn may be committed, whatever follows
+        fenced = isinstance(failure, Fenced) and not await self._still_owner(partition)
         if fenced:
             self.fenced += 1
             log.warning(
                 "partition %d: fenced by a newer owner; it is given up without writing more: %s", partition, failure
             )
+        elif isinstance(failure, Fenced):  # the coordinator aborted it (its timeout), and the group says it is ours
+            self.given_up += 1
+            log.error(
+                "partition %d: its transaction was aborted by the coordinator (past its timeout), not by a new owner; "
+                "rebuilding it with a new writer: %s",
+                partition,
+                failure,
+            )
         else:
             self.given_up += 1
             log.error("partition %d: a transaction failed; rebuilding it from the log: %s", partition, failure)
-        writer = self._drop(partition)  # first: nothing of the aborted turn may be committed, whatever follows
         inputs = self._inputs({partition})
         owned = set(self.consumer.assignment())
         self.consumer.pause(*(tp for tp in inputs if tp in owned))
@@ -401,6 +409,24 @@ class Engine:
                     self.consumer.seek(tp, committed)
         if not fenced and not self._stopping and partition in {tp.partition for tp in owned} - self._revoking:
             self._start_recovery(partition)
+
+    async def _still_owner(self, partition: int) -> bool:
+        """Whether the group still gives this engine ``partition``, asked of the group coordinator itself.
+
+        aiokafka reports a transaction the coordinator aborted for its timeout as ``ProducerFenced``, as it does a
+        newer owner's fence. Only the group knows which: a commit of the partition's committed offset (changing
+        nothing) succeeds only for a member of the current generation that owns it. A zombie (evicted past its
+        session) is refused and rejoins; a healthy owner rebuilds the partition instead of leaving it paused."""
+        tp = TopicPartition(self.topics.commands, partition)
+        if tp not in self.consumer.assignment():
+            return False
+        try:
+            committed = await self.consumer.committed(tp)
+            await self.consumer.commit({tp: committed or 0})
+        except (KafkaError, IllegalStateError) as exc:
+            log.info("partition %d: the group no longer gives it to this engine (%s)", partition, exc)
+            return False
+        return True
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         # Commits never outrun durable state: the transactions of every event/task these offsets caused commit first.

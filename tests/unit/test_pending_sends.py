@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 
 from tickflow.runtime.engine import Engine
 from tickflow.runtime.fencing import Fenced, TransactionFailed
@@ -42,8 +42,9 @@ async def test_a_failed_send_fails_every_later_drain() -> None:
 
 
 class RecordingConsumer:
-    def __init__(self, owned: set[TopicPartition]) -> None:
+    def __init__(self, owned: set[TopicPartition], member: bool = True) -> None:
         self.owned = owned
+        self.member = member  # in the group's current generation (False: evicted, its commits refused)
         self.commits: list[dict[TopicPartition, int]] = []
         self.seeks: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
@@ -61,6 +62,8 @@ class RecordingConsumer:
         self.seeks[tp] = offset
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not self.member:
+            raise CommitFailedError("the group rebalanced: this member is not in the current generation")
         self.commits.append(offsets)
 
 
@@ -85,7 +88,7 @@ async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: 
     are read again from there, and it is rebuilt from the log (unless a newer owner fenced it). Others commit."""
     engine = Engine(Settings(state_dir=tmp_path, prefix="t"), Registry())
     inputs = {p: [TopicPartition("t.commands", p), TopicPartition("t.results", p)] for p in (0, 1)}
-    consumer = RecordingConsumer({tp for tps in inputs.values() for tp in tps})
+    consumer = RecordingConsumer({tp for tps in inputs.values() for tp in tps}, member=not fenced)
     engine.consumer = consumer  # type: ignore[assignment]
     rebuilt: list[int] = []
     engine._start_recovery = rebuilt.append  # type: ignore[method-assign]
@@ -97,7 +100,8 @@ async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: 
         for tp in tps:
             engine._pending[tp] = 10  # handled in the turn whose transaction now ends
     await engine._commit()
-    assert consumer.commits == [{tp: 10 for tp in inputs[1]}]  # partition 0's offsets are not committed
+    if not fenced:
+        assert consumer.commits == [{tp: 10 for tp in inputs[1]}]  # partition 0's offsets are not committed
     assert {tp: consumer.seeks[tp] for tp in inputs[0]} == {tp: 7 for tp in inputs[0]}
     assert set(inputs[0]) <= consumer.paused and broken.stopped
     assert 0 not in engine.writers and engine.recovered_partitions == {1}
@@ -124,3 +128,20 @@ async def test_a_revocation_whose_last_transaction_fails_commits_nothing_of_it_a
     await engine.on_revoked(set(inputs))
     assert consumer.commits == [] and rebuilt == [] and writer.stopped
     assert engine.writers == {} and engine.recovered_partitions == set() and engine.given_up == 1
+
+
+async def test_a_transaction_aborted_for_its_timeout_is_not_taken_for_a_fence(tmp_path: Path) -> None:
+    """aiokafka reports the coordinator's abort of a transaction past its timeout as ``ProducerFenced``. The group
+    still gives the partition to this engine (a no-op commit of its offset succeeds), so it is rebuilt with a new
+    writer; before, it was given up as fenced and stayed paused for good while the engine was a healthy member."""
+    engine = Engine(Settings(state_dir=tmp_path, prefix="t"), Registry())
+    inputs = [TopicPartition("t.commands", 0), TopicPartition("t.results", 0)]
+    consumer = RecordingConsumer(set(inputs), member=True)
+    engine.consumer = consumer  # type: ignore[assignment]
+    rebuilt: list[int] = []
+    engine._start_recovery = rebuilt.append  # type: ignore[method-assign]
+    engine.writers = {0: FailingWriter(0, Fenced(0, KafkaTimeoutError()))}  # type: ignore[dict-item]
+    engine.recovered_partitions = {0}
+    await engine._commit()
+    assert rebuilt == [0] and (engine.fenced, engine.given_up) == (0, 1)
+    assert consumer.commits == [{inputs[0]: 7}]  # the ownership check: the committed offset, unchanged
