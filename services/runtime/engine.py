@@ -250,6 +250,8 @@ class Engine:
             if self._stopping:
                 return  # the batch is not handled: its offsets are not positions, so it is read again
             async with self._lock:
+                # No transaction is open between two turns: snapshot blobs are written now, never inside one.
+                await self.snapshots.prepare(SNAPSHOT_CHUNK, self._state_of)
                 assigned = self.consumer.assignment()
                 now = _now_ms()
                 handled = 0
@@ -270,7 +272,7 @@ class Engine:
                 await self._fire_timers(_now_ms())
                 if self.snapshots.due(self.settings.snapshot_interval_s):
                     await self._begin_snapshot_round()
-                await self.snapshots.write_some(SNAPSHOT_CHUNK, self._state_of, self.writers)
+                await self.snapshots.write_prepared(self.writers)
                 await self._end_transactions()  # this turn's writes become visible, or the partition is rebuilt
             if self.positions and time.monotonic() - self._last_commit >= interval:
                 async with self._lock:

@@ -56,6 +56,7 @@ class SnapshotRounds:
         self._todo: dict[int, list[str]] | None = None  # the round in progress: keys left per partition
         self._expired_in_round: dict[int, dict[str, bytes | None]] = {}
         self._marks: dict[int, int | None] = {}
+        self._ready: dict[int, list[tuple[str, bytes]]] = {}  # per partition: encoded, not yet sent
 
     @property
     def in_progress(self) -> bool:
@@ -79,14 +80,16 @@ class SnapshotRounds:
         self._todo = todo
         self._began = time.monotonic()
 
-    async def write_some(self, budget: int, state_of: StateOf, writers: Mapping[int, StateWriter]) -> None:
-        """Write up to ``budget`` snapshots of the round; a partition whose list is done gets its markers and
-        checkpoint. Its records are ordered, so the checkpoint lands after its snapshots."""
+    async def prepare(self, budget: int, state_of: StateOf) -> None:
+        """Encode the round's next ``budget`` snapshots, writing the claim-checked ones to the blob store now.
+
+        The engine calls it while none of its transactions is open: a slow blob store (a >1 MB state on a shared
+        volume) must never hold a transaction open towards its timeout. ``write_prepared`` sends them later."""
         if self._todo is None:
             return
         for partition in list(self._todo):
             keys = self._todo[partition]
-            writer = writers[partition]
+            ready = self._ready.setdefault(partition, [])
             while keys and budget > 0:
                 key = keys.pop()
                 budget -= 1
@@ -98,19 +101,37 @@ class SnapshotRounds:
                     self._marks[partition] = None
                     self.dirty[partition].add(key)
                     continue
+                ready.append((key, raw))
+            if keys:
+                return
+
+    async def write_prepared(self, writers: Mapping[int, StateWriter]) -> None:
+        """Send what ``prepare`` encoded; a partition whose states are all written gets its markers and checkpoint.
+        Its records are ordered, so the checkpoint lands after its snapshots."""
+        if self._todo is None:
+            return
+        for partition in list(self._todo):
+            writer = writers[partition]
+            for key, raw in self._ready.pop(partition, []):
                 await writer.send(self.topic, raw, key.encode(), partition)
                 self.written += 1
                 if self._crash is not None:
                     self._crash("mid-snapshot", key)
-            if keys:
-                return
+            if self._todo[partition]:
+                continue  # more states to prepare at the next turn
             del self._todo[partition]
             for key, marker in self._expired_in_round.pop(partition, {}).items():  # id markers and tombstones
                 await writer.send(self.topic, marker, key.encode(), partition)
             mark = self._marks.pop(partition, None)
             if mark is not None:
                 await writer.send(self.topic, encode_checkpoint(mark), CHECKPOINT_KEY, partition)
-        self._todo = None
+        if not self._todo:
+            self._todo = None
+
+    async def write_some(self, budget: int, state_of: StateOf, writers: Mapping[int, StateWriter]) -> None:
+        """``prepare`` then ``write_prepared``: for a caller with no transaction open in between."""
+        await self.prepare(budget, state_of)
+        await self.write_prepared(writers)
 
     def owe_all(self, partition: int, keys: Iterable[str]) -> None:
         """A rebuilt partition: the next round covers every state rebuilt, so its checkpoint can pass the fold."""
@@ -124,3 +145,4 @@ class SnapshotRounds:
             self._todo.pop(partition, None)
         self._expired_in_round.pop(partition, None)
         self._marks.pop(partition, None)
+        self._ready.pop(partition, None)

@@ -89,3 +89,23 @@ async def test_a_state_too_big_for_a_record_goes_through_the_claim_check(tmp_pat
         decode_snapshot(reference)
     with pytest.raises(ValueError, match="cannot be read"):
         decode_snapshot(encode_blob_reference("0" * 64, 10), FileBlobStore(tmp_path / "elsewhere"))
+
+
+async def test_a_claim_checked_snapshot_is_stored_before_any_transaction_opens(tmp_path: Path) -> None:
+    """``prepare`` (called between two turns, no transaction open) writes a big state's blob; the transaction
+    that follows only sends its reference. Before, the blob was written inside the open transaction, and a slow
+    shared volume could hold it past the coordinator's timeout."""
+    engine = _engine(tmp_path)
+    big = RunState("big", seq=3, input="x" * (snapshots_module.MAX_RECORD_BYTES + 10))
+    engine.runs[0]["big"] = big
+    engine.snapshots.dirty[0].add("big")
+    await engine._begin_snapshot_round()
+    writer: RecordingWriter = engine.writers[0]  # type: ignore[assignment]
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    await engine.snapshots.prepare(100, engine._state_of)
+    assert writer.sent == [], "prepare sends nothing: no transaction is opened for it"
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} - before, "the blob is stored before the transaction"
+    await engine.snapshots.write_prepared(engine.writers)
+    keys = [key for key, _ in writer.sent]
+    assert keys == [b"big", CHECKPOINT_KEY]
+    assert decode_snapshot(writer.sent[0][1] or b"", engine.blobs) == big
