@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tickflow.core.lineage import lineage_problem
 from tickflow.events.spec import Name
 from tickflow.events.topics import RUN_ID_PATTERN
 from tickflow.projections.models import RebuildProgress, RebuildReport
@@ -30,7 +31,15 @@ __all__ = [
     "StartRequest",
     "StartResponse",
     "VacuumRequest",
+    "top_level_run_id",
 ]
+
+
+def top_level_run_id(run_id: str | None) -> str | None:
+    """A run id a client may choose: not one reserved for a child or a stack tick (``core.lineage``)."""
+    if run_id is not None and (problem := lineage_problem(run_id, None, None)):
+        raise ValueError(problem)
+    return run_id
 
 class StartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -47,6 +56,8 @@ class StartRequest(BaseModel):
     priority: int = Field(
         default=0, ge=-1000, le=1000, description="Order among runs queued for the same concurrency key."
     )
+
+    _run_id = field_validator("run_id")(top_level_run_id)
 
 
 class StartResponse(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tickflow.api.deps import ApiDeps, ApiProblem
 from tickflow.core.state import state_to_json
@@ -22,7 +22,7 @@ from tickflow.events.codec import InvalidRecord, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.topics import RUN_ID_PATTERN
 from tickflow.runtime.replay import ReplayError, fork_command, history_of, state_at, verify_engine
-from tickflow.wire import EngineReport
+from tickflow.wire import EngineReport, top_level_run_id
 
 __all__ = ["ForkRequest", "ForkResponse", "StateAtResponse", "build_router"]
 
@@ -45,6 +45,8 @@ class ForkRequest(BaseModel):
         pattern=RUN_ID_PATTERN,
         description="The new run's id. Forking again with the same id forks once.",
     )
+
+    _run_id = field_validator("run_id")(top_level_run_id)
 
 
 class ForkResponse(BaseModel):

@@ -50,6 +50,7 @@ from tickflow.core.decider import (
     release,
     run,
 )
+from tickflow.core.lineage import lineage_problem
 from tickflow.core.retention import Retention
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
@@ -541,6 +542,10 @@ class Engine:
                 f"run id {env.key!r} is not allowed: use 1-256 letters, digits, '_', '.', ':' or '-' "
                 "(ids appear in URLs and in derived ids and keys)"
             )
+        if isinstance(env.payload, StartRun):
+            return lineage_problem(env.key, env.payload.parent_run_id, env.payload.parent_path)
+        if isinstance(env.payload, ForkRun):
+            return lineage_problem(env.key, None, None)  # a fork is a top-level run of its own
         return None
 
     async def _handle_slot(self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int) -> None:
