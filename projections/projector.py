@@ -3,8 +3,10 @@
 Each batch is folded into rows (``projections.fold``), inserted, and only then are its offsets committed. A crash
 between the insert and the commit redelivers the batch. Versioned tables (runs, stacks, steps, ticks) would
 absorb that anyway, but the per-minute rollups are materialised views that would count a fact twice, so the
-projector reads each fact table's highest projected offset per partition (its *watermark*) whenever its
-assignment changes, and drops rows at or below it: every fact is inserted once. What a cold fold cache needs
+projector reads each fact table's highest projected offset per partition (its *watermark*) after every rebalance
+(even one that hands it the same partitions: another projector may have inserted rows meanwhile) and after a
+refused commit, advances it past every batch it inserts itself, and drops rows at or below it: every fact is
+inserted once. What a cold fold cache needs
 (a run's row, an open step attempt, a stack) is read back from the store before the batch is folded.
 """
 
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
@@ -26,7 +28,7 @@ from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.events.envelope import dead_letter
 from tickflow.events.redact import redact
-from tickflow.projections.fold import ProjectionBatch, ProjectionFold, Record, drop_projected
+from tickflow.projections.fold import FACT_TABLES, ProjectionBatch, ProjectionFold, Record, drop_projected
 from tickflow.projections.store import ProjectionStore
 
 __all__ = ["STORE_RETRY_S", "Projector", "ProjectorMetrics"]
@@ -103,6 +105,8 @@ class Projector:
         self.fold = ProjectionFold(RUN_CACHE_SIZE)
         self._watermarks: dict[str, dict[int, int]] = {}
         self._assignment: frozenset[TopicPartition] = frozenset()
+        #: A rebalance happened (or a commit was refused) since the watermarks were read: read them again.
+        self.rebalanced = True
         self._task: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
         self._after_insert = after_insert
@@ -110,7 +114,6 @@ class Projector:
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
-            self.events_topic,
             **self.kafka.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -122,6 +125,7 @@ class Projector:
         self.producer = AIOKafkaProducer(**self.kafka.client_options(), acks="all", enable_idempotence=True)
         await self.producer.start()
         await self.consumer.start()
+        self.consumer.subscribe([self.events_topic], listener=_Rebalanced(self))
         self._task = asyncio.create_task(self._loop(), name="tickflow-projector")
 
     @property
@@ -167,9 +171,10 @@ class Projector:
                 try:
                     await self.consumer.commit(offsets)  # only after the insert: commits never outrun the store
                 except (CommitFailedError, IllegalStateError) as exc:
-                    # A rebalance got in first: the batch is redelivered to the partitions' new owner, whose
-                    # watermarks drop the rows already inserted.
+                    # A rebalance got in first: the batch is redelivered to the partitions' owner (maybe this
+                    # projector again), whose watermarks drop the rows already inserted.
                     log.warning("offset commit skipped during a rebalance: %s", exc)
+                    self.rebalanced = True
             await self._update_lag()
 
     @contextlib.asynccontextmanager
@@ -187,11 +192,13 @@ class Projector:
         self.fold = ProjectionFold(RUN_CACHE_SIZE)
         self._watermarks = {}
         self._assignment = frozenset()
+        self.rebalanced = True
 
     async def _refresh_watermarks(self) -> None:
-        """After an assignment change, learn what is already in the store (another instance, or our past self)."""
+        """After a rebalance, learn what is already in the store (another instance, or our past self)."""
         assignment = frozenset(self.consumer.assignment())
-        if assignment != self._assignment:
+        if self.rebalanced or assignment != self._assignment:
+            self.rebalanced = False
             self._assignment = assignment
             # The cached rows of partitions now owned elsewhere would only go stale (their new owner updates them
             # in the store): start from an empty cache, which the fold fills from the store as records need it.
@@ -214,6 +221,7 @@ class Projector:
         rows = await self._retrying("read the projection state", self._fold, records)
         started = time.perf_counter()
         await self._retrying("insert a batch", self.store.write, rows)
+        self._advance_watermarks(rows)
         m = self.metrics
         m.last_insert_ms = (time.perf_counter() - started) * 1000
         m.events_projected += len(rows.events)
@@ -238,6 +246,14 @@ class Projector:
             with attempt:
                 return await asyncio.to_thread(call, arg)
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _advance_watermarks(self, rows: ProjectionBatch) -> None:
+        """What this projector just inserted is projected: a redelivery of it (a refused commit) is dropped."""
+        for table in FACT_TABLES:
+            marks = self._watermarks.setdefault(table, {})
+            for row in getattr(rows, table):
+                if row.offset > marks.get(row.partition, -1):
+                    marks[row.partition] = row.offset
 
     def _store_failed(self, what: str, error: BaseException | None) -> None:
         self.metrics.store_failures += 1
@@ -291,3 +307,16 @@ class Projector:
             except Exception:  # position unknown while a rebalance is in progress
                 continue
         self.metrics.lag = lag
+
+
+class _Rebalanced(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Marks the projector's watermarks stale at every assignment (kept short: no heartbeats flow meanwhile)."""
+
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.projector.rebalanced = True
