@@ -73,5 +73,6 @@ def test_the_engine_refuses_a_reserved_id_produced_straight_to_kafka(tmp_path: P
     assert "reserved" in (start("ops.t42") or "")
     assert start("ops.t42", "stack:ops", "tick/42") is None
     assert "is 'r1:a'" in (start("r1:b", "r1", "a") or "")
-    fork = Envelope.wrap(ForkRun.model_construct(source_run_id="r1", at_seq=1, history=[]), id="f", key="x:y", occurred_at_ms=1)
+    payload = ForkRun.model_construct(source_run_id="r1", at_seq=1, history=[])
+    fork = Envelope.wrap(payload, id="f", key="x:y", occurred_at_ms=1)
     assert "reserved" in (engine._unusable_id(0, fork) or "")
