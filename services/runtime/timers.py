@@ -20,21 +20,37 @@ class Timers:
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, str]] = []
-        self._armed: dict[str, int] = {}
+        self._armed: dict[str, tuple[int, int]] = {}  # run id -> (due, partition)
+
+    def __len__(self) -> int:
+        """Entries in the heap, stale ones included (what it costs in memory)."""
+        return len(self._heap)
 
     def arm(self, partition: int, run_id: str, due_ms: int | None) -> None:
         if due_ms is None:
             self._armed.pop(run_id, None)
             return
-        if self._armed.get(run_id) == due_ms:
+        if self._armed.get(run_id) == (due_ms, partition):
             return
-        self._armed[run_id] = due_ms
+        self._armed[run_id] = (due_ms, partition)
         heapq.heappush(self._heap, (due_ms, partition, run_id))
+        self._compact_if_stale()
+
+    def _live(self, entry: tuple[int, int, str]) -> bool:
+        return self._armed.get(entry[2]) == (entry[0], entry[1])
 
     def next_due(self) -> int | None:
-        while self._heap and self._armed.get(self._heap[0][2]) != self._heap[0][0]:
+        while self._heap and not self._live(self._heap[0]):
             heapq.heappop(self._heap)  # superseded or disarmed
         return self._heap[0][0] if self._heap else None
+
+    def _compact_if_stale(self) -> None:
+        """Rebuild the heap from the armed entries once stale ones outnumber them: entries invalidated lazily (a
+        re-armed run, a dropped partition) would otherwise stay until their due time, days for a finished run's
+        id marker, and every rebalance re-arming a partition's ids would add a copy of each."""
+        if len(self._heap) > 2 * len(self._armed) + 1_024:
+            self._heap = [(due, partition, run_id) for run_id, (due, partition) in self._armed.items()]
+            heapq.heapify(self._heap)
 
     def pop_due(self, now_ms: int) -> list[tuple[int, str]]:
         due = []
@@ -47,3 +63,4 @@ class Timers:
     def drop_partition(self, runs: dict[str, Any]) -> None:
         for run_id in runs:
             self._armed.pop(run_id, None)
+        self._compact_if_stale()
