@@ -259,6 +259,11 @@ class StepWorker:
         self.scheduler: Scheduler[_Job] = Scheduler(concurrency or settings.worker_concurrency, self._start_job)
         self._room = asyncio.Event()
         self._running: dict[str, set[asyncio.Task[None]]] = {}
+        #: Attempts queued or running, by idempotency key, with the offsets of copies of their task that arrived
+        #: meanwhile (an engine's recovery re-sends every task in flight): one attempt runs once at a time, and
+        #: each copy's offset is done when that one run is.
+        self._accepted: dict[str, list[tuple[TopicPartition, int]]] = {}
+        self.copies_joined = 0
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._control_task: asyncio.Task[None] | None = None
@@ -411,6 +416,7 @@ class StepWorker:
             if isinstance(task, CancelStep):
                 for job in self.scheduler.cancel(task.idempotency_key):
                     self.offsets.done(job.tp, job.record.offset)
+                    self._settle_copies(task.idempotency_key)
                 for running in self._running.get(task.idempotency_key, ()):
                     running.cancel()
                 log.info("cancel %s: %s", task.idempotency_key, task.reason or "no reason given")
@@ -419,7 +425,13 @@ class StepWorker:
                 self.pending.add(await self.producer.send(self.topics.results, done, key=record.key))
                 self.reanswered += 1
                 log.info("%s already ran; re-sent its result instead of running it again", task.idempotency_key)
+            elif (copies := self._accepted.get(task.idempotency_key)) is not None:
+                copies.append((tp, record.offset))  # the same attempt is queued or running: it runs once
+                self.copies_joined += 1
+                log.info("%s is queued or running already; this copy waits for that run", task.idempotency_key)
+                return
             elif self.scheduler.offer(_Job(tp, record, env, task), key=task.idempotency_key, priority=task.priority):
+                self._accepted[task.idempotency_key] = []
                 return  # its offset is done once its result is sent
             else:
                 log.info("skipping %s: it was cancelled", task.idempotency_key)
@@ -445,8 +457,14 @@ class StepWorker:
                 self.offsets.done(job.tp, job.record.offset)
             else:
                 self.scheduler.stopped = True  # cancelled by the event loop's teardown: start nothing more
+        self._settle_copies(key)
         self.scheduler.finished()
         self._room.set()
+
+    def _settle_copies(self, key: str) -> None:
+        """The run of attempt ``key`` ended (its result is pending, or it was cancelled): so are its copies."""
+        for tp, offset in self._accepted.pop(key, []):
+            self.offsets.done(tp, offset)
 
     async def _commit(self) -> None:
         await self.pending.drain()  # results first, then the offsets of the tasks that produced them

@@ -357,6 +357,30 @@ async def test_worker_reports_path_and_logs_and_commits_past_cancelled_tasks(wor
     assert worker.scheduler.running == 0 and not worker._running
 
 
+async def test_a_re_sent_task_joins_the_run_of_its_attempt_instead_of_running_it_twice(worker: StepWorker) -> None:
+    """An engine's recovery re-sends every task in flight; a copy that arrives while its attempt is queued or still
+    running must not start the body a second time (before, both copies ran at once: an effect repeated). Its offset
+    is done with that one run; a copy arriving after it is answered with the result already produced."""
+    gate, runs = asyncio.Event(), []
+
+    async def effect(x: Any) -> Any:
+        runs.append(x)
+        await gate.wait()
+        return x
+
+    worker.registry.functions.update({"effect": effect})
+    await worker._accept(TP, _record(0, _run_step("a", "effect")))
+    await _until(lambda: runs == [1])
+    await worker._accept(TP, _record(1, _run_step("a", "effect")))  # re-sent while it runs
+    assert worker.copies_joined == 1 and worker.offsets.committable() == {TP: 0}  # neither is done yet
+    gate.set()
+    await _until(lambda: not worker._inflight)
+    assert runs == [1] and len(_results(worker)) == 1
+    assert worker.offsets.committable() == {TP: 2}
+    await worker._accept(TP, _record(2, _run_step("a", "effect")))  # after it: answered from what it produced
+    assert runs == [1] and len(_results(worker)) == 2 and worker.reanswered == 1
+
+
 async def test_worker_cancels_a_task_before_its_first_step(worker: StepWorker) -> None:
     async def never(x: Any) -> Any:
         raise AssertionError("must not run")
