@@ -220,3 +220,20 @@ async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(
     assert metrics["tickflow_engine_partitions_parked"] == 1
     await engine.stop()
     assert 0 not in engine._recovering
+
+
+async def test_a_send_that_raises_at_once_aborts_its_transaction_instead_of_sticking(tmp_path: Path) -> None:
+    """A send the client refuses at once (a full buffer): before, the exception left the partition's transaction
+    open with nobody to end it; now it is kept as a failed record, the commit aborts, and the partition is rebuilt."""
+
+    class Refusing(SlowProducer):
+        async def send(self, topic: str, value: bytes | None, key: bytes, partition: int | None = None) -> Any:
+            raise KafkaTimeoutError()
+
+    producer = Refusing()
+    writer = _writer(Settings(state_dir=tmp_path, prefix="t"), producer)
+    fut = await writer.send("t.events", b"x", b"k", 0)
+    assert fut.done() and isinstance(fut.exception(), KafkaTimeoutError)
+    with pytest.raises(fencing.TransactionFailed):
+        await writer.commit()
+    assert producer.aborted == 1 and not writer.open and not producer.committing.is_set()
