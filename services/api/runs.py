@@ -207,6 +207,8 @@ def build_router(deps: ApiDeps) -> APIRouter:
             }
         if deps.role_failures is not None:
             out["role_restarts"] = deps.role_failures()
+        if deps.engine is not None:
+            out["engine"] = deps.engine.status()
         return out
 
     return router

@@ -192,19 +192,7 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
     @router.get("/system/panel", response_class=HTMLResponse)
     async def system_panel(request: Request) -> HTMLResponse:
         """The projector's lag and freshness, the engine's partitions, the dead letters, the rebuilds."""
-        engine = deps.engine
-        engine_view = None
-        if engine is not None:
-            engine_view = {
-                "partitions": sorted(engine.recovered_partitions),
-                "recoveries_started": engine.recoveries_started,
-                "recoveries": engine.recoveries,
-                "fenced": engine.fenced,
-                "given_up": engine.given_up,
-                "runs": sum(map(len, list(engine.runs.values()))),
-                "quarantined": sorted(r for held in list(engine.quarantined.values()) for r in held),
-                "processed": engine.processed,
-            }
+        engine_view = deps.engine.status() if deps.engine is not None else None
         letters = await dead_letters.latest()
         return page(request, "_system_panel.html", projector=deps.metrics, engine=engine_view, letters=letters)
 

@@ -722,6 +722,21 @@ class Engine:
         if hasattr(self, "consumer"):  # started
             yield from consumer_lag("engine", self.consumer, self.positions)
 
+    def status(self) -> dict[str, Any]:
+        """What ``/stats`` and the dashboard's System page show of this engine: the partitions it serves, those
+        parked (recovery keeps failing: partition → last error), recoveries, fences, failed transactions."""
+        return {
+            "partitions": sorted(self.recovered_partitions),
+            "parked": {str(p): why for p, why in sorted(self.parked.items())},
+            "recoveries_started": self.recoveries_started,
+            "recoveries": self.recoveries,
+            "fenced": self.fenced,
+            "given_up": self.given_up,
+            "runs": _count_of(self.runs),
+            "quarantined": sorted(r for held in list(self.quarantined.values()) for r in held),
+            "processed": self.processed,
+        }
+
     async def capture(self) -> Capture:
         """A copy of the live run states of every recovered partition, the time it was taken (epoch ms), and the
         events offset each partition's log must reach to hold every seq of those states.

@@ -218,6 +218,7 @@ async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(
     assert not engine._task.done(), "the loop keeps serving the other partitions"
     metrics = {name: value for _, name, _, _, value in engine.metric_values()}
     assert metrics["tickflow_engine_partitions_parked"] == 1
+    assert "cannot read" in engine.status()["parked"]["0"]  # what /stats and the System page show
     await engine.stop()
     assert 0 not in engine._recovering
 
