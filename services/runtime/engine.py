@@ -70,10 +70,11 @@ from tickflow.metrics import DECISION_SECONDS, observe_ticks
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.decision_traces import DecisionTraces
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
+from tickflow.runtime.input_offsets import InputOffsets
 from tickflow.runtime.kafka import DeadLetters, Rebalance, consumer_lag, new_consumer
 from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
-from tickflow.runtime.snapshots import APPLIED_KEY, encode_applied, encode_gone
+from tickflow.runtime.snapshots import encode_gone
 from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
@@ -141,14 +142,8 @@ class Engine:
         self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
         self._last_event_send: dict[int, asyncio.Future[Any]] = {}
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
-        #: Input offsets handled in this turn, not yet durable: they move to ``positions`` only once their
-        #: partition's transaction committed (or when the turn wrote nothing for that partition).
-        self._pending: dict[TopicPartition, int] = {}
-        #: Input offsets whose effects are committed: the only offsets ever committed to the consumer group.
-        self.positions: dict[TopicPartition, int] = {}
-        #: Per partition, per input role (commands, results): the offset up to which its committed transactions
-        #: applied their inputs, as its last ``APPLIED_KEY`` note on the state topic says.
-        self.applied: dict[int, dict[str, int]] = {}
+        #: Input offsets: handled in this turn, applied by committed transactions, committable to the group.
+        self.offsets = InputOffsets(self.topics.commands, self.topics.results, self.topics.state)
         #: Partitions whose recovery keeps failing (with the last error): retried with backoff, not served.
         self.parked: dict[int, str] = {}
         #: The transactional producer of each partition this engine writes for (see ``runtime/fencing.py``).
@@ -268,14 +263,14 @@ class Engine:
                         if handled % TIMER_CHECK_EVERY == 0:  # a big batch must not hold due timers back
                             now = _now_ms()
                             await self._fire_timers(now)
-                    self._pending[tp] = records[-1].offset + 1
+                    self.offsets.handled(tp, records[-1].offset + 1)
                     self.processed += len(records)
                 await self._fire_timers(_now_ms())
                 if self.snapshots.due(self.settings.snapshot_interval_s):
                     await self._begin_snapshot_round()
                 await self.snapshots.write_prepared(self.writers)
                 await self._end_transactions()  # this turn's writes become visible, or the partition is rebuilt
-            if self.positions and time.monotonic() - self._last_commit >= interval:
+            if self.offsets.committable and time.monotonic() - self._last_commit >= interval:
                 async with self._lock:
                     await self._commit()
 
@@ -335,14 +330,14 @@ class Engine:
         for a partition become committable (``positions``) only once its transaction committed, or when the turn
         wrote nothing for it.
         """
-        parts = {tp.partition for tp in self._pending} | {p for p, w in self.writers.items() if w.open}
+        parts = self.offsets.partitions_handled() | {p for p, w in self.writers.items() if w.open}
         if only is not None:
             parts &= only
         open_ = [self.writers[p] for p in sorted(parts) if p in self.writers and self.writers[p].open]
         if open_ and self._crash is not None:  # a fault test: let the broker hold every record first, uncommitted
             await asyncio.gather(*(w.acknowledged() for w in open_))
             self._crash_point("txn-open", "")
-        notes = {w.partition: self._applied_note(w.partition) for w in open_}
+        notes = {w.partition: self.offsets.note(w.partition) for w in open_}
         results = await asyncio.gather(*(w.commit(notes[w.partition]) for w in open_), return_exceptions=True)
         for writer, result in zip(open_, results, strict=True):
             if isinstance(result, TransactionFailed):
@@ -351,26 +346,7 @@ class Engine:
             elif isinstance(result, BaseException):
                 raise result
         for partition in parts:
-            self._promote(partition)
-
-    def _role(self, tp: TopicPartition) -> str:
-        return "commands" if tp.topic == self.topics.commands else "results"
-
-    def _applied_note(self, partition: int) -> tuple[str, bytes, bytes, int] | None:
-        """The state-topic record saying up to which offsets this partition's transaction applies its inputs."""
-        handled = {self._role(tp): o for tp, o in self._pending.items() if tp.partition == partition}
-        if not handled:
-            return None
-        offsets = {**self.applied.get(partition, {}), **handled}
-        return self.topics.state, encode_applied(offsets), APPLIED_KEY, partition
-
-    def _promote(self, partition: int) -> None:
-        """The partition's handled inputs are durable now: their offsets may be committed."""
-        for tp in self._inputs({partition}):
-            offset = self._pending.pop(tp, None)
-            if offset is not None:
-                self.positions[tp] = offset
-                self.applied.setdefault(partition, {})[self._role(tp)] = offset
+            self.offsets.committed(partition)
 
     async def _give_up(self, partition: int, failure: TransactionFailed) -> None:
         """Stop serving a partition whose transaction failed: its writes were aborted, so its cached state may be
@@ -434,7 +410,7 @@ class Engine:
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         # Commits never outrun durable state: the transactions of every event/task these offsets caused commit first.
         await self._end_transactions(None if only is None else {tp.partition for tp in only})
-        offsets = {tp: o for tp, o in self.positions.items() if only is None or tp in only}
+        offsets = {tp: o for tp, o in self.offsets.committable.items() if only is None or tp in only}
         if offsets:
             self._crash_point("before-commit", "")
             try:
@@ -720,7 +696,7 @@ class Engine:
         for type_, n in list(self.events_out.items()):
             yield "counter", "tickflow_engine_events", "Events appended to the log, by type.", {"type": type_}, n
         if hasattr(self, "consumer"):  # started
-            yield from consumer_lag("engine", self.consumer, self.positions)
+            yield from consumer_lag("engine", self.consumer, self.offsets.committable)
 
     def status(self) -> dict[str, Any]:
         """What ``/stats`` and the dashboard's System page show of this engine: the partitions it serves, those
@@ -804,11 +780,7 @@ class Engine:
                 del self._recovering[partition]
 
     def _inputs(self, partitions: set[int]) -> list[TopicPartition]:
-        return [
-            TopicPartition(topic, p)
-            for p in sorted(partitions)
-            for topic in (self.topics.commands, self.topics.results)
-        ]
+        return [tp for p in sorted(partitions) for tp in self.offsets.inputs(p)]
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         for partition in {tp.partition for tp in revoked}:
@@ -827,10 +799,7 @@ class Engine:
 
     def _drop(self, partition: int) -> PartitionWriter | None:
         """Forget everything of a partition this engine no longer serves; returns its writer, to be stopped."""
-        for tp in self._inputs({partition}):
-            self.positions.pop(tp, None)
-            self._pending.pop(tp, None)
-        self.applied.pop(partition, None)
+        self.offsets.drop(partition)
         self.timers.drop_partition(self.runs.pop(partition, {}))
         self.timers.drop_partition(self.stacks.pop(partition, {}))
         self.timers.drop_partition(self.gone.pop(partition, {}))
@@ -901,11 +870,9 @@ class Engine:
                 raise
             if partition not in self.writers:
                 return  # its healing transaction failed: given up (and being rebuilt again unless fenced)
-            self.applied[partition] = dict(built.applied)
-            for tp in inputs:
-                # Resume after every input a committed transaction applied, even where the group's offsets lag
-                # (a crash between a transaction and the offset commit): no redelivered input is applied twice.
-                start = max(committed[tp] or 0, built.applied.get(self._role(tp), 0))
+            self.offsets.recovered(partition, built.applied)
+            for tp in inputs:  # no input a committed transaction applied is read (and applied) again
+                start = self.offsets.resume_at(tp, committed[tp])
                 if start > 0:
                     self.consumer.seek(tp, start)
             self.recovered_partitions.add(partition)

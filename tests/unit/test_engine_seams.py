@@ -157,17 +157,17 @@ async def test_every_transaction_ends_with_the_offsets_it_applies(tmp_path: Path
     producer = SlowProducer()
     producer.outcome.set_result(None)
     engine = _engine(tmp_path, consumer, producer)
-    engine.applied[0] = {"results": 9}
+    engine.offsets.recovered(0, {"results": 9})
     engine._task = asyncio.create_task(engine._loop())
     for _ in range(100):
-        if engine.positions.get(COMMANDS) == 6:
+        if engine.offsets.committable.get(COMMANDS) == 6:
             break
         await asyncio.sleep(0.02)
     await engine.stop()
     notes = [orjson.loads(v or b"") for t, v, k in producer.sent if k == APPLIED_KEY and t == "t.state"]
     assert notes[-2:] == [{"applied": {"results": 9, "commands": 5}}, {"applied": {"results": 9, "commands": 6}}]
     assert producer.sent[-1][2] == APPLIED_KEY
-    assert engine.applied[0] == {"results": 9, "commands": 6}
+    assert engine.offsets.applied[0] == {"results": 9, "commands": 6}
 
 
 async def test_recovery_resumes_after_the_inputs_a_committed_transaction_applied(
@@ -188,7 +188,7 @@ async def test_recovery_resumes_after_the_inputs_a_committed_transaction_applied
     engine.writers, engine.recovered_partitions = {}, set()
     await engine._rebuild(0, _writer(engine.settings, SlowProducer()), 0.0)
     assert consumer.seeks == {COMMANDS: 42, RESULTS: 11}
-    assert engine.recovered_partitions == {0} and engine.applied[0] == {"commands": 42, "results": 3}
+    assert engine.recovered_partitions == {0} and engine.offsets.applied[0] == {"commands": 42, "results": 3}
 
 
 async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(

@@ -98,7 +98,7 @@ async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: 
     engine.recovered_partitions = {0, 1}
     for tps in inputs.values():
         for tp in tps:
-            engine._pending[tp] = 10  # handled in the turn whose transaction now ends
+            engine.offsets.handled(tp, 10)  # handled in the turn whose transaction now ends
     await engine._commit()
     if not fenced:
         assert consumer.commits == [{tp: 10 for tp in inputs[1]}]  # partition 0's offsets are not committed
@@ -124,7 +124,7 @@ async def test_a_revocation_whose_last_transaction_fails_commits_nothing_of_it_a
     engine.writers = {0: writer}  # type: ignore[dict-item]
     engine.recovered_partitions = {0}
     for tp in inputs:
-        engine._pending[tp] = 10
+        engine.offsets.handled(tp, 10)
     await engine.on_revoked(set(inputs))
     assert consumer.commits == [] and rebuilt == [] and writer.stopped
     assert engine.writers == {} and engine.recovered_partitions == set() and engine.given_up == 1
