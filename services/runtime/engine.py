@@ -10,10 +10,12 @@ Durability and fencing:
   that partition's runs from its snapshots and the events after their checkpoint, in the background with the
   partition's inputs paused (never inside the rebalance callback, where no heartbeats flow); the in-memory table
   is a cache of that fold and is dropped on revocation.
-* Offsets of commands/results are committed only after the transactions of every event and task they caused
-  committed. A crash before that redelivers the inputs; the decider ignores inputs already applied (idempotent
-  start, exactly-once result application by attempt). A transaction that fails is aborted and its partition is
-  rebuilt from the log (its cached state may be ahead of it).
+* Every input is applied once (``runtime/input_offsets.py``): each transaction ends with the partition's note of
+  the input offsets it applies (on the state topic), and recovery resumes reading after it; offsets are committed
+  to the group only after the transactions of every event and task they caused committed. A stop (SIGTERM) lets
+  the loop finish its turn, never cancelling it inside a commit. A transaction that fails is aborted and its
+  partition is rebuilt from the log (its cached state may be ahead of it); one that failed because the coordinator
+  aborted it for its timeout is told apart from a newer owner's fence by asking the group.
 * After rebuilding, ``Recover`` emits whatever a decision still owes (a run cut short by a crash in an older
   version, a timer due meanwhile), and in-flight tasks are re-sent (workers are at-least-once; their results are
   deduplicated by attempt), so the log gets neither a duplicate nor a gap at any (run, seq).

@@ -10,10 +10,11 @@ Why transactions, and why one producer per partition (see README, "Fencing"):
   group-generation check), which is why the id must follow the partition and not the process.
 * A transaction also makes one loop turn's writes for a partition atomic: its events, the tasks and commands they
   imply, its snapshots and its dead letters become visible together or not at all. Readers use ``read_committed``.
-* Input offsets are not part of the transaction (no ``send_offsets_to_transaction``: it costs two more round
-  trips per commit, and aiokafka has an open bug in it, #1098). The engine commits offsets with its consumer after
-  the transactions they depend on committed; the group coordinator refuses a commit from an evicted member's old
-  generation, and the decider already ignores a redelivered input.
+* Input offsets are not sent to the group in the transaction (no ``send_offsets_to_transaction``: it costs two
+  more coordinator round trips per commit, and aiokafka has an open bug in it, #1098). Instead ``commit`` takes the
+  partition's applied-offsets note as the transaction's last record (``runtime/input_offsets.py``), and the engine
+  commits the group's offsets with its consumer after the transactions they depend on committed; the group
+  coordinator refuses a commit from an evicted member's old generation.
 
 A failed transaction is never retried in place: the partition's cached state may be ahead of the log, so the engine
 gives the partition up and rebuilds it from the log (or, when fenced, leaves it to its new owner).
