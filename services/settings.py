@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     commit_interval_ms: int = Field(default=200, ge=1)
     #: How long the broker waits for the engine's heartbeats before it gives the engine's partitions to another.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    #: How long the transaction coordinator lets one of the engine's transactions stay open before aborting it (a
+    #: turn lasts milliseconds; this bounds how long a dead engine's open transaction holds back readers).
+    transaction_timeout_ms: int = Field(default=30_000, ge=1_000, le=900_000)
     #: How often the engine snapshots changed state to the compacted state topic (0: never).
     snapshot_interval_s: float = Field(default=60.0, ge=0)
     #: How long a finished run keeps its full state in the engine's memory before it shrinks to id, seq, status and

@@ -842,7 +842,12 @@ class Engine:
         started = time.monotonic()
         # Fence the previous owner first: once this writer is registered, nothing it left open can still commit,
         # so the reads below see every write of the partition that will ever be visible.
-        writer = PartitionWriter(self.settings.kafka, f"{self.topics.engine_group}.{partition}", partition)
+        writer = PartitionWriter(
+            self.settings.kafka,
+            f"{self.topics.engine_group}.{partition}",
+            partition,
+            timeout_ms=self.settings.transaction_timeout_ms,
+        )
         try:
             await writer.start()
         except BaseException:

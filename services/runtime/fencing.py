@@ -36,9 +36,11 @@ __all__ = ["TRANSACTION_TIMEOUT_MS", "Fenced", "PartitionWriter", "TransactionFa
 
 log = logging.getLogger("tickflow.engine")
 
-#: How long the coordinator lets a transaction stay open before aborting it. Only matters when an engine dies with
-#: a transaction open and nobody takes its partition over: until then, read_committed readers of the partitions it
-#: wrote to wait at that transaction. A loop turn's transaction lives for milliseconds.
+#: The default of how long the coordinator lets a transaction stay open before aborting it
+#: (``TICKFLOW_TRANSACTION_TIMEOUT_MS``). Only matters when an engine dies with a transaction open and nobody takes
+#: its partition over: until then, read_committed readers of the partitions it wrote to wait at that transaction.
+#: A loop turn's transaction lives for milliseconds; one the coordinator aborts is not taken for a fence (see
+#: ``Engine._still_owner``).
 TRANSACTION_TIMEOUT_MS = 30_000
 
 
@@ -57,11 +59,13 @@ class Fenced(TransactionFailed):
 class PartitionWriter:
     """The transactional producer of one owned input partition; a transaction opens at the first send."""
 
-    def __init__(self, kafka: KafkaTarget, transactional_id: str, partition: int) -> None:
+    def __init__(
+        self, kafka: KafkaTarget, transactional_id: str, partition: int, timeout_ms: int = TRANSACTION_TIMEOUT_MS
+    ) -> None:
         self.partition = partition
         self.transactional_id = transactional_id
         self._producer: AIOKafkaProducer = new_producer(
-            kafka, transactional_id=transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS
+            kafka, transactional_id=transactional_id, transaction_timeout_ms=timeout_ms
         )
         self._open = False
         self._sends: list[asyncio.Future[Any]] = []

@@ -34,6 +34,7 @@ from tickflow.events import CancelRun, Envelope, ResumeRun, StartRun, encode
 from tickflow.events.agents import CreateStack, PauseStack, PlayStack, stack_key
 from tickflow.events.schemas import Payload
 from tickflow.node import Node
+from tickflow.runtime.engine import Engine
 from tickflow.runtime.kafka import ensure_topics, new_producer
 from tickflow.settings import Settings
 
@@ -223,3 +224,39 @@ async def test_sigterm_cycles_lose_and_repeat_nothing(workers: Node, tmp_path: P
     print(
         f"\nSIGTERM x{CYCLES}: {len(commands.acked)} commands acknowledged, {len(starts)} runs; {found.summary()}"
     )
+
+
+async def test_a_transaction_the_coordinator_aborted_is_rebuilt_not_left_as_fenced(
+    workers: Node, tmp_path: Path
+) -> None:
+    """A turn outlasts the transaction timeout (here: the loop is held 16 s with a 2 s timeout; in production a
+    long stall). The coordinator aborts the transaction and bumps the epoch, which aiokafka reports as
+    ``ProducerFenced`` — as it does a newer owner's fence. The group still gives the partition to this engine (the
+    30 s session outlasts the stall), so the engine rebuilds the partition with a new writer and its runs finish.
+    Before, it gave the partition up as fenced and left it paused for good: its runs never finished."""
+    settings = workers.settings.with_(transaction_timeout_ms=2_000, session_timeout_ms=30_000)
+    armed, stalled = False, False
+
+    def stall(point: str, key: str) -> None:
+        nonlocal stalled
+        if armed and point == "txn-open" and not stalled:
+            stalled = True
+            time.sleep(16)  # past the timeout and the coordinator's 10 s sweep for timed-out transactions
+
+    engine = Engine(settings, registry, crash=stall)
+    await engine.start()
+    try:
+        for _ in range(300):
+            if len(engine.recovered_partitions) == settings.partitions:
+                break
+            await asyncio.sleep(0.1)
+        armed = True
+        async with Commands(settings) as commands:
+            for i in range(20):
+                await commands.send(f"sq-{i}", StartRun(workflow="square", input=i))
+        found = await _until(lambda f: len(f.started) == 20 and not f.problems(), settings, "the runs", 90)
+        assert stalled and engine.given_up >= 1 and engine.fenced == 0, (engine.given_up, engine.fenced)
+        assert engine.recovered_partitions == set(range(settings.partitions))
+        print(f"\naborted for its timeout: {engine.given_up} partition(s) rebuilt; {found.summary()}")
+    finally:
+        await engine.stop()
