@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.paths import REPO_ROOT
 from tickflow.events.codec import decode
 from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
-from tickflow.runtime.kafka import read_partition
+from tickflow.node import Node
+from tickflow.runtime.kafka import ensure_topics, read_partition
 from tickflow.settings import Settings
+from tickflow.workflow import Registry
 
 
 def settings_for(prefix: str, bootstrap: str, tmp: Path, api_port: int, **extra: object) -> Settings:
@@ -25,6 +29,19 @@ def settings_for(prefix: str, bootstrap: str, tmp: Path, api_port: int, **extra:
         commit_interval_ms=100,
         projector_batch_ms=50,
     ).with_(**extra)
+
+
+@contextlib.asynccontextmanager
+async def worker_node(settings: Settings, registry: Registry) -> AsyncIterator[Node]:
+    """The topics of ``settings`` and a node running only the workers, in this process (the engine under test runs
+    in its own process, to be killed or stopped)."""
+    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
+    node = Node(settings, registry, frozenset({"worker"}))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 def spawn_roles(

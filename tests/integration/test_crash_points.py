@@ -20,11 +20,11 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.checker import check_log
 from tests.integration.flows import registry
-from tests.integration.harness import read_topic, settings_for, spawn_roles
+from tests.integration.harness import read_topic, settings_for, spawn_roles, worker_node
 from tests.integration.test_faults import start_runs, stop
 from tickflow.events import encode
 from tickflow.node import Node
-from tickflow.runtime.kafka import ensure_topics, new_producer
+from tickflow.runtime.kafka import new_producer
 from tickflow.runtime.replay import fork_command
 from tickflow.settings import Settings
 
@@ -36,11 +36,8 @@ CRASHING = [sys.executable, "-m", "tests.integration.crashing_engine"]
 @pytest.fixture
 async def workers(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
     settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), snapshot_interval_s=0.5)
-    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
-    node = Node(settings, registry, frozenset({"worker"}))
-    await node.start()
-    yield node
-    await node.stop()
+    async with worker_node(settings, registry) as node:
+        yield node
 
 
 async def _until_clean(settings: Settings, timeout: float) -> str:

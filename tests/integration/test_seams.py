@@ -28,14 +28,14 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.checker import STACK_COMMANDED, Integrity, check_log
 from tests.integration.flows import registry
-from tests.integration.harness import settings_for, spawn_roles
+from tests.integration.harness import settings_for, spawn_roles, worker_node
 from tests.integration.test_faults import stop
 from tickflow.events import CancelRun, Envelope, ResumeRun, StartRun, encode
 from tickflow.events.agents import CreateStack, PauseStack, PlayStack, stack_key
 from tickflow.events.schemas import Payload
 from tickflow.node import Node
 from tickflow.runtime.engine import Engine
-from tickflow.runtime.kafka import ensure_topics, new_producer
+from tickflow.runtime.kafka import new_producer
 from tickflow.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -45,11 +45,8 @@ CYCLES = 20
 @pytest.fixture
 async def workers(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
     settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), snapshot_interval_s=1)
-    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
-    node = Node(settings, registry, frozenset({"worker"}))
-    await node.start()
-    yield node
-    await node.stop()
+    async with worker_node(settings, registry) as node:
+        yield node
 
 
 class Commands:
