@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tickflow.core.decider import (
     Decision,
@@ -55,7 +55,7 @@ from tickflow.core.decider import (
 from tickflow.core.lineage import lineage_problem
 from tickflow.core.retention import Retention
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
-from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack, stack_recovery
+from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack
 from tickflow.core.state import shrink
 from tickflow.events.codec import InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
@@ -71,10 +71,11 @@ from tickflow.events.topics import is_run_id
 from tickflow.metrics import DECISION_SECONDS, observe_ticks
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.decision_traces import DecisionTraces
-from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
+from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
 from tickflow.runtime.input_offsets import InputOffsets
 from tickflow.runtime.kafka import DeadLetters, Rebalance, consumer_lag, new_consumer
-from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
+from tickflow.runtime.ownership import PartitionOwnership
+from tickflow.runtime.recovery import Quarantine
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
 from tickflow.runtime.snapshots import encode_gone
 from tickflow.runtime.timers import Timers
@@ -96,11 +97,6 @@ SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
 
 #: How long ``stop`` waits for the loop to reach a turn boundary before cancelling it (committing no offset then).
 STOP_TIMEOUT_S = 30.0
-#: A partition whose recovery fails is retried alone, after a backoff doubling from the first to the most; after
-#: ``PARK_AFTER`` failures in a row it counts as parked (metric, /stats) while it keeps being retried.
-RECOVERY_RETRY_FIRST_S = 0.5
-RECOVERY_RETRY_MAX_S = 60.0
-PARK_AFTER = 3
 
 #: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
 TIMER_CHECK_EVERY = 200
@@ -119,8 +115,9 @@ class Capture(NamedTuple):
     events_end: dict[int, int]
 
 
-class Engine:
-    """One engine process (or one of many in the same consumer group)."""
+class Engine(PartitionOwnership):
+    """One engine process (or one of many in the same consumer group). Its partitions' assignment, recovery,
+    give-up and revocation are ``PartitionOwnership``'s (``runtime/ownership.py``)."""
 
     def __init__(self, settings: Settings, registry: Registry, *, crash: CrashHook | None = None) -> None:
         """``crash`` is for fault tests only: called at each named crash point (see ``CRASH_POINTS``) with the point
@@ -349,65 +346,6 @@ class Engine:
                 raise result
         for partition in parts:
             self.offsets.committed(partition)
-
-    async def _give_up(self, partition: int, failure: TransactionFailed) -> None:
-        """Stop serving a partition whose transaction failed: its writes were aborted, so its cached state may be
-        ahead of the log, and the inputs of that turn must be read again.
-
-        Fenced: another engine holds the partition now (this one was paused past its session timeout, or lost a
-        race with a rebalance); its consumer learns that at its next heartbeat and rejoins. Anything else (a
-        broker fault): this engine still owns the partition, so it rebuilds it from the log at once.
-        """
-        writer = self._drop(partition)  # first: nothing of the aborted turn may be committed, whatever follows
-        fenced = isinstance(failure, Fenced) and not await self._still_owner(partition)
-        if fenced:
-            self.fenced += 1
-            log.warning(
-                "partition %d: fenced by a newer owner; it is given up without writing more: %s", partition, failure
-            )
-        elif isinstance(failure, Fenced):  # the coordinator aborted it (its timeout), and the group says it is ours
-            self.given_up += 1
-            log.error(
-                "partition %d: its transaction was aborted by the coordinator (past its timeout), not by a new owner; "
-                "rebuilding it with a new writer: %s",
-                partition,
-                failure,
-            )
-        else:
-            self.given_up += 1
-            log.error("partition %d: a transaction failed; rebuilding it from the log: %s", partition, failure)
-        inputs = self._inputs({partition})
-        owned = set(self.consumer.assignment())
-        self.consumer.pause(*(tp for tp in inputs if tp in owned))
-        if writer is not None:
-            await writer.stop()
-        for tp in inputs:  # the aborted turn's inputs are read again, from the last committed offsets
-            if tp in owned:
-                committed = await self.consumer.committed(tp)
-                if committed is None:
-                    await self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
-        if not fenced and not self._stopping and partition in {tp.partition for tp in owned} - self._revoking:
-            self._start_recovery(partition)
-
-    async def _still_owner(self, partition: int) -> bool:
-        """Whether the group still gives this engine ``partition``, asked of the group coordinator itself.
-
-        aiokafka reports a transaction the coordinator aborted for its timeout as ``ProducerFenced``, as it does a
-        newer owner's fence. Only the group knows which: a commit of the partition's committed offset (changing
-        nothing) succeeds only for a member of the current generation that owns it. A zombie (evicted past its
-        session) is refused and rejoins; a healthy owner rebuilds the partition instead of leaving it paused."""
-        tp = TopicPartition(self.topics.commands, partition)
-        if tp not in self.consumer.assignment():
-            return False
-        try:
-            committed = await self.consumer.committed(tp)
-            await self.consumer.commit({tp: committed or 0})
-        except (KafkaError, IllegalStateError) as exc:
-            log.info("partition %d: the group no longer gives it to this engine (%s)", partition, exc)
-            return False
-        return True
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         # Commits never outrun durable state: the transactions of every event/task these offsets caused commit first.
@@ -737,81 +675,7 @@ class Engine:
                 ends[partition] = max(ends[partition], metadata.offset + 1)
         return Capture(runs, taken_at, ends)
 
-    # -- partition ownership -------------------------------------------------------------------------------
-
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Pause the new partitions' inputs and rebuild them in the background; return at once (see ``_recover``)."""
-        partitions = {tp.partition for tp in assigned} - self.recovered_partitions - set(self._recovering)
-        log.info("engine owns partitions %s", sorted({tp.partition for tp in assigned}))
-        if partitions:
-            self.consumer.pause(*self._inputs(partitions))
-        for partition in sorted(partitions):
-            self._start_recovery(partition)
-
-    def _start_recovery(self, partition: int) -> None:
-        task = asyncio.create_task(self._recover_guarded(partition), name=f"tickflow-recover-{partition}")
-        self._recovering[partition] = task
-        self.recoveries_started += 1
-
-    async def _recover_guarded(self, partition: int) -> None:
-        """Recover a partition, retrying it alone with backoff while it fails: the other partitions keep being
-        served. After ``PARK_AFTER`` failures in a row it is parked (visible in /metrics and /stats) and still
-        retried, every ``RECOVERY_RETRY_MAX_S`` at most, until it recovers or is revoked."""
-        failures = 0
-        try:
-            while True:
-                try:
-                    await self._recover(partition)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    delay = min(RECOVERY_RETRY_FIRST_S * 2 ** (failures - 1), RECOVERY_RETRY_MAX_S)
-                    log.exception("recovery of partition %d failed (%d in a row); retrying in %.1f s",
-                                  partition, failures, delay)
-                    if failures >= PARK_AFTER:
-                        self.parked[partition] = f"{type(exc).__name__}: {exc}"[:1_000]
-                    await asyncio.sleep(delay)
-                    if self._stopping or partition not in {tp.partition for tp in self.consumer.assignment()}:
-                        return
-                    continue
-                self.parked.pop(partition, None)
-                return
-        finally:
-            if self._recovering.get(partition) is asyncio.current_task():
-                del self._recovering[partition]
-
-    def _inputs(self, partitions: set[int]) -> list[TopicPartition]:
-        return [tp for p in sorted(partitions) for tp in self.offsets.inputs(p)]
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        for partition in {tp.partition for tp in revoked}:
-            self.parked.pop(partition, None)
-            task = self._recovering.pop(partition, None)
-            if task is not None:
-                task.cancel()  # not rebuilt yet: nothing of it was installed or sent
-        async with self._lock:
-            self._revoking = {tp.partition for tp in revoked}  # a failed last transaction is not rebuilt here
-            try:
-                await self._commit(only=set(revoked))
-            finally:
-                self._revoking = set()
-            writers = [self._drop(partition) for partition in {tp.partition for tp in revoked}]
-        await asyncio.gather(*(w.stop() for w in writers if w is not None))
-
-    def _drop(self, partition: int) -> PartitionWriter | None:
-        """Forget everything of a partition this engine no longer serves; returns its writer, to be stopped."""
-        self.offsets.drop(partition)
-        self.timers.drop_partition(self.runs.pop(partition, {}))
-        self.timers.drop_partition(self.stacks.pop(partition, {}))
-        self.timers.drop_partition(self.gone.pop(partition, {}))
-        self.slots.pop(partition, None)
-        self.quarantined.pop(partition, None)
-        self.snapshots.drop(partition)
-        self.events_end.pop(partition, None)
-        self._last_event_send.pop(partition, None)
-        self.recovered_partitions.discard(partition)
-        return self.writers.pop(partition, None)
+    # -- snapshots -------------------------------------------------------------------------------------------
 
     async def _begin_snapshot_round(self) -> None:
         """Start writing the states changed since the last round (``SnapshotRounds`` writes them in chunks)."""
@@ -830,118 +694,8 @@ class Engine:
             or self.quarantined[partition].get(key)
         )
 
-    async def _recover(self, partition: int) -> None:
-        """Rebuild one partition's runs from the log, then finish what a crash may have cut short.
 
-        Runs as a task of its own, never inside the rebalance callback: aiokafka sends no heartbeats while that
-        callback runs, so a fold longer than the session timeout there would get this engine evicted (two writers,
-        or a revoke/recover loop re-sending every task in flight). The partition's inputs stay paused until its
-        state is installed; reading the log and folding it happen outside the lock (the fold in a thread), so the
-        other partitions keep being served and the heartbeats keep flowing.
-        """
-        started = time.monotonic()
-        # Fence the previous owner first: once this writer is registered, nothing it left open can still commit,
-        # so the reads below see every write of the partition that will ever be visible.
-        writer = PartitionWriter(
-            self.settings.kafka,
-            f"{self.topics.engine_group}.{partition}",
-            partition,
-            timeout_ms=self.settings.transaction_timeout_ms,
-        )
-        try:
-            await writer.start()
-        except BaseException:
-            await writer.stop()
-            raise
-        try:
-            await self._rebuild(partition, writer, started)
-        except BaseException:
-            if self.writers.get(partition) is not writer:
-                await writer.stop()
-            raise
 
-    async def _rebuild(self, partition: int, writer: PartitionWriter, started: float) -> None:
-        built = await rebuild_partition(self.settings.kafka, self.topics, self.blobs, partition)
-        inputs = self._inputs({partition})
-        committed = {tp: await self.consumer.committed(tp) for tp in inputs}  # read after the old writer is fenced
-        async with self._lock:
-            if partition not in {tp.partition for tp in self.consumer.assignment()}:
-                await writer.stop()
-                return  # revoked while it was being rebuilt: the new owner rebuilds it
-            self.recovered_from[partition] = built.checkpoint
-            self.writers[partition] = writer
-            try:
-                summary = await self._install(partition, built)
-            except BaseException:  # nothing half installed stays behind: the retry starts from scratch
-                self._drop(partition)
-                raise
-            if partition not in self.writers:
-                return  # its healing transaction failed: given up (and being rebuilt again unless fenced)
-            self.offsets.recovered(partition, built.applied)
-            for tp in inputs:  # no input a committed transaction applied is read (and applied) again
-                start = self.offsets.resume_at(tp, committed[tp])
-                if start > 0:
-                    self.consumer.seek(tp, start)
-            self.recovered_partitions.add(partition)
-            self.recoveries += 1
-            self.consumer.resume(*inputs)
-        took = time.monotonic() - started
-        log.info(
-            "partition %d recovered: %d events after offset %s, %s in %.2fs (read %.2fs, fold %.2fs, install %.2fs)",
-            partition,
-            built.events_read,
-            built.checkpoint,
-            summary,
-            took,
-            built.read_s,
-            built.fold_s,
-            took - (built.started - started) - built.read_s - built.fold_s,
-        )
-
-    async def _install(self, partition: int, built: Rebuilt) -> str:
-        """Make a rebuilt partition the live one: expire what is due, arm timers, heal and re-send in-flight work.
-
-        Each newly quarantined run gets a ``RunQuarantined`` note in the log (once), so its status says why.
-        """
-        now = _now_ms()
-        runs, slots, stacks, gone = built.runs, built.slots, built.stacks, built.gone
-        self.quarantined[partition] = built.held
-        for run_id, q in built.held.items():
-            log.error(
-                "run %s quarantined at seq %d: %s; `tickflow release %s` resumes it from there",
-                run_id,
-                q.state.seq,
-                q.reason,
-                run_id,
-            )
-            if not q.announced:
-                note = quarantine_note(run_id, q, now)
-                await self._publish(partition, [(self.topics.events, encode(note), run_id.encode())])
-                q.announced = True
-        expired = [run_id for run_id, state in runs.items() if self.retention.stage(state, now) == "expire"]
-        self.runs[partition] = runs
-        self.slots[partition] = slots
-        self.stacks[partition] = stacks
-        self.gone[partition] = gone
-        self.snapshots.drop(partition)  # whatever it owed before is covered by what follows
-        for run_id in expired:
-            self._forget(partition, runs.pop(run_id), now)
-        for run_id, until in gone.items():
-            self.timers.arm(partition, run_id, until)  # an elapsed one is forgotten at the next timer check
-        # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
-        self.snapshots.owe_all(partition, [*runs, *slots, *stacks, *built.held])
-        for slot in slots.values():
-            await self._apply_slot(partition, slot, [], admissions(slot, None, now))
-        for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent
-            await self._apply_stack(partition, StackDecision([], stack, []), stack_recovery(stack, now))
-        healed, resent_before = 0, self.resent
-        for state in list(runs.values()):
-            healed += await self._decide(partition, state, Recover(f"recover/{partition}"), now, recovering=True)
-        await self._end_transactions({partition})
-        return (
-            f"{len(runs)} runs ({len(expired)} expired), {healed} healed, "
-            f"{self.resent - resent_before} messages re-sent"
-        )
 
 
 def _causation(input: Input) -> str | None:

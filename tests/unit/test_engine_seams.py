@@ -19,8 +19,8 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-import tickflow.runtime.engine as engine_module
 import tickflow.runtime.fencing as fencing
+import tickflow.runtime.ownership as ownership
 from tickflow.events import Envelope, StartRun, encode
 from tickflow.runtime.engine import Engine
 from tickflow.runtime.fencing import PartitionWriter
@@ -181,7 +181,7 @@ async def test_recovery_resumes_after_the_inputs_a_committed_transaction_applied
     async def rebuild(*args: Any) -> Rebuilt:
         return built
 
-    monkeypatch.setattr(engine_module, "rebuild_partition", rebuild)
+    monkeypatch.setattr(ownership, "rebuild_partition", rebuild)
     consumer = FakeConsumer([])
     consumer.committed_offsets = {COMMANDS: 7, RESULTS: 11}
     engine = _engine(tmp_path, consumer, SlowProducer())
@@ -203,7 +203,7 @@ async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(
         attempts += 1
         raise ValueError("a snapshot this code cannot read")
 
-    monkeypatch.setattr(engine_module, "RECOVERY_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(ownership, "RECOVERY_RETRY_FIRST_S", 0.01)
     consumer = FakeConsumer([])
     engine = Engine(Settings(state_dir=tmp_path, prefix="t", partitions=1), Registry())
     engine.consumer = consumer  # type: ignore[assignment]
@@ -214,7 +214,7 @@ async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(
         if 0 in engine.parked:
             break
         await asyncio.sleep(0.01)
-    assert "a snapshot this code cannot read" in engine.parked[0] and attempts >= engine_module.PARK_AFTER
+    assert "a snapshot this code cannot read" in engine.parked[0] and attempts >= ownership.PARK_AFTER
     assert not engine._task.done(), "the loop keeps serving the other partitions"
     metrics = {name: value for _, name, _, _, value in engine.metric_values()}
     assert metrics["tickflow_engine_partitions_parked"] == 1
