@@ -98,6 +98,9 @@ SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
 #: How long ``stop`` waits for the loop to reach a turn boundary before cancelling it (committing no offset then).
 STOP_TIMEOUT_S = 30.0
 
+#: The share of the transaction timeout one turn may spend deciding its batch; the rest waits for the next turn.
+TURN_SHARE = 0.25
+
 #: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
 TIMER_CHECK_EVERY = 200
 
@@ -250,20 +253,28 @@ class Engine(PartitionOwnership):
                 assigned = self.consumer.assignment()
                 now = _now_ms()
                 handled = 0
+                # A turn's transactions stay far below their timeout: past this, the batch's rest waits a turn.
+                turn_ends = time.monotonic() + self.settings.transaction_timeout_ms / 1000 * TURN_SHARE
                 for tp, records in batch.items():
                     if tp not in assigned:
                         continue  # fetched before a revocation: the new owner will process it
                     if tp.partition not in self.recovered_partitions:
                         self.consumer.seek(tp, records[0].offset)  # fetched before its pause: read it again later
                         continue
+                    done = 0
                     for record in records:
+                        if time.monotonic() > turn_ends:
+                            self.consumer.seek(tp, record.offset)  # the rest in the next turn
+                            break
                         await self._handle(tp, record, now)
+                        done += 1
                         handled += 1
                         if handled % TIMER_CHECK_EVERY == 0:  # a big batch must not hold due timers back
                             now = _now_ms()
                             await self._fire_timers(now)
-                    self.offsets.handled(tp, records[-1].offset + 1)
-                    self.processed += len(records)
+                    if done:
+                        self.offsets.handled(tp, records[done - 1].offset + 1)
+                        self.processed += done
                 await self._fire_timers(_now_ms())
                 if self.snapshots.due(self.settings.snapshot_interval_s):
                     await self._begin_snapshot_round()

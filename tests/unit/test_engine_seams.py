@@ -238,3 +238,30 @@ async def test_a_send_that_raises_at_once_aborts_its_transaction_instead_of_stic
     with pytest.raises(fencing.TransactionFailed):
         await writer.commit()
     assert producer.aborted == 1 and not writer.open and not producer.committing.is_set()
+
+
+async def test_a_turn_stops_deciding_well_before_the_transaction_timeout(tmp_path: Path) -> None:
+    """A slow batch (each decision 0.1 s here) is cut at a quarter of the transaction timeout (1 s here): the rest of
+    the batch is read again next turn, so no transaction stays open long enough for the coordinator to abort it."""
+    records = [_start_record(offset, f"r{offset}") for offset in range(10)]
+    consumer = FakeConsumer([{COMMANDS: records}])
+    producer = SlowProducer()
+    producer.outcome.set_result(None)
+    engine = _engine(tmp_path, consumer, producer)
+    engine.settings = engine.settings.with_(transaction_timeout_ms=1_000)
+    handle = engine._handle
+
+    async def slow(tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now: int) -> None:
+        await asyncio.sleep(0.1)
+        await handle(tp, record, now)
+
+    engine._handle = slow  # type: ignore[method-assign]
+    engine._task = asyncio.create_task(engine._loop())
+    for _ in range(100):
+        if COMMANDS in consumer.seeks:
+            break
+        await asyncio.sleep(0.05)
+    await engine.stop()
+    cut = consumer.seeks[COMMANDS]
+    assert 1 <= cut <= 4, cut  # about 0.25 s of 0.1 s decisions
+    assert engine.offsets.committable[COMMANDS] == cut  # what was decided is committed; the rest is read again
