@@ -70,8 +70,6 @@ class PartitionWriter:
         self._open = False
         self._sends: list[asyncio.Future[Any]] = []
         self.transactions = 0  # committed so far
-        #: A commit was interrupted (cancelled) with its outcome unknown: this writer must not be used again.
-        self.doubtful = False
 
     async def start(self) -> None:
         """Register with the transaction coordinator; returns once any previous holder of the id is fenced off and
@@ -116,8 +114,8 @@ class PartitionWriter:
         The writer stays open until the outcome is known. aiokafka commits a transaction even when one of its
         records failed for good; every send is checked first, so a transaction with a lost record is aborted
         instead of leaving a gap. A cancellation while the commit is in flight leaves the outcome unknown: the
-        writer then stays open (``doubtful``) and must not be used again; the engine commits no offset of its
-        partition and the next owner's writer settles the transaction.
+        writer then stays open, so the engine commits no offset of its partition, and the next owner's writer settles
+        the transaction.
         """
         if not self._open:
             return
@@ -133,9 +131,6 @@ class PartitionWriter:
             await self._abort_quietly()
             self._sends, self._open = [], False
             raise (Fenced if isinstance(exc, ProducerFenced) else TransactionFailed)(self.partition, exc) from exc
-        except BaseException:
-            self.doubtful = True
-            raise
         self._sends, self._open = [], False
         self.transactions += 1
 

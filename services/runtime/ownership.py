@@ -15,18 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from tickflow.core.decider import Input, Recover, RunState
+from tickflow.core.decider import Recover, RunState
 from tickflow.core.retention import Retention
 from tickflow.core.slots import SlotState, admissions
 from tickflow.core.stacks import StackDecision, StackState, stack_recovery
 from tickflow.events.codec import encode
-from tickflow.events.envelope import Envelope
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
@@ -35,9 +34,6 @@ from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebu
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
 from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
-
-if TYPE_CHECKING:
-    from aiokafka import ConsumerRecord
 
 __all__ = ["PARK_AFTER", "RECOVERY_RETRY_FIRST_S", "RECOVERY_RETRY_MAX_S", "PartitionOwnership"]
 
@@ -87,41 +83,13 @@ class PartitionOwnership:
     _stopping: bool
     _lock: asyncio.Lock
     _forget: Callable[[int, RunState, int], None]
-
-    async def _publish(self, partition: int, records: list[tuple[str, bytes, bytes]]) -> None:
-        raise NotImplementedError
-
-    async def _apply_slot(
-        self, partition: int, state: SlotState, events: list[Envelope], admits: list[Envelope]
-    ) -> None:
-        raise NotImplementedError
-
-    async def _apply_stack(
-        self,
-        partition: int,
-        decision: StackDecision,
-        extra: list[Envelope] | None = None,
-        record: ConsumerRecord[bytes, bytes] | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    async def _decide(
-        self,
-        partition: int,
-        state: RunState,
-        input: Input,
-        now: int,
-        record: ConsumerRecord[bytes, bytes] | None = None,
-        *,
-        recovering: bool = False,
-    ) -> bool:
-        raise NotImplementedError
-
-    async def _end_transactions(self, only: set[int] | None = None) -> None:
-        raise NotImplementedError
-
-    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
-        raise NotImplementedError
+    # The engine's own ways of deciding and publishing (their signatures are the engine's).
+    _publish: Callable[..., Awaitable[None]]
+    _apply_slot: Callable[..., Awaitable[None]]
+    _apply_stack: Callable[..., Awaitable[None]]
+    _decide: Callable[..., Awaitable[bool]]
+    _end_transactions: Callable[..., Awaitable[None]]
+    _commit: Callable[..., Awaitable[None]]
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Pause the new partitions' inputs and rebuild them in the background; return at once (see ``_recover``)."""
