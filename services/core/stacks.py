@@ -45,6 +45,7 @@ from tickflow.events.envelope import Envelope, event_id
 from tickflow.events.schemas import ChildFinished, Event, StartRun
 
 __all__ = [
+    "COMMANDED",
     "StackDecision",
     "StackState",
     "decide_stack",
@@ -121,7 +122,7 @@ class StackState:
 #: How many command ids a stack remembers (``StackState.commands``).
 COMMAND_WINDOW = 16
 #: The events a user's command causes (a budget pause is caused by a tick's report, also a command).
-_COMMANDED = (StackCreated, StackUpdated, StackPaused, StackPlayed, StackDeleted)
+COMMANDED = (StackCreated, StackUpdated, StackPaused, StackPlayed, StackDeleted)
 
 
 def _phase_ms(key: str, interval_ms: int) -> int:
@@ -140,7 +141,7 @@ def evolve_stack(state: StackState, event: Envelope) -> StackState:
         raise ValueError(f"stack {state.key}: expected seq {state.seq + 1}, got {event.seq}")
     s = replace(state, seq=event.seq)
     p, at = event.payload, event.occurred_at_ms
-    if isinstance(p, _COMMANDED) and event.causation_id is not None:
+    if isinstance(p, COMMANDED) and event.causation_id is not None:
         s = replace(s, commands=(*s.commands, event.causation_id)[-COMMAND_WINDOW:])
     if isinstance(p, StackCreated):
         # A re-created stack keeps its tick numbers and the run of a tick still going (so ticks never overlap).

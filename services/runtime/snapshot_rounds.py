@@ -128,11 +128,6 @@ class SnapshotRounds:
         if not self._todo:
             self._todo = None
 
-    async def write_some(self, budget: int, state_of: StateOf, writers: Mapping[int, StateWriter]) -> None:
-        """``prepare`` then ``write_prepared``: for a caller with no transaction open in between."""
-        await self.prepare(budget, state_of)
-        await self.write_prepared(writers)
-
     def owe_all(self, partition: int, keys: Iterable[str]) -> None:
         """A rebuilt partition: the next round covers every state rebuilt, so its checkpoint can pass the fold."""
         self.dirty[partition].update(keys)

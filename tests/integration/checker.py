@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tickflow.core.stacks import COMMANDED
 from tickflow.events import Envelope, ForkRun, ResumeRun, RunReleased, StartRun
 from tickflow.events.agents import STACK_PREFIX
 from tickflow.events.codec import InvalidRecord, decode
@@ -31,7 +32,7 @@ __all__ = ["Integrity", "check_log"]
 
 FIRST_EVENTS = frozenset({"RunStarted", "RunRejected", "RunForked"})
 #: The stack events a user's command causes (each command at most once).
-STACK_COMMANDED = frozenset({"StackCreated", "StackUpdated", "StackPaused", "StackPlayed", "StackDeleted"})
+STACK_COMMANDED = frozenset(t.TYPE for t in COMMANDED)
 
 
 @dataclass

@@ -50,7 +50,8 @@ async def _round(engine: Engine) -> list[tuple[bytes, bytes | None]]:
     sent: list[tuple[bytes, bytes | None]] = engine.writers[0].sent  # type: ignore[attr-defined]
     sent.clear()
     await engine._begin_snapshot_round()
-    await engine.snapshots.write_some(100, engine._state_of, engine.writers)  # type: ignore[arg-type]
+    await engine.snapshots.prepare(100, engine._state_of)
+    await engine.snapshots.write_prepared(engine.writers)  # type: ignore[arg-type]
     return list(sent)
 
 
