@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -40,10 +39,9 @@ from typing import Any
 
 import httpx
 
-from tests.bench.soak import wait_api
+from tests.bench.soak import spawn, wait_api
 from tests.conftest import free_port
 from tests.integration.checker import check_log
-from tests.paths import REPO_ROOT
 from tickflow.broker import BrokerConfig, LocalBroker
 from tickflow.client import Client
 from tickflow.demo import registry as demo_registry
@@ -85,19 +83,7 @@ class Cluster:
         print(f"[{t:7.1f} s] {what}", file=sys.stderr, flush=True)
 
     def spawn(self, name: str) -> None:
-        s = self.settings
-        env = {
-            **os.environ,
-            "TICKFLOW_KAFKA_BOOTSTRAP": s.bootstrap,
-            "TICKFLOW_PREFIX": s.prefix,
-            "TICKFLOW_STATE_DIR": str(s.state_dir),
-            "TICKFLOW_API_PORT": str(s.api_port),
-            "TICKFLOW_LLM_CONFIG": str(s.llm_config),
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-        out = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        command = [sys.executable, "-m", "tickflow.cli", "up", "--no-broker", "--app", APP, "--roles", ROLES[name]]
-        self.procs[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs[name] = spawn(self.settings, ROLES[name], None, self.work / f"{name}.log", app=APP)
 
     async def fault(self) -> None:
         kind = self.rng.choice(["sigterm", "sigkill", "sigstop", "broker"])

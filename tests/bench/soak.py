@@ -62,7 +62,9 @@ class Role:
     samples: list[dict[str, float]] = field(default_factory=list)
 
 
-def spawn(settings: Settings, roles: str, metrics_port: int | None, log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    settings: Settings, roles: str, metrics_port: int | None, log: Path, app: str = APP
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "TICKFLOW_KAFKA_BOOTSTRAP": settings.bootstrap,
@@ -75,7 +77,7 @@ def spawn(settings: Settings, roles: str, metrics_port: int | None, log: Path) -
     if metrics_port is not None:
         env["TICKFLOW_METRICS_PORT"] = str(metrics_port)
     out = open(log, "ab")  # noqa: SIM115 - the child owns it
-    command = [sys.executable, "-m", "tickflow.cli", "up", "--no-broker", "--app", APP, "--roles", roles]
+    command = [sys.executable, "-m", "tickflow.cli", "up", "--no-broker", "--app", app, "--roles", roles]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
