@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
+    #: Credentials are fine but the request may not come this way (another site's page, no CSRF header).
+    FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     UNKNOWN_WORKFLOW = "unknown_workflow"
     RUN_NOT_FOUND = "run_not_found"
@@ -44,6 +46,8 @@ class ErrorCode(StrEnum):
     RESUME_REJECTED = "resume_rejected"
     UNKNOWN_STEP_FUNCTION = "unknown_step_function"
     STEP_FAILED = "step_failed"
+    #: The server is busy with this kind of work (a verify already running, the SQL queue full): try again later.
+    BUSY = "busy"
 
 
 class TickflowError(Exception):

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -111,6 +112,9 @@ class Projector:
         self._lag_checked = 0.0
         self._after_insert = after_insert
         self._gate = asyncio.Lock()
+        #: The store calls run on a thread of their own, never queued behind the API's reads or analysts' SQL in
+        #: the default executor: freshness does not depend on what else the process is asked.
+        self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tickflow-projector")
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -138,6 +142,7 @@ class Projector:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.consumer.stop()
         await self.producer.stop()
+        self._threads.shutdown(wait=False)
 
     async def _collect(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         """Wait for records, then keep fetching for up to ``batch_ms`` so inserts stay few and large."""
@@ -203,7 +208,7 @@ class Projector:
             # The cached rows of partitions now owned elsewhere would only go stale (their new owner updates them
             # in the store): start from an empty cache, which the fold fills from the store as records need it.
             self.fold = ProjectionFold(RUN_CACHE_SIZE)
-            self._watermarks = await asyncio.to_thread(self.store.watermarks)
+            self._watermarks = await self._in_thread(self.store.watermarks)
             log.info(
                 "assigned %s; already projected up to (events, per partition): %s",
                 sorted(tp.partition for tp in assignment),
@@ -244,8 +249,11 @@ class Projector:
         )
         async for attempt in retrying:
             with attempt:
-                return await asyncio.to_thread(call, arg)
+                return await self._in_thread(call, arg)
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _in_thread(self, call: Callable[..., _R], *args: object) -> _R:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
 
     def _advance_watermarks(self, rows: ProjectionBatch) -> None:
         """What this projector just inserted is projected: a redelivery of it (a refused commit) is dropped."""

@@ -1,7 +1,7 @@
 """Read-only SQL for analysts, run by ClickHouse itself under limits it enforces.
 
 Why each layer exists (every one was checked against chDB 26.9 through clickhouse-connect, see
-``tests/contract/test_sql_readonly.py``):
+``tests/security/test_sql_confinement.py``):
 
 * Each query gets its **own connection** whose session settings are the limits (rows, time, memory) followed
   by ``readonly=1``. Once ``readonly=1`` is set, ClickHouse refuses writes, DDL, ``SET`` and any ``SETTINGS``

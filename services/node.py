@@ -220,10 +220,21 @@ class Node:
             engine=self.engine,
             projector=self.projector,  # a rebuild pauses it to swap its database in
             hosts=allowed_hosts(s.api_host, s.api_allowed_hosts),
+            trusted_origins=s.api_trusted_origins,
+            max_json_values=s.api_max_json_values,
+            body_timeout_s=s.api_body_timeout_s,
+            session_ttl_s=s.api_session_ttl_s,
+            sql_concurrency=s.api_sql_concurrency,
+            streams_per_client=s.api_streams_per_client,
         )
         self._api_deps = app.state.deps
         self._api_deps.role_failures = lambda: {name: f.as_dict() for name, f in self.failures.items()}
-        config = uvicorn.Config(app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off")
+        # limit_concurrency answers 503 beyond it (connections + requests); timeout_keep_alive closes idle
+        # connections; h11 refuses headers bigger than its 16 KiB default; the gate bounds each body's read time.
+        config = uvicorn.Config(
+            app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off",
+            limit_concurrency=s.api_max_concurrency, timeout_keep_alive=5, timeout_graceful_shutdown=5,
+        )
         self._api_server = uvicorn.Server(config)
         self._api_server.install_signal_handlers = lambda: None  # the Node owns signals
         self._api_task = asyncio.create_task(self._api_server.serve(), name="tickflow-api")

@@ -63,6 +63,22 @@ class Settings(BaseSettings):
     #: The biggest request body the API reads (declared or chunked); a run input above ``offload_bytes`` travels
     #: on through the claim-check, so this bounds memory per request, not what a run may carry.
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1_024)
+    #: JSON values a request body may hold (counted at C speed before parsing, which costs ~0.35 µs a value on
+    #: the loop the engine shares): bounds what one request costs the node.
+    api_max_json_values: int = Field(default=100_000, ge=100)
+    #: Seconds a client has to send a request's whole body (a slow upload pins a socket and its buffer).
+    api_body_timeout_s: float = Field(default=30.0, gt=0)
+    #: Origins besides the API's own whose browser pages may send it state-changing requests (comma-separated,
+    #: e.g. ``https://ops.example.com``); unset: none.
+    api_trusted_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Connections and requests the API serves at once; beyond it uvicorn answers 503 at once.
+    api_max_concurrency: int = Field(default=256, ge=8)
+    #: How long a dashboard session lasts after signing in.
+    api_session_ttl_s: float = Field(default=12 * 3_600, ge=60)
+    #: Analysts' /sql queries that run at once (each on a thread of the SQL pool); more wait their turn.
+    api_sql_concurrency: int = Field(default=2, ge=1, le=64)
+    #: Live streams (server-sent events) one client address may hold open at once.
+    api_streams_per_client: int = Field(default=32, ge=1)
     #: Where a process without the API serves Prometheus' /metrics (unset: nowhere; the API process serves it on
     #: its own port). Give each process on a host its own.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
@@ -105,7 +121,7 @@ class Settings(BaseSettings):
     #: offline scripted models only (every answer labelled as not coming from a real LLM).
     llm_config: Path | None = None
 
-    @field_validator("pools", "api_allowed_hosts", mode="before")
+    @field_validator("pools", "api_allowed_hosts", "api_trusted_origins", mode="before")
     @classmethod
     def _split_pools(cls, value: Any) -> Any:  # also TICKFLOW_API_ALLOWED_HOSTS=api.example.com,127.0.0.1
         if isinstance(value, str):  # TICKFLOW_POOLS=default,llm

@@ -8,13 +8,9 @@ package with a ``build_router(deps)``; this module wires them together with the 
 
 from __future__ import annotations
 
-import json
-import re
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -26,11 +22,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tickflow.api import analytics, live, memory, rebuild, replay, runs, sql, stacks
 from tickflow.api.deps import ApiDeps, code_for_status
-from tickflow.api.guards import BodyLimit
+from tickflow.api.gate import RequestGate
+from tickflow.api.sessions import Credentials
 from tickflow.dashboard import pages as dashboard
 from tickflow.dashboard.board import BoardFeed
-from tickflow.dashboard.session import build_login_router, cookie_session
-from tickflow.events.codec import MAX_JSON_DEPTH, MAX_RECORD_BYTES, too_deep
+from tickflow.dashboard.session import build_login_router
+from tickflow.events.codec import MAX_RECORD_BYTES
 from tickflow.events.connection import KafkaTarget
 from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
@@ -42,30 +39,6 @@ __all__ = ["create_api"]
 ROUTERS = (runs, analytics, live, memory, rebuild, replay, sql, stacks)
 #: Swagger UI's vendored assets (``tickflow/dashboard/static/vendor``), without the suffix.
 SWAGGER_UI = "/ui/static/vendor/swagger-ui-5.32.0"
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
-def _too_deep(body: bytes) -> bool:
-    """True when the JSON body nests deeper than any record may (``MAX_JSON_DEPTH``, the codec's own limit)."""
-    try:
-        return too_deep(body)
-    except orjson.JSONDecodeError as exc:  # orjson stops at 1,024 levels; anything else is FastAPI's to answer
-        return "depth" in str(exc)
-
-
-def _has_lone_surrogate(body: bytes) -> bool:
-    """True when the JSON body decodes to text with an unpaired surrogate (a pair is one valid character)."""
-    if not _SURROGATE_ESCAPE.search(body):
-        return False
-    try:
-        json.dumps(json.loads(body), ensure_ascii=False).encode()
-    except UnicodeEncodeError:  # only an unpaired surrogate cannot be encoded as UTF-8
-        return True
-    except (ValueError, RecursionError):  # not JSON (or absurdly nested): FastAPI answers that itself
-        return False
-    return False
-
 
 def _error(status: int, detail: Any, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
@@ -86,9 +59,16 @@ def create_api(
     engine: Any = None,
     projector: Any = None,
     hosts: Sequence[str] | None = None,
+    trusted_origins: Sequence[str] = (),
+    max_json_values: int = 100_000,
+    body_timeout_s: float = 30.0,
+    session_ttl_s: float = 12 * 3600,
+    sql_concurrency: int = 2,
+    streams_per_client: int = 32,
 ) -> FastAPI:
     """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name); ``hosts`` the Host
-    header values answered (None: any; see ``tickflow.api.guards``)."""
+    header values answered (None: any; see ``tickflow.api.guards``); the rest are the limits of
+    ``tickflow.api.gate`` (every unsafe request) and of the SQL and live-stream routes."""
     api = FastAPI(
         title="tickflow",
         version="0.1.0",
@@ -98,20 +78,17 @@ def create_api(
         redoc_url=None,
         openapi_url=None,
     )
-    expected = token.encode() if token is not None else b""
+    credentials = Credentials(token, session_ttl_s)
 
     async def authorize(request: Request) -> None:
-        if token is None:
+        """The credential check on every route but sign-in, health and the dashboard's assets (unsafe requests
+        already passed the same check in the gate, before their body was read)."""
+        refusal = credentials.check(request.method, request.headers, request.cookies)
+        if refusal is None:
             return
-        given = request.headers.get("authorization", "")
-        # Bytes, not str: compare_digest refuses non-ASCII text with a TypeError (a 500 instead of a 401).
-        if given.startswith("Bearer ") and secrets.compare_digest(given[7:].encode(), expected):
-            return
-        if cookie_session(request, token):  # the dashboard, signed in (unsafe methods need the CSRF header)
-            return
-        if request.url.path.startswith("/ui/") and request.method == "GET":
+        if refusal.status == 401 and request.url.path.startswith("/ui/") and request.method == "GET":
             raise HTTPException(303, "sign in first", headers={"Location": f"/ui/login?next={request.url.path}"})
-        raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <TICKFLOW_API_TOKEN>'")
+        raise HTTPException(refusal.status, refusal.detail)
 
     @api.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:
@@ -124,25 +101,17 @@ def create_api(
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, jsonable_encoder(exc.errors()), ErrorCode.INVALID_REQUEST)
 
-    @api.middleware("http")
-    async def refuse_unrecordable_bodies(request: Request, call_next: Any) -> Any:
-        # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python turns it into a str that cannot be encoded
-        # again, so it failed deep inside (the Kafka codec, chDB, even the error response) as a 500. A body nested
-        # deeper than a record may be would be accepted here and refused by the codec: say so up front.
-        if request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()
-            if _too_deep(body):
-                detail = f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels: flatten it"
-                return _error(422, detail, ErrorCode.INVALID_REQUEST)
-            if _has_lone_surrogate(body):
-                detail = "the JSON body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): send valid Unicode text"
-                return _error(422, detail, ErrorCode.INVALID_REQUEST)
-        return await call_next(request)
-
+    # Starlette runs the middleware added last first: the Host check, then the gate, then the routes.
+    api.add_middleware(
+        RequestGate,
+        credentials=credentials,
+        max_body_bytes=max_body_bytes,
+        max_json_values=max_json_values,
+        body_timeout_s=body_timeout_s,
+        trusted_origins=frozenset(trusted_origins),
+    )
     if hosts is not None:
         api.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
-    # Added last, so it runs first: a body over the limit (declared or chunked) is refused before anything reads it.
-    api.add_middleware(BodyLimit, limit=max_body_bytes)
 
     deps = ApiDeps(
         store=store,
@@ -157,17 +126,24 @@ def create_api(
         blobs=blobs,
         offload_bytes=offload_bytes,
         max_body_bytes=max_body_bytes,
+        sql_concurrency=sql_concurrency,
+        streams_per_client=streams_per_client,
     )
     api.state.deps = deps  # the node updates its engine and projector when it restarts them
     for module in ROUTERS:
         api.include_router(module.build_router(deps))
     # The dashboard: pages under /ui, its assets (shipped in the package) under /ui/static, sign-in with the token.
-    api.include_router(build_login_router(token, dashboard.HERE / "templates"))
+    api.include_router(build_login_router(credentials, dashboard.HERE / "templates"))
     board = BoardFeed(store, kafka, topics.events, topics.partitions)
     api.include_router(dashboard.build_router(deps, board))
     # follow_symlink: an editable install links the files (a wheel holds them as they are).
     static = StaticFiles(directory=dashboard.HERE / "static", follow_symlink=True)
     api.mount("/ui/static", static, name="ui-static")
+
+    @api.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        """The address ``tickflow up`` prints opens the dashboard (which asks to sign in when there is a token)."""
+        return RedirectResponse("/ui/board", status_code=307)
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -60,9 +60,11 @@ def command_token(idempotency_key: str | None) -> str:
 _CODE_BY_STATUS = {
     400: ErrorCode.INVALID_REQUEST,
     401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     409: ErrorCode.CONFLICT,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.BUSY,
     422: ErrorCode.INVALID_REQUEST,
     501: ErrorCode.UNAVAILABLE,
     503: ErrorCode.UNAVAILABLE,
@@ -136,6 +138,10 @@ class ApiDeps:
     role_failures: Callable[[], dict[str, Any]] | None = None
     #: Runs accepted here and not yet projected (``GET /runs/{id}`` answers ``pending`` for them).
     accepted: AcceptedRuns = field(default_factory=AcceptedRuns)
+    #: Analysts' queries run at most this many at once, on threads of their own (``tickflow.api.sql``).
+    sql_concurrency: int = 2
+    #: Live streams (SSE) one client address may hold open at once (``tickflow.api.live``).
+    streams_per_client: int = 32
 
 
 async def produce_command(producer: Any, topic: str, command: Envelope) -> None:

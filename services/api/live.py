@@ -14,7 +14,8 @@ answering 404: the log, not the projection, decides what exists. Stack streams n
 (ids are tokens-topic offsets); it ends once the run has ended and every chunk was sent.
 
 Each stream owns one Kafka consumer (see ``tickflow.runtime.live`` for its cost), so the router caps how many are
-open at once and answers 503 above the cap; ``GET /live/streams`` shows the count.
+open at once (503 above the cap) and how many one client address holds (429 above ``streams_per_client``: one
+client cannot take every slot); ``GET /live/streams`` shows the count.
 """
 
 from __future__ import annotations
@@ -59,20 +60,32 @@ STACK_PREFIX = "stack:"
 
 
 class _Slots:
-    """How many streams are open; refuses beyond the limit instead of queueing (a queued stream is useless)."""
+    """How many streams are open, in all and per client address; refuses beyond the limits instead of queueing
+    (a queued stream is useless)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
+        self.per_client = per_client
         self.open = 0
+        self._by_client: dict[str, int] = {}
 
-    def take(self) -> bool:
+    def take(self, client: str) -> str | None:
+        """None when a slot was taken for ``client``; else which limit was hit (``"all"`` or ``"client"``)."""
         if self.open >= self.limit:
-            return False
+            return "all"
+        if self._by_client.get(client, 0) >= self.per_client:
+            return "client"
         self.open += 1
-        return True
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+        return None
 
-    def give(self) -> None:
+    def give(self, client: str) -> None:
         self.open -= 1
+        left = self._by_client.get(client, 1) - 1
+        if left > 0:
+            self._by_client[client] = left
+        else:
+            self._by_client.pop(client, None)
 
 
 class _Reader(Protocol):
@@ -138,6 +151,11 @@ async def _run_started_ms(deps: ApiDeps, run_id: str) -> int:
     return int(time.time() * 1000) - 60_000
 
 
+def _client(request: Request) -> str:
+    """The address a stream is counted against (the peer's; behind a proxy, the proxy's)."""
+    return request.client.host if request.client is not None else "?"
+
+
 def _kafka_of(deps: ApiDeps) -> KafkaTarget:
     if deps.kafka is None:
         raise HTTPException(503, "this API was started without Kafka, so it cannot stream the log")
@@ -163,9 +181,10 @@ def _resume_point(header: str | None, after: int | None) -> int | None:
 def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
     """The live-stream routes, sharing one cap of ``max_streams`` open streams."""
     router = APIRouter()
-    slots = _Slots(max_streams)
+    slots = _Slots(max_streams, deps.streams_per_client)
 
     async def serve(
+        client: str,
         topic: str,
         instead: str,
         build: Callable[[], Awaitable[R]],
@@ -174,13 +193,25 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
     ) -> Response:
         """One SSE stream under the shared cap: 503 above it; the reader ``build`` makes is opened (and closed again
         if anything fails, a Kafka error being a 503); 204 when ``finished`` says a reconnect came after the end."""
-        if not slots.take():
+        full = slots.take(client)
+        if full == "all":
             raise HTTPException(
                 503,
                 f"{slots.limit} live streams are already open, the most this API process serves; close one or "
                 f"retry later{instead}",
                 headers={"Retry-After": "5"},
             )
+        if full == "client":
+            raise HTTPException(
+                429,
+                f"this client already holds {slots.per_client} live streams (TICKFLOW_API_STREAMS_PER_CLIENT); "
+                f"close one first{instead}",
+                headers={"Retry-After": "5"},
+            )
+
+        def release() -> None:
+            slots.give(client)
+
         reader: R | None = None
         try:
             reader = await build()
@@ -190,7 +221,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
             if reader is not None:
                 with anyio.move_on_after(5, shield=True):
                     await reader.close()
-            slots.give()
+            release()
             if isinstance(exc, KafkaError | TokensUnavailable):
                 log.warning("a stream could not read %s: %r", topic, exc)
                 raise HTTPException(
@@ -201,9 +232,9 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
             try:
                 await reader.close()
             finally:
-                slots.give()
+                release()
             return Response(status_code=204)
-        return _LiveResponse(messages(reader), reader, slots.give, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+        return _LiveResponse(messages(reader), reader, release, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
 
     async def stream(
         request: Request,
@@ -235,7 +266,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         async def finished(reader: LiveReader) -> bool:
             return reader.finished
 
-        return await serve(deps.topics.events, instead, build, finished, _messages)
+        return await serve(_client(request), deps.topics.events, instead, build, finished, _messages)
 
     after_q = Query(default=None, ge=0, description="Continue strictly after this event offset (like Last-Event-ID).")
     from_seq_q = Query(default=None, ge=1, description="Only events with seq >= from_seq.")
@@ -299,7 +330,7 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         def messages(reader: TokenReader) -> AsyncIterator[ServerSentEvent]:
             return _token_messages(reader, run_ended, follow)
 
-        return await serve(deps.topics.tokens, "", build, finished, messages)
+        return await serve(_client(request), deps.topics.tokens, "", build, finished, messages)
 
     @router.get("/live/streams", dependencies=deps.guard)
     async def live_streams() -> dict[str, int]:

@@ -16,7 +16,8 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException
 
-from tickflow.api.deps import ApiDeps
+from tickflow.api.deps import ApiDeps, ApiProblem
+from tickflow.events.errors import ErrorCode
 from tickflow.projections.models import RebuildReport
 from tickflow.projections.rebuild import Rebuild, rebuild_and_swap
 from tickflow.projections.store import ClickHouseStore
@@ -59,6 +60,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
     """Routes under ``/admin/rebuild``."""
     router = APIRouter(dependencies=deps.guard)
     jobs: dict[str, _Job] = {}
+    starting = asyncio.Lock()
 
     async def run(job: _Job) -> RebuildReport:
         try:
@@ -89,7 +91,10 @@ def build_router(deps: ApiDeps) -> APIRouter:
         if any(not j.done for j in jobs.values()):
             running = next(j.job_id for j in jobs.values() if not j.done)
             raise HTTPException(409, f"rebuild {running} is still running; follow it at /admin/rebuild/{running}")
-        rebuild = await asyncio.to_thread(Rebuild, store, kafka=deps.kafka, topic=deps.topics.events)
+        if starting.locked():
+            raise ApiProblem(409, ErrorCode.BUSY, "a rebuild is being started; follow it at GET /admin/rebuild")
+        async with starting:  # single flight: the check above and the job's registration are one step
+            rebuild = await asyncio.to_thread(Rebuild, store, kafka=deps.kafka, topic=deps.topics.events)
         job = _Job(uuid.uuid4().hex[:12], swap, rebuild, int(time.time() * 1000))
         job.task = asyncio.create_task(run(job), name=f"tickflow-rebuild-{job.job_id}")
         job.task.add_done_callback(lambda t: t.cancelled() or t.exception())  # the error is kept on the job

@@ -20,6 +20,7 @@ from tickflow.api.deps import ApiDeps, ApiProblem
 from tickflow.core.state import state_to_json
 from tickflow.events.codec import InvalidRecord, encode
 from tickflow.events.envelope import Envelope
+from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import RUN_ID_PATTERN
 from tickflow.runtime.replay import ReplayError, fork_command, history_of, state_at, verify_engine
 from tickflow.wire import EngineReport, top_level_run_id
@@ -64,6 +65,7 @@ def _refuse(exc: ReplayError | InvalidRecord) -> HTTPException:
 def build_router(deps: ApiDeps) -> APIRouter:
     """Routes under ``/runs/{id}/state``, ``/runs/{id}/fork`` and ``/admin/engine/verify``."""
     router = APIRouter(dependencies=deps.guard)
+    verifying = asyncio.Lock()  # one verify at a time: each reads whole partitions of the log
 
     async def history(run_id: str) -> list[Envelope]:
         rows = await asyncio.to_thread(deps.store.run_events, run_id)
@@ -117,7 +119,11 @@ def build_router(deps: ApiDeps) -> APIRouter:
                 "no engine runs in this API process, so there is no live state to compare: call the API of a "
                 "process started with both the engine and api roles (the default `tickflow up`)",
             )
-        return await verify_engine(deps.engine)
+        if verifying.locked():
+            raise ApiProblem(409, ErrorCode.BUSY, "a verify is already running in this process; wait for its "
+                             "answer (a second one would read the same partitions again)")
+        async with verifying:
+            return await verify_engine(deps.engine)
 
     return router
 

@@ -145,9 +145,10 @@ class LiveReader:
             start = max(start, self._after)
         start = min(start, end)  # an offset beyond the end (a recreated topic) waits for new records
         consumer.seek(self.tp, start)
-        if self._after is not None:
-            while await consumer.position(self.tp) <= self._after and await consumer.position(self.tp) < end:
-                self._pending.extend(await self._fetch(1_000))
+        if self._after is not None and start <= self._after < end:
+            # One bounded fetch (at most 1,000 records, 1 MiB) reads the record at ``after``, never a scan: the
+            # seek put it first, so the reader learns whether the client already has the terminal event.
+            self._pending.extend(await self._fetch(1_000))
 
     async def next_batch(self, timeout_ms: int = 1_000) -> list[LiveEvent]:
         """The next events to deliver, in log order; empty after ``timeout_ms`` without one, or once ended."""

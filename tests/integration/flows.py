@@ -221,7 +221,7 @@ registry.add(Workflow("agent_http").agent(forecaster))
 narrator = Agent("narrator", chain="stream", memory=Memory(window=0, recall_k=0, remember=False), llm_max_attempts=1)
 registry.add(Workflow("agent_stream").agent(narrator))
 
-# --- secrets (tests/integration/test_secrets.py) --------------------------------------------------------------------
+# --- secrets (tests/security/test_secrets.py) --------------------------------------------------------------------
 
 #: The variable a planted secret is read from; its name says it holds a key, so every kept text redacts its value.
 PLANTED_ENV = "ACME_API_KEY"

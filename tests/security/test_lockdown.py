@@ -46,9 +46,11 @@ def test_a_wrong_token_of_any_shape_is_a_401(app_client: TestClient, header: str
     assert answer.status_code == 401 and answer.json()["code"]
 
 
-def test_a_body_over_the_limit_is_refused_declared_or_chunked_before_authentication(app_client: TestClient) -> None:
+def test_a_body_over_the_limit_is_refused_declared_or_chunked_after_authentication(app_client: TestClient) -> None:
     big = b'{"workflow": "known", "input": "' + b"x" * (2 * LIMIT) + b'"}'
-    declared = app_client.post("/runs", content=big, headers={"content-type": "application/json"})
+    stranger = app_client.post("/runs", content=big, headers={"content-type": "application/json"})
+    assert stranger.status_code == 401  # no body is read for a stranger, whatever its size
+    declared = app_client.post("/runs", content=big, headers={"content-type": "application/json", **AUTH})
     assert declared.status_code == 413 and "limit" in declared.json()["detail"]
 
     def chunks() -> Iterator[bytes]:
