@@ -39,12 +39,15 @@ from tickflow.projections.store import ClickHouseStore, ProjectionStore
 __all__ = [
     "DENIED_FUNCTIONS",
     "READ_KEYWORDS",
+    "STATEMENTS",
     "TABLE_FUNCTIONS",
     "ReadOnlySql",
     "SqlError",
     "SqlResult",
     "SqlUnavailable",
     "check_ast",
+    "check_statement",
+    "reader_statements",
 ]
 
 #: Statements an analyst may run (first keyword of ClickHouse's canonical form of the query).
@@ -76,6 +79,20 @@ DENIED_FUNCTIONS = frozenset(
      # names any database: hasColumnInTable('system', 'users', …).
      "hascolumnintable", "joinget", "joingetornull"}
 )
+
+#: Statements allowed, by the type of the root node of ClickHouse's own AST of the query (``EXPLAIN AST``): an
+#: allow-list, so a statement kind ClickHouse adds later is refused until someone looks at it. Not here, for
+#: instance: ShowCreateDatabaseQuery, ShowCreateViewQuery, ShowCreateDictionaryQuery, ExistsDatabaseQuery,
+#: ExistsViewQuery, ExistsDictionaryQuery, ShowGrantsQuery, ShowProcesslistQuery, SHOW CREATE USER/ROLE/QUOTA.
+#: ``ShowTables`` also stands for SHOW DATABASES/SETTINGS/CLUSTERS…, told apart by ``_SHOW_ALLOWED``.
+STATEMENTS = frozenset({
+    "SelectWithUnionQuery", "Explain", "DescribeQuery", "ShowTables", "ShowCreateTableQuery", "ExistsTableQuery",
+    "ShowColumns", "ShowIndexes",
+})
+#: What EXPLAIN may show (of a SELECT only): not ``TABLE OVERRIDE``, which takes a table function.
+_EXPLAIN_KINDS = frozenset({"EXPLAIN", "EXPLAIN AST", "EXPLAIN SYNTAX", "EXPLAIN PIPELINE", "EXPLAIN ESTIMATE",
+                            "EXPLAIN QUERY TREE", "EXPLAIN PLAN"})
+_EXPLAIN_ROOT = re.compile(r"^Explain (.*?)(?: \(children \d+\))?$")
 
 #: SHOW statements that stay in tickflow's database (``SHOW TABLES FROM <db>`` is checked to name it).
 _SHOW_ALLOWED = re.compile(r"^SHOW (TABLES|CREATE TABLE|CREATE|COLUMNS|FULL COLUMNS|INDEX|INDEXES|KEYS)\b")
@@ -128,6 +145,42 @@ def check_ast(ast: str, database: str | None = None) -> None:
             raise SqlError(f"table function {name}() is not allowed here; allowed table functions: {allowed}")
         if lowered in DENIED_FUNCTIONS or lowered.startswith("dict"):
             raise SqlError(f"function {name}() reads outside the database and is not allowed here")
+
+
+def check_statement(ast: str) -> None:
+    """Refuse an ``EXPLAIN AST`` dump whose root is not an allowed statement (``STATEMENTS``); an EXPLAIN must be
+    of one of ``_EXPLAIN_KINDS`` and explain a SELECT."""
+    lines = [line for line in ast.splitlines() if line.strip()]
+    root = lines[0].split()[0] if lines else ""
+    if root not in STATEMENTS:
+        raise SqlError(f"this kind of statement ({root or 'empty'}) is not allowed here: run SELECT, WITH, EXPLAIN, "
+                       "DESCRIBE, SHOW TABLES/COLUMNS/CREATE TABLE or EXISTS [TABLE] on tickflow's own tables")
+    if root == "Explain":
+        match = _EXPLAIN_ROOT.match(lines[0])
+        kind = match.group(1) if match else ""
+        child = lines[1].split()[0] if len(lines) > 1 else ""
+        if kind not in _EXPLAIN_KINDS or child != "SelectWithUnionQuery":
+            raise SqlError("EXPLAIN is allowed for SELECT queries only (EXPLAIN [AST|SYNTAX|PIPELINE|ESTIMATE|"
+                           "QUERY TREE] SELECT …)")
+
+
+def reader_statements(user: str, password: str, database: str) -> list[str]:
+    """What ``tickflow sql create-reader`` runs on a ClickHouse server (as an admin): a user that may read
+    tickflow's database and nothing else. ``/sql`` then connects as that user (``TICKFLOW_CLICKHOUSE_SQL_URL``),
+    never as the projector, which may write and may see whatever its server lets it see.
+
+    The grants: SELECT and SHOW on the database's tables — no INSERT, ALTER, CREATE, DROP, no other database, no
+    access management. The session's ``readonly=1`` and limits come on top, per query (``ReadOnlySql.run``).
+    """
+    for name, value in (("user", user), ("database", database)):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", value):
+            raise ValueError(f"{name} {value!r}: use letters, digits and _ (not first)")
+    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+    return [
+        f"CREATE USER IF NOT EXISTS `{user}` IDENTIFIED WITH sha256_password BY '{quoted}'",
+        f"REVOKE ALL ON *.* FROM `{user}`",
+        f"GRANT SELECT, SHOW TABLES, SHOW COLUMNS ON `{database}`.* TO `{user}`",
+    ]
 
 
 def _check_database(node: str, name: str, line: str, database: str) -> None:
@@ -195,12 +248,19 @@ class ReadOnlySql:
         max_memory_bytes: int = 512 * 1024 * 1024,
         max_result_bytes: int = 64 * 1024 * 1024,
         concurrency: int = 2,
+        reader_url: str | None = None,
     ) -> None:
         if not isinstance(store, ClickHouseStore):
             raise SqlUnavailable(
                 f"SQL needs the ClickHouse store; this API runs on {type(store).__name__}, which has no SQL engine. "
                 "Start tickflow with the projector's ClickHouse (embedded chDB or TICKFLOW_CLICKHOUSE_URL)."
             )
+        if store.on_server and not reader_url:
+            raise SqlUnavailable(
+                "on a ClickHouse server, /sql connects as a read-only user of its own, never as the projector: "
+                "create it with `tickflow sql create-reader` and set TICKFLOW_CLICKHOUSE_SQL_URL to its URL"
+            )
+        self._reader_url = reader_url if store.on_server else None
         self._store = store
         self._max_rows_cap = max_rows_cap
         self._timeout_cap_s = timeout_cap_s
@@ -239,7 +299,7 @@ class ReadOnlySql:
         with self._slots:
             started = time.perf_counter()
             try:
-                client = self._store.open_client(settings)
+                client = self._store.open_client(settings, self._reader_url)
             except ClickHouseError as exc:
                 raise SqlError(f"cannot open a read-only ClickHouse session: {_trim(exc)}") from None
             try:
@@ -247,6 +307,7 @@ class ReadOnlySql:
                 ast = "\n".join(
                     str(r[0]) for r in client.query(f"EXPLAIN AST {canonical}", parameters=params).result_rows
                 )
+                check_statement(ast)
                 check_ast(ast, self._store.database)
                 result = client.query(canonical, parameters=params)
             except ClickHouseError as exc:

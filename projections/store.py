@@ -483,14 +483,20 @@ class ClickHouseStore:
         """Run a read query with bound parameters (for benchmarks, reports and tests)."""
         return self._query(sql.replace("{db}", self._t), params)
 
-    def open_client(self, settings: dict[str, Any]) -> Any:
+    @property
+    def on_server(self) -> bool:
+        """True for a ClickHouse server (by URL), False for embedded chDB."""
+        return bool(self._url)
+
+    def open_client(self, settings: dict[str, Any], dsn: str | None = None) -> Any:
         """A new clickhouse-connect client on this store's data, with this database as the default and
-        ``settings`` applied in order (chDB: session ``SET``s; a server: sent with every request). The caller
-        closes it. ``projections.sql`` opens one per query so ``readonly=1`` can come last and lock the rest."""
+        ``settings`` applied in order (chDB: session ``SET``s; a server: sent with every request), connected as
+        ``dsn``'s user when given (a server only). The caller closes it. ``projections.sql`` opens one per query
+        so ``readonly=1`` can come last and lock the rest."""
         import clickhouse_connect
 
         if self._url:
-            return clickhouse_connect.get_client(dsn=self._url, database=self.database, settings=settings)
+            return clickhouse_connect.get_client(dsn=dsn or self._url, database=self.database, settings=settings)
         return clickhouse_connect.get_client(
             interface="chdb", path=self._path, database=self.database, settings=settings
         )

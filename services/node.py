@@ -225,6 +225,7 @@ class Node:
             body_timeout_s=s.api_body_timeout_s,
             session_ttl_s=s.api_session_ttl_s,
             sql_concurrency=s.api_sql_concurrency,
+            sql_url=s.clickhouse_sql_url,
             streams_per_client=s.api_streams_per_client,
         )
         self._api_deps = app.state.deps

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     pools: Annotated[tuple[str, ...], NoDecode] = (DEFAULT_POOL,)
     state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".tickflow")
     clickhouse_url: str | None = None
+    #: On a ClickHouse server: the URL (with user and password) /sql connects as — a read-only user that
+    #: ``tickflow sql create-reader`` creates. Unset on a server: /sql answers 501. Unused with embedded chDB.
+    clickhouse_sql_url: str | None = Field(default=None, repr=False)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8700, ge=0, le=65_535)
     api_token: str | None = Field(default=None, repr=False)
@@ -128,9 +131,10 @@ class Settings(BaseSettings):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
 
-    @field_validator("clickhouse_url", "api_token", "llm_config", "clickhouse_ttl_days", "blob_root",
-                     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile",
-                     "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password", mode="before")
+    @field_validator("clickhouse_url", "clickhouse_sql_url", "api_token", "llm_config", "clickhouse_ttl_days",
+                     "blob_root", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+                     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

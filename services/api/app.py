@@ -64,6 +64,7 @@ def create_api(
     body_timeout_s: float = 30.0,
     session_ttl_s: float = 12 * 3600,
     sql_concurrency: int = 2,
+    sql_url: str | None = None,
     streams_per_client: int = 32,
 ) -> FastAPI:
     """Build the FastAPI app. ``workflows`` is the set the engine knows (None: accept any name); ``hosts`` the Host
@@ -127,6 +128,7 @@ def create_api(
         offload_bytes=offload_bytes,
         max_body_bytes=max_body_bytes,
         sql_concurrency=sql_concurrency,
+        sql_url=sql_url,
         streams_per_client=streams_per_client,
     )
     api.state.deps = deps  # the node updates its engine and projector when it restarts them

@@ -140,6 +140,8 @@ class ApiDeps:
     accepted: AcceptedRuns = field(default_factory=AcceptedRuns)
     #: Analysts' queries run at most this many at once, on threads of their own (``tickflow.api.sql``).
     sql_concurrency: int = 2
+    #: On a ClickHouse server, the read-only user's URL analysts' queries connect as (``tickflow.projections.sql``).
+    sql_url: str | None = None
     #: Live streams (SSE) one client address may hold open at once (``tickflow.api.live``).
     streams_per_client: int = 32
 

@@ -45,6 +45,7 @@ for _command in (
     runs.pool_limit,
     runs.vacuum,
     runs.sql,
+    runs.create_sql_reader,
     runs.thread,
     replay.replay,
     queries.timeline,

@@ -15,6 +15,7 @@ from tickflow.events.errors import TickflowError
 
 __all__ = [
     "cancel",
+    "create_sql_reader",
     "follow",
     "pool_limit",
     "release",
@@ -289,6 +290,39 @@ def sql(ctx: click.Context, query: str, params: dict[str, Any], fmt: str, max_ro
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     more = f" (truncated at {max_rows}; raise --max-rows)" if result.truncated else ""
     click.echo(f"{len(result.rows)} rows in {result.elapsed_ms:.0f} ms{more}", err=True)
+
+
+@click.command("create-sql-reader")
+@click.option("--user", default="tickflow_reader", show_default=True, help="The ClickHouse user to create.")
+@click.option("--password", envvar="TICKFLOW_SQL_READER_PASSWORD", prompt=True, hide_input=True,
+              confirmation_prompt=True, help="Its password (or TICKFLOW_SQL_READER_PASSWORD; asked when unset).")
+@click.option("--print-only", is_flag=True, help="Print the statements (password masked) instead of running them.")
+@click.pass_context
+def create_sql_reader(ctx: click.Context, user: str, password: str, print_only: bool) -> None:
+    """Create the read-only ClickHouse user /sql connects as on a ClickHouse server (run as an admin, with
+    TICKFLOW_CLICKHOUSE_URL naming one). It may SELECT and SHOW tickflow's own tables and nothing else; then set
+    TICKFLOW_CLICKHOUSE_SQL_URL=clickhouse://USER:PASSWORD@HOST:PORT on the API's processes."""
+    from tickflow.projections.sql import reader_statements
+
+    settings = ctx.obj
+    statements = reader_statements(user, password, settings.clickhouse_database)
+    if print_only:
+        for statement in reader_statements(user, "********", settings.clickhouse_database):
+            click.echo(statement + ";")
+        return
+    if not settings.clickhouse_url:
+        raise click.UsageError("set TICKFLOW_CLICKHOUSE_URL to the server (as an admin user): embedded chDB has no "
+                               "users, and /sql there needs none")
+    import clickhouse_connect
+
+    admin = clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+    try:
+        for statement in statements:
+            admin.command(statement)
+    finally:
+        admin.close()
+    click.echo(f"created {user}: set TICKFLOW_CLICKHOUSE_SQL_URL=clickhouse://{user}:<password>@<host>:<port> "
+               "on the API's processes", err=True)
 
 
 def _cell(value: Any, limit: int = 60) -> str:

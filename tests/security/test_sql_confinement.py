@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from tests.contract.test_projection_store import events_for, project
 from tickflow.api.app import create_api
 from tickflow.events.topics import TopicNames
-from tickflow.projections.sql import ReadOnlySql, SqlError, SqlUnavailable, check_ast
+from tickflow.projections.sql import ReadOnlySql, SqlError, SqlUnavailable, check_ast, reader_statements
 from tickflow.projections.store import ClickHouseStore, MemoryStore
 
 
@@ -128,6 +128,29 @@ def test_reaching_outside_is_refused(sql: ReadOnlySql, query: str, reason: str) 
         ("SELECT hasColumnInTable('system', 'tables', 'name')", "hasColumnInTable() reads outside"),
         ("SELECT dictGet('system.d', 'x', 1)", "dictGet() reads outside"),
         ("SELECT joinGet('system.j', 'x', 1)", "joinGet() reads outside"),
+        # Metadata of other databases, by statement kind (refused by the root of ClickHouse's own AST).
+        ("SHOW CREATE DATABASE system", "ShowCreateDatabaseQuery) is not allowed"),
+        ("SHOW CREATE DATABASE sqltest", "ShowCreateDatabaseQuery) is not allowed"),
+        ("EXISTS DATABASE system", "ExistsDatabaseQuery) is not allowed"),
+        ("SHOW CREATE VIEW other.x", "ShowCreateViewQuery) is not allowed"),
+        ("EXISTS VIEW other.x", "ExistsViewQuery) is not allowed"),
+        ("SHOW CREATE DICTIONARY system.d", "ShowCreateDictionaryQuery) is not allowed"),
+        ("EXISTS DICTIONARY system.d", "ExistsDictionaryQuery) is not allowed"),
+        ("SHOW CREATE USER default", "is not allowed"),
+        ("SHOW CREATE ROLE r", "is not allowed"),
+        ("SHOW CREATE QUOTA", "is not allowed"),
+        ("SHOW GRANTS", "only SHOW TABLES"),
+        ("SHOW ACCESS", "only SHOW TABLES"),
+        ("SHOW PRIVILEGES", "only SHOW TABLES"),
+        ("SHOW FUNCTIONS", "only SHOW TABLES"),
+        ("SHOW ENGINES", "only SHOW TABLES"),
+        ("SHOW DICTIONARIES", "only SHOW TABLES"),
+        ("SHOW CLUSTERS", "only SHOW TABLES"),
+        ("SHOW MERGES", "only SHOW TABLES"),
+        ("EXISTS TABLE system.tables", "not system"),
+        ("EXPLAIN SELECT * FROM system.tables", "not system"),
+        ("EXPLAIN TABLE OVERRIDE mysql('a', 'b', 'c', 'd', 'e') PARTITION BY x", "EXPLAIN is allowed for SELECT"),
+        ("EXPLAIN AST SHOW CREATE DATABASE system", "EXPLAIN is allowed for SELECT"),
     ],
 )
 def test_other_databases_are_out_of_reach(sql: ReadOnlySql, query: str, reason: str) -> None:
@@ -137,6 +160,9 @@ def test_other_databases_are_out_of_reach(sql: ReadOnlySql, query: str, reason: 
 
 def test_its_own_database_stays_readable_every_way(sql: ReadOnlySql, store: ClickHouseStore) -> None:
     db = store.database
+    assert sql.run("EXPLAIN SELECT count() FROM runs").rows and sql.run("EXPLAIN AST SELECT 1").rows
+    assert sql.run("SELECT 1 UNION ALL SELECT 2").rows == [[1], [2]]
+    assert sql.run("SHOW INDEX FROM runs").columns and sql.run("EXISTS TABLE runs").rows == [[1]]
     assert sql.run(f"SELECT count() FROM {db}.runs FINAL").rows == [[5]]
     assert ["runs"] in sql.run(f"SHOW TABLES FROM {db}").rows
     assert sql.run("EXISTS runs").rows == [[1]] and sql.run(f"EXISTS {db}.runs").rows == [[1]]
@@ -234,3 +260,23 @@ def test_api_answers_400_with_the_reason(store: ClickHouseStore) -> None:
     assert ok.status_code == 200 and ok.json()["rows"] == [[5]] and ok.json()["columns"] == ["n"]
     assert bad.status_code == 400 and "only read statements" in bad.json()["detail"]
     assert unknown_field.status_code == 422
+
+
+def test_on_a_server_sql_needs_a_reader_of_its_own_and_its_grants_are_valid_sql(store: ClickHouseStore) -> None:
+    """A server store without TICKFLOW_CLICKHOUSE_SQL_URL has no /sql (the projector's user may write); the
+    statements ``tickflow create-sql-reader`` runs parse in ClickHouse and grant reads of one database only."""
+    on_server = ClickHouseStore.__new__(ClickHouseStore)
+    on_server._url, on_server._path = "clickhouse://admin:pw@db:8123", None  # a server store, never connected
+    with pytest.raises(SqlUnavailable, match="TICKFLOW_CLICKHOUSE_SQL_URL"):
+        ReadOnlySql(on_server)
+    statements = reader_statements("tickflow_reader", "p'w\\", "tickflow")
+    client = store.open_client({})
+    try:
+        for statement in statements:
+            assert client.query("SELECT formatQuery({q:String})", parameters={"q": statement}).result_rows
+    finally:
+        client.close()
+    assert statements[-1] == "GRANT SELECT, SHOW TABLES, SHOW COLUMNS ON `tickflow`.* TO `tickflow_reader`"
+    assert not any(word in " ".join(statements) for word in ("INSERT", "ALTER", "DROP", "*.* TO"))
+    with pytest.raises(ValueError, match="letters"):
+        reader_statements("x; DROP", "pw", "tickflow")
