@@ -30,7 +30,7 @@ from tickflow.api.app import create_api
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import MemoryStore
 
-__all__ = ["TOKEN", "hostile_body", "measure"]
+__all__ = ["TOKEN", "hostile_body", "measure", "send_hostile_bodies"]
 
 TOKEN = "shield-token"
 BODY_BYTES = 4 * 1024 * 1024
@@ -46,9 +46,12 @@ if token:
     headers["authorization"] = "Bearer " + token
 def one(_):
     started = time.perf_counter()
-    with httpx.Client(timeout=60) as client:
-        answer = client.post(url + "/runs", content=body, headers=headers)
-    return answer.status_code, time.perf_counter() - started
+    try:
+        with httpx.Client(timeout=60) as client:
+            status = client.post(url + "/runs", content=body, headers=headers).status_code
+    except httpx.TransportError:  # refused and closed before the whole body was sent
+        status = "closed"
+    return status, time.perf_counter() - started
 with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
     print(json.dumps(list(pool.map(one, range(n)))))
 """
@@ -66,6 +69,17 @@ async def _ticker(lags: list[float], stop: asyncio.Event) -> None:
         lags.append(time.monotonic() - began - 0.01)
 
 
+async def send_hostile_bodies(url: str, *, requests: int, concurrency: int, token: str | None) -> list[Any]:
+    """Send ``requests`` hostile bodies to ``url``/runs from another process: [(status or "closed", seconds)]."""
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CLIENT, url, str(requests), str(concurrency), token or "", str(BODY_BYTES),
+        stdout=subprocess.PIPE,
+    )
+    out, _ = await client.communicate()
+    answers: list[Any] = json.loads(out)
+    return answers
+
+
 async def measure(*, with_token: bool, requests: int = 5, concurrency: int = 1) -> dict[str, Any]:
     """Serve the API on this loop, send the hostile bodies from another process, and report the answers' statuses,
     their durations and the loop's lag meanwhile (max and p99, ms)."""
@@ -80,18 +94,14 @@ async def measure(*, with_token: bool, requests: int = 5, concurrency: int = 1) 
     stop = asyncio.Event()
     ticking = asyncio.create_task(_ticker(lags, stop))
     try:
-        client = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CLIENT, f"http://127.0.0.1:{port}", str(requests), str(concurrency),
-            TOKEN if with_token else "", str(BODY_BYTES), stdout=subprocess.PIPE,
-        )
-        out, _ = await client.communicate()
+        answers = await send_hostile_bodies(f"http://127.0.0.1:{port}", requests=requests, concurrency=concurrency,
+                                            token=TOKEN if with_token else None)
     finally:
         stop.set()
         await ticking
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serving, 10)
-    answers = json.loads(out)
     ordered = sorted(lags)
     return {
         "with_token": with_token,
