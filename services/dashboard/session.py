@@ -61,7 +61,9 @@ def build_login_router(credentials: Credentials, templates_dir: Path) -> APIRout
         """Sign out: the session is revoked here (a copied cookie stops working too), then the cookies go."""
         if sessions is not None:
             sessions.revoke(request.cookies.get(SESSION_COOKIE, ""))
-        answer = RedirectResponse("/ui/login", status_code=303)
+        answer: Response = RedirectResponse("/ui/login", status_code=303)
+        if request.headers.get("hx-request"):  # the dashboard's button: htmx navigates on HX-Redirect
+            answer = Response(status_code=204, headers={"HX-Redirect": "/ui/login"})
         answer.delete_cookie(SESSION_COOKIE)
         answer.delete_cookie(CSRF_COOKIE)
         return answer
