@@ -13,9 +13,10 @@ old schema versions are upcast exactly as when the log itself is read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -24,13 +25,14 @@ from pydantic import BaseModel
 
 from tickflow.core.decider import fork_problem
 from tickflow.core.retention import Retention
-from tickflow.core.state import RunState, SequenceError, evolve, fold, released_seqs, shrink
+from tickflow.core.state import RunState, SequenceError, evolve, fold, shrink
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.events.schemas import ForkRun, HistoryEvent, RunForked, RunRejected, RunReleased, RunStarted
 from tickflow.projections.rows import EventRow
-from tickflow.runtime.kafka import read_partition
+from tickflow.runtime.kafka import partition_batches
+from tickflow.runtime.recovery import RECOVERY_THREADS
 from tickflow.wire import Difference, EngineReport, PartitionReport
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IncompleteHistory",
     "NotForkable",
+    "PartitionComparison",
     "ReplayError",
     "SeqOutOfRange",
     "UnknownHistory",
@@ -225,41 +228,134 @@ def diff_states(a: Any, b: Any, path: str = "") -> list[str]:
 # --- refold vs live -------------------------------------------------------------------------------------
 
 
-def _by_key(records: Sequence[ConsumerRecord[bytes, bytes]], report: PartitionReport) -> dict[str, list[Envelope]]:
-    by_key: dict[str, list[Envelope]] = {}
-    for record in records:
-        try:
-            event = decode(record.value, expect="event")
-        except InvalidRecord:
-            report.unreadable_events += 1  # the engine logged and skipped it too; the diff shows what it cost
-            continue
-        by_key.setdefault(event.key, []).append(event)
-    return by_key
+#: The type name as the codec writes it: a record holding it may be a release (then it is decoded to be sure).
+_RELEASED_MARK = b'"RunReleased"'
 
 
-def _refold(run_id: str, events: list[Envelope], up_to: int) -> RunState:
-    """Fold like recovery does (``runtime/recovery.py``): copies of already-applied seqs are skipped, nothing beyond
-    ``up_to``; past an event that cannot be folded only an operator's ``RunReleased`` applies."""
-    state, held = RunState(run_id), False
-    skipped = released_seqs(events)  # skipped by a release even where readable now (see ``core.state.fold``)
-    for event in events:
+@dataclass
+class _Refold:
+    """One key's refold, fed event by event in log order; the same rules as recovery (``runtime/recovery.py``):
+    copies of already-applied seqs are skipped, nothing beyond ``up_to``, and past an event that cannot be folded
+    only an operator's ``RunReleased`` applies."""
+
+    state: RunState
+    up_to: int
+    skipped: set[int]
+    is_run: bool
+    first_at_ms: int
+    forked_at_ms: int | None = None
+    held: bool = False
+    done: bool = False
+
+    def apply(self, event: Envelope) -> None:
+        if isinstance(event.payload, RunForked):
+            self.forked_at_ms = event.occurred_at_ms  # the last marker: a fork of a fork copies its source's too
         seq = event.seq or 0
-        if seq > up_to:
-            break
-        if seq <= state.seq or seq in skipped or (held and not isinstance(event.payload, RunReleased)):
-            continue
+        if self.done or seq > self.up_to:
+            self.done = True
+            return
+        if seq <= self.state.seq or seq in self.skipped or (self.held and not isinstance(event.payload, RunReleased)):
+            return
         try:
-            state, held = evolve(state, event), False
+            self.state, self.held = evolve(self.state, event), False
         except (SequenceError, KeyError, TypeError, ValueError):
-            held = True
-    return state
+            self.held = True
+
+    @property
+    def created_at_ms(self) -> int:
+        """When the engine decided to create the run: its first event, or for a fork its own ``RunForked`` marker,
+        since a fork's copies carry shifted times."""
+        return self.forked_at_ms if self.forked_at_ms is not None else self.first_at_ms
 
 
-def _created_at(events: list[Envelope]) -> int:
-    """When the engine decided to create the run: its first event, or for a fork its own ``RunForked`` marker
-    (the last one: a fork of a fork copies its source's marker too), since a fork's copies carry shifted times."""
-    marker = next((e for e in reversed(events) if isinstance(e.payload, RunForked)), None)
-    return (marker or events[0]).occurred_at_ms
+class PartitionComparison:
+    """Compares one partition's live states with the refold of its log, fed a batch of records at a time: memory
+    holds one refolded state per key (what the engine holds anyway), never the partition's events.
+
+    Two passes over the partition: ``note_releases`` first (a ``RunReleased`` skips seqs *before* it, even ones
+    readable now, see ``core.state.released_seqs``; a byte search finds the few records to decode), then ``feed``.
+    ``quarantined`` runs (set aside by the engine) are listed, not compared.
+    """
+
+    def __init__(self, partition: int, live: dict[str, RunState], taken_at_ms: int, retention: Retention,
+                 quarantined: frozenset[str] = frozenset()) -> None:
+        self.report = PartitionReport(partition=partition)
+        self._live, self._taken_at_ms, self._retention, self._quarantined = live, taken_at_ms, retention, quarantined
+        self._released: dict[str, set[int]] = {}
+        self._runs: dict[str, _Refold] = {}
+
+    def note_releases(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            if record.value is None or _RELEASED_MARK not in record.value:
+                continue
+            with contextlib.suppress(InvalidRecord):
+                event = decode(record.value, expect="event")
+                if isinstance(event.payload, RunReleased) and event.seq is not None:
+                    seqs = range(event.payload.resumed_from_seq + 1, event.seq)
+                    self._released.setdefault(event.key, set()).update(seqs)
+
+    def feed(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        self.report.events_read += len(records)
+        for record in records:
+            try:
+                event = decode(record.value, expect="event")
+            except InvalidRecord:
+                self.report.unreadable_events += 1  # the engine logged and skipped it too; the diff shows the cost
+                continue
+            refold = self._runs.get(event.key)
+            if refold is None:
+                live = self._live.get(event.key)
+                refold = self._runs[event.key] = _Refold(
+                    state=RunState(event.key),
+                    up_to=live.seq if live is not None else 1 << 62,
+                    skipped=self._released.get(event.key, set()),
+                    is_run=isinstance(event.payload, RunStarted | RunRejected),
+                    first_at_ms=event.occurred_at_ms,
+                )
+            if refold.is_run and event.key not in self._quarantined:
+                refold.apply(event)
+
+    def result(self) -> PartitionReport:
+        report = self.report
+        for run_id, refold in self._runs.items():
+            if run_id in self._quarantined:
+                report.quarantined.append(run_id)
+            elif not refold.is_run:
+                report.other_entities += 1
+            elif (state := self._live.get(run_id)) is None:
+                if self._retention.stage(refold.state, self._taken_at_ms) == "expire":
+                    report.expired += 1
+                elif refold.created_at_ms >= self._taken_at_ms:
+                    report.started_after_capture += 1
+                elif len(report.missing_live) < REPORT_LIMIT:
+                    report.missing_live.append(run_id)
+            else:
+                self._compare(run_id, state, refold)
+        for run_id in self._live:
+            if run_id not in self._runs and len(report.missing_in_log) < REPORT_LIMIT:
+                report.missing_in_log.append(run_id)
+        return report
+
+    def _compare(self, run_id: str, state: RunState, refold: _Refold) -> None:
+        report = self.report
+        report.runs_compared += 1
+        refolded = refold.state
+        try:
+            if state.shrunk and refolded.terminal:  # the engine keeps a long-finished run shrunk: compare the same
+                refolded = shrink(refolded)
+            paths = diff_states(state, refolded)
+        except (SequenceError, KeyError, TypeError, ValueError) as exc:
+            refolded, paths = RunState(run_id), [f"(refold failed: {exc})"[:500]]
+        if not paths:
+            report.equal += 1
+            return
+        report.differing_count += 1
+        if len(report.differing) < REPORT_LIMIT:
+            report.differing.append(
+                Difference(
+                    run_id=run_id, first_path=paths[0], paths=paths[:10], live_seq=state.seq, refold_seq=refolded.seq
+                )
+            )
 
 
 def compare_partition(
@@ -270,49 +366,11 @@ def compare_partition(
     retention: Retention,
     quarantined: frozenset[str] = frozenset(),
 ) -> PartitionReport:
-    """Compare one partition's live states with the fold of its log records (pure apart from the clock value).
-
-    ``quarantined`` runs (set aside by the engine, see ``runtime/recovery.py``) are listed, not compared."""
-    report = PartitionReport(partition=partition, events_read=len(records))
-    by_key = _by_key(records, report)
-    for run_id, events in by_key.items():
-        if run_id in quarantined:
-            report.quarantined.append(run_id)
-            continue
-        if not isinstance(events[0].payload, RunStarted | RunRejected):
-            report.other_entities += 1
-            continue
-        state = live.get(run_id)
-        if state is None:
-            if retention.stage(_refold(run_id, events, 1 << 62), taken_at_ms) == "expire":
-                report.expired += 1
-            elif _created_at(events) >= taken_at_ms:
-                report.started_after_capture += 1
-            elif len(report.missing_live) < REPORT_LIMIT:
-                report.missing_live.append(run_id)
-            continue
-        report.runs_compared += 1
-        try:
-            refold = _refold(run_id, events, state.seq)
-            if state.shrunk and refold.terminal:  # the engine keeps a long-finished run shrunk: compare the same
-                refold = shrink(refold)
-            paths = diff_states(state, refold)
-        except (SequenceError, KeyError, TypeError, ValueError) as exc:
-            refold, paths = RunState(run_id), [f"(refold failed: {exc})"[:500]]
-        if not paths:
-            report.equal += 1
-            continue
-        report.differing_count += 1
-        if len(report.differing) < REPORT_LIMIT:
-            report.differing.append(
-                Difference(
-                    run_id=run_id, first_path=paths[0], paths=paths[:10], live_seq=state.seq, refold_seq=refold.seq
-                )
-            )
-    for run_id in live:
-        if run_id not in by_key and len(report.missing_in_log) < REPORT_LIMIT:
-            report.missing_in_log.append(run_id)
-    return report
+    """Compare one partition's live states with the fold of its log records (pure apart from the clock value)."""
+    comparison = PartitionComparison(partition, live, taken_at_ms, retention, quarantined)
+    comparison.note_releases(records)
+    comparison.feed(records)
+    return comparison.result()
 
 
 async def verify_engine(engine: Engine) -> EngineReport:
@@ -324,15 +382,18 @@ async def verify_engine(engine: Engine) -> EngineReport:
     """
     started = time.monotonic()
     captured, taken_at, events_end = await engine.capture()
+    loop = asyncio.get_running_loop()
     reports = []
     for partition, live in captured.items():
-        records = await read_partition(
-            engine.settings.kafka, engine.topics.events, partition, min_end=events_end.get(partition, 0)
-        )
         held = frozenset(engine.quarantined.get(partition, {}))
-        reports.append(
-            await asyncio.to_thread(compare_partition, partition, live, records, taken_at, engine.retention, held)
-        )
+        comparison = PartitionComparison(partition, live, taken_at, engine.retention, held)
+        for step in (comparison.note_releases, comparison.feed):  # two passes, a batch in memory at a time
+            async with contextlib.aclosing(partition_batches(
+                engine.settings.kafka, engine.topics.events, partition, min_end=events_end.get(partition, 0)
+            )) as batches:
+                async for batch in batches:
+                    await loop.run_in_executor(RECOVERY_THREADS, step, batch)
+        reports.append(comparison.result())
     compared = sum(r.runs_compared for r in reports)
     equal = sum(r.equal for r in reports)
     ok = all(r.differing_count == 0 and not r.missing_in_log and not r.missing_live for r in reports)
