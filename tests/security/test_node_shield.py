@@ -202,28 +202,33 @@ async def test_eight_ten_second_queries_leave_freshness_and_status_reads_under_a
         queries = [asyncio.create_task(http.post("/sql", json={"query": SLOW_QUERY, "timeout_s": 30}))
                    for _ in range(8)]
         await asyncio.sleep(1)  # the queries are running or queued
-        freshness, reads = [], []
+        freshness, reads, posts, whole = [], [], [], []
         for i in range(12):
             run_id = f"fresh-{i}"
+            began = time.monotonic()
             assert (await http.post("/runs", json={"workflow": "square", "run_id": run_id, "input": i})).status_code \
                 == 202
+            posts.append(time.monotonic() - began)
             while True:
-                began = time.monotonic()
+                asked = time.monotonic()
                 row = (await http.get(f"/runs/{run_id}")).json()
-                reads.append(time.monotonic() - began)
+                reads.append(time.monotonic() - asked)
                 if row.get("status") == "completed":
                     freshness.append(time.time() * 1000 - row["finished_at_ms"])
+                    whole.append(time.monotonic() - began)
                     break
-                assert len(reads) < 2_000, "a run did not show completed"
+                assert time.monotonic() - began < 60, "a run did not show completed within a minute"
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.3)
         answers = await asyncio.gather(*queries)
         assert all(a.status_code == 200 for a in answers), [a.text[:200] for a in answers if a.status_code != 200]
+        print(f"under 8 slow queries: start -> seen completed max {max(whole):.3f} s, median "
+              f"{statistics.median(whole):.3f} s; POST /runs max {max(posts) * 1000:.0f} ms; freshness max "
+              f"{max(freshness):.0f} ms; GET /runs/{{id}} max {max(reads) * 1000:.0f} ms")
+        assert max(posts) < 1.0, f"POST /runs took up to {max(posts):.3f} s"
+        assert max(reads) < 1.0, f"GET /runs/{{id}} took up to {max(reads):.3f} s"
         assert max(freshness) < 1_000, f"freshness {sorted(freshness)} ms"
-        slowest, median = max(reads), statistics.median(reads)
-        print(f"under 8 slow queries: freshness max {max(freshness):.0f} ms, median {statistics.median(freshness):.0f}"
-              f" ms; GET /runs/{{id}} max {slowest * 1000:.0f} ms, median {median * 1000:.0f} ms")
-        assert slowest < 1.0, f"GET /runs/{{id}} took up to {slowest:.3f} s (median {median:.3f})"
+        assert max(whole) < 2.0, f"start -> seen completed took up to {max(whole):.3f} s"
 
 
 def _first_run_done(http: httpx.AsyncClient) -> Any:
