@@ -194,20 +194,15 @@ def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
         """One SSE stream under the shared cap: 503 above it; the reader ``build`` makes is opened (and closed again
         if anything fails, a Kafka error being a 503); 204 when ``finished`` says a reconnect came after the end."""
         full = slots.take(client)
-        if full == "all":
-            raise HTTPException(
-                503,
-                f"{slots.limit} live streams are already open, the most this API process serves; close one or "
-                f"retry later{instead}",
-                headers={"Retry-After": "5"},
+        if full is not None:
+            status, detail = (
+                (503, f"{slots.limit} live streams are already open, the most this API process serves; close one or "
+                      "retry later")
+                if full == "all"
+                else (429, f"this client already holds {slots.per_client} live streams "
+                           "(TICKFLOW_API_STREAMS_PER_CLIENT); close one first")
             )
-        if full == "client":
-            raise HTTPException(
-                429,
-                f"this client already holds {slots.per_client} live streams (TICKFLOW_API_STREAMS_PER_CLIENT); "
-                f"close one first{instead}",
-                headers={"Retry-After": "5"},
-            )
+            raise HTTPException(status, detail + instead, headers={"Retry-After": "5"})
 
         def release() -> None:
             slots.give(client)

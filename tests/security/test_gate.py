@@ -258,3 +258,15 @@ async def test_verify_is_single_flight() -> None:
         engine.release.set()
         assert (await first).status_code == 200
     assert engine.captures == 1
+
+
+def test_one_client_cannot_take_every_live_stream() -> None:
+    from tickflow.api.live import _Slots
+
+    slots = _Slots(limit=5, per_client=2)
+    assert slots.take("10.0.0.1") is None and slots.take("10.0.0.1") is None
+    assert slots.take("10.0.0.1") == "client"  # its own cap, while the process has room
+    assert slots.take("10.0.0.2") is None and slots.take("10.0.0.3") is None and slots.take("10.0.0.3") is None
+    assert slots.take("10.0.0.4") == "all"
+    slots.give("10.0.0.1")
+    assert slots.take("10.0.0.1") is None and slots.open == 5

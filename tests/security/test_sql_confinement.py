@@ -280,3 +280,22 @@ def test_on_a_server_sql_needs_a_reader_of_its_own_and_its_grants_are_valid_sql(
     assert not any(word in " ".join(statements) for word in ("INSERT", "ALTER", "DROP", "*.* TO"))
     with pytest.raises(ValueError, match="letters"):
         reader_statements("x; DROP", "pw", "tickflow")
+
+
+async def test_queries_queue_on_their_own_slots_and_a_full_queue_answers_429(store: ClickHouseStore) -> None:
+    """One slot, eight waiting: the tenth concurrent query is refused at once instead of tying up a thread."""
+    import asyncio
+
+    import httpx
+
+    from tests.unit.test_api_errors import RecordingProducer
+
+    app = create_api(store=store, producer=RecordingProducer(), topics=TopicNames("q"), workflows=None,
+                     sql_concurrency=1)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        body = {"query": "SELECT sleep(0.3)", "timeout_s": 10}
+        answers = await asyncio.gather(*(http.post("/sql", json=body) for _ in range(10)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] * 9 + [429], codes
+    assert next(a for a in answers if a.status_code == 429).json()["code"] == "busy"
