@@ -24,6 +24,7 @@ __all__ = [
     "CancelStep",
     "ChildFinished",
     "ChildStarted",
+    "ChildUsage",
     "Command",
     "DeadLetter",
     "EpochMs",
@@ -234,6 +235,17 @@ class ChildFinished(Command):
     output: Any = None
     error: ErrorInfo | None = None
     #: LLM usage of the child run, so a stack can count a tick's tokens and cost against its budget.
+    tokens: Int64 = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+
+
+class ChildUsage(Event):
+    """A child run's LLM usage, added to its parent's when the child reports back: a parent's tokens and cost
+    (and so a stack tick's, counted against the stack's budget) include everything its children spent."""
+
+    TYPE: ClassVar[str] = "ChildUsage"
+    path: ShortText
+    child_run_id: ShortText
     tokens: Int64 = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
 
@@ -620,6 +632,7 @@ PAYLOAD_TYPES: dict[tuple[str, str], type[Payload]] = {
         WaitTimedOut,
         ResumeRejected,
         ChildStarted,
+        ChildUsage,
         StepScheduled,
         StepCompleted,
         StepFailed,

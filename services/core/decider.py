@@ -47,6 +47,7 @@ from tickflow.events.schemas import (
     CancelStep,
     ChildFinished,
     ChildStarted,
+    ChildUsage,
     ErrorInfo,
     ForkRun,
     NodeCompleted,
@@ -484,6 +485,8 @@ def _on_child_finished(em: Emitter, p: ChildFinished) -> None:
         return
     if node.child_run_id != p.child_run_id:
         return
+    if p.tokens or p.cost_usd:  # before the node ends: the run's usage includes its children's when it reports
+        em.emit(ChildUsage(path=p.path, child_run_id=p.child_run_id, tokens=p.tokens, cost_usd=p.cost_usd))
     if p.status == "completed":
         em.emit(NodeCompleted(path=p.path, output=p.output))
         return

@@ -20,6 +20,7 @@ from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
     BranchChosen,
     ChildStarted,
+    ChildUsage,
     ErrorInfo,
     Event,
     IterationStarted,
@@ -341,6 +342,11 @@ def _apply(payload: Event, state: RunState, event: Envelope) -> RunState:
 @_apply.register
 def _(p: LlmCallAttempted, s: RunState, e: Envelope) -> RunState:
     return _replace(s, tokens=s.tokens + p.tokens_in + p.tokens_out, cost_usd=s.cost_usd + p.cost_usd)
+
+
+@_apply.register
+def _(p: ChildUsage, s: RunState, e: Envelope) -> RunState:
+    return _replace(s, tokens=s.tokens + p.tokens, cost_usd=s.cost_usd + p.cost_usd)
 
 
 @_apply.register

@@ -385,6 +385,21 @@ def test_child_runs_start_report_and_fan_out() -> None:
     assert sim.state.output == ["A", "B"]
 
 
+def test_children_s_llm_usage_rolls_up_to_the_parent_once_and_on_to_its_report() -> None:
+    """A stack counts its tick run's tokens against its budget: those must include the tick's children's."""
+    sim = Sim(Workflow("w").foreach(Flow().child("kid"), concurrency=10), [1, 2])
+    starts = [e for e in sim.sent if e.type == "StartRun"]
+    first = ChildFinished(path="foreach1[0]/child1", child_run_id=starts[0].key, status="completed", output="A",
+                          tokens=120, cost_usd=0.25)
+    assert sim.types(sim.signal(first)) == ["ChildUsage", "NodeCompleted"]
+    assert sim.signal(first, id="again").events == []  # a repeated report counts nothing twice
+    failed = ChildFinished(path="foreach1[1]/child1", child_run_id=starts[1].key, status="failed", tokens=30,
+                           error=ErrorInfo(type="BudgetExceeded", message="no"), cost_usd=0.5)
+    sim.signal(failed, id="s3")
+    assert (sim.state.tokens, sim.state.cost_usd, sim.state.status) == (150, 0.75, "failed")
+    assert fold("r1", sim.log) == sim.state
+
+
 def test_a_finished_child_reports_to_its_parent() -> None:
     registry = Registry()
     spec = registry.add(Workflow("kid").step(a))
