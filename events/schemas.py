@@ -177,6 +177,10 @@ class StartRun(Command):
     parent_path: ShortText | None = None
     #: Among runs of one workflow queued for the same concurrency key, higher goes first.
     priority: Int64 = Field(default=0, ge=-1000, le=1000)
+    #: The run's LLM budget (tokens and USD, its children's usage included): an LLM step that could pass it is not
+    #: called and the run fails with ``BudgetExceeded``. A stack gives each tick what is left of its own.
+    budget_tokens: Int64 | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    budget_cost_usd: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
 
 
 class ResumeRun(Command):
@@ -293,6 +297,10 @@ class RunStarted(Event):
     #: Set when the workflow limits concurrency per key: the run waits for ``RunAdmitted`` before it starts.
     slot: ShortText | None = None
     priority: Int64 = 0
+    #: The run's LLM budget (tokens and USD, its children's usage included): an LLM step that could pass it is not
+    #: called and the run fails with ``BudgetExceeded``. A stack gives each tick what is left of its own.
+    budget_tokens: Int64 | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    budget_cost_usd: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
 
 
 class RunAdmitted(Event):
@@ -423,6 +431,8 @@ class StepScheduled(Event):
     input: Any = None
     #: When the engine gives up waiting for this attempt's result (from the step's timeout_s).
     deadline_ms: EpochMs | None = None
+    #: Tokens held against the run's budget while this LLM call is in flight (settled by its recorded usage).
+    reserve_tokens: Int64 = Field(default=0, ge=0, exclude_if=lambda v: v == 0)
 
 
 class StepCompleted(Event):

@@ -92,6 +92,10 @@ class StepNode(_Node):
     #: JSON schemas of the function's annotated input and output, for docs and version hashing.
     input_schema: dict[str, Any] | None = None
     output_schema: dict[str, Any] | None = None
+    #: Set on an LLM call (``Flow.agent``'s model step): the most output tokens it asks for. Before scheduling it
+    #: the engine reserves these plus an estimate of the input's against the run's token budget. Left out of the
+    #: spec's JSON when unset, so no other spec's hash changes.
+    llm_reserve_tokens: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
 
 
 class SequenceNode(_Node):

@@ -194,8 +194,13 @@ class Flow:
         non_retryable: tuple[type[BaseException] | str, ...] = (),
         timeout_s: float | None = None,
         priority: int = 0,
+        llm_reserve_tokens: int | None = None,
     ) -> Self:
-        """Run ``fn`` in a worker of ``pool``; retried up to ``max_attempts`` with exponential backoff."""
+        """Run ``fn`` in a worker of ``pool``; retried up to ``max_attempts`` with exponential backoff.
+
+        ``llm_reserve_tokens`` marks the step as an LLM call that asks for at most that many output tokens: in a run
+        with a token budget the engine reserves them (plus an estimate of the input's) before scheduling it, and
+        does not call it when that could pass the budget (``Flow.agent`` sets it for its model step)."""
         fn_name = _fn_name(fn)
         existing = self.functions.steps.get(fn_name)
         if existing is not None and existing is not fn:
@@ -221,6 +226,7 @@ class Flow:
             retry=retry,
             timeout_s=timeout_s,
             priority=priority,
+            llm_reserve_tokens=llm_reserve_tokens,
             input_schema=in_schema,
             output_schema=out_schema,
         )

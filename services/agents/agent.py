@@ -80,6 +80,7 @@ from tickflow.settings import Settings
 from tickflow.workflow import Flow, StepContext, current_step
 
 __all__ = [
+    "DEFAULT_RESERVE_TOKENS",
     "MAX_TOOL_CONTENT",
     "Agent",
     "AgentMaxTurns",
@@ -103,6 +104,10 @@ MAX_MEMORY_CHARS = 2_000
 MAX_MESSAGE_CHARS = 60_000
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _THREAD = re.compile(THREAD_ID_PATTERN)
+
+#: What a model step reserves against a run's token budget when its agent sets no ``max_tokens`` (plus an estimate
+#: of its input). Set ``max_tokens`` to make the reservation a cap: without one, a reply may run longer.
+DEFAULT_RESERVE_TOKENS = 1_024
 
 
 class ToolError(TickflowError):
@@ -263,7 +268,8 @@ class Agent:
         turn = (
             Flow()
             .step(self.llm_step, name=f"{base}.llm", input=turn_input(base), pool=self.llm_pool,
-                  max_attempts=self.llm_max_attempts, backoff_s=self.backoff_s, timeout_s=self.llm_timeout_s)
+                  max_attempts=self.llm_max_attempts, backoff_s=self.backoff_s, timeout_s=self.llm_timeout_s,
+                  llm_reserve_tokens=self.max_tokens or DEFAULT_RESERVE_TOKENS)
             .branch((has_tool_calls, tools), name=f"{base}.act")
         )
         flow = Flow().loop(turn, until=finished, max_iterations=self.max_turns, name=base)

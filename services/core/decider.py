@@ -30,6 +30,7 @@ from tickflow.core.interpreter import (
     Failed,
     Functions,
     UserError,
+    budget_left,
     child_run_id,
     drive,
     resolve_mapping,
@@ -251,6 +252,8 @@ def _on_start(em: Emitter, start: Start) -> None:
             deadline_ms=em.now_ms + int(timeout * 1000) if timeout else None,
             slot=slot,
             priority=command.priority,
+            budget_tokens=command.budget_tokens,
+            budget_cost_usd=command.budget_cost_usd,
         )
     )
 
@@ -561,7 +564,9 @@ def _child_start(state: RunState, path: str, node: NodeState, occurred_at_ms: in
     assert node.child_run_id is not None
     spec = spec_node(state, path)
     workflow = getattr(spec, "workflow", "")
-    command = StartRun(workflow=workflow, input=node.input, parent_run_id=state.run_id, parent_path=path)
+    tokens, cost = budget_left(state)
+    command = StartRun(workflow=workflow, input=node.input, parent_run_id=state.run_id, parent_path=path,
+                       budget_tokens=tokens, budget_cost_usd=cost)
     env = Envelope.wrap(
         command,
         id=f"{node.child_run_id}/start",

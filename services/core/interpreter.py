@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from tickflow.core.state import NodeState, RunState, evolve
 from tickflow.events.envelope import Envelope, event_id
 from tickflow.events.schemas import (
@@ -49,6 +51,7 @@ from tickflow.events.spec import (
 )
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "NO_FUNCTIONS",
     "Done",
     "Emitter",
@@ -57,9 +60,12 @@ __all__ = [
     "Outcome",
     "Pending",
     "UserError",
+    "budget_left",
     "child_run_id",
     "drive",
     "jitter_unit",
+    "llm_reservation",
+    "reserved_tokens",
     "resolve_mapping",
     "retry_decision",
 ]
@@ -142,6 +148,54 @@ class UserError(Exception):
 
 
 # --- pure helpers ---------------------------------------------------------------------------------------
+
+
+#: Characters of an LLM call's JSON input per token, for the input part of its reservation (settled by the real
+#: count the provider reports; English text runs at about four).
+CHARS_PER_TOKEN = 4
+
+
+def reserved_tokens(state: RunState) -> int:
+    """Tokens held by the run's LLM steps in flight (scheduled, no result yet)."""
+    return sum(n.reserved_tokens for n in state.nodes.values() if n.status == "active" and n.phase == "scheduled")
+
+
+def budget_left(state: RunState) -> tuple[int | None, float | None]:
+    """What is left of the run's budget once its calls in flight are paid for (None: no budget): what a child run
+    started now may spend."""
+    tokens = None
+    if state.budget_tokens is not None:
+        tokens = max(state.budget_tokens - state.tokens - reserved_tokens(state), 0)
+    cost = max(state.budget_cost_usd - state.cost_usd, 0.0) if state.budget_cost_usd is not None else None
+    return tokens, cost
+
+
+def llm_reservation(state: RunState, node: StepNode, data: Any) -> int:
+    """Tokens to hold for this LLM call: its output cap plus an estimate of its input. Raises ``UserError``
+    (``BudgetExceeded``) when the call could pass the run's budget: it is then not made, and the overshoot of a
+    budget is bounded by what one call was allowed (the cost by one call's cost: prices are the workers' to know)."""
+    if node.llm_reserve_tokens is None or (state.budget_tokens is None and state.budget_cost_usd is None):
+        return 0
+    if state.budget_cost_usd is not None and state.cost_usd >= state.budget_cost_usd:
+        raise UserError(
+            "BudgetExceeded",
+            f"the run's cost budget is spent (${state.cost_usd:.6f} of ${state.budget_cost_usd:.6f}): "
+            f"LLM step {node.name!r} was not called",
+        )
+    try:
+        size = len(orjson.dumps(data))
+    except TypeError:  # an integer beyond 64 bits: its text is as long
+        size = len(str(data))
+    reserve = node.llm_reserve_tokens + size // CHARS_PER_TOKEN
+    if state.budget_tokens is not None:
+        held = reserved_tokens(state)
+        if state.tokens + held + reserve > state.budget_tokens:
+            raise UserError(
+                "BudgetExceeded",
+                f"LLM step {node.name!r} was not called: it could take up to {reserve} tokens, and {state.tokens} "
+                f"used + {held} held by calls in flight + {reserve} > the run's budget of {state.budget_tokens}",
+            )
+    return reserve
 
 
 def child_run_id(run_id: str, path: str) -> str:
@@ -319,7 +373,9 @@ def _step(
     deadline = now + wait_ms if wait_ms is not None else None
     if st is None:
         data = resolve_mapping(em, node.input, _scope(em, scopes, value, extra))
-        em.emit(StepScheduled(path=path, step=node.name, attempt=1, pool=node.pool, input=data, deadline_ms=deadline))
+        reserve = llm_reservation(em.state, node, data)
+        em.emit(StepScheduled(path=path, step=node.name, attempt=1, pool=node.pool, input=data, deadline_ms=deadline,
+                              reserve_tokens=reserve))
         return PENDING
     if st.due_at_ms is None or now < st.due_at_ms:
         return PENDING
@@ -332,6 +388,7 @@ def _step(
                 pool=node.pool,
                 input=st.input,
                 deadline_ms=deadline,
+                reserve_tokens=llm_reservation(em.state, node, st.input),
             )
         )
         return _step(em, node, path, scopes, value, extra, em.node(path))

@@ -96,6 +96,8 @@ class NodeState:
     iteration: int = 0
     child_run_id: str | None = None
     timed_out: bool = False
+    # an LLM step in flight: tokens held against the run's budget until its result settles them
+    reserved_tokens: int = 0
 
 
 
@@ -130,6 +132,9 @@ class RunState:
     #: LLM usage so far (every attempt, failed ones included): reported to a parent or a stack at the end.
     tokens: int = 0
     cost_usd: float = 0.0
+    #: The LLM budget (``StartRun.budget_tokens``/``budget_cost_usd``); None: none.
+    budget_tokens: int | None = None
+    budget_cost_usd: float | None = None
     #: The state was shrunk (``shrink``) to what a finished run still needs: no spec, input, nodes or output.
     shrunk: bool = False
     #: Ids of the last ``RESUME_WINDOW`` resume commands this run took or refused (oldest first): a resume sent
@@ -375,6 +380,8 @@ def _(p: RunStarted, s: RunState, e: Envelope) -> RunState:
         priority=p.priority,
         admitted=p.slot is None,
         started_at_ms=e.occurred_at_ms,
+        budget_tokens=p.budget_tokens,
+        budget_cost_usd=p.budget_cost_usd,
     )
 
 
@@ -467,9 +474,12 @@ def _(p: ChildStarted, s: RunState, e: Envelope) -> RunState:
 def _(p: StepScheduled, s: RunState, e: Envelope) -> RunState:
     existing = s.nodes.get(p.path)
     if existing is None:
-        node = NodeState(kind="step", input=p.input, attempt=p.attempt, phase="scheduled", due_at_ms=p.deadline_ms)
+        node = NodeState(kind="step", input=p.input, attempt=p.attempt, phase="scheduled", due_at_ms=p.deadline_ms,
+                         reserved_tokens=p.reserve_tokens)
         return _child_started(_set(s, p.path, node), p.path)
-    return _set(s, p.path, _replace(existing, attempt=p.attempt, phase="scheduled", due_at_ms=p.deadline_ms))
+    changed = _replace(existing, attempt=p.attempt, phase="scheduled", due_at_ms=p.deadline_ms,
+                       reserved_tokens=p.reserve_tokens)
+    return _set(s, p.path, changed)
 
 
 @_apply.register

@@ -601,3 +601,74 @@ def test_only_a_finished_run_can_be_shrunk() -> None:
     sim = Sim(Workflow("w").step(a), 1)
     with pytest.raises(ValueError, match="only a finished run"):
         shrink(sim.state)
+
+
+# --- budgets before the call -----------------------------------------------------------------------------------------
+
+
+def _paid(sim: Sim, path: str, tokens: int, cost: float = 0.0, attempt: int = 1) -> Decision:
+    """An LLM step's result with the usage its call reported."""
+    from tickflow.events.schemas import LlmAttemptFields
+
+    usage = LlmAttemptFields(provider="p", model="m", tokens_in=tokens // 2, tokens_out=tokens - tokens // 2,
+                             cost_usd=cost, outcome="ok")
+    res = StepSucceeded(path=path, step=path.rsplit("/", 1)[-1], attempt=attempt, output="said", duration_ms=1,
+                        llm_attempts=[usage])
+    return sim.apply(WorkerResult(Envelope.wrap(res, id=f"paid-{path}-{attempt}", key="r1", occurred_at_ms=0)))
+
+
+def _budgeted(wf: Workflow, tokens: int | None = None, cost: float | None = None) -> Sim:
+    sim = Sim.__new__(Sim)
+    sim.registry, sim.state, sim.log, sim.sent, sim.now = Registry(), RunState("r1"), [], [], 999
+    sim.spec = sim.registry.add(wf)
+    cmd = StartRun(workflow=wf.name, input="hi", budget_tokens=tokens, budget_cost_usd=cost)
+    sim.apply(Start(Envelope.wrap(cmd, id="c1", key="r1", occurred_at_ms=0), sim.spec))
+    return sim
+
+
+def test_an_llm_call_that_could_pass_the_token_budget_is_not_made() -> None:
+    """Each call reserves its output cap plus an estimate of its input; the run stops before the call that could
+    pass the budget, so the overshoot is bounded by what one call was allowed."""
+    wf = Workflow("w").step(a, name="plan", llm_reserve_tokens=100).step(a, name="write", llm_reserve_tokens=100)
+    sim = _budgeted(wf, tokens=250)
+    [first] = [e.payload for e in sim.log if e.type == "StepScheduled"]
+    assert first.reserve_tokens == 101 and sim.state.nodes["plan"].reserved_tokens == 101  # 100 + len('"hi"') // 4
+    d = _paid(sim, "plan", 180)
+    assert sim.state.tokens == 180 and "StepScheduled" not in sim.types(d)  # 180 + 101 > 250: not called
+    assert sim.state.status == "failed" and sim.state.error is not None
+    assert sim.state.error.type == "BudgetExceeded" and "'write' was not called" in sim.state.error.message
+    assert not [e for e in sim.sent if e.type == "RunStep" and e.payload.path == "write"]
+    assert fold("r1", sim.log) == sim.state
+    roomy = _budgeted(wf, tokens=400)
+    _paid(roomy, "plan", 180)
+    _paid(roomy, "write", 150)
+    assert roomy.state.status == "completed" and roomy.state.tokens == 330
+
+
+def test_calls_in_flight_hold_their_reservation_and_a_spent_cost_budget_stops_the_next() -> None:
+    wf = Workflow("w").parallel(
+        x=Flow().step(a, name="x", llm_reserve_tokens=100), y=Flow().step(a, name="y", llm_reserve_tokens=100)
+    )
+    sim = _budgeted(wf, tokens=150)  # room for one call in flight, not two
+    scheduled = [e.payload.path for e in sim.log if e.type == "StepScheduled"]
+    assert len(scheduled) == 1 and sim.state.status == "failed"
+    assert any(e.type == "NodeFailed" and e.payload.error.type == "BudgetExceeded" for e in sim.log)
+    costly = _budgeted(Workflow("c").step(a, name="one", llm_reserve_tokens=10).step(a, name="two",
+                                                                                    llm_reserve_tokens=10), cost=0.01)
+    _paid(costly, "one", 20, cost=0.02)
+    assert costly.state.status == "failed" and costly.state.error is not None
+    assert "cost budget is spent" in costly.state.error.message
+
+
+def test_steps_that_are_no_llm_call_and_runs_without_a_budget_reserve_nothing() -> None:
+    sim = _budgeted(Workflow("w").step(a, name="plain").step(a, name="llm", llm_reserve_tokens=50), tokens=10)
+    assert [e.payload.reserve_tokens for e in sim.log if e.type == "StepScheduled"] == [0]
+    free = Sim(Workflow("f").step(a, name="llm", llm_reserve_tokens=50), "hi")
+    assert [e.payload.reserve_tokens for e in free.log if e.type == "StepScheduled"] == [0]
+
+
+def test_a_child_gets_what_is_left_of_the_parent_s_budget() -> None:
+    sim = _budgeted(Workflow("w").step(a, name="llm", llm_reserve_tokens=10).child("kid"), tokens=500, cost=1.0)
+    _paid(sim, "llm", 120, cost=0.25)
+    [start] = [e.payload for e in sim.sent if e.type == "StartRun"]
+    assert (start.budget_tokens, start.budget_cost_usd) == (380, 0.75)
