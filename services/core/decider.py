@@ -494,7 +494,9 @@ def _on_child_finished(em: Emitter, p: ChildFinished) -> None:
         em.emit(NodeCompleted(path=p.path, output=p.output))
         return
     why = p.error.message if p.error else p.status
-    error = ErrorInfo(type="ChildFailed", message=f"child run {p.child_run_id!r} {p.status}: {why}")
+    # A spent budget stays a spent budget up the tree: the stack above pauses on it, whichever run hit it.
+    kind = "BudgetExceeded" if p.error is not None and p.error.type == "BudgetExceeded" else "ChildFailed"
+    error = ErrorInfo(type=kind, message=f"child run {p.child_run_id!r} {p.status}: {why}")
     em.emit(NodeFailed(path=p.path, error=error, origin_path=p.path))
 
 

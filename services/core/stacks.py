@@ -214,6 +214,11 @@ def _start(state: StackState, tick: int, run_id: str, at_ms: int, causation_id: 
         parent_run_id=state.key,
         parent_path=f"{_TICK_PATH}{tick}",
         priority=state.priority,
+        # The tick may spend what is left of the stack's budget: its LLM steps stop before passing it.
+        budget_tokens=max(state.budget_tokens - state.tokens_used, 0) if state.budget_tokens is not None else None,
+        budget_cost_usd=(
+            max(state.budget_cost_usd - state.cost_used_usd, 0.0) if state.budget_cost_usd is not None else None
+        ),
     )
     return Envelope.wrap(
         command,
@@ -320,6 +325,8 @@ def _on_tick_finished(em: _Emitter, p: ChildFinished) -> None:
         )
     )
     over = _over_budget(em.state)
+    if not over and p.error is not None and p.error.type == "BudgetExceeded":  # stopped before passing it
+        over = f"tick {running[0]} stopped before an LLM call that could pass the budget: {p.error.message}"[:1_000]
     if over and em.state.playing:
         em.emit(StackPaused(by="budget", reason=over))
     s = em.state

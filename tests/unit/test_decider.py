@@ -670,5 +670,9 @@ def test_steps_that_are_no_llm_call_and_runs_without_a_budget_reserve_nothing() 
 def test_a_child_gets_what_is_left_of_the_parent_s_budget() -> None:
     sim = _budgeted(Workflow("w").step(a, name="llm", llm_reserve_tokens=10).child("kid"), tokens=500, cost=1.0)
     _paid(sim, "llm", 120, cost=0.25)
-    [start] = [e.payload for e in sim.sent if e.type == "StartRun"]
-    assert (start.budget_tokens, start.budget_cost_usd) == (380, 0.75)
+    [start] = [e for e in sim.sent if e.type == "StartRun"]
+    assert (start.payload.budget_tokens, start.payload.budget_cost_usd) == (380, 0.75)
+    spent = ErrorInfo(type="BudgetExceeded", message="LLM step 'x' was not called")
+    sim.signal(ChildFinished(path="child1", child_run_id=start.key, status="failed", error=spent, tokens=300))
+    assert sim.state.status == "failed" and sim.state.error is not None and sim.state.tokens == 420
+    assert sim.state.error.type == "BudgetExceeded"  # still a spent budget one level up: a stack pauses on it

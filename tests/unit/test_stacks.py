@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tickflow.core.stacks import StackState, decide_stack, evolve_stack, new_stack, stack_recovery
 from tickflow.events import Envelope
 from tickflow.events.agents import CreateStack, DeleteStack, PauseStack, PlayStack, TickFired, UpdateStack, stack_key
-from tickflow.events.schemas import ChildFinished, Payload, StartRun
+from tickflow.events.schemas import ChildFinished, ErrorInfo, Payload, StartRun
 
 T0 = 1_700_000_000_000
 WORKFLOWS = frozenset({"tick_wf", "other"})
@@ -44,7 +44,8 @@ class Stack:
     def timer(self, now: int) -> list[str]:
         return self.send(None, now)
 
-    def finish(self, now: int, *, tokens: int = 0, idle: bool = False, status: str = "completed") -> list[str]:
+    def finish(self, now: int, *, tokens: int = 0, idle: bool = False, status: str = "completed",
+               error: ErrorInfo | None = None) -> list[str]:
         assert self.state.running is not None
         tick, run_id = self.state.running
         done = ChildFinished(
@@ -53,6 +54,7 @@ class Stack:
             status=status,  # type: ignore[arg-type]
             output={"idle": idle},
             tokens=tokens,
+            error=error,
         )
         return self.send(done, now)
 
@@ -122,6 +124,23 @@ def test_budget_pauses_the_stack_with_the_reason() -> None:
     s.send(UpdateStack(budget_tokens=1000), due + 21_000)
     assert s.send(PlayStack(), due + 21_000) == ["StackPlayed"]
     assert s.timer(due + 21_000) == ["TickFired"]  # play ticks at once
+
+
+def test_each_tick_may_spend_what_is_left_and_a_tick_stopped_by_it_pauses_the_stack() -> None:
+    """The budget holds before each LLM call (the tick run's own check), not only when a tick ends: the stack hands
+    each tick what is left of its budget, and pauses when a tick stopped before a call that could pass it."""
+    s = Stack(budget_tokens=1_000, budget_cost_usd=2.0)
+    due = s.state.next_due_ms or 0
+    s.timer(due)
+    assert (s.starts[-1].payload.budget_tokens, s.starts[-1].payload.budget_cost_usd) == (1_000, 2.0)
+    s.finish(due + 10, tokens=700)
+    s.timer(due + 10_000)
+    assert s.starts[-1].payload.budget_tokens == 300  # what is left
+    stopped = ErrorInfo(type="BudgetExceeded", message="LLM step 'plan' was not called: …")
+    assert s.finish(due + 10_010, tokens=250, status="failed", error=stopped) == ["TickFinished", "StackPaused"]
+    assert s.state.paused_by == "budget" and s.state.tokens_used == 950  # under the budget, and paused
+    assert "stopped before an LLM call" in s.log[-1].payload.reason  # type: ignore[attr-defined]
+    assert s.refold() == s.state
 
 
 def test_a_command_sent_again_with_the_same_id_is_taken_once() -> None:
