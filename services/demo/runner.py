@@ -260,7 +260,7 @@ class StackReport:
     steps_failed: int = 0
     step_failures: list[tuple[str, str, int]] = field(default_factory=list)  # (step, error, count)
     run_failures: list[tuple[str, int]] = field(default_factory=list)
-    budget_paused: list[tuple[str, str]] = field(default_factory=list)  # (stack, reason)
+    budget_paused: list[tuple[str, str]] = field(default_factory=list)  # (stack, "used of budget (over): reason")
     top_stacks: list[tuple[str, int, int, str]] = field(default_factory=list)  # (stack, tokens, ticks, paused_by)
     tool_calls: int = 0
     stacks_created: int = 0
@@ -331,9 +331,10 @@ def stack_report(store: Any, batch: str) -> StackReport:
     r.run_failures = [(str(m), int(c)) for m, c in q(
         "SELECT substring(error_message, 1, 120) AS m, count() FROM {db}.runs FINAL WHERE startsWith(run_id, "
         "{b:String}) AND status IN ('failed', 'rejected', 'cancelled') GROUP BY m ORDER BY count() DESC LIMIT 5")]
-    r.budget_paused = [(str(s), str(why)) for s, why in q(
-        "SELECT stack_id, pause_reason FROM {db}.stacks FINAL WHERE startsWith(stack_id, {b:String}) "
-        "AND paused_by = 'budget' ORDER BY stack_id")]
+    r.budget_paused = [(str(s), f"{int(used):,} of {int(budget):,} tokens ({int(used) - int(budget):+,}): {why}")
+                       for s, used, budget, why in q(
+        "SELECT stack_id, tokens_used, budget_tokens, pause_reason FROM {db}.stacks FINAL "
+        "WHERE startsWith(stack_id, {b:String}) AND paused_by = 'budget' ORDER BY stack_id")]
     r.top_stacks = [(str(s), int(t), int(k), str(by)) for s, t, k, by in q(
         "SELECT s.stack_id, s.tokens_used, s.ticks_fired, s.paused_by FROM {db}.stacks AS s FINAL "
         "WHERE startsWith(s.stack_id, {b:String}) ORDER BY s.tokens_used DESC, s.stack_id LIMIT 5")]
