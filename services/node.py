@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -30,7 +31,7 @@ from tickflow.runtime.worker import StepWorker
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
-__all__ = ["ALL_ROLES", "RESTART_FIRST_S", "RESTART_MAX_S", "Node", "RoleFailures", "serve"]
+__all__ = ["ALL_ROLES", "RESTART_FIRST_S", "RESTART_MAX_S", "Node", "RoleFailures", "serve", "with_app_llm_config"]
 
 log = logging.getLogger("tickflow")
 ALL_ROLES = frozenset({"engine", "worker", "projector", "api", "trigger"})
@@ -60,7 +61,7 @@ class Node:
         unknown = set(roles) - ALL_ROLES
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ALL_ROLES)}")
-        self.settings = settings
+        self.settings = with_app_llm_config(settings, registry)
         self.registry = registry
         self.roles = roles
         self.engine: Engine | None = None
@@ -283,6 +284,17 @@ class Node:
             await self._api_producer.stop()
         if self.store is not None:
             self.store.close()
+
+
+def with_app_llm_config(settings: Settings, registry: Registry) -> Settings:
+    """``settings`` using the app's own LLM configuration (``Registry.llm_config``) when none is configured:
+    written to the state directory, where this process's workers load it."""
+    if settings.llm_config is not None or registry.llm_config is None:
+        return settings
+    path = settings.state_dir / "llm" / f"{settings.prefix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(registry.llm_config, indent=2))
+    return settings.with_(llm_config=path)
 
 
 async def serve(settings: Settings, registry: Registry, roles: frozenset[str] = ALL_ROLES) -> None:

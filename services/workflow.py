@@ -490,6 +490,10 @@ class Registry:
         self.agents: dict[str, AgentDefinition] = {}
         self._typed: dict[str, _Typed] = {}
         self.triggers: list[Trigger] = []
+        #: The LLM configuration this app's agents need when ``TICKFLOW_LLM_CONFIG`` names none (the mapping a
+        #: ``.json`` file would hold; see ``tickflow.llm.LlmConfig``): every process that hosts the app writes it to
+        #: its state directory at start and uses it, so ``tickflow up --app …`` runs the app's agents as they are.
+        self.llm_config: dict[str, Any] | None = None
 
     def add(self, workflow: Workflow) -> WorkflowSpec:
         spec = workflow.compile()

@@ -26,7 +26,17 @@ from tickflow.events.errors import NonRetryableError
 from tickflow.llm import OFFLINE_LABEL
 from tickflow.workflow import Flow, Registry, Workflow, current_step, named
 
-__all__ = ["AGENTS", "GOALS", "OFFLINE_LABEL", "Plan", "Review", "TestRun", "registry", "write_demo_llm_config"]
+__all__ = [
+    "AGENTS",
+    "GOALS",
+    "OFFLINE_LABEL",
+    "Plan",
+    "Review",
+    "TestRun",
+    "demo_llm_config",
+    "registry",
+    "write_demo_llm_config",
+]
 
 
 
@@ -185,14 +195,11 @@ stack_tick = Workflow("stack_tick", timeout_s=300).agent(planner).branch(
 )
 
 
-def write_demo_llm_config(path: Path, *, seed: int = 7) -> Path:
-    """Write the demo's LLM configuration (only the offline scripted models) to ``path`` and return it.
-
-    Why a file rather than ``LlmConfig.offline_default()``: the demo wants a simulated latency (20-250 ms) and
-    a 3 % rate of simulated 503s, so the report shows realistic timings and retried attempts; workers load the
-    configuration from ``Settings.llm_config``. Offline models have no price: the cost is honestly $0.
-    """
-    config = {
+def demo_llm_config(*, seed: int = 7) -> dict[str, Any]:
+    """The demo's LLM configuration: only the offline scripted models, with a simulated latency (20-250 ms) and a
+    3 % rate of simulated 503s, so the report shows realistic timings and retried attempts. Offline models have no
+    price: the cost is honestly $0."""
+    return {
         "providers": [
             {
                 "name": "offline",
@@ -212,8 +219,13 @@ def write_demo_llm_config(path: Path, *, seed: int = 7) -> Path:
             "reviewer": ["offline/tool-then-answer"],
         },
     }
+
+
+def write_demo_llm_config(path: Path, *, seed: int = 7) -> Path:
+    """Write the demo's LLM configuration (``demo_llm_config``) to ``path`` and return it (workers load the
+    configuration from ``Settings.llm_config``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2))
+    path.write_text(json.dumps(demo_llm_config(seed=seed), indent=2))
     return path
 
 
@@ -263,6 +275,7 @@ async def noop(value: Any) -> Any:
 
 
 registry = Registry()
+registry.llm_config = demo_llm_config()  # `tickflow up` (the default app) runs the demo's agents as `make demo` does
 registry.add(stack_tick)
 registry.add(
     Workflow("order").step(validate).step(price).step(reserve).step(charge, max_attempts=3, backoff_s=0.2).step(notify)
