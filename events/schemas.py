@@ -73,6 +73,7 @@ __all__ = [
     "WaitStarted",
     "WaitTimedOut",
     "idempotency_key",
+    "step_key",
 ]
 
 #: ``token``: deltas of a streamed LLM reply, on the tokens topic only (never in the log; see ``LlmTokens``).
@@ -524,8 +525,15 @@ class RunForked(Event):
 
 
 def idempotency_key(run_id: str, path: str, attempt: int) -> str:
-    """The idempotency key of one attempt of one step: stable across redeliveries and re-sends of its task."""
+    """The key of one attempt of one step: stable across redeliveries and re-sends of its task (what the worker
+    deduplicates and a ``CancelStep`` names)."""
     return f"{run_id}/{path}/{attempt}"
+
+
+def step_key(run_id: str, path: str) -> str:
+    """The idempotency key a step body sees (``current_step().idempotency_key``): the same for every attempt of the
+    step, so an external effect made under it happens once however often the step is retried or re-run."""
+    return f"{run_id}/{path}"
 
 
 class RunStep(Task):
@@ -542,6 +550,9 @@ class RunStep(Task):
     idempotency_key: ShortText
     timeout_s: float | None = None
     priority: Int64 = 0
+    #: When the engine stops waiting for this attempt: a worker that takes it off its queue later does not start
+    #: it (the engine has failed it already, and may have scheduled the next attempt).
+    deadline_ms: EpochMs | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class CancelStep(Task):

@@ -88,7 +88,9 @@ class StepReport:
 
 @dataclass(frozen=True, slots=True)
 class StepContext:
-    """What a running step may know about itself. ``idempotency_key`` is stable across redeliveries.
+    """What a running step may know about itself. ``idempotency_key`` (``<run>/<path>``) is the same for every
+    attempt of the step, redeliveries and re-runs after a crash included: make an external effect under it and the
+    effect happens once; ``attempt`` tells the attempts apart.
 
     ``report`` collects LLM attempts and memory messages for the engine's log; ``settings`` are the worker's
     (None outside a worker), for step bodies that call back into tickflow, as agents do to read memory.

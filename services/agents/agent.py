@@ -13,13 +13,13 @@
           foreach <name>.tools  input: value.tool_calls
             step <name>.tool    (pool tool_pool)
 
-A crash anywhere resumes from the log: finished LLM calls and tool calls are step results the run already holds
-and are never made again (a call in flight at the crash runs again — at least once — with the same idempotency
-key, ``current_step().idempotency_key``, so a tool can make its effect exactly-once). The conversation lives in
-the LLM step's output; the pure mapper ``turn_input`` assembles the next turn's input from the previous LLM step
-(addressed by its documented path ``<name>#<k>/<name>.llm``) and the tool results, and the pure condition
-``finished`` ends the loop on a final answer. When the model answers without calling tools, the branch passes the
-LLM step's output through, so the loop's (and the agent's) output is the final turn's: ``{"final": true,
+A crash anywhere resumes from the log: finished LLM calls and tool calls are step results the run already holds and
+are never made again (a call in flight at the crash runs again — at least once — with the same idempotency key,
+``current_step().idempotency_key``, which every attempt shares, so a tool can make its effect exactly-once). The
+conversation lives in the LLM step's output; the pure mapper ``turn_input`` assembles the next turn's input from the
+previous LLM step (addressed by its documented path ``<name>#<k>/<name>.llm``) and the tool results, and the pure
+condition ``finished`` ends the loop on a final answer. When the model answers without calling tools, the branch
+passes the LLM step's output through, so the loop's (and the agent's) output is the final turn's: ``{"final": true,
 "answer": …, "thread_id": …, "turns": …, "model": …}``.
 
 The LLM step runs in a worker: it builds a ``ChatRequest`` (instructions, memory, conversation, tool schemas),

@@ -550,6 +550,7 @@ def _task(state: RunState, path: str, node: NodeState, occurred_at_ms: int, caus
         idempotency_key=key,
         timeout_s=spec.timeout_s,
         priority=spec.priority + state.priority,  # a run's priority (e.g. its stack's) orders its steps too
+        deadline_ms=node.due_at_ms,
     )
     env = Envelope.wrap(
         task,
@@ -605,6 +606,19 @@ def _report_to_parent(state: RunState, occurred_at_ms: int) -> Outbound | None:
     return Outbound("commands", env)
 
 
+def _cancel_step(state: RunState, path: str, attempt: int, occurred_at_ms: int, reason: str) -> Outbound:
+    """Stop one attempt where it runs (or before it starts): its result would be ignored anyway."""
+    key = idempotency_key(state.run_id, path, attempt)
+    env = Envelope.wrap(
+        CancelStep(idempotency_key=key, reason=reason[:1_000]),
+        id=f"{key}/cancel",
+        key=state.run_id,
+        occurred_at_ms=occurred_at_ms,
+        correlation_id=state.run_id,
+    )
+    return Outbound("tasks", env, getattr(spec_node(state, path), "pool", None))
+
+
 def _cancellations(state: RunState, occurred_at_ms: int, reason: str) -> list[Outbound]:
     """Best-effort stop signals for the work a finished run leaves behind: running steps and children."""
     out = []
@@ -612,15 +626,7 @@ def _cancellations(state: RunState, occurred_at_ms: int, reason: str) -> list[Ou
         if node.status != "active":
             continue
         if node.kind == "step" and node.phase == "scheduled":
-            key = f"{state.run_id}/{path}/{node.attempt}"
-            env = Envelope.wrap(
-                CancelStep(idempotency_key=key, reason=reason[:1_000]),
-                id=f"{key}/cancel",
-                key=state.run_id,
-                occurred_at_ms=occurred_at_ms,
-                correlation_id=state.run_id,
-            )
-            out.append(Outbound("tasks", env, getattr(spec_node(state, path), "pool", None)))
+            out.append(_cancel_step(state, path, node.attempt, occurred_at_ms, reason))
         elif node.kind == "child" and node.child_run_id is not None:
             env = Envelope.wrap(
                 CancelRun(reason=f"parent run {state.run_id!r} ended: {reason}"[:1_000]),
@@ -660,6 +666,8 @@ def effects(decision: Decision) -> list[Outbound]:
             node = state.nodes.get(p.path)
             if state.active and node and node.phase == "scheduled" and node.attempt == p.attempt:
                 out.append(_task(state, p.path, node, event.occurred_at_ms, event.id))
+        elif isinstance(p, StepFailed) and p.worker == "engine":  # timed out: stop it where it may still run
+            out.append(_cancel_step(state, p.path, p.attempt, event.occurred_at_ms, p.error.message))
         elif isinstance(p, ChildStarted):
             node = state.nodes.get(p.path)
             if state.status == "running" and node is not None and node.status == "active":

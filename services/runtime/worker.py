@@ -47,6 +47,7 @@ from tickflow.events.schemas import (
     SetPoolConcurrency,
     StepErrored,
     StepSucceeded,
+    step_key,
 )
 from tickflow.events.topics import DEFAULT_POOL
 from tickflow.llm.streaming import listening
@@ -255,6 +256,8 @@ class StepWorker:
         self.offsets = _Offsets()
         self.pending = PendingSends()
         self.executed = 0
+        #: Tasks not started because the engine's deadline for them passed while they queued here.
+        self.expired = 0
         self.dead_lettered = 0
         self.scheduler: Scheduler[_Job] = Scheduler(concurrency or settings.worker_concurrency, self._start_job)
         self._room = asyncio.Event()
@@ -316,6 +319,8 @@ class StepWorker:
         """This worker's counters and levels for /metrics (``tickflow.metrics.RoleCollector`` reads them)."""
         pool = {"pool": self.pool}
         yield "counter", "tickflow_worker_steps_executed", "Step attempts run and reported.", pool, float(self.executed)
+        expired = "Step attempts not started: the engine's deadline passed while they queued."
+        yield "counter", "tickflow_worker_steps_expired", expired, pool, float(self.expired)
         yield (
             "counter",
             "tickflow_worker_reanswered",
@@ -484,6 +489,14 @@ class StepWorker:
 
     async def _execute(self, job: _Job) -> None:
         tp, record = job.tp, job.record
+        deadline = job.task.deadline_ms
+        if deadline is not None and time.time() * 1000 > deadline:
+            # The engine stopped waiting for this attempt while it queued here: it failed it (and cancels it, and
+            # may have scheduled the next attempt). Starting it now would only repeat an effect for nothing.
+            log.info("not starting %s: its deadline passed while it queued", job.task.idempotency_key)
+            self.expired += 1
+            self.offsets.done(tp, record.offset)
+            return
         try:
             result = await self._run(job.env, job.task)
             if job.task.idempotency_key in self.scheduler.cancelled:
@@ -514,7 +527,7 @@ class StepWorker:
             workflow=task.workflow,
             step=task.step,
             attempt=task.attempt,
-            idempotency_key=task.idempotency_key,
+            idempotency_key=step_key(env.key, task.path),
             path=task.path,
             settings=self.settings,
         )

@@ -157,7 +157,7 @@ async def test_kill_9_in_the_tool_loop_resumes_and_applies_every_call_once(
         proc.wait(10)
         before_restart = Counter(tool_log.read_text().split())
         at_kill = await read_topic(s.bootstrap, s.topics.events, s.partitions)
-        finished_tools = {f"{e.key}/{e.payload.path}/{e.payload.attempt}" for _, _, e in at_kill  # type: ignore[attr-defined]
+        finished_tools = {f"{e.key}/{e.payload.path}" for _, _, e in at_kill  # type: ignore[attr-defined]
                           if e.type == "StepCompleted" and e.payload.path.endswith(".tool")}  # type: ignore[attr-defined]
         ended = sum(1 for _, _, e in at_kill if e.type == "RunCompleted")
         assert finished_tools and ended < len(runs), "the kill landed outside the tool loop; it would prove nothing"

@@ -27,7 +27,7 @@ from tickflow.workflow import Registry, Workflow, current_step
 
 pytestmark = pytest.mark.integration
 
-#: Idempotency keys (run/path/attempt) of every step body executed in this process.
+#: Idempotency keys (run/path: the same for every attempt of a step) of every step body executed in this process.
 executed: list[str] = []
 
 
@@ -122,7 +122,7 @@ async def test_a_fork_skips_steps_completed_before_the_fork_point(node: Node) ->
     seqs = await asyncio.to_thread(scenario)
     ran: dict[str, list[str]] = defaultdict(list)
     for key in executed:
-        run_id, path, _ = key.rsplit("/", 2)
+        run_id, path = key.split("/", 1)
         ran[run_id].append(path)
     assert ran["source-1"] == ["first", "second", "third"]
     assert ran["fork-done"] == ["second", "third"]  # first completed before the fork: not executed again

@@ -297,9 +297,13 @@ def test_step_timeout_is_enforced_by_the_engine() -> None:
     sim = Sim(Workflow("w").step(a, timeout_s=2, max_attempts=2, backoff_s=0), 1)
     due = sim.state.next_due_ms()
     assert due is not None
+    [first] = [e.payload for e in sim.sent if e.type == "RunStep"]
+    assert first.deadline_ms == due  # the worker does not start it after this
     d = sim.apply(Recover(), now=due)
     assert sim.types(d) == ["StepFailed", "StepScheduled"]
     assert d.events[0].payload.error.type == "StepTimeout"
+    sent = [(o.envelope.type, o.envelope.payload.idempotency_key) for o in effects(d)]
+    assert sent == [("CancelStep", "r1/a/1"), ("RunStep", "r1/a/2")]  # the timed-out attempt is stopped where it runs
     assert sim.ok("a", "late", attempt=1).events == []
     sim.ok("a", "fine", attempt=2)
     assert sim.state.status == "completed"

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +29,7 @@ from tickflow.runtime.kafka import DeadLetters
 from tickflow.runtime.tokens import TokenPublisher
 from tickflow.runtime.worker import CancelledKeys, LocalQueue, Scheduler, StepWorker
 from tickflow.settings import Settings
-from tickflow.workflow import Registry, StepContext, Workflow
+from tickflow.workflow import Registry, StepContext, Workflow, current_step
 
 # --- step log capture -----------------------------------------------------------------------------------
 
@@ -355,6 +356,27 @@ async def test_worker_reports_path_and_logs_and_commits_past_cancelled_tasks(wor
     assert result.id == "task/c/result"
     assert worker.offsets.committable() == {TP: 6}
     assert worker.scheduler.running == 0 and not worker._running
+
+
+async def test_a_task_whose_deadline_passed_in_the_queue_is_not_started(worker: StepWorker) -> None:
+    """The engine stopped waiting for it (and failed it, and cancels it): starting it now would only repeat an
+    effect. A task still in time runs, and its body sees the step's key, the same for every attempt."""
+    keys: list[str] = []
+
+    async def effect(x: Any) -> Any:
+        keys.append(f"{current_step().idempotency_key} #{current_step().attempt}")
+        return x
+
+    worker.registry.functions["effect"] = effect
+    now_ms = int(time.time() * 1000)
+    for offset, (key, attempt, deadline) in enumerate([("late", 1, now_ms - 1), ("ok", 2, now_ms + 60_000)]):
+        task = RunStep(workflow="wf", path="charge", step="effect", fn="effect", attempt=attempt, input=1,
+                       idempotency_key=key, deadline_ms=deadline)
+        await worker._accept(TP, _record(offset, _task(task, id=f"task/{key}")))
+    await _until(lambda: worker.executed == 1 and not worker._inflight)
+    assert worker.expired == 1 and keys == ["run-1/charge #2"]
+    assert [r.id for r in _results(worker)] == ["task/ok/result"]
+    assert worker.offsets.committable() == {TP: 2}  # the expired task is done with: its offset may pass
 
 
 async def test_a_re_sent_task_joins_the_run_of_its_attempt_instead_of_running_it_twice(worker: StepWorker) -> None:
