@@ -194,7 +194,7 @@ async def test_kill_9_in_the_tool_loop_resumes_and_applies_every_call_once(
         assert events[-1].type == "RunCompleted"
         assert "the library says" in events[-1].payload.output["answer"]  # type: ignore[attr-defined]
     # Every execution was of a tool step the runs needed (a call cut short by the kill may run again).
-    needed = {f"{e.key}/{e.payload.path}/{e.payload.attempt}" for _, _, e in log  # type: ignore[attr-defined]
+    needed = {f"{e.key}/{e.payload.path}" for _, _, e in log  # type: ignore[attr-defined]
               if e.type == "StepCompleted" and e.payload.path.endswith(".tool")}  # type: ignore[attr-defined]
     assert set(executions) == needed and len(needed) == len(runs)
 

@@ -78,15 +78,18 @@ async def test_the_stacks_demo_reports_what_the_log_says(kafka_bootstrap: str, p
     assert 0 < v50 <= v99 <= vmax < 60_000
     assert v50 >= report.engine_ms[0] and v99 >= report.engine_ms[1]
 
-    # Budgets: a stack is reported paused by its budget exactly when the log paused it, over its budget.
+    # Budgets: a stack is reported paused by its budget exactly when the log paused it, and the budget held before
+    # each LLM call: a paused stack used at most its budget (it stopped before the call that could pass it).
     paused = {e.key.removeprefix("stack:"): _p(e).reason for e in stack_events
               if e.type == "StackPaused" and _p(e).by == "budget"}
-    assert dict(report.budget_paused) == paused
+    reported = dict(report.budget_paused)
+    assert set(reported) == set(paused) and all(reported[sid].endswith(why) for sid, why in paused.items())
     tokens = Counter[str]()
     for e in stack_events:
         if e.type == "TickFinished":
             tokens[e.key.removeprefix("stack:")] += _p(e).tokens
     for sid in paused:
-        assert tokens[sid] >= SMALL_BUDGET_TOKENS
+        assert tokens[sid] <= SMALL_BUDGET_TOKENS, (sid, tokens[sid], paused[sid])
+        assert f"{tokens[sid]:,} of {SMALL_BUDGET_TOKENS:,} tokens" in reported[sid]
     top = {sid: used for sid, used, _, _ in report.top_stacks}
     assert top == {sid: tokens[sid] for sid in top} and len(top) == 5
