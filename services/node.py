@@ -212,6 +212,7 @@ class Node:
             producer=self._api_producer,
             topics=s.topics,
             workflows=set(self.registry.specs) if "engine" in self.roles else None,
+            agent_workflows=self.registry.agent_workflows(),
             token=s.api_token,
             metrics=self.projector.metrics if self.projector else None,
             blobs=FileBlobStore(s.blob_dir),

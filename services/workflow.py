@@ -40,6 +40,7 @@ from tickflow.events.spec import (
     RetryPolicy,
     StepNode,
     WorkflowSpec,
+    walk,
 )
 from tickflow.events.topics import DEFAULT_POOL
 
@@ -496,6 +497,14 @@ class Registry:
         #: ``.json`` file would hold; see ``tickflow.llm.LlmConfig``): every process that hosts the app writes it to
         #: its state directory at start and uses it, so ``tickflow up --app …`` runs the app's agents as they are.
         self.llm_config: dict[str, Any] | None = None
+
+    def agent_workflows(self) -> list[str]:
+        """The workflows that call an LLM (an agent's model step, or any step with ``llm_reserve_tokens``): what a
+        stack usually ticks, so the dashboard offers them first."""
+        return sorted(
+            name for name, spec in self.specs.items()
+            if any(isinstance(n, StepNode) and n.llm_reserve_tokens is not None for n in walk(spec.root))
+        )
 
     def add(self, workflow: Workflow) -> WorkflowSpec:
         spec = workflow.compile()

@@ -126,6 +126,8 @@ class ApiDeps:
     engine: Any = None
     #: Workflows the engine of this process knows (None: the engine runs elsewhere; accept any name).
     workflows: set[str] | None = None
+    #: Of those, the ones that call an LLM (``Registry.agent_workflows``): the board's create form offers them first.
+    agent_workflows: tuple[str, ...] = ()
     #: The live projector of this process (None: it runs elsewhere), which a rebuild pauses to swap in.
     projector: Any = None
     #: The projector's metrics (``/stats`` shows them), when this process runs it.

@@ -87,8 +87,10 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
     @router.get("/board", response_class=HTMLResponse)
     async def board_page(request: Request) -> HTMLResponse:
         rows = await board.snapshot()
-        workflows = sorted(deps.workflows) if deps.workflows is not None else []
-        return page(request, "board.html", rows=rows, workflows=workflows)
+        known = sorted(deps.workflows) if deps.workflows is not None else []
+        agents = [w for w in deps.agent_workflows if w in known]  # what stacks tick, first (and chosen by default)
+        workflows = agents + [w for w in known if w not in agents]
+        return page(request, "board.html", rows=rows, workflows=workflows, agent_workflows=agents)
 
     @router.get("/board/stream")
     async def board_stream(request: Request) -> EventSourceResponse:

@@ -26,3 +26,24 @@ def test_sign_in_only_returns_to_dashboard_pages() -> None:
     assert _next_page("/ui/runs/abc") == "/ui/runs/abc"
     for evil in ("https://evil.example/", "//evil.example/ui/", "/ui//evil.example", "/api", "javascript:alert(1)"):
         assert _next_page(evil) == "/ui/board"
+
+
+def test_the_board_offers_the_workflows_that_call_an_llm_first() -> None:
+    """What a stack ticks is an agent workflow: the create form lists those first (chosen by default)."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from tests.unit.test_api_errors import RecordingProducer
+    from tickflow.api.app import create_api
+    from tickflow.demo import registry as demo
+    from tickflow.events.topics import TopicNames
+    from tickflow.projections.store import MemoryStore
+
+    assert demo.agent_workflows() == ["stack_tick"]
+    app = create_api(store=MemoryStore(), producer=RecordingProducer(), topics=TopicNames("b"),
+                     workflows=set(demo.specs), agent_workflows=demo.agent_workflows())
+    with TestClient(app, base_url="http://127.0.0.1:8700") as client:
+        html = client.get("/ui/board").text
+    options = re.findall(r'<option value="([^"]+)">([^<]+)</option>', html)
+    assert options[0] == ("stack_tick", "stack_tick (agents)") and {v for v, _ in options} == set(demo.specs)
