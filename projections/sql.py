@@ -26,7 +26,6 @@ import datetime as dt
 import ipaddress
 import math
 import re
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -233,7 +232,8 @@ def _jsonable(value: Any) -> Any:
 
 
 class ReadOnlySql:
-    """Runs analysts' queries on a ``ClickHouseStore``'s database; ``run`` is blocking (call it in a thread).
+    """Runs analysts' queries on a ``ClickHouseStore``'s database; ``run`` is blocking (call it in a thread). How
+    many run at once is the caller's to bound (``tickflow.api.sql`` runs them on a pool of their own).
 
     Unqualified table names resolve in the store's database (each connection starts with it as default), and
     ``{db}`` in the query text is replaced by its quoted name, like in migrations.
@@ -247,7 +247,6 @@ class ReadOnlySql:
         timeout_cap_s: float = 60.0,
         max_memory_bytes: int = 512 * 1024 * 1024,
         max_result_bytes: int = 64 * 1024 * 1024,
-        concurrency: int = 2,
         reader_url: str | None = None,
     ) -> None:
         if not isinstance(store, ClickHouseStore):
@@ -266,9 +265,6 @@ class ReadOnlySql:
         self._timeout_cap_s = timeout_cap_s
         self._max_memory_bytes = max_memory_bytes
         self._max_result_bytes = max_result_bytes
-        # chDB runs queries of separate connections side by side, but on a small box a few heavy analyst
-        # queries should not starve the projector: they queue here instead.
-        self._slots = threading.BoundedSemaphore(concurrency)
 
     def run(
         self,
@@ -296,25 +292,24 @@ class ReadOnlySql:
         }
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
-        with self._slots:
-            started = time.perf_counter()
-            try:
-                client = self._store.open_client(settings, self._reader_url)
-            except ClickHouseError as exc:
-                raise SqlError(f"cannot open a read-only ClickHouse session: {_trim(exc)}") from None
-            try:
-                canonical = self._canonical(client, text, self._store.database)
-                ast = "\n".join(
-                    str(r[0]) for r in client.query(f"EXPLAIN AST {canonical}", parameters=params).result_rows
-                )
-                check_statement(ast)
-                check_ast(ast, self._store.database)
-                result = client.query(canonical, parameters=params)
-            except ClickHouseError as exc:
-                raise SqlError(_trim(exc)) from None
-            finally:
-                client.close()
-            elapsed_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        try:
+            client = self._store.open_client(settings, self._reader_url)
+        except ClickHouseError as exc:
+            raise SqlError(f"cannot open a read-only ClickHouse session: {_trim(exc)}") from None
+        try:
+            canonical = self._canonical(client, text, self._store.database)
+            ast = "\n".join(
+                str(r[0]) for r in client.query(f"EXPLAIN AST {canonical}", parameters=params).result_rows
+            )
+            check_statement(ast)
+            check_ast(ast, self._store.database)
+            result = client.query(canonical, parameters=params)
+        except ClickHouseError as exc:
+            raise SqlError(_trim(exc)) from None
+        finally:
+            client.close()
+        elapsed_ms = (time.perf_counter() - started) * 1000
         rows = result.result_rows
         return SqlResult(
             columns=list(result.column_names),

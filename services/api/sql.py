@@ -60,9 +60,7 @@ class SqlResponse(BaseModel):
 def build_router(deps: ApiDeps) -> APIRouter:
     router = APIRouter(tags=["sql"])
     try:
-        runner: ReadOnlySql | None = ReadOnlySql(
-            deps.store, concurrency=deps.sql_concurrency, reader_url=deps.sql_url
-        )
+        runner: ReadOnlySql | None = ReadOnlySql(deps.store, reader_url=deps.sql_url)
         unavailable = ""
     except SqlUnavailable as exc:
         runner, unavailable = None, str(exc)
