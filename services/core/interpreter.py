@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from tickflow.core.state import NodeState, RunState, evolve
+from tickflow.core.state import NodeState, RunState, evolve, remaining
 from tickflow.events.envelope import Envelope, event_id
 from tickflow.events.schemas import (
     BranchChosen,
@@ -163,11 +163,8 @@ def reserved_tokens(state: RunState) -> int:
 def budget_left(state: RunState) -> tuple[int | None, float | None]:
     """What is left of the run's budget once its calls in flight are paid for (None: no budget): what a child run
     started now may spend."""
-    tokens = None
-    if state.budget_tokens is not None:
-        tokens = max(state.budget_tokens - state.tokens - reserved_tokens(state), 0)
-    cost = max(state.budget_cost_usd - state.cost_usd, 0.0) if state.budget_cost_usd is not None else None
-    return tokens, cost
+    held = reserved_tokens(state) if state.budget_tokens is not None else 0
+    return remaining(state.budget_tokens, state.tokens + held), remaining(state.budget_cost_usd, state.cost_usd)
 
 
 def llm_reservation(state: RunState, node: StepNode, data: Any) -> int:

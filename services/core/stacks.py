@@ -23,6 +23,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tickflow.core.state import remaining
 from tickflow.events.agents import (
     STACK_PREFIX,
     CreateStack,
@@ -215,10 +216,8 @@ def _start(state: StackState, tick: int, run_id: str, at_ms: int, causation_id: 
         parent_path=f"{_TICK_PATH}{tick}",
         priority=state.priority,
         # The tick may spend what is left of the stack's budget: its LLM steps stop before passing it.
-        budget_tokens=max(state.budget_tokens - state.tokens_used, 0) if state.budget_tokens is not None else None,
-        budget_cost_usd=(
-            max(state.budget_cost_usd - state.cost_used_usd, 0.0) if state.budget_cost_usd is not None else None
-        ),
+        budget_tokens=remaining(state.budget_tokens, state.tokens_used),
+        budget_cost_usd=remaining(state.budget_cost_usd, state.cost_used_usd),
     )
     return Envelope.wrap(
         command,

@@ -56,6 +56,7 @@ __all__ = [
     "fold",
     "parent_path",
     "released_seqs",
+    "remaining",
     "shrink",
     "spec_node",
     "split_path",
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T", "NodeState", "RunState")
+_N = TypeVar("_N", int, float)
 RunStatus = Literal["new", "running", "failing", "completed", "failed", "cancelled", "rejected"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "rejected"})
 
@@ -156,6 +158,11 @@ class RunState:
         due = [self.deadline_ms] if self.deadline_ms is not None and self.status == "running" else []
         due.extend(n.due_at_ms for n in self.nodes.values() if n.status == "active" and n.due_at_ms is not None)
         return min(due) if due else None
+
+
+def remaining(budget: _N | None, used: _N) -> _N | None:
+    """What is left of a budget (never below zero); None when there is no budget. A run's and a stack's alike."""
+    return None if budget is None else max(budget - used, type(budget)(0))
 
 
 def shrink(state: RunState) -> RunState:
