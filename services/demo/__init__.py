@@ -3,26 +3,6 @@
 ``tickflow up`` hosts ``tickflow.demo:registry`` when no ``--app`` is given.
 """
 
-from tickflow.demo.workflows import (
-    AGENTS,
-    GOALS,
-    OFFLINE_LABEL,
-    Plan,
-    Review,
-    TestRun,
-    demo_llm_config,
-    registry,
-    write_demo_llm_config,
-)
+from tickflow.demo.workflows import AGENTS, GOALS, OFFLINE_LABEL, Plan, Review, TestRun, registry, write_demo_llm_config
 
-__all__ = [
-    "AGENTS",
-    "GOALS",
-    "OFFLINE_LABEL",
-    "Plan",
-    "Review",
-    "TestRun",
-    "demo_llm_config",
-    "registry",
-    "write_demo_llm_config",
-]
+__all__ = ["AGENTS", "GOALS", "OFFLINE_LABEL", "Plan", "Review", "TestRun", "registry", "write_demo_llm_config"]

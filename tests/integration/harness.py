@@ -6,8 +6,11 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from tests.paths import REPO_ROOT
 from tickflow.events.codec import decode
@@ -42,6 +45,33 @@ async def worker_node(settings: Settings, registry: Registry) -> AsyncIterator[N
         yield node
     finally:
         await node.stop()
+
+
+@contextlib.contextmanager
+def http_service(answer: Callable[[bytes], tuple[str, bytes]]) -> Iterator[int]:
+    """A loopback HTTP server in a thread, for tests that need one (a page, a fake external service): ``answer``
+    turns a request's body (empty for a GET) into (content type, response body), answered 200. Yields its port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            content_type, body = answer(self.rfile.read(int(self.headers.get("content-length") or 0)))
+            self.send_response(200)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
 
 
 def spawn_roles(

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.harness import settings_for, spawn_roles
+from tests.integration.harness import http_service, settings_for, spawn_roles
 from tickflow.client import Client
 from tickflow.node import Node
 from tickflow.runtime.kafka import ensure_topics
@@ -59,29 +58,16 @@ def payment_service() -> Iterator[tuple[str, Counter[str], Counter[str]]]:
     effects: Counter[str] = Counter()
     lock = threading.Lock()
 
-    class Payments(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            with lock:
-                requests[body["key"]] += 1
-                if body["key"] not in effects:
-                    effects[body["key"]] += 1
-            raw = json.dumps({"charged": body["amount"], "key": body["key"]}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+    def charge_once(raw: bytes) -> tuple[str, bytes]:
+        body = json.loads(raw)
+        with lock:
+            requests[body["key"]] += 1
+            if body["key"] not in effects:
+                effects[body["key"]] += 1
+        return "application/json", json.dumps({"charged": body["amount"], "key": body["key"]}).encode()
 
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Payments)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/charge", requests, effects
-    finally:
-        server.shutdown()
+    with http_service(charge_once) as port:
+        yield f"http://127.0.0.1:{port}/charge", requests, effects
 
 
 async def test_a_charge_is_made_once_through_timeouts_and_a_kill(

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from playwright.sync_api import Browser
 from tests.bench.api_shield import send_hostile_bodies
 from tests.conftest import free_port
 from tests.integration.flows import registry
-from tests.integration.harness import settings_for
+from tests.integration.harness import http_service, settings_for
 from tests.integration.test_dashboard import in_browser
 from tickflow.node import Node
 from tickflow.settings import Settings
@@ -79,26 +77,8 @@ window.tried = (async () => {{
 @contextlib.contextmanager
 def _serve_page(html: str) -> Iterator[str]:
     """Serve ``html`` at http://localhost:<port>/ — another site than the API's 127.0.0.1."""
-
-    class Page(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = html.encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/html")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://localhost:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
+    with http_service(lambda _body: ("text/html", html.encode())) as port:
+        yield f"http://localhost:{port}/"
 
 
 async def test_a_page_of_another_origin_cannot_cancel_a_run_or_play_a_stack(
