@@ -24,6 +24,7 @@ from tickflow.events.schemas import (
     LongText,
     MessageFields,
     Payload,
+    Result,
     ShortText,
 )
 from tickflow.events.spec import Name
@@ -35,6 +36,7 @@ __all__ = [
     "CreateStack",
     "DeleteStack",
     "LlmCallAttempted",
+    "LlmCallCheckpoint",
     "LlmOutcome",
     "LlmTokens",
     "MessageAppended",
@@ -74,6 +76,30 @@ class LlmCallAttempted(Event, LlmAttemptFields):
 
     TYPE: ClassVar[str] = "LlmCallAttempted"
     path: ShortText
+
+
+class LlmCallCheckpoint(Result):
+    """(Worker → engine, on the results topic) A provider answered call ``call`` of a step: the answer, kept before
+    anything else can fail, and the attempts that paid for it.
+
+    Why a record of its own: an agent turn is one step, and a step reports only when its body returns. A worker
+    killed between the provider's answer and that report would make the next run of the step pay for the same
+    call again. Workers read these records back (``tickflow.runtime.journal``) and hand the answer to the step's
+    next run instead of calling the provider; the engine logs ``attempts`` as ``LlmCallAttempted`` events the
+    moment the checkpoint arrives, so the ledger counts the call once, whichever run of the step used it.
+    Keyed by run id like every result; ``(run, path, call)`` names the call (the path is the step's idempotency
+    key within its run).
+    """
+
+    TYPE: ClassVar[str] = "LlmCallCheckpoint"
+    path: ShortText
+    step: ShortText
+    #: The step attempt that paid for the call (a later attempt may reuse its answer).
+    attempt: Int64 = Field(ge=1)
+    #: Which call of the step this is, counted from 0 in the order the step body makes its calls.
+    call: Int64 = Field(ge=0)
+    answer: Any
+    attempts: list[LlmAttemptFields] = Field(default_factory=list, max_length=1_000)
 
 
 class MessageAppended(Event, MessageFields):
@@ -264,5 +290,5 @@ class LlmTokens(Payload):
     finish_reason: ShortText | None = None
 
 
-_REGISTERED: tuple[type[Payload], ...] = (*AGENT_EVENT_TYPES, *STACK_COMMAND_TYPES, LlmTokens)
+_REGISTERED: tuple[type[Payload], ...] = (*AGENT_EVENT_TYPES, *STACK_COMMAND_TYPES, LlmTokens, LlmCallCheckpoint)
 PAYLOAD_TYPES.update({(cls.KIND, cls.TYPE): cls for cls in _REGISTERED})

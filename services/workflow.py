@@ -27,7 +27,7 @@ import asyncio
 import contextvars
 import copy
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentDefinition",
+    "CallJournal",
     "Flow",
     "Registry",
     "StepContext",
@@ -87,6 +88,22 @@ class StepReport:
         self.messages.append(message)
 
 
+class CallJournal(Protocol):
+    """The answers to paid calls a step has had already, by the call's index in the step (its worker's journal).
+
+    A worker gives each step run one: ``recall`` returns the answer a previous run of this step (an earlier attempt,
+    or the same attempt before a crash) was given for call ``call``; ``record`` makes an answer durable before the
+    body goes on, and says whether it did (False: too big to keep, or no journal: report the call in the step's
+    result as before). ``tickflow.agents.paid_once`` is the one user of both.
+    """
+
+    def next_call(self) -> int: ...
+
+    def recall(self, call: int) -> Any | None: ...
+
+    async def record(self, call: int, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StepContext:
     """What a running step may know about itself. ``idempotency_key`` (``<run>/<path>``) is the same for every
@@ -105,6 +122,8 @@ class StepContext:
     path: str = ""
     report: StepReport = field(default_factory=StepReport)
     settings: Settings | None = None
+    #: The answers of paid calls already made for this step (None outside a worker: every call is made).
+    journal: CallJournal | None = None
 
 
 _current: contextvars.ContextVar[StepContext] = contextvars.ContextVar("tickflow_step")

@@ -30,7 +30,9 @@ OpenAI streams: the role, the content word by word (a tool call's name, then its
 reason, then — when ``stream_options.include_usage`` — a last chunk with no choices and the usage. Errors stay
 plain JSON answers with their status, as OpenAI's are.
 
-Embedding models: ``embed`` (8-dim deterministic vectors), ``embed-503-once`` (503 then vectors).
+Embedding models: ``embed`` (8-dim deterministic vectors), ``embed-503-once`` (503 then vectors),
+``embed-stall-2nd`` (vectors, but the 2nd request is held ``STALL_S`` seconds first: an agent turn embeds its
+answer after the chat call, so a test can hold a worker between a paid answer and its step's report).
 """
 
 from __future__ import annotations
@@ -126,7 +128,9 @@ def build_app(state: LlmTestServer) -> FastAPI:
         rec, nth = await record(request)
         if rec.model == "embed-503-once" and nth == 1:
             return _error(503, "embedding backend overloaded")
-        if rec.model not in ("embed", "embed-503-once"):
+        if rec.model == "embed-stall-2nd" and nth == 2:
+            await asyncio.sleep(STALL_S)
+        if rec.model not in ("embed", "embed-503-once", "embed-stall-2nd"):
             return _error(404, f"The model `{rec.model}` does not exist")
         texts = rec.body["input"]
         data = [
@@ -139,6 +143,9 @@ def build_app(state: LlmTestServer) -> FastAPI:
 
     return app
 
+
+#: How long ``embed-stall-2nd`` holds its 2nd request (bounded: the server must still stop).
+STALL_S = 60.0
 
 #: Seconds between streamed chunks, per model (the others stream as fast as they can).
 STREAM_GAP_S = {"stream-slow": 0.06, "stream-break": 0.06}

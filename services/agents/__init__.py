@@ -1,7 +1,8 @@
 """Agents: durable LLM ↔ tool loops built from ordinary steps, and the memory they read.
 
 ``Agent`` compiles into steps (one per LLM call, one per tool call), so a crash resumes without repeating a
-finished call; ``Memory`` chooses what of an agent's thread the model sees. Providers live in ``tickflow.llm``.
+finished call, and ``paid_once`` keeps a paid LLM answer across a crash of the step that asked for it; ``Memory``
+chooses what of an agent's thread the model sees. Providers live in ``tickflow.llm``.
 """
 
 from tickflow.agents.agent import (
@@ -20,6 +21,7 @@ from tickflow.agents.agent import (
     start_message,
     turn_input,
 )
+from tickflow.agents.paid import paid_once
 
 __all__ = [
     "MAX_TOOL_CONTENT",
@@ -33,6 +35,7 @@ __all__ = [
     "finished",
     "has_tool_calls",
     "memory_prompt",
+    "paid_once",
     "stack_id_of",
     "start_message",
     "turn_input",

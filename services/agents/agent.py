@@ -57,6 +57,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from tickflow.agents.memory import HttpMemory, MemoryReader, StoreMemory, local_store
+from tickflow.agents.paid import paid_once
 from tickflow.events.errors import NonRetryableError, TickflowError
 from tickflow.events.schemas import ErrorInfo, LlmAttemptFields, MessageFields
 from tickflow.events.topics import DEFAULT_POOL
@@ -347,8 +348,15 @@ class Agent:
             temperature=self.temperature,
             max_tokens=self.max_tokens,
         )
+        def ledger(result: ChatResult) -> list[LlmAttemptFields]:
+            return [attempt_fields(attempt, turn, self.name, stack_id) for attempt in result.attempts]
+
         try:
-            result = await rt.router.chat(request, self.chain)
+            return await paid_once(
+                ctx, lambda: rt.router.chat(request, self.chain), ledger=ledger,
+                save=lambda result: result.model_dump(mode="json", exclude={"attempts"}),
+                load=lambda saved: ChatResult.model_validate({**saved, "attempts": []}),
+            )
         except AllModelsFailed as exc:
             for attempt in exc.attempts:
                 ctx.report.add_llm_attempt(attempt_fields(attempt, turn, self.name, stack_id))
@@ -357,9 +365,6 @@ class Agent:
             raise LlmCallRefused(f"agent {self.name!r} turn {turn}: {exc}") from None
         except LlmConfigError as exc:
             raise LlmCallRefused(f"agent {self.name!r}: {exc}") from None
-        for attempt in result.attempts:
-            ctx.report.add_llm_attempt(attempt_fields(attempt, turn, self.name, stack_id))
-        return result
 
     async def _remember(self, rt: _Runtime, ctx: StepContext, thread: str, stack_id: str,
                         messages: list[ChatMessage], known: list[list[float]]) -> None:

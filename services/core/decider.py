@@ -38,7 +38,7 @@ from tickflow.core.interpreter import (
 )
 from tickflow.core.slots import slot_id
 from tickflow.core.state import TERMINAL, NodeState, RunState, SequenceError, evolve, fold, spec_node
-from tickflow.events.agents import LlmCallAttempted, MessageAppended
+from tickflow.events.agents import LlmCallAttempted, LlmCallCheckpoint, MessageAppended
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope, event_id
 from tickflow.events.schemas import (
@@ -114,7 +114,7 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class WorkerResult:
-    """A StepSucceeded or StepErrored record from a worker."""
+    """A StepSucceeded, StepErrored or LlmCallCheckpoint record from a worker."""
 
     result: Envelope
 
@@ -373,8 +373,25 @@ def _on_fork(em: Emitter, command: Envelope) -> None:
     em.emit(RunForked(source_run_id=fork.source_run_id, at_seq=fork.at_seq, shift_ms=shift))
 
 
+def _on_checkpoint(em: Emitter, p: LlmCallCheckpoint) -> None:
+    """A provider answered one call of a step: log what the call cost now, whichever attempt of the step paid.
+
+    Unlike a step's outcome, a paid call counts even from an attempt the run stopped waiting for (timed out,
+    superseded): the money is spent. The step's own report then leaves the call out, so it is logged once.
+    Only a run that has ended drops it (its ledger is closed; the call is in the worker's logs and metrics).
+    """
+    node = em.state.nodes.get(p.path)
+    if node is None or node.kind != "step" or em.state.status not in ("running", "failing"):
+        return
+    for attempt in p.attempts:
+        em.emit(LlmCallAttempted(path=p.path, **attempt.model_dump()))
+
+
 def _on_result(em: Emitter, result: Envelope) -> None:
     s, p = em.state, result.payload
+    if isinstance(p, LlmCallCheckpoint):
+        _on_checkpoint(em, p)
+        return
     assert isinstance(p, StepSucceeded | StepErrored)
     node = s.nodes.get(p.path)
     # Exactly-once application: only the attempt the run is waiting for counts; duplicates, late results of

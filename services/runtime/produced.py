@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.events.schemas import idempotency_key
+from tickflow.runtime.journal import PaidCalls, is_checkpoint
 
 __all__ = ["MAX_PER_PARTITION", "MEMORY_S", "ProducedResults"]
 
@@ -52,6 +53,8 @@ class ProducedResults:
         self._results: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0
         self.learned = 0
+        #: The paid LLM calls' checkpoints found on the same topic (``tickflow.runtime.journal``).
+        self.calls = PaidCalls()
 
     def __len__(self) -> int:
         return len(self._results)
@@ -79,6 +82,9 @@ class ProducedResults:
         """Remember a record of the results topic (read without full validation: only its coordinates)."""
         try:
             data = orjson.loads(raw)
+            if is_checkpoint(data):
+                self.calls.add_record(data, raw)
+                return
             payload = data["payload"]
             self.add(idempotency_key(str(data["key"]), str(payload["path"]), int(payload["attempt"])), raw)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):

@@ -54,6 +54,7 @@ from tickflow.llm.streaming import listening
 from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
 from tickflow.runtime.claimcheck import FileBlobStore, is_ref, offload, resolve
+from tickflow.runtime.journal import StepJournal
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, consumer_lag, new_consumer, new_producer
 from tickflow.runtime.produced import ProducedResults
 from tickflow.runtime.tokens import TokenPublisher
@@ -335,6 +336,8 @@ class StepWorker:
             pool,
             float(self.dead_lettered),
         )
+        reused = "Paid LLM calls answered from the journal instead of the provider (a step run again)."
+        yield "counter", "tickflow_worker_llm_calls_reused", reused, pool, float(self.produced.calls.reused)
         yield "gauge", "tickflow_worker_running", "Steps running now.", pool, float(self.scheduler.running)
         yield (
             "gauge",
@@ -530,6 +533,7 @@ class StepWorker:
             idempotency_key=step_key(env.key, task.path),
             path=task.path,
             settings=self.settings,
+            journal=StepJournal(self.produced.calls, self._send_durably, env),
         )
         common: dict[str, Any] = {"path": task.path, "step": task.step, "attempt": task.attempt, "worker": self.name}
         # What the body reported on the way (LLM attempts, memory messages) goes with either outcome.
@@ -575,6 +579,10 @@ class StepWorker:
             return encode(self._wrap(env, failed))
         except InvalidRecord:  # the report made the record too big: keep the error and the (small) attempts
             return encode(self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""})))
+
+    async def _send_durably(self, key: bytes, raw: bytes) -> None:
+        """Send a paid call's checkpoint and wait until the broker has it (acks=all): only then may the step go on."""
+        await (await self.producer.send(self.topics.results, raw, key=key))
 
     @staticmethod
     def _wrap(task: Envelope, payload: StepSucceeded | StepErrored) -> Envelope:

@@ -221,6 +221,14 @@ registry.add(Workflow("agent_http").agent(forecaster))
 narrator = Agent("narrator", chain="stream", memory=Memory(window=0, recall_k=0, remember=False), llm_max_attempts=1)
 registry.add(Workflow("agent_stream").agent(narrator))
 
+# --- paid once (tests/integration/test_paid_once.py) ------------------------------------------------------------------
+
+# Chain "paid" is the test server's "ok" model; the memory's embedder ("stall-embed") holds the turn's second
+# embedding request, which comes after the chat call: the worker is then stuck between a paid answer and its report.
+accountant = Agent("accountant", chain="paid", memory=Memory(window=0, recall_k=0, embedder="stall-embed"),
+                   llm_max_attempts=2, llm_timeout_s=120)
+registry.add(Workflow("agent_paid").agent(accountant))
+
 # --- secrets (tests/security/test_secrets.py) --------------------------------------------------------------------
 
 #: The variable a planted secret is read from; its name says it holds a key, so every kept text redacts its value.

@@ -35,6 +35,8 @@ from tickflow.events import (
     StepErrored,
     StepSucceeded,
 )
+from tickflow.events.agents import LlmCallCheckpoint
+from tickflow.events.schemas import LlmAttemptFields
 from tickflow.workflow import Flow, Registry, Workflow
 
 
@@ -556,6 +558,10 @@ def _late_input(kind: str, value: int, state: RunState) -> Any:
         error = ErrorInfo(type="ValueError", message="late")
         return WorkerResult(wrap(StepErrored(path=path, step="a", attempt=1, error=error, retryable=True,
                                              duration_ms=1)))
+    if kind == "paid":
+        attempt = LlmAttemptFields(provider="p", model="m", tokens_in=value, outcome="ok")
+        return WorkerResult(wrap(LlmCallCheckpoint(path=path, step="a", attempt=1, call=0, answer=value,
+                                                   attempts=[attempt])))
     if kind == "resume":
         return Signal(wrap(ResumeRun(event=f"e{value}", payload={"v": value})))
     if kind == "cancel":
@@ -573,7 +579,7 @@ RICH_SPEC = Registry().add(RICH)
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(Action, max_size=40),
-    st.lists(st.tuples(st.sampled_from(["start", "ok", "err", "resume", "cancel", "child", "admit", "timer"]),
+    st.lists(st.tuples(st.sampled_from(["start", "ok", "err", "paid", "resume", "cancel", "child", "admit", "timer"]),
                        st.integers(0, 99)), min_size=1, max_size=6),
 )
 def test_a_shrunk_finished_run_answers_late_inputs_as_its_full_state(

@@ -52,6 +52,7 @@ PUBLIC = {
         "finished",
         "has_tool_calls",
         "memory_prompt",
+        "paid_once",
         "stack_id_of",
         "start_message",
         "turn_input",

@@ -1,0 +1,139 @@
+"""The worker's journal of paid calls: a provider's answer is made durable before the step goes on, and a later run
+of the same step is given that answer instead of paying for the call again.
+
+An agent turn is one step, and a step reports only when its body returns. Without a journal, a worker killed
+between the provider's answer and that report (or an attempt the engine timed out after the answer came) makes
+the next run of the step call the provider again: the same tokens paid twice. So each answered call is sent at once
+as an ``LlmCallCheckpoint`` record to the results topic (keyed by run id, like the step's result) and awaited;
+workers keep the checkpoints they sent and, when they take over task partitions, read those partitions' recent
+ones back along with the results (``ProducedResults.learn``). The engine logs the checkpoint's attempts as
+``LlmCallAttempted`` events when it arrives, so the ledger and the budgets see the call once.
+
+A call is named by its step (``<run>/<path>``, the step's idempotency key) and its index among the calls the step
+body makes, counted from 0: a step body that makes the same calls in the same order on each run (as an agent turn
+does) gets each answer back at the same index. Bounded like the results: recent checkpoints only (what
+``ProducedResults.learn`` reads) and ``max_bytes`` of memory; a step re-run later than that pays again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from tickflow.events.agents import LlmCallCheckpoint
+from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.envelope import Envelope
+from tickflow.events.schemas import LlmAttemptFields, RunStep, step_key
+
+__all__ = ["CHECKPOINT_TYPE", "PaidCalls", "StepJournal", "is_checkpoint"]
+
+log = logging.getLogger("tickflow.worker")
+
+CHECKPOINT_TYPE = LlmCallCheckpoint.TYPE
+
+#: Sends one encoded record to the results topic under a run's key and returns once the broker has it.
+SendDurably = Callable[[bytes, bytes], Awaitable[None]]
+
+
+class PaidCalls:
+    """Encoded checkpoints by (step key, call index), least recently used out first beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._calls: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self.reused = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def add(self, step: str, call: int, raw: bytes) -> None:
+        kept = bytes(memoryview(raw))  # an exact-size copy: orjson's output buffer is larger (see produced.py)
+        old = self._calls.pop((step, call), None)
+        if old is not None:
+            self._bytes -= sys.getsizeof(old)
+        self._calls[(step, call)] = kept
+        self._bytes += sys.getsizeof(kept)
+        while self._calls and self._bytes > self.max_bytes:
+            self._bytes -= sys.getsizeof(self._calls.popitem(last=False)[1])
+
+    def add_record(self, data: dict[str, Any], raw: bytes) -> None:
+        """Keep a checkpoint read from the results topic (``data`` is the record, parsed)."""
+        payload = data["payload"]
+        self.add(step_key(str(data["key"]), str(payload["path"])), int(payload["call"]), raw)
+
+    def answer(self, step: str, call: int) -> Any | None:
+        """The answer call ``call`` of step ``step`` was given, or None when this worker knows of none."""
+        raw = self._calls.get((step, call))
+        if raw is None:
+            return None
+        try:
+            payload = decode(raw, expect="result").payload
+        except InvalidRecord:
+            return None
+        return payload.answer if isinstance(payload, LlmCallCheckpoint) else None
+
+
+class StepJournal:
+    """One run of one step's view of the journal (``tickflow.workflow.CallJournal``)."""
+
+    def __init__(self, calls: PaidCalls, send: SendDurably, task: Envelope) -> None:
+        assert isinstance(task.payload, RunStep)
+        self._calls = calls
+        self._send = send
+        self._task = task
+        self._step = task.payload
+        self._key = step_key(task.key, task.payload.path)
+        self._next = 0
+
+    def next_call(self) -> int:
+        call, self._next = self._next, self._next + 1
+        return call
+
+    def recall(self, call: int) -> Any | None:
+        answer = self._calls.answer(self._key, call)
+        if answer is not None:
+            self._calls.reused += 1
+            log.info("%s call %d: reusing the answer a previous run of this step paid for", self._key, call)
+        return answer
+
+    async def record(self, call: int, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool:
+        checkpoint = LlmCallCheckpoint(path=self._step.path, step=self._step.step, attempt=self._step.attempt,
+                                       call=call, answer=answer, attempts=list(attempts))
+        envelope = Envelope.wrap(
+            checkpoint,
+            # Deterministic: a step re-run that had to pay again (its checkpoint was lost) writes under the same id.
+            id=f"{self._task.id}/call/{call}",
+            key=self._task.key,
+            occurred_at_ms=int(time.time() * 1000),
+            causation_id=self._task.id,
+            correlation_id=self._task.correlation_id,
+        )
+        try:
+            raw = encode(envelope)
+        except InvalidRecord as exc:  # an answer too big for a record: the step reports the call as before
+            log.warning("%s call %d: not journaled (%s); a re-run of the step would pay for it again", self._key,
+                        call, exc)
+            return False
+        try:
+            await self._send(self._task.key.encode(), raw)
+        except Exception as exc:  # the broker is away: go on without the journal rather than fail a paid call
+            log.warning("%s call %d: could not journal the answer (%s); a re-run of the step would pay for it "
+                        "again", self._key, call, exc)
+            return False
+        self._calls.add(self._key, call, raw)
+        return True
+
+
+def is_checkpoint(data: dict[str, Any]) -> bool:
+    """Whether a parsed record of the results topic is a checkpoint (not a step's result)."""
+    return data.get("type") == CHECKPOINT_TYPE and isinstance(data.get("payload"), dict)
+
