@@ -269,6 +269,9 @@ class StepWorker:
         self._accepted: dict[str, list[tuple[TopicPartition, int]]] = {}
         self.copies_joined = 0
         self._inflight: set[asyncio.Task[None]] = set()
+        self._jobs: dict[asyncio.Task[None], _Job] = {}
+        #: Attempts stopped here because their partition went to another worker, which runs them now.
+        self._handed_over: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._control_task: asyncio.Task[None] | None = None
         self._control_ready = asyncio.Event()
@@ -309,7 +312,8 @@ class StepWorker:
             self.settings.kafka, group_id=self.topics.worker_group(self.pool), **self._consumer_options
         )
         await self.consumer.start()
-        self.consumer.subscribe([self.topics.tasks(self.pool)], listener=Rebalance(on_revoked=self.on_revoked))
+        listener = Rebalance(on_revoked=self.on_revoked, on_assigned=self.on_assigned)
+        self.consumer.subscribe([self.topics.tasks(self.pool)], listener=listener)
         self._task = asyncio.create_task(self._loop(), name=f"tickflow-worker-{self.pool}")
 
     @property
@@ -448,6 +452,7 @@ class StepWorker:
     def _start_job(self, job: _Job) -> None:
         t = asyncio.create_task(self._execute(job), context=self._context.copy())
         self._inflight.add(t)
+        self._jobs[t] = job
         self._running.setdefault(job.task.idempotency_key, set()).add(t)
         t.add_done_callback(lambda done: self._job_done(job, done))
 
@@ -455,12 +460,15 @@ class StepWorker:
         # A done callback, not a ``finally``: a task cancelled before its first step never runs its body.
         key = job.task.idempotency_key
         self._inflight.discard(t)
+        self._jobs.pop(t, None)
         tasks = self._running.get(key, set())
         tasks.discard(t)
         if not tasks:
             self._running.pop(key, None)
         if t.cancelled():
-            if key in self.scheduler.cancelled:
+            if key in self._handed_over:
+                self._handed_over.discard(key)  # its offset is the new owner's to commit
+            elif key in self.scheduler.cancelled:
                 log.info("cancelled %s while it ran; no result is reported", key)
                 self.offsets.done(job.tp, job.record.offset)
             else:
@@ -613,13 +621,27 @@ class StepWorker:
             )
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Queued tasks of lost partitions stay uncommitted; their new owner runs them.
-        self.scheduler.queue.remove_if(lambda _, job: job.tp in revoked)
+        # Queued tasks of lost partitions stay uncommitted; their new owner runs them (this worker too, when the
+        # partition comes back: so they are forgotten as accepted, or their redelivery would wait for a run that
+        # will never happen).
+        for job in self.scheduler.queue.remove_if(lambda _, job: job.tp in revoked):
+            self._accepted.pop(job.task.idempotency_key, None)
         await self._drain_inflight()
         await self._commit()
         for tp in revoked:
             self.offsets.fetched.pop(tp, None)
             self.offsets.running.pop(tp, None)
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """A step still running (past the revoke's drain) for a partition that went to another worker stops here:
+        the new owner runs that attempt from its task record, and one attempt must not run on two workers at once
+        (an effect made twice at the same moment, which even a stable idempotency key may not stop at a provider
+        that has not finished the first). A sync body in a thread cannot be stopped: it finishes unreported."""
+        for t, job in list(self._jobs.items()):
+            if job.tp not in assigned and not t.done():
+                self._handed_over.add(job.task.idempotency_key)
+                t.cancel()
+                log.info("stopping %s: its partition went to another worker, which runs it", job.task.idempotency_key)
 
     async def _control_loop(self) -> None:
         """Follow this pool's ``SetPoolConcurrency``. Without a group, every worker reads all partitions of the

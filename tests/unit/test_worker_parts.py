@@ -574,3 +574,59 @@ async def test_stuck_sync_steps_hold_the_workers_threads_not_the_loops_default_o
     finally:
         release.set()
         own.shutdown(wait=False)
+
+
+async def test_a_task_queued_when_its_partition_was_revoked_runs_when_it_comes_back(worker: StepWorker) -> None:
+    """A rebalance drops the queued tasks of revoked partitions (their new owner runs them). When the partition
+    comes back to this worker, the redelivered task must run; before, it joined the dropped job as a copy and
+    waited for a run that never came (a run stuck until its step timed out, or forever without a timeout)."""
+    gate, runs = asyncio.Event(), []
+
+    async def effect(x: Any) -> Any:
+        runs.append(x)
+        await gate.wait()
+        return x
+
+    class Consumer:
+        committed: list[dict[TopicPartition, int]] = []
+
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            self.committed.append(offsets)
+
+    worker.consumer = Consumer()  # type: ignore[assignment]
+    worker.registry.functions.update({"effect": effect})
+    await worker._accept(TP, _record(0, _run_step("busy", "effect", input=0)))  # holds the one slot
+    await worker._accept(TP, _record(1, _run_step("queued", "effect", input=1)))
+    await _until(lambda: runs == [0])
+    gate.set()
+    await worker.on_revoked({TP})  # drains the running step; drops the queued one
+    await worker.on_assigned({TP})
+    await worker._accept(TP, _record(1, _run_step("queued", "effect", input=1)))  # redelivered from the commit
+    gate.set()
+    await _until(lambda: runs == [0, 1] and not worker._inflight)
+    assert [r.id for r in _results(worker)] == ["task/busy/result", "task/queued/result"]
+
+
+async def test_a_step_whose_partition_went_to_another_worker_stops_here(worker: StepWorker) -> None:
+    """One attempt never runs on two workers at once: a step still running after the revoke's drain is cancelled
+    when the new assignment leaves its partition out; it reports nothing, and the worker keeps working."""
+    began, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def long(x: Any) -> Any:
+        began.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return x
+
+    other = TopicPartition(TP.topic, 1)
+    worker.registry.functions.update({"long": long})
+    await worker._accept(TP, _record(0, _run_step("moved", "long")))
+    await began.wait()
+    await worker.on_assigned({other})  # partition 0 went elsewhere
+    await cancelled.wait()
+    await _until(lambda: not worker._inflight)
+    assert _results(worker) == [] and not worker.scheduler.stopped and not worker._handed_over
+    assert worker.scheduler.running == 0
