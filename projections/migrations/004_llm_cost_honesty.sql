@@ -39,6 +39,6 @@ SELECT
     countIf(price_known = 0) AS calls_price_unknown,
     countIf(price_illustrative = 1) AS calls_price_illustrative,
     countIf(usage_estimated = 1) AS calls_usage_estimated,
-    sumIf(cost_usd, price_illustrative = 1) AS cost_illustrative_usd
+    sumIf(llm_calls.cost_usd, price_illustrative = 1) AS cost_illustrative_usd
 FROM {db}.llm_calls
 GROUP BY minute, provider, model, agent, stack_id;
