@@ -122,8 +122,8 @@ def stack_costs(store: object, stack_ids: list[str] | None = None) -> dict[str, 
         clause, params = " AND stack_id IN {ids:Array(String)}", {"ids": list(stack_ids)}
     rows = _store(store).query(
         "SELECT stack_id, sum(calls_price_unknown) AS unknown, sum(calls_price_illustrative) AS illustrative "
-        f"FROM {{db}}.llm_usage_per_minute WHERE stack_id != ''{clause} GROUP BY stack_id "
-        "HAVING unknown > 0 OR illustrative > 0",
+        "FROM {db}.llm_usage_per_minute WHERE stack_id != '' "
+        f"AND (calls_price_unknown > 0 OR calls_price_illustrative > 0){clause} GROUP BY stack_id",
         params,
     )
     return {
