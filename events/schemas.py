@@ -128,7 +128,18 @@ LlmOutcome = Literal["ok", "rate_limited", "server_error", "timeout", "connectio
 
 
 class LlmAttemptFields(BaseModel):
-    """One attempt of one LLM call, as the worker that made it reports it (see ``events.agents``)."""
+    """One attempt of one LLM call, as the worker that made it reports it (see ``events.agents``).
+
+    How far its cost can be trusted travels with it, so no view has to print an unknown as $0:
+    ``price_known`` is False when the model has no entry in the price table (``cost_usd`` is then 0 and means
+    "unknown", not "free"); ``price_illustrative`` is True when the price is one the configuration marks as made
+    up (the demo's offline models), so the figure is a sample, not money spent; ``usage_estimated`` is True when
+    the provider reported no token counts and ``tokens_in``/``tokens_out`` are tickflow's own estimate.
+
+    The defaults are what history recorded before these fields existed decodes to: price known, usage reported,
+    nothing illustrative — i.e. those attempts' costs read as they were recorded (an unpriced model's 0
+    included), because the log never said otherwise.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -147,6 +158,9 @@ class LlmAttemptFields(BaseModel):
     http_status: Int64 | None = None
     fallback: bool = False
     started_at_ms: EpochMs = 0
+    price_known: bool = True
+    price_illustrative: bool = False
+    usage_estimated: bool = False
 
 
 class MessageFields(BaseModel):

@@ -18,6 +18,7 @@ __all__ = [
     "error_rates",
     "run_llm_calls",
     "run_rates",
+    "stack_costs",
     "stack_ticks",
     "step_latency",
     "usage",
@@ -69,13 +70,21 @@ def _ms(value: Any) -> int:
 def usage(
     store: object, *, by: UsageGroup, since_ms: int, until_ms: int, bucket: Bucket = "hour"
 ) -> list[dict[str, Any]]:
-    """LLM calls, errors, fallbacks, tokens and cost per ``by`` (model, provider, agent or stack) and time bucket."""
+    """LLM calls, errors, fallbacks, tokens and cost per ``by`` (model, provider, agent or stack) and time bucket.
+
+    ``cost_usd`` sums the attempts whose price is known; ``calls_price_unknown`` counts the others (models without
+    a price: their cost is unknown, so ``cost_usd`` is a lower bound and ``cost_complete`` is False — a view
+    shows "≥ $x + n calls at unknown price", never a bare $x). ``cost_illustrative_usd`` is the part of
+    ``cost_usd`` priced with illustrative prices (a sample, not money spent; ``calls_price_illustrative`` of
+    them), and ``calls_usage_estimated`` counts attempts whose token counts are tickflow's estimate.
+    """
     if by not in USAGE_GROUPS:
         raise ValueError(f"cannot group usage by {by!r}; choose one of {sorted(USAGE_GROUPS)}")
     key, at = USAGE_GROUPS[by], BUCKETS[bucket]
     rows = _store(store).query(
         f"SELECT {at} AS bucket, {key} AS key, sum(calls), sum(errors), sum(fallbacks), sum(tokens_in), "
-        f"sum(tokens_out), sum(cost_usd), sum(latency_ms) FROM {{db}}.llm_usage_per_minute WHERE {_WINDOW} "
+        "sum(tokens_out), sum(cost_usd), sum(latency_ms), sum(calls_price_unknown), sum(calls_price_illustrative), "
+        f"sum(calls_usage_estimated), sum(cost_illustrative_usd) FROM {{db}}.llm_usage_per_minute WHERE {_WINDOW} "
         "GROUP BY bucket, key ORDER BY bucket, key",
         _window(since_ms, until_ms),
     )
@@ -89,10 +98,38 @@ def usage(
             "tokens_in": int(tin),
             "tokens_out": int(tout),
             "cost_usd": round(float(cost), 9),
+            "cost_complete": int(unknown) == 0,
+            "calls_price_unknown": int(unknown),
+            "calls_price_illustrative": int(illustrative),
+            "cost_illustrative_usd": round(float(cost_illustrative), 9),
+            "calls_usage_estimated": int(estimated),
             "avg_latency_ms": round(float(lat) / calls, 3) if calls else 0.0,
         }
-        for b, k, calls, errors, fallbacks, tin, tout, cost, lat in rows
+        for b, k, calls, errors, fallbacks, tin, tout, cost, lat, unknown, illustrative, estimated, cost_illustrative
+        in rows
     ]
+
+
+def stack_costs(store: object, stack_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per stack, over all time, what qualifies its cost: attempts at unknown price and at illustrative prices.
+
+    The stacks board adds this to each stack's running cost (which counts an unknown price as 0), so a stack
+    whose agents call an unpriced model reads "≥ $x + n calls at unknown price" and an illustrative figure is
+    labelled as one. Stacks without such attempts are left out.
+    """
+    clause, params = "", {}
+    if stack_ids is not None:
+        clause, params = " AND stack_id IN {ids:Array(String)}", {"ids": list(stack_ids)}
+    rows = _store(store).query(
+        "SELECT stack_id, sum(calls_price_unknown) AS unknown, sum(calls_price_illustrative) AS illustrative "
+        "FROM {db}.llm_usage_per_minute WHERE stack_id != '' "
+        f"AND (calls_price_unknown > 0 OR calls_price_illustrative > 0){clause} GROUP BY stack_id",
+        params,
+    )
+    return {
+        str(sid): {"calls_price_unknown": int(unknown), "calls_price_illustrative": int(illustrative)}
+        for sid, unknown, illustrative in rows
+    }
 
 
 def run_rates(
@@ -180,11 +217,15 @@ def error_rates(store: object, *, since_ms: int, until_ms: int) -> dict[str, lis
 
 
 def run_llm_calls(store: object, run_id: str) -> list[dict[str, Any]]:
-    """Every LLM call attempt of a run, in log order (for the run's timeline)."""
+    """Every LLM call attempt of a run, in log order (for the run's timeline).
+
+    ``cost_usd`` is None when the model had no price (unknown is not $0); ``price_illustrative`` marks a sample
+    price, ``usage_estimated`` token counts tickflow estimated because the provider reported none.
+    """
     rows = _store(store).query(
         "SELECT seq, path, call, attempt, agent, provider, model, outcome, tokens_in, tokens_out, cost_usd, "
-        "latency_ms, fallback, error_type, toUnixTimestamp64Milli(started_at) FROM {db}.llm_calls FINAL "
-        "WHERE run_id = {run_id:String} ORDER BY seq",
+        "latency_ms, fallback, error_type, toUnixTimestamp64Milli(started_at), price_known, price_illustrative, "
+        "usage_estimated FROM {db}.llm_calls FINAL WHERE run_id = {run_id:String} ORDER BY seq",
         {"run_id": run_id},
     )
     names = (
@@ -203,8 +244,21 @@ def run_llm_calls(store: object, run_id: str) -> list[dict[str, Any]]:
         "fallback",
         "error_type",
         "started_at_ms",
+        "price_known",
+        "price_illustrative",
+        "usage_estimated",
     )
-    return [dict(zip(names, r, strict=True)) | {"fallback": bool(r[12])} for r in rows]
+    return [
+        dict(zip(names, r, strict=True))
+        | {
+            "fallback": bool(r[12]),
+            "cost_usd": r[10] if r[15] else None,
+            "price_known": bool(r[15]),
+            "price_illustrative": bool(r[16]),
+            "usage_estimated": bool(r[17]),
+        }
+        for r in rows
+    ]
 
 
 def stack_ticks(store: object, stack_id: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -528,19 +528,23 @@ FROM (
 )
 """
 
+# The cost flags are read Nullable: events recorded before they existed lack them and take the schema's defaults
+# (price known, not illustrative, usage reported), as the codec decodes them.
 _LLM_CALLS_SQL = """
 INSERT INTO {db}.llm_calls (run_id, seq, workflow, path, call, attempt, agent, stack_id, provider, model, tokens_in,
     tokens_out, cost_usd, latency_ms, outcome, error_type, error_message, http_status, fallback, started_at,
-    occurred_at, partition, offset)
+    occurred_at, partition, offset, price_known, price_illustrative, usage_estimated)
 SELECT run_id, seq, workflow, p.path, p.call, p.attempt, p.agent, p.stack_id, p.provider, p.model, p.tokens_in,
     p.tokens_out, p.cost_usd, p.latency_ms, p.outcome, p.error.type, p.error.message, ifNull(p.http_status, 0),
     p.fallback, if(p.started_at_ms != 0, fromUnixTimestamp64Milli(p.started_at_ms, 'UTC'), occurred_at),
-    occurred_at, partition, offset
+    occurred_at, partition, offset, ifNull(p.price_known, 1), ifNull(p.price_illustrative, 0),
+    ifNull(p.usage_estimated, 0)
 FROM (
     SELECT *, JSONExtract(payload, 'Tuple(path String, call UInt32, attempt UInt32, agent String, stack_id String,
         provider String, model String, tokens_in UInt64, tokens_out UInt64, cost_usd Float64, latency_ms Float64,
         outcome String, error Tuple(type String, message String), http_status Nullable(Int32), fallback UInt8,
-        started_at_ms Int64)') AS p
+        started_at_ms Int64, price_known Nullable(UInt8), price_illustrative Nullable(UInt8),
+        usage_estimated Nullable(UInt8))') AS p
     FROM {db}.events WHERE type = 'LlmCallAttempted'
 )
 """

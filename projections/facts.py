@@ -80,6 +80,10 @@ class StepRow(_Row):
 
 @dataclass(frozen=True, slots=True)
 class LlmCallRow(_Row):
+    """One LLM call attempt. ``price_known`` 0: ``cost_usd`` is unknown, not 0 (the model had no price);
+    ``price_illustrative`` 1: the cost is a sample figure, not money spent; ``usage_estimated`` 1: the token
+    counts are tickflow's estimate (the provider reported none). Added last, as migration 004 added them."""
+
     run_id: str
     seq: int
     workflow: str
@@ -103,6 +107,9 @@ class LlmCallRow(_Row):
     occurred_at_ms: int
     partition: int
     offset: int
+    price_known: int = 1
+    price_illustrative: int = 0
+    usage_estimated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +260,9 @@ def llm_call_row(event: Envelope, workflow: str, partition: int, offset: int) ->
         occurred_at_ms=event.occurred_at_ms,
         partition=partition,
         offset=offset,
+        price_known=int(p.price_known),
+        price_illustrative=int(p.price_illustrative),
+        usage_estimated=int(p.usage_estimated),
     )
 
 

@@ -102,8 +102,9 @@ _ROLLUPS = {
     "runs_per_minute": "SELECT minute, workflow, sum(started), sum(completed), sum(failed), sum(cancelled) "
     "FROM {t} GROUP BY minute, workflow",
     "llm_usage_per_minute": "SELECT minute, provider, model, agent, stack_id, sum(calls), sum(errors), "
-    "sum(fallbacks), sum(tokens_in), sum(tokens_out), round(sum(cost_usd), 9), round(sum(latency_ms), 3) "
-    "FROM {t} GROUP BY minute, provider, model, agent, stack_id",
+    "sum(fallbacks), sum(tokens_in), sum(tokens_out), round(sum(cost_usd), 9), round(sum(latency_ms), 3), "
+    "sum(calls_price_unknown), sum(calls_price_illustrative), sum(calls_usage_estimated), "
+    "round(sum(cost_illustrative_usd), 9) FROM {t} GROUP BY minute, provider, model, agent, stack_id",
     "step_latency_per_minute": "SELECT minute, workflow, step, sum(attempts), sum(failures) "
     "FROM {t} GROUP BY minute, workflow, step",
 }

@@ -535,6 +535,7 @@ def attempt_fields(a: LlmAttempt, turn: int, agent: str, stack_id: str) -> LlmAt
         call=turn, attempt=a.seq, agent=agent, stack_id=stack_id, provider=a.provider, model=a.model,
         tokens_in=a.tokens_in, tokens_out=a.tokens_out, cost_usd=a.cost_usd, latency_ms=a.latency_ms,
         outcome=a.outcome, error=error, http_status=a.http_status, fallback=a.fallback, started_at_ms=a.started_at_ms,
+        price_known=a.price_known, price_illustrative=a.price_illustrative, usage_estimated=a.usage_estimated,
     )
 
 

@@ -31,11 +31,28 @@ def _step(row: StepRow) -> dict[str, Any]:
     return data
 
 
-def _stack(row: StackRow) -> dict[str, Any]:
+def _stack(row: StackRow, costs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     data = {f: getattr(row, f) for f in row.__dataclass_fields__}
     data["budget_tokens"] = None if row.budget_tokens < 0 else row.budget_tokens
     data["budget_cost_usd"] = None if row.budget_cost_usd < 0 else row.budget_cost_usd
+    # cost_used_usd counts an unknown price as 0: say how many attempts that hides, and which figures are samples
+    qualifiers = costs.get(row.stack_id, {})
+    unknown = qualifiers.get("calls_price_unknown", 0)
+    data["calls_price_unknown"] = unknown
+    data["calls_price_illustrative"] = qualifiers.get("calls_price_illustrative", 0)
+    data["cost_complete"] = unknown == 0
     return data
+
+
+async def _stack_costs(store: Any, stack_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The stacks' cost qualifiers (``analytics.stack_costs``); none on a store without rollups."""
+    if not stack_ids:
+        return {}
+    try:
+        costs: dict[str, dict[str, Any]] = await asyncio.to_thread(analytics.stack_costs, store, stack_ids)
+    except AnalyticsUnavailable:
+        return {}
+    return costs
 
 
 def _window(since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
@@ -95,7 +112,8 @@ def build_router(deps: ApiDeps) -> APIRouter:
     ) -> list[dict[str, Any]]:
         """The stack board: every stack's play state, settings, budget use and last tick."""
         rows = await asyncio.to_thread(store.list_stacks, status=status, limit=limit, offset=offset)
-        return [_stack(r) for r in rows]
+        costs = await _stack_costs(store, [r.stack_id for r in rows])
+        return [_stack(r, costs) for r in rows]
 
     @router.get("/stacks/{stack_id}")
     async def get_stack(stack_id: str, ticks: int = Query(default=20, ge=0, le=1000)) -> dict[str, Any]:
@@ -110,7 +128,8 @@ def build_router(deps: ApiDeps) -> APIRouter:
             recent = await asyncio.to_thread(analytics.stack_ticks, store, stack_id, ticks) if ticks else []
         except AnalyticsUnavailable:
             recent = []
-        return {"stack": _stack(rows[stack_id]), "ticks": recent}
+        costs = await _stack_costs(store, [stack_id])
+        return {"stack": _stack(rows[stack_id], costs), "ticks": recent}
 
     @router.get("/analytics/usage")
     async def usage(
@@ -119,7 +138,11 @@ def build_router(deps: ApiDeps) -> APIRouter:
         until_ms: int | None = _UNTIL,
         bucket: Literal["minute", "hour", "day", "total"] = _BUCKET,
     ) -> list[dict[str, Any]]:
-        """LLM calls, errors, fallbacks, tokens and cost per model, provider, agent or stack over time."""
+        """LLM calls, errors, fallbacks, tokens and cost per model, provider, agent or stack over time.
+
+        ``cost_usd`` covers the attempts with a known price; ``calls_price_unknown`` counts the rest (then
+        ``cost_complete`` is false and the cost is a lower bound), ``cost_illustrative_usd`` is the part of it
+        priced with illustrative (sample) prices."""
         since, until = _window(since_ms, until_ms)
         result: list[dict[str, Any]] = await _analytics(
             analytics.usage, store, by=by, since_ms=since, until_ms=until, bucket=bucket

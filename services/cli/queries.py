@@ -30,6 +30,18 @@ def parse_since(text: str | None) -> int | None:
     return int(time.time() * 1000 - float(match[1]) * _UNIT_MS[match[2]])
 
 
+def _cost(usd: float | None, unknown: int = 0, illustrative: int = 0, digits: int = 4) -> str:
+    """A cost as every view prints it: an unknown price is never $0 (``unknown``, or ``≥ $x + n at unknown
+    price``), an illustrative (sample) price says so."""
+    if usd is None or (unknown and not usd):
+        text = "cost unknown" if usd is None else f"cost unknown ({unknown} call{'s' if unknown != 1 else ''})"
+    elif unknown:
+        text = f"≥ ${usd:.{digits}f} + {unknown} call{'s' if unknown != 1 else ''} at unknown price"
+    else:
+        text = f"${usd:.{digits}f}"
+    return text + (" (illustrative)" if illustrative else "")
+
+
 def _ms(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}" if ms else "-"
 
@@ -60,7 +72,8 @@ def timeline(ctx: click.Context, run_id: str, as_json: bool) -> None:
     for call in data["llm_calls"]:
         click.echo(
             f"  llm {call['path']:<24} call {call['call']} #{call['attempt']} {call['provider']}/{call['model']} "
-            f"{call['outcome']} {call['tokens_in']}+{call['tokens_out']} tok ${call['cost_usd']:.6f} "
+            f"{call['outcome']} {'~' if call.get('usage_estimated') else ''}{call['tokens_in']}+"
+            f"{call['tokens_out']} tok {_cost(call['cost_usd'], 0, call.get('price_illustrative', 0), 6)} "
             f"{call['latency_ms']:.0f} ms{' (fallback)' if call['fallback'] else ''}"
         )
 
@@ -84,7 +97,8 @@ def stacks(ctx: click.Context, status_: str | None, limit: int, offset: int) -> 
         click.echo(
             f"{s['stack_id']:<24} {s['status']:<8}{reason} every {s['interval_s']:g}s  ticks {s['ticks_fired']} "
             f"(+{s['ticks_skipped']} skipped, {s['ticks_failed']} failed)  tokens {s['tokens_used']}{budget}  "
-            f"${s['cost_used_usd']:.4f}  last {s['last_run_status'] or '-'}"
+            f"{_cost(s['cost_used_usd'], s.get('calls_price_unknown', 0), s.get('calls_price_illustrative', 0))}  "
+            f"last {s['last_run_status'] or '-'}"
         )
 
 

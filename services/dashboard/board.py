@@ -7,6 +7,10 @@ consumer, no group, all partitions of the events topic, started where the projec
 watermark), so nothing between the projected rows and "now" is missed. Rows fold with the projection's own pure
 rule (``projections.facts.stack_row``, idempotent by seq), so the board and the ``stacks`` table agree.
 
+A stack's running cost (``cost_used_usd``) counts an unknown price as 0, so the feed also keeps, per stack, how
+many of its LLM attempts had no price or an illustrative one (``projections.analytics.stack_costs``, read from the
+rollup at most every ``COST_NOTES_EVERY_S`` seconds), and the row reads "≥ $x + n calls at unknown price".
+
 One feed per API process, whatever the number of open pages: each page subscribes to a bounded queue; a page that
 falls behind by more than ``QUEUE_LIMIT`` changes is dropped (the browser's EventSource reconnects and gets a fresh
 board). The feed stops reading when the last page leaves.
@@ -17,18 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiokafka import TopicPartition
 
 from tickflow.events.agents import STACK_PREFIX
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.connection import KafkaTarget
+from tickflow.projections.analytics import AnalyticsUnavailable, stack_costs
 from tickflow.projections.facts import StackRow, stack_row
 from tickflow.projections.store import ProjectionStore
 from tickflow.runtime.kafka import new_consumer
 
-__all__ = ["QUEUE_LIMIT", "BoardFeed"]
+__all__ = ["COST_NOTES_EVERY_S", "QUEUE_LIMIT", "BoardFeed"]
 
 log = logging.getLogger("tickflow.dashboard")
 
@@ -36,6 +43,8 @@ log = logging.getLogger("tickflow.dashboard")
 QUEUE_LIMIT = 10_000
 #: Rows a board shows (the stacks with the most recent activity first when there are more).
 BOARD_LIMIT = 5_000
+#: How often the per-stack counts of attempts at unknown / illustrative prices are re-read from the rollup.
+COST_NOTES_EVERY_S = 5.0
 
 
 class BoardFeed:
@@ -48,6 +57,21 @@ class BoardFeed:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.events_read = 0
+        self._notes: dict[str, dict[str, Any]] = {}
+        self._notes_read_at = float("-inf")
+
+    async def cost_notes(self) -> dict[str, dict[str, Any]]:
+        """Per stack, its LLM attempts at unknown and at illustrative prices (stacks with neither are absent);
+        re-read at most every ``COST_NOTES_EVERY_S`` seconds, empty on a store without rollups."""
+        if time.monotonic() - self._notes_read_at >= COST_NOTES_EVERY_S:
+            self._notes_read_at = time.monotonic()
+            try:
+                self._notes = await asyncio.to_thread(stack_costs, self.store)
+            except AnalyticsUnavailable:
+                self._notes = {}
+            except Exception as exc:  # the board must render without them; the cells then show the plain sum
+                log.warning("cannot read the stacks' cost notes: %r", exc)
+        return self._notes
 
     async def subscribe(self) -> AsyncIterator[StackRow]:
         """The rows that change from now on, for one page (after ``snapshot``); ends when the page is dropped."""

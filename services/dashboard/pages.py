@@ -90,7 +90,8 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
         known = sorted(deps.workflows) if deps.workflows is not None else []
         agents = [w for w in deps.agent_workflows if w in known]  # what stacks tick, first (and chosen by default)
         workflows = agents + [w for w in known if w not in agents]
-        return page(request, "board.html", rows=rows, workflows=workflows, agent_workflows=agents)
+        costs = await board.cost_notes()
+        return page(request, "board.html", rows=rows, workflows=workflows, agent_workflows=agents, costs=costs)
 
     @router.get("/board/stream")
     async def board_stream(request: Request) -> EventSourceResponse:
@@ -100,7 +101,7 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
 
         async def changes() -> AsyncIterator[ServerSentEvent]:
             async for row in board.subscribe():
-                html = row_template.render(row=row, csrf=csrf)
+                html = row_template.render(row=row, csrf=csrf, costs=await board.cost_notes())
                 yield ServerSentEvent(data=orjson.dumps({"id": _row_id(row), "html": html}).decode(), event="row")
 
         return EventSourceResponse(changes(), ping=15)

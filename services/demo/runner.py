@@ -251,6 +251,8 @@ class StackReport:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    attempts_price_unknown: int = 0
+    attempts_price_illustrative: int = 0
     tick_tokens: int = 0
     visible: int = 0
     visible_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p99, max of fired → run result visible
@@ -296,10 +298,12 @@ def stack_report(store: Any, batch: str) -> StackReport:
         "toUnixTimestamp64Milli(started_at) AS ms FROM {db}.runs FINAL WHERE startsWith(run_id, {b:String}) "
         "AND status IN ('completed', 'failed'))")
     r.run_duration_ms = (_f(d50), _f(d99))
-    (calls, tin, tout, cost), = q(
-        "SELECT uniqExact(run_id, path, call), sum(tokens_in), sum(tokens_out), sum(cost_usd) "
+    (calls, tin, tout, cost, unknown, illustrative), = q(
+        "SELECT uniqExact(run_id, path, call), sum(tokens_in), sum(tokens_out), sum(cost_usd), "
+        "countIf(price_known = 0), countIf(price_illustrative = 1) "
         "FROM {db}.llm_calls FINAL WHERE startsWith(stack_id, {b:String})")
     r.llm_calls, r.tokens_in, r.tokens_out, r.cost_usd = int(calls), int(tin), int(tout), float(cost)
+    r.attempts_price_unknown, r.attempts_price_illustrative = int(unknown), int(illustrative)
     r.llm_attempts = {str(o): int(n) for o, n in q(
         "SELECT outcome, count() FROM {db}.llm_calls FINAL WHERE startsWith(stack_id, {b:String}) "
         "GROUP BY outcome ORDER BY count() DESC")}
@@ -345,6 +349,18 @@ def _pct(n: int, total: int) -> str:
     return f"{100 * n / total:.1f} %" if total else "—"
 
 
+def _cost_text(r: StackReport) -> str:
+    """The report's cost as the views show it: unknown prices as a lower bound, illustrative ones labelled."""
+    text = f"${r.cost_usd:.6f}"
+    if r.attempts_price_unknown:
+        n = r.attempts_price_unknown
+        text = f"≥ {text} + {n:,} attempt{'s' if n != 1 else ''} at unknown price"
+    if r.attempts_price_illustrative:
+        text += (f" (illustrative: {r.attempts_price_illustrative:,} attempts priced with the demo's made-up price "
+                 "for its offline models; nobody is charged)")
+    return text
+
+
 def print_report(r: StackReport, out: TextIO = sys.stdout) -> None:
     """Print the report (numbers from ``stack_report``; the timings are the demo's own wall clock)."""
     w = out.write
@@ -364,8 +380,7 @@ def print_report(r: StackReport, out: TextIO = sys.stdout) -> None:
     w(f"  LLM calls  {r.llm_calls:,} · attempts by outcome: {attempts or 'none'}\n")
     agents = " · ".join(f"{a} {c:,} calls/{tok:,} tok" for a, (c, tok) in sorted(r.llm_by_agent.items()))
     w(f"             by agent: {agents}\n")
-    w(f"  tokens     in {r.tokens_in:,} · out {r.tokens_out:,} · cost ${r.cost_usd:.6f} (offline models are "
-      "unpriced; a real provider's price table applies)\n")
+    w(f"  tokens     in {r.tokens_in:,} · out {r.tokens_out:,} · cost {_cost_text(r)}\n")
     w(f"  tick → visible  p50 {r.visible_ms[0]:,.0f} ms · p99 {r.visible_ms[1]:,.0f} ms · max "
       f"{r.visible_ms[2]:,.0f} ms over {r.visible:,} ticks (TickFired → the run's final row in ClickHouse)\n")
     w(f"                  = fired → run finished p50 {r.engine_ms[0]:,.0f} / p99 {r.engine_ms[1]:,.0f} ms "

@@ -28,6 +28,7 @@ from tickflow.workflow import Flow, Registry, Workflow, current_step, named
 
 __all__ = [
     "AGENTS",
+    "DEMO_ILLUSTRATIVE_PRICE",
     "GOALS",
     "OFFLINE_LABEL",
     "Plan",
@@ -195,10 +196,17 @@ stack_tick = Workflow("stack_tick", timeout_s=300).agent(planner).branch(
 )
 
 
+#: USD per million tokens the demo's offline models are priced at, marked illustrative (nobody is charged).
+DEMO_ILLUSTRATIVE_PRICE: dict[str, Any] = {"input_per_m": 0.5, "output_per_m": 1.5, "illustrative": True}
+
+
 def demo_llm_config(*, seed: int = 7) -> dict[str, Any]:
     """The demo's LLM configuration: only the offline scripted models, with a simulated latency (20-250 ms) and a
-    3 % rate of simulated 503s, so the report shows realistic timings and retried attempts. Offline models have no
-    price: the cost is honestly $0."""
+    3 % rate of simulated 503s, so the report shows realistic timings and retried attempts.
+
+    Offline models bill nothing. So the cost views have figures to show, each gets an *illustrative* price
+    (``DEMO_ILLUSTRATIVE_PRICE``, in the range of a small hosted model): every cost it yields is flagged
+    ``price_illustrative`` and labelled "illustrative" wherever it is shown — a sample, not money spent."""
     return {
         "providers": [
             {
@@ -212,6 +220,7 @@ def demo_llm_config(*, seed: int = 7) -> dict[str, Any]:
             {"id": "offline/echo", "provider": "offline"},
             {"id": "offline/tool-then-answer", "provider": "offline"},
         ],
+        "prices": {model: dict(DEMO_ILLUSTRATIVE_PRICE) for model in ("offline/echo", "offline/tool-then-answer")},
         "chains": {
             "planner": ["offline/tool-then-answer"],
             "builder": ["offline/tool-then-answer"],

@@ -51,8 +51,13 @@ Configuration (``LlmConfig.load(path_or_dict)``; TOML shown, JSON has the same s
     provider = "offline"
 
     [prices."llama-70b"]                          # USD per 1M tokens; a model missing here costs 0, flagged
-    input_per_m = 0.59                            # (price_known = false on its attempts); offline models are free
-    output_per_m = 0.79
+    input_per_m = 0.59                            # (price_known = false on its attempts: unknown, not free);
+    output_per_m = 0.79                           # an unpriced offline model is free (price known, $0)
+
+    [prices."offline/tool-then-answer"]           # a sample price for a model that bills nothing, so cost views
+    input_per_m = 0.5                             # have figures: its attempts carry price_illustrative = true
+    output_per_m = 1.5                            # and every view labels the cost "illustrative"
+    illustrative = true
 
     [chains]
     default = ["llama-70b", "offline/tool-then-answer"]

@@ -45,10 +45,16 @@ class _Strict(BaseModel):
 
 
 class ModelPrice(_Strict):
-    """USD per one million tokens, as providers publish them."""
+    """USD per one million tokens, as providers publish them.
+
+    ``illustrative = true`` marks a price nobody charges — a sample figure for a model that bills nothing (the
+    demo's offline models), so cost views have something to show. Every attempt priced with it carries
+    ``price_illustrative`` and the views label its cost as illustrative, never as money spent.
+    """
 
     input_per_m: float = Field(ge=0)
     output_per_m: float = Field(ge=0)
+    illustrative: bool = False
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.input_per_m + tokens_out * self.output_per_m) / 1_000_000

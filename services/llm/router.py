@@ -160,6 +160,7 @@ class LlmRouter:
         tokens_in = reply.usage.tokens_in if reply else 0
         tokens_out = reply.usage.tokens_out if reply else 0
         price = self.config.prices.get(model.id)
+        # An unpriced offline model is free (its 0 is true); an unpriced real model's 0 means "unknown".
         price_known = price is not None or provider.offline
         cost = price.cost(tokens_in, tokens_out) if price is not None else 0.0
         record = LlmAttempt(
@@ -167,7 +168,7 @@ class LlmRouter:
             latency_ms=round(latency_ms, 3), waited_ms=round(waited_s * 1000, 3),
             outcome=failure.outcome if failure else "ok", tokens_in=tokens_in, tokens_out=tokens_out,
             usage_estimated=reply is not None and not reply.usage_reported,
-            cost_usd=cost, price_known=price_known,
+            cost_usd=cost, price_known=price_known, price_illustrative=price is not None and price.illustrative,
             http_status=failure.http_status if failure else None,
             error_type=failure.error_type if failure else None,
             # Scrubbed again here: a provider's message is the one place a key could slip in.

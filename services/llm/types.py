@@ -146,8 +146,11 @@ class LlmAttempt(BaseModel):
     #: True when the provider reported no usage and the counts are this package's estimate (``count_tokens``).
     usage_estimated: bool = False
     cost_usd: float = 0.0
-    #: False when the model has no entry in the price table (its cost is then reported as 0).
+    #: False when a model that bills (not offline) has no entry in the price table: ``cost_usd`` is then 0 and
+    #: means unknown, not free. An offline model without a price is free, so known.
     price_known: bool = True
+    #: True when the price is marked ``illustrative`` in the configuration: a sample figure, not money spent.
+    price_illustrative: bool = False
     http_status: int | None = None
     error_type: str | None = None
     error_message: str | None = None

@@ -240,6 +240,8 @@ async def test_the_dashboard_in_a_real_browser(node: Node) -> None:
             page.wait_for_selector(f"#{chart} canvas", timeout=30_000)
             drawn[chart] = int(page.get_attribute(f"#{chart}", "data-points") or 0)
         steps = page.locator("#steps-table tbody tr").count()
+        page.wait_for_selector("#cost-note:not([hidden])", timeout=10_000)  # the demo's prices are illustrative
+        cost_note = page.text_content("#cost-note") or ""
         page.goto(f"{base}/ui/system")
         page.wait_for_selector("#engine-partitions", timeout=15_000)
         system = {
@@ -249,11 +251,12 @@ async def test_the_dashboard_in_a_real_browser(node: Node) -> None:
         page.click("#start-rebuild")
         page.wait_for_selector("#rebuilds p.rebuild.succeeded", timeout=120_000)
         page.close()
-        return {"drawn": drawn, "steps": steps, "system": system}
+        return {"drawn": drawn, "steps": steps, "system": system, "cost_note": cost_note}
 
     seen = await asyncio.to_thread(in_browser, analytics_session)
     assert all(points > 0 for points in seen["drawn"].values()), seen
     assert seen["steps"] >= 2, seen
+    assert "at illustrative prices (a sample figure, not money spent)" in seen["cost_note"], seen
     assert seen["system"]["partitions"] == ", ".join(str(p) for p in range(settings.partitions)), seen
     assert seen["system"]["freshness"].endswith("ms"), seen
 

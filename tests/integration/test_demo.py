@@ -64,6 +64,13 @@ async def test_the_stacks_demo_reports_what_the_log_says(kafka_bootstrap: str, p
     assert report.tokens_in == sum(a.tokens_in for a in attempts) > 0
     assert report.tokens_out == sum(a.tokens_out for a in attempts) > 0
     assert report.tick_tokens == sum(f.tokens for f in finished) == report.tokens_in + report.tokens_out
+    # Cost: the offline models carry the demo's illustrative price, so the figure is non-zero and says what it is.
+    assert all(a.price_known and a.price_illustrative for a in attempts)
+    assert report.cost_usd == pytest.approx(sum(a.cost_usd for a in attempts)) and report.cost_usd > 0
+    assert (report.attempts_price_unknown, report.attempts_price_illustrative) == (0, len(attempts))
+    (cost_line,) = [line for line in text.splitlines() if line.lstrip().startswith("tokens ")]
+    assert f"cost ${report.cost_usd:.6f} (illustrative:" in cost_line, cost_line
+    print(cost_line)
     assert set(report.llm_by_agent) <= {"planner", "builder", "communicator", "reviewer"}
     assert report.tool_calls == sum(e.type == "StepCompleted" and _p(e).path.endswith(".tool") for e in run_events)
     assert report.tool_calls > 0  # the builder's run_tests: the tool loop ran

@@ -47,6 +47,21 @@ function pivot(rows, key, field) {
   return { xs: xs.map((x) => x / 1000), keys, columns };
 }
 
+// What the cost chart cannot show: attempts at an unknown price (drawn as 0, so the curve is a lower bound) and
+// the part priced with illustrative (sample) prices.
+function costNote(usage) {
+  const total = (field) => usage.reduce((n, r) => n + (r[field] || 0), 0);
+  const unknown = total("calls_price_unknown"), illustrative = total("calls_price_illustrative");
+  const parts = [];
+  if (unknown) parts.push(`${unknown} call${unknown === 1 ? "" : "s"} at unknown price (no price configured for ` +
+    "the model): not in the curve, so the cost shown is a lower bound");
+  if (illustrative) parts.push(`$${total("cost_illustrative_usd").toFixed(4)} of it from ${illustrative} ` +
+    `call${illustrative === 1 ? "" : "s"} at illustrative prices (a sample figure, not money spent)`);
+  const note = document.getElementById("cost-note");
+  note.textContent = parts.join(" · ");
+  note.hidden = !parts.length;
+}
+
 async function refresh() {
   const form = document.getElementById("analytics-controls");
   const until = Date.now(), since = until - Number(form.window.value);
@@ -59,6 +74,7 @@ async function refresh() {
     draw("chart-tokens", p.keys, p.xs, p.columns, { range });
     p = pivot(usage, form.by.value, "cost_usd");
     draw("chart-cost", p.keys, p.xs, p.columns, { range });
+    costNote(usage);
 
     const runs = await getJSON(`/analytics/runs?${q}`);
     const xs = [...new Set(runs.map((r) => r.bucket_ms))].sort((a, b) => a - b);
