@@ -33,6 +33,7 @@ __all__ = [
     "LLM_CALLS",
     "LLM_COST",
     "LLM_TOKENS",
+    "LLM_UNPRICED",
     "ROLE_RESTARTS",
     "STEPS",
     "STEP_SECONDS",
@@ -76,7 +77,15 @@ LLM_TOKENS = Counter(
     "tickflow_llm_tokens", "LLM tokens by provider, model and direction (in, out).", ["provider", "model", "direction"]
 )
 ROLE_RESTARTS = Counter("tickflow_role_restarts", "Roles restarted by their node after they failed.", ["role"])
-LLM_COST = Counter("tickflow_llm_cost_usd", "LLM cost in US dollars by provider and model.", ["provider", "model"])
+LLM_COST = Counter(
+    "tickflow_llm_cost_usd", "LLM cost in US dollars by provider and model (priced calls; not illustrative prices).",
+    ["provider", "model"],
+)
+LLM_UNPRICED = Counter(
+    "tickflow_llm_calls_unpriced",
+    "LLM attempts whose cost is not money known: price unknown, or an illustrative price (offline demo models).",
+    ["provider", "model", "price"],
+)
 
 
 def observe_ticks(events: Iterable[Envelope]) -> None:

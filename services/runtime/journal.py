@@ -93,6 +93,8 @@ class StepJournal:
         self._step = task.payload
         self._key = step_key(task.key, task.payload.path)
         self._next = 0
+        #: The attempts of the calls this run of the step paid for and journaled (the step's metrics count them).
+        self.paid: list[LlmAttemptFields] = []
 
     def next_call(self) -> int:
         call, self._next = self._next, self._next + 1
@@ -130,6 +132,7 @@ class StepJournal:
                         "again", self._key, call, exc)
             return False
         self._calls.add(self._key, call, raw)
+        self.paid.extend(attempts)
         return True
 
 

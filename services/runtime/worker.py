@@ -51,7 +51,7 @@ from tickflow.events.schemas import (
 )
 from tickflow.events.topics import DEFAULT_POOL
 from tickflow.llm.streaming import listening
-from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, STEP_SECONDS, STEPS
+from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, LLM_UNPRICED, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
 from tickflow.runtime.claimcheck import FileBlobStore, is_ref, offload, resolve
 from tickflow.runtime.journal import StepJournal
@@ -207,7 +207,12 @@ def _observe_step(task: RunStep, outcome: str, ms: float, llm: Sequence[LlmAttem
         LLM_CALLS.labels(a.provider, a.model, a.outcome).inc()
         LLM_TOKENS.labels(a.provider, a.model, "in").inc(a.tokens_in)
         LLM_TOKENS.labels(a.provider, a.model, "out").inc(a.tokens_out)
-        LLM_COST.labels(a.provider, a.model).inc(a.cost_usd)
+        if not a.price_known:
+            LLM_UNPRICED.labels(a.provider, a.model, "unknown").inc()
+        elif a.price_illustrative:
+            LLM_UNPRICED.labels(a.provider, a.model, "illustrative").inc()
+        else:
+            LLM_COST.labels(a.provider, a.model).inc(a.cost_usd)
 
 
 def _error_info(task: RunStep, exc: BaseException) -> ErrorInfo:
@@ -533,6 +538,7 @@ class StepWorker:
             return await self._attempt(env, task)
 
     async def _attempt(self, env: Envelope, task: RunStep) -> bytes:
+        journal = StepJournal(self.produced.calls, self._send_durably, env)
         ctx = StepContext(
             run_id=env.key,
             workflow=task.workflow,
@@ -541,7 +547,7 @@ class StepWorker:
             idempotency_key=step_key(env.key, task.path),
             path=task.path,
             settings=self.settings,
-            journal=StepJournal(self.produced.calls, self._send_durably, env),
+            journal=journal,
         )
         common: dict[str, Any] = {"path": task.path, "step": task.step, "attempt": task.attempt, "worker": self.name}
         # What the body reported on the way (LLM attempts, memory messages) goes with either outcome.
@@ -562,7 +568,7 @@ class StepWorker:
                     offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what
                 )
             ms = (time.perf_counter() - started) * 1000
-            _observe_step(task, "succeeded", ms, ctx.report.llm_attempts)
+            _observe_step(task, "succeeded", ms, [*ctx.report.llm_attempts, *journal.paid])
             succeeded = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=redact(logs.getvalue()))
             return encode(self._wrap(env, succeeded))
         except asyncio.CancelledError as exc:
@@ -572,7 +578,7 @@ class StepWorker:
             error = exc  # the body raised CancelledError itself
         except Exception as exc:  # a step body may raise anything; report it, never crash the worker
             error = exc
-        _observe_step(task, "failed", (time.perf_counter() - started) * 1000, ctx.report.llm_attempts)
+        _observe_step(task, "failed", (time.perf_counter() - started) * 1000, [*ctx.report.llm_attempts, *journal.paid])
         failed = StepErrored(
             **common,
             **reported,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -81,3 +82,16 @@ def test_a_step_counts_its_llm_calls_tokens_and_cost() -> None:
     assert _value("tickflow_llm_tokens_total", provider="prov-m", model="m1", direction="in") == 10
     assert _value("tickflow_llm_tokens_total", provider="prov-m", model="m1", direction="out") == 5
     assert _value("tickflow_llm_cost_usd_total", provider="prov-m", model="m1") == 0.25
+
+
+def test_unknown_and_illustrative_prices_add_no_money_and_are_counted_apart() -> None:
+    task = RunStep(workflow="wf-u", path="p", step="ask", fn="ask", attempt=1, idempotency_key="k")
+    attempts = [
+        LlmAttemptFields(provider="prov-u", model="m2", tokens_in=10, outcome="ok", price_known=False),
+        LlmAttemptFields(provider="prov-u", model="m2", cost_usd=0.1, outcome="ok", price_illustrative=True),
+    ]
+    _observe_step(task, "succeeded", 1.0, attempts)
+    with pytest.raises(AssertionError, match="no sample"):  # no money was counted for them
+        _value("tickflow_llm_cost_usd_total", provider="prov-u", model="m2")
+    assert _value("tickflow_llm_calls_unpriced_total", provider="prov-u", model="m2", price="unknown") == 1
+    assert _value("tickflow_llm_calls_unpriced_total", provider="prov-u", model="m2", price="illustrative") == 1
