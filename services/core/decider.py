@@ -519,7 +519,12 @@ def _schema_problems(schema: dict[str, Any], payload: Any) -> str:
         errors = sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))[:5]
     except SchemaError as exc:
         return f"the wait's schema itself is invalid ({exc.message})"
-    return "; ".join(f"{'.'.join(map(str, e.absolute_path)) or '(payload)'}: {e.message}" for e in errors)
+    # jsonschema quotes the offending value in its message: a big payload's would not fit an event, so cut it.
+    return "; ".join(f"{'.'.join(map(str, e.absolute_path))[:200] or '(payload)'}: {_cut(e.message)}" for e in errors)
+
+
+def _cut(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def _on_child_finished(em: Emitter, p: ChildFinished) -> None:
