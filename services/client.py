@@ -260,7 +260,8 @@ class Client:
         offset: int = 0,
         started_since_ms: int | None = None,
     ) -> list[RunStatus]:
-        """Runs, the latest started first (``started_since_ms``: only those started since, epoch ms)."""
+        """Runs, the latest started first (``started_since_ms``: only those started since, epoch ms). Claim-checked
+        inputs and outputs stay references here (a page of runs could be gigabytes): ``resolve`` or ``status``."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if started_since_ms is not None:
             params["started_since_ms"] = started_since_ms
