@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -181,17 +181,22 @@ def _print_tokens(chunks: Iterator[dict[str, Any]]) -> None:
 @click.argument("run_id")
 @click.argument("event")
 @click.option("--payload", "payload_json", default="null", help="The event's payload, as JSON.")
+@click.option("--payload-file", type=click.File("rb"), default=None,
+              help="Read the payload (JSON) from this file ('-': stdin) instead: for one too long for a command line.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="How long to wait for the answer.")
 @idempotency_option
 @click.pass_context
 def resume(
-    ctx: click.Context, run_id: str, event: str, payload_json: str, timeout: float, idempotency_key: str | None
+    ctx: click.Context, run_id: str, event: str, payload_json: str, payload_file: IO[bytes] | None, timeout: float,
+    idempotency_key: str | None,
 ) -> None:
-    """Resume RUN_ID, suspended waiting for EVENT; exit 1 with the engine's reason if it refuses."""
+    """Resume RUN_ID, suspended waiting for EVENT; exit 1 with the engine's reason if it refuses. A big payload
+    travels through the claim-check (up to the API's TICKFLOW_API_MAX_BODY_BYTES)."""
+    source = "--payload-file" if payload_file is not None else "--payload"
     try:
-        value = json.loads(payload_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"--payload is not valid JSON: {exc}") from None
+        value = json.loads(payload_file.read() if payload_file is not None else payload_json)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{source} is not valid JSON: {exc}") from None
     try:
         with client(ctx) as c:
             click.echo(c.resume(run_id, event, value, timeout=timeout, idempotency_key=idempotency_key))

@@ -149,22 +149,35 @@ async def test_the_blob_endpoint_needs_credentials_and_a_known_well_formed_diges
     await asyncio.to_thread(scenario)
 
 
-async def test_a_3mb_resume_payload_reaches_the_waiting_step_checked_against_its_schema(node: Node) -> None:
+def waiting(c: Client, run_id: str) -> str:
+    rid = c.start("bigwait", None, run_id=run_id)
+    for _ in range(100):
+        if c.status(rid).waiting_for == "upload":
+            break
+        time.sleep(0.1)
+    return rid
+
+
+async def test_a_3mb_resume_payload_reaches_the_waiting_step_checked_against_its_schema(
+    node: Node, tmp_path: Path
+) -> None:
     payload = {"blob": "y" * 3_000_000}
 
     def scenario() -> str:
         with sdk(node) as c:
-            rid = c.start("bigwait", None, run_id="big-wait")
-            for _ in range(100):
-                if c.status(rid).waiting_for == "upload":
-                    break
-                time.sleep(0.1)
+            rid = waiting(c, "big-wait")
             # The schema is checked against the value, not its reference: 3 MB of the wrong letter is refused.
             with pytest.raises(ResumeRejected, match="does not match the wait's schema"):
                 c.resume(rid, "upload", {"blob": "z" * 3_000_000}, timeout=60)
             c.resume(rid, "upload", payload, timeout=60)
             final = c.wait(rid, timeout=60)
             assert final.status == "completed" and final.output == 3_000_000, final  # the step saw it whole
+
+            by_cli = waiting(c, "big-wait-cli")  # the CLI, with the payload in a file (too long for a command line)
+            (tmp_path / "payload.json").write_text(json.dumps(payload))
+            sent = cli(node, "resume", by_cli, "upload", "--payload-file", str(tmp_path / "payload.json"))
+            assert sent.returncode == 0, sent.stderr
+            assert c.result(by_cli, timeout=60) == 3_000_000
             return rid
 
     rid = await asyncio.to_thread(scenario)
