@@ -48,6 +48,8 @@ class ErrorCode(StrEnum):
     STEP_FAILED = "step_failed"
     #: The server is busy with this kind of work (a verify already running, the SQL queue full): try again later.
     BUSY = "busy"
+    #: No claim-checked value with that digest is in the blob store (never stored, or deleted since).
+    BLOB_NOT_FOUND = "blob_not_found"
 
 
 class TickflowError(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tickflow.events.spec import Name, WorkflowSpec
 
@@ -19,6 +19,7 @@ __all__ = [
     "RUN_TERMINAL_EVENTS",
     "AcquireSlot",
     "AdmitRun",
+    "BlobRef",
     "BranchChosen",
     "CancelRun",
     "CancelStep",
@@ -280,6 +281,16 @@ class HistoryEvent(BaseModel):
     payload: dict[str, Any]
 
 
+class BlobRef(BaseModel):
+    """Where a claim-checked value lives: the SHA-256 of its JSON text in the blob store, and its size in bytes
+    (the shape of a ``{"$blob": …}`` reference, ``tickflow.runtime.claimcheck``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    size: Int64 = Field(ge=0)
+
+
 class ForkRun(Command):
     """Start a new run (id = the envelope key) from the state of ``source_run_id`` at ``at_seq``.
 
@@ -287,12 +298,22 @@ class ForkRun(Command):
     engine that owns the new run owns no other partition's log, and must stay the only writer of events. It
     re-keys that prefix to the new run, appends ``RunForked`` and carries on from there. Forking an existing
     run id is a no-op, so a fork sent twice forks once.
+
+    A history too big for one record travels through the claim-check instead: ``history_blob`` names the JSON
+    list of those events in the blob store, and ``history`` is empty; the engine reads it off its loop.
     """
 
     TYPE: ClassVar[str] = "ForkRun"
     source_run_id: ShortText
     at_seq: Int64 = Field(ge=1)
-    history: list[HistoryEvent] = Field(min_length=1)
+    history: list[HistoryEvent] = Field(default_factory=list)
+    history_blob: BlobRef | None = None
+
+    @model_validator(mode="after")
+    def _one_history(self) -> ForkRun:
+        if bool(self.history) == (self.history_blob is not None):
+            raise ValueError("a fork carries its history either inline (history) or claim-checked (history_blob)")
+        return self
 
 
 # --- events (the log) -----------------------------------------------------------------------------------

@@ -2,10 +2,16 @@
 
 It talks to the tickflow API (``tickflow up`` serves it on 127.0.0.1:8700): commands are acknowledged by
 Kafka before ``start`` returns, and reads come from the ClickHouse projections the API process owns.
+
+Values too big for a Kafka record (inputs, outputs, resume payloads above ``TICKFLOW_OFFLOAD_BYTES``) live in the
+blob store, and the API's status answers carry a ``{"$blob": {"sha256", "size"}}`` reference in their place. The
+client follows such references through ``GET /blobs/{sha256}`` (with its own credentials), checks each value
+against its digest, and hands back the whole value; ``resolve=False`` keeps the references.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +27,9 @@ from tickflow.projections.models import SqlResult
 from tickflow.wire import EngineReport, RebuildJob, RunStatus
 
 __all__ = ["TERMINAL", "Client"]
+
+#: The key of a claim-check reference, ``{"$blob": {"sha256", "size"}}`` (``tickflow.runtime.claimcheck``).
+BLOB_KEY = "$blob"
 
 #: What the API's error codes become in Python; any other error answer raises ``ApiError``.
 _ERRORS: dict[str, type[TickflowError]] = {
@@ -182,9 +191,62 @@ class Client:
             time.sleep(0.1)
         raise TimeoutError(f"no answer to {command_id} within {timeout}s; is the engine running?")
 
-    def status(self, run_id: str) -> RunStatus:
-        """The run's current status; raises RunNotFound until its start is visible."""
-        return RunStatus.model_validate(self._check(self._http.get(f"/runs/{run_id}")))
+    def status(self, run_id: str, *, resolve: bool = True) -> RunStatus:
+        """The run's current status; raises RunNotFound until its start is visible.
+
+        A claim-checked input or output comes back whole (fetched from the blob store through the API);
+        ``resolve=False`` leaves its ``{"$blob": {"sha256", "size"}}`` reference in place."""
+        current = RunStatus.model_validate(self._check(self._http.get(f"/runs/{run_id}")))
+        return self._resolved_status(current, {}) if resolve else current
+
+    def blob(self, sha256: str) -> bytes:
+        """The JSON text of a claim-checked value, by the ``sha256`` of its reference (``GET /blobs/{sha256}``),
+        checked against that digest. Raises ``ApiError`` (404, code ``blob_not_found``) when it is not stored."""
+        with self._http.stream("GET", f"/blobs/{sha256}") as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response)
+            digest, chunks = hashlib.sha256(), []
+            for chunk in response.iter_bytes():
+                digest.update(chunk)
+                chunks.append(chunk)
+        if digest.hexdigest() != sha256:
+            raise TickflowError(f"the blob store answered for {sha256} with other content ({digest.hexdigest()}); "
+                                "the stored file is corrupt: restore it from a backup, or re-run what produced it")
+        return b"".join(chunks)
+
+    def resolve(self, value: Any) -> Any:
+        """``value`` with every claim-check reference in it (at any depth, e.g. the branches of a parallel
+        output) replaced by the value it stands for."""
+        return self._resolve(value, {})
+
+    def _resolve(self, value: Any, cache: dict[str, Any]) -> Any:
+        if isinstance(value, dict):
+            ref = value.get(BLOB_KEY) if len(value) == 1 else None
+            if isinstance(ref, dict) and isinstance(ref.get("sha256"), str):
+                digest = ref["sha256"]
+                if digest not in cache:
+                    cache[digest] = orjson.loads(self.blob(digest))
+                return cache[digest]
+            return {k: self._resolve(v, cache) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v, cache) for v in value]
+        return value
+
+    def _resolved_status(self, status: RunStatus, cache: dict[str, Any]) -> RunStatus:
+        if not (_holds_ref(status.input) or _holds_ref(status.output)):
+            return status
+        changes = {name: self._resolve(getattr(status, name), cache) for name in ("input", "output")}
+        return status.model_copy(update=changes)
+
+    def result(self, run_id: str, *, timeout: float = 60.0, resolve: bool = True) -> Any:
+        """Wait for the run to end and return its output, whole (see ``status``); raises ``TickflowError`` with
+        the run's error when it did not complete."""
+        final = self.wait(run_id, timeout=timeout, resolve=resolve)
+        if final.status != "completed":
+            why = f": {final.error_type}: {final.error_message}" if final.error_type else ""
+            raise TickflowError(f"run {run_id} ended {final.status}{why}")
+        return final.output
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         return list(self._check(self._http.get(f"/runs/{run_id}/events")))
@@ -198,7 +260,8 @@ class Client:
         offset: int = 0,
         started_since_ms: int | None = None,
     ) -> list[RunStatus]:
-        """Runs, the latest started first (``started_since_ms``: only those started since, epoch ms)."""
+        """Runs, the latest started first (``started_since_ms``: only those started since, epoch ms). Claim-checked
+        inputs and outputs stay references here (a page of runs could be gigabytes): ``resolve`` or ``status``."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if started_since_ms is not None:
             params["started_since_ms"] = started_since_ms
@@ -283,30 +346,35 @@ class Client:
                 "embedder": embedder}
         return list(self._check(self._http.post("/memory/recall", json=body))["messages"])
 
-    def watch(self, run_id: str, *, poll_s: float = 0.1, timeout: float | None = None) -> Iterator[RunStatus]:
-        """Yield the run's status each time it changes, ending with its terminal status."""
+    def watch(
+        self, run_id: str, *, poll_s: float = 0.1, timeout: float | None = None, resolve: bool = True
+    ) -> Iterator[RunStatus]:
+        """Yield the run's status each time it changes, ending with its terminal status (claim-checked values
+        whole, unless ``resolve=False``; each is fetched once per watch)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last_seq = -1
+        cache: dict[str, Any] = {}
         while deadline is None or time.monotonic() < deadline:
             try:
-                current = self.status(run_id)
+                current = self.status(run_id, resolve=False)
             except RunNotFound:
                 current = None
             if current is not None and current.last_seq != last_seq:
                 last_seq = current.last_seq
-                yield current
+                yield self._resolved_status(current, cache) if resolve else current
                 if current.status in TERMINAL:
                     return
             time.sleep(poll_s)
         raise TimeoutError(f"run {run_id} did not finish within {timeout}s")
 
-    def wait(self, run_id: str, *, timeout: float = 60.0, poll_s: float = 0.1) -> RunStatus:
-        """Block until the run is completed, failed or rejected; returns that final status."""
+    def wait(self, run_id: str, *, timeout: float = 60.0, poll_s: float = 0.1, resolve: bool = True) -> RunStatus:
+        """Block until the run is completed, failed or rejected; returns that final status (its claim-checked
+        output whole, unless ``resolve=False``)."""
         final: RunStatus | None = None
-        for final in self.watch(run_id, poll_s=poll_s, timeout=timeout):  # noqa: B007
+        for final in self.watch(run_id, poll_s=poll_s, timeout=timeout, resolve=False):  # noqa: B007
             pass
         assert final is not None
-        return final
+        return self._resolved_status(final, {}) if resolve else final
 
     def live(self, run_id: str, after: int | None = None, *, follow: bool = False) -> Iterator[dict[str, Any]]:
         """Yield the run's events as the engine appends them, read from the log over Server-Sent Events.
@@ -384,6 +452,17 @@ class Client:
                     f"with after={after} to continue where you stopped"
                 )
             time.sleep(0.5 * failures)
+
+
+def _holds_ref(value: Any) -> bool:
+    """Whether a claim-check reference is anywhere in ``value`` (cheap: no copy when there is none)."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(BLOB_KEY), dict):
+            return True
+        return any(_holds_ref(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_ref(v) for v in value)
+    return False
 
 
 def _api_error(response: httpx.Response) -> TickflowError:

@@ -18,14 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tickflow.api.deps import ApiDeps, ApiProblem
 from tickflow.core.state import state_to_json
-from tickflow.events.codec import InvalidRecord, encode
+from tickflow.events.codec import InvalidRecord, RecordTooLarge, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode
+from tickflow.events.schemas import BlobRef, ForkRun
 from tickflow.events.topics import RUN_ID_PATTERN
+from tickflow.runtime.claimcheck import BLOB_KEY, offload
 from tickflow.runtime.replay import ReplayError, fork_command, history_of, state_at, verify_engine
 from tickflow.wire import EngineReport, top_level_run_id
 
-__all__ = ["ForkRequest", "ForkResponse", "StateAtResponse", "build_router"]
+__all__ = ["ForkRequest", "ForkResponse", "StateAtResponse", "build_router", "fork_record"]
 
 
 class StateAtResponse(BaseModel):
@@ -100,7 +102,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
             command = await asyncio.to_thread(
                 fork_command, run_id, events, body.at_seq, new_id, int(time.time() * 1000)
             )
-            raw = encode(command)
+            raw = await asyncio.to_thread(fork_record, command, deps.blobs)
         except ReplayError as exc:
             raise _refuse(exc) from None
         except InvalidRecord as exc:
@@ -126,6 +128,23 @@ def build_router(deps: ApiDeps) -> APIRouter:
             return await verify_engine(deps.engine)
 
     return router
+
+
+def fork_record(command: Envelope, blobs: Any) -> bytes:
+    """The encoded ForkRun command; a history too big for one record goes to the blob store (claim-check) and the
+    command names it (``ForkRun.history_blob``), so a run of any length can be forked. Blocking: call off the loop."""
+    try:
+        return encode(command)
+    except RecordTooLarge:
+        if blobs is None:
+            raise
+    fork = command.payload
+    assert isinstance(fork, ForkRun)
+    history = [event.model_dump(mode="json") for event in fork.history]
+    what = f"the history of run {fork.source_run_id!r} up to seq {fork.at_seq}"
+    ref = offload(history, blobs, 0, 2**62, what)[BLOB_KEY]  # 0: always out of band; the store bounds the rest
+    claimed = ForkRun(source_run_id=fork.source_run_id, at_seq=fork.at_seq, history_blob=BlobRef(**ref))
+    return encode(command.model_copy(update={"payload": claimed}))
 
 
 async def _is_this_fork(deps: ApiDeps, new_id: str, source_id: str, at_seq: int) -> bool:

@@ -59,16 +59,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
                 404, ErrorCode.UNKNOWN_WORKFLOW, f"unknown workflow {body.workflow!r}; registered workflows: {known}"
             )
         run_id = body.run_id or command_token(idempotency_key)
-        value = body.input
-        if deps.blobs is not None:  # claim-check: a big input is stored out of band, the log gets a reference
-            try:
-                value = await asyncio.to_thread(
-                    offload, value, deps.blobs, deps.offload_bytes, deps.max_body_bytes, f"the input of run {run_id!r}"
-                )
-            except PayloadTooLarge as exc:
-                raise HTTPException(413, str(exc)) from None
-            except TypeError as exc:  # e.g. an integer beyond 64 bits
-                raise HTTPException(422, f"the input cannot be stored as JSON: {exc}") from None
+        value = await claim_check(body.input, f"the input of run {run_id!r}")
         with tracing.span("start run", None, tickflow__run_id=run_id, tickflow__workflow=body.workflow):
             command = Envelope.wrap(
                 StartRun(workflow=body.workflow, input=value, priority=body.priority),
@@ -81,6 +72,18 @@ def build_router(deps: ApiDeps) -> APIRouter:
             await produce_command(producer, topics.commands, command)
         accepted.add(run_id, body.workflow, command.occurred_at_ms)
         return StartResponse(run_id=run_id)
+
+    async def claim_check(value: Any, what: str) -> Any:
+        """``value``, or a reference to it in the blob store when it is above ``offload_bytes`` (written off the
+        loop): a run input or a resume payload of any size up to the body limit fits in a command record."""
+        if deps.blobs is None:
+            return value
+        try:
+            return await asyncio.to_thread(offload, value, deps.blobs, deps.offload_bytes, deps.max_body_bytes, what)
+        except PayloadTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except TypeError as exc:  # e.g. an integer beyond 64 bits
+            raise HTTPException(422, f"{what} cannot be stored as JSON: {exc}") from None
 
     async def send_command(run_id: str, payload: Any, command_id: str) -> None:
         rows = await asyncio.to_thread(store.runs_by_id, [run_id])
@@ -103,9 +106,12 @@ def build_router(deps: ApiDeps) -> APIRouter:
     ) -> CommandAccepted:
         """Deliver an event to a run suspended in a wait node. The engine validates the payload against the
         wait's schema; a refusal appears in the run's events as ResumeRejected with this command id. Sent again
-        with the same ``Idempotency-Key``, it is the same command: the run takes it once."""
+        with the same ``Idempotency-Key``, it is the same command: the run takes it once. A payload above
+        ``TICKFLOW_OFFLOAD_BYTES`` travels through the claim-check (the log holds a reference; the wait's schema
+        is checked against the value, and the next step receives the value)."""
         command_id = f"resume/{run_id}/{command_token(idempotency_key)}"
-        await send_command(run_id, ResumeRun(event=body.event, payload=body.payload), command_id)
+        payload = await claim_check(body.payload, f"the {body.event!r} payload for run {run_id!r}")
+        await send_command(run_id, ResumeRun(event=body.event, payload=payload), command_id)
         return CommandAccepted(run_id=run_id, command_id=command_id)
 
     @router.post("/runs/{run_id}/cancel", status_code=202, response_model=CommandAccepted)

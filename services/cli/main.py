@@ -37,6 +37,7 @@ for _command in (
     runs.start,
     runs.status,
     runs.wait,
+    runs.result,
     runs.follow,
     runs.resume,
     runs.cancel,

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -19,6 +19,7 @@ __all__ = [
     "follow",
     "pool_limit",
     "release",
+    "result",
     "resume",
     "runs",
     "sql",
@@ -58,15 +59,23 @@ def start(
         sys.exit(0 if final.status == "completed" else 1)
 
 
+#: ``--raw`` of the commands that print a run's input or output: claim-checked values stay references.
+raw_option = click.option(
+    "--raw", is_flag=True,
+    help="Print claim-checked values as their {\"$blob\": {sha256, size}} reference instead of fetching them.",
+)
+
+
 @click.command()
 @click.argument("run_id")
 @click.option("--events", is_flag=True, help="Also print the run's events from the log projection.")
+@raw_option
 @click.pass_context
-def status(ctx: click.Context, run_id: str, events: bool) -> None:
-    """Print a run's status."""
+def status(ctx: click.Context, run_id: str, events: bool, raw: bool) -> None:
+    """Print a run's status (a claim-checked input or output whole, fetched from the blob store)."""
     try:
         with client(ctx) as c:
-            print_json(c.status(run_id).model_dump())
+            print_json(c.status(run_id, resolve=not raw).model_dump())
             if events:
                 for e in c.events(run_id):
                     click.echo(f"{e['seq']:>4} {e['type']:<16} {json.dumps(e['payload'])[:160]}")
@@ -91,17 +100,45 @@ def thread(ctx: click.Context, thread_id: str, limit: int) -> None:
 @click.command()
 @click.argument("run_id")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
+@raw_option
 @click.pass_context
-def wait(ctx: click.Context, run_id: str, timeout: float) -> None:
-    """Wait until a run is completed, failed or rejected; exit 1 unless it completed."""
+def wait(ctx: click.Context, run_id: str, timeout: float, raw: bool) -> None:
+    """Wait until a run is completed, failed or rejected and print its final status; exit 1 unless it completed."""
     try:
         with client(ctx) as c:
-            final = c.wait(run_id, timeout=timeout)
+            final = c.wait(run_id, timeout=timeout, resolve=not raw)
     except (TickflowError, TimeoutError) as exc:
         fail(exc)
         return
     print_json(final.model_dump())
     sys.exit(0 if final.status == "completed" else 1)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the output (JSON) to this file instead of printing it.")
+@raw_option
+@click.pass_context
+def result(ctx: click.Context, run_id: str, timeout: float, out: str | None, raw: bool) -> None:
+    """Wait for RUN_ID to end and print its output alone, as JSON — whole, however big (claim-checked outputs are
+    fetched from the blob store); exit 1 with the run's error unless it completed."""
+    try:
+        with client(ctx) as c:
+            final = c.wait(run_id, timeout=timeout, resolve=not raw)
+    except (TickflowError, TimeoutError) as exc:
+        fail(exc)
+        return
+    if final.status != "completed":
+        fail(TickflowError(f"run {run_id} ended {final.status}: {final.error_type}: {final.error_message}"))
+    text = json.dumps(final.output, ensure_ascii=False)
+    if out is None:
+        click.echo(text)
+        return
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    click.echo(f"wrote the output of {run_id} ({len(text):,} characters) to {out}", err=True)
 
 
 @click.command()
@@ -144,17 +181,22 @@ def _print_tokens(chunks: Iterator[dict[str, Any]]) -> None:
 @click.argument("run_id")
 @click.argument("event")
 @click.option("--payload", "payload_json", default="null", help="The event's payload, as JSON.")
+@click.option("--payload-file", type=click.File("rb"), default=None,
+              help="Read the payload (JSON) from this file ('-': stdin) instead: for one too long for a command line.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="How long to wait for the answer.")
 @idempotency_option
 @click.pass_context
 def resume(
-    ctx: click.Context, run_id: str, event: str, payload_json: str, timeout: float, idempotency_key: str | None
+    ctx: click.Context, run_id: str, event: str, payload_json: str, payload_file: IO[bytes] | None, timeout: float,
+    idempotency_key: str | None,
 ) -> None:
-    """Resume RUN_ID, suspended waiting for EVENT; exit 1 with the engine's reason if it refuses."""
+    """Resume RUN_ID, suspended waiting for EVENT; exit 1 with the engine's reason if it refuses. A big payload
+    travels through the claim-check (up to the API's TICKFLOW_API_MAX_BODY_BYTES)."""
+    source = "--payload-file" if payload_file is not None else "--payload"
     try:
-        value = json.loads(payload_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"--payload is not valid JSON: {exc}") from None
+        value = json.loads(payload_file.read() if payload_file is not None else payload_json)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{source} is not valid JSON: {exc}") from None
     try:
         with client(ctx) as c:
             click.echo(c.resume(run_id, event, value, timeout=timeout, idempotency_key=idempotency_key))

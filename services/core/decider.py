@@ -78,6 +78,7 @@ from tickflow.events.schemas import (
 from tickflow.events.spec import StepNode, WaitNode, WorkflowSpec
 
 __all__ = [
+    "ClaimedPayload",
     "Decision",
     "Fork",
     "Outbound",
@@ -96,6 +97,7 @@ __all__ = [
     "recovery_effects",
     "refuse",
     "release",
+    "resume_schema",
     "run",
 ]
 
@@ -120,10 +122,22 @@ class WorkerResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedPayload:
+    """The value a claim-checked ResumeRun payload (a ``{"$blob": …}`` reference) stands for, as the engine read
+    it from the blob store off its loop — or why it could not (``problem``). Only the wait's schema check sees
+    it: the event records the reference, so the log stays small and the next step's worker reads the value."""
+
+    value: Any = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Signal:
-    """A command to a run: ResumeRun, CancelRun, ChildFinished or AdmitRun."""
+    """A command to a run: ResumeRun, CancelRun, ChildFinished or AdmitRun (``claimed``: a claim-checked resume
+    payload, read for its schema check; see ``resume_schema``)."""
 
     command: Envelope
+    claimed: ClaimedPayload | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +149,11 @@ class Recover:
 
 @dataclass(frozen=True, slots=True)
 class Fork:
-    """A ForkRun command: a new run (the command's key) from a copy of another run's history."""
+    """A ForkRun command: a new run (the command's key) from a copy of another run's history. A claim-checked
+    history arrives read (inline) by the engine, or with ``unreadable`` saying why it could not be read."""
 
     command: Envelope
+    unreadable: str | None = None
 
 
 Input = Start | WorkerResult | Signal | Recover | Fork
@@ -171,10 +187,10 @@ def run(state: RunState, input: Input, now_ms: int, functions: Functions = NO_FU
         _on_result(em, input.result)
     elif isinstance(input, Signal):
         em = Emitter(state, now_ms, input.command.id, functions)
-        _on_signal(em, input.command)
+        _on_signal(em, input.command, input.claimed)
     elif isinstance(input, Fork):
         em = Emitter(state, now_ms, input.command.id, functions)
-        _on_fork(em, input.command)
+        _on_fork(em, input.command, input.unreadable)
     else:
         em = Emitter(state, now_ms, input.causation_id, functions)
     _advance(em)
@@ -281,6 +297,8 @@ def fork_source(fork: ForkRun) -> list[Envelope]:
 
     Raises ``InvalidRecord`` (from the codec) when an event is malformed or the history is not 1..``at_seq``.
     """
+    if fork.history_blob is not None and not fork.history:
+        raise InvalidRecord(f"its history is claim-checked (blob {fork.history_blob.sha256}) and was not read")
     if len(fork.history) != fork.at_seq:
         raise InvalidRecord(
             f"a fork at seq {fork.at_seq} carries the source's events 1..{fork.at_seq}, got {len(fork.history)}"
@@ -322,16 +340,20 @@ def fork_problem(state: RunState) -> str | None:
 
 def _fork_workflow(fork: ForkRun) -> str:
     """The source's workflow name for a rejection, when its history names a valid one."""
-    name = fork.history[0].payload.get("workflow")
+    name = fork.history[0].payload.get("workflow") if fork.history else None
     return name if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.:\-]{1,128}", name) else "fork"
 
 
-def _on_fork(em: Emitter, command: Envelope) -> None:
+def _on_fork(em: Emitter, command: Envelope, unreadable: str | None = None) -> None:
     if em.state.status != "new":
         return  # the id exists: a repeated fork forks once, and no other run is ever overwritten
     fork = command.payload
     assert isinstance(fork, ForkRun)
     where = f"cannot fork run {fork.source_run_id!r} at seq {fork.at_seq}"
+    if unreadable is not None:
+        reason = f"{where}: its claim-checked history could not be read ({unreadable}); fork again"
+        em.emit(RunRejected(workflow=_fork_workflow(fork), reason=reason[:4_000]))
+        return
     try:
         source = fork_source(fork)
         at = fold(fork.source_run_id, source)
@@ -439,14 +461,14 @@ def _on_result(em: Emitter, result: Envelope) -> None:
     )
 
 
-def _on_signal(em: Emitter, command: Envelope) -> None:
+def _on_signal(em: Emitter, command: Envelope, claimed: ClaimedPayload | None = None) -> None:
     p = command.payload
     if isinstance(p, CancelRun):
         if em.state.active:
             em.emit(RunCancelled(reason=p.reason))
     elif isinstance(p, ResumeRun):
         if command.id not in em.state.resumed_by:  # a retried resume (same id) is taken once
-            _on_resume(em, p, command.id)
+            _on_resume(em, p, command.id, claimed)
     elif isinstance(p, ChildFinished):
         _on_child_finished(em, p)
     elif isinstance(p, AdmitRun):
@@ -470,7 +492,21 @@ def _waiting_for(state: RunState) -> dict[str, str]:
     return out
 
 
-def _on_resume(em: Emitter, p: ResumeRun, command_id: str) -> None:
+def resume_schema(state: RunState, event: str) -> dict[str, Any] | None:
+    """The JSON schema a ResumeRun of ``event`` is checked against now (None: no wait for it, or no schema).
+
+    The engine asks before deciding: a claim-checked payload must be read (off its loop) to be checked."""
+    if state.status != "running":
+        return None
+    for path, waits_for in _waiting_for(state).items():
+        if waits_for == event:
+            spec = spec_node(state, path)
+            assert isinstance(spec, WaitNode)
+            return spec.schema_
+    return None
+
+
+def _on_resume(em: Emitter, p: ResumeRun, command_id: str, claimed: ClaimedPayload | None = None) -> None:
     s = em.state
     waiting = _waiting_for(s) if s.status == "running" else {}
     path = next((path for path, event in waiting.items() if event == p.event), None)
@@ -482,7 +518,11 @@ def _on_resume(em: Emitter, p: ResumeRun, command_id: str) -> None:
     spec = spec_node(s, path)
     assert isinstance(spec, WaitNode)
     if spec.schema_ is not None:
-        problems = _schema_problems(spec.schema_, p.payload)
+        if claimed is not None and claimed.problem is not None:
+            reason = f"the claim-checked payload for {p.event!r} could not be read ({claimed.problem}); it still waits"
+            em.emit(ResumeRejected(event=p.event, reason=reason[:4_000], command_id=command_id))
+            return
+        problems = _schema_problems(spec.schema_, claimed.value if claimed is not None else p.payload)
         if problems:
             reason = f"payload for {p.event!r} does not match the wait's schema: {problems}; the run still waits"
             em.emit(ResumeRejected(event=p.event, reason=reason, command_id=command_id))
@@ -496,7 +536,12 @@ def _schema_problems(schema: dict[str, Any], payload: Any) -> str:
         errors = sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))[:5]
     except SchemaError as exc:
         return f"the wait's schema itself is invalid ({exc.message})"
-    return "; ".join(f"{'.'.join(map(str, e.absolute_path)) or '(payload)'}: {e.message}" for e in errors)
+    # jsonschema quotes the offending value in its message: a big payload's would not fit an event, so cut it.
+    return "; ".join(f"{'.'.join(map(str, e.absolute_path))[:200] or '(payload)'}: {_cut(e.message)}" for e in errors)
+
+
+def _cut(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def _on_child_finished(em: Emitter, p: ChildFinished) -> None:

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from tickflow.api.blobs import DIGEST
 from tickflow.api.deps import ApiDeps, ApiProblem
 from tickflow.dashboard.board import BoardFeed
 from tickflow.events.codec import InvalidRecord, decode
@@ -31,6 +32,7 @@ from tickflow.events.schemas import PAYLOAD_TYPES, DeadLetter
 from tickflow.projections import analytics
 from tickflow.projections.analytics import AnalyticsUnavailable
 from tickflow.projections.facts import StackRow
+from tickflow.runtime.claimcheck import is_ref, resolve
 from tickflow.runtime.kafka import new_consumer
 
 __all__ = ["HERE", "DeadLetterTail", "build_router", "wait_schema"]
@@ -39,6 +41,9 @@ HERE = Path(__file__).parent
 RUN_STATUSES = ("pending", "running", "failing", "completed", "failed", "cancelled", "rejected", "quarantined")
 EVENT_TYPES = sorted(t for (kind, t) in PAYLOAD_TYPES if kind == "event")
 PAGE_SIZE = 50
+#: A run's claim-checked output up to this size is shown on its page; a bigger one as its size and a link to
+#: ``/blobs/{sha256}`` (the page refreshes on each of the run's events, and a browser chokes on megabytes of text).
+INLINE_OUTPUT_BYTES = 1_000_000
 
 
 def wait_schema(spec: dict[str, Any], event: str) -> dict[str, Any] | None:
@@ -62,6 +67,37 @@ def _ms(value: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value / 1000)) + f".{value % 1000:03d}"
 
 
+def _claim_checked(text: str) -> dict[str, Any] | None:
+    """The ``{"sha256", "size"}`` of a value shown as JSON text when it is a claim-check reference, else None."""
+    if not text.startswith('{"$blob"'):
+        return None
+    value = orjson.loads(text)
+    if not is_ref(value):
+        return None
+    ref = value["$blob"]
+    digest, size = ref.get("sha256"), ref.get("size")
+    if not (isinstance(digest, str) and DIGEST.fullmatch(digest) and isinstance(size, int)):
+        return None  # a step's own value that merely looks like a reference
+    return {"sha256": digest, "size": size}
+
+
+async def _output_view(text: str, blobs: Any) -> dict[str, Any]:
+    """A run's output as its page shows it: the JSON text (a claim-checked one read from the blob store, off the
+    loop, when it is small enough to show), or its size and a link to the authenticated ``/blobs/{sha256}``."""
+    ref = _claim_checked(text)
+    if ref is None:
+        return {"text": text}
+    view: dict[str, Any] = {"blob": ref, "text": ""}
+    if blobs is not None and ref["size"] <= INLINE_OUTPUT_BYTES:
+        try:
+            value = await asyncio.to_thread(resolve, {"$blob": ref}, blobs)
+        except (OSError, ValueError) as exc:  # deleted, or not shared with this process: say so, keep the link
+            view["missing"] = f"{type(exc).__name__}: {exc}"
+        else:
+            view["text"] = orjson.dumps(value).decode()
+    return view
+
+
 def _folded(text: str, limit: int = 300) -> dict[str, Any]:
     """A value as the page shows it: short ones whole, long ones folded (the full text behind a <details>)."""
     return {"short": text if len(text) <= limit else text[:limit] + "…", "full": text, "long": len(text) > limit}
@@ -71,6 +107,7 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["ms"] = _ms
     templates.env.filters["folded"] = _folded
+    templates.env.filters["claim_checked"] = _claim_checked
     router = APIRouter(prefix="/ui", dependencies=deps.guard, include_in_schema=False)
     store = deps.store
 
@@ -176,8 +213,10 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
             calls = await asyncio.to_thread(analytics.run_llm_calls, store, run_id) if row is not None else []
         except AnalyticsUnavailable:
             calls = []
+        output = await _output_view(row.output, deps.blobs) if row is not None and row.output else None
         return page(
-            request, "_run_panel.html", run_id=run_id, row=row, steps=steps, values=values, calls=calls, schema=schema
+            request, "_run_panel.html", run_id=run_id, row=row, steps=steps, values=values, calls=calls, schema=schema,
+            output=output,
         )
 
     # -- analytics and system ----------------------------------------------------------------------------

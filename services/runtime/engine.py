@@ -70,6 +70,7 @@ from tickflow.events.schemas import (
 from tickflow.events.topics import is_run_id
 from tickflow.metrics import DECISION_SECONDS, observe_ticks
 from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.claimed_inputs import claimed_fork, claimed_signal
 from tickflow.runtime.decision_traces import DecisionTraces
 from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
 from tickflow.runtime.input_offsets import InputOffsets
@@ -415,13 +416,15 @@ class Engine(PartitionOwnership):
             await self._decide(tp.partition, state or RunState(env.key), start, now, record)
             return
         if isinstance(env.payload, ForkRun):
-            await self._decide(tp.partition, state or RunState(env.key), Fork(env), now, record)
+            fork = await claimed_fork(env, self.blobs)  # a claim-checked history is read off the loop
+            await self._decide(tp.partition, state or RunState(env.key), fork, now, record)
         elif state is None:
             what = "command" if is_command else "result"
             reason = f"{env.type} {what} for run {env.key!r}, which this engine partition does not know"
             await self._dead_letter(record, reason, now)
         elif is_command:
-            await self._decide(tp.partition, state, Signal(env), now, record)
+            signal = await claimed_signal(env, state, self.blobs)  # a resume's claim-checked payload, for its schema
+            await self._decide(tp.partition, state, signal, now, record)
         else:
             await self._decide(tp.partition, state, WorkerResult(env), now, record)
 

@@ -128,6 +128,30 @@ async def measure(value: dict[str, Any]) -> int:
 
 registry.add(Workflow("bigdata").step(big).step(measure))
 registry.add(Workflow("measure_input").step(measure, name="measure_it"))
+# tests/integration/test_claimcheck.py: a big final output; a big resume payload checked against a schema; a
+# claim-checked value before a fork point; a history of many mid-sized values (each inline, > 1 MB together).
+registry.add(Workflow("bigout").step(big, name="make"))
+registry.add(
+    Workflow("bigwait")
+    .wait_for_event("upload", schema={"type": "object", "required": ["blob"],
+                                      "properties": {"blob": {"type": "string", "pattern": "^y+$"}}})
+    .step(measure, name="measured")
+)
+registry.add(Workflow("bignap").step(big, name="make").sleep(1.0, name="nap").step(measure, name="measured"))
+
+
+async def pad(value: Any) -> dict[str, Any]:
+    return {"n": (value["n"] if isinstance(value, dict) else 0) + 1, "pad": "p" * 45_000}
+
+
+async def pads(value: dict[str, Any]) -> int:
+    return int(value["n"])
+
+
+_chunky = Workflow("chunky")
+for _i in range(14):
+    _chunky.step(pad, name=f"pad{_i}")
+registry.add(_chunky.sleep(1.0, name="nap").step(pads))
 
 
 async def hold(value: Any) -> Any:
