@@ -14,7 +14,7 @@ import pytest
 from jinja2 import Environment, FileSystemLoader
 
 from tickflow.agents.agent import attempt_fields
-from tickflow.dashboard.pages import HERE
+from tickflow.dashboard.pages import HERE, _claim_checked
 from tickflow.demo.workflows import demo_llm_config
 from tickflow.events import Envelope, decode, encode
 from tickflow.events.agents import LlmCallAttempted
@@ -102,6 +102,7 @@ def templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     env.filters["ms"] = lambda v: str(v)
     env.filters["folded"] = lambda v: {"short": v, "full": v, "long": False}
+    env.filters["claim_checked"] = _claim_checked
     return env
 
 
