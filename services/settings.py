@@ -112,8 +112,11 @@ class Settings(BaseSettings):
     min_insync_replicas: int | None = Field(default=None, ge=1, le=10)
     #: retention.ms of the tokens topic (streamed LLM deltas, for watching a run live; the log keeps each reply).
     tokens_retention_ms: int = Field(default=6 * 3_600_000, ge=60_000)  # = runtime.kafka.TOKENS_RETENTION_MS
-    #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).
+    #: A finished run leaves every ClickHouse table this many days after it finished (None: keep forever); a run
+    #: still in flight never does. The projector role applies it every ``retention_interval_s``
+    #: (``tickflow.projections.retention``).
     clickhouse_ttl_days: int | None = Field(default=None, ge=1)
+    retention_interval_s: float = Field(default=3_600.0, gt=0)
     #: Step inputs/outputs above this many bytes are stored out of band (claim-check) …
     offload_bytes: int = Field(default=256_000, ge=1)
     #: … and above this one they are refused with a clear error.

@@ -208,7 +208,8 @@ def pool_limit(ctx: click.Context, pool: str, limit: int) -> None:
 @click.option("--older-than-days", type=float, required=True, help="Remove runs that finished before this.")
 @click.pass_context
 def vacuum(ctx: click.Context, older_than_days: float) -> None:
-    """Delete finished runs and their events from ClickHouse (the log keeps them; a rebuild restores them)."""
+    """Delete finished runs from every ClickHouse table: runs, events, steps, LLM calls, ticks (the log keeps them;
+    a rebuild restores them). Runs in flight are never touched; agent memory threads stay."""
     try:
         with client(ctx) as c:
             click.echo(f"{c.vacuum(older_than_days * 86_400)} finished runs removed")
