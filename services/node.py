@@ -23,7 +23,7 @@ from typing import Any
 import tickflow.metrics as metrics
 import tickflow.tracing as tracing
 from tickflow.events.topics import TopicNames
-from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.blobstores import open_blob_store
 from tickflow.runtime.engine import Engine
 from tickflow.runtime.kafka import ensure_topics, new_producer
 from tickflow.runtime.triggers import TriggerRole
@@ -219,7 +219,7 @@ class Node:
             agent_workflows=self.registry.agent_workflows(),
             token=s.api_token,
             metrics=self.projector.metrics if self.projector else None,
-            blobs=FileBlobStore(s.blob_dir),
+            blobs=open_blob_store(s),
             offload_bytes=s.offload_bytes,
             max_body_bytes=s.api_max_body_bytes,
             kafka=s.kafka,

@@ -53,7 +53,8 @@ from tickflow.events.topics import DEFAULT_POOL
 from tickflow.llm.streaming import listening
 from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
-from tickflow.runtime.claimcheck import FileBlobStore, is_ref, offload, resolve
+from tickflow.runtime.blobstores import open_blob_store
+from tickflow.runtime.claimcheck import is_ref, offload, resolve
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, consumer_lag, new_consumer, new_producer
 from tickflow.runtime.produced import ProducedResults
 from tickflow.runtime.tokens import TokenPublisher
@@ -252,7 +253,7 @@ class StepWorker:
         self.topics = settings.topics
         self.control_topic = self.topics.control
         self.name = f"{socket.gethostname()}:{os.getpid()}:{pool}"
-        self.blobs = FileBlobStore(settings.blob_dir)
+        self.blobs = open_blob_store(settings)
         self.offsets = _Offsets()
         self.pending = PendingSends()
         self.executed = 0
