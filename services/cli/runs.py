@@ -238,11 +238,15 @@ def _sweep(settings: Settings, grace_minutes: float | None, dry_run: bool) -> No
     import asyncio
 
     from tickflow.runtime.blobstores import describe_blob_store, open_blob_store
-    from tickflow.runtime.blobsweep import sweep_blobs
+    from tickflow.runtime.blobsweep import NothingToMarkFrom, sweep_blobs
 
     store = open_blob_store(settings)
     grace_s = settings.blob_grace_s if grace_minutes is None else grace_minutes * 60
-    report = asyncio.run(sweep_blobs(settings.kafka, settings.topics, store, grace_s=grace_s, dry_run=dry_run))
+    try:
+        report = asyncio.run(sweep_blobs(settings.kafka, settings.topics, store, grace_s=grace_s, dry_run=dry_run))
+    except NothingToMarkFrom as exc:
+        fail(exc)
+        return
     verb = "would delete" if dry_run else "deleted"
     click.echo(
         f"blobs in {describe_blob_store(store)}: {report.blobs_before} ({report.bytes_before:,} bytes) before; "

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tickflow.events.connection import KafkaTarget
+from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import BlobInfo, BlobStore
-from tickflow.runtime.kafka import new_consumer
+from tickflow.runtime.kafka import existing_topics, new_consumer
 
-__all__ = ["SweepReport", "mark_from_log", "references_in", "sweep_blobs", "sweep_marked"]
+__all__ = ["NothingToMarkFrom", "SweepReport", "mark_from_log", "references_in", "sweep_blobs", "sweep_marked"]
 
 #: A blob reference as orjson writes it, or inside JSON that was itself written into a JSON string (escaped quotes).
 _REFERENCE = re.compile(rb'\\{0,8}"sha256\\{0,8}"\s*:\s*\\{0,8}"([0-9a-f]{64})')
@@ -70,29 +70,41 @@ class SweepReport:
         return self.bytes_before - self.deleted_bytes
 
 
+class NothingToMarkFrom(RuntimeError):
+    """The topics the mark reads are not there: a sweep now would delete every blob, so it does not run."""
+
+
 async def mark_from_log(kafka: KafkaTarget, topics: TopicNames) -> tuple[set[str], int]:
     """The digests referred to by every committed record retained on the run topics and by each key's latest
-    record on the state topic; and how many records were read."""
+    record on the state topic; and how many records were read. NothingToMarkFrom if the events or state topic
+    is missing (a wrong prefix or cluster must not look like a log that refers to nothing)."""
+    existing = await existing_topics(kafka, topics.prefix)
+    absent = [t for t in (topics.events, topics.state) if t not in existing]
+    if absent:
+        raise NothingToMarkFrom(
+            f"no topic {' or '.join(absent)} on {kafka_connection(kafka).bootstrap}: "
+            "check TICKFLOW_PREFIX and the Kafka settings; nothing was deleted"
+        )
+    tasks = sorted(t for t in existing if t.startswith(f"{topics.prefix}.tasks."))
     consumer = new_consumer(kafka, group_id=None, isolation_level="read_committed", fetch_max_wait_ms=10)
     await consumer.start()
     marked: set[str] = set()
     read = 0
     try:
-        existing = await consumer.topics()
-        tasks = sorted(t for t in existing if t.startswith(f"{topics.prefix}.tasks."))
         for topic in [topics.commands, topics.events, topics.results, topics.dead_letter, *tasks]:
             if topic in existing:
-                read += await _scan(consumer, topic, lambda _key, value: marked.update(references_in(value or b"")))
-        if topics.state in existing:
-            latest: dict[tuple[int, bytes], set[str]] = {}
+                read += await _scan(
+                    consumer, topic, existing[topic], lambda _key, value: marked.update(references_in(value or b""))
+                )
+        latest: dict[tuple[int, bytes], set[str]] = {}
 
-            def keep_latest(key: tuple[int, bytes] | None, value: bytes | None) -> None:
-                assert key is not None
-                latest[key] = references_in(value) if value is not None else set()
+        def keep_latest(key: tuple[int, bytes] | None, value: bytes | None) -> None:
+            assert key is not None
+            latest[key] = references_in(value) if value is not None else set()
 
-            read += await _scan(consumer, topics.state, keep_latest, keyed=True)
-            for refs in latest.values():
-                marked |= refs
+        read += await _scan(consumer, topics.state, existing[topics.state], keep_latest, keyed=True)
+        for refs in latest.values():
+            marked |= refs
     finally:
         await consumer.stop()
     return marked, read
@@ -102,11 +114,10 @@ async def mark_from_log(kafka: KafkaTarget, topics: TopicNames) -> tuple[set[str
 Seen = Callable[[tuple[int, bytes] | None, bytes | None], None]
 
 
-async def _scan(consumer: AIOKafkaConsumer, topic: str, seen: Seen, *, keyed: bool = False) -> int:
-    """Feed every committed record of ``topic`` (all partitions, up to their ends now) to ``seen``: ``(key, value)``
-    with ``key`` = (partition, record key) when ``keyed`` (values may be None: tombstones)."""
-    partitions = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+async def _scan(consumer: AIOKafkaConsumer, topic: str, partitions: int, seen: Seen, *, keyed: bool = False) -> int:
+    """Feed every committed record of ``topic`` (all ``partitions``, up to their ends now) to ``seen``:
+    ``(key, value)`` with ``key`` = (partition, record key) when ``keyed`` (values may be None: tombstones)."""
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
     if not tps:
         return 0
     consumer.assign(tps)
