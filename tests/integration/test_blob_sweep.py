@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tests.paths import REPO_ROOT
 from tickflow.client import Client
 from tickflow.events.topics import TopicNames
 from tickflow.node import Node
-from tickflow.runtime.blobstores import open_blob_store
+from tickflow.runtime.blobstores import S3BlobStore, open_blob_store
 from tickflow.runtime.blobsweep import NothingToMarkFrom, sweep_blobs
 from tickflow.runtime.claimcheck import resolve
 from tickflow.runtime.kafka import read_partition
@@ -184,3 +185,67 @@ async def test_a_sweep_that_finds_no_log_deletes_nothing(settings: Settings) -> 
     with pytest.raises(NothingToMarkFrom, match="check TICKFLOW_PREFIX"):
         await sweep_blobs(settings.kafka, TopicNames(prefix=f"{settings.prefix}-typo"), store, grace_s=0)
     assert store.get(digest) == b"precious" * 1000
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The same node with its blobs in an S3-compatible store (moto's S3 API on 127.0.0.1), as on several machines."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="tickflow-blobs")
+    try:
+        yield settings.with_(blob_url=f"s3://tickflow-blobs/{settings.prefix}", blob_s3_endpoint=endpoint)
+    finally:
+        server.stop()
+
+
+async def test_every_role_shares_an_s3_blob_store_and_the_sweep_cleans_it(s3_settings: Settings) -> None:
+    settings = s3_settings
+    store = open_blob_store(settings)
+    assert isinstance(store, S3BlobStore)
+    node = Node(settings, registry)
+    await node.start()
+    try:
+
+        def start() -> tuple[Any, str]:
+            with Client(settings.api_url) as c:
+                big_in = c.wait(c.start("bigout", {"note": "n" * 400_000}), timeout=60)  # the API offloads it
+                assert big_in.status == "completed"
+                run = c.start("fatstate")
+                deadline = time.monotonic() + 60
+                while c.status(run).waiting_for != "go":
+                    assert time.monotonic() < deadline, "the run never reached its wait"
+                    time.sleep(0.1)
+                return big_in.output, run
+
+        output_ref, run_id = await asyncio.to_thread(start)
+        await asyncio.sleep(1.0)
+        latest = await _latest_state_blob(settings, run_id)
+        before = {b.digest for b in store.list()}
+        assert latest in before and output_ref["$blob"]["sha256"] in before and len(before) >= 6
+        assert not settings.blob_dir.exists() or not any(settings.blob_dir.rglob("*"))  # nothing went to disk
+
+        report = await sweep_blobs(settings.kafka, settings.topics, store, grace_s=0)
+
+        after = {b.digest for b in store.list()}
+        assert latest in after and output_ref["$blob"]["sha256"] in after
+        assert len(after) == 3  # + the offloaded run input, which the StartRun command and RunStarted name
+        assert report.deleted == len(before) - 3 and report.bytes_after < report.bytes_before
+        assert resolve(output_ref, store) == {"blob": "y" * 1_500_000}
+
+        def finish() -> str:
+            with Client(settings.api_url) as c:
+                c.resume(run_id, "go")
+                return c.wait(run_id, timeout=60).status
+
+        assert await asyncio.to_thread(finish) == "completed"
+    finally:
+        await node.stop()
