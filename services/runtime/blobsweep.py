@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.events.topics import TopicNames
-from tickflow.runtime.claimcheck import BlobInfo, BlobStore
+from tickflow.runtime.claimcheck import BlobInfo, BlobStore, FileBlobStore
 from tickflow.runtime.kafka import existing_topics, new_consumer
 
 __all__ = ["NothingToMarkFrom", "SweepReport", "mark_from_log", "references_in", "sweep_blobs", "sweep_marked"]
@@ -186,6 +186,11 @@ def sweep_marked(
             report.deleted_bytes += info.size
         else:
             report.kept_on_recheck += 1
+    if isinstance(store, FileBlobStore) and not dry_run:  # what crashed writers and sweeps left half-done
+        files, size = store.remove_leftovers(cutoff)
+        report.deleted += files
+        report.deleted_bytes += size
+        report.bytes_before += size
     return report
 
 

@@ -172,6 +172,25 @@ class FileBlobStore:
                     continue
                 yield BlobInfo(entry.name, st.st_size, st.st_mtime)
 
+    def remove_leftovers(self, older_than_s: float) -> tuple[int, int]:
+        """Delete the temp files of writes and the set-aside files of deletes that a crash interrupted, last
+        touched before ``older_than_s`` (epoch seconds); returns (files, bytes)."""
+        files = size = 0
+        if not self.root.is_dir():
+            return 0, 0
+        for folder in self.root.iterdir():
+            if len(folder.name) != 2 or not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if not entry.name.startswith((".tmp-", ".trash-")):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat()
+                    if st.st_mtime < older_than_s:
+                        os.unlink(entry.path)
+                        files, size = files + 1, size + st.st_size
+        return files, size
+
     def delete(self, digest: str, *, unless_put_after: float) -> bool:
         """Moved aside first, then judged: a put that refreshed the file before the move shows in its mtime (the
         file goes back); a put after the move finds no file and writes it anew. Either way the bytes a new

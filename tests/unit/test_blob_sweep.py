@@ -4,12 +4,16 @@ needs a snapshot blob that a later record replaced."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import orjson
 from aiokafka import ConsumerRecord
 
 from tickflow.core.state import RunState
 from tickflow.runtime.blobsweep import references_in, sweep_marked
-from tickflow.runtime.claimcheck import MemoryBlobStore, offload
+from tickflow.runtime.claimcheck import FileBlobStore, MemoryBlobStore, offload
 from tickflow.runtime.recovery import SnapshotReader
 from tickflow.runtime.snapshots import (
     CHECKPOINT_KEY,
@@ -118,3 +122,16 @@ def test_recovery_reads_only_the_latest_claim_checked_snapshot_of_a_key() -> Non
     lost = SnapshotReader(0, store)
     lost.feed(records)
     assert lost.result()[4] is None and not lost.usable
+
+
+def test_leftovers_of_crashed_writes_go_once_older_than_the_grace_period(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    kept = store.put(b"k" * 10)
+    folder = tmp_path / kept[:2]
+    stale, fresh = folder / ".tmp-abc", folder / ".tmp-def"  # mkstemp names of writes that never finished
+    stale.write_bytes(b"s" * 70)
+    fresh.write_bytes(b"f" * 30)
+    os.utime(stale, (time.time() - 2 * HOUR, time.time() - 2 * HOUR))
+    report = sweep_marked(store, list(store.list()), {kept}, began_s=time.time(), grace_s=HOUR)
+    assert not stale.exists() and fresh.exists() and store.get(kept) == b"k" * 10
+    assert (report.deleted, report.deleted_bytes) == (1, 70)
