@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence, Sized
 from importlib import resources
 from typing import Any, Protocol
 
+from tickflow.events.agents import stack_key
 from tickflow.projections.facts import (
     LLM_CALL_COLUMNS,
     MESSAGE_COLUMNS,
@@ -127,8 +128,9 @@ class ProjectionStore(Protocol):
         """Delete every row of the runs that finished before the cutoff, from every per-run table (runs, events,
         steps, llm_calls, ticks), and skipped ticks (no run) due before it; returns how many runs went.
 
-        A run still in flight is never touched, however old. Agent memory (messages) is kept: a thread belongs to
-        a stack or an agent and outlives the runs that wrote it (see README, Retention)."""
+        A run still in flight is never touched, however old. Agent memory (messages) outlives the runs that wrote
+        it: a thread belongs to a stack or an agent. A stack deleted before the cutoff goes with its row, events and
+        ticks, and so do the threads only it wrote to (see README, Retention and storage)."""
         ...
 
     def close(self) -> None: ...
@@ -248,11 +250,19 @@ class MemoryStore:
         self._events = {k: v for k, v in self._events.items() if k[0] not in gone}
         self._steps = {k: v for k, v in self._steps.items() if k[0] not in gone}
         self._facts["llm_calls"] = {k: v for k, v in self._facts["llm_calls"].items() if k[0] not in gone}
+        stacks = {
+            i for i, st in self._stacks.items() if st.status == "deleted" and 0 < st.updated_at_ms < finished_before_ms
+        }
         self._ticks = {
             k: t
             for k, t in self._ticks.items()
-            if not (t.run_id in gone or (not t.run_id and 0 < t.due_at_ms < finished_before_ms))
+            if not (t.run_id in gone or t.stack_id in stacks or (not t.run_id and 0 < t.due_at_ms < finished_before_ms))
         }
+        keys = {stack_key(i) for i in stacks}
+        self._events = {k: v for k, v in self._events.items() if k[0] not in keys}
+        threads = _threads_only_of(((m.thread_id, m.stack_id) for m in self._facts["messages"].values()), stacks)
+        self._facts["messages"] = {k: m for k, m in self._facts["messages"].items() if m.thread_id not in threads}
+        self._stacks = {k: v for k, v in self._stacks.items() if k not in stacks}
         return len(gone)
 
     def close(self) -> None:
@@ -478,7 +488,35 @@ class ClickHouseStore:
                 "AND due_at < fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')",
                 {"cutoff": int(finished_before_ms)},
             )
+            self._vacuum_stacks(int(finished_before_ms))
         return len(ids)
+
+    def _vacuum_stacks(self, cutoff_ms: int) -> None:
+        """Stacks deleted before the cutoff: their events, ticks and the threads only they wrote to, then the row."""
+        deleted = (
+            f"SELECT stack_id FROM {self._t}.stacks FINAL WHERE status = 'deleted' AND updated_at > toDateTime64(0, 3) "
+            "AND updated_at < fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')"
+        )
+        stacks = [r[0] for r in self._client.query(deleted, parameters={"cutoff": cutoff_ms}).result_rows]
+        if not stacks:
+            return
+        writers = self._client.query(
+            f"SELECT DISTINCT thread_id, stack_id FROM {self._t}.messages WHERE thread_id IN "
+            f"(SELECT thread_id FROM {self._t}.messages WHERE stack_id IN {{ids:Array(String)}})",
+            parameters={"ids": stacks},
+        ).result_rows
+        threads = sorted(_threads_only_of(((str(t), str(st)) for t, st in writers), set(stacks)))
+        for start in range(0, len(stacks), 10_000):
+            chunk = stacks[start : start + 10_000]
+            keys = {"ids": [stack_key(i) for i in chunk]}
+            self._client.command(f"DELETE FROM {self._t}.events WHERE run_id IN {{ids:Array(String)}}", keys)
+            self._client.command(f"DELETE FROM {self._t}.ticks WHERE stack_id IN {{ids:Array(String)}}", {"ids": chunk})
+        for start in range(0, len(threads), 10_000):
+            some = {"ids": threads[start : start + 10_000]}
+            self._client.command(f"DELETE FROM {self._t}.messages WHERE thread_id IN {{ids:Array(String)}}", some)
+        for start in range(0, len(stacks), 10_000):
+            chunk_ids = {"ids": stacks[start : start + 10_000]}
+            self._client.command(f"DELETE FROM {self._t}.stacks WHERE stack_id IN {{ids:Array(String)}}", chunk_ids)
 
     def drop_legacy_ttl(self) -> list[str]:
         """Remove the TTL clauses older versions put on ``events`` and ``runs`` (``TICKFLOW_CLICKHOUSE_TTL_DAYS``):
@@ -605,6 +643,15 @@ class ClickHouseStore:
             self._reader.close()
         with self._lock:
             self._client.close()
+
+
+def _threads_only_of(writers: Iterator[tuple[str, str]], stacks: set[str]) -> set[str]:
+    """The memory threads whose every message was written for one of ``stacks`` (from (thread, stack) pairs):
+    a thread another stack or a run outside stacks also wrote to is theirs too, and stays."""
+    of: dict[str, bool] = {}
+    for thread, stack in writers:
+        of[thread] = of.get(thread, True) and stack in stacks
+    return {t for t, only in of.items() if only}
 
 
 def _statements(sql: str) -> list[str]:

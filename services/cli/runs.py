@@ -217,7 +217,8 @@ def vacuum(
     ctx: click.Context, older_than_days: float | None, blobs: bool, grace_minutes: float | None, dry_run: bool
 ) -> None:
     """Delete finished runs from every ClickHouse table: runs, events, steps, LLM calls, ticks (the log keeps them;
-    a rebuild restores them). Runs in flight are never touched; agent memory threads stay.
+    a rebuild restores them), and stacks deleted before the cutoff with their events, ticks and own memory
+    threads. Runs in flight are never touched.
 
     With --blobs, sweep the blob store from here: this process reads the topics (Kafka settings) and the store
     (TICKFLOW_BLOB_URL / TICKFLOW_BLOB_DIR) itself, and deletes the blobs that no retained record, no latest state

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.contract.projecting import project
 from tests.contract.test_projection_facts import SPEC, T0, _history, scenario
 from tickflow.events import Envelope, RunStarted
-from tickflow.events.agents import LlmCallAttempted, TickFired, stack_key
+from tickflow.events.agents import LlmCallAttempted, MessageAppended, StackDeleted, TickFired, stack_key
 from tickflow.events.schemas import StepScheduled
 from tickflow.projections.fold import Record
 from tickflow.projections.retention import DAY_MS, expire
@@ -89,3 +89,33 @@ def test_the_legacy_ttl_would_have_expired_it(tmp_path: Path) -> None:
     store.command(f"OPTIMIZE TABLE {store.quoted_database}.events FINAL")
     assert store.run_events("r2") == []
     store.close()
+
+
+def test_a_stack_deleted_before_the_cutoff_goes_with_its_events_ticks_and_own_threads(store: ProjectionStore) -> None:
+    """``scenario``'s stack s1 wrote thread ``s1/planner`` alone (through r1); it also wrote to ``shared``, which a
+    run outside any stack (r3, still in flight) wrote to as well: that thread is not the stack's alone, and stays."""
+    deleted = Envelope.wrap(
+        StackDeleted(reason="done with it"), id="stack:s1/6", key=stack_key("s1"), seq=6, occurred_at_ms=T0 + 20_000
+    )
+    r3 = _history(
+        "r3",
+        [
+            RunStarted(workflow="wf", spec_hash=SPEC.content_hash(), spec=SPEC, input={}),
+            MessageAppended(thread_id="shared", message_id="m-2", role="user", content="hi", stack_id="s1"),
+            MessageAppended(thread_id="shared", message_id="m-3", role="user", content="hello", stack_id=""),
+        ],
+        partition=2,
+    )
+    project(store, [*scenario(), (1, 100, deleted), *r3])
+    assert store.stacks_by_id(["s1"])["s1"].status == "deleted"
+    assert store.table_counts()["messages"] == 3
+
+    assert expire(store, 7, now_ms=T0 + 6 * DAY_MS) == 0  # deleted six days ago, TTL seven: all still there
+    assert store.stacks_by_id(["s1"]).keys() == {"s1"}
+
+    assert expire(store, 7, now_ms=T0 + 8 * DAY_MS) == 1  # r1; r3 is in flight
+    assert store.stacks_by_id(["s1"]) == {} and store.run_events(stack_key("s1")) == []
+    assert store.ticks_by_key([("s1", 1), ("s1", 2)]) == {}
+    counts = store.table_counts()
+    assert counts["messages"] == 2 and counts["stacks"] == 0 and counts["ticks"] == 0  # s1/planner went
+    assert [e.seq for e in store.run_events("r3")] == [1, 2, 3]
