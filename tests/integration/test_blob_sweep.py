@@ -73,7 +73,7 @@ async def _latest_state_blob(settings: Settings, run_id: str) -> str:
     return str(orjson.loads(latest)["blob"]["sha256"])
 
 
-def _vacuum_blobs(settings: Settings) -> str:
+def _vacuum_blobs(settings: Settings, *args: str) -> str:
     """``tickflow vacuum --blobs`` as an operator runs it: its own process, configured by the environment."""
     env = {
         **os.environ,
@@ -85,7 +85,7 @@ def _vacuum_blobs(settings: Settings) -> str:
         "PYTHONPATH": str(REPO_ROOT),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "tickflow.cli", "vacuum", "--older-than-days", "0", "--blobs", "--grace-minutes", "0"],
+        [sys.executable, "-m", "tickflow.cli", "vacuum", *args, "--blobs", "--grace-minutes", "0"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=True,
     )
     return done.stdout
@@ -138,7 +138,9 @@ async def _scenario(node: Node, settings: Settings, store: Any, caplog: pytest.L
     assert len(before) >= 5, f"expected several superseded state blobs, found {len(before)} blobs"
     disk_before = _disk_bytes(settings.blob_dir)
 
-    printed = await asyncio.to_thread(_vacuum_blobs, settings)
+    dry = await asyncio.to_thread(_vacuum_blobs, settings, "--dry-run")
+    assert f"would delete {len(before) - 2} (" in dry and {b.digest: b.size for b in store.list()} == before
+    printed = await asyncio.to_thread(_vacuum_blobs, settings, "--older-than-days", "0")
 
     assert printed.startswith("1 finished runs removed\n"), printed  # bigout's rows; fatstate is in flight
 
