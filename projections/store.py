@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence, Sized
 from importlib import resources
 from typing import Any, Protocol
 
+from tickflow.events.agents import stack_key
 from tickflow.projections.facts import (
     LLM_CALL_COLUMNS,
     MESSAGE_COLUMNS,
@@ -62,6 +63,8 @@ def _select_list(columns: Sequence[str]) -> str:
 
 #: The order a batch is inserted in (see ``ClickHouseStore.write``).
 WRITE_ORDER = ("events", "steps", "llm_calls", "messages", "ticks", "stacks", "runs")
+#: The tables ``vacuum`` deletes a finished run from, its status row last (see ``ClickHouseStore.vacuum``).
+VACUUM_ORDER = ("events", "steps", "llm_calls", "ticks", "runs")
 _INSERT_COLUMNS = {table: _table_columns(cols) for table, cols in TABLE_COLUMNS.items()}
 _EVENT_SELECT, _RUN_SELECT = _select_list(EVENT_COLUMNS), _select_list(RUN_COLUMNS)
 _STEP_SELECT, _TICK_SELECT = _select_list(STEP_COLUMNS), _select_list(TICK_COLUMNS)
@@ -122,11 +125,12 @@ class ProjectionStore(Protocol):
         ...
 
     def vacuum(self, finished_before_ms: int) -> int:
-        """Delete finished runs (and their events) that ended before the cutoff; returns how many runs."""
-        ...
+        """Delete every row of the runs that finished before the cutoff, from every per-run table (runs, events,
+        steps, llm_calls, ticks), and skipped ticks (no run) due before it; returns how many runs went.
 
-    def set_ttl(self, days: int | None) -> None:
-        """Let ClickHouse expire events and finished runs ``days`` after they happened (None: keep forever)."""
+        A run still in flight is never touched, however old. Agent memory (messages) outlives the runs that wrote
+        it: a thread belongs to a stack or an agent. A stack deleted before the cutoff goes with its row, events and
+        ticks, and so do the threads only it wrote to (see README, Retention and storage)."""
         ...
 
     def close(self) -> None: ...
@@ -244,10 +248,22 @@ class MemoryStore:
         gone = {r.run_id for r in self._runs.values() if r.terminal and 0 < r.finished_at_ms < finished_before_ms}
         self._runs = {k: v for k, v in self._runs.items() if k not in gone}
         self._events = {k: v for k, v in self._events.items() if k[0] not in gone}
+        self._steps = {k: v for k, v in self._steps.items() if k[0] not in gone}
+        self._facts["llm_calls"] = {k: v for k, v in self._facts["llm_calls"].items() if k[0] not in gone}
+        stacks = {
+            i for i, st in self._stacks.items() if st.status == "deleted" and 0 < st.updated_at_ms < finished_before_ms
+        }
+        self._ticks = {
+            k: t
+            for k, t in self._ticks.items()
+            if not (t.run_id in gone or t.stack_id in stacks or (not t.run_id and 0 < t.due_at_ms < finished_before_ms))
+        }
+        keys = {stack_key(i) for i in stacks}
+        self._events = {k: v for k, v in self._events.items() if k[0] not in keys}
+        threads = _threads_only_of(((m.thread_id, m.stack_id) for m in self._facts["messages"].values()), stacks)
+        self._facts["messages"] = {k: m for k, m in self._facts["messages"].items() if m.thread_id not in threads}
+        self._stacks = {k: v for k, v in self._stacks.items() if k not in stacks}
         return len(gone)
-
-    def set_ttl(self, days: int | None) -> None:
-        return None  # the twin keeps nothing long enough to expire
 
     def close(self) -> None:
         return None
@@ -311,6 +327,7 @@ class ClickHouseStore:
                 for statement in _statements(sql):
                     c.command(statement.replace("{db}", self._t))  # migrations name tables as {db}.<table>
                 c.insert(f"{self._t}.schema_migrations", [[version, entry.name]], column_names=["version", "name"])
+        self.drop_legacy_ttl()  # not a numbered migration: the clause is there only where an old set_ttl put it
 
     # -- writes --------------------------------------------------------------------------------------------
 
@@ -452,8 +469,9 @@ class ClickHouseStore:
         return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
     def vacuum(self, finished_before_ms: int) -> int:
-        # Lightweight deletes: rows vanish from reads at once and from disk at the next merge. Only finished
-        # runs go, so a run still in progress never loses its history.
+        # Lightweight deletes: rows vanish from reads at once and from disk at the next merge. Only finished runs
+        # go, so a run still in progress never loses its history. The runs row goes last: until then a vacuum
+        # interrupted half-way finds the same runs again and finishes the job.
         finished = (
             f"SELECT run_id FROM {self._t}.runs FINAL WHERE status IN {{terminal:Array(String)}} "
             "AND finished_at > toDateTime64(0, 3) AND finished_at < fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')"
@@ -463,21 +481,58 @@ class ClickHouseStore:
             ids = [r[0] for r in self._client.query(finished, parameters=params).result_rows]
             for start in range(0, len(ids), 10_000):
                 chunk = {"ids": ids[start : start + 10_000]}
-                self._client.command(f"DELETE FROM {self._t}.events WHERE run_id IN {{ids:Array(String)}}", chunk)
-                self._client.command(f"DELETE FROM {self._t}.runs WHERE run_id IN {{ids:Array(String)}}", chunk)
+                for table in VACUUM_ORDER:
+                    self._client.command(f"DELETE FROM {self._t}.{table} WHERE run_id IN {{ids:Array(String)}}", chunk)
+            self._client.command(  # a skipped tick started no run: it goes once it is as old as the cutoff
+                f"DELETE FROM {self._t}.ticks WHERE run_id = '' AND due_at > toDateTime64(0, 3) "
+                "AND due_at < fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')",
+                {"cutoff": int(finished_before_ms)},
+            )
+            self._vacuum_stacks(int(finished_before_ms))
         return len(ids)
 
-    def set_ttl(self, days: int | None) -> None:
+    def _vacuum_stacks(self, cutoff_ms: int) -> None:
+        """Stacks deleted before the cutoff: their events, ticks and the threads only they wrote to, then the row."""
+        deleted = (
+            f"SELECT stack_id FROM {self._t}.stacks FINAL WHERE status = 'deleted' AND updated_at > toDateTime64(0, 3) "
+            "AND updated_at < fromUnixTimestamp64Milli({cutoff:Int64}, 'UTC')"
+        )
+        stacks = [r[0] for r in self._client.query(deleted, parameters={"cutoff": cutoff_ms}).result_rows]
+        if not stacks:
+            return
+        writers = self._client.query(
+            f"SELECT DISTINCT thread_id, stack_id FROM {self._t}.messages WHERE thread_id IN "
+            f"(SELECT thread_id FROM {self._t}.messages WHERE stack_id IN {{ids:Array(String)}})",
+            parameters={"ids": stacks},
+        ).result_rows
+        threads = sorted(_threads_only_of(((str(t), str(st)) for t, st in writers), set(stacks)))
+        for start in range(0, len(stacks), 10_000):
+            chunk = stacks[start : start + 10_000]
+            keys = {"ids": [stack_key(i) for i in chunk]}
+            self._client.command(f"DELETE FROM {self._t}.events WHERE run_id IN {{ids:Array(String)}}", keys)
+            self._client.command(f"DELETE FROM {self._t}.ticks WHERE stack_id IN {{ids:Array(String)}}", {"ids": chunk})
+        for start in range(0, len(threads), 10_000):
+            some = {"ids": threads[start : start + 10_000]}
+            self._client.command(f"DELETE FROM {self._t}.messages WHERE thread_id IN {{ids:Array(String)}}", some)
+        for start in range(0, len(stacks), 10_000):
+            chunk_ids = {"ids": stacks[start : start + 10_000]}
+            self._client.command(f"DELETE FROM {self._t}.stacks WHERE stack_id IN {{ids:Array(String)}}", chunk_ids)
+
+    def drop_legacy_ttl(self) -> list[str]:
+        """Remove the TTL clauses older versions put on ``events`` and ``runs`` (``TICKFLOW_CLICKHOUSE_TTL_DAYS``):
+        the one on events expired rows by event time, so an old run still in flight lost its history. Retention is
+        now the projector's periodic vacuum (``projections.retention``). Returns the tables it changed."""
+        changed: list[str] = []
         with self._lock:
-            for table, column in (("events", "occurred_at"), ("runs", "finished_at")):
-                if days is None:
+            for table in ("events", "runs"):
+                rows = self._client.query(
+                    "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                    parameters={"db": self.database, "t": table},
+                ).result_rows
+                if rows and " TTL " in f" {rows[0][0]} ":
                     self._client.command(f"ALTER TABLE {self._t}.{table} REMOVE TTL")
-                    continue
-                condition = "" if table == "events" else f" WHERE status IN {tuple(TERMINAL_STATUSES)}"
-                self._client.command(
-                    f"ALTER TABLE {self._t}.{table} MODIFY TTL toDateTime({column}) + INTERVAL {int(days)} DAY"
-                    f" DELETE{condition}"
-                )
+                    changed.append(table)
+        return changed
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with bound parameters (for benchmarks, reports and tests)."""
@@ -588,6 +643,15 @@ class ClickHouseStore:
             self._reader.close()
         with self._lock:
             self._client.close()
+
+
+def _threads_only_of(writers: Iterator[tuple[str, str]], stacks: set[str]) -> set[str]:
+    """The memory threads whose every message was written for one of ``stacks`` (from (thread, stack) pairs):
+    a thread another stack or a run outside stacks also wrote to is theirs too, and stays."""
+    of: dict[str, bool] = {}
+    for thread, stack in writers:
+        of[thread] = of.get(thread, True) and stack in stacks
+    return {t for t, only in of.items() if only}
 
 
 def _statements(sql: str) -> list[str]:

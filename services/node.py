@@ -23,7 +23,7 @@ from typing import Any
 import tickflow.metrics as metrics
 import tickflow.tracing as tracing
 from tickflow.events.topics import TopicNames
-from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.blobstores import open_blob_store
 from tickflow.runtime.engine import Engine
 from tickflow.runtime.kafka import ensure_topics, new_producer
 from tickflow.runtime.triggers import TriggerRole
@@ -75,6 +75,8 @@ class Node:
         self._api_deps: Any = None
         self.failures: dict[str, RoleFailures] = {}
         self._stopping = False
+        self._retention_task: asyncio.Task[None] | None = None
+        self._retention_stop = asyncio.Event()
 
     @property
     def topics(self) -> TopicNames:
@@ -98,7 +100,9 @@ class Node:
                 database=s.clickhouse_database,
             )
             if "projector" in self.roles and s.clickhouse_ttl_days is not None:
-                await asyncio.to_thread(self.store.set_ttl, s.clickhouse_ttl_days)
+                self._retention_task = asyncio.create_task(
+                    self._retention_loop(s.clickhouse_ttl_days, s.retention_interval_s), name="tickflow-retention"
+                )
         if "engine" in self.roles:
             self.engine = await self._started("engine")
         if "worker" in self.roles:
@@ -215,7 +219,7 @@ class Node:
             agent_workflows=self.registry.agent_workflows(),
             token=s.api_token,
             metrics=self.projector.metrics if self.projector else None,
-            blobs=FileBlobStore(s.blob_dir),
+            blobs=open_blob_store(s),
             offload_bytes=s.offload_bytes,
             max_body_bytes=s.api_max_body_bytes,
             kafka=s.kafka,
@@ -267,8 +271,27 @@ class Node:
                     return
                 await self._restart(watched[task], task)
 
+    async def _retention_loop(self, ttl_days: int, every_s: float) -> None:
+        """Expire the runs that finished ``ttl_days`` ago from every ClickHouse table, now and every ``every_s``
+        (``projections.retention``). Stopped between two passes, never mid-delete: ``stop`` awaits it before the
+        store is closed."""
+        from tickflow.projections.retention import expire
+
+        while not self._retention_stop.is_set():
+            try:
+                removed = await asyncio.to_thread(expire, self.store, ttl_days, int(time.time() * 1000))
+                if removed:
+                    log.info("retention: %d runs finished over %d days ago left ClickHouse", removed, ttl_days)
+            except Exception:
+                log.exception("retention pass failed; the next one (in %.0f s) tries again", every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retention_stop.wait(), every_s)
+
     async def stop(self) -> None:
         self._stopping = True  # a role's loop that ends from here on ends on purpose
+        if self._retention_task is not None:
+            self._retention_stop.set()
+            await self._retention_task
         if self._api_server is not None:
             self._api_server.should_exit = True
             if self._api_task is not None:

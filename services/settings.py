@@ -112,14 +112,26 @@ class Settings(BaseSettings):
     min_insync_replicas: int | None = Field(default=None, ge=1, le=10)
     #: retention.ms of the tokens topic (streamed LLM deltas, for watching a run live; the log keeps each reply).
     tokens_retention_ms: int = Field(default=6 * 3_600_000, ge=60_000)  # = runtime.kafka.TOKENS_RETENTION_MS
-    #: ClickHouse drops events and finished runs this many days after they happened (None: keep forever).
+    #: A finished run leaves every ClickHouse table this many days after it finished (None: keep forever); a run
+    #: still in flight never does. The projector role applies it every ``retention_interval_s``
+    #: (``tickflow.projections.retention``).
     clickhouse_ttl_days: int | None = Field(default=None, ge=1)
+    retention_interval_s: float = Field(default=3_600.0, gt=0)
     #: Step inputs/outputs above this many bytes are stored out of band (claim-check) …
     offload_bytes: int = Field(default=256_000, ge=1)
     #: … and above this one they are refused with a clear error.
     max_payload_bytes: int = Field(default=64_000_000, ge=1)
     #: Where claim-checked payloads live; every process must see the same directory (None: under ``state_dir``).
     blob_root: Path | None = Field(default=None, validation_alias=_env("BLOB_DIR", "blob_root"))
+    #: The blob store for roles on several machines: ``s3://bucket/prefix`` (an S3-compatible object store; needs
+    #: ``tickflow[s3]``; credentials from the standard AWS environment only) or ``file:///path``. None: ``blob_dir``.
+    blob_url: str | None = None
+    #: The S3 API's address when it is not AWS's (MinIO, Ceph, R2, …), e.g. ``http://minio:9000``.
+    blob_s3_endpoint: str | None = None
+    blob_s3_region: str | None = None
+    #: The blob sweep never deletes a blob put less than this long ago: a blob is written before the record that
+    #: references it commits (a worker's result, a snapshot round, an API start), and must outlive that gap.
+    blob_grace_s: float = Field(default=3_600.0, ge=0)
     #: The LLM configuration file (``.toml``/``.json``, see ``tickflow.llm``) agent steps use; None: the
     #: offline scripted models only (every answer labelled as not coming from a real LLM).
     llm_config: Path | None = None
@@ -132,7 +144,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("clickhouse_url", "clickhouse_sql_url", "api_token", "llm_config", "clickhouse_ttl_days",
-                     "blob_root", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+                     "blob_root", "blob_url", "blob_s3_endpoint", "blob_s3_region",
+                     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
                      "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password",
                      mode="before")
     @classmethod

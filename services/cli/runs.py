@@ -12,6 +12,7 @@ import click
 
 from tickflow.cli.common import client, fail, idempotency_option, print_json
 from tickflow.events.errors import TickflowError
+from tickflow.settings import Settings
 
 __all__ = [
     "cancel",
@@ -247,15 +248,57 @@ def pool_limit(ctx: click.Context, pool: str, limit: int) -> None:
 
 
 @click.command()
-@click.option("--older-than-days", type=float, required=True, help="Remove runs that finished before this.")
+@click.option("--older-than-days", type=float, default=None, help="Remove runs that finished before this.")
+@click.option("--blobs", is_flag=True, help="Then delete the claim-check blobs nothing retained refers to.")
+@click.option(
+    "--grace-minutes", type=float, default=None, help="Never delete a blob put this recently [TICKFLOW_BLOB_GRACE_S]."
+)
+@click.option("--dry-run", is_flag=True, help="With --blobs: report what would be deleted, delete nothing.")
 @click.pass_context
-def vacuum(ctx: click.Context, older_than_days: float) -> None:
-    """Delete finished runs and their events from ClickHouse (the log keeps them; a rebuild restores them)."""
+def vacuum(
+    ctx: click.Context, older_than_days: float | None, blobs: bool, grace_minutes: float | None, dry_run: bool
+) -> None:
+    """Delete finished runs from every ClickHouse table: runs, events, steps, LLM calls, ticks (the log keeps them;
+    a rebuild restores them), and stacks deleted before the cutoff with their events, ticks and own memory
+    threads. Runs in flight are never touched.
+
+    With --blobs, sweep the blob store from here: this process reads the topics (Kafka settings) and the store
+    (TICKFLOW_BLOB_URL / TICKFLOW_BLOB_DIR) itself, and deletes the blobs that no retained record, no latest state
+    snapshot and no kept blob refers to, if older than the grace period."""
+    if older_than_days is None and not blobs:
+        raise click.UsageError("give --older-than-days, --blobs, or both")
+    if older_than_days is not None:
+        try:
+            with client(ctx) as c:
+                click.echo(f"{c.vacuum(older_than_days * 86_400)} finished runs removed")
+        except TickflowError as exc:
+            fail(exc)
+    if blobs:
+        _sweep(ctx.obj, grace_minutes, dry_run)
+
+
+def _sweep(settings: Settings, grace_minutes: float | None, dry_run: bool) -> None:
+    import asyncio
+
+    from tickflow.runtime.blobstores import describe_blob_store, open_blob_store
+    from tickflow.runtime.blobsweep import NothingToMarkFrom, sweep_blobs
+
+    store = open_blob_store(settings)
+    grace_s = settings.blob_grace_s if grace_minutes is None else grace_minutes * 60
     try:
-        with client(ctx) as c:
-            click.echo(f"{c.vacuum(older_than_days * 86_400)} finished runs removed")
-    except TickflowError as exc:
+        report = asyncio.run(sweep_blobs(settings.kafka, settings.topics, store, grace_s=grace_s, dry_run=dry_run))
+    except NothingToMarkFrom as exc:
         fail(exc)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"blobs in {describe_blob_store(store)}: {report.blobs_before} ({report.bytes_before:,} bytes) before; "
+        f"{verb} {report.deleted} ({report.deleted_bytes:,} bytes); kept {report.referenced} referenced, "
+        f"{report.young} younger than {grace_s:.0f} s; {report.bytes_after:,} bytes after "
+        f"({report.records_read:,} records read)"
+    )
+    if report.missing:
+        click.echo(f"warning: {len(report.missing)} referenced blobs are missing, e.g. {report.missing[0]}", err=True)
 
 
 @click.command("runs")

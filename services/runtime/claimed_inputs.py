@@ -25,18 +25,18 @@ import orjson
 from tickflow.core.decider import ClaimedPayload, Fork, RunState, Signal, resume_schema
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import ForkRun, ResumeRun
-from tickflow.runtime.claimcheck import FileBlobStore, is_ref, resolve
+from tickflow.runtime.claimcheck import BlobStore, is_ref, resolve
 
 __all__ = ["claimed_fork", "claimed_signal"]
 
 
-def _read_history(fork: ForkRun, store: FileBlobStore) -> ForkRun:
+def _read_history(fork: ForkRun, store: BlobStore) -> ForkRun:
     assert fork.history_blob is not None
     history = orjson.loads(store.get(fork.history_blob.sha256))
     return ForkRun.model_validate({"source_run_id": fork.source_run_id, "at_seq": fork.at_seq, "history": history})
 
 
-async def claimed_fork(env: Envelope, store: FileBlobStore) -> Fork:
+async def claimed_fork(env: Envelope, store: BlobStore) -> Fork:
     """The decider's input for a ForkRun command, its claim-checked history read (off the loop) when it has one."""
     fork = env.payload
     assert isinstance(fork, ForkRun)
@@ -49,7 +49,7 @@ async def claimed_fork(env: Envelope, store: FileBlobStore) -> Fork:
     return Fork(env.model_copy(update={"payload": inline}))
 
 
-async def claimed_signal(env: Envelope, state: RunState, store: FileBlobStore) -> Signal:
+async def claimed_signal(env: Envelope, state: RunState, store: BlobStore) -> Signal:
     """The decider's input for a command to a run: with the value of a claim-checked resume payload when the
     wait it resumes checks a schema (read off the loop)."""
     p = env.payload

@@ -69,7 +69,7 @@ from tickflow.events.schemas import (
 )
 from tickflow.events.topics import is_run_id
 from tickflow.metrics import DECISION_SECONDS, observe_ticks
-from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.blobstores import open_blob_store
 from tickflow.runtime.claimed_inputs import claimed_fork, claimed_signal
 from tickflow.runtime.decision_traces import DecisionTraces
 from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
@@ -131,7 +131,7 @@ class Engine(PartitionOwnership):
         self.registry = registry
         self.topics = settings.topics
         #: Where snapshots too big for a record go (the claim-check store every process shares).
-        self.blobs = FileBlobStore(settings.blob_dir)
+        self.blobs = open_blob_store(settings)
         self.runs: dict[int, dict[str, RunState]] = defaultdict(dict)
         self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
         self.stacks: dict[int, dict[str, StackState]] = defaultdict(dict)

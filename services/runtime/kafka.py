@@ -41,6 +41,7 @@ __all__ = [
     "TopicLayoutError",
     "consumer_lag",
     "ensure_topics",
+    "existing_topics",
     "new_admin",
     "new_consumer",
     "new_producer",
@@ -241,6 +242,17 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> di
             return counts
         await asyncio.sleep(0.1)
     return counts
+
+
+async def existing_topics(kafka: KafkaTarget, prefix: str) -> dict[str, int]:
+    """The topics named ``<prefix>.*`` on the cluster, with their partition counts (for readers of whole topics)."""
+    admin = new_admin(kafka)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(f"{prefix}.")]
+        return await _partition_counts(admin, names) if names else {}
+    finally:
+        await admin.close()
 
 
 async def read_partition(

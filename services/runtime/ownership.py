@@ -27,7 +27,7 @@ from tickflow.core.slots import SlotState, admissions
 from tickflow.core.stacks import StackDecision, StackState, stack_recovery
 from tickflow.events.codec import encode
 from tickflow.events.topics import TopicNames
-from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.claimcheck import BlobStore
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
 from tickflow.runtime.input_offsets import InputOffsets
 from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
@@ -57,7 +57,7 @@ class PartitionOwnership:
     settings: Settings
     topics: TopicNames
     consumer: AIOKafkaConsumer
-    blobs: FileBlobStore
+    blobs: BlobStore
     retention: Retention
     timers: Timers
     snapshots: SnapshotRounds

@@ -30,13 +30,15 @@ from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import RunQuarantined, RunReleased
 from tickflow.events.topics import TopicNames, is_run_id
-from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.claimcheck import BlobStore
 from tickflow.runtime.kafka import partition_batches
 from tickflow.runtime.snapshots import (
     APPLIED_KEY,
+    BLOB_REFERENCE_PREFIX,
     CHECKPOINT_KEY,
     Gone,
     Quarantine,
+    Snapshot,
     decode_applied,
     decode_snapshot,
 )
@@ -77,7 +79,7 @@ class Rebuilt:
     started: float = field(default_factory=time.monotonic)
 
 
-async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: FileBlobStore, partition: int) -> Rebuilt:
+async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: BlobStore, partition: int) -> Rebuilt:
     """Read a partition's snapshots and the events after their checkpoint, and fold them (in threads, so the caller's
     loop keeps turning). Call it only once the partition's previous writer is fenced (``runtime/fencing.py``).
 
@@ -94,6 +96,9 @@ async def rebuild_partition(kafka: KafkaTarget, topics: TopicNames, blobs: FileB
             began = time.monotonic()
             await loop.run_in_executor(RECOVERY_THREADS, snapshots.feed, batch)
             fold_s += time.monotonic() - began
+    began = time.monotonic()
+    await loop.run_in_executor(RECOVERY_THREADS, snapshots.finish)  # reads the claim-checked snapshots still current
+    fold_s += time.monotonic() - began
     runs, slots, stacks, gone, checkpoint = snapshots.result()
     held = snapshots.held if snapshots.usable else {}  # set aside before the checkpoint: still held
     events = 0
@@ -116,7 +121,7 @@ def quarantine_note(run_id: str, q: Quarantine, now_ms: int) -> Envelope:
 
 
 def parse_snapshots(
-    partition: int, records: list[ConsumerRecord[bytes, bytes]], blobs: FileBlobStore
+    partition: int, records: list[ConsumerRecord[bytes, bytes]], blobs: BlobStore
 ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], dict[str, int], int | None]:
     """The partition's snapshots, its taken ids, and the events offset they cover (None: fold the whole log)."""
     reader = SnapshotReader(partition, blobs)
@@ -131,9 +136,13 @@ class SnapshotReader:
     An unreadable snapshot or checkpoint makes it give up on the snapshots (the whole log is folded instead), but
     ids marked gone are kept: they are what keeps an id from reuse. Pure apart from reading claim-checked blobs, so
     recovery runs it in a thread.
+
+    A snapshot stored in the blob store is read only if it is still its key's latest record when the partition has
+    been fed (``finish``): every round writes a big state again, and the blob sweep (``runtime.blobsweep``) deletes
+    the blobs of the versions a later record replaced, which compaction may not have removed from the topic yet.
     """
 
-    def __init__(self, partition: int, blobs: FileBlobStore) -> None:
+    def __init__(self, partition: int, blobs: BlobStore) -> None:
         self.partition = partition
         self.blobs = blobs
         self.runs: dict[str, RunState] = {}
@@ -146,10 +155,26 @@ class SnapshotReader:
         #: The latest applied-input offsets (``APPLIED_KEY``); kept even when the snapshots are given up.
         self.applied: dict[str, int] = {}
         self.usable = True
+        #: Keys whose latest record so far is a reference to a snapshot in the blob store (read by ``finish``).
+        self._deferred: dict[str, bytes] = {}
+
+    def finish(self) -> None:
+        """Read the claim-checked snapshots that are still their key's latest record (call once fed)."""
+        deferred, self._deferred = self._deferred, {}
+        for key, raw in deferred.items():
+            if not self.usable:
+                return
+            try:
+                snap = decode_snapshot(raw, self.blobs)
+            except ValueError as exc:
+                self._give_up(exc)
+                return
+            self._apply(key, snap)
 
     def result(
         self,
     ) -> tuple[dict[str, RunState], dict[str, SlotState], dict[str, StackState], dict[str, int], int | None]:
+        self.finish()
         if not self.usable:
             return {}, {}, {}, self.gone, None
         return self.runs, self.slots, self.stacks, self.gone, self.checkpoint
@@ -163,7 +188,7 @@ class SnapshotReader:
     def _give_up(self, exc: ValueError) -> None:
         log.error("ignoring snapshots of partition %d, folding the whole log: %s", self.partition, exc)
         self.usable = False
-        self.runs, self.slots, self.stacks, self.held = {}, {}, {}, {}
+        self.runs, self.slots, self.stacks, self.held, self._deferred = {}, {}, {}, {}, {}
 
     def _fold(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key == APPLIED_KEY:
@@ -183,6 +208,7 @@ class SnapshotReader:
                 self.checkpoint = value if isinstance(value, int) else self.checkpoint
             return
         key = (record.key or b"").decode()
+        self._deferred.pop(key, None)  # replaced by this record, whatever it is
         if record.value is None:  # a tombstone: the state (or, later, the id marker) is gone for good
             self.runs.pop(key, None)
             self.slots.pop(key, None)
@@ -190,11 +216,19 @@ class SnapshotReader:
             self.gone.pop(key, None)
             self.held.pop(key, None)
             return
+        if record.value.startswith(BLOB_REFERENCE_PREFIX):  # read at the end, if no later record replaces it
+            for table in (self.runs, self.slots, self.stacks, self.held):
+                table.pop(key, None)
+            self._deferred[key] = record.value
+            return
         try:
             snap = decode_snapshot(record.value, self.blobs)
         except ValueError as exc:
             self._give_up(exc)
             return
+        self._apply(key, snap)
+
+    def _apply(self, key: str, snap: Snapshot | Gone | int) -> None:
         if isinstance(snap, Gone):
             self.runs.pop(key, None)
             self.held.pop(key, None)

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.claimcheck import BlobStore
 from tickflow.runtime.snapshots import CHECKPOINT_KEY, Snapshot, encode_checkpoint, snapshot_record
 
 __all__ = ["SnapshotRounds", "StateOf", "StateWriter"]
@@ -40,7 +40,7 @@ class StateWriter(Protocol):
 class SnapshotRounds:
     """The snapshots an engine owes per partition, and the round in progress writing them."""
 
-    def __init__(self, topic: str, blobs: FileBlobStore, *, crash: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, topic: str, blobs: BlobStore, *, crash: Callable[[str, str], None] | None = None) -> None:
         """``topic``: the compacted state topic. ``crash``: the engine's crash-point hook, called after each snapshot
         of a round (``mid-snapshot``), before the partition's checkpoint."""
         self.topic = topic

@@ -30,10 +30,11 @@ from tickflow.core.slots import SlotState
 from tickflow.core.stacks import StackState
 from tickflow.core.state import RunState
 from tickflow.events.codec import MAX_RECORD_BYTES
-from tickflow.runtime.claimcheck import FileBlobStore
+from tickflow.runtime.claimcheck import BlobStore
 
 __all__ = [
     "APPLIED_KEY",
+    "BLOB_REFERENCE_PREFIX",
     "CHECKPOINT_KEY",
     "Gone",
     "Quarantine",
@@ -110,6 +111,10 @@ def encode_snapshot(state: Snapshot) -> bytes:
     return orjson.dumps({"slot": _SLOT.dump_python(state, mode="json")})
 
 
+#: How every ``encode_blob_reference`` record begins (orjson writes no spaces): recovery defers reading those.
+BLOB_REFERENCE_PREFIX = b'{"blob":'
+
+
 def encode_blob_reference(digest: str, size: int) -> bytes:
     """The state-topic record of a snapshot stored in the blob store (too big for a record of its own)."""
     return orjson.dumps({"blob": {"sha256": digest, "size": size}})
@@ -132,7 +137,7 @@ def decode_applied(raw: bytes) -> dict[str, int]:
         raise ValueError(f"unreadable applied-offsets record: {exc!r}") from None
 
 
-def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot | Gone | int:
+def decode_snapshot(raw: bytes, blobs: BlobStore | None = None) -> Snapshot | Gone | int:
     """A run, slot or stack snapshot, or the events offset of a checkpoint; ValueError if unreadable (a snapshot
     in the blob store is read from ``blobs``; a missing or corrupt blob is unreadable too)."""
     try:
@@ -167,7 +172,7 @@ def decode_snapshot(raw: bytes, blobs: FileBlobStore | None = None) -> Snapshot 
         raise ValueError(f"unreadable snapshot: {exc}") from None
 
 
-async def snapshot_record(key: str, state: Snapshot, blobs: FileBlobStore) -> bytes | None:
+async def snapshot_record(key: str, state: Snapshot, blobs: BlobStore) -> bytes | None:
     """The state-topic record of one snapshot: the state itself, or a reference to it in the blob store when it is
     too big for a record; None when it cannot be written now (it is logged, and the caller tries again later)."""
     try:

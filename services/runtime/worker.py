@@ -53,7 +53,8 @@ from tickflow.events.topics import DEFAULT_POOL
 from tickflow.llm.streaming import listening
 from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, LLM_UNPRICED, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
-from tickflow.runtime.claimcheck import FileBlobStore, is_ref, offload, resolve
+from tickflow.runtime.blobstores import open_blob_store
+from tickflow.runtime.claimcheck import holds_ref, offload, resolve_all
 from tickflow.runtime.journal import StepJournal
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, consumer_lag, new_consumer, new_producer
 from tickflow.runtime.produced import ProducedResults
@@ -258,7 +259,7 @@ class StepWorker:
         self.topics = settings.topics
         self.control_topic = self.topics.control
         self.name = f"{socket.gethostname()}:{os.getpid()}:{pool}"
-        self.blobs = FileBlobStore(settings.blob_dir)
+        self.blobs = open_blob_store(settings)
         self.offsets = _Offsets()
         self.pending = PendingSends()
         self.executed = 0
@@ -558,7 +559,9 @@ class StepWorker:
         try:
             # What an LLM streams while the body runs goes to the tokens topic, for watchers (the result records it).
             with step_logs.capture(logs), listening(self.tokens.listener(env, task)):
-                value = await asyncio.to_thread(resolve, task.input, self.blobs) if is_ref(task.input) else task.input
+                value = task.input
+                if holds_ref(value):  # rare: read the blobs off the loop
+                    value = await asyncio.to_thread(resolve_all, value, self.blobs)
                 call = self.registry.call(task.fn, value, ctx, self._sync_steps)
                 output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
             s = self.settings

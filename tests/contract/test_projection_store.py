@@ -89,5 +89,3 @@ def test_vacuum_removes_only_finished_runs_older_than_the_cutoff(store: Projecti
     assert set(store.runs_by_id(["old", "new", "live"])) == {"new", "live"}
     assert store.run_events("old") == [] and len(store.run_events("new")) == 2
     assert store.vacuum(finished_before_ms=t0 + 3_600_000) == 0  # idempotent
-    store.set_ttl(30)
-    store.set_ttl(None)

@@ -131,6 +131,19 @@ registry.add(Workflow("measure_input").step(measure, name="measure_it"))
 # tests/integration/test_claimcheck.py: a big final output; a big resume payload checked against a schema; a
 # claim-checked value before a fork point; a history of many mid-sized values (each inline, > 1 MB together).
 registry.add(Workflow("bigout").step(big, name="make"))
+
+
+async def measure_join(value: dict[str, Any]) -> dict[str, int]:
+    return {name: len(branch["blob"]) for name, branch in value.items()}
+
+
+# A parallel whose branches' outputs are claim-checked: the next step gets the joined value whole.
+registry.add(
+    Workflow("bigjoin")
+    .parallel(large=Flow().step(big, name="large", input="input.large"),
+              small=Flow().step(big, name="small", input="input.small"))
+    .step(measure_join)
+)
 registry.add(
     Workflow("bigwait")
     .wait_for_event("upload", schema={"type": "object", "required": ["blob"],

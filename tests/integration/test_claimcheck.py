@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
-from tickflow.client import Client
+from tickflow.client import Client, RunStatus
 from tickflow.events.errors import ApiError, ResumeRejected
 from tickflow.node import Node
 
@@ -75,6 +75,18 @@ async def test_big_outputs_are_claim_checked_and_capped(node: Node) -> None:
     ref = big.payload.output["$blob"]  # type: ignore[attr-defined]
     assert ref["size"] > 2_500_000 and len(ref["sha256"]) == 64
     assert (node.settings.blob_dir / ref["sha256"][:2] / ref["sha256"]).stat().st_size == ref["size"]
+
+
+async def test_a_step_gets_references_nested_in_its_input_resolved(node: Node) -> None:
+    """A parallel joins its branches' outputs as they are in the log: a big one is a reference inside the joined
+    value. The step after it must get the value (before, only an input that was one reference was resolved)."""
+    def scenario() -> RunStatus:
+        with sdk(node) as c:
+            return c.wait(c.start("bigjoin", {"large": 2_000_000, "small": 10}, run_id="join-1"), timeout=60)
+
+    done = await asyncio.to_thread(scenario)
+    assert done.status == "completed", (done.error_type, done.error_message)
+    assert done.output == {"large": 2_000_000, "small": 10}
 
 
 async def test_a_big_final_output_comes_back_whole_through_sdk_cli_and_dashboard(node: Node, tmp_path: Path) -> None:

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from tickflow.runtime.claimcheck import FileBlobStore, PayloadTooLarge, is_ref, offload, resolve
+from tickflow.runtime.claimcheck import (
+    FileBlobStore,
+    MemoryBlobStore,
+    PayloadTooLarge,
+    holds_ref,
+    is_ref,
+    offload,
+    resolve,
+    resolve_all,
+)
 
 
 def test_small_values_stay_inline_and_big_ones_round_trip(tmp_path: Path) -> None:
@@ -30,3 +39,16 @@ def test_cap_corruption_and_bad_refs_are_refused(tmp_path: Path) -> None:
         resolve(ref, store)
     with pytest.raises(ValueError, match="not a blob digest"):
         resolve({"$blob": {"sha256": "../../etc/passwd"}}, store)
+
+
+def test_references_nested_anywhere_are_found_and_resolved_each_blob_once() -> None:
+    store = MemoryBlobStore()
+    ref = offload({"blob": "x" * 100}, store, 10, 10_000, "a branch")
+    joined = {"left": ref, "right": {"n": 1}, "items": [ref, 2]}
+    assert holds_ref(joined) and holds_ref([ref]) and not holds_ref({"n": [1, {"a": "b"}]})
+    reads: list[str] = []
+    get = store.get
+    store.get = lambda digest: reads.append(digest) or get(digest)  # type: ignore[method-assign]
+    whole = resolve_all(joined, store)
+    assert whole == {"left": {"blob": "x" * 100}, "right": {"n": 1}, "items": [{"blob": "x" * 100}, 2]}
+    assert len(reads) == 1
