@@ -129,7 +129,8 @@ class Client:
         self._check(self._http.put(f"/pools/{pool}/concurrency", json={"limit": limit}))
 
     def vacuum(self, older_than_s: float) -> int:
-        """Delete finished runs older than ``older_than_s`` from the projections; returns how many."""
+        """Delete the runs that finished more than ``older_than_s`` ago from every per-run projection table (a run
+        in flight stays, however old); returns how many. The log keeps them: a rebuild brings them back."""
         return int(self._check(self._http.post("/admin/vacuum", json={"older_than_s": older_than_s}))["runs_removed"])
 
     def state_at(self, run_id: str, seq: int | None = None) -> RunState:

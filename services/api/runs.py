@@ -149,7 +149,8 @@ def build_router(deps: ApiDeps) -> APIRouter:
 
     @router.post("/admin/vacuum")
     async def vacuum(body: VacuumRequest) -> dict[str, Any]:
-        """Delete finished runs (and their events) that ended more than ``older_than_s`` ago from ClickHouse.
+        """Delete the runs that finished more than ``older_than_s`` ago from every per-run ClickHouse table (runs,
+        events, steps, llm_calls, ticks); runs in flight are never touched.
         The log keeps them: a rebuild from the events topic brings them back."""
         cutoff = int(time.time() * 1000) - int(body.older_than_s * 1000)
         removed = await asyncio.to_thread(store.vacuum, cutoff)
