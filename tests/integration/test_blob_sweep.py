@@ -129,7 +129,7 @@ async def _scenario(node: Node, settings: Settings, store: Any, caplog: pytest.L
     latest = await _latest_state_blob(settings, run_id)
     def output_of(run: str) -> Any:
         with Client(settings.api_url) as c:
-            return c.status(run).output
+            return c.status(run, resolve=False).output  # the reference, not the value the SDK would fetch
 
     output_ref = await asyncio.to_thread(output_of, out_id)  # the API serves on this loop: ask from a thread
     assert isinstance(output_ref, dict) and "$blob" in output_ref
@@ -219,7 +219,7 @@ async def test_every_role_shares_an_s3_blob_store_and_the_sweep_cleans_it(s3_set
 
         def start() -> tuple[Any, str]:
             with Client(settings.api_url) as c:
-                big_in = c.wait(c.start("bigout", {"note": "n" * 400_000}), timeout=60)  # the API offloads it
+                big_in = c.wait(c.start("bigout", {"note": "n" * 400_000}), timeout=60, resolve=False)  # offloaded
                 assert big_in.status == "completed"
                 run = c.start("fatstate")
                 deadline = time.monotonic() + 60
