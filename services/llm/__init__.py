@@ -75,7 +75,7 @@ from tickflow.llm.config import (
     RetryPolicy,
 )
 from tickflow.llm.embeddings import Embedder, EmbeddingFailed, HashedBagOfWordsEmbedder, OpenAICompatibleEmbedder
-from tickflow.llm.limits import ProviderLimiter, TokenBucket
+from tickflow.llm.limits import LimitShare, ProviderLimiter, TokenBucket
 from tickflow.llm.offline import OfflineModel
 from tickflow.llm.router import LlmRouter
 from tickflow.llm.scrub import count_tokens, scrub
@@ -102,6 +102,7 @@ __all__ = [
     "Embedder",
     "EmbeddingFailed",
     "HashedBagOfWordsEmbedder",
+    "LimitShare",
     "LlmAttempt",
     "LlmConfig",
     "LlmConfigError",

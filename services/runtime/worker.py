@@ -50,6 +50,7 @@ from tickflow.events.schemas import (
     step_key,
 )
 from tickflow.events.topics import DEFAULT_POOL
+from tickflow.llm.limits import LimitShare, use_share
 from tickflow.llm.streaming import listening
 from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
@@ -278,6 +279,9 @@ class StepWorker:
         # Jobs start from this context, not from whichever task freed their slot, so nothing a step body
         # sets in its context can leak into later steps.
         self._context = contextvars.copy_context()
+        #: This worker's part of every provider's limits, so they hold for the pool as a whole (see llm.limits).
+        self.limit_share = LimitShare(pool)
+        self._context.run(use_share, self.limit_share)
         # Sync step bodies run on threads of this worker's own, bounded: a stuck one holds one of these, never a
         # thread of the loop's default executor, which the projector's and the API's store calls share.
         self._sync_steps = ThreadPoolExecutor(
@@ -308,7 +312,8 @@ class StepWorker:
             self.settings.kafka, group_id=self.topics.worker_group(self.pool), **self._consumer_options
         )
         await self.consumer.start()
-        self.consumer.subscribe([self.topics.tasks(self.pool)], listener=Rebalance(on_revoked=self.on_revoked))
+        rebalance = Rebalance(on_revoked=self.on_revoked, on_assigned=self._share_limits)
+        self.consumer.subscribe([self.topics.tasks(self.pool)], listener=rebalance)
         self._task = asyncio.create_task(self._loop(), name=f"tickflow-worker-{self.pool}")
 
     @property
@@ -603,6 +608,14 @@ class StepWorker:
                 read,
                 sorted(new),
             )
+
+    async def _share_limits(self, assigned: set[TopicPartition]) -> None:
+        """Take this worker's part of the pool's LLM provider limits: its task partitions out of all of them. Only on
+        assignment: while partitions are revoked, the steps being drained still call with the old share."""
+        topic = self.topics.tasks(self.pool)
+        partitions = self.consumer.partitions_for_topic(topic) or range(self.settings.partitions)
+        self.limit_share.assign({tp.partition for tp in assigned if tp.topic == topic}, len(partitions))
+        log.info("pool %s: LLM provider limits shared as %r", self.pool, self.limit_share)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Queued tasks of lost partitions stay uncommitted; their new owner runs them.
