@@ -109,7 +109,8 @@ async def measure(server: LlmTestServer, kafka_bootstrap: str, prefix: str, tmp_
             proc.wait(10)
         await engine.stop()
     shares, partitions = _shares(logs)
-    return Seen(server.most_in_window("ok", WINDOW_S), server.peak_overlap("slow-counted"), shares, partitions)
+    return Seen(server.most_in_window("ok", WINDOW_S), server.peak_overlap("slow-counted"), shares,
+                partitions or settings.partitions)
 
 
 def allowed_in_window(shares: list[set[int]], partitions: int) -> float:
