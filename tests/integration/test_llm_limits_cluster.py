@@ -76,7 +76,9 @@ async def measure(server: LlmTestServer, kafka_bootstrap: str, prefix: str, tmp_
         "chains": {"capped": ["ok"], "crowded": ["slow-counted"]},
     }))
     monkeypatch.setenv("TICKFLOW_LLM_CONFIG", str(config))
-    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), session_timeout_ms=6_000)
+    # Slots for every run's step at once, so steps waiting on one provider's limit never keep the other's from a slot.
+    settings = settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), session_timeout_ms=6_000,
+                            worker_concurrency=2 * runs)
     await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
     logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
     procs = [spawn_roles(settings, "worker", log, app="tests.integration.limited_flows:registry") for log in logs]
