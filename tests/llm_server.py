@@ -78,9 +78,10 @@ class LlmTestServer:
     def for_model(self, model: str) -> list[Recorded]:
         return [r for r in self.requests if r.model == model]
 
-    def most_in_window(self, model: str, window_s: float) -> int:
-        """The most requests for ``model`` that arrived within any ``window_s`` seconds (60: requests per minute)."""
-        starts = sorted(r.started for r in self.for_model(model))
+    def most_in_window(self, model: str, window_s: float, *, since: float = float("-inf")) -> int:
+        """The most requests for ``model`` that arrived within any ``window_s`` seconds (60: requests per minute),
+        counting those that arrived at ``since`` (``time.monotonic()``) or later."""
+        starts = sorted(r.started for r in self.for_model(model) if r.started >= since)
         first, most = 0, 0
         for last, t in enumerate(starts):
             while t - starts[first] > window_s:
