@@ -362,6 +362,13 @@ class StepWorker:
             pool,
             float(self.scheduler.limit),
         )
+        yield (
+            "gauge",
+            "tickflow_worker_llm_limit_share",
+            "This worker's part of each LLM provider's limits: its task partitions over the pool's.",
+            pool,
+            self.limit_share.fraction,
+        )
         if hasattr(self, "tokens"):
             yield from self.tokens.metric_values()
         if hasattr(self, "consumer"):

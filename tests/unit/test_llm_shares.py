@@ -7,12 +7,17 @@ import asyncio
 import contextvars
 import itertools
 import random
+from types import SimpleNamespace
 
 import pytest
+from aiokafka import TopicPartition
 
 from tests.unit.test_llm_limits import FakeClock
 from tickflow.llm import LimitShare, ProviderLimiter, ProviderLimits, TokenBucket
-from tickflow.llm.limits import _Gate, use_share
+from tickflow.llm.limits import _Gate, current_share, use_share
+from tickflow.runtime.worker import StepWorker
+from tickflow.settings import Settings
+from tickflow.workflow import Registry
 
 
 def _split(partitions: int, workers: int, rng: random.Random) -> list[set[int]]:
@@ -211,3 +216,16 @@ async def test_the_limits_follow_a_rebalance_and_the_process_limit_still_binds()
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert limiter.whole.gate.held == 0 and mine.gate.held == 0
+
+
+async def test_a_worker_takes_its_share_on_assignment_and_its_steps_call_with_it() -> None:
+    worker = StepWorker(Settings(), Registry(), concurrency=1)
+    assert worker._context.run(current_share) is worker.limit_share, "steps start from this context"
+    assert current_share() is None, "nothing outside the worker's steps"
+    worker.consumer = SimpleNamespace(partitions_for_topic=lambda topic: {0, 1, 2, 3, 4, 5})  # type: ignore[assignment]
+    tasks = worker.topics.tasks(worker.pool)
+    await worker._share_limits({TopicPartition(tasks, 1), TopicPartition(tasks, 4), TopicPartition("other", 0)})
+    assert (worker.limit_share.owned, worker.limit_share.partitions) == ({1, 4}, 6)
+    gauges = {name: value for _, name, _, _, value in worker.metric_values()}
+    assert gauges["tickflow_worker_llm_limit_share"] == pytest.approx(1 / 3)
+    worker._sync_steps.shutdown()
