@@ -78,9 +78,9 @@ async def _split(logs: list[Path]) -> None:
 
 async def measure(server: LlmTestServer, kafka_bootstrap: str, prefix: str, tmp_path: Path, workers: int,
                   monkeypatch: pytest.MonkeyPatch, *, runs: int = 100, wait_for_shares: bool = True,
-                  kill_one: bool = False) -> tuple[Seen, Seen | None]:
+                  kill_one: bool = False, window_s: float = WINDOW_S) -> tuple[Seen, Seen | None]:
     """Start ``workers`` worker processes of the pool, 60 runs of the concurrency-limited agent and, once they are
-    done, ``runs`` of the rate-limited one; count what the server saw at once, and in ``WINDOW_S`` seconds plus the
+    done, ``runs`` of the rate-limited one; count what the server saw at once, and in ``window_s`` seconds plus the
     skew from the first rate-limited request. ``kill_one``: then kill the worker with the most partitions and count
     again once the rest re-split."""
     config = tmp_path / "llm.json"
@@ -123,9 +123,9 @@ async def measure(server: LlmTestServer, kafka_bootstrap: str, prefix: str, tmp_
 
         await wait_until(first_request, 60, "the first LLM request")
         first = min(r.started for r in server.for_model("ok"))
-        await asyncio.sleep(max(first + WINDOW_S + SKEW_S - time.monotonic(), 0))
+        await asyncio.sleep(max(first + window_s + SKEW_S - time.monotonic(), 0))
         shares, partitions = _shares(logs)
-        before = Seen(server.most_in_window("ok", WINDOW_S), server.peak_overlap("slow-counted"), shares,
+        before = Seen(server.most_in_window("ok", window_s), server.peak_overlap("slow-counted"), shares,
                       partitions or settings.partitions)
         if kill_one:
             biggest = max(range(workers), key=lambda i: len(shares[i]))
@@ -134,10 +134,10 @@ async def measure(server: LlmTestServer, kafka_bootstrap: str, prefix: str, tmp_
             rest = [log for i, log in enumerate(logs) if i != biggest]
             await (_split(rest) if wait_for_shares else asyncio.sleep(20))
             since = time.monotonic()
-            await asyncio.sleep(WINDOW_S + SKEW_S)
+            await asyncio.sleep(window_s + SKEW_S)
             assert len(server.for_model("ok")) < runs, "the runs ran out while measuring: it would prove nothing"
             shares, partitions = _shares(rest)
-            after = Seen(server.most_in_window("ok", WINDOW_S, since=since), 0, shares,
+            after = Seen(server.most_in_window("ok", window_s, since=since), 0, shares,
                          partitions or settings.partitions)
     finally:
         for proc in procs:  # the runs are not needed to finish: kill, not the graceful stop that drains them
