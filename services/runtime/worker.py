@@ -620,8 +620,10 @@ class StepWorker:
         """Take this worker's part of the pool's LLM provider limits: its task partitions out of all of them. Only on
         assignment: while partitions are revoked, the steps being drained still call with the old share."""
         topic = self.topics.tasks(self.pool)
-        partitions = self.consumer.partitions_for_topic(topic) or range(self.settings.partitions)
-        self.limit_share.assign({tp.partition for tp in assigned if tp.topic == topic}, len(partitions))
+        owned = {tp.partition for tp in assigned if tp.topic == topic}
+        known = self.consumer.partitions_for_topic(topic) or range(self.settings.partitions)
+        # Stale metadata must not fail the rebalance: a partition assigned is one the topic has.
+        self.limit_share.assign(owned, max(len(known), max(owned, default=-1) + 1))
         log.info("pool %s: LLM provider limits shared as %r", self.pool, self.limit_share)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
