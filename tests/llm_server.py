@@ -2,7 +2,8 @@
 
 The provider layer is tested against this instead of mocks, so what is exercised is the real SDK, real HTTP,
 real status codes, headers and bodies. Start it with :func:`running_llm_server`; it records every request
-(model, Authorization header, body, timing) so tests can check what went over the wire.
+(model, Authorization header, body, timing) so tests can check what went over the wire, and counts them per
+time window (:meth:`LlmTestServer.most_in_window`) and at once (:meth:`LlmTestServer.peak_overlap`).
 
 Scripted chat models:
 
@@ -78,6 +79,27 @@ class LlmTestServer:
 
     def for_model(self, model: str) -> list[Recorded]:
         return [r for r in self.requests if r.model == model]
+
+    def most_in_window(self, model: str, window_s: float, *, since: float = float("-inf")) -> int:
+        """The most requests for ``model`` that arrived within any ``window_s`` seconds (60: requests per minute),
+        counting those that arrived at ``since`` (``time.monotonic()``) or later."""
+        starts = sorted(r.started for r in self.for_model(model) if r.started >= since)
+        first, most = 0, 0
+        for last, t in enumerate(starts):
+            while t - starts[first] > window_s:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def peak_overlap(self, model: str) -> int:
+        """The most requests for ``model`` the server answered at once (from each one's arrival to its answer)."""
+        edges = sorted([(r.started, 1) for r in self.for_model(model) if r.finished]
+                       + [(r.finished, -1) for r in self.for_model(model) if r.finished])
+        now = peak = 0
+        for _, step in edges:  # at a tie the end sorts first: one ending as the next arrives is not an overlap
+            now += step
+            peak = max(peak, now)
+        return peak
 
 
 def _completion(model: str, message: dict[str, Any], *, usage: bool = True, finish: str = "stop") -> dict[str, Any]:

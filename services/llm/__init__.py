@@ -19,7 +19,8 @@ Configuration (``LlmConfig.load(path_or_dict)``; TOML shown, JSON has the same s
     structured_output = "json_schema"             # or "json_object" for servers with JSON mode only
     max_tokens_param = "max_tokens"               # or "max_completion_tokens" (newer OpenAI models)
     stream = true                                 # stream replies to the tokens topic (false: servers that can't)
-    [providers.limits]                            # all optional; waiting for a limit is not an error
+    [providers.limits]                            # all optional; waiting for a limit is not an error; they hold
+                                                  # for a pool, split over its workers by task partitions
     max_concurrency = 8
     requests_per_minute = 30
     tokens_per_minute = 6000
@@ -80,7 +81,7 @@ from tickflow.llm.config import (
     RetryPolicy,
 )
 from tickflow.llm.embeddings import Embedder, EmbeddingFailed, HashedBagOfWordsEmbedder, OpenAICompatibleEmbedder
-from tickflow.llm.limits import ProviderLimiter, TokenBucket
+from tickflow.llm.limits import LimitShare, ProviderLimiter, TokenBucket
 from tickflow.llm.offline import OfflineModel
 from tickflow.llm.router import LlmRouter
 from tickflow.llm.scrub import count_tokens, scrub
@@ -107,6 +108,7 @@ __all__ = [
     "Embedder",
     "EmbeddingFailed",
     "HashedBagOfWordsEmbedder",
+    "LimitShare",
     "LlmAttempt",
     "LlmConfig",
     "LlmConfigError",

@@ -50,6 +50,7 @@ from tickflow.events.schemas import (
     step_key,
 )
 from tickflow.events.topics import DEFAULT_POOL
+from tickflow.llm.limits import LimitShare, use_share
 from tickflow.llm.streaming import listening
 from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, LLM_UNPRICED, STEP_SECONDS, STEPS
 from tickflow.runtime import step_logs
@@ -288,6 +289,9 @@ class StepWorker:
         # Jobs start from this context, not from whichever task freed their slot, so nothing a step body
         # sets in its context can leak into later steps.
         self._context = contextvars.copy_context()
+        #: This worker's part of every provider's limits, so they hold for the pool as a whole (see llm.limits).
+        self.limit_share = LimitShare(pool)
+        self._context.run(use_share, self.limit_share)
         # Sync step bodies run on threads of this worker's own, bounded: a stuck one holds one of these, never a
         # thread of the loop's default executor, which the projector's and the API's store calls share.
         self._sync_steps = ThreadPoolExecutor(
@@ -369,6 +373,13 @@ class StepWorker:
             "Steps this worker runs at once.",
             pool,
             float(self.scheduler.limit),
+        )
+        yield (
+            "gauge",
+            "tickflow_worker_llm_limit_share",
+            "This worker's part of each LLM provider's limits: its task partitions over the pool's.",
+            pool,
+            self.limit_share.fraction,
         )
         if hasattr(self, "tokens"):
             yield from self.tokens.metric_values()
@@ -629,6 +640,16 @@ class StepWorker:
                 sorted(new),
             )
 
+    async def _share_limits(self, assigned: set[TopicPartition]) -> None:
+        """Take this worker's part of the pool's LLM provider limits: its task partitions out of all of them. Only on
+        assignment: while partitions are revoked, the steps being drained still call with the old share."""
+        topic = self.topics.tasks(self.pool)
+        owned = {tp.partition for tp in assigned if tp.topic == topic}
+        known = self.consumer.partitions_for_topic(topic) or range(self.settings.partitions)
+        # Stale metadata must not fail the rebalance: a partition assigned is one the topic has.
+        self.limit_share.assign(owned, max(len(known), max(owned, default=-1) + 1))
+        log.info("pool %s: LLM provider limits shared as %r", self.pool, self.limit_share)
+
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Queued tasks of lost partitions stay uncommitted; their new owner runs them (this worker too, when the
         # partition comes back: so they are forgotten as accepted, or their redelivery would wait for a run that
@@ -645,7 +666,9 @@ class StepWorker:
         """A step still running (past the revoke's drain) for a partition that went to another worker stops here:
         the new owner runs that attempt from its task record, and one attempt must not run on two workers at once
         (an effect made twice at the same moment, which even a stable idempotency key may not stop at a provider
-        that has not finished the first). A sync body in a thread cannot be stopped: it finishes unreported."""
+        that has not finished the first). A sync body in a thread cannot be stopped: it finishes unreported.
+        Then this worker takes its share of the pool's LLM provider limits for what it owns now."""
+        await self._share_limits(assigned)
         for t, job in list(self._jobs.items()):
             if job.tp not in assigned and not t.done():
                 self._handed_over.add(job.task.idempotency_key)

@@ -299,9 +299,23 @@ def _run_step(key: str, fn: str, priority: int = 0, input: Any = 1) -> bytes:
     return _task(step, id=f"task/{key}")
 
 
+class FakeConsumer:
+    """What a rebalance's callbacks use of the consumer: offset commits and the topic's partitions."""
+
+    def __init__(self) -> None:
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.append(offsets)
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1}
+
+
 @pytest.fixture
 def worker() -> Iterator[StepWorker]:
     w = StepWorker(Settings(), Registry(), concurrency=1)
+    w.consumer = FakeConsumer()  # type: ignore[assignment]
     producer = FakeProducer()
     w.producer = producer
     w.dead_letters = DeadLetters(producer, "dlq", "test")
@@ -587,13 +601,6 @@ async def test_a_task_queued_when_its_partition_was_revoked_runs_when_it_comes_b
         await gate.wait()
         return x
 
-    class Consumer:
-        committed: list[dict[TopicPartition, int]] = []
-
-        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-            self.committed.append(offsets)
-
-    worker.consumer = Consumer()  # type: ignore[assignment]
     worker.registry.functions.update({"effect": effect})
     await worker._accept(TP, _record(0, _run_step("busy", "effect", input=0)))  # holds the one slot
     await worker._accept(TP, _record(1, _run_step("queued", "effect", input=1)))
