@@ -74,15 +74,9 @@ def http_service(answer: Callable[[bytes], tuple[str, bytes]]) -> Iterator[int]:
         server.shutdown()
 
 
-def spawn_roles(
-    settings: Settings,
-    roles: str,
-    log_path: Path,
-    app: str = "tests.integration.flows:registry",
-    command: list[str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``tickflow up --roles …`` (or ``command``) as its own process, so it can be killed with SIGKILL."""
-    env = {
+def role_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a ``tickflow`` process (a role, the CLI) join the test's cluster as ``settings``."""
+    return {
         **os.environ,
         "TICKFLOW_KAFKA_BOOTSTRAP": settings.bootstrap,
         "TICKFLOW_PREFIX": settings.prefix,
@@ -94,11 +88,21 @@ def spawn_roles(
         "TICKFLOW_SNAPSHOT_INTERVAL_S": str(settings.snapshot_interval_s),
         "PYTHONPATH": str(REPO_ROOT),
     }
+
+
+def spawn_roles(
+    settings: Settings,
+    roles: str,
+    log_path: Path,
+    app: str = "tests.integration.flows:registry",
+    command: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``tickflow up --roles …`` (or ``command``) as its own process, so it can be killed with SIGKILL."""
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
         command or [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", app, "--roles", roles],
         cwd=REPO_ROOT,
-        env=env,
+        env=role_env(settings),
         stdout=out,
         stderr=subprocess.STDOUT,
     )

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.harness import settings_for
+from tests.integration.harness import role_env, settings_for
 from tests.paths import REPO_ROOT
 from tickflow.client import Client
 from tickflow.events.topics import TopicNames
@@ -75,15 +75,7 @@ async def _latest_state_blob(settings: Settings, run_id: str) -> str:
 
 def _vacuum_blobs(settings: Settings, *args: str) -> str:
     """``tickflow vacuum --blobs`` as an operator runs it: its own process, configured by the environment."""
-    env = {
-        **os.environ,
-        "TICKFLOW_KAFKA_BOOTSTRAP": settings.bootstrap,
-        "TICKFLOW_PREFIX": settings.prefix,
-        "TICKFLOW_PARTITIONS": str(settings.partitions),
-        "TICKFLOW_STATE_DIR": str(settings.state_dir),
-        "TICKFLOW_API_PORT": str(settings.api_port),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
+    env = role_env(settings)
     done = subprocess.run(
         [sys.executable, "-m", "tickflow.cli", "vacuum", *args, "--blobs", "--grace-minutes", "0"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=True,
