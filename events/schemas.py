@@ -197,6 +197,8 @@ class StartRun(Command):
     #: called and the run fails with ``BudgetExceeded``. A stack gives each tick what is left of its own.
     budget_tokens: Int64 | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
     budget_cost_usd: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    #: The version of ``workflow`` to run (``Workflow(name, version=N)``); unset, the newest the engine has.
+    version: int | None = Field(default=None, ge=1, le=1_000_000, exclude_if=lambda v: v is None)
 
 
 class ResumeRun(Command):

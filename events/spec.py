@@ -223,6 +223,10 @@ class WorkflowSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: Name
+    #: Versions of one workflow live side by side in a registry: new runs take the newest (or the one their
+    #: ``StartRun.version`` names); a run keeps the spec it pinned. Left out of the JSON at 1, so a spec written
+    #: before versions existed keeps its hash.
+    version: int = Field(default=1, ge=1, le=1_000_000, exclude_if=lambda v: v == 1)
     root: Node
     #: Compensation: runs with ``{"error": …, "input": …}`` when the run fails, before it is marked failed.
     on_failure: StepNode | None = None

@@ -56,6 +56,9 @@ class StartRequest(BaseModel):
     priority: int = Field(
         default=0, ge=-1000, le=1000, description="Order among runs queued for the same concurrency key."
     )
+    version: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="The workflow version to run (default: the newest registered)."
+    )
 
     _run_id = field_validator("run_id")(top_level_run_id)
 

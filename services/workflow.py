@@ -416,12 +416,19 @@ def _named(root: dict[str, Any]) -> dict[str, Any]:
 
 
 class Workflow(Flow):
-    """A named workflow: ``Workflow("etl").step(fetch).step(load, max_attempts=3)``."""
+    """A named workflow: ``Workflow("etl").step(fetch).step(load, max_attempts=3)``.
+
+    ``version`` lets a changed definition live beside the one runs in flight pinned: register
+    ``Workflow("order", version=2)`` next to version 1 and new runs take version 2, while a run of version 1 goes on
+    with the spec it pinned. The spec refers to functions by stable name only, so both versions may share functions,
+    and a function must keep its name (``@named``) for as long as a pinned run may still call it.
+    """
 
     def __init__(
         self,
         name: str,
         *,
+        version: int = 1,
         timeout_s: float | None = None,
         on_failure: StepFn | None = None,
         concurrency_key: str | ScopeFn | None = None,
@@ -429,6 +436,7 @@ class Workflow(Flow):
     ) -> None:
         super().__init__()
         self.name = name
+        self.version = version
         self.timeout_s = timeout_s
         self.concurrency_key = self._mapping(concurrency_key)
         self.max_per_key = max_per_key
@@ -446,6 +454,7 @@ class Workflow(Flow):
             return WorkflowSpec.model_validate(
                 {
                     "name": self.name,
+                    "version": self.version,
                     "root": named,
                     "on_failure": self._on_failure,
                     "timeout_s": self.timeout_s,
@@ -504,7 +513,10 @@ class Registry:
     """The workflows an engine can start and the functions a worker or an engine can run, by name."""
 
     def __init__(self) -> None:
+        #: The newest version of each workflow, by name: what a StartRun without a version starts.
         self.specs: dict[str, WorkflowSpec] = {}
+        #: Every registered version of each workflow, by name and version.
+        self.versions: dict[str, dict[int, WorkflowSpec]] = {}
         self.functions: dict[str, StepFn] = {}
         self.conditions: dict[str, ScopeFn] = {}
         self.mappers: dict[str, ScopeFn] = {}
@@ -526,8 +538,12 @@ class Registry:
         )
 
     def add(self, workflow: Workflow) -> WorkflowSpec:
+        """Register a workflow (one version of it) and the functions it names.
+
+        Versions of one name live side by side; the newest is ``specs[name]``. Functions are one table for all
+        versions, by stable name: two versions may share a function, but one name can never mean two functions
+        (a changed body that must not reach runs of the old version needs a new name)."""
         spec = workflow.compile()
-        self.specs[spec.name] = spec
         for table, new in (
             (self.functions, workflow.functions.steps),
             (self.conditions, workflow.functions.conditions),
@@ -542,6 +558,9 @@ class Registry:
             if self.agents.get(name, agent) is not agent:
                 raise ValueError(f"two different agents are named {name!r}; give one another name")
             self.agents[name] = agent
+        versions = self.versions.setdefault(spec.name, {})
+        versions[spec.version] = spec
+        self.specs[spec.name] = versions[max(versions)]
         return spec
 
     def pools(self) -> set[str]:
@@ -559,8 +578,15 @@ class Registry:
         self.triggers.append(trig)
         return trig
 
-    def spec(self, workflow: str) -> WorkflowSpec | None:
-        return self.specs.get(workflow)
+    def spec(self, workflow: str, version: int | None = None) -> WorkflowSpec | None:
+        """The spec a StartRun of ``workflow`` pins: ``version``'s, or the newest when it names none."""
+        if version is None:
+            return self.specs.get(workflow)
+        return self.versions.get(workflow, {}).get(version)
+
+    def function(self, name: str) -> StepFn | None:
+        """The step function registered under ``name`` (what a worker of this code would run for it)."""
+        return self.functions.get(name)
 
     def condition(self, name: str) -> ScopeFn | None:
         return self.conditions.get(name)

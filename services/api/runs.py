@@ -62,7 +62,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
         value = await claim_check(body.input, f"the input of run {run_id!r}")
         with tracing.span("start run", None, tickflow__run_id=run_id, tickflow__workflow=body.workflow):
             command = Envelope.wrap(
-                StartRun(workflow=body.workflow, input=value, priority=body.priority),
+                StartRun(workflow=body.workflow, input=value, priority=body.priority, version=body.version),
                 id=f"start/{run_id}",
                 key=run_id,
                 occurred_at_ms=int(time.time() * 1000),

@@ -245,7 +245,10 @@ def _on_start(em: Emitter, start: Start) -> None:
     command = start.command.payload
     assert isinstance(command, StartRun)
     if start.spec is None:
-        _reject(em, command, f"unknown workflow {command.workflow!r}: no engine has it registered")
+        if command.version is not None:
+            _reject(em, command, f"unknown version {command.version} of workflow {command.workflow!r}: no engine has it")
+        else:
+            _reject(em, command, f"unknown workflow {command.workflow!r}: no engine has it registered")
         return
     timeout = start.spec.timeout_s
     slot = None

@@ -174,7 +174,11 @@ class Engine(PartitionOwnership):
             full_state_ms=int(settings.finished_state_s * 1000),
         )
         self.shrunk = 0  # finished runs shrunk to their tombstone-sized state (see ``_fire_timers``)
-        self._spec_hashes = {name: spec.content_hash() for name, spec in registry.specs.items()}
+        self._spec_hashes = {
+            (name, version): spec.content_hash()
+            for name, versions in registry.versions.items()
+            for version, spec in versions.items()
+        }
         self._workflows = frozenset(registry.specs)
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
@@ -407,12 +411,16 @@ class Engine(PartitionOwnership):
             await self._dead_letter(record, reason, now)
             return
         if isinstance(env.payload, StartRun):
-            spec = self.registry.spec(env.payload.workflow)
+            spec = self.registry.spec(env.payload.workflow, env.payload.version)
             if spec is None and state is None:
                 known = ", ".join(sorted(self.registry.specs)) or "none"
                 reason = f"unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
+                if env.payload.version is not None and env.payload.workflow in self.registry.versions:
+                    have = ", ".join(map(str, sorted(self.registry.versions[env.payload.workflow])))
+                    reason = f"workflow {env.payload.workflow!r} has no version {env.payload.version}; it has {have}"
                 await self._dead_letter(record, reason, now)
-            start = Start(env, spec, self._spec_hashes.get(env.payload.workflow, ""))
+            spec_hash = self._spec_hashes.get((spec.name, spec.version), "") if spec is not None else ""
+            start = Start(env, spec, spec_hash)
             await self._decide(tp.partition, state or RunState(env.key), start, now, record)
             return
         if isinstance(env.payload, ForkRun):
