@@ -20,11 +20,13 @@ from typing import Any
 import httpx
 import orjson
 
+from tickflow.core.decider import ClaimedPayload
+from tickflow.core.divergence import CheckReport, Code, RunDiff, SpecChoice, diff_run, envelope_from_json
 from tickflow.core.state import TERMINAL, RunState, state_from_json
 from tickflow.events.errors import ApiError, ErrorCode, ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.projections.models import SqlResult
-from tickflow.wire import EngineReport, RebuildJob, RunStatus
+from tickflow.wire import EngineReport, RebuildJob, RecordedRun, RunStatus
 
 __all__ = ["TERMINAL", "Client"]
 
@@ -159,6 +161,51 @@ class Client:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def recorded(self, run_id: str) -> RecordedRun:
+        """The run's events and the commands and worker results they were decided on (what a diff re-drives)."""
+        return RecordedRun.model_validate(self._check(self._http.get(f"/runs/{run_id}/recorded", timeout=120)))
+
+    def diff(self, run_id: str, code: Code, *, spec: SpecChoice = "pinned") -> RunDiff:
+        """Re-drive the run's recorded inputs through ``code`` (a ``Registry``: the new code) here, in this process,
+        and report the first decision that differs, and what the run, if in flight, still needs that ``code``
+        lacks. ``spec="pinned"``: the run keeps its pinned spec (what a deploy does to it); ``"registry"``: the
+        spec ``code`` would pin for its start. See ``tickflow.core.divergence``."""
+        rec = self.recorded(run_id)
+        events = [envelope_from_json(e) for e in rec.events]
+        inputs = {env.id: env for env in map(envelope_from_json, rec.inputs)}
+        claimed = {k: ClaimedPayload(value=v.get("value"), problem=v.get("problem")) for k, v in rec.claimed.items()}
+        return diff_run(run_id, events, inputs, code, spec=spec, claimed=claimed)
+
+    def check(
+        self,
+        code: Code,
+        workflow: str,
+        *,
+        last: int | None = None,
+        in_flight: bool = False,
+        spec: SpecChoice = "pinned",
+    ) -> CheckReport:
+        """``diff`` over runs of ``workflow``: its ``last`` N started, and/or every run in flight. The deploy gate:
+        ``report.ok`` only when every run is identical and none in flight needs code that ``code`` lacks."""
+        if last is None and not in_flight:
+            raise ValueError("say which runs to check: last=N, in_flight=True, or both")
+        ids: dict[str, None] = {}
+        if in_flight:
+            for status in ("running", "failing"):
+                for page in range(1_000):
+                    rows = self.list_runs(status=status, workflow=workflow, limit=1_000, offset=page * 1_000)
+                    ids.update((r.run_id, None) for r in rows)
+                    if len(rows) < 1_000:
+                        break
+        left, page = last or 0, 0
+        while left > 0:
+            rows = self.list_runs(workflow=workflow, limit=min(left, 1_000), offset=page * 1_000)
+            ids.update((r.run_id, None) for r in rows)
+            left, page = left - len(rows), page + 1
+            if len(rows) < 1_000:
+                break
+        return CheckReport(workflow=workflow, spec=spec, runs=[self.diff(rid, code, spec=spec) for rid in ids])
 
     def verify_engine(self) -> EngineReport:
         """Compare the API process's live engine state with a refold of the log; ``report.ok`` when equal."""

@@ -24,6 +24,7 @@ __all__ = [
     "PartitionReport",
     "PoolLimit",
     "RebuildJob",
+    "RecordedRun",
     "RebuildRequest",
     "ReleaseRequest",
     "ResumeRequest",
@@ -178,3 +179,21 @@ class EngineReport(BaseModel):
     runs_compared: int
     equal: int
     partitions: list[PartitionReport]
+
+
+class RecordedRun(BaseModel):
+    """A run's events and the inputs they were decided on, as records: what a divergence diff re-drives
+    (``tickflow.core.divergence``). Each record is the JSON object the codec writes for its envelope."""
+
+    run_id: str
+    events: list[dict[str, Any]] = Field(description="The run's events 1..n, as the log holds them.")
+    inputs: list[dict[str, Any]] = Field(
+        description="The commands and worker results its events name as their cause, read from their topics."
+    )
+    claimed: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Input id → {value | problem}: claim-checked resume payloads, as the engine read them.",
+    )
+    not_found: list[str] = Field(
+        default_factory=list, description="Inputs its events name that the topics no longer hold (retention)."
+    )
