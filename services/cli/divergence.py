@@ -47,7 +47,7 @@ def replay_diff(ctx: click.Context, run_id: str, app: str, spec: SpecChoice, as_
         fail(exc)
         return
     if as_json:
-        print_json(report.model_dump())
+        print_json({**report.model_dump(), "identical": report.identical})
     else:
         click.echo(report.verdict())
         if report.spec_change is not None:

@@ -38,9 +38,12 @@ __all__ = [
 @click.option("--run-id", default=None, help="Your own run id; starting the same id twice starts one run.")
 @click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the end.")
 @click.option("--priority", type=int, default=0, help="Order among runs queued for the same concurrency key.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="The workflow version to run (default: the newest registered).")
 @click.pass_context
 def start(
-    ctx: click.Context, workflow: str, input_json: str, run_id: str | None, wait_s: float | None, priority: int
+    ctx: click.Context, workflow: str, input_json: str, run_id: str | None, wait_s: float | None, priority: int,
+    version: int | None,
 ) -> None:
     """Start a run of WORKFLOW and print its id; with --wait, its final status (exit 1 unless it completed)."""
     try:
@@ -49,7 +52,7 @@ def start(
         raise click.BadParameter(f"--input is not valid JSON: {exc}") from None
     try:
         with client(ctx) as c:
-            rid = c.start(workflow, value, run_id=run_id, priority=priority)
+            rid = c.start(workflow, value, run_id=run_id, priority=priority, version=version)
             click.echo(rid)
             final = c.wait(rid, timeout=wait_s) if wait_s is not None else None
     except (TickflowError, TimeoutError) as exc:

@@ -24,7 +24,7 @@ from tickflow.core.divergence import TIMER_PREFIXES
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
-from tickflow.events.schemas import ForkRun, ResumeRun
+from tickflow.events.schemas import ForkRun, Kind, ResumeRun
 from tickflow.runtime.claimcheck import is_ref, resolve
 from tickflow.runtime.claimed_inputs import claimed_fork
 from tickflow.runtime.kafka import new_consumer
@@ -61,7 +61,8 @@ async def read_inputs(
     consumer = new_consumer(kafka, group_id=None, fetch_max_wait_ms=10)
     await consumer.start()
     try:
-        for topic, kind in zip(topics, ("command", "result"), strict=True):
+        sources: list[tuple[str, Kind]] = [(topics[0], "command"), (topics[1], "result")]
+        for topic, kind in sources:
             if not wanted - found.keys():
                 break
             tp = TopicPartition(topic, partition)
@@ -77,7 +78,7 @@ async def read_inputs(
                     if record.offset >= end or record.key != key:
                         continue
                     with contextlib.suppress(InvalidRecord):
-                        env = decode(record.value, expect=kind)  # type: ignore[arg-type]
+                        env = decode(record.value, expect=kind)
                         if env.id in wanted:
                             found.setdefault(env.id, env)
     finally:
