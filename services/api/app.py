@@ -20,8 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tickflow.api import analytics, blobs, live, memory, rebuild, replay, runs, sql, stacks
-from tickflow.api import divergence
+from tickflow.api import analytics, blobs, divergence, live, memory, rebuild, replay, runs, sql, stacks
 from tickflow.api.deps import ApiDeps, code_for_status
 from tickflow.api.gate import RequestGate
 from tickflow.api.sessions import Credentials

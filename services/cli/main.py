@@ -10,8 +10,8 @@ import logging
 
 import click
 
-from tickflow.cli import queries, replay, runs, serve, stacks
 from tickflow.cli import divergence as _divergence  # noqa: F401 - adds `replay diff` and `replay check`
+from tickflow.cli import queries, replay, runs, serve, stacks
 from tickflow.settings import Settings
 
 __all__ = ["main"]

@@ -246,7 +246,8 @@ def _on_start(em: Emitter, start: Start) -> None:
     assert isinstance(command, StartRun)
     if start.spec is None:
         if command.version is not None:
-            _reject(em, command, f"unknown version {command.version} of workflow {command.workflow!r}: no engine has it")
+            reason = f"unknown version {command.version} of workflow {command.workflow!r}: no engine has it"
+            _reject(em, command, reason)
         else:
             _reject(em, command, f"unknown workflow {command.workflow!r}: no engine has it registered")
         return

@@ -31,12 +31,13 @@ Pure: no clock and no I/O; the caller gathers the inputs (``tickflow.runtime.rec
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+import tickflow.events.agents  # noqa: F401 - registers the agent event types a run's log holds
 from tickflow.core.decider import (
     ClaimedPayload,
     Decision,
@@ -54,7 +55,6 @@ from tickflow.core.decider import (
 from tickflow.core.interpreter import Functions
 from tickflow.core.state import RunState, evolve
 from tickflow.events.codec import InvalidRecord, RecordTooLarge, encode
-import tickflow.events.agents  # noqa: F401 - registers the agent event types a run's log holds
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
     PAYLOAD_TYPES,
@@ -423,13 +423,13 @@ def still_needed(state: RunState, code: Code) -> list[Missing]:
     found: dict[tuple[str, str], Missing] = {}
 
     def need(kind: Literal["step function", "condition", "mapper", "workflow"], name: str, path: str) -> None:
-        known = {
+        lookup: dict[str, Callable[[str], Any]] = {
             "step function": code.function,
             "condition": code.condition,
             "mapper": code.mapper,
             "workflow": code.spec,
-        }[kind](name)
-        if known is None and (kind, name) not in found:
+        }
+        if lookup[kind](name) is None and (kind, name) not in found:
             found[(kind, name)] = Missing(kind=kind, name=name, path=path)
 
     def mapping(mapping: str | None, path: str) -> None:

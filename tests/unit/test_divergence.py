@@ -158,7 +158,7 @@ def test_the_same_code_is_identical_in_both_modes() -> None:
     for mode in ("pinned", "registry"):
         report = diff_run("r1", done.log, done.inputs, DEPLOYED, spec=mode)  # type: ignore[arg-type]
         assert report.identical, report.verdict()
-        assert report.decisions == len(decisions(done.log)) >= 6
+        assert report.decisions == len(decisions(done.log)) == 5  # start, 3 results, the sleep
         assert report.verdict() == f"r1: identical ({report.decisions} decisions)"
 
 
@@ -209,8 +209,10 @@ def test_a_changed_spec_that_decides_the_same_reports_the_new_hash_only() -> Non
     report = diff_run("r1", done.log, done.inputs, slower, spec="registry")
     assert report.spec_change is not None and report.spec_change[0] != report.spec_change[1]
     assert report.divergence is not None and report.divergence.expected is not None
-    assert report.divergence.expected["type"] == "RunCompleted"  # the new spec schedules ship_again instead
+    assert report.divergence.expected["type"] == "NodeCompleted"
+    assert report.divergence.expected["payload"]["path"] == "__root__"  # the old spec ended its sequence here ...
     assert report.divergence.produced is not None and report.divergence.produced["type"] == "StepScheduled"
+    assert report.divergence.produced["payload"]["path"] == "ship_again"  # ... where the new one goes on
 
 
 def test_a_missing_mapper_and_condition_fail_the_node_on_replay() -> None:
@@ -275,7 +277,9 @@ def test_a_check_report_is_ok_only_when_every_run_is_identical() -> None:
     outcomes=st.lists(st.booleans(), min_size=0, max_size=12),
     gaps=st.lists(st.integers(min_value=0, max_value=20_000), min_size=12, max_size=12),
 )
-def test_a_run_diffed_against_its_own_code_is_always_identical(total: int, outcomes: list[bool], gaps: list[int]) -> None:
+def test_a_run_diffed_against_its_own_code_is_always_identical(
+    total: int, outcomes: list[bool], gaps: list[int]
+) -> None:
     rec = Recorder(DEPLOYED).start({"total": total})
     for ok, gap in zip(outcomes, gaps, strict=False):
         if rec.state.terminal:

@@ -84,7 +84,7 @@ def test_one_stable_name_cannot_mean_two_functions_across_versions() -> None:
 
     reg = Registry()
     reg.add(v1())
-    with pytest.raises(ValueError, match="'billing.charge'"):
+    with pytest.raises(ValueError, match=r"'billing\.charge'"):
         reg.add(v2(named("billing.charge")(other)))
 
 
