@@ -30,7 +30,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -137,13 +137,22 @@ def current_step() -> StepContext:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def named(name: str) -> Callable[[_F], _F]:
+@overload
+def named(name: str) -> Callable[[_F], _F]: ...
+
+
+@overload
+def named(name: str, fn: _F) -> _F: ...
+
+
+def named(name: str, fn: _F | None = None) -> Callable[[_F], _F] | _F:
     """Give a step function, condition or mapper a stable name, instead of its ``module.qualname``.
 
     A run pins its workflow's spec, and the spec refers to functions by name. The default name is the function's
-    import path, which changes when code moves; a run recorded before the move would then name a function no
-    worker knows (``UnknownStepFunction``). ``@named("billing.charge")`` fixes the name once, wherever the code
-    lives later.
+    import path, which changes when the function is renamed or moved; a run recorded before would then name a
+    function no worker or engine knows (``UnknownStepFunction``, ``UnknownCondition``). ``@named("billing.charge")``
+    fixes the name once, whatever the code is called later; ``named("order.is_big", lambda scope: ...)`` names a
+    condition or mapper written inline.
     """
     if not name or len(name) > 200:
         raise ValueError(f"a function name must be 1-200 characters, not {name!r}")
@@ -152,7 +161,7 @@ def named(name: str) -> Callable[[_F], _F]:
         fn.__tickflow_name__ = name  # type: ignore[attr-defined]
         return fn
 
-    return pin
+    return pin if fn is None else pin(fn)
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

@@ -118,3 +118,17 @@ def test_renaming_a_python_function_keeps_a_pinned_run_when_it_has_a_stable_name
     # A worker of the renamed code runs the pinned run's step by its stable name.
     ctx = StepContext(run_id="p2", workflow="pay", step="charge", attempt=1, idempotency_key="p2/charge")
     assert asyncio.run(renamed_stable.call("billing.charge", 3, ctx)) == {"charged": 3}
+
+
+def test_an_inline_condition_or_mapper_takes_a_stable_name_too() -> None:
+    from tickflow.workflow import Flow
+
+    reg = Registry()
+    spec = reg.add(
+        Workflow("inline")
+        .branch((named("inline.big", lambda scope: scope["value"] > 10), Flow().step(refund)))
+        .step(charge_card, name="again", input=named("inline.double", lambda scope: scope["input"] * 2))
+    )
+    branch, again = spec.root.nodes  # type: ignore[attr-defined]
+    assert branch.cases[0].when == "inline.big" and again.input == "fn:inline.double"
+    assert reg.condition("inline.big") is not None and reg.mapper("inline.double") is not None
