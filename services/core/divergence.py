@@ -336,9 +336,16 @@ def diff_run(
     schema check). See the module docstring for what ``spec`` chooses.
     """
     claimed = claimed or {}
+    report = RunDiff(run_id=run_id, spec=spec)
+    gap = next((i + 1 for i, e in enumerate(events) if e.seq != i + 1), None)
+    if gap is not None or not events:
+        report.unreplayable = (
+            f"its history is incomplete (seq {gap} is missing or out of place): the projection is catching up, "
+            "or it was vacuumed; rebuild it" if events else "it has no events"
+        )
+        return report
     recorded = decisions(events)
     state = RunState(run_id)
-    report = RunDiff(run_id=run_id, spec=spec)
     registry_mode = spec == "registry"
     for i, decision in enumerate(recorded):
         todo = list(decision.events)

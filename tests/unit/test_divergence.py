@@ -291,3 +291,24 @@ def test_a_run_diffed_against_its_own_code_is_always_identical(
     for mode in ("pinned", "registry"):
         report = diff_run("r1", rec.log, rec.inputs, DEPLOYED, spec=mode)  # type: ignore[arg-type]
         assert report.identical, report.verdict()
+
+
+def test_a_last_decision_not_yet_fully_visible_is_not_a_divergence() -> None:
+    done = small().finish()
+    # The projection a diff reads may end inside the last decision (a batch boundary): its prefix is no divergence.
+    assert diff_run("r1", done.log[:-1], done.inputs, DEPLOYED).identical
+    # A history with a hole cannot be re-driven at all: said so, never guessed at.
+    middle = decisions(done.log)[1].events[-1]
+    holed = diff_run("r1", [e for e in done.log if e is not middle], done.inputs, DEPLOYED)
+    assert holed.unreplayable is not None and f"seq {middle.seq} is missing" in holed.unreplayable
+
+
+def test_two_recoveries_in_a_row_are_two_decisions() -> None:
+    reg = registry_of(Workflow("naps").sleep(10, name="one").sleep(10, name="two"))
+    rec = Recorder(reg, "n1").start(None, workflow="naps")
+    for _ in range(2):  # a restarted engine's recovery (``recover/<partition>``) finds each sleep due
+        rec.now = rec.state.next_due_ms() or 0
+        rec._apply(Recover("recover/0"))
+    assert rec.state.status == "completed"
+    assert [d.cause for d in decisions(rec.log)] == ["start/n1", "recover/0", "recover/0"]
+    assert diff_run("n1", rec.log, rec.inputs, reg).identical
