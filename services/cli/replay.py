@@ -15,7 +15,8 @@ __all__ = ["replay"]
 
 @click.group()
 def replay() -> None:
-    """Time travel, forks, and the check that the engine's live state equals a refold of the log."""
+    """Time travel, forks, the check that the engine's live state equals a refold of the log, and the divergence
+    diff of recorded runs against new code (diff, check)."""
 
 
 @replay.command("state")
