@@ -312,3 +312,42 @@ def test_two_recoveries_in_a_row_are_two_decisions() -> None:
     assert rec.state.status == "completed"
     assert [d.cause for d in decisions(rec.log)] == ["start/n1", "recover/0", "recover/0"]
     assert diff_run("n1", rec.log, rec.inputs, reg).identical
+
+
+def test_a_claim_checked_resume_is_re_driven_with_the_value_the_engine_read() -> None:
+    from tickflow.core.decider import ClaimedPayload, Signal
+    from tickflow.events import ResumeRun
+
+    schema = {"type": "object", "required": ["ok"]}
+    reg = registry_of(Workflow("approve").wait_for_event("go", schema=schema).step(ship))
+    rec = Recorder(reg, "a1").start(None, workflow="approve")
+    ref = {"$blob": {"sha256": "0" * 64, "size": 10}}  # the log and the command keep only the reference
+    cmd = Envelope.wrap(ResumeRun(event="go", payload=ref), id="go/1", key="a1", occurred_at_ms=rec.now)
+    rec.inputs[cmd.id] = cmd
+    rec.now += 5
+    claimed = ClaimedPayload(value={"ok": True})
+    rec._apply(Signal(cmd, claimed))
+    assert rec.log[-1].type == "StepScheduled"  # the value passed the schema; the wait completed
+    assert diff_run("a1", rec.log, rec.inputs, reg, claimed={"go/1": claimed}).identical
+    # Without the value read, the reference itself is checked against the schema: refused, which the log does not say.
+    unread = diff_run("a1", rec.log, rec.inputs, reg)
+    assert unread.divergence is not None and unread.divergence.produced is not None
+    assert unread.divergence.produced["type"] == "ResumeRejected"
+
+
+def test_a_fork_is_re_driven_from_its_copied_history() -> None:
+    from tickflow.core.decider import Fork
+    from tickflow.runtime.replay import fork_command
+
+    source = small().until("cool")
+    cmd = fork_command("r1", source.log, source.log[-1].seq or 0, "f1", now_ms=source.now + 1_000)
+    fork = Recorder(DEPLOYED, "f1", now=source.now + 5_000)
+    fork.inputs[cmd.id] = cmd
+    fork._apply(Fork(cmd))
+    assert [d.cause for d in decisions(fork.log)] == [cmd.id]  # copies with shifted times: one decision
+    without_ship = registry_of(order(with_ship=False))
+    sleeping = diff_run("f1", fork.log, fork.inputs, without_ship)
+    assert sleeping.divergence is None and [m.name for m in sleeping.missing] == ["order.ship"]
+    fork.finish()
+    assert diff_run("f1", fork.log, fork.inputs, DEPLOYED).identical
+    assert diff_run("f1", fork.log, fork.inputs, without_ship).identical  # finished: it needs nothing more
