@@ -26,6 +26,11 @@ lacks: step functions (a worker of the new code fails such a step with ``Unknown
 mappers, and child workflows. That is judged on the pinned spec and the recorded state in both modes, since
 runs in flight keep their specs.
 
+What it cannot see: an input that decided nothing when it was recorded (a duplicate or late result, a resume
+retried under one id) left no event naming it, so it is not re-driven; a step body's own behaviour (its recorded
+result is used: the step ran in a worker, with its effects). A history with a hole (a lagging or vacuumed
+projection; a quarantine release, which skips seqs on purpose) is reported as uncheckable.
+
 Pure: no clock and no I/O; the caller gathers the inputs (``tickflow.runtime.recorded`` reads them).
 """
 
