@@ -19,7 +19,7 @@ rebuild takes, and a rebuild that fails verification changes nothing. The steps:
    same log range: the log is read again and folded record by record by ``ProjectionFold`` into a scratch
    database (``<new>__check``, dropped afterwards), and ClickHouse checksums both (``projections.verify`` says
    why both sides are computed there). Any difference refuses the swap and names the table. The check costs a
-   second read of the log and the Python fold (about 6 times the bulk build), paid before the swap, while
+   second read of the log and the Python fold (several times the bulk build), paid before the swap, while
    everything runs on.
 3. **Swap.** Catch the new database up to the log's current end while the live projector runs on, then pause
    the projector between two batches, catch up the last gap, switch the store (under its lock: a query runs

@@ -12,11 +12,14 @@ import asyncio
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from tests.integration.test_rebuild import settled, store_of
+from tickflow.cli import main as cli
 from tickflow.cli.replay import report_lines
 from tickflow.client import Client
 from tickflow.node import Node
+from tickflow.projections.models import RebuildReport
 from tickflow.projections.rebuild import Rebuild, rebuild_and_swap, rebuild_database, table_checksums
 from tickflow.projections.store import ClickHouseStore
 from tickflow.projections.verify import ALL_TABLES
@@ -185,3 +188,47 @@ async def test_an_unknown_projection_or_nothing_to_roll_back_is_a_clear_error(no
         assert r.status_code == 422 and "choose one of events, runs, steps" in r.text, r.text
         r = await http.post("/admin/rollback")
         assert r.status_code == 409 and "nothing to roll back to" in r.text, r.text
+
+
+async def test_the_cli_refuses_a_tampered_table_then_rebuilds_one_projection_and_rolls_back(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await settled(node, 6)
+    store = store_of(node)
+    base = store.database
+    env = {"TICKFLOW_API_PORT": str(node.settings.api_port)}
+    verify = Rebuild.verify
+
+    def tampered_verify(rebuild: Rebuild) -> RebuildReport:
+        """The API's rebuild, with the rows of one run deleted from its rebuilt ``steps`` table before the gate."""
+        victim = store.sibling(rebuild.database)
+        try:
+            victim.command(
+                f"DELETE FROM {victim.quoted_database}.steps WHERE run_id = "
+                f"(SELECT min(run_id) FROM {victim.quoted_database}.steps)"
+            )
+        finally:
+            victim.close()
+        return verify(rebuild)
+
+    async def tickflow(*args: str) -> tuple[int, str]:
+        result = await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
+        print(f"\n$ tickflow {' '.join(args)}\n{result.output}", end="")
+        return result.exit_code, result.output
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Rebuild, "verify", tampered_verify)
+        code, out = await tickflow("replay", "rebuild", "--wait", "120")
+    assert code == 1 and "  MISMATCH table steps: the rebuilt table has " in out, out
+    assert "MISMATCH table runs" not in out and "MISMATCH partition" not in out
+    assert "REFUSED: not swapped" in out and store.database == base
+
+    code, out = await tickflow("replay", "rebuild", "--table", "steps", "--wait", "120")
+    assert code == 0 and "rebuilt projection steps: " in out and "2 of 2 tables equal" in out, out
+    assert "swapped in (previous: " + base in out
+    rebuilt = store.database
+    assert rebuilt != base
+
+    code, out = await tickflow("replay", "rollback")
+    assert code == 0 and f"rolled back to {base} (from {rebuilt})" in out, out
+    assert store.database == base
