@@ -95,7 +95,7 @@ def build_router(deps: ApiDeps) -> APIRouter:
             running = next(j.job_id for j in jobs.values() if not j.done)
             raise HTTPException(409, f"rebuild {running} is still running; follow it at /admin/rebuild/{running}")
         if starting.locked():
-            raise ApiProblem(409, ErrorCode.BUSY, "a rebuild is being started; follow it at GET /admin/rebuild")
+            raise ApiProblem(409, ErrorCode.BUSY, "a rebuild is being started or a rollback runs; try again shortly")
         table = body.table if body is not None else None
         if table is not None and table not in PROJECTIONS:
             raise HTTPException(422, f"no projection {table!r}: choose one of {', '.join(PROJECTIONS)}")
