@@ -9,7 +9,9 @@ independent fold (``ProjectionFold``, the code the live projector runs) writes i
 the same ClickHouse, migrated from the same files, and one SQL text checksums both databases. What differs between
 the two sides is then only how the rows were computed — the bulk SQL of ``projections.bulk`` against the Python
 fold, reading the log twice — which is the point of the check: a bug in either path, or a candidate table changed
-after it was built, makes the two disagree, and the swap is refused with the table named.
+after it was built, makes the two disagree, and the swap is refused with the table named. (When the build itself
+fell back to the fold — ``method='fold'`` — both sides run the same code: the check still catches a table changed
+after it was built or a read that went wrong, not a bug shared by the fold.)
 
 ``projected_at`` (the insert time) is left out of every checksum. Rollups are compared on their finalised
 aggregates (``GROUP BY`` their key, floats rounded: summation order differs between inserts); the t-digests of
