@@ -199,11 +199,13 @@ class BulkLoad:
             self.target.command(f"DROP VIEW {self.target.quoted_database}.`{name}`")
             self._views.append((create, to.group(1), columns, select))
 
-    def restore_views(self) -> None:
-        """Re-create the suspended views, filling each view's table from its whole source table first."""
+    def restore_views(self, *, fill: bool = True) -> None:
+        """Re-create the suspended views, filling each view's table from its whole source table first (unless
+        ``fill`` is False: the rebuild's one-projection swap copies those tables as they are)."""
         views, self._views = self._views, []
         for create, target, columns, select in views:
-            self.target.command(f"INSERT INTO {target} ({', '.join(f'`{c}`' for c in columns)}) {select}")
+            if fill:
+                self.target.command(f"INSERT INTO {target} ({', '.join(f'`{c}`' for c in columns)}) {select}")
             self.target.command(create)
 
     def drop_tables(self) -> None:

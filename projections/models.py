@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["PartitionCheck", "RebuildProgress", "RebuildReport", "SqlResult"]
+__all__ = ["PartitionCheck", "RebuildProgress", "RebuildReport", "SqlResult", "TableCheck"]
 
 
 class PartitionCheck(BaseModel):
@@ -26,6 +26,27 @@ class PartitionCheck(BaseModel):
         return (self.log_events, self.log_checksum) == (self.table_events, self.table_checksum)
 
 
+class TableCheck(BaseModel):
+    """One table of a rebuilt database against the same table filled by an independent fold of the same log."""
+
+    table: str
+    rows: int = Field(description="Rows of the rebuilt table (FINAL; rollups: finalised groups).")
+    checksum: int = Field(description="Order-independent checksum of the rebuilt table's rows.")
+    reference_rows: int = Field(description="Rows the independent fold of the log gave.")
+    reference_checksum: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.rows, self.checksum) == (self.reference_rows, self.reference_checksum)
+
+    def mismatch(self) -> str:
+        """What differs, in the words the report and the CLI use."""
+        return (
+            f"table {self.table}: the rebuilt table has {self.rows} rows (checksum {self.checksum}), the "
+            f"independent fold of the log {self.reference_rows} rows (checksum {self.reference_checksum})"
+        )
+
+
 class RebuildProgress(BaseModel):
     phase: str = "starting"
     events_done: int = 0
@@ -33,10 +54,16 @@ class RebuildProgress(BaseModel):
 
 
 class RebuildReport(BaseModel):
-    """What a rebuild did and found. ``ok`` means every partition of the events table matches the log."""
+    """What a rebuild did and found. ``ok`` means every partition of the events table matches the log and every
+    checked table (``table_checks``) equals the same table filled by an independent fold of the log."""
 
     database: str
     previous_database: str = ""
+    table: str = Field(
+        default="",
+        description="The one projection rebuilt ('' for all): the swap takes the other tables from the database "
+        "it replaces, as they are.",
+    )
     method: str = Field(
         default="",
         description="How the tables were built: 'bulk' (ClickHouse derived them from the staged log) or 'fold' "
@@ -57,7 +84,15 @@ class RebuildReport(BaseModel):
     tables: dict[str, int] = Field(default_factory=dict, description="Rows per table (FINAL).")
     checksums: dict[str, int] = Field(default_factory=dict, description="Order-independent checksum per table.")
     partitions: list[PartitionCheck] = Field(default_factory=list)
-    mismatches: list[str] = Field(default_factory=list)
+    check_method: str = Field(
+        default="",
+        description="What the tables were checked against: 'fold' (the live projector's Python fold of the same "
+        "log range, into a scratch database).",
+    )
+    table_checks: list[TableCheck] = Field(
+        default_factory=list, description="Every checked table (and rollup) against the independent fold."
+    )
+    mismatches: list[str] = Field(default_factory=list, description="Each partition or table that differs.")
 
 
 @dataclass(frozen=True)

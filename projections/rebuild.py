@@ -14,15 +14,26 @@ rebuild takes, and a rebuild that fails verification changes nothing. The steps:
 2. **Verify.** Per partition, the rebuilt ``events`` table must hold as many rows as the log has decodable
    events and the same checksum: the wrapping sum of CRC32(event_id), computed from the records read (the bulk
    path has ClickHouse compute it from the staged lines, whose count per partition must equal what Python
-   staged) and by ClickHouse from the table. Each table also gets ``count()`` and an order-independent
-   checksum of its FINAL rows (without ``projected_at``), so two rebuilds of one log — or a rebuild and the
-   live projection — can be compared.
+   staged) and by ClickHouse from the table. Then every table and rollup (or, for a one-projection rebuild,
+   that projection's) must equal, in rows and checksum, the same table filled by an independent fold of the
+   same log range: the log is read again and folded record by record by ``ProjectionFold`` into a scratch
+   database (``<new>__check``, dropped afterwards), and ClickHouse checksums both (``projections.verify`` says
+   why both sides are computed there). Any difference refuses the swap and names the table. The check costs a
+   second read of the log and the Python fold (several times the bulk build), paid before the swap, while
+   everything runs on.
 3. **Swap.** Catch the new database up to the log's current end while the live projector runs on, then pause
    the projector between two batches, catch up the last gap, switch the store (under its lock: a query runs
    wholly on the old or wholly on the new database), persist the pointer (``open_store`` follows it after a
    restart) and let the projector go on with caches and watermarks read from the new database. The previous
-   generation is kept as a rollback point and for comparison; older generations are dropped at the swap. A
-   database that failed verification, or was built without a swap, stays for inspection until the next swap.
+   generation is kept as a rollback point (``rollback``) and for comparison; older generations are dropped at
+   the swap. A database that failed verification, or was built without a swap, stays for inspection until the
+   next swap.
+
+**One projection** (``table=``): the new database is built and the chosen projection (its table and the rollups
+its views feed) verified as above; at the swap, with the projector held, every other table is copied from the
+database being replaced, as it is (vacuumed runs stay vacuumed), and the new database is caught up from those
+copies' position with each fact table's watermarks, so nothing is counted twice. **Rollback** switches back to
+the previous generation the same way: caught up from its own watermarks to the log's end, then swapped in.
 
 Records that do not decode are skipped and counted (the live projector dead-lettered them when it met them).
 """
@@ -45,10 +56,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.projections.bulk import Block, BulkLoad, StagingError, count_event
-from tickflow.projections.fold import ProjectionFold, Record
+from tickflow.projections.fold import ProjectionFold, Record, drop_projected
 from tickflow.projections.logread import LogReadError, RangeReader
-from tickflow.projections.models import PartitionCheck, RebuildProgress, RebuildReport
-from tickflow.projections.store import TABLE_COLUMNS, ClickHouseStore
+from tickflow.projections.models import PartitionCheck, RebuildProgress, RebuildReport, TableCheck
+from tickflow.projections.store import ClickHouseStore
+from tickflow.projections.verify import ALL_TABLES, compare_tables, projection_tables, table_checksums
 
 if TYPE_CHECKING:
     from tickflow.projections.projector import Projector
@@ -59,8 +71,10 @@ __all__ = [
     "RebuildError",
     "RebuildProgress",
     "RebuildReport",
+    "TableCheck",
     "rebuild_and_swap",
     "rebuild_database",
+    "rollback",
     "table_checksums",
 ]
 
@@ -92,33 +106,6 @@ class RebuildError(RuntimeError):
     """A rebuild cannot start or go on; the message says what to fix."""
 
 
-def _columns(table: str) -> str:
-    return ", ".join(c[:-3] if c.endswith("_at_ms") else c for c in TABLE_COLUMNS[table])
-
-
-#: Rollups are checked on their finalised sums (floats rounded: addition order differs between inserts). The
-#: latency digests of ``step_latency_per_minute`` are approximate and merge-order dependent, so only its counts.
-_ROLLUPS = {
-    "runs_per_minute": "SELECT minute, workflow, sum(started), sum(completed), sum(failed), sum(cancelled) "
-    "FROM {t} GROUP BY minute, workflow",
-    "llm_usage_per_minute": "SELECT minute, provider, model, agent, stack_id, sum(calls), sum(errors), "
-    "sum(fallbacks), sum(tokens_in), sum(tokens_out), round(sum(cost_usd), 9), round(sum(latency_ms), 3), "
-    "sum(calls_price_unknown), sum(calls_price_illustrative), sum(calls_usage_estimated), "
-    "round(sum(cost_illustrative_usd), 9) FROM {t} GROUP BY minute, provider, model, agent, stack_id",
-    "step_latency_per_minute": "SELECT minute, workflow, step, sum(attempts), sum(failures) "
-    "FROM {t} GROUP BY minute, workflow, step",
-}
-
-
-def table_checksums(store: ClickHouseStore) -> dict[str, tuple[int, int]]:
-    """(rows, checksum) of every projection table of the store's current database, as queries see them."""
-    parts = [f"SELECT '{t}', count(), sum(cityHash64({_columns(t)})) FROM {{db}}.{t} FINAL" for t in TABLE_COLUMNS]
-    parts += [
-        f"SELECT '{t}', count(), sum(cityHash64(*)) FROM ({sql.format(t='{db}.' + t)})" for t, sql in _ROLLUPS.items()
-    ]
-    return {str(t): (int(n), int(h)) for t, n, h in store.query(" UNION ALL ".join(parts))}
-
-
 class Rebuild:
     """One rebuild of ``store``'s projections into a new database of the same ClickHouse; see the module doc.
 
@@ -134,13 +121,17 @@ class Rebuild:
         database: str | None = None,
         batch_events: int = 50_000,
         bulk: bool = True,
+        table: str | None = None,
     ) -> None:
+        """``table`` rebuilds one projection (``projections.verify.PROJECTIONS``) and keeps the other tables."""
         self.store, self.kafka, self.topic = store, kafka_connection(kafka), topic
         self.bulk = bulk
+        self.checked = projection_tables(table)  # a ValueError names the projections, before anything is built
+        self.table = table
         self.database = database or next_generation(store)
         self.batch_events = batch_events
         self.progress = RebuildProgress()
-        self.report = RebuildReport(database=self.database, previous_database=store.database)
+        self.report = RebuildReport(database=self.database, previous_database=store.database, table=table or "")
         self.fold = ProjectionFold(FOLD_CACHE)
         self.offsets: dict[int, int] = {}  # next offset to read, per partition
         self.digests: dict[int, list[int]] = {}  # partition -> [count, checksum]
@@ -149,6 +140,9 @@ class Rebuild:
         )
         self._target: ClickHouseStore | None = None
         self._lock = threading.Lock()  # build and catch_up never overlap (they share the fold)
+        #: Set when the target already holds rows past ``offsets`` (copied tables, a rollback): fact rows at or
+        #: below these watermarks are dropped, as the live projector does after a redelivery.
+        self._marks: dict[str, dict[int, int]] | None = None
 
     # -- build ---------------------------------------------------------------------------------------------
 
@@ -223,7 +217,10 @@ class Rebuild:
         self.report.phases = dict(self.phases)
         return n
 
-    async def _read(self, start: dict[int, int] | None, bulk: BulkLoad | None = None) -> int:
+    async def _read(
+        self, start: dict[int, int] | None, bulk: BulkLoad | None = None, until: dict[int, int] | None = None
+    ) -> int:
+        """Read from ``start`` (None: the first retained offsets) to ``until`` (None: the current end offsets)."""
         consumer = AIOKafkaConsumer(
             **self.kafka.client_options(),
             group_id=None,
@@ -238,6 +235,8 @@ class Rebuild:
             if not tps:
                 raise RebuildError(f"the events topic {self.topic!r} does not exist: check TICKFLOW_PREFIX")
             ends = {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
+            if until is not None:
+                ends = {p: until.get(p, 0) for p in ends}
             firsts = {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
             begin = {p: max(firsts[p], (start or {}).get(p, 0)) for p in ends}
             if start is None:
@@ -332,6 +331,8 @@ class Rebuild:
                 target.stacks_by_id(missing.stacks),
             )
         rows = self.fold.fold(records, self.topic)
+        if self._marks is not None:
+            rows = drop_projected(rows, self._marks)
         t2 = time.perf_counter()
         target.write(rows)
         t3 = time.perf_counter()
@@ -342,7 +343,8 @@ class Rebuild:
     # -- verify --------------------------------------------------------------------------------------------
 
     def verify(self) -> RebuildReport:
-        """Compare the rebuilt events table with the log per partition; count and checksum every table."""
+        """Compare the rebuilt events table with the log per partition, then every checked table with an
+        independent fold of the same log range (see the module doc); ``ok`` only when all agree."""
         target = self._target
         if target is None:
             raise RebuildError("verify needs a built database: call build() first")
@@ -371,10 +373,35 @@ class Rebuild:
         sums = table_checksums(target)
         r.tables = {t: n for t, (n, _) in sums.items()}
         r.checksums = {t: h for t, (_, h) in sums.items()}
+        r.check_method = "fold"
+        r.table_checks = self._check_tables(sums)
+        r.mismatches += [c.mismatch() for c in r.table_checks if not c.ok]
         r.ok = not r.mismatches
         self.phases["verify"] += time.perf_counter() - started
         r.phases = dict(self.phases)
         return r
+
+    def _check_tables(self, sums: dict[str, tuple[int, int]]) -> list[TableCheck]:
+        """Fold the log range the build read (``start_offsets`` to ``end_offsets``) again, record by record, into
+        a scratch database, and compare the checked tables with it."""
+        scratch = f"{self.database}__check"
+        self.store.command(f"DROP DATABASE IF EXISTS `{scratch}`")  # a check a crash left behind
+        reference = Rebuild(
+            self.store, kafka=self.kafka, topic=self.topic, database=scratch, bulk=False, batch_events=self.batch_events
+        )
+        reference.progress = self.progress  # its events count into this rebuild's progress
+        try:
+            self.progress.phase = "verifying: folding the log again"
+            reference._target = self.store.sibling(scratch)
+            reference._target.migrate()
+            with _fewer_collections():
+                asyncio.run(reference._read(dict(self.report.start_offsets), until=dict(self.report.end_offsets)))
+            self.progress.phase = "verifying: comparing tables"
+            expected = table_checksums(reference._target, self.checked)
+        finally:
+            reference.close()
+            self.store.command(f"DROP DATABASE IF EXISTS `{scratch}`")
+        return compare_tables(sums, expected, self.checked)
 
     # -- swap ----------------------------------------------------------------------------------------------
 
@@ -388,6 +415,8 @@ class Rebuild:
         hold = projector.paused() if projector is not None else contextlib.nullcontext()
         async with hold:
             held = time.perf_counter()
+            if self.table is not None:
+                await asyncio.to_thread(self._take_other_tables)  # the live tables stand still: copy them
             await asyncio.to_thread(self.catch_up)  # the rest: nothing is projected meanwhile
             previous = self.store.database
             await asyncio.to_thread(self.store.switch_database, self.database)
@@ -399,6 +428,47 @@ class Rebuild:
         self.phases["swap"] += time.perf_counter() - started
         self.report.phases = dict(self.phases)
         self.progress.phase = "done"
+
+    def _take_other_tables(self) -> None:
+        """One projection rebuilt: replace every other table of the new database by a copy of the database being
+        replaced (with its projector held, so every table stands at the same batch boundary), then go on from the
+        lower of the two positions with the new database's watermarks, so no fact is inserted twice."""
+        target = self._target
+        assert target is not None
+        source, db = self.store.database, target.quoted_database
+        live = self.store.watermarks().get("events", {})
+        with self._lock:
+            views = BulkLoad(target, self.topic, self.fold)
+            views.suspend_views()  # the copied rollups are the live ones: their views must not count the copies
+            try:
+                for t in (t for t in ALL_TABLES if t not in self.checked):
+                    columns = ", ".join(
+                        f"`{c}`"
+                        for (c,) in target.query(
+                            "SELECT name FROM system.columns WHERE database = {d:String} AND table = {t:String} "
+                            "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS') ORDER BY position",
+                            {"d": target.database, "t": t},
+                        )
+                    )
+                    target.command(f"TRUNCATE TABLE {db}.`{t}`")
+                    target.command(f"INSERT INTO {db}.`{t}` ({columns}) SELECT {columns} FROM `{source}`.`{t}`")
+            finally:
+                views.restore_views(fill=False)
+                views.finish()  # it inserted nothing: this only shuts its (idle) insert thread pool
+            self.offsets = {p: min(o, live.get(p, -1) + 1) for p, o in self.offsets.items()}
+            self.fold = ProjectionFold(FOLD_CACHE)  # what the copies hold is read back from them
+            self._marks = target.watermarks()
+
+    def resume_previous(self) -> None:
+        """Open ``database`` (a generation a swap replaced) to catch it up from its own watermarks (``rollback``).
+
+        Its tables stopped at one batch boundary (the projector was held for the swap), so its events watermark
+        is its position in every partition."""
+        target = self._target = self.store.sibling(self.database)
+        marks = target.watermarks()
+        self.offsets = {p: m + 1 for p, m in marks.get("events", {}).items()}
+        self._marks = marks
+        self.report.method, self.report.ok = "rollback", True
 
     def close(self) -> None:
         if self._target is not None:
@@ -439,10 +509,12 @@ def rebuild_database(
     database: str | None = None,
     before_verify: Callable[[Rebuild], Any] | None = None,
     bulk: bool = True,
+    table: str | None = None,
 ) -> RebuildReport:
     """Build and verify a new database (no swap); blocking. ``before_verify`` is for fault-injection tests;
-    ``bulk=False`` folds every event in Python (the reference the bulk path is tested against)."""
-    rebuild = Rebuild(store, kafka=kafka, topic=topic, database=database, bulk=bulk)
+    ``bulk=False`` folds every event in Python (the reference the bulk path is tested against); ``table``
+    checks one projection only."""
+    rebuild = Rebuild(store, kafka=kafka, topic=topic, database=database, bulk=bulk, table=table)
     try:
         rebuild.build()
         if before_verify is not None:
@@ -468,6 +540,26 @@ async def rebuild_and_swap(
         if swap and report.ok:
             await rebuild.swap(projector)
         rebuild.progress.phase = "done"
+        return rebuild.report
+    finally:
+        await asyncio.to_thread(rebuild.close)
+
+
+async def rollback(
+    store: ClickHouseStore, *, kafka: KafkaTarget, topic: str, projector: Projector | None = None
+) -> RebuildReport:
+    """Swap back to the generation the last swap replaced (the same swap as a rebuild's, after catching that
+    database up from its own watermarks to the log's end); a second rollback swaps forward again."""
+    previous = await asyncio.to_thread(store.previous_database)
+    if previous is None:
+        raise RebuildError(
+            f"nothing to roll back to: no swap has replaced a database of {store.base_database!r} that still exists "
+            "(a swap keeps the database it replaced until the next swap)"
+        )
+    rebuild = Rebuild(store, kafka=kafka, topic=topic, database=previous)
+    try:
+        await asyncio.to_thread(rebuild.resume_previous)
+        await rebuild.swap(projector)
         return rebuild.report
     finally:
         await asyncio.to_thread(rebuild.close)

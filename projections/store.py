@@ -612,7 +612,21 @@ class ClickHouseStore:
             "(base String, database String, version UInt64, switched_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
             "ENGINE = ReplacingMergeTree(version) ORDER BY base"
         )
+        self._client.command(  # the database a swap replaced: where a rollback goes back to
+            f"ALTER TABLE `{META_DATABASE}`.active_databases ADD COLUMN IF NOT EXISTS previous String DEFAULT ''"
+        )
         return f"`{META_DATABASE}`.active_databases"
+
+    def previous_database(self) -> str | None:
+        """The generation the last swap replaced, if it still exists (``projections.rebuild.rollback``)."""
+        with self._lock:
+            table = self._pointer_table()
+            rows = self._client.query(
+                f"SELECT argMax(previous, version) AS previous FROM {table} WHERE base = {{b:String}} "
+                "HAVING previous IN (SELECT name FROM system.databases) AND previous != {d:String}",
+                parameters={"b": self.base_database, "d": self.database},
+            ).result_rows
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     def active_database(self) -> str:
         """The generation of ``base_database`` the last swap made active (itself when none, or when the
@@ -634,7 +648,9 @@ class ClickHouseStore:
         with self._lock:
             table = self._pointer_table()
             self._client.insert(
-                table, [[self.base_database, database, time.time_ns()]], column_names=["base", "database", "version"]
+                table,
+                [[self.base_database, database, time.time_ns(), self.database]],
+                column_names=["base", "database", "version", "previous"],
             )
             self.database, self._t = database, f"`{database}`"
 

@@ -25,7 +25,7 @@ from tickflow.core.divergence import CheckReport, Code, RunDiff, SpecChoice, dif
 from tickflow.core.state import TERMINAL, RunState, state_from_json
 from tickflow.events.errors import ApiError, ErrorCode, ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
-from tickflow.projections.models import SqlResult
+from tickflow.projections.models import RebuildReport, SqlResult
 from tickflow.wire import EngineReport, RebuildJob, RecordedRun, RunStatus
 
 __all__ = ["TERMINAL", "Client"]
@@ -211,14 +211,18 @@ class Client:
         """Compare the API process's live engine state with a refold of the log; ``report.ok`` when equal."""
         return EngineReport.model_validate(self._check(self._http.post("/admin/engine/verify", timeout=300)))
 
-    def rebuild(self, *, swap: bool = True, wait: float | None = None, poll_s: float = 0.5) -> RebuildJob:
-        """Rebuild every projection from the log into a fresh database, verify it and (``swap``) switch to it.
+    def rebuild(
+        self, *, swap: bool = True, wait: float | None = None, poll_s: float = 0.5, table: str | None = None
+    ) -> RebuildJob:
+        """Rebuild every projection (or, with ``table``, one: its table and rollups, the rest kept) from the log
+        into a fresh database, verify it against an independent fold of the log and (``swap``) switch to it.
 
         Returns the job at once, or with ``wait`` (seconds) once it ended: ``job.report`` holds counts,
-        checksums, mismatches and events/s; ``job.state`` is "failed" when verification found a mismatch (then
-        nothing was swapped). Raises ``TimeoutError`` when it is still running after ``wait`` seconds.
+        checksums, each table's check, mismatches and events/s; ``job.state`` is "failed" when verification found
+        a mismatch (then nothing was swapped). Raises ``TimeoutError`` when it is still running after ``wait``.
         """
-        job = RebuildJob.model_validate(self._check(self._http.post("/admin/rebuild", json={"swap": swap})))
+        body: dict[str, Any] = {"swap": swap} if table is None else {"swap": swap, "table": table}
+        job = RebuildJob.model_validate(self._check(self._http.post("/admin/rebuild", json=body)))
         if wait is None:
             return job
         deadline = time.monotonic() + wait
@@ -228,6 +232,10 @@ class Client:
             time.sleep(poll_s)
             job = self.rebuild_status(job.job_id)
         return job
+
+    def rollback(self) -> RebuildReport:
+        """Swap back to the projection database the last swap replaced (caught up to the log first)."""
+        return RebuildReport.model_validate(self._check(self._http.post("/admin/rollback", timeout=600)))
 
     def rebuild_status(self, job_id: str) -> RebuildJob:
         """A rebuild's progress, and its report once it ended."""

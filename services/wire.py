@@ -131,6 +131,11 @@ class RebuildRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     swap: bool = Field(default=True, description="Swap the rebuilt database in once it is verified.")
+    table: str | None = Field(
+        default=None,
+        description="Rebuild one projection (events, runs, steps, llm_calls, stacks, ticks, messages; with the "
+        "rollups its views feed) and keep every other table as it is; all of them when unset.",
+    )
 
 
 class RebuildJob(BaseModel):

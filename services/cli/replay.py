@@ -9,8 +9,9 @@ import click
 from tickflow.cli.common import client, fail, print_json
 from tickflow.core.state import state_to_json
 from tickflow.events.errors import TickflowError
+from tickflow.projections.models import RebuildReport
 
-__all__ = ["replay"]
+__all__ = ["replay", "report_lines"]
 
 
 @click.group()
@@ -85,15 +86,21 @@ def replay_verify_engine(ctx: click.Context, as_json: bool) -> None:
 
 @replay.command("rebuild")
 @click.option("--no-swap", is_flag=True, help="Build and verify only; keep serving the current database.")
+@click.option(
+    "--table",
+    default=None,
+    help="Rebuild one projection (events, runs, steps, llm_calls, stacks, ticks, messages) and keep the others.",
+)
 @click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job (and report) as JSON.")
 @click.pass_context
-def replay_rebuild(ctx: click.Context, no_swap: bool, wait_s: float | None, as_json: bool) -> None:
-    """Rebuild every projection from the log into a fresh database, verify it against the log and swap it in
-    without stopping queries; exit 1 when verification finds a mismatch (nothing is swapped then)."""
+def replay_rebuild(ctx: click.Context, no_swap: bool, table: str | None, wait_s: float | None, as_json: bool) -> None:
+    """Rebuild every projection (or one, --table) from the log into a fresh database, check every table against an
+    independent fold of the log and swap it in without stopping queries; exit 1 when a table or partition differs
+    (nothing is swapped then)."""
     try:
         with client(ctx) as c:
-            job = c.rebuild(swap=not no_swap, wait=wait_s)
+            job = c.rebuild(swap=not no_swap, wait=wait_s, table=table)
     except (TickflowError, TimeoutError) as exc:
         fail(exc)
         return
@@ -102,12 +109,50 @@ def replay_rebuild(ctx: click.Context, no_swap: bool, wait_s: float | None, as_j
     elif job.report is None:
         click.echo(f"rebuild {job.job_id} started into {job.database}; follow it with --wait or the API")
     else:
-        r = job.report
-        click.echo(f"rebuilt {r.events:,} events into {r.database} in {r.duration_s:.1f} s ({r.events_per_s:,.0f}/s)")
-        click.echo("rows: " + ", ".join(f"{t}={n:,}" for t, n in r.tables.items()))
-        for m in r.mismatches:
-            click.echo(f"  MISMATCH {m}")
+        for line in report_lines(job.report):
+            click.echo(line)
         if job.error:
             click.echo(f"failed: {job.error}")
-        click.echo("swapped in (previous: " + r.previous_database + ")" if r.swapped else "not swapped")
     sys.exit(1 if job.state == "failed" else 0)
+
+
+@replay.command("rollback")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def replay_rollback(ctx: click.Context, as_json: bool) -> None:
+    """Swap back to the projection database the last rebuild replaced (caught up to the log first); running it
+    again swaps forward."""
+    try:
+        with client(ctx) as c:
+            report = c.rollback()
+    except TickflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        print_json(report.model_dump())
+    else:
+        click.echo(
+            f"rolled back to {report.database} (from {report.previous_database}): caught up "
+            f"{report.caught_up_events:,} events, projector held {report.paused_ms:.0f} ms"
+        )
+
+
+def report_lines(r: RebuildReport) -> list[str]:
+    """A rebuild report as ``tickflow replay rebuild`` prints it."""
+    what = f"projection {r.table}" if r.table else "every projection"
+    lines = [
+        f"rebuilt {what}: {r.events:,} events into {r.database} in {r.duration_s:.1f} s ({r.events_per_s:,.0f}/s)",
+        "rows: " + ", ".join(f"{t}={n:,}" for t, n in r.tables.items()),
+    ]
+    if r.table_checks:
+        good = [c.table for c in r.table_checks if c.ok]
+        lines.append(f"checked against an independent {r.check_method} of the log: {len(good)} of "
+                     f"{len(r.table_checks)} tables equal")
+    lines += [f"  MISMATCH {m}" for m in r.mismatches]
+    if r.swapped:
+        lines.append(f"swapped in (previous: {r.previous_database}; `tickflow replay rollback` swaps back)")
+    elif r.mismatches:
+        lines.append(f"REFUSED: not swapped; {r.database} is kept for inspection until the next swap")
+    else:
+        lines.append("not swapped")
+    return lines

@@ -118,7 +118,7 @@ def test_lone_surrogates_are_named_and_pairs_or_escaped_backslashes_pass() -> No
 )
 def test_a_page_of_another_origin_cannot_change_anything(headers: dict[str, str]) -> None:
     with TestClient(_app(token=None), base_url=BASE) as c:  # the token-less default: no credential to stop it
-        for path in ("/runs/r1/cancel", "/stacks/s1/play", "/admin/rebuild", "/admin/engine/verify"):
+        for path in ("/runs/r1/cancel", "/stacks/s1/play", "/admin/rebuild", "/admin/rollback", "/admin/engine/verify"):
             answer = c.post(path, headers=headers)
             assert answer.status_code == 403 and answer.json()["code"] == "forbidden", (path, answer.text)
         sent = c.post("/runs", json={"workflow": "known"}, headers=headers)
