@@ -381,7 +381,12 @@ class Engine(PartitionOwnership):
             return
         self.inputs[env.type] += 1
         if record.key != env.key.encode():
-            reason = "record key must be the envelope key (the run id); it decides which engine owns the run"
+            got = "no key" if record.key is None else f"key {record.key[:300].decode(errors='replace')!r}"
+            reason = (
+                f"key: the Kafka record has {got}, but its envelope's key is {env.key!r}; send the record with the "
+                "envelope's key as its Kafka key (it decides which engine partition owns the run; "
+                "kafka-console-producer: --property parse.key=true)"
+            )
             await self._dead_letter(record, reason, now)
             return
         if is_slot(env.key):
