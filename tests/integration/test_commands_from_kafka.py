@@ -88,8 +88,7 @@ async def test_hand_written_json_from_a_plain_producer_starts_resumes_and_comple
 async def _dead_letter_reasons(settings: Settings, count: int) -> dict[str, str]:
     deadline = time.monotonic() + 30
     while True:
-        letters = [e.payload for _, _, e in await read_topic(settings.kafka, settings.topics.dead_letter,
-                                                             settings.partitions)]
+        letters = [e.payload for _, _, e in await read_topic(settings.kafka, settings.topics.dead_letter, 1)]
         reasons = {p.source_key or "": p.reason for p in letters if isinstance(p, DeadLetter)}
         if len(reasons) >= count or time.monotonic() > deadline:
             return reasons
