@@ -415,7 +415,7 @@ class Engine(PartitionOwnership):
             spec = self.registry.spec(env.payload.workflow)
             if spec is None and state is None:
                 known = ", ".join(sorted(self.registry.specs)) or "none"
-                reason = f"unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
+                reason = f"payload.workflow: unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
                 await self._dead_letter(record, reason, now)
             start = Start(env, spec, self._spec_hashes.get(env.payload.workflow, ""))
             await self._decide(tp.partition, state or RunState(env.key), start, now, record)
@@ -474,7 +474,7 @@ class Engine(PartitionOwnership):
             )
         if isinstance(env.payload, StartRun | ForkRun) and not is_run_id(env.key):
             return (
-                f"run id {env.key!r} is not allowed: use 1-256 letters, digits, '_', '.', ':' or '-' "
+                f"key: run id {env.key!r} is not allowed: use 1-256 letters, digits, '_', '.', ':' or '-' "
                 "(ids appear in URLs and in derived ids and keys)"
             )
         if isinstance(env.payload, StartRun):

@@ -56,6 +56,8 @@ async def test_hand_written_json_from_a_plain_producer_starts_resumes_and_comple
         await producer.send_and_wait(topics.commands, (TYPO % {"run": "hand-2", "now": now}).encode(), key=b"hand-2")
         misrouted = (START % {"run": "hand-3", "now": now}).encode()
         await producer.send_and_wait(topics.commands, misrouted, key=b"someone-else")
+        unknown = (START % {"run": "hand-4", "now": now}).replace('"approval"', '"aproval"').encode()
+        await producer.send_and_wait(topics.commands, unknown, key=b"hand-4")
 
         def until_waiting() -> None:
             with Client(node.settings.api_url) as c:
@@ -75,7 +77,7 @@ async def test_hand_written_json_from_a_plain_producer_starts_resumes_and_comple
 
     final = await asyncio.to_thread(finished)
     assert final.status == "completed" and final.output == "shipped after ops approved", final
-    reasons = await _dead_letter_reasons(node.settings, 2)
+    reasons = await _dead_letter_reasons(node.settings, 3)
     assert reasons["hand-2"].startswith(
         "invalid StartRun: payload.inptu: Extra inputs are not permitted (remove it; allowed here: workflow, input, "
     ), reasons["hand-2"]
@@ -83,6 +85,7 @@ async def test_hand_written_json_from_a_plain_producer_starts_resumes_and_comple
         "key: the Kafka record has key 'someone-else', but its envelope's key is 'hand-3'; send the record with the "
         "envelope's key as its Kafka key"
     ), reasons["someone-else"]
+    assert reasons["hand-4"].startswith("payload.workflow: unknown workflow 'aproval'; registered workflows: "), reasons
 
 
 async def _dead_letter_reasons(settings: Settings, count: int) -> dict[str, str]:
