@@ -38,6 +38,7 @@ test: install $(CHROMIUM)
 lint: install
 	$(BIN)/ruff check events services projections tests
 	$(BIN)/mypy
+	$(BIN)/python -m tickflow.events.jsonschemas --check
 
 bench: install
 	$(BIN)/tickflow broker start
