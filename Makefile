@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # mypy and every tool see the real `tickflow` layout. A file added or removed needs a new link tree, so the stamp
 # is named after the list of packaged files and a changed list reinstalls.
 PACKAGED := $(shell find events services projections -type f \( -name '*.py' -o -name '*.sql' -o -name '*.xml' \
-	-o -name '*.properties' -o -name py.typed -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -path '*/vendor/*' \) \
+	-o -name '*.properties' -o -name py.typed -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.json' -o -path '*/vendor/*' \) \
 	-not -path '*/__pycache__/*' | LC_ALL=C sort | cksum | cut -d' ' -f1)
 STAMP := $(BIN)/.installed-$(PACKAGED)
 
@@ -38,6 +38,7 @@ test: install $(CHROMIUM)
 lint: install
 	$(BIN)/ruff check events services projections tests
 	$(BIN)/mypy
+	$(BIN)/python -m tickflow.events.jsonschemas --check
 
 bench: install
 	$(BIN)/tickflow broker start

@@ -6,6 +6,7 @@ carries, phrased so the producer knows what to fix.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 import tickflow.events.agents  # noqa: F401 - registers the agent and stack event types
 from tickflow.events.envelope import Envelope
-from tickflow.events.schemas import PAYLOAD_TYPES, Kind
+from tickflow.events.schemas import PAYLOAD_TYPES, Kind, Payload
 from tickflow.events.upcast import upcast
 
 __all__ = ["MAX_JSON_DEPTH", "MAX_RECORD_BYTES", "InvalidRecord", "RecordTooLarge", "decode", "encode", "too_deep"]
@@ -82,13 +83,54 @@ def encode(envelope: Envelope) -> bytes:
     return raw
 
 
-def _format_validation(exc: ValidationError) -> str:
+def _excerpt(value: Any) -> str:
+    """A refused value as the producer wrote it, short enough for a reason (and redacted with it by the writer)."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fix(err: Any, fields: list[str]) -> str:
+    """What to do about one pydantic error, in the producer's terms."""
+    kind = err["type"]
+    if kind == "missing":
+        return "add it"
+    if kind == "extra_forbidden":
+        return f"remove it; allowed here: {', '.join(fields)}" if fields else "remove it"
+    return f"got {_excerpt(err.get('input'))}"
+
+
+def _format_validation(exc: ValidationError, *, under: str = "", fields: list[str] | None = None) -> str:
+    """One ``path: problem; fix`` clause per error, the path written from the record's top (``payload.workflow``)
+    so the producer finds the field to fix; ``fields`` are the names allowed where an unknown one was found."""
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(record)"
-        parts.append(f"{loc}: {err['msg']}")
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (*([under] if under else []), *err["loc"]))
+        path = path.lstrip(".") or "(record)"
+        allowed = (fields or []) if len(err["loc"]) == 1 else []  # the fields of nested models are not listed
+        parts.append(f"{path}: {err['msg']} ({_fix(err, allowed)})")
     more = "" if exc.error_count() <= 5 else f" (+{exc.error_count() - 5} more)"
     return "; ".join(parts) + more
+
+
+_ENVELOPE_FIELDS = list(Envelope.model_fields)
+
+
+def _unknown_type(kind: Any, type_: Any) -> str:
+    """The reason for a record whose kind or type names no payload: which field, and the names it may take."""
+    kinds = sorted({k for k, _ in PAYLOAD_TYPES})
+    if kind is None:
+        return f'kind: Field required (add it: "kind": "command" on the commands topic; one of {", ".join(kinds)})'
+    if kind not in kinds:
+        return f"kind: unknown kind {_excerpt(kind)}; one of {', '.join(kinds)}"
+    known = sorted(t for k, t in PAYLOAD_TYPES if k == kind)
+    if type_ is None:
+        return f"type: Field required (add it: the {kind} type, one of {', '.join(known)})"
+    near = difflib.get_close_matches(str(type_), known, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"type: unknown {kind} type {type_!r}{hint}; known {kind} types: {', '.join(known) or 'none'}"
 
 
 def decode(raw: bytes | None, *, expect: Kind | None = None) -> Envelope:
@@ -107,28 +149,43 @@ def decode(raw: bytes | None, *, expect: Kind | None = None) -> Envelope:
         raise InvalidRecord(f"record nests deeper than {MAX_JSON_DEPTH} levels; flatten its values")
     kind, type_ = data.get("kind"), data.get("type")
     if expect is not None and kind != expect:
-        raise InvalidRecord(f"expected a {expect!r} record on this topic, got kind={kind!r}")
+        got = "kind is missing" if kind is None else f"got kind={kind!r}"
+        raise InvalidRecord(f'kind: expected a {expect!r} record on this topic, {got} (set "kind": "{expect}")')
     payload_cls = PAYLOAD_TYPES.get((str(kind), str(type_)))
     if payload_cls is None:
-        known = sorted(t for k, t in PAYLOAD_TYPES if k == kind)
-        raise InvalidRecord(f"unknown {kind} type {type_!r}; known types: {', '.join(known) or 'none'}")
+        raise InvalidRecord(_unknown_type(kind, type_))
     raw_payload = data.get("payload", {})
     version = data.get("schema_version", 1)
     if isinstance(version, int) and version != payload_cls.VERSION:
         if version > payload_cls.VERSION:
             raise InvalidRecord(
-                f"{type_} v{version} was written by a newer tickflow (this one reads up to v{payload_cls.VERSION}); "
-                "upgrade this consumer"
+                f"schema_version: {type_} v{version} was written by a newer tickflow (this one reads up to "
+                f"v{payload_cls.VERSION}); upgrade this consumer"
             )
         if not isinstance(raw_payload, dict):
-            raise InvalidRecord(f"invalid {type_}: payload must be a JSON object")
+            raise InvalidRecord(f"invalid {type_}: payload: must be a JSON object (got {_excerpt(raw_payload)})")
         try:
             raw_payload = upcast(str(type_), version, payload_cls.VERSION, raw_payload)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRecord(f"cannot upcast {type_} v{version}: {exc}") from None
         data = {**data, "schema_version": payload_cls.VERSION}
+    reasons = []
     try:
-        payload = payload_cls.model_validate(raw_payload)
-        return Envelope.model_validate({**data, "payload": payload})
+        payload: Payload = payload_cls.model_validate(raw_payload)
     except ValidationError as exc:
-        raise InvalidRecord(f"invalid {type_}: {_format_validation(exc)}") from None
+        reasons.append(_format_validation(exc, under="payload", fields=list(payload_cls.model_fields)))
+        payload = Payload()  # stands in, so the header's own errors are reported in the same reason
+    try:
+        envelope = Envelope.model_validate({**data, "payload": payload})
+    except ValidationError as exc:
+        reasons.insert(0, _format_validation(exc, fields=_ENVELOPE_FIELDS))
+    if reasons:
+        raise InvalidRecord(f"invalid {type_}: {'; '.join(reasons)}{_schema_hint(payload_cls)}")
+    return envelope
+
+
+def _schema_hint(payload_cls: type[Payload]) -> str:
+    """Where a producer finds the whole shape (``tickflow.events.jsonschemas``): only commands come from outside."""
+    if payload_cls.KIND != "command":
+        return ""
+    return f"; see the {payload_cls.TYPE} JSON Schema (GET /schemas/{payload_cls.TYPE})"

@@ -31,20 +31,31 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: Id
-    kind: Kind
-    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    schema_version: int = Field(default=1, ge=1)
-    key: Id
-    seq: int | None = Field(default=None, ge=1, le=2**63 - 1)
-    causation_id: Id | None = None
-    correlation_id: Id | None = None
-    occurred_at_ms: EpochMs
+    # The descriptions are the published JSON Schema's (``tickflow.events.jsonschemas``): what a producer outside
+    # tickflow reads to write a record by hand.
+    id: Id = Field(description="Unique id of this record. A command's id is its idempotency key: a ResumeRun or a "
+                               "stack command sent again with the same id is applied once (a StartRun is applied "
+                               "once per key, the run id, whatever its id).")
+    kind: Kind = Field(description='What the record is; "command" for everything produced to the commands topic.')
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="The payload's type, e.g. StartRun or ResumeRun; it decides which schema the payload has."
+    )
+    schema_version: int = Field(default=1, ge=1, description="Version of the payload's schema (1 when left out).")
+    key: Id = Field(description="The entity the record is about: the run id (or stack:<id>). The Kafka record's key "
+                                "must be these same bytes: it decides which engine partition owns the run.")
+    seq: int | None = Field(default=None, ge=1, le=2**63 - 1,
+                            description="Per-run sequence number of events; left out of commands.")
+    causation_id: Id | None = Field(default=None, description="Id of the record that caused this one, if any.")
+    correlation_id: Id | None = Field(default=None, description="Id grouping related records (tickflow: the run id).")
+    occurred_at_ms: EpochMs = Field(description="When the record was written, in milliseconds since the Unix epoch.")
     #: W3C ``traceparent`` of the span that wrote the record (``tickflow.tracing``); left out of the JSON when None,
     #: so records written without tracing are byte for byte what they were. Before the payload: readers that take
     #: the payload as the rest of the record (the bulk rebuild) stay right.
-    trace_parent: str | None = Field(default=None, max_length=256, exclude_if=lambda v: v is None)
-    payload: SerializeAsAny[Payload]
+    trace_parent: str | None = Field(
+        default=None, max_length=256, exclude_if=lambda v: v is None,
+        description="Optional W3C traceparent of the span that wrote the record, to join its trace.",
+    )
+    payload: SerializeAsAny[Payload] = Field(description="The typed body; its fields depend on type.")
 
     @classmethod
     def wrap(

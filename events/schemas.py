@@ -84,7 +84,10 @@ LongText = Annotated[str, StringConstraints(max_length=64_000)]
 #: 9999-12-31T23:59:59.999Z: the latest instant every reader (Python's datetime, ClickHouse's DateTime64) can show.
 MAX_EPOCH_MS = 253_402_300_799_999
 #: An integer every reader holds exactly: ClickHouse's Int64 columns, and JSON readers that use doubles elsewhere.
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+#: The bounds are strict (gt/lt) on purpose: pydantic lets a type's ``ge``/``le`` replace a field's own
+#: ``Field(ge=…, le=…)`` of the same name, so ``Int64 = Field(ge=1)`` used to accept 0 (and a StartRun's priority
+#: 5000). Under other names both bounds hold, and the published JSON Schemas show the field's.
+Int64 = Annotated[int, Field(gt=-(2**63) - 1, lt=2**63)]
 #: A point in time, in epoch milliseconds, within what every reader can show.
 EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
 

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from tickflow.api import analytics, blobs, divergence, live, memory, rebuild, replay, runs, sql, stacks
+from tickflow.api import analytics, blobs, divergence, live, memory, rebuild, replay, runs, schemas, sql, stacks
 from tickflow.api.deps import ApiDeps, code_for_status
 from tickflow.api.gate import RequestGate
 from tickflow.api.sessions import Credentials
@@ -36,7 +36,7 @@ from tickflow.projections.store import ProjectionStore
 __all__ = ["create_api"]
 
 #: Every router of the API, in the order their routes are matched.
-ROUTERS = (runs, blobs, analytics, live, memory, rebuild, replay, sql, stacks, divergence)
+ROUTERS = (runs, blobs, analytics, live, memory, rebuild, replay, sql, stacks, divergence, schemas)
 #: Swagger UI's vendored assets (``tickflow/dashboard/static/vendor``), without the suffix.
 SWAGGER_UI = "/ui/static/vendor/swagger-ui-5.32.0"
 

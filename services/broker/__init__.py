@@ -9,6 +9,9 @@ What it runs: Apache Kafka's own jars, fetched once by Maven from Maven Central 
 
 Where: a KRaft broker+controller bound to 127.0.0.1 only, with its data, logs and pidfile under the state
 directory (``<state_dir>/kafka``; $TICKFLOW_STATE_DIR, default ./.tickflow), so two projects never share a log.
+
+Kafka's own console producer and consumer (``tickflow.broker.tools``) run from a second set of jars beside the
+broker's, fetched the first time one is used.
 """
 
 from .launcher import (
@@ -21,14 +24,19 @@ from .launcher import (
     main,
     server_properties,
 )
+from .tools import TOOLS, install_tools, run_tool, tool_command
 
 __all__ = [
     "KAFKA_VERSION",
+    "TOOLS",
     "BrokerConfig",
     "BrokerError",
     "LocalBroker",
     "LocalCluster",
     "default_cache_dir",
+    "install_tools",
     "main",
+    "run_tool",
     "server_properties",
+    "tool_command",
 ]

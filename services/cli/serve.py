@@ -11,12 +11,12 @@ import sys
 
 import click
 
-from tickflow.broker import BrokerConfig, BrokerError, LocalBroker, LocalCluster
+from tickflow.broker import TOOLS, BrokerConfig, BrokerError, LocalBroker, LocalCluster, install_tools, run_tool
 from tickflow.cli.common import load_registry
 from tickflow.node import ALL_ROLES, serve
 from tickflow.settings import Settings
 
-__all__ = ["broker", "demo", "up"]
+__all__ = ["broker", "demo", "kafka_tool", "up"]
 
 
 def kafka(settings: Settings, action: str, brokers: int = 1, secure: bool | None = None) -> None:
@@ -39,26 +39,49 @@ def kafka(settings: Settings, action: str, brokers: int = 1, secure: bool | None
         if action == "bootstrap":
             click.echo(bootstrap)
             return
-        if action == "install":
+        if action == "install":  # the broker's jars, and the console tools' (else fetched on their first use)
             LocalBroker(config).install()
+            install_tools(config.resolved_cache_dir)
             return
         getattr(local, action)()
     except BrokerError as exc:
         raise click.ClickException(f"kafka {action}: {exc}") from None
 
 
-@click.command()
-@click.argument("action", type=click.Choice(["install", "start", "stop", "status", "reset", "bootstrap"]))
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("action", type=click.Choice(["install", "start", "stop", "status", "reset", "bootstrap", *TOOLS]))
+@click.argument("tool_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--brokers", type=click.IntRange(1, 9), default=1, show_default=True, envvar="TICKFLOW_KAFKA_BROKERS",
               help="Nodes of the local KRaft cluster (3: ports 9092, 9094, 9096; replication 3, min ISR 2).")
 @click.option("--secure", is_flag=True, default=None, envvar="TICKFLOW_KAFKA_SECURE",
               help="One node with a SASL_SSL listener (TLS from keytool, SCRAM-SHA-512 users); clients' settings are "
                    "written to <state dir>/kafka/tls/client.env.")
 @click.pass_obj
-def broker(settings: Settings, action: str, brokers: int, secure: bool | None) -> None:
+def broker(settings: Settings, action: str, tool_args: tuple[str, ...], brokers: int, secure: bool | None) -> None:
     """Manage the local Kafka (KRaft) of this checkout: one broker, or a cluster of --brokers nodes; bootstrap
-    prints the servers to give TICKFLOW_KAFKA_BOOTSTRAP."""
+    prints the servers to give TICKFLOW_KAFKA_BOOTSTRAP.
+
+    console-producer, console-consumer and topics run Apache Kafka's own tools (kafka-console-producer.sh …) with
+    the options that follow, against TICKFLOW_KAFKA_BOOTSTRAP unless --bootstrap-server is given; their jars are
+    fetched the first time. E.g. `tickflow broker console-producer --topic tickflow.commands --property
+    parse.key=true --property 'key.separator=|'` reads `<key>|<json>` lines from stdin."""
+    if action in TOOLS:
+        kafka_tool(settings, action, tool_args)
+        return
+    if tool_args:
+        raise click.UsageError(f"tickflow broker {action} takes no arguments (got {' '.join(tool_args)})")
     kafka(settings, action, brokers, secure)
+
+
+def kafka_tool(settings: Settings, tool: str, args: tuple[str, ...]) -> None:
+    """Run one of Kafka's tools in the foreground and exit with its exit code."""
+    cache = BrokerConfig.from_env(settings.state_dir).resolved_cache_dir
+    try:
+        code = run_tool(tool, args, bootstrap=settings.bootstrap, cache_dir=cache,
+                        plaintext=settings.kafka.security_protocol == "PLAINTEXT")
+    except BrokerError as exc:
+        raise click.ClickException(f"kafka {tool}: {exc}") from None
+    raise SystemExit(code)
 
 
 @click.command()

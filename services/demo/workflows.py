@@ -8,7 +8,8 @@ run on the *offline scripted model* (``OFFLINE_LABEL``): deterministic stand-ins
 
 ``order`` is a five-step pipeline whose ``charge`` step fails transiently for some orders (retried) and
 permanently for a few (the run fails with the reason), so the orders demo shows retries and failures too.
-``noop10`` is ten no-op steps: the benchmark's unit of durable work.
+``noop10`` is ten no-op steps: the benchmark's unit of durable work. ``refund`` waits for a person's approval (a
+``ResumeRun``): the README starts and resumes it with Kafka's own console producer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = [
     "GOALS",
     "OFFLINE_LABEL",
     "Plan",
+    "RefundApproval",
+    "RefundRequest",
     "Review",
     "TestRun",
     "demo_llm_config",
@@ -283,11 +286,40 @@ async def noop(value: Any) -> Any:
     return value
 
 
+class RefundRequest(BaseModel):
+    """The input of a ``refund`` run."""
+
+    order: str = Field(min_length=1, max_length=80)
+    amount: float = Field(gt=0, le=100_000)
+
+
+class RefundApproval(BaseModel):
+    """What a person answers to a refund that waits for approval: the payload of its ``approval`` resume."""
+
+    approved: bool
+    by: str = Field(min_length=1, max_length=80)
+
+
+async def check_refund(request: RefundRequest) -> dict[str, Any]:
+    """A refund request, checked before it waits for a person (the input's schema is the check)."""
+    return {"order": request.order, "amount": request.amount, "status": "awaiting approval"}
+
+
+async def pay_refund(approval: RefundApproval) -> dict[str, Any]:
+    """Pay the refund once a person approved it, or record who declined it."""
+    return {"status": "refunded" if approval.approved else "declined", "by": approval.by}
+
+
 registry = Registry()
 registry.llm_config = demo_llm_config()  # `tickflow up` (the default app) runs the demo's agents as `make demo` does
 registry.add(stack_tick)
 registry.add(
     Workflow("order").step(validate).step(price).step(reserve).step(charge, max_attempts=3, backoff_s=0.2).step(notify)
+)
+# Waits for a person: the README starts it and resumes it from Kafka's own console producer.
+registry.add(
+    Workflow("refund").step(check_refund).wait_for_event("approval", schema=RefundApproval, timeout_s=7 * 86_400)
+    .step(pay_refund)
 )
 _noop10 = Workflow("noop10")
 for _i in range(10):

@@ -385,7 +385,12 @@ class Engine(PartitionOwnership):
             return
         self.inputs[env.type] += 1
         if record.key != env.key.encode():
-            reason = "record key must be the envelope key (the run id); it decides which engine owns the run"
+            got = "no key" if record.key is None else f"key {record.key[:300].decode(errors='replace')!r}"
+            reason = (
+                f"key: the Kafka record has {got}, but its envelope's key is {env.key!r}; send the record with the "
+                "envelope's key as its Kafka key (it decides which engine partition owns the run; "
+                "kafka-console-producer: --property parse.key=true)"
+            )
             await self._dead_letter(record, reason, now)
             return
         if is_slot(env.key):
@@ -414,10 +419,11 @@ class Engine(PartitionOwnership):
             spec = self.registry.spec(env.payload.workflow, env.payload.version)
             if spec is None and state is None:
                 known = ", ".join(sorted(self.registry.specs)) or "none"
-                reason = f"unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
+                reason = f"payload.workflow: unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
                 if env.payload.version is not None and env.payload.workflow in self.registry.versions:
                     have = ", ".join(map(str, sorted(self.registry.versions[env.payload.workflow])))
-                    reason = f"workflow {env.payload.workflow!r} has no version {env.payload.version}; it has {have}"
+                    reason = (f"payload.version: workflow {env.payload.workflow!r} has no version "
+                              f"{env.payload.version}; it has {have}")
                 await self._dead_letter(record, reason, now)
             spec_hash = self._spec_hashes.get((spec.name, spec.version), "") if spec is not None else ""
             start = Start(env, spec, spec_hash)
@@ -477,7 +483,7 @@ class Engine(PartitionOwnership):
             )
         if isinstance(env.payload, StartRun | ForkRun) and not is_run_id(env.key):
             return (
-                f"run id {env.key!r} is not allowed: use 1-256 letters, digits, '_', '.', ':' or '-' "
+                f"key: run id {env.key!r} is not allowed: use 1-256 letters, digits, '_', '.', ':' or '-' "
                 "(ids appear in URLs and in derived ids and keys)"
             )
         if isinstance(env.payload, StartRun):

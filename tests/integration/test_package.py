@@ -41,11 +41,15 @@ PACKAGE_DIRS: dict[str, str] = {
 }
 #: What must never be importable from an installed wheel: the source folders' own names.
 SOURCE_NAMES: tuple[str, ...] = ("events", "services", "projections")
-#: Package data a running install reads (the broker's Maven pom and log4j config, the projector's migrations).
+#: Package data a running install reads (the broker's Maven pom and log4j configs, the published JSON Schemas,
+#: the projector's migrations).
 REQUIRED_FILES: tuple[str, ...] = (
     "tickflow/py.typed",
     "tickflow/broker/pom.xml",
     "tickflow/broker/log4j.properties",
+    "tickflow/broker/tools-log4j.properties",
+    "tickflow/events/published/index.json",
+    "tickflow/events/published/StartRun.json",
     "tickflow/projections/migrations/001_events_and_runs.sql",
 )
 #: Not copied for the build: local state, caches, virtualenvs and earlier build output.

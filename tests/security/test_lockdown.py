@@ -31,7 +31,7 @@ AUTH = {"authorization": "Bearer s3cret"}
 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/metrics", "/runs", "/stacks", "/ui/board",
-                                  "/admin/rebuild", "/live/streams"])
+                                  "/admin/rebuild", "/live/streams", "/schemas", "/schemas/StartRun"])
 def test_every_route_but_health_needs_the_token(app_client: TestClient, path: str) -> None:
     refused = app_client.get(path, follow_redirects=False)
     assert refused.status_code in (401, 303), (path, refused.status_code)  # 303: a dashboard page → sign-in
