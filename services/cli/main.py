@@ -11,6 +11,7 @@ import logging
 import click
 
 from tickflow.cli import queries, replay, runs, serve, stacks
+from tickflow.cli.export import export as export_command
 from tickflow.settings import Settings
 
 __all__ = ["main"]
@@ -55,3 +56,4 @@ for _command in (
     stacks.stack,
 ):
     main.add_command(_command)
+main.add_command(export_command)

@@ -1,0 +1,193 @@
+"""``tickflow export`` on the real broker: runs in and around a window, exported as JSONL and Parquet (whole window and
+one run), compared record by record with the log; manifests that verify, and tampered exports that do not."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.integration.harness import role_env
+from tests.paths import REPO_ROOT
+from tickflow.client import Client
+from tickflow.node import Node
+from tickflow.runtime.export import manifest_path_for
+from tickflow.runtime.export_formats import ExportRecord, RecordDigest, file_sha256, jsonl_line, read_jsonl
+from tickflow.runtime.kafka import read_partition
+
+pytestmark = pytest.mark.integration
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tickflow <args>`` in its own process (it must not block this loop, where the node runs)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tickflow.cli", *args],
+        cwd=REPO_ROOT,
+        env=role_env(node.settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def _run(node: Node, workflow: str, value: int) -> str:
+    def go() -> str:
+        with Client(node.settings.api_url) as c:
+            rid = c.start(workflow, value)
+            assert c.wait(rid, timeout=60).status in ("completed", "failed")
+            return rid
+
+    return await asyncio.to_thread(go)
+
+
+async def _log(node: Node, since_ms: int, until_ms: int, *, committed: bool = True) -> list[ExportRecord]:
+    """Every record of the events topic stamped in the window, read straight from Kafka."""
+    topic = node.topics.events
+    out = []
+    for p in range(node.settings.partitions):
+        for r in await read_partition(node.settings.bootstrap, topic, p, committed=committed):
+            if since_ms <= r.timestamp < until_ms:
+                out.append(ExportRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value))
+    return out
+
+
+async def _abort_one(node: Node, key: bytes) -> None:
+    """A record on the events topic inside an aborted transaction: never part of the log."""
+    producer = AIOKafkaProducer(bootstrap_servers=node.settings.bootstrap, transactional_id=f"{node.topics.prefix}.x")
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        await producer.send_and_wait(node.topics.events, b'{"ghost":true}', key=key)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+
+def _parquet_records(path: Path) -> list[ExportRecord]:
+    """The rows of an exported Parquet file, read by pyarrow (not by the ClickHouse that wrote it)."""
+    rows = pq.read_table(path).to_pylist()
+
+    def raw(v: str | bytes | None) -> bytes | None:
+        return v.encode() if isinstance(v, str) else v
+
+    return [
+        ExportRecord(r["topic"], r["partition"], r["offset"], r["timestamp_ms"], raw(r["key"]), raw(r["value"]))
+        for r in rows
+    ]
+
+
+async def test_exports_are_the_log_and_verify(node: Node, tmp_path: Path) -> None:
+    before = await _run(node, "math", 1)
+    await asyncio.sleep(0.05)
+    since = _now_ms()
+    inside = [await _run(node, "math", 20), await _run(node, "doomed", 1), await _run(node, "math", 5)]
+    await _abort_one(node, b"ghost")
+    await asyncio.sleep(0.05)
+    until = _now_ms()
+    await asyncio.sleep(0.05)
+    after = await _run(node, "math", 2)
+
+    expected = await _log(node, since, until)
+    keys = {r.key for r in expected}
+    assert {k.encode() for k in inside} <= keys and before.encode() not in keys and after.encode() not in keys
+    assert b"ghost" not in keys and b"ghost" in {r.key for r in await _log(node, since, until, committed=False)}
+
+    window = ["--since", str(since), "--until", str(until)]
+    jsonl, parquet, one = tmp_path / "w.jsonl", tmp_path / "w.parquet", tmp_path / "run.jsonl"
+    for args in (
+        [*window, "-o", str(jsonl)],
+        [*window, "--format", "parquet", "-o", str(parquet)],
+        [*window, "--run", inside[1], "-o", str(one)],
+    ):
+        done = await _cli(node, "export", *args)
+        assert done.returncode == 0, done.stderr
+
+    # the records, byte for byte, in (partition, offset) order
+    expected.sort(key=lambda r: (r.topic, r.partition, r.offset))
+    assert list(read_jsonl(jsonl)) == expected
+    assert _parquet_records(parquet) == expected
+    of_run = [r for r in expected if r.key == inside[1].encode()]
+    assert list(read_jsonl(one)) == of_run and [orjson.loads(r.value or b"")["type"] for r in of_run][-1] == "RunFailed"
+    assert jsonl.read_bytes() == b"".join(jsonl_line(r) for r in expected)
+
+    # the manifests: counts per partition, the same content checksums in both formats
+    m_jsonl, m_parquet = (orjson.loads(manifest_path_for(p).read_bytes()) for p in (jsonl, parquet))
+    assert m_jsonl["records"] == m_parquet["records"] == len(expected)
+    assert m_jsonl["content_sha256"] == m_parquet["content_sha256"]
+    assert m_jsonl["values_sha256"] == m_parquet["values_sha256"]
+    assert m_jsonl["file"]["sha256"] == file_sha256(jsonl) and m_parquet["format"] == "parquet"
+    assert m_jsonl["window"]["since_ms"] == since and m_jsonl["filters"]["topics"] == [node.topics.events]
+    counts = {(p["topic"], p["partition"]): p["count"] for p in m_jsonl["partitions"]}
+    assert len(counts) == node.settings.partitions
+    for p in range(node.settings.partitions):
+        assert counts[(node.topics.events, p)] == sum(1 for r in expected if r.partition == p)
+    assert orjson.loads(manifest_path_for(one).read_bytes())["filters"]["run_id"] == inside[1]
+
+    for path in (jsonl, parquet, one):
+        done = await _cli(node, "export", "verify", str(manifest_path_for(path)), "--against-log")
+        assert done.returncode == 0 and "verified and against the log" in done.stdout, done.stdout + done.stderr
+
+
+async def test_tampered_exports_fail_verification(node: Node, tmp_path: Path) -> None:
+    since = _now_ms()
+    await _run(node, "math", 20)
+    await asyncio.sleep(0.05)
+    until = _now_ms()
+    jsonl, parquet = tmp_path / "w.jsonl", tmp_path / "w.parquet"
+    for path, fmt in ((jsonl, "jsonl"), (parquet, "parquet")):
+        window = ["--since", str(since), "--until", str(until)]
+        done = await _cli(node, "export", *window, "--format", fmt, "-o", str(path))
+        assert done.returncode == 0, done.stderr
+    manifest = manifest_path_for(jsonl)
+    original, honest = jsonl.read_bytes(), manifest.read_bytes()
+
+    async def verify(path: Path, *extra: str) -> str:
+        done = await _cli(node, "export", "verify", str(path), *extra)
+        assert done.returncode == 1, done.stdout + done.stderr
+        return done.stdout
+
+    # one event's step output changed in the file
+    jsonl.write_bytes(original.replace(b'"output":42', b'"output":43', 1))
+    assert jsonl.read_bytes() != original
+    out = await verify(manifest)
+    assert "the file was changed" in out and "content_sha256" in out
+
+    # ... and the manifest's file checksum forged to match: the record checksums still differ
+    m = orjson.loads(honest)
+    m["file"] = {"name": jsonl.name, "bytes": jsonl.stat().st_size, "sha256": file_sha256(jsonl)}
+    manifest.write_bytes(orjson.dumps(m))
+    out = await verify(manifest)
+    assert "the file was changed" not in out and "values_sha256" in out
+
+    # ... and every checksum forged to match the altered file: only the log can tell
+    forged = RecordDigest()
+    for r in read_jsonl(jsonl):
+        forged.add(r)
+    m.update(content_sha256=forged.content_sha256, values_sha256=forged.values_sha256)
+    manifest.write_bytes(orjson.dumps(m))
+    assert (await _cli(node, "export", "verify", str(manifest))).returncode == 0
+    out = await verify(manifest, "--against-log")
+    assert "the log: content_sha256" in out
+
+    # a record dropped from the file
+    jsonl.write_bytes(b"".join(original.splitlines(keepends=True)[1:]))
+    manifest.write_bytes(honest)
+    assert "holds" in await verify(manifest)
+
+    # one byte of the Parquet file
+    data = bytearray(parquet.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    parquet.write_bytes(bytes(data))
+    assert "FAILED" in await verify(manifest_path_for(parquet))
