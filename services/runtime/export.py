@@ -15,6 +15,9 @@ allowance (60 s by default, far above the clock skew of synced hosts) makes the 
 each partition's range (``scanned_from``, ``scanned_to``): offsets are immutable, so ``verify --against-log`` reads
 the same ranges again and finds the same records, or names what changed.
 
+What a read_committed reader cannot see yet — a transaction still open when the export starts — is not exported:
+a window that ended more than the transaction timeout ago (``TICKFLOW_TRANSACTION_TIMEOUT_MS``, 30 s) is complete.
+
 ``--run`` keeps the records keyed by that run id. Every partition is read, not only the one the key hashes to:
 a command produced by a client with another partitioner (Go's sarama hashes with FNV) puts a run, and so its
 events, on another partition.
@@ -60,6 +63,8 @@ __all__ = [
     "Verification",
     "export_log",
     "manifest_path_for",
+    "plan",
+    "scan",
     "verify_against_log",
     "verify_file",
 ]
@@ -312,10 +317,11 @@ def _compare(v: Verification, digest: RecordDigest, what: str) -> None:
             v.problems.append(f"{what}: {name} is {got}, the manifest says {m.get(name)}")
     for entry in m.get("partitions", []):
         tally = digest.partitions.get((entry["topic"], entry["partition"]))
-        got = (0, None, None) if tally is None else (tally.count, tally.first_offset, tally.last_offset)
-        if got != (entry["count"], entry["first_offset"], entry["last_offset"]):
+        held = (0, None, None) if tally is None else (tally.count, tally.first_offset, tally.last_offset)
+        if held != (entry["count"], entry["first_offset"], entry["last_offset"]):
             v.problems.append(
-                f"{what}: {entry['topic']}[{entry['partition']}] holds {got[0]} records (offsets {got[1]}..{got[2]}), "
+                f"{what}: {entry['topic']}[{entry['partition']}] holds {held[0]} records "
+                f"(offsets {held[1]}..{held[2]}), "
                 f"the manifest says {entry['count']} ({entry['first_offset']}..{entry['last_offset']})"
             )
 

@@ -15,9 +15,10 @@ field, so ``jq`` reads it as an object and a checker recovers the exact bytes by
 closing brace. A value that is not one line of valid JSON (none on the events topic) is written as
 ``"value_base64"`` instead; a key that is not UTF-8 as ``"key_base64"``.
 
-Parquet, written by ClickHouse (chDB, in a child process): columns ``topic String, partition Int32, offset Int64,
-timestamp_ms Int64, key Nullable(String), value Nullable(String)``, rows in (topic, partition, offset) order. The
-records travel to chDB as RowBinary, which carries bytes unchanged, and back the same way when an export is
+Parquet, written by ClickHouse (chDB, in a child process): the same columns, rows in (topic, partition, offset)
+order. Parquet's string type must hold UTF-8, so a key or value that is not (none on the events topic) is NULL in
+``key``/``value`` and its bytes are in ``key_base64``/``value_base64`` instead (both NULL: a null key or value).
+The records travel to chDB as RowBinary, which carries bytes unchanged, and back the same way when an export is
 verified.
 
 Checksums (format-independent: the same records give the same sums in JSONL and in Parquet):
@@ -63,7 +64,8 @@ __all__ = [
 
 #: The Parquet file's columns, as ClickHouse types (also the RowBinary schema both ways).
 PARQUET_COLUMNS = (
-    "topic String, partition Int32, offset Int64, timestamp_ms Int64, key Nullable(String), value Nullable(String)"
+    "topic String, partition Int32, offset Int64, timestamp_ms Int64, key Nullable(String), "
+    "key_base64 Nullable(String), value Nullable(String), value_base64 Nullable(String)"
 )
 
 
@@ -179,6 +181,18 @@ def _nullable(data: bytes | None) -> bytes:
     return b"\x01" if data is None else b"\x00" + _varint(len(data)) + data
 
 
+def _text_or_base64(data: bytes | None) -> bytes:
+    """A key or value as the two columns that hold it: the text when it is UTF-8 (Parquet's string type must be),
+    else NULL and the bytes in base64; both NULL for a null."""
+    if data is None:
+        return _nullable(None) + _nullable(None)
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return _nullable(None) + _nullable(base64.b64encode(data))
+    return _nullable(data) + _nullable(None)
+
+
 def rowbinary(record: ExportRecord) -> bytes:
     """``record`` as one RowBinary row of ``PARQUET_COLUMNS``."""
     topic = record.topic.encode()
@@ -186,8 +200,8 @@ def rowbinary(record: ExportRecord) -> bytes:
         _varint(len(topic))
         + topic
         + struct.pack("<iqq", record.partition, record.offset, record.timestamp_ms)
-        + _nullable(record.key)
-        + _nullable(record.value)
+        + _text_or_base64(record.key)
+        + _text_or_base64(record.value)
     )
 
 
@@ -228,7 +242,18 @@ def read_rowbinary(f: BinaryIO) -> Iterator[ExportRecord]:
         length = reader.varint(first[0])  # the topic's length; end of data only here, between rows
         topic = reader.exact(length).decode()
         partition, offset, timestamp_ms = struct.unpack("<iqq", reader.exact(20))
-        yield ExportRecord(topic, partition, offset, timestamp_ms, reader.nullable(), reader.nullable())
+        key, key_base64, value, value_base64 = (reader.nullable() for _ in range(4))
+        yield ExportRecord(topic, partition, offset, timestamp_ms, _bytes_of(key, key_base64),
+                           _bytes_of(value, value_base64))
+
+
+def _bytes_of(text: bytes | None, encoded: bytes | None) -> bytes | None:
+    if encoded is None:
+        return text
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise ExportFormatError("a base64 column that is not base64") from None
 
 
 # -- Parquet, through ClickHouse's own writer and reader ---------------------------------------------------------
@@ -268,7 +293,7 @@ def read_parquet(path: Path, scratch: Path) -> Iterator[ExportRecord]:
     file ``scratch`` (deleted afterwards): a value comes back with the bytes it was written with."""
     try:
         _chdb(
-            f"SELECT topic, partition, offset, timestamp_ms, key, value FROM file({_literal(str(path))}, 'Parquet', "
+            f"SELECT * FROM file({_literal(str(path))}, 'Parquet', "
             f"{_literal(PARQUET_COLUMNS)}) INTO OUTFILE {_literal(str(scratch))} TRUNCATE FORMAT RowBinary "
             "SETTINGS input_format_parquet_preserve_order = 1, max_threads = 1"
         )

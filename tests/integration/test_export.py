@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.harness import role_env
 from tests.paths import REPO_ROOT
+from tests.unit.test_export_formats import pyarrow_record
 from tickflow.client import Client
 from tickflow.node import Node
 from tickflow.runtime.export import manifest_path_for
@@ -77,15 +78,7 @@ async def _abort_one(node: Node, key: bytes) -> None:
 
 def _parquet_records(path: Path) -> list[ExportRecord]:
     """The rows of an exported Parquet file, read by pyarrow (not by the ClickHouse that wrote it)."""
-    rows = pq.read_table(path).to_pylist()
-
-    def raw(v: str | bytes | None) -> bytes | None:
-        return v.encode() if isinstance(v, str) else v
-
-    return [
-        ExportRecord(r["topic"], r["partition"], r["offset"], r["timestamp_ms"], raw(r["key"]), raw(r["value"]))
-        for r in rows
-    ]
+    return [pyarrow_record(row) for row in pq.read_table(path).to_pylist()]
 
 
 async def test_exports_are_the_log_and_verify(node: Node, tmp_path: Path) -> None:
@@ -99,11 +92,6 @@ async def test_exports_are_the_log_and_verify(node: Node, tmp_path: Path) -> Non
     await asyncio.sleep(0.05)
     after = await _run(node, "math", 2)
 
-    expected = await _log(node, since, until)
-    keys = {r.key for r in expected}
-    assert {k.encode() for k in inside} <= keys and before.encode() not in keys and after.encode() not in keys
-    assert b"ghost" not in keys and b"ghost" in {r.key for r in await _log(node, since, until, committed=False)}
-
     window = ["--since", str(since), "--until", str(until)]
     jsonl, parquet, one = tmp_path / "w.jsonl", tmp_path / "w.parquet", tmp_path / "run.jsonl"
     for args in (
@@ -113,6 +101,12 @@ async def test_exports_are_the_log_and_verify(node: Node, tmp_path: Path) -> Non
     ):
         done = await _cli(node, "export", *args)
         assert done.returncode == 0, done.stderr
+
+    # read after the exports: by then the last transaction's markers have long landed (a commit returns before)
+    expected = await _log(node, since, until)
+    keys = {r.key for r in expected}
+    assert {k.encode() for k in inside} <= keys and before.encode() not in keys and after.encode() not in keys
+    assert b"ghost" not in keys and b"ghost" in {r.key for r in await _log(node, since, until, committed=False)}
 
     # the records, byte for byte, in (partition, offset) order
     expected.sort(key=lambda r: (r.topic, r.partition, r.offset))

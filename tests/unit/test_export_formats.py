@@ -3,8 +3,10 @@ bytes survive JSONL, RowBinary and ClickHouse's Parquet unchanged, and the check
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow.parquet as pq  # a dependency of chdb: an independent Parquet reader
@@ -73,12 +75,22 @@ def test_parquet_written_and_read_by_clickhouse_keeps_every_byte(tmp_path: Path)
     expected = sorted(RECORDS, key=lambda r: (r.topic, r.partition, r.offset))
     assert list(read_parquet(out, tmp_path / "scratch")) == expected
     assert not (tmp_path / "scratch").exists()
-    table = pq.read_table(out)
-    assert table.column_names == ["topic", "partition", "offset", "timestamp_ms", "key", "value"]
-    assert table.column("offset").to_pylist() == [r.offset for r in expected]
-    first = expected.index(RECORDS[0])
-    value = table.column("value")[first].as_py()
-    assert (value.encode() if isinstance(value, str) else value) == ENVELOPE
+    rows = pq.read_table(out).to_pylist()  # every column decodes: strings are UTF-8, other bytes base64
+    assert list(rows[0]) == ["topic", "partition", "offset", "timestamp_ms", "key", "key_base64", "value",
+                             "value_base64"]
+    assert [pyarrow_record(r) for r in rows] == expected
+    assert rows[expected.index(RECORDS[0])]["value"] == ENVELOPE.decode()
+    assert rows[expected.index(RECORDS[3])]["value"] is None
+
+
+def pyarrow_record(row: dict[str, Any]) -> ExportRecord:
+    """A row of an export's Parquet file, as read by pyarrow, as the record it holds."""
+
+    def raw(text: str | None, encoded: str | None) -> bytes | None:
+        return base64.b64decode(encoded) if encoded is not None else None if text is None else text.encode()
+
+    return ExportRecord(row["topic"], row["partition"], row["offset"], row["timestamp_ms"],
+                        raw(row["key"], row["key_base64"]), raw(row["value"], row["value_base64"]))
 
 
 def test_an_empty_export_is_a_valid_parquet_file(tmp_path: Path) -> None:
