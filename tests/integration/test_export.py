@@ -53,9 +53,11 @@ async def _run(node: Node, workflow: str, value: int) -> str:
     return await asyncio.to_thread(go)
 
 
-async def _log(node: Node, since_ms: int, until_ms: int, *, committed: bool = True) -> list[ExportRecord]:
-    """Every record of the events topic stamped in the window, read straight from Kafka."""
-    topic = node.topics.events
+async def _log(
+    node: Node, since_ms: int, until_ms: int, *, committed: bool = True, topic: str | None = None
+) -> list[ExportRecord]:
+    """Every record of the events topic (or ``topic``) stamped in the window, read straight from Kafka."""
+    topic = topic or node.topics.events
     out = []
     for p in range(node.settings.partitions):
         for r in await read_partition(node.settings.bootstrap, topic, p, committed=committed):
@@ -93,11 +95,12 @@ async def test_exports_are_the_log_and_verify(node: Node, tmp_path: Path) -> Non
     after = await _run(node, "math", 2)
 
     window = ["--since", str(since), "--until", str(until)]
-    jsonl, parquet, one = tmp_path / "w.jsonl", tmp_path / "w.parquet", tmp_path / "run.jsonl"
+    jsonl, parquet, one, both = (tmp_path / n for n in ("w.jsonl", "w.parquet", "run.jsonl", "both.jsonl"))
     for args in (
         [*window, "-o", str(jsonl)],
         [*window, "--format", "parquet", "-o", str(parquet)],
         [*window, "--run", inside[1], "-o", str(one)],
+        [*window, "--topic", "events", "--topic", "commands", "-o", str(both)],
     ):
         done = await _cli(node, "export", *args)
         assert done.returncode == 0, done.stderr
@@ -115,6 +118,9 @@ async def test_exports_are_the_log_and_verify(node: Node, tmp_path: Path) -> Non
     of_run = [r for r in expected if r.key == inside[1].encode()]
     assert list(read_jsonl(one)) == of_run and [orjson.loads(r.value or b"")["type"] for r in of_run][-1] == "RunFailed"
     assert jsonl.read_bytes() == b"".join(jsonl_line(r) for r in expected)
+    commands = await _log(node, since, until, topic=node.topics.commands)
+    assert {r.key for r in commands} == {k.encode() for k in inside}  # each run's StartRun
+    assert list(read_jsonl(both)) == sorted([*expected, *commands], key=lambda r: (r.topic, r.partition, r.offset))
 
     # the manifests: counts per partition, the same content checksums in both formats
     m_jsonl, m_parquet = (orjson.loads(manifest_path_for(p).read_bytes()) for p in (jsonl, parquet))
