@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -301,7 +302,10 @@ class Verification:
 
 def _records_of(manifest: dict[str, Any], path: Path) -> Iterator[ExportRecord]:
     if manifest.get("format") == "parquet":
-        return read_parquet(path, path.with_name(path.name + ".verify.rows"))
+        # scratch space outside the export's folder, which may be read-only (evidence storage)
+        fd, scratch = tempfile.mkstemp(prefix="tickflow-verify-", suffix=".rows")
+        os.close(fd)
+        return read_parquet(path, Path(scratch))
     if manifest.get("format") == "jsonl":
         return read_jsonl(path)
     raise ExportFormatError(f"the manifest names an unknown format {manifest.get('format')!r}")
@@ -334,15 +338,28 @@ def verify_file(manifest_path: Path) -> Verification:
         manifest = orjson.loads(manifest_path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         return Verification({}, problems=[f"cannot read the manifest {manifest_path}: {exc}"])
-    v = Verification(manifest)
-    if manifest.get("manifest_version") != MANIFEST_VERSION:
-        version = manifest.get("manifest_version")
+    v = Verification(manifest if isinstance(manifest, dict) else {})
+    if v.manifest.get("manifest_version") != MANIFEST_VERSION:
+        version = v.manifest.get("manifest_version")
         v.problems.append(f"manifest version {version!r}: this tickflow reads version {MANIFEST_VERSION}")
         return v
+    try:
+        _verify_records(manifest_path, v)
+    except (KeyError, TypeError, ValueError) as exc:
+        v.problems.append(f"the manifest is malformed ({type(exc).__name__}: {exc}): it was not written by tickflow")
+    return v
+
+
+#: Problems listed per record at most; the counts and checksums still cover every record.
+MAX_RECORD_PROBLEMS = 20
+
+
+def _verify_records(manifest_path: Path, v: Verification) -> None:
+    manifest = v.manifest
     path = manifest_path.parent / manifest["file"]["name"]
     if not path.is_file():
         v.problems.append(f"the export file {path} is missing")
-        return v
+        return
     if path.stat().st_size != manifest["file"]["bytes"] or file_sha256(path) != manifest["file"]["sha256"]:
         v.problems.append(f"{path.name}: its bytes differ from the manifest's size and sha256 (the file was changed)")
     window, filters = manifest["window"], manifest["filters"]
@@ -350,34 +367,41 @@ def verify_file(manifest_path: Path) -> Verification:
     key = None if filters.get("run_id") is None else str(filters["run_id"]).encode()
     digest = RecordDigest()
     previous: tuple[str, int, int] | None = None
+    wrong: list[str] = []
     try:
         for r in _records_of(manifest, path):
             digest.add(r)
             where = f"{r.topic}[{r.partition}]@{r.offset}"
             if previous is not None and (r.topic, r.partition, r.offset) <= previous:
-                v.problems.append(f"{where} is out of (topic, partition, offset) order")
+                wrong.append(f"{where} is out of (topic, partition, offset) order")
             previous = (r.topic, r.partition, r.offset)
             scanned = ranges.get((r.topic, r.partition))
             if scanned is None or not scanned[0] <= r.offset < scanned[1]:
-                v.problems.append(f"{where} lies outside the ranges the manifest says were read")
+                wrong.append(f"{where} lies outside the ranges the manifest says were read")
             if not window["since_ms"] <= r.timestamp_ms < window["until_ms"]:
-                v.problems.append(f"{where} is stamped {_iso(r.timestamp_ms)}, outside the window")
+                wrong.append(f"{where} is stamped {_iso(r.timestamp_ms)}, outside the window")
             if key is not None and r.key != key:
-                v.problems.append(f"{where} is not keyed {filters['run_id']!r}")
+                wrong.append(f"{where} is not keyed {filters['run_id']!r}")
     except ExportFormatError as exc:
         v.problems.append(f"cannot read {path.name}: {exc}")
-        return v
+        return
+    v.problems.extend(wrong[:MAX_RECORD_PROBLEMS])
+    if len(wrong) > MAX_RECORD_PROBLEMS:
+        v.problems.append(f"... and {len(wrong) - MAX_RECORD_PROBLEMS} more such problems")
     v.records = digest.total
     _compare(v, digest, path.name)
-    return v
 
 
 async def verify_against_log(kafka: KafkaTarget, v: Verification) -> None:
     """Read the log again over the manifest's ranges, with its window and filters, and add a problem for every
     way the records found there differ from the manifest (a record changed, missing, or retention removed it)."""
     m = v.manifest
-    window, filters = m["window"], m["filters"]
-    ranges = [ScanRange(p["topic"], p["partition"], p["scanned_from"], p["scanned_to"]) for p in m["partitions"]]
+    try:
+        window, filters = m["window"], m["filters"]
+        ranges = [ScanRange(p["topic"], p["partition"], p["scanned_from"], p["scanned_to"]) for p in m["partitions"]]
+    except (KeyError, TypeError) as exc:
+        v.problems.append(f"the manifest is malformed ({type(exc).__name__}: {exc}): the log was not read")
+        return
     digest = RecordDigest()
     async with _consumer(kafka) as consumer:
         tps = [TopicPartition(r.topic, r.partition) for r in ranges if r.start < r.stop]

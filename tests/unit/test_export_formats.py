@@ -150,3 +150,28 @@ def test_times_given_to_the_command() -> None:
     assert parse_time("2026-12-06T18:00:00+01:00", now) == 1_796_576_400_000
     with pytest.raises(ExportFormatError, match="not a time"):
         parse_time("yesterday", now)
+
+
+def test_the_command_refuses_a_window_it_cannot_read_before_reaching_kafka(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tickflow.cli.main import main
+
+    env = {"TICKFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1", "TICKFLOW_STATE_DIR": str(tmp_path)}  # nothing listens there
+    runner = CliRunner()
+    done = runner.invoke(main, ["export"], env=env)
+    assert done.exit_code == 2 and "give --since" in done.output
+    done = runner.invoke(main, ["export", "--since", "yesterday"], env=env)
+    assert done.exit_code == 2 and "not a time" in done.output
+    done = runner.invoke(main, ["export", "--since", "1h", "--until", "2h"], env=env)
+    assert done.exit_code == 1 and "the window is empty" in done.output
+    missing = tmp_path / "gone.jsonl.manifest.json"
+    missing.write_text('{"manifest_version": 1, "format": "jsonl", "file": {"name": "gone.jsonl"}}')
+    done = runner.invoke(main, ["export", "verify", str(missing)], env=env)
+    assert done.exit_code == 1 and "is missing" in done.output
+    missing.write_text('{"manifest_version": 1, "format": "jsonl", "file": {"name": "gone.jsonl"}}')
+    (tmp_path / "gone.jsonl").write_bytes(b"")
+    done = runner.invoke(main, ["export", "verify", str(missing)], env=env)
+    assert done.exit_code == 1 and "the manifest is malformed" in done.output
+    done = runner.invoke(main, ["export", "verify", str(missing), "--against-log"], env=env)
+    assert done.exit_code == 1 and "the log was not read" in done.output
