@@ -18,10 +18,11 @@ from tests.integration.harness import role_env
 from tests.paths import REPO_ROOT
 from tests.unit.test_export_formats import pyarrow_record
 from tickflow.client import Client
+from tickflow.events.topics import TopicNames
 from tickflow.node import Node
-from tickflow.runtime.export import manifest_path_for
+from tickflow.runtime.export import export_log, manifest_path_for, verify_file
 from tickflow.runtime.export_formats import ExportRecord, RecordDigest, file_sha256, jsonl_line, read_jsonl
-from tickflow.runtime.kafka import read_partition
+from tickflow.runtime.kafka import ensure_topics, read_partition
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +192,33 @@ async def test_tampered_exports_fail_verification(node: Node, tmp_path: Path) ->
     data[len(data) // 2] ^= 0xFF
     parquet.write_bytes(bytes(data))
     assert "FAILED" in await verify(manifest_path_for(parquet))
+
+
+async def test_the_window_is_the_record_timestamp_with_a_skew_allowance(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """Records stamped out of order (a new engine with a slower clock took the partition over): kept when stamped in
+    [since, until) and written before the first record stamped --skew-ms after until; that record ends the read."""
+    names = TopicNames(prefix=prefix, partitions=1)
+    await ensure_topics(kafka_bootstrap, names, ("default",))
+    t = _now_ms() - 600_000  # ten minutes ago: since = t + 2000, until = t + 3000
+    stamps = [1_000, 1_999, 2_000, 2_500, 3_000, 2_999, 3_000 + 1_000, 2_998, 3_000 + 60_000, 2_997]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i, stamp in enumerate(stamps):
+            await producer.send_and_wait(names.events, b'{"i":%d}' % i, key=b"k", timestamp_ms=t + stamp)
+    finally:
+        await producer.stop()
+
+    async def kept(skew_ms: int) -> list[int]:
+        out = tmp_path / f"skew{skew_ms}.jsonl"
+        manifest = await export_log(kafka_bootstrap, names, out, since_ms=t + 2_000, until_ms=t + 3_000,
+                                    skew_ms=skew_ms)
+        assert manifest["partitions"][0]["scanned_from"] == 2  # Kafka's time index: the first stamped >= since
+        assert verify_file(manifest_path_for(out)).ok
+        return [r.offset for r in read_jsonl(out)]
+
+    assert await kept(60_000) == [2, 3, 5, 7]  # not 9: stamped in the window, written after the stop
+    assert await kept(1_000) == [2, 3, 5]  # stops at offset 6, stamped until + 1 s
+    assert await kept(0) == [2, 3]  # stops at offset 4, the first stamped >= until
