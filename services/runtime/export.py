@@ -239,6 +239,7 @@ async def export_log(
                         sink.write(jsonl_line(record) if fmt == "jsonl" else rowbinary(record))
         if fmt == "parquet":
             await asyncio.to_thread(write_parquet, rows, partial)
+        manifest_path_for(out).unlink(missing_ok=True)  # never a new file beside an older export's manifest
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
