@@ -202,7 +202,7 @@ async def test_the_window_is_the_record_timestamp_with_a_skew_allowance(
     names = TopicNames(prefix=prefix, partitions=1)
     await ensure_topics(kafka_bootstrap, names, ("default",))
     t = _now_ms() - 600_000  # ten minutes ago: since = t + 2000, until = t + 3000
-    stamps = [1_000, 1_999, 2_000, 2_500, 3_000, 2_999, 3_000 + 1_000, 2_998, 3_000 + 60_000, 2_997]
+    stamps = [1_000, 1_999, 2_000, 2_500, 1_500, 3_000, 2_999, 3_000 + 1_000, 2_998, 3_000 + 60_000, 2_997]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
@@ -219,6 +219,7 @@ async def test_the_window_is_the_record_timestamp_with_a_skew_allowance(
         assert verify_file(manifest_path_for(out)).ok
         return [r.offset for r in read_jsonl(out)]
 
-    assert await kept(60_000) == [2, 3, 5, 7]  # not 9: stamped in the window, written after the stop
-    assert await kept(1_000) == [2, 3, 5]  # stops at offset 6, stamped until + 1 s
-    assert await kept(0) == [2, 3]  # stops at offset 4, the first stamped >= until
+    # not 4 (stamped before since), nor 10: stamped in the window, but written after the stop
+    assert await kept(60_000) == [2, 3, 6, 8]
+    assert await kept(1_000) == [2, 3, 6]  # stops at offset 7, stamped until + 1 s
+    assert await kept(0) == [2, 3]  # stops at offset 5, the first stamped >= until
