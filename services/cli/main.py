@@ -12,6 +12,7 @@ import click
 
 from tickflow.cli import divergence as _divergence  # noqa: F401 - adds `replay diff` and `replay check`
 from tickflow.cli import queries, replay, runs, serve, stacks
+from tickflow.cli.export import export as export_command
 from tickflow.settings import Settings
 
 __all__ = ["main"]
@@ -56,3 +57,4 @@ for _command in (
     stacks.stack,
 ):
     main.add_command(_command)
+main.add_command(export_command)
