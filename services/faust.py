@@ -120,6 +120,11 @@ class App(faust.App):
         """tickflow's topic names for this app's settings."""
         return self.tickflow_settings.topics
 
+    def _create_directories(self) -> None:
+        # Faust makes its data directory without parents; under the state directory they may not exist yet.
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
+        super()._create_directories()
+
     def _new_transport(self) -> Any:
         # Faust picks the transport by the broker URL's scheme; every consumer of this app comes from this one.
         return Transport(self.conf.broker_consumer, self)
@@ -155,7 +160,7 @@ def app_options(settings: Settings) -> dict[str, Any]:
 # --- envelopes --------------------------------------------------------------------------------------------------
 
 
-class EnvelopeCodec(codecs.Codec):  # type: ignore[misc]
+class EnvelopeCodec(codecs.Codec):
     """tickflow's codec as a Faust codec: bytes ⇄ :class:`~tickflow.events.Envelope`, validated and upcast."""
 
     def _loads(self, s: bytes) -> Envelope:

@@ -22,15 +22,18 @@ APP_ID = f"{settings.prefix}.faust-probe"
 SEEN_TOPIC = f"{settings.prefix}.faust-probe-seen"
 SEEN_CHANGELOG = f"{APP_ID}-seen-changelog"
 
-app = faust.App(APP_ID, **app_options(settings)) if os.environ.get("FAUST_PROBE_PLAIN") == "1" else App(
-    APP_ID, settings=settings
-)
+if os.environ.get("FAUST_PROBE_PLAIN") == "1":
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # tickflow.faust.App makes it itself
+    app = faust.App(APP_ID, **app_options(settings))
+else:
+    app = App(APP_ID, settings=settings)
 seen_topic = app.topic(SEEN_TOPIC, key_type=str, value_type=str, internal=True)
 seen = app.Table("seen", key_type=str, value_type=int, default=int)
 
 
 @app.agent(events_topic(app, settings))
 async def probe(stream: faust.StreamT[Envelope]) -> None:
+    await seen_topic.maybe_declare()  # Faust creates the internal topics it reads, not those it only writes
     async for envelope in stream:
         seen[envelope.id] += 1
         await (await seen_topic.send(key=envelope.id, value=envelope.id))

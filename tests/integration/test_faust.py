@@ -59,16 +59,21 @@ def faust_worker(settings: Settings, args: list[str], log_path: Path, **env: str
         out.close()
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, log_path: Path, timeout_s: float = 120) -> T:
-    """Poll ``check`` until it returns something other than None; fail with the worker's log tail."""
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], what: str, worker: subprocess.Popen[bytes], log_path: Path,
+    timeout_s: float = 120,
+) -> T:
+    """Poll ``check`` until it returns something other than None; fail with the worker's log tail if it does not in
+    time, or if the worker exits."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = await check()
         if found is not None:
             return found
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or worker.poll() is not None:
             tail = log_path.read_text(errors="replace")[-4_000:] if log_path.exists() else "(no log)"
-            pytest.fail(f"{what} within {timeout_s:.0f} s; Faust worker's log ends with:\n{tail}")
+            pytest.fail(f"{what} within {timeout_s:.0f} s (worker exit code {worker.poll()}); its log ends with:\n"
+                        f"{tail}")
         await asyncio.sleep(1.0)
 
 
@@ -115,28 +120,28 @@ async def test_aborted_transactions_never_reach_an_agent_or_a_table(
     seen_topic, changelog = f"{prefix}.faust-probe-seen", f"{prefix}.faust-probe-seen-changelog"
     log_path = tmp_path / "faust.log"
     args = ["-m", "faust", "-A", "tests.integration.faust_probe:app", "worker", "--loglevel", "info"]
-    with faust_worker(settings, args, log_path, FAUST_PROBE_PLAIN="1" if plain else "0"):
+    with faust_worker(settings, args, log_path, FAUST_PROBE_PLAIN="1" if plain else "0") as worker:
 
         async def seen_by_agent() -> set[str] | None:
-            ids = {r.value.decode() for r in await read_records(settings, seen_topic, settings.partitions)}
+            ids = {r.key.decode() for r in await read_records(settings, seen_topic, settings.partitions)}
             return ids if committed_ids <= ids and (not plain or aborted_ids <= ids) else None
 
         async def in_table() -> set[str] | None:
             ids = {orjson.loads(r.key) for r in await read_records(settings, changelog, settings.partitions)}
             return ids if committed_ids <= ids and (not plain or aborted_ids <= ids) else None
 
-        by_agent = await eventually(seen_by_agent, "the agent saw the committed events", log_path)
-        by_table = await eventually(in_table, "the table counted the committed events", log_path)
+        by_agent = await eventually(seen_by_agent, "the agent saw the committed events", worker, log_path)
+        by_table = await eventually(in_table, "the table counted the committed events", worker, log_path)
         # Each partition's aborted events precede its committed ones: a reader that reached the latter has passed
         # over the former. One more second for anything in flight.
         await asyncio.sleep(1.0)
-        by_agent |= {r.value.decode() for r in await read_records(settings, seen_topic, settings.partitions)}
+        by_agent |= {r.key.decode() for r in await read_records(settings, seen_topic, settings.partitions)}
         by_table |= {orjson.loads(r.key) for r in await read_records(settings, changelog, settings.partitions)}
     if plain:  # the hazard this module removes is real: a plain Faust app reads the aborted events
         assert aborted_ids <= by_agent and aborted_ids <= by_table
     else:
-        assert by_agent == committed_ids, f"the agent saw events of an aborted transaction: {by_agent - committed_ids}"
-        assert by_table == committed_ids, f"the table holds events of an aborted transaction: {by_table - committed_ids}"
+        assert by_agent == committed_ids, f"the agent saw aborted events: {by_agent - committed_ids}"
+        assert by_table == committed_ids, f"the table holds aborted events: {by_table - committed_ids}"
 
 
 async def test_example_counts_failures_per_workflow_per_minute_and_refunds_each_failed_checkout(
@@ -150,7 +155,7 @@ async def test_example_counts_failures_per_workflow_per_minute_and_refunds_each_
     log_path = tmp_path / "faust.log"
     changelog = f"{prefix}.faust-failures-failures-per-minute-changelog"
     try:
-        with faust_worker(settings, ["-m", "examples.faust_failures", "--orders", str(orders)], log_path):
+        with faust_worker(settings, ["-m", "examples.faust_failures", "--orders", str(orders)], log_path) as worker:
 
             async def settled() -> tuple[dict[str, str], dict[tuple[str, int], int], Counter[str], set[str]] | None:
                 """The log once every checkout and every refund has finished: (workflow of each run, failures per
@@ -176,7 +181,9 @@ async def test_example_counts_failures_per_workflow_per_minute_and_refunds_each_
                     return None
                 return workflow_of, dict(failures), ends, failed_checkouts
 
-            workflow_of, failures, ends, failed_checkouts = await eventually(settled, "every checkout and its refund finished", log_path)
+            workflow_of, failures, ends, failed_checkouts = await eventually(
+                settled, "every checkout and its refund finished", worker, log_path
+            )
 
             async def table_matches() -> dict[tuple[str, int], int] | None:
                 table: dict[tuple[str, int], int] = {}
@@ -186,7 +193,9 @@ async def test_example_counts_failures_per_workflow_per_minute_and_refunds_each_
                         table[(workflow, int(start))] = orjson.loads(r.value)
                 return table if table == failures else None
 
-            table = await eventually(table_matches, f"the table equal to the log's failures {failures}", log_path, 60)
+            table = await eventually(
+                table_matches, f"the table equal to the log's failures {failures}", worker, log_path, 60
+            )
     finally:
         await node.stop()
 

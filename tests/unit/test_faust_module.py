@@ -25,25 +25,26 @@ def settings(tmp_path: Path, **changes: Any) -> Settings:
     return Settings(bootstrap="127.0.0.1:1,127.0.0.1:2", prefix="acme", partitions=6, state_dir=tmp_path, **changes)
 
 
-def built_consumer(app: faust.App, *, client_only: bool = False) -> Any:
-    """The aiokafka consumer the app's worker (or client-only) consumer thread builds (built, not started)."""
+async def isolation_level(app: faust.App, *, client_only: bool = False) -> str:
+    """The isolation level of the aiokafka consumer the app's worker (or client-only) consumer thread builds (built,
+    not started: aiokafka only wants a running loop)."""
     app.finalize()
     app.client_only = client_only
-    loop = asyncio.new_event_loop()
+    consumer = app.consumer._thread._create_consumer(asyncio.get_running_loop())
     try:
-        return app.consumer._thread._create_consumer(loop)
+        return str(consumer._isolation_level)
     finally:
-        loop.close()
+        await consumer.stop()
 
 
 @pytest.mark.parametrize("client_only", [False, True], ids=["worker", "client-only"])
-def test_the_app_builds_read_committed_consumers_where_faust_builds_read_uncommitted(
+async def test_the_app_builds_read_committed_consumers_where_faust_builds_read_uncommitted(
     tmp_path: Path, client_only: bool
 ) -> None:
-    ours = built_consumer(App(f"acme.{uuid.uuid4().hex}", settings=settings(tmp_path)), client_only=client_only)
-    assert ours._isolation_level == "read_committed"
+    ours = App(f"acme.{uuid.uuid4().hex}", settings=settings(tmp_path))
+    assert await isolation_level(ours, client_only=client_only) == "read_committed"
     plain = faust.App(f"acme.{uuid.uuid4().hex}", **app_options(settings(tmp_path)))
-    assert built_consumer(plain, client_only=client_only)._isolation_level == "read_uncommitted"
+    assert await isolation_level(plain, client_only=client_only) == "read_uncommitted"
 
 
 def test_options_come_from_settings_with_safe_defaults(tmp_path: Path) -> None:
