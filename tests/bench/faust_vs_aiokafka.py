@@ -1,6 +1,6 @@
 """Benchmark: records/s a Faust agent consumes against aiokafka's ``getmany``, same topic, same broker.
 
-    python -m tests.bench.faust_vs_aiokafka [--records 300000] [--faust-records 60000] [--partitions 4]
+    python -m tests.bench.faust_vs_aiokafka [--records 1000000] [--faust-records 100000] [--partitions 4]
 
 Why: it is the figure behind "the engine is not a Faust app" (README, "Your own processors with Faust"): the
 engine's loop reads the commands, results and events topics at tens of thousands of records/s.
@@ -107,7 +107,7 @@ def read_faust(bootstrap: str, topic: str, records: int, partitions: int, codec:
         }
         log = open(Path(tmp) / "faust.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "tests.bench.faust_agent:app", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "faust", "-A", "tests.bench.faust_agent:app", "worker", "--loglevel", "warn"],
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         try:
@@ -142,8 +142,8 @@ async def delete_topic(bootstrap: str, topic: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=300_000)
-    parser.add_argument("--faust-records", type=int, default=60_000)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--faust-records", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--bootstrap", default=os.environ.get("TICKFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     args = parser.parse_args()
