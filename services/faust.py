@@ -126,7 +126,8 @@ class App(faust.App):
         super()._create_directories()
 
     def _new_transport(self) -> Any:
-        # Faust picks the transport by the broker URL's scheme; every consumer of this app comes from this one.
+        # Faust picks a transport by the broker URL's scheme; this app always takes the aiokafka one whose consumers
+        # read committed data (tickflow's topics are Kafka's), and every consumer of the app comes from it.
         return Transport(self.conf.broker_consumer, self)
 
 

@@ -48,7 +48,8 @@ class Failure(faust.Record, serializer="json"):
 
 events = events_topic(app)
 by_workflow = app.topic(f"{APP_ID}-by-workflow", key_type=str, value_type=Failure, internal=True)
-#: The workflow of each run seen starting and not yet finished (keyed by run id, partitioned like the log).
+#: The workflow of each run seen starting, until it completes or is cancelled (keyed by run id, partitioned like the
+#: log). A failed run's entry stays: a RunFailed delivered again after a crash must still find its workflow.
 workflow_of_run = app.Table("workflow-of-run", key_type=str, value_type=str)
 #: Failures per workflow per minute of event time.
 failures_per_minute = (

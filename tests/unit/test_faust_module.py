@@ -70,7 +70,7 @@ def test_security_settings_become_faust_credentials(tmp_path: Path) -> None:
 
 def test_topics_are_the_prefix_topics_and_carry_envelopes(tmp_path: Path) -> None:
     app = App("acme.mine", settings=settings(tmp_path))
-    assert events_topic(app).get_topic_name() == "acme.events"
+    assert events_topic(app).get_topic_name() == "acme.events" == app.topic_names.events
     assert commands_topic(app).get_topic_name() == "acme.commands"
     other = settings(tmp_path).with_(prefix="other")
     assert events_topic(app, other).get_topic_name() == "other.events"
