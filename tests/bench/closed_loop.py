@@ -228,8 +228,10 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         errors = 0
         sampler = Sampler({"engine": engine.pid, "worker": worker.pid, "broker": bpid})
         sampler.start()
+        ct0 = psutil.Process().cpu_times()
         done, lat, wall, capped = await closed_loop(args.workflows, args.deadline_s, "load")
         cpu_s, rss = sampler.finish()
+        ct1 = psutil.Process().cpu_times()
     finally:
         follower.cancel()
         await producer.stop()
@@ -261,6 +263,7 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         "peer_cpu_ms_per_workflow": round(1000 * total / done, 3) if done else None,
         "cpu_ms_per_workflow_by_process": {k: round(1000 * v / done, 3) for k, v in cpu_s.items()} if done else None,
         "peer_peak_rss_mib_by_process": rss,
+        "client_cpu_s": round(ct1.user + ct1.system - ct0.user - ct0.system, 3),
         "durability": {
             "broker": "one local Kafka broker, replication 1, acks=all, transactions (exactly-once engine turns)",
             "flush_every_message": bool(args.flush_every_message),
