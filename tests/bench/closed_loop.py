@@ -131,13 +131,22 @@ def broker_pid(bootstrap: str) -> int:
 
 
 async def flush_every_message(bootstrap: str, prefix: str) -> None:
-    """The peers' fsync durability: the broker flushes every message of the level's topics to disk."""
+    """The peers' fsync durability: the broker flushes every message of the level's topics to disk.
+
+    AlterConfigs replaces a topic's whole set of dynamic configs, so each topic's own ones (source 1,
+    DYNAMIC_TOPIC_CONFIG, e.g. the events topic's retention.ms) are sent again with ``flush.messages``.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(f"{prefix}.")]
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+        own: dict[str, dict[str, str]] = {t: {} for t in topics}
+        for response in described:
+            for _err, _msg, _type, name, entries in response.resources:
+                own[name] = {e[0]: e[1] for e in entries if e[3] == 1 and e[1] is not None}
         await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t, configs={"flush.messages": "1"}) for t in topics]
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs={**own[t], "flush.messages": "1"}) for t in topics]
         )
     finally:
         await admin.close()
