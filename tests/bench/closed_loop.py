@@ -126,7 +126,7 @@ def broker_pid(bootstrap: str) -> int:
     port = int(bootstrap.rsplit(":", 1)[1])
     for c in psutil.net_connections(kind="tcp"):
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-            return c.pid
+            return int(c.pid)
     raise SystemExit(f"no process listens on {bootstrap}; start it (tickflow broker start) or give --broker-pid")
 
 
