@@ -26,12 +26,10 @@ from tickflow.core.state import TERMINAL, RunState, state_from_json
 from tickflow.events.errors import ApiError, ErrorCode, ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.projections.models import RebuildReport, SqlResult
+from tickflow.runtime.claimcheck import holds_ref, resolve_all
 from tickflow.wire import EngineReport, RebuildJob, RecordedRun, RunStatus
 
 __all__ = ["TERMINAL", "Client"]
-
-#: The key of a claim-check reference, ``{"$blob": {"sha256", "size"}}`` (``tickflow.runtime.claimcheck``).
-BLOB_KEY = "$blob"
 
 #: What the API's error codes become in Python; any other error answer raises ``ApiError``.
 _ERRORS: dict[str, type[TickflowError]] = {
@@ -280,25 +278,12 @@ class Client:
     def resolve(self, value: Any) -> Any:
         """``value`` with every claim-check reference in it (at any depth, e.g. the branches of a parallel
         output) replaced by the value it stands for."""
-        return self._resolve(value, {})
-
-    def _resolve(self, value: Any, cache: dict[str, Any]) -> Any:
-        if isinstance(value, dict):
-            ref = value.get(BLOB_KEY) if len(value) == 1 else None
-            if isinstance(ref, dict) and isinstance(ref.get("sha256"), str):
-                digest = ref["sha256"]
-                if digest not in cache:
-                    cache[digest] = orjson.loads(self.blob(digest))
-                return cache[digest]
-            return {k: self._resolve(v, cache) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._resolve(v, cache) for v in value]
-        return value
+        return resolve_all(value, self.blob)
 
     def _resolved_status(self, status: RunStatus, cache: dict[str, Any]) -> RunStatus:
-        if not (_holds_ref(status.input) or _holds_ref(status.output)):
+        if not (holds_ref(status.input) or holds_ref(status.output)):
             return status
-        changes = {name: self._resolve(getattr(status, name), cache) for name in ("input", "output")}
+        changes = {name: resolve_all(getattr(status, name), self.blob, cache) for name in ("input", "output")}
         return status.model_copy(update=changes)
 
     def result(self, run_id: str, *, timeout: float = 60.0, resolve: bool = True) -> Any:
@@ -514,17 +499,6 @@ class Client:
                     f"with after={after} to continue where you stopped"
                 )
             time.sleep(0.5 * failures)
-
-
-def _holds_ref(value: Any) -> bool:
-    """Whether a claim-check reference is anywhere in ``value`` (cheap: no copy when there is none)."""
-    if isinstance(value, dict):
-        if len(value) == 1 and isinstance(value.get(BLOB_KEY), dict):
-            return True
-        return any(_holds_ref(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_ref(v) for v in value)
-    return False
 
 
 def _api_error(response: httpx.Response) -> TickflowError:

@@ -24,7 +24,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -245,16 +245,18 @@ def holds_ref(value: Any) -> bool:
     return False
 
 
-def resolve_all(value: Any, store: BlobStore) -> Any:
-    """``value`` with every reference in it, at any depth, replaced by what it stands for (each blob read once)."""
-    cache: dict[str, Any] = {}
+def resolve_all(value: Any, read: Callable[[str], bytes], cache: dict[str, Any] | None = None) -> Any:
+    """``value`` with every reference in it, at any depth, replaced by what it stands for. ``read`` gives a blob's
+    bytes by digest (a store's ``get``; the SDK's ``Client.blob``); each blob is read once (``cache``, by digest,
+    may be shared across calls)."""
+    seen: dict[str, Any] = {} if cache is None else cache
 
     def walk(v: Any) -> Any:
         if is_ref(v):
             digest = str(v[BLOB_KEY]["sha256"])
-            if digest not in cache:
-                cache[digest] = orjson.loads(store.get(digest))
-            return cache[digest]
+            if digest not in seen:
+                seen[digest] = orjson.loads(read(digest))
+            return seen[digest]
         if isinstance(v, dict):
             return {k: walk(x) for k, x in v.items()}
         if isinstance(v, list):

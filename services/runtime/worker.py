@@ -572,7 +572,7 @@ class StepWorker:
             with step_logs.capture(logs), listening(self.tokens.listener(env, task)):
                 value = task.input
                 if holds_ref(value):  # rare: read the blobs off the loop
-                    value = await asyncio.to_thread(resolve_all, value, self.blobs)
+                    value = await asyncio.to_thread(resolve_all, value, self.blobs.get)
                 call = self.registry.call(task.fn, value, ctx, self._sync_steps)
                 output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
             s = self.settings

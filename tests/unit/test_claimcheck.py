@@ -49,6 +49,6 @@ def test_references_nested_anywhere_are_found_and_resolved_each_blob_once() -> N
     reads: list[str] = []
     get = store.get
     store.get = lambda digest: reads.append(digest) or get(digest)  # type: ignore[method-assign]
-    whole = resolve_all(joined, store)
+    whole = resolve_all(joined, store.get)
     assert whole == {"left": {"blob": "x" * 100}, "right": {"n": 1}, "items": [{"blob": "x" * 100}, 2]}
     assert len(reads) == 1
