@@ -10,8 +10,14 @@ from start to result received (client side), CPU = user+system of each measured 
 deltas over the timed phase, sampled every 0.2 s), peak RSS = highest RSS the sampler saw in the timed phase.
 
 Processes: the broker (the local Kafka, ``tickflow broker start``; its PID is the one listening on the bootstrap
-port, or ``--broker-pid``), the engine and the worker, each its own ``tickflow up --roles …`` process, with fresh
-topics under a unique prefix per level. The clients live in this process and are not measured (as the peers'
+port, or ``--broker-pid``) and tickflow's roles, with fresh topics under a unique prefix per level. ``--layout
+combined`` (the default, as ``tickflow up`` runs them) is one ``tickflow up --roles engine,worker`` process, labelled
+``node``; ``--layout split`` runs the engine and the worker as two processes (remote workers: every task and result
+goes through Kafka). ``--profile DIR`` runs each role process under ``py-spy record`` (sampling, raw collapsed
+stacks written to DIR) and adds each process's top frames by own time to the record (CPU figures then include the
+profiler's own overhead on the process: compare profiles, not CPU, in that mode).
+
+The clients live in this process and are not measured (as the peers'
 load clients are not): each produces ``StartRun`` to the commands topic with aiokafka (acks=all, idempotent) and
 awaits a future that one read_committed consumer of the events topic resolves on the run's ``RunCompleted`` — no
 API process in the loop. The peers' clients make one blocking call per workflow (Restate's ingress call, DBOS's
@@ -28,10 +34,14 @@ import asyncio
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +175,12 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
     topics = [settings.topics.commands, settings.topics.events]
     if args.flush_every_message:
         await flush_every_message(args.bootstrap, prefix)
-    engine = spawn_roles(settings, "engine", workdir / f"{prefix}-engine.log", app=APP)
-    worker = spawn_roles(settings, "worker", workdir / f"{prefix}-worker.log", app=APP)
+    layout = {"combined": {"node": "engine,worker"}, "split": {"engine": "engine", "worker": "worker"}}[args.layout]
+    roles = {
+        label: _spawn(settings, label, which, workdir / f"{prefix}-{label}.log", args.profile, f"{prefix}-{label}")
+        for label, which in layout.items()
+    }
+    role_pids = {label: _python_pid(proc, bool(args.profile)) for label, proc in roles.items()}
     waiting: dict[str, tuple[int, asyncio.Future[Any]]] = {}
     watcher = AIOKafkaConsumer(
         settings.topics.events,
@@ -235,7 +249,7 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         if warmup:
             await closed_loop(warmup, args.deadline_s, "warm")
         errors = 0
-        sampler = Sampler({"engine": engine.pid, "worker": worker.pid, "broker": bpid})
+        sampler = Sampler({**role_pids, "broker": bpid})
         sampler.start()
         ct0 = psutil.Process().cpu_times()
         done, lat, wall, capped = await closed_loop(args.workflows, args.deadline_s, "load")
@@ -245,10 +259,10 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         follower.cancel()
         await producer.stop()
         await watcher.stop()
-        for proc in (engine, worker):
-            proc.terminate()
-        for proc in (engine, worker):
-            proc.wait(30)
+        for pid in role_pids.values():  # the role itself (under py-spy, the profiler then writes its file)
+            os.kill(pid, signal.SIGTERM)
+        for proc in roles.values():
+            proc.wait(60)
     total = sum(cpu_s.values())
     return {
         "peer": "tickflow",
@@ -288,8 +302,58 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         "host": {"cpu_count": psutil.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)},
         "sampler": {"interval_s": sampler.interval_s, "samples": sampler.samples},
         "warmup_workflows": warmup,
+        "layout": args.layout,
+        "profile_top_own_pct": {
+            label: top_frames(Path(args.profile) / f"{prefix}-{label}.txt") for label in roles
+        } if args.profile else None,
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _spawn(
+    settings: Settings, label: str, roles: str, log_path: Path, profile: str | None, name: str
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", APP, "--roles", roles]
+    if profile:
+        spy = str(Path(sys.executable).with_name("py-spy"))
+        out = str(Path(profile) / f"{name}.txt")
+        command = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "-o", out, "--", *command]
+    return spawn_roles(settings, roles, log_path, app=APP, command=command)
+
+
+def _python_pid(proc: subprocess.Popen[bytes], profiled: bool) -> int:
+    """The role's own PID: under py-spy, its child (waited for, as py-spy starts it)."""
+    if not profiled:
+        return proc.pid
+    for _ in range(100):
+        children = psutil.Process(proc.pid).children()
+        if children:
+            return int(children[0].pid)
+        time.sleep(0.05)
+    raise SystemExit("py-spy did not start the role process")
+
+
+def top_frames(path: Path, n: int = 15) -> list[tuple[str, float]]:
+    """The functions with the most own (leaf) samples in a py-spy raw profile, as % of its samples (py-spy leaves
+    idle threads out, so the shares are of busy time)."""
+    own: Counter[str] = Counter()
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        own[_short(leaf)] += int(count)
+        total += int(count)
+    return [(name, round(100 * c / total, 1)) for name, c in own.most_common(n)] if total else []
+
+
+def _short(frame: str) -> str:
+    """``fn (path/to/module.py:123)`` → ``fn (module.py)``: one entry per function, not per line."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({Path(where.rsplit(':', 1)[0]).name})"
 
 
 def _git_head() -> str:
@@ -314,6 +378,8 @@ async def main() -> None:
     parser.add_argument("--run-timeout-s", type=float, default=120.0)
     parser.add_argument("--settle-s", type=float, default=4.0)
     parser.add_argument("--flush-every-message", action="store_true", help="broker flush.messages=1 on every topic")
+    parser.add_argument("--layout", choices=("combined", "split"), default="combined")
+    parser.add_argument("--profile", default=None, help="run each role under py-spy, raw profiles into this folder")
     args = parser.parse_args()
     bpid = args.broker_pid or broker_pid(args.bootstrap)
     results = []
@@ -327,11 +393,13 @@ async def main() -> None:
         print(
             f"tickflow N={r['concurrency']:>3}: {r['workflows_per_s']} wf/s, {r['steps_per_s']} steps/s, "
             f"p50 {lat['p50']} ms p90 {lat['p90']} ms p99 {lat['p99']} ms, CPU {r['peer_cpu_ms_per_workflow']} ms/wf "
-            f"(engine {by.get('engine')}, worker {by.get('worker')}, broker {by.get('broker')}), "
+            f"({', '.join(f'{k} {v}' for k, v in by.items())}), "
             f"RSS MiB {r['peer_peak_rss_mib_by_process']}, {r['completed_workflows']} wf in {r['wall_s']} s"
             f"{' CAPPED BY DEADLINE' if r['capped_by_deadline'] else ''}, errors {r['errors']}",
             flush=True,
         )
+        for label, frames in (r["profile_top_own_pct"] or {}).items():
+            print(f"  {label} top frames (own %): " + "; ".join(f"{f} {p}" for f, p in frames[:10]), flush=True)
 
 
 if __name__ == "__main__":
