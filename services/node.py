@@ -24,6 +24,7 @@ import tickflow.metrics as metrics
 import tickflow.tracing as tracing
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.blobstores import open_blob_store
+from tickflow.runtime.eager import EagerDispatch
 from tickflow.runtime.engine import Engine
 from tickflow.runtime.kafka import ensure_topics, new_producer
 from tickflow.runtime.triggers import TriggerRole
@@ -66,6 +67,10 @@ class Node:
         self.roles = roles
         self.engine: Engine | None = None
         self.workers: list[StepWorker] = []
+        #: The engine hands steps to this process's workers in memory (``runtime/eager.py``) when it runs both.
+        self.eager = (
+            EagerDispatch() if settings.eager_dispatch and {"engine", "worker"} <= roles else None
+        )
         self.projector: Any = None
         self.triggers: TriggerRole | None = None
         self.store: Any = None
@@ -124,7 +129,7 @@ class Node:
         """A new, unstarted role: ``engine``, ``worker:<pool>``, ``trigger`` or ``projector``."""
         s = self.settings
         if name == "engine":
-            return Engine(s, self.registry)
+            return Engine(s, self.registry, eager=self.eager)
         if name.startswith("worker:"):
             return StepWorker(s, self.registry, name.removeprefix("worker:"))
         if name == "trigger":
@@ -143,7 +148,12 @@ class Node:
     async def _started(self, name: str) -> Any:
         role = self._build(name)
         await role.start()
+        self._attach(role)
         return role
+
+    def _attach(self, role: Any) -> None:
+        if self.eager is not None and isinstance(role, StepWorker):
+            self.eager.attach(role)  # replaces a worker of the same pool that it restarts
 
     def _running(self) -> dict[str, Any]:
         """The roles this node runs now, by name."""
@@ -196,6 +206,7 @@ class Node:
                     await role.stop()
                 continue
             record.restarts += 1
+            self._attach(role)
             metrics.ROLE_RESTARTS.labels(name).inc()
             self._replace(name, role)
             metrics.track(role)

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     #: its own port). Give each process on a host its own.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
     worker_concurrency: int = Field(default=16, ge=1)
+    #: Hand a step to this process's worker of its pool in memory, when it has a free slot, instead of through the
+    #: tasks and results topics (the events still go to the log first; see ``tickflow.runtime.eager``).
+    eager_dispatch: bool = True
+    #: How long an engine turn waits for a step handed over in memory to come back before it commits (a step that
+    #: takes longer is decided in a later turn).
+    eager_linger_ms: float = Field(default=2.0, ge=0, le=1_000)
+    #: The longest an engine turn goes on deciding steps handed back in memory before it commits: what a client
+    #: sees of those runs waits for that commit.
+    eager_turn_ms: float = Field(default=50.0, ge=1, le=5_000)
     projector_batch_ms: int = Field(default=100, ge=0)
     commit_interval_ms: int = Field(default=200, ge=1)
     #: How long the broker waits for the engine's heartbeats before it gives the engine's partitions to another.

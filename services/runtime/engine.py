@@ -26,6 +26,7 @@ Durability and fencing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -61,10 +62,12 @@ from tickflow.events.codec import InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
     AcquireSlot,
+    CancelStep,
     ErrorInfo,
     ForkRun,
     ReleaseRun,
     ReleaseSlot,
+    RunStep,
     StartRun,
 )
 from tickflow.events.topics import is_run_id
@@ -72,6 +75,7 @@ from tickflow.metrics import DECISION_SECONDS, observe_ticks
 from tickflow.runtime.blobstores import open_blob_store
 from tickflow.runtime.claimed_inputs import claimed_fork, claimed_signal
 from tickflow.runtime.decision_traces import DecisionTraces
+from tickflow.runtime.eager import EagerDispatch, Returned
 from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
 from tickflow.runtime.input_offsets import InputOffsets
 from tickflow.runtime.kafka import DeadLetters, Rebalance, consumer_lag, new_consumer
@@ -91,6 +95,11 @@ __all__ = ["CRASH_POINTS", "Capture", "CrashHook", "Engine"]
 #: committed and before the offsets are; after one snapshot of a round, before the round's checkpoint.
 CRASH_POINTS = ("cached", "mid-events", "events-sent", "txn-open", "before-commit", "mid-snapshot")
 CrashHook = Callable[[str, str], None]
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+#: An encoded record: (topic, value, key).
+Record = tuple[str, bytes, bytes]
+#: Tasks of a decision a local worker may take in memory, by their record's index: (pool, task envelope).
+Local = dict[int, tuple[str, Envelope]]
 
 log = logging.getLogger("tickflow.engine")
 SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
@@ -123,10 +132,19 @@ class Engine(PartitionOwnership):
     """One engine process (or one of many in the same consumer group). Its partitions' assignment, recovery,
     give-up and revocation are ``PartitionOwnership``'s (``runtime/ownership.py``)."""
 
-    def __init__(self, settings: Settings, registry: Registry, *, crash: CrashHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        crash: CrashHook | None = None,
+        eager: EagerDispatch | None = None,
+    ) -> None:
         """``crash`` is for fault tests only: called at each named crash point (see ``CRASH_POINTS``) with the point
-        and the key it concerns, it may kill the process there, deterministically, to prove recovery from it."""
+        and the key it concerns, it may kill the process there, deterministically, to prove recovery from it.
+        ``eager``: the workers of this process, to hand steps to in memory (``runtime/eager.py``)."""
         self.settings = settings
+        self.eager = eager
         self._crash = crash
         self.registry = registry
         self.topics = settings.topics
@@ -249,37 +267,17 @@ class Engine(PartitionOwnership):
         while not self._stopping:
             due = self.timers.next_due()
             wait_ms = 100 if due is None else max(0, min(100, due - _now_ms()))
-            batch = await self.consumer.getmany(timeout_ms=wait_ms, max_records=2_000)
+            batch = await self._next_batch(wait_ms)
             if self._stopping:
                 return  # the batch is not handled: its offsets are not positions, so it is read again
             async with self._lock:
                 # No transaction is open between two turns: snapshot blobs are written now, never inside one.
                 await self.snapshots.prepare(SNAPSHOT_CHUNK, self._state_of)
-                assigned = self.consumer.assignment()
-                now = _now_ms()
-                handled = 0
                 # A turn's transactions stay far below their timeout: past this, the batch's rest waits a turn.
                 turn_ends = time.monotonic() + self.settings.transaction_timeout_ms / 1000 * TURN_SHARE
-                for tp, records in batch.items():
-                    if tp not in assigned:
-                        continue  # fetched before a revocation: the new owner will process it
-                    if tp.partition not in self.recovered_partitions:
-                        self.consumer.seek(tp, records[0].offset)  # fetched before its pause: read it again later
-                        continue
-                    done = 0
-                    for record in records:
-                        if time.monotonic() > turn_ends:
-                            self.consumer.seek(tp, record.offset)  # the rest in the next turn
-                            break
-                        await self._handle(tp, record, now)
-                        done += 1
-                        handled += 1
-                        if handled % TIMER_CHECK_EVERY == 0:  # a big batch must not hold due timers back
-                            now = _now_ms()
-                            await self._fire_timers(now)
-                    if done:
-                        self.offsets.handled(tp, records[done - 1].offset + 1)
-                        self.processed += done
+                await self._handle_batch(batch, turn_ends)
+                if self.eager is not None:
+                    await self._eager_turn(self.eager, turn_ends)
                 await self._fire_timers(_now_ms())
                 if self.snapshots.due(self.settings.snapshot_interval_s):
                     await self._begin_snapshot_round()
@@ -288,6 +286,89 @@ class Engine(PartitionOwnership):
             if self.offsets.committable and time.monotonic() - self._last_commit >= interval:
                 async with self._lock:
                     await self._commit()
+
+    async def _next_batch(self, wait_ms: int) -> Batch:
+        """The next inputs, waiting at most ``wait_ms``; with eager attempts out, also woken by their results."""
+        eager = self.eager
+        if eager is None or not eager.in_flight or wait_ms == 0:
+            batch: Batch = await self.consumer.getmany(
+                timeout_ms=0 if eager and eager.ready else wait_ms, max_records=2_000
+            )
+            return batch
+        fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=wait_ms, max_records=2_000))
+        returned = asyncio.ensure_future(eager.wait(wait_ms / 1000))
+        await asyncio.wait((fetch, returned), return_when=asyncio.FIRST_COMPLETED)
+        returned.cancel()
+        if fetch.done():
+            fetched: Batch = fetch.result()
+            return fetched
+        fetch.cancel()  # safe: a getmany waiting for data has taken no record yet
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetch
+        return {}
+
+    async def _handle_batch(self, batch: Batch, turn_ends: float) -> None:
+        assigned = self.consumer.assignment()
+        now = _now_ms()
+        handled = 0
+        for tp, records in batch.items():
+            if tp not in assigned:
+                continue  # fetched before a revocation: the new owner will process it
+            if tp.partition not in self.recovered_partitions:
+                self.consumer.seek(tp, records[0].offset)  # fetched before its pause: read it again later
+                continue
+            done = 0
+            for record in records:
+                if time.monotonic() > turn_ends:
+                    self.consumer.seek(tp, record.offset)  # the rest in the next turn
+                    break
+                await self._handle(tp, record, now)
+                done += 1
+                handled += 1
+                if handled % TIMER_CHECK_EVERY == 0:  # a big batch must not hold due timers back
+                    now = _now_ms()
+                    await self._fire_timers(now)
+            if done:
+                self.offsets.handled(tp, records[done - 1].offset + 1)
+                self.processed += done
+
+    async def _eager_turn(self, eager: EagerDispatch, turn_ends: float) -> None:
+        """Decide what the local workers hand back, within this turn's transactions, while they keep handing back.
+
+        A run of quick steps goes from step to step in memory, its events queued in the open transaction, and its
+        turn commits once it has nothing left in flight here (or the turn reached ``eager_turn_ms``; or nothing
+        came back within ``eager_linger_ms``: a slow body's result is decided in a later turn). Inputs that arrive
+        meanwhile join the turn, so at load one commit carries many runs' steps.
+        """
+        s = self.settings
+        until = min(turn_ends, time.monotonic() + s.eager_turn_ms / 1000)
+        while True:
+            for returned in eager.take():
+                await self._returned(returned)
+            if time.monotonic() >= until:
+                return
+            batch = await self.consumer.getmany(timeout_ms=0, max_records=2_000)
+            if batch:
+                await self._handle_batch(batch, until)
+                continue
+            if not eager.in_flight or not await eager.wait(min(s.eager_linger_ms / 1000, until - time.monotonic())):
+                return
+
+    async def _returned(self, returned: Returned) -> None:
+        """Decide one eager attempt's result; send a lost attempt's task to the topic. Dropped when the partition is
+        no longer served here, or was rebuilt since (then its recovery re-sent the task: the decider keeps only
+        the attempt it waits for, so a result that still matches is applied once either way)."""
+        partition, pool, task, result = returned
+        if partition not in self.recovered_partitions or partition in self._revoking:
+            return
+        state = self.runs[partition].get(task.key)
+        if state is None or task.key in self.quarantined[partition]:
+            return
+        if result is None:
+            await self._publish(partition, [(self.topics.tasks(pool), encode(task), task.key.encode())])
+            return
+        self.inputs[result.type] += 1
+        await self._decide(partition, state, WorkerResult(result), _now_ms())
 
     async def _fire_timers(self, now: int) -> None:
         for partition, run_id in self.timers.pop_due(now):
@@ -464,8 +545,8 @@ class Engine(PartitionOwnership):
         decision = release(held.state, held.highest_seq, env, now)
         del self.quarantined[partition][env.key]
         log.warning("run %s released by %s: resumes from seq %d", env.key, env.id, held.state.seq)
-        records = self._run_records(decision, now, recovering=True)  # re-sends its work in flight
-        await self._publish_run(partition, decision, records)
+        records, local = self._run_records(decision, now, recovering=True)  # re-sends its work in flight
+        await self._publish_run(partition, decision, records, local)
         await self._decide(partition, decision.state, Recover(causation_id=env.id), now)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, now: int) -> None:
@@ -572,7 +653,7 @@ class Engine(PartitionOwnership):
             started = time.perf_counter()
             try:
                 decision = run(state, input, now, self.registry)
-                records = self._run_records(decision, now, recovering)
+                records, local = self._run_records(decision, now, recovering)
                 DECISION_SECONDS.observe(time.perf_counter() - started)
             except InvalidRecord as exc:
                 kind = "PayloadTooLarge" if isinstance(exc, RecordTooLarge) else "InvalidRecord"
@@ -582,22 +663,23 @@ class Engine(PartitionOwnership):
                 message = f"the engine could not decide this input: {exc!r}"[:10_000]
                 error = ErrorInfo(type="EngineError", message=message)
             else:
-                await self._publish_run(partition, decision, records)
+                await self._publish_run(partition, decision, records, local)
                 return bool(decision.events)
             if record is not None:
                 reason = f"run {state.run_id!r}: {error.type}: {error.message}"
                 await self._dead_letter(record, reason, now)
             decision = refuse(state, error, now, cause, start)
             try:
-                records = self._run_records(decision, now, recovering)
+                records, local = self._run_records(decision, now, recovering)
             except InvalidRecord as exc:  # cannot happen with bounded failure events; never let it stop the engine
                 log.error("run %s: even its failure cannot be recorded: %s", state.run_id, exc)
                 return False
-            await self._publish_run(partition, decision, records)
+            await self._publish_run(partition, decision, records, local)
             return bool(decision.events)
 
-    def _run_records(self, decision: Decision, now: int, recovering: bool) -> list[tuple[str, bytes, bytes]]:
-        """A run decision's records, encoded: its events, then the messages it sends (tasks, commands)."""
+    def _run_records(self, decision: Decision, now: int, recovering: bool) -> tuple[list[Record], Local]:
+        """A run decision's records, encoded: its events, then the messages it sends (tasks, commands); and, by
+        record index, the tasks a worker of this process may take in memory instead (see ``_publish``)."""
         outs = effects(decision)
         if recovering:  # recovery re-sends may repeat what the healing decision just sent
             sent = {(o.topic, o.envelope.id) for o in outs}
@@ -605,22 +687,33 @@ class Engine(PartitionOwnership):
             self.resent += len(again)
             outs += again
         messages = [(self._topic_of(out), out.envelope) for out in outs]
-        return self._encoded(decision.events, messages)
+        records = self._encoded(decision.events, messages)
+        local: Local = {}
+        if self.eager is not None:
+            first = len(decision.events)
+            for i, out in enumerate(outs):
+                pool = out.pool or "default"
+                if out.topic == "tasks" and self.eager.serves(pool):
+                    local[first + i] = (pool, self._traced(out.envelope))
+        return records, local
 
     def _topic_of(self, out: Outbound) -> str:
         return self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
 
-    def _encoded(self, events: list[Envelope], messages: list[tuple[str, Envelope]]) -> list[tuple[str, bytes, bytes]]:
+    def _encoded(self, events: list[Envelope], messages: list[tuple[str, Envelope]]) -> list[Record]:
         """Every record of a decision as (topic, value, key), or InvalidRecord if any of them cannot be written."""
-        trace = self.traces.current
-        if trace is not None:  # a traced decision: each record names its span
-            events = [e.model_copy(update={"trace_parent": trace}) for e in events]
-            messages = [(t, m.model_copy(update={"trace_parent": trace})) for t, m in messages]
+        if self.traces.current is not None:  # a traced decision: each record names its span
+            events = [self._traced(e) for e in events]
+            messages = [(t, self._traced(m)) for t, m in messages]
         out = [(self.topics.events, encode(event), event.key.encode()) for event in events]
         out += [(topic, encode(message), message.key.encode()) for topic, message in messages]
         return out
 
-    async def _publish_run(self, partition: int, decision: Decision, records: list[tuple[str, bytes, bytes]]) -> None:
+    def _traced(self, envelope: Envelope) -> Envelope:
+        trace = self.traces.current
+        return envelope if trace is None else envelope.model_copy(update={"trace_parent": trace})
+
+    async def _publish_run(self, partition: int, decision: Decision, records: list[Record], local: Local) -> None:
         """Cache the new state, publish its records (events first), re-arm its timer."""
         state = decision.state
         if decision.events:
@@ -628,14 +721,23 @@ class Engine(PartitionOwnership):
             self.snapshots.dirty[partition].add(state.run_id)
             self.events_out.update(e.type for e in decision.events)
             self._crash_point("cached", state.run_id)
-        await self._publish(partition, records)
+        await self._publish(partition, records, local)
         self._arm(partition, state)
 
-    async def _publish(self, partition: int, records: list[tuple[str, bytes, bytes]]) -> None:
-        """Send encoded records in order (events first); events go to the owned partition of the events topic."""
+    async def _publish(self, partition: int, records: list[Record], local: Local | None = None) -> None:
+        """Send encoded records in order (events first); events go to the owned partition of the events topic.
+
+        A task in ``local`` is offered to this process's worker of its pool after the decision's events are sent:
+        a ``RunStep`` it takes is not written to the topic; a ``CancelStep`` reaches it and the topic both."""
         events = 0
         writer = self.writers[partition]
-        for topic, value, record_key in records:
+        for i, (topic, value, record_key) in enumerate(records):
+            if local and i in local and self.eager is not None:
+                pool, task = local[i]
+                if isinstance(task.payload, RunStep) and self.eager.offer(partition, pool, task):
+                    continue
+                if isinstance(task.payload, CancelStep):
+                    self.eager.cancel(pool, task.payload.idempotency_key)
             if topic == self.topics.events:
                 if events == 1:
                     self._crash_point("mid-events", record_key)

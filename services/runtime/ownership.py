@@ -28,6 +28,7 @@ from tickflow.core.stacks import StackDecision, StackState, stack_recovery
 from tickflow.events.codec import encode
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import BlobStore
+from tickflow.runtime.eager import EagerDispatch
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
 from tickflow.runtime.input_offsets import InputOffsets
 from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
@@ -58,6 +59,7 @@ class PartitionOwnership:
     topics: TopicNames
     consumer: AIOKafkaConsumer
     blobs: BlobStore
+    eager: EagerDispatch | None
     retention: Retention
     timers: Timers
     snapshots: SnapshotRounds
@@ -152,7 +154,10 @@ class PartitionOwnership:
         await asyncio.gather(*(w.stop() for w in writers if w is not None))
 
     def _drop(self, partition: int) -> PartitionWriter | None:
-        """Forget everything of a partition this engine no longer serves; returns its writer, to be stopped."""
+        """Forget everything of a partition this engine no longer serves; returns its writer, to be stopped. Its
+        steps running in this process's workers (eager dispatch) stop: whoever rebuilds it re-sends them."""
+        if self.eager is not None:
+            self.eager.drop(partition)
         self.offsets.drop(partition)
         self.timers.drop_partition(self.runs.pop(partition, {}))
         self.timers.drop_partition(self.stacks.pop(partition, {}))

@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -232,12 +232,31 @@ def _error_info(task: RunStep, exc: BaseException) -> ErrorInfo:
     )
 
 
+#: Where an eagerly dispatched attempt's end goes, exactly once: ``(result, False)``; ``(None, False)`` when there is
+#: nothing to report (cancelled, handed over, expired, or reported on the results topic); ``(None, True)`` when it
+#: was lost (stopped with the worker): the engine then sends its task to the topic.
+Reply = Callable[[Envelope | None, bool], None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
-    tp: TopicPartition
-    record: ConsumerRecord[bytes, bytes]
     env: Envelope
     task: RunStep
+    #: Where the task was read from; None for a task handed over in memory by this process's engine (``run_eager``).
+    tp: TopicPartition | None = None
+    record: ConsumerRecord[bytes, bytes] | None = None
+    #: An eager job's way back to the engine, and the engine partition it was dispatched for.
+    reply: Reply | None = None
+    owner: int = -1
+
+
+class _Outcome(NamedTuple):
+    """One run of an attempt: its result, as an envelope and as its record, and whether it journaled paid LLM calls
+    on the results topic."""
+
+    result: Envelope
+    record: bytes
+    journaled: bool
 
 
 class StepWorker:
@@ -285,6 +304,7 @@ class StepWorker:
         self._last_commit = 0.0
         self.produced = ProducedResults()
         self.reanswered = 0  # tasks answered with a result already produced, instead of running again
+        self.eager_runs = 0  # attempts handed over in memory by this process's engine (``run_eager``)
         self._learned: set[int] = set()
         # Jobs start from this context, not from whichever task freed their slot, so nothing a step body
         # sets in its context can leak into later steps.
@@ -443,11 +463,7 @@ class StepWorker:
         else:
             task = env.payload
             if isinstance(task, CancelStep):
-                for job in self.scheduler.cancel(task.idempotency_key):
-                    self.offsets.done(job.tp, job.record.offset)
-                    self._settle_copies(task.idempotency_key)
-                for running in self._running.get(task.idempotency_key, ()):
-                    running.cancel()
+                self.cancel(task.idempotency_key)
                 log.info("cancel %s: %s", task.idempotency_key, task.reason or "no reason given")
             elif (done := self.produced.get(task.idempotency_key)) is not None:
                 # This attempt already ran and reported: answer again instead of running the body twice.
@@ -459,12 +475,52 @@ class StepWorker:
                 self.copies_joined += 1
                 log.info("%s is queued or running already; this copy waits for that run", task.idempotency_key)
                 return
-            elif self.scheduler.offer(_Job(tp, record, env, task), key=task.idempotency_key, priority=task.priority):
+            elif self.scheduler.offer(
+                _Job(env, task, tp=tp, record=record), key=task.idempotency_key, priority=task.priority
+            ):
                 self._accepted[task.idempotency_key] = []
                 return  # its offset is done once its result is sent
             else:
                 log.info("skipping %s: it was cancelled", task.idempotency_key)
         self.offsets.done(tp, record.offset)
+
+    def cancel(self, key: str) -> None:
+        """Cancel attempt ``key``: dropped if queued, cancelled if running (best effort, see the module docstring)."""
+        for job in self.scheduler.cancel(key):
+            if job.tp is not None and job.record is not None:
+                self.offsets.done(job.tp, job.record.offset)
+            self._settle_copies(key)
+        for running in self._running.get(key, ()):
+            running.cancel()
+
+    def run_eager(self, task: Envelope, owner: int, reply: Reply) -> bool:
+        """Run a task handed over in memory by this process's engine (eager local dispatch), if a slot is free now.
+
+        False, and nothing happens, when every slot is taken, the worker is stopping, or the attempt is already
+        here (a copy from the topic is queued or running) or was cancelled: the engine then sends the task record
+        to the topic as usual, where any worker of the pool may take it. An eager attempt counts against the same
+        concurrency as the others and runs the same way; its result goes to ``reply`` (and to the results topic
+        too, in order after them, when it paid for LLM calls or a copy of its task arrived from the topic meanwhile).
+        """
+        payload = task.payload
+        if not isinstance(payload, RunStep) or self.scheduler.stopped:
+            return False
+        key = payload.idempotency_key
+        if self.scheduler.running >= self.scheduler.limit or key in self._accepted or key in self.scheduler.cancelled:
+            return False
+        self._accepted[key] = []
+        self.scheduler.running += 1
+        self.eager_runs += 1
+        self._start_job(_Job(task, payload, reply=reply, owner=owner))
+        return True
+
+    def drop_eager(self, owner: int) -> None:
+        """The engine gave up partition ``owner``: stop its eager attempts, unreported (the partition's next owner
+        re-sends every task in flight when it rebuilds the partition's runs from the log)."""
+        for t, job in list(self._jobs.items()):
+            if job.reply is not None and job.owner == owner and not t.done():
+                self._handed_over.add(job.task.idempotency_key)
+                t.cancel()
 
     def _start_job(self, job: _Job) -> None:
         t = asyncio.create_task(self._execute(job), context=self._context.copy())
@@ -483,11 +539,14 @@ class StepWorker:
         if not tasks:
             self._running.pop(key, None)
         if t.cancelled():
+            if job.reply is not None:  # lost only if cancelled by the worker's stop, not by a cancel or a hand-over
+                job.reply(None, key not in self._handed_over and key not in self.scheduler.cancelled)
             if key in self._handed_over:
                 self._handed_over.discard(key)  # its offset is the new owner's to commit
             elif key in self.scheduler.cancelled:
                 log.info("cancelled %s while it ran; no result is reported", key)
-                self.offsets.done(job.tp, job.record.offset)
+                if job.tp is not None and job.record is not None:
+                    self.offsets.done(job.tp, job.record.offset)
             else:
                 self.scheduler.stopped = True  # cancelled by the event loop's teardown: start nothing more
         self._settle_copies(key)
@@ -516,20 +575,28 @@ class StepWorker:
             await asyncio.wait(set(self._inflight), timeout=30)
 
     async def _execute(self, job: _Job) -> None:
-        tp, record = job.tp, job.record
         deadline = job.task.deadline_ms
         if deadline is not None and time.time() * 1000 > deadline:
             # The engine stopped waiting for this attempt while it queued here: it failed it (and cancels it, and
             # may have scheduled the next attempt). Starting it now would only repeat an effect for nothing.
             log.info("not starting %s: its deadline passed while it queued", job.task.idempotency_key)
             self.expired += 1
-            self.offsets.done(tp, record.offset)
+            if job.tp is not None and job.record is not None:
+                self.offsets.done(job.tp, job.record.offset)
+            if job.reply is not None:
+                job.reply(None, False)
             return
+        if job.reply is not None:
+            await self._execute_eager(job, job.reply)
+            return
+        assert job.tp is not None and job.record is not None
+        tp, record = job.tp, job.record
         try:
-            result = await self._run(job.env, job.task)
+            outcome = await self._run(job.env, job.task)
             if job.task.idempotency_key in self.scheduler.cancelled:
                 log.info("cancelled %s as it finished; no result is reported", job.task.idempotency_key)
             else:
+                result = outcome.record
                 self.pending.add(await self.producer.send(self.topics.results, result, key=record.key))
                 self.produced.add(job.task.idempotency_key, result)
                 self.executed += 1
@@ -539,7 +606,39 @@ class StepWorker:
         except Exception:
             log.exception("could not report task %s[%d]@%d", tp.topic, tp.partition, record.offset)
 
-    async def _run(self, env: Envelope, task: RunStep) -> bytes:
+    async def _execute_eager(self, job: _Job, reply: Reply) -> None:
+        """Run an attempt handed over in memory and give its result back the same way.
+
+        The result also goes to the results topic when the attempt journaled paid LLM calls (the engine reads their
+        checkpoints from that topic: the result must come after them, or the run could end before a call's cost is
+        logged) or when copies of its task came from the topic meanwhile (an engine elsewhere may wait for it).
+        """
+        key = job.task.idempotency_key
+        try:
+            outcome = await self._run(job.env, job.task)
+        except Exception:  # a bug here must not leave the run waiting for a reply that never comes
+            log.exception("eager attempt %s failed to run; its task goes to the topic instead", key)
+            reply(None, True)
+            return
+        if key in self.scheduler.cancelled:
+            log.info("cancelled %s as it finished; no result is reported", key)
+            reply(None, False)
+            return
+        self.executed += 1
+        if outcome.journaled or self._accepted.get(key):
+            try:
+                result = outcome.record
+                self.pending.add(await self.producer.send(self.topics.results, result, key=job.env.key.encode()))
+                self.produced.add(key, result)
+            except Exception:
+                log.exception("could not report eager attempt %s to the topic; reporting it in memory", key)
+            else:
+                if outcome.journaled:
+                    reply(None, False)  # the engine reads it from the topic, after the checkpoints
+                    return
+        reply(outcome.result, False)
+
+    async def _run(self, env: Envelope, task: RunStep) -> _Outcome:
         """``_attempt`` in a span of the run's trace (a child of the decision that sent the task), when tracing is
         on; the result it reports carries that span, so the engine's next decision continues the trace."""
         if not tracing.enabled():
@@ -549,7 +648,7 @@ class StepWorker:
         with tracing.span(name, env.trace_parent, **attrs):
             return await self._attempt(env, task)
 
-    async def _attempt(self, env: Envelope, task: RunStep) -> bytes:
+    async def _attempt(self, env: Envelope, task: RunStep) -> _Outcome:
         journal = StepJournal(self.produced.calls, self._send_durably, env)
         ctx = StepContext(
             run_id=env.key,
@@ -577,14 +676,21 @@ class StepWorker:
                 output: Any = await (asyncio.wait_for(call, task.timeout_s) if task.timeout_s else call)
             s = self.settings
             what = f"the output of step {task.step!r}"
-            if len(orjson.dumps(output)) > s.offload_bytes:  # rare: write the blob off the loop
+            raw = orjson.dumps(output)
+            if len(raw) > s.offload_bytes:  # rare: write the blob off the loop
                 output = await asyncio.to_thread(
                     offload, output, self.blobs, s.offload_bytes, s.max_payload_bytes, what
                 )
+            else:
+                # The value the log will hold (JSON types only: a tuple is a list): an eager result is applied
+                # without a round trip through the codec, and must decide exactly as its record would on replay.
+                output = orjson.loads(raw)
             ms = (time.perf_counter() - started) * 1000
             _observe_step(task, "succeeded", ms, [*ctx.report.llm_attempts, *journal.paid])
-            succeeded = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=redact(logs.getvalue()))
-            return encode(self._wrap(env, succeeded))
+            succeeded = self._wrap(
+                env, StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=redact(logs.getvalue()))
+            )
+            return _Outcome(succeeded, encode(succeeded), bool(journal.paid))  # a record too big fails the step
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is None or current.cancelling():
@@ -603,10 +709,12 @@ class StepWorker:
             duration_ms=(time.perf_counter() - started) * 1000,
             logs=redact(logs.getvalue()),
         )
+        result = self._wrap(env, failed)
         try:
-            return encode(self._wrap(env, failed))
+            return _Outcome(result, encode(result), bool(journal.paid))
         except InvalidRecord:  # the report made the record too big: keep the error and the (small) attempts
-            return encode(self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""})))
+            result = self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""}))
+            return _Outcome(result, encode(result), bool(journal.paid))
 
     async def _send_durably(self, key: bytes, raw: bytes) -> None:
         """Send a paid call's checkpoint and wait until the broker has it (acks=all): only then may the step go on."""
@@ -670,7 +778,7 @@ class StepWorker:
         Then this worker takes its share of the pool's LLM provider limits for what it owns now."""
         await self._share_limits(assigned)
         for t, job in list(self._jobs.items()):
-            if job.tp not in assigned and not t.done():
+            if job.tp is not None and job.tp not in assigned and not t.done():  # eager jobs follow their engine
                 self._handed_over.add(job.task.idempotency_key)
                 t.cancel()
                 log.info("stopping %s: its partition went to another worker, which runs it", job.task.idempotency_key)
