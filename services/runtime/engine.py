@@ -72,13 +72,14 @@ from tickflow.events.schemas import (
 )
 from tickflow.events.topics import is_run_id
 from tickflow.metrics import DECISION_SECONDS, observe_ticks
+from tickflow.runtime import engine_status
 from tickflow.runtime.blobstores import open_blob_store
 from tickflow.runtime.claimed_inputs import claimed_fork, claimed_signal
 from tickflow.runtime.decision_traces import DecisionTraces
 from tickflow.runtime.eager import EagerDispatch, Returned
 from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
 from tickflow.runtime.input_offsets import InputOffsets
-from tickflow.runtime.kafka import DeadLetters, Rebalance, consumer_lag, new_consumer
+from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer
 from tickflow.runtime.ownership import PartitionOwnership
 from tickflow.runtime.recovery import Quarantine
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
@@ -179,19 +180,19 @@ class Engine(PartitionOwnership):
         self.traces = DecisionTraces()
         self._stopping = False
         self.timers = Timers()
-        self.processed = 0
+        self.processed: int = 0
         self.inputs: Counter[str] = Counter()  # commands and results consumed, by type (for /metrics)
         self.events_out: Counter[str] = Counter()  # events appended, by type
-        self.dead_lettered = 0
+        self.dead_lettered: int = 0
         self.resent = 0  # messages re-sent by recoveries (tasks in flight, child starts, parent reports)
-        self.timer_firings = 0
+        self.timer_firings: int = 0
         self.retention = Retention(
             state_ms=int(settings.state_retention_s * 1000),
             tick_state_ms=int(settings.tick_run_retention_s * 1000),
             id_ms=int(settings.run_id_retention_s * 1000),
             full_state_ms=int(settings.finished_state_s * 1000),
         )
-        self.shrunk = 0  # finished runs shrunk to their tombstone-sized state (see ``_fire_timers``)
+        self.shrunk: int = 0  # finished runs shrunk to their tombstone-sized state (see ``_fire_timers``)
         self._spec_hashes = {
             (name, version): spec.content_hash()
             for name, versions in registry.versions.items()
@@ -758,30 +759,11 @@ class Engine(PartitionOwnership):
 
     def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
         """This engine's counters and levels for /metrics (``tickflow.metrics.RoleCollector`` reads them)."""
-        role = {"role": "engine"}
-        for kind, name, help_text, value_of in _ENGINE_METRICS:
-            yield kind, name, help_text, role, float(value_of(self))
-        for type_, n in list(self.inputs.items()):  # copies: a scrape may run in another thread
-            yield "counter", "tickflow_engine_inputs", "Commands and results consumed, by type.", {"type": type_}, n
-        for type_, n in list(self.events_out.items()):
-            yield "counter", "tickflow_engine_events", "Events appended to the log, by type.", {"type": type_}, n
-        if hasattr(self, "consumer"):  # started
-            yield from consumer_lag("engine", self.consumer, self.offsets.committable)
+        return engine_status.metric_values(self)
 
     def status(self) -> dict[str, Any]:
-        """What ``/stats`` and the dashboard's System page show of this engine: the partitions it serves, those
-        parked (recovery keeps failing: partition → last error), recoveries, fences, failed transactions."""
-        return {
-            "partitions": sorted(self.recovered_partitions),
-            "parked": {str(p): why for p, why in sorted(self.parked.items())},
-            "recoveries_started": self.recoveries_started,
-            "recoveries": self.recoveries,
-            "fenced": self.fenced,
-            "given_up": self.given_up,
-            "runs": _count_of(self.runs),
-            "quarantined": sorted(r for held in list(self.quarantined.values()) for r in held),
-            "processed": self.processed,
-        }
+        """What ``/stats`` and the dashboard's System page show of this engine (``engine_status.status``)."""
+        return engine_status.status(self)
 
     async def capture(self) -> Capture:
         """A copy of the live run states of every recovered partition, the time it was taken (epoch ms), and the
@@ -835,46 +817,3 @@ def _causation(input: Input) -> str | None:
     if isinstance(input, WorkerResult):
         return input.result.id
     return input.causation_id
-
-
-def _count_of(tables: dict[int, dict[str, Any]]) -> int:
-    return sum(map(len, list(tables.values())))  # a copy: a scrape may run in another thread
-
-
-#: (kind, name, help, value) of the engine's plain counters and levels.
-_ENGINE_METRICS: tuple[tuple[str, str, str, Callable[[Engine], int]], ...] = (
-    ("counter", "tickflow_engine_records_consumed", "Input records the engine consumed.", lambda e: e.processed),
-    (
-        "counter",
-        "tickflow_engine_dead_letters",
-        "Inputs the engine refused to the dead-letter topic.",
-        lambda e: e.dead_lettered,
-    ),
-    ("counter", "tickflow_engine_recoveries", "Partitions rebuilt from the log.", lambda e: e.recoveries),
-    ("counter", "tickflow_engine_fenced", "Partitions given up because a newer owner fenced them.", lambda e: e.fenced),
-    (
-        "counter",
-        "tickflow_engine_transactions_failed",
-        "Partitions given up after a failed transaction.",
-        lambda e: e.given_up,
-    ),
-    ("counter", "tickflow_engine_snapshots", "Snapshots written to the state topic.", lambda e: e.snapshots.written),
-    ("counter", "tickflow_engine_snapshot_rounds", "Snapshot rounds begun.", lambda e: e.snapshots.rounds),
-    (
-        "counter",
-        "tickflow_engine_timer_firings",
-        "Timers (sleeps, retries, deadlines) that fired.",
-        lambda e: e.timer_firings,
-    ),
-    ("counter", "tickflow_engine_resent", "Messages re-sent by recoveries (work in flight).", lambda e: e.resent),
-    ("gauge", "tickflow_engine_partitions", "Partitions this engine serves.", lambda e: len(e.recovered_partitions)),
-    (
-        "gauge",
-        "tickflow_engine_partitions_parked",
-        "Partitions whose recovery keeps failing (retried with backoff, not served).",
-        lambda e: len(e.parked),
-    ),
-    ("gauge", "tickflow_engine_runs", "Run states in memory.", lambda e: _count_of(e.runs)),
-    ("counter", "tickflow_engine_runs_shrunk", "Finished runs shrunk to id, seq and status.", lambda e: e.shrunk),
-    ("gauge", "tickflow_engine_quarantined_runs", "Runs set aside until released.", lambda e: _count_of(e.quarantined)),
-)

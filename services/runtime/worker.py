@@ -406,13 +406,19 @@ class StepWorker:
         if hasattr(self, "consumer"):
             yield from consumer_lag(f"worker:{self.pool}", self.consumer, self.offsets.fetched)
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 30.0) -> None:
+        """Stop taking tasks, give the running ones ``drain_s`` to finish, then cancel the rest: a task from the topic
+        stays uncommitted (redelivered), a step handed over in memory goes back to the engine as lost."""
         self.scheduler.stopped = True
         for t in (self._task, self._control_task):
             if t is not None:
                 t.cancel()
                 await asyncio.gather(t, return_exceptions=True)
-        await self._drain_inflight()
+        await self._drain_inflight(drain_s)
+        left = [t for t in self._inflight if not t.done()]
+        for t in left:
+            t.cancel()
+        await asyncio.wait(left, timeout=1.0) if left else None
         self._sync_steps.shutdown(wait=False, cancel_futures=True)  # a stuck sync body is left to finish alone
         try:
             await self._commit()
@@ -570,9 +576,9 @@ class StepWorker:
                 log.warning("offset commit skipped during a rebalance: %s", exc)
         self._last_commit = time.monotonic()
 
-    async def _drain_inflight(self) -> None:
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=30)
+    async def _drain_inflight(self, timeout_s: float = 30.0) -> None:
+        if self._inflight and timeout_s > 0:
+            await asyncio.wait(set(self._inflight), timeout=timeout_s)
 
     async def _execute(self, job: _Job) -> None:
         deadline = job.task.deadline_ms

@@ -98,6 +98,14 @@ registry.add(
 registry.add(Workflow("square").step(square))
 registry.add(Workflow("fanout").foreach(Flow().child("square"), concurrency=4).step(total))
 registry.add(Workflow("stuck").step(slow_forever).step(add_one, name="never"))
+
+
+async def dawdle(value: Any) -> Any:
+    await asyncio.sleep(2.0)  # a window to stop the worker while the step runs
+    return value
+
+
+registry.add(Workflow("dawdle").step(dawdle).step(add_one, name="after"))
 registry.add(Workflow("parent_of_stuck").child("stuck").step(add_one, name="never_either"))
 
 
