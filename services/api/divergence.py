@@ -14,7 +14,7 @@ import asyncio
 from fastapi import APIRouter, HTTPException, Query
 
 from tickflow.api.deps import ApiDeps, ApiProblem
-from tickflow.core.divergence import envelope_json
+from tickflow.core.divergence import envelope_json, rebuilt_results
 from tickflow.events.codec import InvalidRecord
 from tickflow.runtime.recorded import DEFAULT_SLACK_MS, claimed_payloads, read_inputs, wanted_inputs
 from tickflow.runtime.replay import ReplayError, history_of
@@ -45,11 +45,13 @@ def build_router(deps: ApiDeps) -> APIRouter:
             raise ApiProblem(exc.http_status, exc.code, str(exc)) from None
         except InvalidRecord as exc:
             raise HTTPException(500, f"the run's events cannot be decoded: {exc}") from None
-        wanted = wanted_inputs(events)
+        rebuilt = rebuilt_results(events)  # steps run in memory: their results were never records
+        wanted = wanted_inputs(events) - rebuilt.keys()
         topics = (deps.topics.commands, deps.topics.results)
         inputs = await read_inputs(
             deps.kafka, topics, rows[0].partition, run_id, wanted, events[0].occurred_at_ms - slack_ms
         )
+        inputs.update(rebuilt)
         claimed = await claimed_payloads(inputs, deps.blobs)
         return RecordedRun(
             run_id=run_id,

@@ -42,7 +42,6 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-import tickflow.events.agents  # noqa: F401 - registers the agent event types a run's log holds
 from tickflow.core.decider import (
     ClaimedPayload,
     Decision,
@@ -59,6 +58,7 @@ from tickflow.core.decider import (
 )
 from tickflow.core.interpreter import Functions
 from tickflow.core.state import RunState, evolve
+from tickflow.events.agents import LlmCallAttempted, MessageAppended  # also registers the agent event types
 from tickflow.events.codec import InvalidRecord, RecordTooLarge, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
@@ -68,10 +68,14 @@ from tickflow.events.schemas import (
     ChildFinished,
     ErrorInfo,
     ForkRun,
+    LlmAttemptFields,
+    MessageFields,
     ResumeRun,
     RunReleased,
     RunStarted,
     StartRun,
+    StepCompleted,
+    StepSucceeded,
 )
 from tickflow.events.spec import (
     BranchNode,
@@ -99,6 +103,7 @@ __all__ = [
     "diff_run",
     "envelope_from_json",
     "envelope_json",
+    "rebuilt_results",
     "still_needed",
 ]
 
@@ -232,6 +237,57 @@ def decisions(events: Sequence[Envelope]) -> list[RecordedDecision]:
         group.append(event)
     if group:
         out.append(RecordedDecision(group[0].causation_id or "", group[-1].occurred_at_ms, group))
+    return out
+
+
+#: The id a worker gives an attempt's result: its task's id and this (``StepWorker._wrap``).
+RESULT_ID_SUFFIX = "/result"
+
+
+def rebuilt_results(events: Sequence[Envelope]) -> dict[str, Envelope]:
+    """The successful step results a run's events record whole, by result id: for results that were never records.
+
+    A step run through eager dispatch (``runtime/eager.py``) hands its ``StepSucceeded`` to the engine in memory,
+    so the results topic never holds it; the decision it caused holds every field the decider read of it:
+    ``StepCompleted`` (path, step, attempt, output, duration, worker, logs) after the ``LlmCallAttempted`` and
+    ``MessageAppended`` events of its reported calls and messages. Failures always go through the topic: their
+    events do not keep ``retryable`` and ``retry_after_ms``. Envelope fields the decider does not read (the
+    worker's clock, its trace) are not rebuilt.
+    """
+    out: dict[str, Envelope] = {}
+    for decision in decisions(events):
+        if not decision.cause.endswith(RESULT_ID_SUFFIX):
+            continue
+        at = next((i for i, e in enumerate(decision.events) if isinstance(e.payload, StepCompleted)), None)
+        if at is None:
+            continue
+        done = decision.events[at]
+        p = done.payload
+        assert isinstance(p, StepCompleted)
+        before = [e.payload for e in decision.events[:at]]
+        result = StepSucceeded(
+            path=p.path,
+            step=p.step,
+            attempt=p.attempt,
+            output=p.output,
+            duration_ms=p.duration_ms,
+            worker=p.worker,
+            logs=p.logs,
+            llm_attempts=[
+                LlmAttemptFields(**a.model_dump(exclude={"path"}))
+                for a in before
+                if isinstance(a, LlmCallAttempted) and a.path == p.path
+            ],
+            messages=[MessageFields(**m.model_dump()) for m in before if isinstance(m, MessageAppended)],
+        )
+        out[decision.cause] = Envelope.wrap(
+            result,
+            id=decision.cause,
+            key=done.key,
+            occurred_at_ms=done.occurred_at_ms,
+            causation_id=decision.cause.removesuffix(RESULT_ID_SUFFIX),
+            correlation_id=done.correlation_id,
+        )
     return out
 
 

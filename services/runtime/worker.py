@@ -615,9 +615,12 @@ class StepWorker:
     async def _execute_eager(self, job: _Job, reply: Reply) -> None:
         """Run an attempt handed over in memory and give its result back the same way.
 
-        The result also goes to the results topic when the attempt journaled paid LLM calls (the engine reads their
-        checkpoints from that topic: the result must come after them, or the run could end before a call's cost is
-        logged) or when copies of its task came from the topic meanwhile (an engine elsewhere may wait for it).
+        Only a success comes back in memory: its events record it whole (``core.recorded_results`` rebuilds it from
+        them for a divergence diff). A failure goes to the results topic (whether it is retried depends on what the
+        event does not keep: ``retryable``, ``retry_after_ms``), as does a result whose attempt journaled paid LLM
+        calls (the engine reads their checkpoints from that topic: the result must come after them, or the run could
+        end before a call's cost is logged). A result whose task also came from the topic meanwhile goes both ways
+        (an engine elsewhere may wait for it).
         """
         key = job.task.idempotency_key
         try:
@@ -631,18 +634,17 @@ class StepWorker:
             reply(None, False)
             return
         self.executed += 1
-        if outcome.journaled or self._accepted.get(key):
+        in_memory = isinstance(outcome.result.payload, StepSucceeded) and not outcome.journaled
+        if not in_memory or self._accepted.get(key):
             try:
                 result = outcome.record
                 self.pending.add(await self.producer.send(self.topics.results, result, key=job.env.key.encode()))
                 self.produced.add(key, result)
-            except Exception:
-                log.exception("could not report eager attempt %s to the topic; reporting it in memory", key)
-            else:
-                if outcome.journaled:
-                    reply(None, False)  # the engine reads it from the topic, after the checkpoints
-                    return
-        reply(outcome.result, False)
+            except Exception:  # the broker is away: its task goes to the topic later, and the attempt runs again
+                log.exception("could not report eager attempt %s to the topic", key)
+                reply(None, True)
+                return
+        reply(outcome.result if in_memory else None, False)
 
     async def _run(self, env: Envelope, task: RunStep) -> _Outcome:
         """``_attempt`` in a span of the run's trace (a child of the decision that sent the task), when tracing is

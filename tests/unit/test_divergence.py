@@ -13,8 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tickflow.core.decider import Recover, RunState, Start, WorkerResult, effects, run
-from tickflow.core.divergence import CheckReport, decisions, diff_run, envelope_from_json, envelope_json, still_needed
+from tickflow.core.divergence import (
+    CheckReport,
+    decisions,
+    diff_run,
+    envelope_from_json,
+    envelope_json,
+    rebuilt_results,
+    still_needed,
+)
 from tickflow.events import Envelope, ErrorInfo, RunStep, StartRun, StepErrored, StepSucceeded
+from tickflow.events.schemas import LlmAttemptFields, MessageFields
 from tickflow.workflow import Flow, Registry, Workflow, named
 
 # --- the code as deployed -----------------------------------------------------------------------------------
@@ -351,3 +360,49 @@ def test_a_fork_is_re_driven_from_its_copied_history() -> None:
     fork.finish()
     assert diff_run("f1", fork.log, fork.inputs, DEPLOYED).identical
     assert diff_run("f1", fork.log, fork.inputs, without_ship).identical  # finished: it needs nothing more
+
+
+# --- results run in memory (eager dispatch): rebuilt from the events they caused ------------------------------
+
+
+@given(
+    total=st.integers(min_value=0, max_value=300),
+    outcomes=st.lists(st.booleans(), min_size=0, max_size=12),
+    gaps=st.lists(st.integers(min_value=0, max_value=20_000), min_size=12, max_size=12),
+)
+def test_successes_rebuilt_from_the_events_re_drive_the_run_identically(
+    total: int, outcomes: list[bool], gaps: list[int]
+) -> None:
+    rec = Recorder(DEPLOYED).start({"total": total})
+    for ok, gap in zip(outcomes, gaps, strict=False):
+        if rec.state.terminal:
+            break
+        if rec.tasks:
+            rec.result(ok, gap)
+        else:
+            rec.timer()
+    rebuilt = rebuilt_results(rec.log)
+    applied = {e.causation_id for e in rec.log if e.type == "StepCompleted"}
+    assert set(rebuilt) == applied  # every success the run applied, and nothing else
+    for rid, env in rebuilt.items():  # each equals its record in every field the decider reads
+        assert env.payload == rec.inputs[rid].payload and env.key == rec.inputs[rid].key
+    # Only the commands and the failures are records now, as with eager dispatch.
+    records = {k: v for k, v in rec.inputs.items() if not isinstance(v.payload, StepSucceeded)}
+    report = diff_run("r1", rec.log, {**records, **rebuilt}, DEPLOYED)
+    assert report.identical, report.verdict()
+
+
+def test_a_rebuilt_success_keeps_its_reported_llm_calls_and_messages() -> None:
+    rec = Recorder(DEPLOYED).start({"total": 50})
+    task = rec.tasks.pop(0)
+    p = task.payload
+    assert isinstance(p, RunStep)
+    call = LlmAttemptFields(call=0, attempt=1, provider="offline", model="echo", outcome="ok", tokens_in=3,
+                            tokens_out=5, cost_usd=0.001, latency_ms=12.0, started_at_ms=1)
+    note = MessageFields(thread_id="t1", message_id="m1", role="assistant", content="hello")
+    res = StepSucceeded(path=p.path, step=p.step, attempt=p.attempt, output=p.input, duration_ms=1,
+                        llm_attempts=[call], messages=[note])
+    env = Envelope.wrap(res, id=f"{task.id}/result", key="r1", occurred_at_ms=rec.now, causation_id=task.id)
+    rec.inputs[env.id] = env
+    rec._apply(WorkerResult(env))
+    assert rebuilt_results(rec.log)[env.id].payload == res
