@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import Histogram
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from tickflow.events.codec import InvalidRecord, decode, encode
@@ -32,7 +33,7 @@ from tickflow.events.redact import redact
 from tickflow.projections.fold import FACT_TABLES, ProjectionBatch, ProjectionFold, Record, drop_projected
 from tickflow.projections.store import ProjectionStore
 
-__all__ = ["STORE_RETRY_S", "Projector", "ProjectorMetrics"]
+__all__ = ["STORE_RETRY_S", "VISIBLE_SECONDS", "Projector", "ProjectorMetrics"]
 
 log = logging.getLogger("tickflow.projector")
 RUN_CACHE_SIZE = 200_000
@@ -41,6 +42,15 @@ RUN_CACHE_SIZE = 200_000
 STORE_RETRY_S = 120.0
 _A = TypeVar("_A")
 _R = TypeVar("_R")
+
+
+#: Freshness of the views: from an event's append (its record's timestamp) to its batch's insert returning, when
+#: queries see it. Observed per event, so its quantiles are the events' own.
+VISIBLE_SECONDS = Histogram(
+    "tickflow_projection_visible_seconds",
+    "Time from an event's append to the log to its rows being visible in ClickHouse.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 
 @dataclass
@@ -234,6 +244,10 @@ class Projector:
         m.last_batch_size = len(rows.events)
         if records:
             m.last_freshness_ms = time.time() * 1000 - records[-1][2].occurred_at_ms
+        visible_ms = time.time() * 1000
+        for recs in batch.values():
+            for record in recs:
+                VISIBLE_SECONDS.observe(max(0.0, visible_ms - record.timestamp) / 1000)
 
     async def _retrying(self, what: str, call: Callable[[_A], _R], arg: _A) -> _R:
         """``call(arg)`` in a thread, retried with backoff while ClickHouse refuses (a server restarting, a full

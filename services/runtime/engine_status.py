@@ -2,18 +2,56 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from aiokafka import TopicPartition
+
+from tickflow.runtime.eager import EagerDispatch
 from tickflow.runtime.kafka import consumer_lag
 
-if TYPE_CHECKING:
-    from tickflow.runtime.engine import Engine
-
-__all__ = ["metric_values", "status"]
+__all__ = ["EngineFacts", "metric_values", "status"]
 
 
-def metric_values(engine: Engine) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+class _Offsets(Protocol):
+    committable: dict[TopicPartition, int]
+
+
+class _Snapshots(Protocol):
+    written: int
+    rounds: int
+
+
+class EngineFacts(Protocol):
+    """What an engine shows of itself (``runtime.engine.Engine`` has it); a Protocol, so this module does not import
+    the engine that imports it."""
+
+    processed: int
+    dead_lettered: int
+    recoveries: int
+    recoveries_started: int
+    fenced: int
+    given_up: int
+    timer_firings: int
+    resent: int
+    shrunk: int
+    inputs: Counter[str]
+    events_out: Counter[str]
+    recovered_partitions: set[int]
+    parked: dict[int, str]
+    runs: Any  # per partition: run id → state
+    quarantined: Any  # per partition: run id → quarantine
+    eager: EagerDispatch | None
+
+    @property
+    def offsets(self) -> _Offsets: ...
+
+    @property
+    def snapshots(self) -> _Snapshots: ...
+
+
+def metric_values(engine: EngineFacts) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
     """This engine's counters and levels for /metrics (``tickflow.metrics.RoleCollector`` reads them)."""
     role = {"role": "engine"}
     for kind, name, help_text, value_of in _ENGINE_METRICS:
@@ -43,7 +81,7 @@ def metric_values(engine: Engine) -> Iterator[tuple[str, str, str, dict[str, str
         yield "gauge", "tickflow_engine_eager_in_flight", "Steps handed over in memory now.", role, eager.in_flight
 
 
-def status(engine: Engine) -> dict[str, Any]:
+def status(engine: EngineFacts) -> dict[str, Any]:
     """What ``/stats`` and the dashboard's System page show of this engine: the partitions it serves, those
     parked (recovery keeps failing: partition → last error), recoveries, fences, failed transactions."""
     return {
@@ -64,7 +102,7 @@ def _count_of(tables: dict[int, dict[str, Any]]) -> int:
 
 
 #: (kind, name, help, value) of the engine's plain counters and levels.
-_ENGINE_METRICS: tuple[tuple[str, str, str, Callable[[Engine], int]], ...] = (
+_ENGINE_METRICS: tuple[tuple[str, str, str, Callable[[EngineFacts], int]], ...] = (
     ("counter", "tickflow_engine_records_consumed", "Input records the engine consumed.", lambda e: e.processed),
     (
         "counter",

@@ -410,6 +410,10 @@ class StepWorker:
         """Stop taking tasks, give the running ones ``drain_s`` to finish, then cancel the rest: a task from the topic
         stays uncommitted (redelivered), a step handed over in memory goes back to the engine as lost."""
         self.scheduler.stopped = True
+        for job in self.scheduler.queue.remove_if(lambda _, j: j.reply is not None):  # they will never start here
+            self._accepted.pop(job.task.idempotency_key, None)
+            assert job.reply is not None
+            job.reply(None, True)
         for t in (self._task, self._control_task):
             if t is not None:
                 t.cancel()
@@ -495,34 +499,39 @@ class StepWorker:
         for job in self.scheduler.cancel(key):
             if job.tp is not None and job.record is not None:
                 self.offsets.done(job.tp, job.record.offset)
+            if job.reply is not None:
+                job.reply(None, False)
             self._settle_copies(key)
         for running in self._running.get(key, ()):
             running.cancel()
 
     def run_eager(self, task: Envelope, owner: int, reply: Reply) -> bool:
-        """Run a task handed over in memory by this process's engine (eager local dispatch), if a slot is free now.
+        """Queue (and maybe start) a task handed over in memory by this process's engine (eager local dispatch).
 
-        False, and nothing happens, when every slot is taken, the worker is stopping, or the attempt is already
-        here (a copy from the topic is queued or running) or was cancelled: the engine then sends the task record
-        to the topic as usual, where any worker of the pool may take it. An eager attempt counts against the same
-        concurrency as the others and runs the same way; its result goes to ``reply`` (and to the results topic
-        too, in order after them, when it paid for LLM calls or a copy of its task arrived from the topic meanwhile).
+        False, and nothing happens, when the local queue is full (as full as fetching from the topic may make it),
+        the worker is stopping, or the attempt is already here (a copy from the topic is queued or running) or was
+        cancelled: the engine then sends the task record to the topic as usual, where any worker of the pool may
+        take it. An eager attempt waits and runs like the others, under the same concurrency and priorities; how
+        its end reaches ``reply`` is ``_execute_eager``'s to say.
         """
         payload = task.payload
         if not isinstance(payload, RunStep) or self.scheduler.stopped:
             return False
         key = payload.idempotency_key
-        if self.scheduler.running >= self.scheduler.limit or key in self._accepted or key in self.scheduler.cancelled:
+        if self.scheduler.room == 0 or key in self._accepted or key in self.scheduler.cancelled:
             return False
         self._accepted[key] = []
-        self.scheduler.running += 1
         self.eager_runs += 1
-        self._start_job(_Job(task, payload, reply=reply, owner=owner))
+        self.scheduler.offer(_Job(task, payload, reply=reply, owner=owner), key=key, priority=payload.priority)
         return True
 
     def drop_eager(self, owner: int) -> None:
         """The engine gave up partition ``owner``: stop its eager attempts, unreported (the partition's next owner
         re-sends every task in flight when it rebuilds the partition's runs from the log)."""
+        for job in self.scheduler.queue.remove_if(lambda _, j: j.reply is not None and j.owner == owner):
+            self._accepted.pop(job.task.idempotency_key, None)
+            assert job.reply is not None
+            job.reply(None, False)
         for t, job in list(self._jobs.items()):
             if job.reply is not None and job.owner == owner and not t.done():
                 self._handed_over.add(job.task.idempotency_key)

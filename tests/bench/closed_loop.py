@@ -45,6 +45,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -176,8 +177,18 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
     if args.flush_every_message:
         await flush_every_message(args.bootstrap, prefix)
     layout = {"combined": {"node": "engine,worker"}, "split": {"engine": "engine", "worker": "worker"}}[args.layout]
+    metrics_port = free_port()
+    if args.projector:  # its own process: chDB is one process's, and its CPU is reported apart
+        layout = {**layout, "projector": "projector"}
     roles = {
-        label: _spawn(settings, label, which, workdir / f"{prefix}-{label}.log", args.profile, f"{prefix}-{label}")
+        label: _spawn(
+            settings.with_(metrics_port=metrics_port) if label == "projector" else settings,
+            label,
+            which,
+            workdir / f"{prefix}-{label}.log",
+            args.profile,
+            f"{prefix}-{label}",
+        )
         for label, which in layout.items()
     }
     role_pids = {label: _python_pid(proc, bool(args.profile)) for label, proc in roles.items()}
@@ -249,12 +260,17 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         if warmup:
             await closed_loop(warmup, args.deadline_s, "warm")
         errors = 0
+        visible0 = await visible_buckets(metrics_port) if args.projector else {}
         sampler = Sampler({**role_pids, "broker": bpid})
         sampler.start()
         ct0 = psutil.Process().cpu_times()
         done, lat, wall, capped = await closed_loop(args.workflows, args.deadline_s, "load")
         cpu_s, rss = sampler.finish()
         ct1 = psutil.Process().cpu_times()
+        visible = {}
+        if args.projector:
+            await asyncio.sleep(2.0)  # the last batches' inserts
+            visible = visible_quantiles(visible0, await visible_buckets(metrics_port))
     finally:
         follower.cancel()
         await producer.stop()
@@ -303,11 +319,34 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         "sampler": {"interval_s": sampler.interval_s, "samples": sampler.samples},
         "warmup_workflows": warmup,
         "layout": args.layout,
+        "event_to_clickhouse_s": visible or None,
         "profile_top_own_pct": {
             label: top_frames(Path(args.profile) / f"{prefix}-{label}.txt") for label in roles
         } if args.profile else None,
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+async def visible_buckets(port: int) -> dict[float, float]:
+    """The projector's ``tickflow_projection_visible_seconds`` histogram: cumulative count by bucket bound."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tickflow_projection_visible_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[math.inf if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def visible_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """p50/p90/p99 of event → visible over the timed phase, as the bucket bound each falls under (an upper bound)."""
+    counts = sorted((bound, n - before.get(bound, 0.0)) for bound, n in after.items())
+    total = counts[-1][1] if counts else 0.0
+    out: dict[str, Any] = {"events": int(total)}
+    for q in (50, 90, 99):
+        out[f"p{q}_at_most"] = next((b for b, n in counts if total and n >= total * q / 100), None)
+    return out
 
 
 def _spawn(
@@ -380,6 +419,9 @@ async def main() -> None:
     parser.add_argument("--flush-every-message", action="store_true", help="broker flush.messages=1 on every topic")
     parser.add_argument("--layout", choices=("combined", "split"), default="combined")
     parser.add_argument("--profile", default=None, help="run each role under py-spy, raw profiles into this folder")
+    parser.add_argument(
+        "--projector", action="store_true", help="also run a projector process; report event → visible in ClickHouse"
+    )
     args = parser.parse_args()
     bpid = args.broker_pid or broker_pid(args.bootstrap)
     results = []
@@ -395,7 +437,8 @@ async def main() -> None:
             f"p50 {lat['p50']} ms p90 {lat['p90']} ms p99 {lat['p99']} ms, CPU {r['peer_cpu_ms_per_workflow']} ms/wf "
             f"({', '.join(f'{k} {v}' for k, v in by.items())}), "
             f"RSS MiB {r['peer_peak_rss_mib_by_process']}, {r['completed_workflows']} wf in {r['wall_s']} s"
-            f"{' CAPPED BY DEADLINE' if r['capped_by_deadline'] else ''}, errors {r['errors']}",
+            f"{' CAPPED BY DEADLINE' if r['capped_by_deadline'] else ''}, errors {r['errors']}"
+            + (f", event → ClickHouse {r['event_to_clickhouse_s']}" if r["event_to_clickhouse_s"] else ""),
             flush=True,
         )
         for label, frames in (r["profile_top_own_pct"] or {}).items():

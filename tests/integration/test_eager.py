@@ -28,9 +28,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def projector(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> AsyncIterator[Node]:
-    """Only a projector in this process: every step runs in the process under test."""
+    """Only a projector in this process: every step runs in the process under test (a third of the runs at once;
+    a step that finds every slot taken goes through the topic, so both paths are in flight when it stops)."""
     node = Node(
-        settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), snapshot_interval_s=0.5),
+        settings_for(prefix, kafka_bootstrap, tmp_path, free_port(), snapshot_interval_s=0.5,
+                     worker_concurrency=RUNS // 3),
         registry,
         frozenset({"projector"}),
     )
@@ -61,9 +63,9 @@ async def test_a_stop_mid_run_of_an_eager_node_loses_and_duplicates_nothing(
         await start_runs(settings, ids)
 
         async def some_progress() -> bool:
-            return await _completed_steps(projector) >= RUNS * STEPS // 4
+            return await _completed_steps(projector) >= RUNS
 
-        await wait_until(some_progress, 90, "a quarter of all steps to complete")
+        await wait_until(some_progress, 90, "some steps to complete")
         proc.send_signal(how)
         proc.wait(40)
         at_stop = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
@@ -78,8 +80,8 @@ async def test_a_stop_mid_run_of_an_eager_node_loses_and_duplicates_nothing(
     finally:
         stop(proc)
     await assert_log_is_exact(settings, ids)
-    # Steps went through memory: the tasks topic holds at most what recoveries or full slots sent there.
-    assert await _tasks_sent(projector) < RUNS * STEPS // 4
+    # Many steps went through memory, not the tasks topic.
+    assert await _tasks_sent(projector) < RUNS * STEPS * 3 // 4
 
 
 async def test_steps_handed_to_a_stopping_worker_go_to_the_topic(
