@@ -75,6 +75,7 @@ from tests.bench.stacks_log import (
     analyse,
     count_topic,
     memory_figures,
+    owned,
     partition_owners,
     per_tick,
     read_log,
@@ -524,6 +525,15 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
         read_s = time.monotonic() - t_read
         figures = analyse(log, window_lo, window_hi, owners if len(engines) > 1 else None)
         ticks = figures["ticks_fired"]
+        # Per engine-bearing process: its own stacks and ticks (its partitions'); the others see them all.
+        stacks_of = owned(log.created_by_partition, owners)
+        ticks_of = figures["ticks_by_process"] or {}
+        reports = {
+            label: u.report(stacks_of.get(label, stacks), ticks_of.get(label, ticks), flat_after_s)
+            for label, u in usage.items()
+        }
+        held = [usage[e] for e in engines]
+        grown_mib = sum(u.samples[-1][1] - u.before_mib for u in held)
         return {
             "stacks": stacks,
             "interval_s": args.interval,
@@ -553,7 +563,13 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
             },
             "window": figures,
             "per_tick": per_tick(counts, ticks),
-            "processes_usage": {label: u.report(stacks, ticks, flat_after_s) for label, u in usage.items()},
+            "processes_usage": reports,
+            "engines_memory": {
+                "what": "sum over the engine processes (in the combined layout, engine and worker together)",
+                "rss_mib_before_stacks": round(sum(u.before_mib for u in held), 1),
+                "rss_mib_end": round(sum(u.samples[-1][1] for u in held), 1),
+                "bytes_per_stack": round(grown_mib * 2**20 / stacks) if stacks else None,
+            },
             "box": box,
             "stack_board": board,
             "log": {
@@ -619,6 +635,12 @@ def summary(results: list[dict[str, Any]]) -> str:
                 f"{u['growth_mib_per_min_after_retention_full']} after the retention windows filled "
                 f"(from {r['rss_flat_expected_after_window_s']} s); by minute {u['rss_mib_by_minute']}"
             )
+        m = r["engines_memory"]
+        lines.append(
+            f"    engine processes in all: RSS {m['rss_mib_before_stacks']} before stacks → {m['rss_mib_end']} MiB, "
+            f"{m['bytes_per_stack']} B/stack (retention: tick runs kept {r['retention_s']['tick_run_retention_s']:g} s,"
+            f" full state {r['retention_s']['finished_state_s']:g} s)"
+        )
         b = r["box"]
         lines.append(
             f"    box: {b['busy_cores']} of {psutil.cpu_count()} cores busy ({b['tickflow_roles_cores']} ours, "

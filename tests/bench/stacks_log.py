@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from tests.bench.steps import dist
 from tickflow.events.agents import STACK_PREFIX
+from tickflow.runtime.snapshots import APPLIED_KEY
 
 __all__ = [
     "Log",
@@ -31,6 +32,7 @@ __all__ = [
     "in_flight",
     "key_kind",
     "memory_figures",
+    "owned",
     "partition_owners",
     "per_tick",
     "read_log",
@@ -96,9 +98,12 @@ _PARSED = frozenset(
 
 
 def key_kind(key: bytes | None, tick_run: re.Pattern[bytes]) -> str:
-    """Whose record: a stack's (``stack:<id>``), a tick run's (``<stack id>.t<n>``) or another entity's."""
+    """Whose record: a stack's (``stack:<id>``), a tick run's (``<stack id>.t<n>``), the engine's note of the input
+    offsets a transaction applied (one per partition per transaction, on the state topic), or another entity's."""
     if key is None:
         return "other"
+    if key == APPLIED_KEY:
+        return "applied_note"
     if key.startswith(STACK_PREFIX.encode()):
         return "stack"
     return "tick_run" if tick_run.fullmatch(key) else "other"
@@ -135,6 +140,7 @@ class Log:
     types: Counter[str] = field(default_factory=Counter)
     records: int = 0
     created_at: list[int] = field(default_factory=list)  # StackCreated occurred_at_ms
+    created_by_partition: Counter[int] = field(default_factory=Counter)
     fired: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # (occurred, due, ts, run id, partition)
     skipped: list[tuple[int, int]] = field(default_factory=list)  # (occurred, due)
     finished: dict[str, int] = field(default_factory=dict)  # run id → TickFinished occurred
@@ -182,6 +188,7 @@ def _parse(out: Log, e: dict[str, Any], ts: int, partition: int) -> None:
     kind, key, at, p = e["type"], e["key"], e["occurred_at_ms"], e["payload"]
     if kind == "StackCreated":
         out.created_at.append(at)
+        out.created_by_partition[partition] += 1
     elif kind == "TickFired":
         out.fired.append((at, p["due_at_ms"], ts, p["run_id"], partition))
     elif kind == "TickSkipped":
@@ -251,18 +258,15 @@ def analyse(log: Log, lo: int, hi: int, owners: dict[int, str] | None = None) ->
             to_tick_finished.append(float(log.finished[run_id] - at))
     per_second = Counter((f[0] - lo) // 1000 for f in fired)
     by_partition = Counter(f[4] for f in fired)
-    by_process: dict[str, float] | None = None
-    if owners is not None:
-        counts: Counter[str] = Counter()
-        for partition, n in by_partition.items():
-            counts[owners.get(partition, "unowned")] += n
-        by_process = {label: round(n / window_s, 1) for label, n in sorted(counts.items())}
+    counts = owned(by_partition, owners) if owners is not None else Counter[str]()
+    by_process = {label: round(n / window_s, 1) for label, n in sorted(counts.items())} if owners is not None else None
     return {
         "window_s": window_s,
         "ticks_fired": len(fired),
         "ticks_per_s": round(len(fired) / window_s, 1),
         "ticks_per_s_by_second": dist([float(per_second.get(i, 0)) for i in range(int(window_s))]),
         "ticks_per_s_by_process": by_process,
+        "ticks_by_process": dict(sorted(counts.items())) if owners is not None else None,
         "ticks_by_partition": dict(sorted(by_partition.items())),
         "tick_lag_ms": dist([float(f[0] - f[1]) for f in fired]),
         "tick_due_to_record_ts_ms": dist([float(f[2] - f[1]) for f in fired]),
@@ -280,6 +284,14 @@ def analyse(log: Log, lo: int, hi: int, owners: dict[int, str] | None = None) ->
         "runs_failed": failed,
         "runs_unfinished_at_cutoff": unfinished,
     }
+
+
+def owned(by_partition: Counter[int], owners: dict[int, str]) -> Counter[str]:
+    """What each process owns of a per-partition count (stacks, ticks)."""
+    out: Counter[str] = Counter()
+    for partition, n in by_partition.items():
+        out[owners.get(partition, "unowned")] += n
+    return out
 
 
 def per_tick(counts: dict[str, TopicCount], ticks: int) -> dict[str, Any]:
@@ -343,7 +355,7 @@ def _slope_per_min(points: list[tuple[float, float]]) -> float | None:
 _OWNS = re.compile(r"engine owns partitions \[([0-9, ]*)\]")
 
 
-def partition_owners(logs: dict[str, Iterable[str]]) -> tuple[dict[int, str], list[str]]:
+def partition_owners(logs: Mapping[str, Iterable[str]]) -> tuple[dict[int, str], list[str]]:
     """Partition → process label, from the last ``engine owns partitions [...]`` line of each process's log; and
     what is wrong with it (a partition owned twice), empty when it is one consistent split."""
     owners: dict[int, str] = {}
