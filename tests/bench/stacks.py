@@ -562,7 +562,7 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
                 "api_answers": api_codes,
             },
             "window": figures,
-            "per_tick": per_tick(counts, ticks),
+            "per_tick": per_tick(counts, ticks, len(log.fired)),
             "processes_usage": reports,
             "engines_memory": {
                 "what": "sum over the engine processes (in the combined layout, engine and worker together)",
@@ -624,7 +624,9 @@ def summary(results: list[dict[str, Any]]) -> str:
             ev = ", ".join(f"{k} {v:g}" for k, v in t["events"]["by_type_per_tick"].items())
             lines += [
                 f"    records per tick: {t['records_per_tick_all_topics']} ({topics}); events per tick: {ev}",
-                f"    events per tick by key: {t['events']['by_key_per_tick']}",
+                f"    events per tick by key: {t['events']['by_key_per_tick']}; bytes per tick by type: "
+                f"{t['events']['bytes_by_type_per_tick']}; transaction markers per tick (whole run, all topics): "
+                f"{t['not_records_per_tick_whole_run']}",
             ]
         for label, u in r["processes_usage"].items():
             lines.append(

@@ -118,6 +118,7 @@ class TopicCount:
     tick_run: re.Pattern[bytes]
     by_type: Counter[str] = field(default_factory=Counter)
     by_key_kind: Counter[str] = field(default_factory=Counter)
+    bytes_by_type: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     records_in_window: int = 0
     total: dict[str, int] = field(default_factory=dict)  # offsets spanned, records read (whole topic)
@@ -127,9 +128,12 @@ class TopicCount:
             return
         raw = r.value or b""
         m = _TYPE.search(raw, 0, 200)
-        self.by_type[m.group(1).decode() if m else "?"] += 1
+        kind = m.group(1).decode() if m else "?"
+        size = len(raw) + len(r.key or b"")
+        self.by_type[kind] += 1
+        self.bytes_by_type[kind] += size
         self.by_key_kind[key_kind(r.key, self.tick_run)] += 1
-        self.bytes += len(raw) + len(r.key or b"")
+        self.bytes += size
         self.records_in_window += 1
 
 
@@ -294,21 +298,28 @@ def owned(by_partition: Counter[int], owners: dict[int, str]) -> Counter[str]:
     return out
 
 
-def per_tick(counts: dict[str, TopicCount], ticks: int) -> dict[str, Any]:
+def per_tick(counts: dict[str, TopicCount], ticks: int, ticks_all: int = 0) -> dict[str, Any]:
     """Records per tick fired, per topic (by envelope type, and by whose key: the stack's or the tick run's), from
-    the records whose Kafka timestamp falls in the window — in a steady state each tick's records fall in it."""
+    the records whose Kafka timestamp falls in the window — in a steady state each tick's records fall in it. And,
+    over the whole run (``ticks_all`` ticks fired in all), the offsets that were no record: transaction markers
+    (one per partition a transaction wrote to) and aborted records, which the broker writes too."""
     if not ticks:
         return {"ticks": 0}
     out: dict[str, Any] = {"ticks": ticks}
+    markers = 0
     for name, c in counts.items():
+        not_records = c.total.get("offsets", 0) - c.total.get("records", 0)
+        markers += not_records
         out[name] = {
             "records_per_tick": round(c.records_in_window / ticks, 3),
             "bytes_per_tick": round(c.bytes / ticks, 1),
             "by_type_per_tick": {k: round(v / ticks, 3) for k, v in c.by_type.most_common()},
+            "bytes_by_type_per_tick": {k: round(v / ticks, 1) for k, v in c.bytes_by_type.most_common()},
             "by_key_per_tick": {k: round(v / ticks, 3) for k, v in c.by_key_kind.most_common()},
-            "whole_topic": {**c.total, "not_records": c.total.get("offsets", 0) - c.total.get("records", 0)},
+            "whole_topic": {**c.total, "not_records": not_records},
         }
     out["records_per_tick_all_topics"] = round(sum(c.records_in_window for c in counts.values()) / ticks, 3)
+    out["not_records_per_tick_whole_run"] = round(markers / ticks_all, 3) if ticks_all else None
     return out
 
 

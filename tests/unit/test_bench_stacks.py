@@ -47,9 +47,10 @@ def test_records_per_tick_by_topic_type_and_key() -> None:
     events = TopicCount(0, 100, TICK_RUN, by_type=Counter(TickFired=4, RunStarted=4), records_in_window=8, bytes=800)
     events.total = {"offsets": 12, "records": 9}
     commands = TopicCount(0, 100, TICK_RUN, by_type=Counter(StartRun=4), records_in_window=4, bytes=100)
-    out = per_tick({"events": events, "commands": commands}, ticks=4)
+    out = per_tick({"events": events, "commands": commands}, ticks=4, ticks_all=6)
     assert out["events"]["records_per_tick"] == 2.0 and out["events"]["by_type_per_tick"]["TickFired"] == 1.0
     assert out["events"]["whole_topic"]["not_records"] == 3 and out["records_per_tick_all_topics"] == 3.0
+    assert out["not_records_per_tick_whole_run"] == 0.5  # 3 markers over 6 ticks in all
     assert per_tick({"events": events}, ticks=0) == {"ticks": 0}
 
 
