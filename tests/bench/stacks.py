@@ -542,7 +542,7 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
             "engines": len(engines),
             "processes": labels,
             "partitions": settings.partitions,
-            "eager_dispatch": not args.no_eager,
+            "eager_dispatch": not args.no_eager and args.layout == "combined",  # split: no worker beside the engine
             "worker_concurrency_total": concurrency,
             "worker_concurrency_per_process": settings.worker_concurrency,
             "llm_latency_ms": [float(x) for x in args.llm_latency_ms.split(",")],
