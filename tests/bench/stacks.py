@@ -1,36 +1,46 @@
-"""Benchmark: N agent stacks ticking every 10 s, each tick one call to the offline model (issue 4, item 7).
+"""Benchmark: N agent stacks ticking every 10 s, each tick one call to the offline model (issues 4 and 25).
 
     python -m tests.bench.stacks [--stacks 100,1000,10000] [--duration 60] [--interval 10]
-                                 [--worker-concurrency auto] [--create-via kafka|api] [--profile]
+                                 [--layout combined|split] [--engines K] [--partitions P]
+                                 [--worker-concurrency auto] [--create-via kafka|api] [--profile DIR]
 
 Per N, on fresh topics (own prefix, deleted afterwards unless ``--keep-topics``):
 
-* Roles run as subprocesses (``tickflow up --roles …``): the **engine alone** in one process, so its RSS and CPU
-  are the engine's and nothing else's; the **worker** in another (its 50-500 ms offline LLM calls, their
-  pydantic models and the result records cost CPU that must not be charged to the engine). With
-  ``--create-via api`` a third process runs **projector + api** (chDB is one-process, so they go together): the
-  stacks are then created with ``POST /stacks`` and the board is read back through ``Client``. By default
-  (``kafka``) there is no projector: on a 2-core box it would fold every tick's ~9 events into ClickHouse and
-  compete with the engine for CPU, and the figure asked for is the engine's.
-* The tick workflow ``bench_stack_tick`` is one step that asks ``offline/echo`` through an ``LlmRouter`` built
-  from ``LlmConfig.offline_default(latency_ms=(50, 500))`` (``--llm-latency-ms``) and reports the attempt, so
-  each call is an ``LlmCallAttempted`` event in the log (that is how calls are counted, and how the calls in
-  flight — the worker concurrency actually used — are measured: a sweep over [started, started+latency]).
-* Setup (measured apart): a probe run proves engine and worker are up; then N ``CreateStack`` commands are
-  produced straight to the commands topic (what ``POST /stacks`` does, minus HTTP) or posted to the API.
+* Roles run as subprocesses (``tickflow up --roles …``). ``--layout combined`` (the default, as ``tickflow up``
+  runs them) is one ``engine,worker`` process, labelled ``node``: the engine hands each step to its own worker in
+  memory (eager local dispatch, ``tickflow.runtime.eager``; ``--no-eager`` turns it off). ``--layout split`` runs the
+  engine alone and the worker alone (remote workers: every task and result goes through Kafka), so the engine's RSS
+  and CPU are its own. ``--engines K`` runs K such processes (``node1..K``, or ``engine1..K`` + ``worker1..K``) in
+  the same consumer groups, so they share the partitions (``--partitions``, default 8, 16 with K > 1): ticks/s,
+  CPU and RSS are then reported per process too (a partition's ticks go to the process whose log last said
+  ``engine owns partitions [...]``), the scale-out figure the issue asks for. With ``--create-via api`` one more
+  process runs **projector + api** (chDB is one-process): stacks are created with ``POST /stacks`` and the board is
+  read back through ``Client``. By default (``kafka``) there is no projector: on a 2-core box it would compete with
+  the engine for CPU, and the figure asked for is the engine's.
+* The tick workflow ``bench_stack_tick`` is one step that asks ``offline/echo`` through an ``LlmRouter`` built from
+  ``LlmConfig.offline_default(latency_ms=(50, 500))`` (``--llm-latency-ms``) and reports the attempt, so each call
+  is an ``LlmCallAttempted`` event in the log (that is how calls, and the calls in flight, are counted).
+* Setup (measured apart): a probe run proves the roles are up, the engines' partition split settles; the RSS of
+  each process is taken (the "before stacks" baseline); then N ``CreateStack`` commands are produced straight to
+  the commands topic (what ``POST /stacks`` does, minus HTTP) or posted to the API.
 * Warm-up of one interval (every stack fires its first tick at a per-stack phase within it), then a window of
-  ``--duration`` seconds, during which engine/worker RSS and CPU are sampled with psutil (and, with
-  ``--profile``, py-spy records the engine). Then ``--drain`` seconds so ticks fired in the window can finish,
-  the roles are stopped, and the events topic is read once from offset 0: every figure comes from the log.
+  ``--duration`` seconds, during which each process's RSS is sampled every ``--sample-s`` seconds and its CPU
+  measured. Then ``--drain`` seconds so ticks fired in the window can finish, the roles are stopped (SIGTERM), and
+  the topics are read once from offset 0 to their end (compared by consumer position, so the transactions' commit
+  markers at the end do not stall the read): every figure but CPU and RSS comes from the log.
 
-Reported per N: sustained ticks/s (fired in the window / window), tick lag (``TickFired.occurred_at_ms -
-due_at_ms``; also due → the record's Kafka timestamp), skipped ticks, LLM calls/s, tick → RunCompleted latency,
-tick → the run's step scheduled → LLM call started (the worker's queueing), engine and worker RSS/CPU, LLM calls
-in flight, and how busy the whole box was (and how much of that was not ours). Caveat: the engine stamps every
-event of one input batch (up to 2,000 records) with the time the batch began, so "step scheduled → call start"
-includes the rest of that batch's processing, not only Kafka and the worker's queue. ``--worker-concurrency auto``
-is 1.2 x ticks/s x the longest call (600 for 10,000 stacks at 10 s). Prints one JSON document, then a human
-summary. Not part of the test suite; figures from a shared, noisy 2-core box move between runs.
+Reported per N: sustained ticks/s (total and per process), tick lag (``TickFired.occurred_at_ms - due_at_ms``),
+skipped ticks, tick → RunCompleted, tick → the step's LLM call start, records per tick on every topic (events by
+type, and by whose key: the stack's or the tick run's; commands, tasks, results, state), CPU per process (and
+CPU-ms per tick), RSS per process over time (per minute), its growth per minute over the last third of the window and
+after the retention windows are full, and bytes per stack (RSS at the end minus RSS before the stacks, over N). The
+engine keeps a finished tick run's full state ``finished_state_s`` (60 s), shrunk until ``tick_run_retention_s``
+(600 s) after its end, then drops it: memory should grow for about ``tick_run_retention_s`` + one interval after
+the stacks are created, then stay flat, so a memory verdict needs a window of 15 minutes (the JSON says when the
+flat part begins; ``--tick-run-retention-s`` shortens it for a quick check). ``--profile DIR`` runs each role
+process under ``py-spy record`` (raw stacks into DIR) and reports its top frames by own time (CPU figures then
+include the profiler's overhead). Prints one JSON document, then a human summary. Not part of the test suite;
+figures from a shared, noisy 2-core box move between runs.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,13 +65,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.bench.steps import dist
+from tests.bench.closed_loop import top_frames
+from tests.bench.stacks_log import (
+    TopicCount,
+    analyse,
+    count_topic,
+    memory_figures,
+    owned,
+    partition_owners,
+    per_tick,
+    read_log,
+)
 from tests.conftest import free_port
+from tests.integration.harness import role_env
 from tests.paths import REPO_ROOT
 from tickflow.agents import attempt_fields
 from tickflow.client import Client
@@ -69,6 +91,8 @@ from tickflow.llm import AllModelsFailed, ChatMessage, ChatRequest, LlmConfig, L
 from tickflow.runtime.kafka import ensure_topics
 from tickflow.settings import Settings
 from tickflow.workflow import Registry, Workflow, current_step
+
+__all__ = ["APP", "WORKFLOW", "main", "parse_args", "registry", "summary"]
 
 WORKFLOW = "bench_stack_tick"
 MODEL = "offline/echo"
@@ -111,39 +135,58 @@ async def think(value: Any) -> dict[str, Any]:
 registry = Registry()
 registry.add(Workflow(WORKFLOW).step(think))
 
-# -- helpers -------------------------------------------------------------------------------------------------
+# -- processes -----------------------------------------------------------------------------------------------------
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def spawn(settings: Settings, roles: str, log_path: Path, latency: str) -> subprocess.Popen[bytes]:
-    """``tickflow up --roles <roles>`` in its own process, with this module's registry."""
-    env = {
-        **os.environ,
-        "TICKFLOW_KAFKA_BOOTSTRAP": settings.bootstrap,
-        "TICKFLOW_PREFIX": settings.prefix,
-        "TICKFLOW_PARTITIONS": str(settings.partitions),
-        "TICKFLOW_STATE_DIR": str(settings.state_dir),
-        "TICKFLOW_API_PORT": str(settings.api_port),
-        "TICKFLOW_WORKER_CONCURRENCY": str(settings.worker_concurrency),
-        "TICKFLOW_COMMIT_INTERVAL_MS": str(settings.commit_interval_ms),
-        "TICKFLOW_SNAPSHOT_INTERVAL_S": str(settings.snapshot_interval_s),
-        "TICKFLOW_PROJECTOR_BATCH_MS": str(settings.projector_batch_ms),
-        LATENCY_ENV: latency,
-        "PYTHONPATH": str(REPO_ROOT),
-    }
+def layout(args: argparse.Namespace) -> dict[str, str]:
+    """Process label → its roles: ``node`` (engine,worker) per engine, or ``engine`` and ``worker`` apart."""
+    k = args.engines
+    suffix = [""] if k == 1 else [str(i) for i in range(1, k + 1)]
+    if args.layout == "combined":
+        return {f"node{s}": "engine,worker" for s in suffix}
+    return {**{f"engine{s}": "engine" for s in suffix}, **{f"worker{s}": "worker" for s in suffix}}
+
+
+def py_spy() -> str:
+    found = Path(sys.executable).with_name("py-spy")
+    return str(found) if found.exists() else shutil.which("py-spy") or "py-spy"
+
+
+def spawn(
+    settings: Settings, roles: str, log_path: Path, env: dict[str, str], profile: Path | None
+) -> subprocess.Popen[bytes]:
+    """``tickflow up --roles <roles>`` in its own process, with this module's registry (under ``py-spy record``
+    with ``profile``: py-spy cannot attach to a running process here, but can start one)."""
+    command = [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", APP, "--roles", roles]
+    if profile is not None:
+        command = [py_spy(), "record", "--format", "raw", "--rate", "100", "--nonblocking", "-o", str(profile),
+                   "--", *command]  # fmt: skip
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
-    command = [sys.executable, "-m", "tickflow.cli", "-v", "up", "--no-broker", "--app", APP]
-    return subprocess.Popen([*command, "--roles", roles], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=REPO_ROOT, env={**role_env(settings), **env}, stdout=out, stderr=out)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def python_pid(proc: subprocess.Popen[bytes], profiled: bool) -> int:
+    """The role's own PID: under py-spy, its child (waited for, as py-spy starts it)."""
+    if not profiled:
+        return proc.pid
+    for _ in range(200):
+        if children := psutil.Process(proc.pid).children():
+            return int(children[0].pid)
+        time.sleep(0.05)
+    raise RuntimeError("py-spy did not start the role process")
+
+
+def stop(proc: subprocess.Popen[bytes], pid: int) -> None:
+    """SIGTERM the role (under py-spy, the profiler then writes its file and exits), SIGKILL what hangs."""
     if proc.poll() is None:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
         try:
-            proc.wait(20)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
@@ -151,38 +194,51 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class Usage:
-    """psutil samples of one process during the window."""
+    """psutil samples of one process: RSS from before the stacks exist to the window's end, CPU over the window."""
 
     proc: psutil.Process
+    before_mib: float = 0.0
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (monotonic s, MiB)
+    t0: float = 0.0  # the window's start (monotonic)
     cpu0: float = 0.0
-    t0: float = 0.0
-    rss_mib: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the window, MiB)
     cpu_s: float = 0.0
     wall_s: float = 0.0
+
+    def baseline(self) -> None:
+        """The RSS before any stack exists (roles up, probe run done): what bytes per stack are counted from."""
+        self.sample()
+        self.before_mib = self.samples[-1][1]
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), float(self.proc.memory_info().rss) / 2**20))
 
     def begin(self) -> None:
         t = self.proc.cpu_times()
         self.cpu0, self.t0 = t.user + t.system, time.monotonic()
         self.sample()
 
-    def sample(self) -> None:
-        self.rss_mib.append((time.monotonic() - self.t0, self.proc.memory_info().rss / 2**20))
-
     def end(self) -> None:
         self.sample()
         t = self.proc.cpu_times()
         self.cpu_s, self.wall_s = t.user + t.system - self.cpu0, time.monotonic() - self.t0
 
-    def report(self) -> dict[str, Any]:
-        rss = [m for _, m in self.rss_mib]
-        (ta, ra), (tb, rb) = self.rss_mib[0], self.rss_mib[-1]
+    def report(self, stacks: int, ticks: int, flat_after_s: float | None) -> dict[str, Any]:
+        series = [(round(t - self.t0, 1), m) for t, m in self.samples]
         return {
             "cpu_percent": round(100 * self.cpu_s / self.wall_s, 1) if self.wall_s else None,
-            "rss_mib_start": round(ra, 1),
-            "rss_mib_end": round(rb, 1),
-            "rss_mib_max": round(max(rss), 1),
-            "rss_growth_mib_per_min": round((rb - ra) / (tb - ta) * 60, 1) if tb > ta else None,
+            "cpu_ms_per_tick": round(1000 * self.cpu_s / ticks, 3) if ticks else None,
+            **memory_figures([s for s in series if s[0] >= 0], self.before_mib, stacks, flat_after_s),
+            "rss_mib_series": [[t, round(m, 1)] for t, m in series],  # seconds into the window (< 0: warm-up)
         }
+
+
+async def sample_every(usage: dict[str, Usage], every_s: float) -> None:
+    """RSS of every process every ``every_s`` seconds until cancelled (a dead process is noticed elsewhere)."""
+    while True:
+        await asyncio.sleep(every_s)
+        for u in usage.values():
+            with contextlib.suppress(psutil.Error):
+                u.sample()
 
 
 def box_busy(before: Any, after: Any, usage: dict[str, Usage]) -> dict[str, float]:
@@ -202,6 +258,12 @@ def box_busy(before: Any, after: Any, usage: dict[str, Usage]) -> dict[str, floa
     }
 
 
+def check_alive(procs: dict[str, subprocess.Popen[bytes]], when: str) -> None:
+    for label, proc in procs.items():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {label} process exited with {proc.returncode} {when}; see its log")
+
+
 async def wait_for_log(
     settings: Settings, done: bytes, timeout: float, procs: dict[str, subprocess.Popen[bytes]]
 ) -> None:
@@ -217,9 +279,7 @@ async def wait_for_log(
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for role, proc in procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the {role} process exited with {proc.returncode} during start-up")
+            check_alive(procs, "during start-up")
             batch = await consumer.getmany(timeout_ms=200)
             if any(done in r.value for records in batch.values() for r in records if r.value):
                 return
@@ -228,212 +288,27 @@ async def wait_for_log(
         await consumer.stop()
 
 
-# -- reading the log afterwards ------------------------------------------------------------------------------
-
-_WANTED = tuple(
-    f'"type":"{t}"'.encode()
-    for t in (
-        "StackCreated",
-        "TickFired",
-        "TickSkipped",
-        "TickFinished",
-        "RunStarted",
-        "StepScheduled",
-        "LlmCallAttempted",
-        "RunCompleted",
-        "RunFailed",
-    )
-)
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
-@dataclass
-class Log:
-    types: Counter[str] = field(default_factory=Counter)
-    records: int = 0
-    created_at: list[int] = field(default_factory=list)  # StackCreated occurred_at_ms
-    fired: list[tuple[int, int, int, str]] = field(default_factory=list)  # (occurred, due, record ts, run id)
-    skipped: list[tuple[int, int]] = field(default_factory=list)  # (occurred, due)
-    finished: dict[str, int] = field(default_factory=dict)  # run id → TickFinished occurred
-    finished_status: Counter[str] = field(default_factory=Counter)
-    run_started: dict[str, int] = field(default_factory=dict)
-    step_scheduled: dict[str, int] = field(default_factory=dict)
-    llm: list[tuple[str, int, float, str]] = field(default_factory=list)  # (run id, started, latency, outcome)
-    run_done: dict[str, tuple[int, str]] = field(default_factory=dict)  # run id → (occurred, type)
+async def settled_owners(
+    logs: dict[str, Path], partitions: int, procs: dict[str, subprocess.Popen[bytes]], timeout: float
+) -> dict[int, str]:
+    """Wait until the engines' last logged assignments split every partition among them, each engine with some."""
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive(procs, "while the engines split the partitions")
+        owners, problems = partition_owners({label: read_lines(path) for label, path in logs.items()})
+        busy = set(owners.values())
+        if not problems and len(owners) == partitions and len(busy) == min(len(logs), partitions):
+            return owners
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the engines did not split the partitions within {timeout}s: {owners} {problems}")
+        await asyncio.sleep(0.5)
 
 
-async def read_log(settings: Settings) -> Log:
-    """Every record of the events topic from offset 0 to its end now; only the types used are parsed."""
-    topic = settings.topics.events
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 2**20,
-        fetch_max_bytes=64 * 2**20,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    out = Log()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        left = {tp for tp in tps if ends[tp] > 0}
-        while left:
-            batch = await consumer.getmany(*left, timeout_ms=1000, max_records=50_000)
-            for tp, records in batch.items():
-                for r in records:
-                    out.records += 1
-                    raw = r.value or b""
-                    if any(w in raw for w in _WANTED):
-                        _parse(out, orjson.loads(raw), r.timestamp)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    left.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
-
-
-def _parse(out: Log, e: dict[str, Any], ts: int) -> None:
-    kind, key, at, p = e["type"], e["key"], e["occurred_at_ms"], e["payload"]
-    out.types[kind] += 1
-    if kind == "StackCreated":
-        out.created_at.append(at)
-    elif kind == "TickFired":
-        out.fired.append((at, p["due_at_ms"], ts, p["run_id"]))
-    elif kind == "TickSkipped":
-        out.skipped.append((at, p["due_at_ms"]))
-    elif kind == "TickFinished":
-        out.finished[p["run_id"]] = at
-        out.finished_status[p["status"]] += 1
-    elif kind == "RunStarted":
-        out.run_started[key] = at
-    elif kind == "StepScheduled":
-        out.step_scheduled.setdefault(key, at)
-    elif kind == "LlmCallAttempted":
-        out.llm.append((key, p["started_at_ms"], p["latency_ms"], p["outcome"]))
-    elif kind in ("RunCompleted", "RunFailed"):
-        out.run_done[key] = (at, kind)
-
-
-def in_flight(intervals: list[tuple[float, float]], lo: float, hi: float) -> dict[str, float]:
-    """Peak and time-weighted mean of overlapping [start, end) intervals, clipped to [lo, hi)."""
-    points: list[tuple[float, int]] = []
-    for a, b in intervals:
-        a, b = max(a, lo), min(b, hi)
-        if b > a:
-            points += [(a, 1), (b, -1)]
-    points.sort()
-    level = peak = 0
-    area, last = 0.0, lo
-    for t, d in points:
-        area += level * (t - last)
-        level, last = level + d, t
-        peak = max(peak, level)
-    return {"peak": peak, "mean": round(area / (hi - lo), 1) if hi > lo else 0.0}
-
-
-def analyse(log: Log, lo: int, hi: int) -> dict[str, Any]:
-    """Figures over ticks that fired (or were skipped, or calls that started) in [lo, hi) ms."""
-    window_s = (hi - lo) / 1000
-    fired = [f for f in log.fired if lo <= f[0] < hi]
-    skipped = [s for s in log.skipped if lo <= s[0] < hi]
-    calls = [c for c in log.llm if lo <= c[1] < hi]
-    completed, failed, unfinished = [], 0, 0
-    to_run_started, to_step_scheduled, to_llm_start, to_tick_finished = [], [], [], []
-    llm_start = {c[0]: c[1] for c in log.llm}
-    for at, _, _, run_id in fired:
-        done = log.run_done.get(run_id)
-        if done is None:
-            unfinished += 1
-        elif done[1] == "RunFailed":
-            failed += 1
-        else:
-            completed.append(float(done[0] - at))
-        if run_id in log.run_started:
-            to_run_started.append(float(log.run_started[run_id] - at))
-        if run_id in log.step_scheduled:
-            to_step_scheduled.append(float(log.step_scheduled[run_id] - at))
-            if run_id in llm_start:
-                to_llm_start.append(float(llm_start[run_id] - log.step_scheduled[run_id]))
-        if run_id in log.finished:
-            to_tick_finished.append(float(log.finished[run_id] - at))
-    per_second = Counter((at - lo) // 1000 for at, *_ in fired)
-    return {
-        "window_s": window_s,
-        "ticks_fired": len(fired),
-        "ticks_per_s": round(len(fired) / window_s, 1),
-        "ticks_per_s_by_second": dist([float(per_second.get(i, 0)) for i in range(int(window_s))]),
-        "tick_lag_ms": dist([float(at - due) for at, due, _, _ in fired]),
-        "tick_due_to_record_ts_ms": dist([float(ts - due) for _, due, ts, _ in fired]),
-        "ticks_skipped": len(skipped),
-        "llm_calls": len(calls),
-        "llm_calls_per_s": round(len(calls) / window_s, 1),
-        "llm_outcomes": dict(Counter(c[3] for c in calls)),
-        "llm_latency_ms": dist([c[2] for c in calls]),
-        "llm_in_flight": in_flight([(c[1], c[1] + c[2]) for c in log.llm], lo, hi),
-        "tick_to_run_completed_ms": dist(completed),
-        "tick_to_run_started_ms": dist(to_run_started),
-        "tick_to_step_scheduled_ms": dist(to_step_scheduled),
-        "step_scheduled_to_llm_start_ms": dist(to_llm_start),
-        "tick_to_tick_finished_ms": dist(to_tick_finished),
-        "runs_failed": failed,
-        "runs_unfinished_at_cutoff": unfinished,
-    }
-
-
-# -- py-spy --------------------------------------------------------------------------------------------------
-
-_FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-
-
-def summarize_profile(raw: Path) -> dict[str, Any]:
-    """py-spy raw stacks of the engine's main thread → busy share, and where the busy time goes (inclusive,
-    by function of ours / aiokafka / pydantic, and by leaf)."""
-    total = busy = 0
-    inclusive: Counter[str] = Counter()
-    leaves: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        frames = stack.split(";")
-        if "MainThread" not in frames[0]:
-            continue
-        n = int(count_text)
-        total += n
-        parsed = [m.groupdict() for f in frames[1:] if (m := _FRAME.match(f))]
-        if not parsed or (parsed[-1]["fn"].endswith("select") and parsed[-1]["file"].endswith("selectors.py")):
-            continue  # the event loop waiting for I/O or a timer: idle
-        busy += n
-        seen: set[str] = set()
-        for p in parsed:
-            f = p["file"]
-            label = ""
-            if "/cli/" in f:
-                continue  # the entry point is on every stack
-            if str(REPO_ROOT) in f or f.startswith(("services/", "events/", "projections/", "tickflow/")):
-                label = f"{p['fn']} ({Path(f).name})"
-            elif "pydantic" in f:
-                label = "[pydantic]"
-            elif "aiokafka" in f:
-                label = f"[aiokafka] {p['fn']}"
-            if label and label not in seen:
-                seen.add(label)
-                inclusive[label] += n
-        leaf = parsed[-1]
-        leaves[f"{leaf['fn']} ({Path(leaf['file']).name}:{leaf['line']})"] += n
-    if not total:
-        return {"note": "no MainThread samples"}
-    return {
-        "samples": total,
-        "main_thread_busy": round(busy / total, 3),
-        "inclusive_share_of_busy": [[k, round(v / busy, 3)] for k, v in inclusive.most_common(25)],
-        "top_leaves_share_of_busy": [[k, round(v / busy, 3)] for k, v in leaves.most_common(12)],
-    }
-
-
-# -- one scenario --------------------------------------------------------------------------------------------
+# -- setup ---------------------------------------------------------------------------------------------------------
 
 
 def auto_concurrency(stacks: int, interval_s: float, high_ms: float) -> int:
@@ -498,149 +373,6 @@ async def delete_topics(settings: Settings) -> None:
         await admin.close()
 
 
-async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict[str, Any]:
-    low, high = (float(x) for x in args.llm_latency_ms.split(","))
-    wc = args.worker_concurrency
-    concurrency = auto_concurrency(stacks, args.interval, high) if wc == "auto" else int(wc)
-    prefix = f"benchstk{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        bootstrap=args.bootstrap,
-        prefix=prefix,
-        partitions=args.partitions,
-        state_dir=workdir / prefix,
-        api_port=free_port(),
-        worker_concurrency=concurrency,
-        snapshot_interval_s=args.snapshot_interval_s,
-    )
-    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
-    latency = f"{low:g},{high:g}"
-    logs = {role: workdir / f"{prefix}-{role}.log" for role in ("engine", "worker", "api")}
-    procs = {
-        "engine": spawn(settings, "engine", logs["engine"], latency),
-        "worker": spawn(settings, "worker", logs["worker"], latency),
-    }
-    if args.create_via == "api":
-        procs["api"] = spawn(settings, "projector,api", logs["api"], latency)
-    profiler: subprocess.Popen[bytes] | None = None
-    raw_profile = workdir / f"{prefix}-engine.pyspy.txt"
-    try:
-        # Setup 1: both roles answer (a probe run of the tick workflow completes).
-        t_boot = time.monotonic()
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
-        await producer.start()
-        probe = Envelope.wrap(
-            StartRun(workflow=WORKFLOW, input={"stack_id": "probe", "tick": 0, "input": None}),
-            id="start/probe",
-            key="probe",
-            occurred_at_ms=now_ms(),
-        )
-        await producer.send_and_wait(settings.topics.commands, encode(probe), key=b"probe")
-        await producer.stop()
-        await wait_for_log(settings, b'"type":"RunCompleted"', 90, procs)
-        if "api" in procs:
-            await wait_api(settings.api_url, procs["api"], 60)
-        boot_s = time.monotonic() - t_boot
-
-        # Setup 2: N stacks.
-        ids = [f"{STACK_PREFIX}{i:05d}" for i in range(stacks)]
-        api_codes: dict[str, int] | None = None
-        t_create, t_create_ms = time.monotonic(), now_ms()
-        if args.create_via == "api":
-            api_codes = await create_via_api(settings, ids, args.interval, args.api_parallel)
-        else:
-            await create_via_kafka(settings, ids, args.interval)
-        create_s = time.monotonic() - t_create
-        created_ms = now_ms()
-
-        # Warm-up: one interval after the last create every stack has had its first (phased) tick.
-        await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - t_create)) + args.warmup_extra)
-        usage = {role: Usage(psutil.Process(p.pid)) for role, p in procs.items()}
-        for u in usage.values():
-            u.begin()
-        box0 = psutil.cpu_times()
-        window_lo = now_ms()
-        if args.profile:
-            command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(procs["engine"].pid)]
-            command += ["--duration", str(max(1, int(args.duration * 0.6))), "--rate", "50", "--format", "raw"]
-            command += ["--idle", "--threads", "--nonblocking", "--output", str(raw_profile)]
-        end = time.monotonic() + args.duration
-        started_profile = False
-        while (left := end - time.monotonic()) > 0:
-            await asyncio.sleep(min(2.0, left))
-            for role, u in usage.items():
-                if procs[role].poll() is not None:
-                    raise RuntimeError(f"the {role} process exited during the window; see {logs[role]}")
-                u.sample()
-            if args.profile and not started_profile and time.monotonic() > end - args.duration * 0.8:
-                profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                started_profile = True
-        window_hi = now_ms()
-        for u in usage.values():
-            u.end()
-        box = box_busy(box0, psutil.cpu_times(), usage)
-        board: dict[str, Any] | None = None
-        if "api" in procs:
-            board = await asyncio.to_thread(read_board, settings.api_url, ids[0], stacks)
-        await asyncio.sleep(args.drain)  # ticks fired at the end of the window finish their runs
-        for role in ("engine", "worker", "api"):
-            if role in procs:
-                stop(procs[role])
-        if profiler is not None:
-            profiler.wait(60)
-
-        t_read = time.monotonic()
-        log = await read_log(settings)
-        read_s = time.monotonic() - t_read
-        figures = analyse(log, window_lo, window_hi)
-        return {
-            "stacks": stacks,
-            "interval_s": args.interval,
-            "expected_ticks_per_s": round(stacks / args.interval, 1),
-            "worker_concurrency": concurrency,
-            "llm_latency_ms": [low, high],
-            "create_via": args.create_via,
-            "setup": {
-                "roles_up_s": round(boot_s, 2),
-                "create_commands_acked_s": round(create_s, 2),
-                "create_commands_per_s": round(stacks / create_s, 1) if create_s else None,
-                "last_stack_created_in_log_after_s": round((max(log.created_at) - t_create_ms) / 1000, 2)
-                if log.created_at
-                else None,
-                "stacks_created_in_log": len(log.created_at),
-                "api_answers": api_codes,
-                "created_at_ms": created_ms,
-            },
-            "window": figures,
-            "engine": usage["engine"].report(),
-            "worker": usage["worker"].report(),
-            "projector_api": usage["api"].report() if "api" in usage else None,
-            "box": box,
-            "stack_board": board,
-            "log": {
-                "records": log.records,
-                "read_s": round(read_s, 1),
-                "types": dict(log.types),
-                "tick_runs_status": dict(log.finished_status),
-            },
-            "profile": summarize_profile(raw_profile) if raw_profile.exists() else None,
-            "profile_raw": str(raw_profile) if raw_profile.exists() and args.keep_profile else None,
-        }
-    except BaseException:
-        for role, path in logs.items():
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-20:]
-                print(f"--- last lines of the {role} log ---", *tail, sep="\n", file=sys.stderr)
-        raise
-    finally:
-        if profiler is not None and profiler.poll() is None:
-            profiler.terminate()
-        for proc in procs.values():
-            stop(proc)
-        if not args.keep_topics:
-            with contextlib.suppress(Exception):
-                await delete_topics(settings)
-
-
 def read_board(url: str, one: str, stacks: int) -> dict[str, Any]:
     """The stack board through the SDK, right after the window: how many stacks and ticks it shows."""
     with Client(url, timeout=60) as c:
@@ -659,42 +391,267 @@ def read_board(url: str, one: str, stacks: int) -> dict[str, Any]:
     }
 
 
+# -- one scenario --------------------------------------------------------------------------------------------------
+
+
+def role_settings(args: argparse.Namespace, stacks: int, workdir: Path) -> tuple[Settings, dict[str, str], int]:
+    """The cluster's settings (a fresh prefix), the environment every role gets, and the concurrency in all."""
+    low, high = (float(x) for x in args.llm_latency_ms.split(","))
+    wc = args.worker_concurrency
+    total = auto_concurrency(stacks, args.interval, high) if wc == "auto" else int(wc)
+    prefix = f"benchstk{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        bootstrap=args.bootstrap,
+        prefix=prefix,
+        partitions=args.partitions or (8 if args.engines == 1 else 16),
+        state_dir=workdir / prefix,
+        api_port=free_port(),
+        worker_concurrency=max(16, math.ceil(total / args.engines)),  # per worker process
+        snapshot_interval_s=args.snapshot_interval_s,
+    )
+    env = {LATENCY_ENV: f"{low:g},{high:g}", "TICKFLOW_PROJECTOR_BATCH_MS": str(settings.projector_batch_ms)}
+    if args.no_eager:
+        env["TICKFLOW_EAGER_DISPATCH"] = "false"
+    for name in ("finished_state_s", "tick_run_retention_s"):
+        if getattr(args, name) is not None:
+            env[f"TICKFLOW_{name.upper()}"] = str(getattr(args, name))
+    return settings, env, total
+
+
+RETENTION = ("finished_state_s", "tick_run_retention_s", "state_retention_s", "run_id_retention_s")
+
+
+def retention(env: dict[str, str]) -> dict[str, float]:
+    """The engine's retention windows as the roles read them (their environment; the settings' defaults if unset)."""
+    seen = {**os.environ, **env}
+    out: dict[str, float] = {}
+    for name in RETENTION:
+        raw = seen.get(f"TICKFLOW_{name.upper()}")
+        out[name] = float(raw) if raw is not None else float(Settings.model_fields[name].default)
+    return out
+
+
+async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict[str, Any]:
+    settings, env, concurrency = role_settings(args, stacks, workdir)
+    await ensure_topics(settings.bootstrap, settings.topics, settings.pools)
+    prefix = settings.prefix
+    labels = layout(args)
+    if args.create_via == "api":
+        labels["api"] = "projector,api"
+    logs = {label: workdir / f"{prefix}-{label}.log" for label in labels}
+    profile_dir = Path(args.profile).absolute() if args.profile else None
+    profiles = {label: profile_dir / f"{prefix}-{label}.txt" for label in labels} if profile_dir else {}
+    if profile_dir:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    procs = {label: spawn(settings, roles, logs[label], env, profiles.get(label)) for label, roles in labels.items()}
+    pids = {label: python_pid(proc, bool(profiles)) for label, proc in procs.items()}
+    engines = [label for label, roles in labels.items() if "engine" in roles.split(",")]
+    kept = retention(env)
+    sampler: asyncio.Task[None] | None = None
+    try:
+        # Setup 1: the roles answer (a probe run of the tick workflow completes), the partitions are split.
+        t_boot = time.monotonic()
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True)
+        await producer.start()
+        probe = Envelope.wrap(
+            StartRun(workflow=WORKFLOW, input={"stack_id": "probe", "tick": 0, "input": None}),
+            id="start/probe",
+            key="probe",
+            occurred_at_ms=now_ms(),
+        )
+        await producer.send_and_wait(settings.topics.commands, encode(probe), key=b"probe")
+        await producer.stop()
+        await wait_for_log(settings, b'"type":"RunCompleted"', 90, procs)
+        owners = await settled_owners({e: logs[e] for e in engines}, settings.partitions, procs, 90)
+        if "api" in procs:
+            await wait_api(settings.api_url, procs["api"], 60)
+        boot_s = time.monotonic() - t_boot
+        await asyncio.sleep(args.settle_s)  # recoveries of the last assignment finish; RSS settles
+        usage = {label: Usage(psutil.Process(pid)) for label, pid in pids.items()}
+        for u in usage.values():
+            u.baseline()
+        sampler = asyncio.create_task(sample_every(usage, args.sample_s))
+
+        # Setup 2: N stacks.
+        ids = [f"{STACK_PREFIX}{i:05d}" for i in range(stacks)]
+        api_codes: dict[str, int] | None = None
+        t_create, t_create_ms = time.monotonic(), now_ms()
+        if args.create_via == "api":
+            api_codes = await create_via_api(settings, ids, args.interval, args.api_parallel)
+        else:
+            await create_via_kafka(settings, ids, args.interval)
+        create_s = time.monotonic() - t_create
+
+        # Warm-up: one interval after the last create every stack has had its first (phased) tick.
+        await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - t_create)) + args.warmup_extra)
+        for u in usage.values():
+            u.begin()
+        box0 = psutil.cpu_times()
+        window_lo = now_ms()
+        # Tick runs are retained tick_run_retention_s after they end; the last stack's first tick ends about an
+        # interval after its create: from then on as many expire as finish, and the RSS should stay flat.
+        flat_after_s = t_create + create_s + args.interval + kept["tick_run_retention_s"] - usage[engines[0]].t0
+        end = time.monotonic() + args.duration
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(1.0, left))
+            check_alive(procs, "during the window")
+        window_hi = now_ms()
+        sampler.cancel()
+        for u in usage.values():
+            u.end()
+        box = box_busy(box0, psutil.cpu_times(), usage)
+        owners_after, problems = partition_owners({e: read_lines(logs[e]) for e in engines})
+        board: dict[str, Any] | None = None
+        if "api" in procs:
+            board = await asyncio.to_thread(read_board, settings.api_url, ids[0], stacks)
+        await asyncio.sleep(args.drain)  # ticks fired at the end of the window finish their runs
+        for label, proc in procs.items():
+            stop(proc, pids[label])
+
+        t_read = time.monotonic()
+        tick_run = re.compile(rb"%s\d+\.t\d+" % STACK_PREFIX.encode())
+        counts = {"events": TopicCount(window_lo, window_hi, tick_run)}
+        log = await read_log(settings.bootstrap, settings.topics.events, settings.partitions, counts["events"])
+        others = {
+            "commands": settings.topics.commands,
+            "tasks": settings.topics.tasks(),
+            "results": settings.topics.results,
+            "state": settings.topics.state,
+        }
+        for name, topic in others.items():
+            counts[name] = await count_topic(
+                settings.bootstrap, topic, settings.partitions, TopicCount(window_lo, window_hi, tick_run)
+            )
+        read_s = time.monotonic() - t_read
+        figures = analyse(log, window_lo, window_hi, owners if len(engines) > 1 else None)
+        ticks = figures["ticks_fired"]
+        # Per engine-bearing process: its own stacks and ticks (its partitions'); the others see them all.
+        stacks_of = owned(log.created_by_partition, owners)
+        ticks_of = figures["ticks_by_process"] or {}
+        reports = {
+            label: u.report(stacks_of.get(label, stacks), ticks_of.get(label, ticks), flat_after_s)
+            for label, u in usage.items()
+        }
+        held = [usage[e] for e in engines]
+        grown_mib = sum(u.samples[-1][1] - u.before_mib for u in held)
+        return {
+            "stacks": stacks,
+            "interval_s": args.interval,
+            "expected_ticks_per_s": round(stacks / args.interval, 1),
+            "layout": args.layout,
+            "engines": len(engines),
+            "processes": labels,
+            "partitions": settings.partitions,
+            "eager_dispatch": not args.no_eager and args.layout == "combined",  # split: no worker beside the engine
+            "worker_concurrency_total": concurrency,
+            "worker_concurrency_per_process": settings.worker_concurrency,
+            "llm_latency_ms": [float(x) for x in args.llm_latency_ms.split(",")],
+            "create_via": args.create_via,
+            "retention_s": kept,
+            "rss_flat_expected_after_window_s": round(flat_after_s, 1),
+            "partition_owners": {str(p): label for p, label in sorted(owners.items())},
+            "partition_owners_changed_in_window": owners_after != owners or bool(problems),
+            "setup": {
+                "roles_up_s": round(boot_s, 2),
+                "create_commands_acked_s": round(create_s, 2),
+                "create_commands_per_s": round(stacks / create_s, 1) if create_s else None,
+                "last_stack_created_in_log_after_s": round((max(log.created_at) - t_create_ms) / 1000, 2)
+                if log.created_at
+                else None,
+                "stacks_created_in_log": len(log.created_at),
+                "api_answers": api_codes,
+            },
+            "window": figures,
+            "per_tick": per_tick(counts, ticks, len(log.fired)),
+            "processes_usage": reports,
+            "engines_memory": {
+                "what": "sum over the engine processes (in the combined layout, engine and worker together)",
+                "rss_mib_before_stacks": round(sum(u.before_mib for u in held), 1),
+                "rss_mib_end": round(sum(u.samples[-1][1] for u in held), 1),
+                "bytes_per_stack": round(grown_mib * 2**20 / stacks) if stacks else None,
+            },
+            "box": box,
+            "stack_board": board,
+            "log": {
+                "records": log.records,
+                "read_s": round(read_s, 1),
+                "types": dict(log.types),
+                "tick_runs_status": dict(log.finished_status),
+            },
+            "profile_top_own_pct": {label: top_frames(path) for label, path in profiles.items()} or None,
+            "profiles": {label: str(path) for label, path in profiles.items()} or None,
+        }
+    except BaseException:
+        for label, path in logs.items():
+            tail = read_lines(path)[-20:]
+            print(f"--- last lines of the {label} log ---", *tail, sep="\n", file=sys.stderr)
+        raise
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        for label, proc in procs.items():
+            stop(proc, pids[label])
+        if not args.keep_topics:
+            with contextlib.suppress(Exception):
+                await delete_topics(settings)
+
+
 def summary(results: list[dict[str, Any]]) -> str:
     def q(d: dict[str, Any]) -> str:
-        return f"p50 {d['p50']} / p90 {d['p90']} / p99 {d['p99']} / max {d['max']}"
+        return f"p50 {d['p50']} / p99 {d['p99']} / max {d['max']}"
 
     lines = ["Summary (one run each on a shared, noisy 2-core box; figures move between runs):"]
     for r in results:
-        w, s, e, k = r["window"], r["setup"], r["engine"], r["worker"]
+        w, s, t = r["window"], r["setup"], r["per_tick"]
         lines += [
-            f"  N={r['stacks']:,} every {r['interval_s']:g}s (expect {r['expected_ticks_per_s']} ticks/s), worker "
-            f"concurrency {r['worker_concurrency']}, created via {r['create_via']}:",
+            f"  N={r['stacks']:,} every {r['interval_s']:g}s (expect {r['expected_ticks_per_s']} ticks/s), layout "
+            f"{r['layout']}, {r['engines']} engine process(es), {r['partitions']} partitions, eager "
+            f"{'on' if r['eager_dispatch'] else 'off'}, worker concurrency {r['worker_concurrency_per_process']}/"
+            f"process, created via {r['create_via']}:",
             f"    setup: {s['create_commands_acked_s']} s to produce {r['stacks']:,} creates "
             f"({s['create_commands_per_s']}/s); all in the log after {s['last_stack_created_in_log_after_s']} s",
             f"    ticks: {w['ticks_per_s']}/s over {w['window_s']:.0f} s ({w['ticks_fired']:,} fired, "
-            f"{w['ticks_skipped']:,} skipped; per-second {q(w['ticks_per_s_by_second'])})",
-            f"    tick lag ms (fired - due): {q(w['tick_lag_ms'])}   (target p99 ≤ 1000)",
+            f"{w['ticks_skipped']:,} skipped; per-second {q(w['ticks_per_s_by_second'])})"
+            + (f"; per process {w['ticks_per_s_by_process']}" if w["ticks_per_s_by_process"] else ""),
+            f"    tick lag ms (fired - due): {q(w['tick_lag_ms'])}   (target p99 ≤ 1000, none skipped)",
+            f"    tick → RunCompleted ms: {q(w['tick_to_run_completed_ms'])}   (target p99 ≤ 2000); failed "
+            f"{w['runs_failed']}, unfinished at cutoff {w['runs_unfinished_at_cutoff']}",
             f"    LLM: {w['llm_calls_per_s']} calls/s, in flight peak {w['llm_in_flight']['peak']} mean "
             f"{w['llm_in_flight']['mean']}; step scheduled → call start ms {q(w['step_scheduled_to_llm_start_ms'])}",
-            f"    tick → RunCompleted ms: {q(w['tick_to_run_completed_ms'])}; failed {w['runs_failed']}, "
-            f"unfinished at cutoff {w['runs_unfinished_at_cutoff']}",
-            f"    engine: CPU {e['cpu_percent']}%, RSS {e['rss_mib_start']} → {e['rss_mib_end']} MiB "
-            f"({e['rss_growth_mib_per_min']} MiB/min); worker: CPU {k['cpu_percent']}%, RSS {k['rss_mib_end']} MiB",
         ]
+        if t.get("ticks"):
+            topics = ", ".join(f"{n} {t[n]['records_per_tick']}" for n in t if isinstance(t[n], dict))
+            ev = ", ".join(f"{k} {v:g}" for k, v in t["events"]["by_type_per_tick"].items())
+            lines += [
+                f"    records per tick: {t['records_per_tick_all_topics']} ({topics}); events per tick: {ev}",
+                f"    events per tick by key: {t['events']['by_key_per_tick']}; bytes per tick by type: "
+                f"{t['events']['bytes_by_type_per_tick']}; transaction markers per tick (whole run, all topics): "
+                f"{t['not_records_per_tick_whole_run']}",
+            ]
+        for label, u in r["processes_usage"].items():
+            lines.append(
+                f"    {label}: CPU {u['cpu_percent']}% ({u['cpu_ms_per_tick']} ms/tick); "
+                f"RSS {u['rss_mib_before_stacks']} before stacks → {u['rss_mib_end']} MiB "
+                f"({u['bytes_per_stack']} B/stack), growth "
+                f"{u['growth_mib_per_min_last_third']} MiB/min over the last third, "
+                f"{u['growth_mib_per_min_after_retention_full']} after the retention windows filled "
+                f"(from {r['rss_flat_expected_after_window_s']} s); by minute {u['rss_mib_by_minute']}"
+            )
+        m = r["engines_memory"]
+        lines.append(
+            f"    engine processes in all: RSS {m['rss_mib_before_stacks']} before stacks → {m['rss_mib_end']} MiB, "
+            f"{m['bytes_per_stack']} B/stack (retention: tick runs kept {r['retention_s']['tick_run_retention_s']:g} s,"
+            f" full state {r['retention_s']['finished_state_s']:g} s)"
+        )
         b = r["box"]
         lines.append(
             f"    box: {b['busy_cores']} of {psutil.cpu_count()} cores busy ({b['tickflow_roles_cores']} ours, "
-            f"{b['other_cores']} other: broker, bench reader, other engineers' runs); load avg {b['load_avg_1m']}"
+            f"{b['other_cores']} other: broker, other engineers' runs); load avg {b['load_avg_1m']}"
         )
-        if r["projector_api"]:
-            p = r["projector_api"]
-            lines.append(
-                f"    projector+api: CPU {p['cpu_percent']}%, RSS {p['rss_mib_end']} MiB; board {r['stack_board']}"
-            )
-        if r["profile"] and "inclusive_share_of_busy" in r["profile"]:
-            pr = r["profile"]
-            top = ", ".join(f"{k} {v:.0%}" for k, v in pr["inclusive_share_of_busy"][:8])
-            lines.append(f"    engine main thread busy {pr['main_thread_busy']:.0%}; busy time in: {top}")
+        if r["stack_board"]:
+            lines.append(f"    board: {r['stack_board']}")
+        for label, frames in (r["profile_top_own_pct"] or {}).items():
+            lines.append(f"    {label} top frames (own %): " + "; ".join(f"{f} {p}" for f, p in frames[:10]))
     return "\n".join(lines)
 
 
@@ -703,10 +660,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-stacks-") as tmp:
         for n in (int(x) for x in args.stacks.split(",")):
             results.append(await scenario(args, n, Path(tmp)))
-            if args.keep_profile and results[-1]["profile_raw"]:
-                kept = Path(args.keep_profile) / Path(results[-1]["profile_raw"]).name
-                kept.write_bytes(Path(results[-1]["profile_raw"]).read_bytes())
-                results[-1]["profile_raw"] = str(kept)
     return {"benchmark": "agent stacks", "cpus": psutil.cpu_count(), "options": vars(args), "results": results}
 
 
@@ -718,16 +671,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds measured, after the warm-up")
     parser.add_argument("--warmup-extra", type=float, default=0.0, help="seconds of warm-up beyond one interval")
     parser.add_argument("--drain", type=float, default=5.0, help="seconds after the window before stopping")
+    parser.add_argument("--settle-s", type=float, default=2.0, help="seconds between roles up and the baseline")
+    parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--llm-latency-ms", default="50,500", help="offline model latency, uniform min,max")
-    parser.add_argument("--worker-concurrency", default="auto", help="'auto': 1.2 x ticks/s x max latency")
-    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--worker-concurrency", default="auto", help="in all; 'auto': 1.2 x ticks/s x max latency")
+    parser.add_argument("--layout", choices=("combined", "split"), default="combined")
+    parser.add_argument("--engines", type=int, default=1, help="engine processes (each with its worker if combined)")
+    parser.add_argument("--partitions", type=int, default=0, help="0: 8 with one engine, 16 with more")
+    parser.add_argument("--no-eager", action="store_true", help="TICKFLOW_EAGER_DISPATCH=false (combined layout)")
+    parser.add_argument("--finished-state-s", type=float, default=None, help="the engine's (default: its own)")
+    parser.add_argument("--tick-run-retention-s", type=float, default=None, help="the engine's (default: its own)")
     parser.add_argument("--snapshot-interval-s", type=float, default=60.0, help="engine snapshots (0: off)")
     parser.add_argument("--create-via", choices=("kafka", "api"), default="kafka")
     parser.add_argument("--api-parallel", type=int, default=16, help="SDK threads creating stacks (api)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the engine during the window")
-    parser.add_argument("--keep-profile", default=None, help="directory to keep py-spy's raw stacks in")
+    parser.add_argument("--profile", default=None, help="run each role under py-spy record, raw profiles into DIR")
     parser.add_argument("--keep-topics", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.engines < 1:
+        parser.error("--engines must be at least 1")
+    return args
 
 
 if __name__ == "__main__":
