@@ -374,7 +374,8 @@ def _python_pid(proc: subprocess.Popen[bytes], profiled: bool) -> int:
 
 def top_frames(path: Path, n: int = 15) -> list[tuple[str, float]]:
     """The functions with the most own (leaf) samples in a py-spy raw profile, as % of its samples (py-spy leaves
-    idle threads out, so the shares are of busy time)."""
+    idle threads out, so the shares are of busy time). Samples taken while modules import (the process starting) are
+    left out; a sample with no Python frame (native code holding the thread) counts as ``(native)``."""
     own: Counter[str] = Counter()
     total = 0
     try:
@@ -383,7 +384,9 @@ def top_frames(path: Path, n: int = 15) -> list[tuple[str, float]]:
         return []
     for line in lines:
         stack, _, count = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
+        if "importlib._bootstrap" in stack:
+            continue
+        leaf = stack.rsplit(";", 1)[-1] or "(native)"
         own[_short(leaf)] += int(count)
         total += int(count)
     return [(name, round(100 * c / total, 1)) for name, c in own.most_common(n)] if total else []
@@ -392,7 +395,7 @@ def top_frames(path: Path, n: int = 15) -> list[tuple[str, float]]:
 def _short(frame: str) -> str:
     """``fn (path/to/module.py:123)`` → ``fn (module.py)``: one entry per function, not per line."""
     name, _, where = frame.partition(" (")
-    return f"{name} ({Path(where.rsplit(':', 1)[0]).name})"
+    return f"{name} ({Path(where.rsplit(':', 1)[0]).name})" if where else name
 
 
 def _git_head() -> str:
