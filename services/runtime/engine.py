@@ -78,7 +78,7 @@ from tickflow.runtime.claimed_inputs import claimed_fork, claimed_signal
 from tickflow.runtime.decision_traces import DecisionTraces
 from tickflow.runtime.eager import EagerDispatch, Returned
 from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
-from tickflow.runtime.input_offsets import InputOffsets
+from tickflow.runtime.input_offsets import InputOffsets, NoteRecord
 from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer
 from tickflow.runtime.ownership import PartitionOwnership
 from tickflow.runtime.recovery import Quarantine
@@ -166,6 +166,8 @@ class Engine(PartitionOwnership):
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
         #: Input offsets: handled in this turn, applied by committed transactions, committable to the group.
         self.offsets = InputOffsets(self.topics.commands, self.topics.results, self.topics.state)
+        #: Per partition: the note already added to its open transaction (``_send_notes_early``).
+        self._early_notes: dict[int, NoteRecord] = {}
         #: Partitions whose recovery keeps failing (with the last error): retried with backoff, not served.
         self.parked: dict[int, str] = {}
         #: The transactional producer of each partition this engine writes for (see ``runtime/fencing.py``).
@@ -278,6 +280,7 @@ class Engine(PartitionOwnership):
                 turn_ends = time.monotonic() + self.settings.transaction_timeout_ms / 1000 * TURN_SHARE
                 await self._handle_batch(batch, turn_ends)
                 if self.eager is not None:
+                    await self._send_notes_early()
                     await self._eager_turn(self.eager, turn_ends)
                 await self._fire_timers(_now_ms())
                 if self.snapshots.due(self.settings.snapshot_interval_s):
@@ -332,6 +335,17 @@ class Engine(PartitionOwnership):
             if done:
                 self.offsets.handled(tp, records[done - 1].offset + 1)
                 self.processed += done
+
+    async def _send_notes_early(self) -> None:
+        """Add the applied-offsets note of each open transaction now, not at its commit: a turn that goes on deciding
+        steps handed back in memory overlaps the note's round trips with that work, and its commit then only ends
+        the transaction. A turn that handles more inputs later sends a newer note (the last one written counts)."""
+        for partition in self.offsets.partitions_handled():
+            writer = self.writers.get(partition)
+            note = self.offsets.note(partition)
+            if writer is not None and writer.open and note is not None and self._early_notes.get(partition) != note:
+                await writer.send(*note)
+                self._early_notes[partition] = note
 
     async def _eager_turn(self, eager: EagerDispatch, turn_ends: float) -> None:
         """Decide what the local workers hand back, within this turn's transactions, while they keep handing back.
@@ -435,6 +449,9 @@ class Engine(PartitionOwnership):
             await asyncio.gather(*(w.acknowledged() for w in open_))
             self._crash_point("txn-open", "")
         notes = {w.partition: self.offsets.note(w.partition) for w in open_}
+        for partition, note in notes.items():  # already in the transaction: not again
+            if note is not None and self._early_notes.pop(partition, None) == note:
+                notes[partition] = None
         results = await asyncio.gather(*(w.commit(notes[w.partition]) for w in open_), return_exceptions=True)
         for writer, result in zip(open_, results, strict=True):
             if isinstance(result, TransactionFailed):

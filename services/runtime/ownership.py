@@ -30,7 +30,7 @@ from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import BlobStore
 from tickflow.runtime.eager import EagerDispatch
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
-from tickflow.runtime.input_offsets import InputOffsets
+from tickflow.runtime.input_offsets import InputOffsets, NoteRecord
 from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
 from tickflow.runtime.timers import Timers
@@ -82,6 +82,7 @@ class PartitionOwnership:
     resent: int
     _recovering: dict[int, asyncio.Task[None]]
     _revoking: set[int]
+    _early_notes: dict[int, NoteRecord]
     _stopping: bool
     _lock: asyncio.Lock
     _forget: Callable[[int, RunState, int], None]
@@ -158,6 +159,7 @@ class PartitionOwnership:
         steps running in this process's workers (eager dispatch) stop: whoever rebuilds it re-sends them."""
         if self.eager is not None:
             self.eager.drop(partition)
+        self._early_notes.pop(partition, None)
         self.offsets.drop(partition)
         self.timers.drop_partition(self.runs.pop(partition, {}))
         self.timers.drop_partition(self.stacks.pop(partition, {}))
