@@ -161,7 +161,8 @@ class Engine(PartitionOwnership):
         self.gone: dict[int, dict[str, int]] = defaultdict(dict)
         #: Runs whose log recovery could not fold, per partition: nothing is decided for them until released.
         self.quarantined: dict[int, dict[str, Quarantine]] = defaultdict(dict)
-        self.events_end: dict[int, int] = {}  # per events partition: the offset after our last committed event
+        self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
+        self._last_event_send: dict[int, asyncio.Future[Any]] = {}
         self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
         #: Input offsets: handled in this turn, applied by committed transactions, committable to the group.
         self.offsets = InputOffsets(self.topics.commands, self.topics.results, self.topics.state)
@@ -345,13 +346,6 @@ class Engine(PartitionOwnership):
             if writer is not None and writer.open and note is not None and self._early_notes.get(partition) != note:
                 await writer.send(*note)
                 self._early_notes[partition] = note
-        await self._flush_open()
-
-    async def _flush_open(self) -> None:
-        """Hand what every open transaction gathered to its producer (sent while the loop goes on)."""
-        for writer in self.writers.values():
-            if writer.open:
-                await writer.flush()
 
     async def _eager_turn(self, eager: EagerDispatch, turn_ends: float) -> None:
         """Decide what the local workers hand back, within this turn's transactions, while they keep handing back.
@@ -372,11 +366,7 @@ class Engine(PartitionOwnership):
             if batch:
                 await self._handle_batch(batch, until)
                 continue
-            if not eager.in_flight:
-                return
-            if not eager.ready:  # what is gathered goes to the broker while the workers run
-                await self._flush_open()
-            if not await eager.wait(min(s.eager_linger_ms / 1000, until - time.monotonic())):
+            if not eager.in_flight or not await eager.wait(min(s.eager_linger_ms / 1000, until - time.monotonic())):
                 return
 
     async def _returned(self, returned: Returned) -> None:
@@ -469,10 +459,6 @@ class Engine(PartitionOwnership):
                 await self._give_up(writer.partition, result)
             elif isinstance(result, BaseException):
                 raise result
-            else:
-                p = writer.partition
-                end = writer.committed_end.get((self.topics.events, p), 0)
-                self.events_end[p] = max(self.events_end.get(p, 0), end)
         for partition in parts:
             self.offsets.committed(partition)
 
@@ -773,7 +759,9 @@ class Engine(PartitionOwnership):
             if topic == self.topics.events:
                 if events == 1:
                     self._crash_point("mid-events", record_key)
-                await writer.send(topic, value, record_key, partition)
+                fut = await writer.send(topic, value, record_key, partition)
+                # A partition's records are acked in send order, so its last send carries its highest offset.
+                self._last_event_send[partition] = fut
                 events += 1
             else:
                 if events:  # the decision's first message, after its events
@@ -800,22 +788,30 @@ class Engine(PartitionOwnership):
 
         For comparing with a refold of the log. Taken under the lock, so between two batches: no decision is
         half applied, and every later decision is made at or after that time. States are immutable, so a
-        shallow copy of each table is a consistent snapshot. Between two turns every transaction has ended, so the
-        states' events are all committed, up to ``events_end``. A ``read_committed`` reader may still stop short
-        of it for a moment: a transaction's commit markers reach the partition shortly after its commit returns,
-        so a reader waits for ``events_end`` (see ``verify_engine``).
+        shallow copy of each table is a consistent snapshot. Returns once the last event sent to each
+        partition before the copy is acknowledged. A ``read_committed`` reader may still stop short of it for a
+        moment: a transaction's commit markers reach the partition shortly after its commit returns, so a reader
+        waits for ``events_end`` (see ``verify_engine``).
         """
         async with self._lock:
             runs = {p: dict(self.runs.get(p, {})) for p in sorted(self.recovered_partitions)}
             taken_at = _now_ms()
             ends = {p: self.events_end.get(p, 0) for p in runs}
+            sends = [(p, f) for p, f in self._last_event_send.items() if p in runs]
+        if sends:  # shielded: awaiting must never cancel the engine's own futures
+            acked = await asyncio.gather(*(asyncio.shield(f) for _, f in sends))
+            for (partition, _), metadata in zip(sends, acked, strict=True):
+                ends[partition] = max(ends[partition], metadata.offset + 1)
         return Capture(runs, taken_at, ends)
 
     # -- snapshots -------------------------------------------------------------------------------------------
 
     async def _begin_snapshot_round(self) -> None:
         """Start writing the states changed since the last round (``SnapshotRounds`` writes them in chunks)."""
-        await self._end_transactions()  # every event decided so far is committed, up to ``events_end``
+        await self._end_transactions()  # every event decided so far is committed: the last sends know their offsets
+        for partition, fut in self._last_event_send.items():
+            self.events_end[partition] = max(self.events_end.get(partition, 0), fut.result().offset + 1)
+        self._last_event_send.clear()
         self.snapshots.begin(self.recovered_partitions, self.events_end)
 
     def _state_of(self, partition: int, key: str) -> RunState | SlotState | StackState | Quarantine | None:

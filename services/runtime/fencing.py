@@ -28,7 +28,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.partitioner import murmur2
 
 from tickflow.events.connection import KafkaTarget
 from tickflow.runtime.kafka import new_producer
@@ -58,13 +57,7 @@ class Fenced(TransactionFailed):
 
 
 class PartitionWriter:
-    """The transactional producer of one owned input partition; a transaction opens at the first send.
-
-    Records are gathered into one batch per topic partition (aiokafka's batch API) and handed to the producer at
-    ``flush`` (and at ``commit``): one future per batch instead of one per record, no metadata lookup per record —
-    sending record by record was a third of a busy engine's time. A keyed record without a partition goes where
-    Kafka's default partitioner puts it (murmur2 of the key), as every other producer of the topic does.
-    """
+    """The transactional producer of one owned input partition; a transaction opens at the first send."""
 
     def __init__(
         self, kafka: KafkaTarget, transactional_id: str, partition: int, timeout_ms: int = TRANSACTION_TIMEOUT_MS
@@ -76,13 +69,6 @@ class PartitionWriter:
         )
         self._open = False
         self._sends: list[asyncio.Future[Any]] = []
-        #: Batches being filled, by (topic, partition), with their record counts.
-        self._filling: dict[tuple[str, int], tuple[Any, int]] = {}
-        #: Batches handed to the producer in the open transaction: (topic, partition), future, records.
-        self._submitted: list[tuple[tuple[str, int], asyncio.Future[Any], int]] = []
-        #: Per (topic, partition): the offset after the last record of this writer's committed transactions.
-        self.committed_end: dict[tuple[str, int], int] = {}
-        self._partitions: dict[str, int] = {}  # partition count by topic, for keyed records
         self.transactions = 0  # committed so far
 
     async def start(self) -> None:
@@ -94,58 +80,28 @@ class PartitionWriter:
     def open(self) -> bool:
         return self._open
 
-    async def send(self, topic: str, value: bytes | None, key: bytes, partition: int | None = None) -> None:
-        """Add a record to the open transaction (opening one if needed); it is sent at the next ``flush``.
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """Add a record to the open transaction (opening one if needed); the future resolves when the broker has it.
 
-        A send that fails at once (a record the client refuses, a topic it cannot learn) does not raise here: the
-        failure is kept, so the transaction is aborted at ``commit`` and the partition rebuilt, instead of an
-        exception leaving the partition with a transaction open and nobody to end it.
+        A send that fails at once (a full buffer, a record the client refuses) does not raise here: the failure is
+        kept as the record's future, so the transaction is aborted at ``commit`` and the partition rebuilt, instead of
+        an exception leaving the partition with a transaction open and nobody to end it.
         """
         if not self._open:
             await self._producer.begin_transaction()
             self._open = True
         try:
-            tp = (topic, partition if partition is not None else await self._partition_of(topic, key))
-            batch, count = self._filling.get(tp) or (self._producer.create_batch(), 0)
-            if batch.append(timestamp=None, key=key, value=value) is None:  # full: send it, start the next one
-                self._filling[tp] = (batch, count)
-                await self._submit(tp)
-                batch, count = self._producer.create_batch(), 0
-                batch.append(timestamp=None, key=key, value=value)  # a batch's first record always fits
-            self._filling[tp] = (batch, count + 1)
+            fut: asyncio.Future[Any] = await self._producer.send(topic, value, key=key, partition=partition)
         except (KafkaError, OSError, RuntimeError, ValueError, TypeError) as exc:
-            self._failed(exc)
-
-    async def flush(self) -> None:
-        """Hand every batch being filled to the producer (its sender sends them while the caller goes on)."""
-        for tp in list(self._filling):
-            try:
-                await self._submit(tp)
-            except (KafkaError, OSError, RuntimeError, ValueError, TypeError) as exc:
-                self._failed(exc)
-
-    async def _submit(self, tp: tuple[str, int]) -> None:
-        batch, count = self._filling.pop(tp)
-        fut: asyncio.Future[Any] = await self._producer.send_batch(batch, tp[0], partition=tp[1])
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
         self._sends.append(fut)
-        self._submitted.append((tp, fut, count))
-
-    def _failed(self, exc: BaseException) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_exception(exc)
-        self._sends.append(fut)
-
-    async def _partition_of(self, topic: str, key: bytes) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            known = await self._producer.client._wait_on_metadata(topic)  # the producer's own lookup, once a topic
-            count = self._partitions[topic] = len(known)
-        return int((murmur2(key) & 0x7FFFFFFF) % count)
+        return fut
 
     async def acknowledged(self) -> None:
-        """Send what is gathered and wait until the broker has every record of the open transaction (committed or
-        not); raises nothing."""
-        await self.flush()
+        """Wait until the broker has every record of the open transaction (committed or not); raises nothing."""
         await asyncio.gather(*self._sends, return_exceptions=True)
 
     async def commit(self, last_record: tuple[str, bytes, bytes, int] | None = None) -> None:
@@ -166,7 +122,6 @@ class PartitionWriter:
         try:
             if last_record is not None:
                 await self.send(*last_record)
-            await self.flush()
             results = await asyncio.gather(*self._sends, return_exceptions=True)
             failed = next((r for r in results if isinstance(r, BaseException)), None)
             if failed is not None:
@@ -174,15 +129,10 @@ class PartitionWriter:
             await self._producer.commit_transaction()
         except (KafkaError, OSError, RuntimeError, ValueError, TypeError) as exc:
             await self._abort_quietly()
-            self._end()
+            self._sends, self._open = [], False
             raise (Fenced if isinstance(exc, ProducerFenced) else TransactionFailed)(self.partition, exc) from exc
-        for tp, fut, count in self._submitted:  # a batch's metadata carries its first record's offset
-            self.committed_end[tp] = max(self.committed_end.get(tp, 0), fut.result().offset + count)
-        self._end()
+        self._sends, self._open = [], False
         self.transactions += 1
-
-    def _end(self) -> None:
-        self._sends, self._submitted, self._filling, self._open = [], [], {}, False
 
     async def _abort_quietly(self) -> None:
         try:

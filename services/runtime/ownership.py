@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -70,6 +71,7 @@ class PartitionOwnership:
     gone: dict[int, dict[str, int]]
     quarantined: dict[int, dict[str, Quarantine]]
     events_end: dict[int, int]
+    _last_event_send: dict[int, asyncio.Future[Any]]
     recovered_from: dict[int, int | None]
     recovered_partitions: set[int]
     parked: dict[int, str]
@@ -166,6 +168,7 @@ class PartitionOwnership:
         self.quarantined.pop(partition, None)
         self.snapshots.drop(partition)
         self.events_end.pop(partition, None)
+        self._last_event_send.pop(partition, None)
         self.recovered_partitions.discard(partition)
         return self.writers.pop(partition, None)
 

@@ -14,10 +14,11 @@ is not in a snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from tickflow.runtime.claimcheck import BlobStore
 from tickflow.runtime.snapshots import CHECKPOINT_KEY, Snapshot, encode_checkpoint, snapshot_record
@@ -31,7 +32,9 @@ StateOf = Callable[[int, str], Snapshot | None]
 class StateWriter(Protocol):
     """What a round needs of a partition's transactional writer (``runtime.fencing.PartitionWriter``)."""
 
-    async def send(self, topic: str, value: bytes | None, key: bytes, partition: int | None = None) -> None: ...
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes, partition: int | None = None
+    ) -> asyncio.Future[Any]: ...
 
 
 class SnapshotRounds:

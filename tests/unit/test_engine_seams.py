@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -82,17 +81,6 @@ class FakeConsumer:
         self.stopped = True
 
 
-class _Batch:
-    """aiokafka's BatchBuilder, as far as ``PartitionWriter`` uses it."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[bytes, bytes | None]] = []
-
-    def append(self, *, timestamp: int | None, key: bytes, value: bytes | None) -> object:
-        self.records.append((key, value))
-        return object()
-
-
 class SlowProducer:
     """A transactional producer whose commit waits until the test settles it (commits, or fails)."""
 
@@ -105,22 +93,11 @@ class SlowProducer:
     async def begin_transaction(self) -> None:
         return None
 
-    def create_batch(self) -> Any:
-        return _Batch()
-
-    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> Any:
-        first = len(self.sent)
-        self.sent += [(topic, value, key) for key, value in batch.records]
+    async def send(self, topic: str, value: bytes | None, key: bytes, partition: int | None = None) -> Any:
+        self.sent.append((topic, value, key))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result(SimpleNamespace(offset=first))
+        fut.set_result(None)
         return fut
-
-    @property
-    def client(self) -> Any:
-        async def partitions(topic: str) -> set[int]:
-            return {0}
-
-        return SimpleNamespace(_wait_on_metadata=partitions)
 
     async def commit_transaction(self) -> None:
         self.committing.set()
@@ -247,18 +224,17 @@ async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(
 
 
 async def test_a_send_that_raises_at_once_aborts_its_transaction_instead_of_sticking(tmp_path: Path) -> None:
-    """A batch the client refuses at once (a full buffer): before, the exception left the partition's transaction
-    open with nobody to end it; now it is kept as a failed send, the commit aborts, and the partition is rebuilt."""
+    """A send the client refuses at once (a full buffer): before, the exception left the partition's transaction
+    open with nobody to end it; now it is kept as a failed record, the commit aborts, and the partition is rebuilt."""
 
     class Refusing(SlowProducer):
-        async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> Any:
+        async def send(self, topic: str, value: bytes | None, key: bytes, partition: int | None = None) -> Any:
             raise KafkaTimeoutError()
 
     producer = Refusing()
     writer = _writer(Settings(state_dir=tmp_path, prefix="t"), producer)
-    await writer.send("t.events", b"x", b"k", 0)
-    await writer.flush()  # refused here: kept, not raised
-    assert writer.open
+    fut = await writer.send("t.events", b"x", b"k", 0)
+    assert fut.done() and isinstance(fut.exception(), KafkaTimeoutError)
     with pytest.raises(fencing.TransactionFailed):
         await writer.commit()
     assert producer.aborted == 1 and not writer.open and not producer.committing.is_set()

@@ -72,7 +72,6 @@ class FailingWriter:
 
     def __init__(self, partition: int, failure: TransactionFailed | None) -> None:
         self.partition, self.failure, self.open, self.stopped = partition, failure, True, False
-        self.committed_end: dict[tuple[str, int], int] = {}
 
     async def commit(self, last_record: object = None) -> None:
         self.open = False
