@@ -87,6 +87,7 @@ def role_env(settings: Settings) -> dict[str, str]:
         "TICKFLOW_WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "TICKFLOW_SNAPSHOT_INTERVAL_S": str(settings.snapshot_interval_s),
         "PYTHONPATH": str(REPO_ROOT),
+        **({"TICKFLOW_METRICS_PORT": str(settings.metrics_port)} if settings.metrics_port is not None else {}),
     }
 
 
