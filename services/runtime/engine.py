@@ -112,6 +112,9 @@ STOP_TIMEOUT_S = 30.0
 #: The share of the transaction timeout one turn may spend deciding its batch; the rest waits for the next turn.
 TURN_SHARE = 0.25
 
+#: How often a turn deciding steps handed back in memory looks for new inputs on Kafka meanwhile.
+EAGER_POLL_S = 0.002
+
 #: Records handled between two looks at the timers within one batch (ticks and sleeps fire on time under load).
 TIMER_CHECK_EVERY = 200
 
@@ -357,15 +360,19 @@ class Engine(PartitionOwnership):
         """
         s = self.settings
         until = min(turn_ends, time.monotonic() + s.eager_turn_ms / 1000)
+        polled = time.monotonic()
         while True:
             for returned in eager.take():
                 await self._returned(returned)
-            if time.monotonic() >= until:
+            now = time.monotonic()
+            if now >= until:
                 return
-            batch = await self.consumer.getmany(timeout_ms=0, max_records=2_000)
-            if batch:
-                await self._handle_batch(batch, until)
-                continue
+            if now - polled >= EAGER_POLL_S or not eager.in_flight:  # a poll costs more than deciding a step
+                polled = now
+                batch = await self.consumer.getmany(timeout_ms=0, max_records=2_000)
+                if batch:
+                    await self._handle_batch(batch, until)
+                    continue
             if not eager.in_flight or not await eager.wait(min(s.eager_linger_ms / 1000, until - time.monotonic())):
                 return
 

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 import tickflow.tracing as tracing
-from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.codec import MAX_JSON_DEPTH, MAX_RECORD_BYTES, InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import NonRetryableError, RetryableError
 from tickflow.events.redact import redact
@@ -251,12 +251,32 @@ class _Job:
 
 
 class _Outcome(NamedTuple):
-    """One run of an attempt: its result, as an envelope and as its record, and whether it journaled paid LLM calls
-    on the results topic."""
+    """One run of an attempt: its result, as an envelope and as its record (None: not encoded yet, and sure to
+    encode), and whether it journaled paid LLM calls on the results topic."""
 
     result: Envelope
-    record: bytes
+    record: bytes | None
     journaled: bool
+
+    def encoded(self) -> bytes:
+        return self.record if self.record is not None else encode(self.result)
+
+
+#: Below these, a success's record cannot pass the codec's limits, so one handed back in memory is not encoded.
+_SURE_BYTES = MAX_RECORD_BYTES // 4
+_SURE_DEPTH = MAX_JSON_DEPTH - 8
+
+
+def _surely_fits(output: bytes, logs: str, llm: Sequence[Any], messages: Sequence[Any]) -> bool:
+    """Whether a success's record is certain to encode (``encode`` refuses only size, depth and 64-bit overflow;
+    ``output`` is already JSON, so its integers fit), without encoding it: an eager result that stays in memory
+    saves the encode. A success with LLM calls or memory messages, or a big output or log, is encoded as before."""
+    return (
+        not llm
+        and not messages
+        and len(output) + len(logs) < _SURE_BYTES
+        and output.count(b"{") + output.count(b"[") < _SURE_DEPTH
+    )
 
 
 class StepWorker:
@@ -611,7 +631,7 @@ class StepWorker:
             if job.task.idempotency_key in self.scheduler.cancelled:
                 log.info("cancelled %s as it finished; no result is reported", job.task.idempotency_key)
             else:
-                result = outcome.record
+                result = outcome.encoded()
                 self.pending.add(await self.producer.send(self.topics.results, result, key=record.key))
                 self.produced.add(job.task.idempotency_key, result)
                 self.executed += 1
@@ -646,7 +666,7 @@ class StepWorker:
         in_memory = isinstance(outcome.result.payload, StepSucceeded) and not outcome.journaled
         if not in_memory or self._accepted.get(key):
             try:
-                result = outcome.record
+                result = outcome.encoded()
                 self.pending.add(await self.producer.send(self.topics.results, result, key=job.env.key.encode()))
                 self.produced.add(key, result)
             except Exception:  # the broker is away: its task goes to the topic later, and the attempt runs again
@@ -704,9 +724,10 @@ class StepWorker:
                 output = orjson.loads(raw)
             ms = (time.perf_counter() - started) * 1000
             _observe_step(task, "succeeded", ms, [*ctx.report.llm_attempts, *journal.paid])
-            succeeded = self._wrap(
-                env, StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=redact(logs.getvalue()))
-            )
+            text = redact(logs.getvalue())
+            succeeded = self._wrap(env, StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=text))
+            if _surely_fits(raw, text, ctx.report.llm_attempts, ctx.report.messages):
+                return _Outcome(succeeded, None, bool(journal.paid))  # encoded only if it goes to the topic
             return _Outcome(succeeded, encode(succeeded), bool(journal.paid))  # a record too big fails the step
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
