@@ -280,6 +280,19 @@ def test_a_check_report_is_ok_only_when_every_run_is_identical() -> None:
 # --- the property -------------------------------------------------------------------------------------------
 
 
+def driven(total: int, outcomes: list[bool], gaps: list[int]) -> Recorder:
+    """A run fed the given step outcomes (results, or the next timer when no task is pending) at the given gaps."""
+    rec = Recorder(DEPLOYED).start({"total": total})
+    for ok, gap in zip(outcomes, gaps, strict=False):
+        if rec.state.terminal:
+            break
+        if rec.tasks:
+            rec.result(ok, gap)
+        else:
+            rec.timer()
+    return rec
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     total=st.integers(min_value=0, max_value=300),
@@ -289,14 +302,7 @@ def test_a_check_report_is_ok_only_when_every_run_is_identical() -> None:
 def test_a_run_diffed_against_its_own_code_is_always_identical(
     total: int, outcomes: list[bool], gaps: list[int]
 ) -> None:
-    rec = Recorder(DEPLOYED).start({"total": total})
-    for ok, gap in zip(outcomes, gaps, strict=False):
-        if rec.state.terminal:
-            break
-        if rec.tasks:
-            rec.result(ok, gap)
-        else:
-            rec.timer()
+    rec = driven(total, outcomes, gaps)
     for mode in ("pinned", "registry"):
         report = diff_run("r1", rec.log, rec.inputs, DEPLOYED, spec=mode)  # type: ignore[arg-type]
         assert report.identical, report.verdict()
@@ -373,14 +379,7 @@ def test_a_fork_is_re_driven_from_its_copied_history() -> None:
 def test_successes_rebuilt_from_the_events_re_drive_the_run_identically(
     total: int, outcomes: list[bool], gaps: list[int]
 ) -> None:
-    rec = Recorder(DEPLOYED).start({"total": total})
-    for ok, gap in zip(outcomes, gaps, strict=False):
-        if rec.state.terminal:
-            break
-        if rec.tasks:
-            rec.result(ok, gap)
-        else:
-            rec.timer()
+    rec = driven(total, outcomes, gaps)
     rebuilt = rebuilt_results(rec.log)
     applied = {e.causation_id for e in rec.log if e.type == "StepCompleted"}
     assert set(rebuilt) == applied  # every success the run applied, and nothing else
