@@ -70,7 +70,7 @@ from tickflow.events.schemas import (
     RunStep,
     StartRun,
 )
-from tickflow.events.topics import is_run_id
+from tickflow.events.topics import DEFAULT_POOL, is_run_id
 from tickflow.metrics import DECISION_SECONDS, observe_ticks
 from tickflow.runtime import engine_status
 from tickflow.runtime.blobstores import open_blob_store
@@ -717,13 +717,12 @@ class Engine(PartitionOwnership):
         if self.eager is not None:
             first = len(decision.events)
             for i, out in enumerate(outs):
-                pool = out.pool or "default"
-                if out.topic == "tasks" and self.eager.serves(pool):
+                if out.topic == "tasks" and self.eager.serves(pool := _pool_of(out)):
                     local[first + i] = (pool, self._traced(out.envelope))
         return records, local
 
     def _topic_of(self, out: Outbound) -> str:
-        return self.topics.tasks(out.pool or "default") if out.topic == "tasks" else self.topics.commands
+        return self.topics.tasks(_pool_of(out)) if out.topic == "tasks" else self.topics.commands
 
     def _encoded(self, events: list[Envelope], messages: list[tuple[str, Envelope]]) -> list[Record]:
         """Every record of a decision as (topic, value, key), or InvalidRecord if any of them cannot be written."""
@@ -832,6 +831,10 @@ class Engine(PartitionOwnership):
 
 
 
+
+
+def _pool_of(out: Outbound) -> str:
+    return out.pool or DEFAULT_POOL
 
 
 def _causation(input: Input) -> str | None:

@@ -442,7 +442,8 @@ class StepWorker:
         left = [t for t in self._inflight if not t.done()]
         for t in left:
             t.cancel()
-        await asyncio.wait(left, timeout=1.0) if left else None
+        if left:
+            await asyncio.wait(left, timeout=1.0)
         self._sync_steps.shutdown(wait=False, cancel_futures=True)  # a stuck sync body is left to finish alone
         try:
             await self._commit()
@@ -631,9 +632,7 @@ class StepWorker:
             if job.task.idempotency_key in self.scheduler.cancelled:
                 log.info("cancelled %s as it finished; no result is reported", job.task.idempotency_key)
             else:
-                result = outcome.encoded()
-                self.pending.add(await self.producer.send(self.topics.results, result, key=record.key))
-                self.produced.add(job.task.idempotency_key, result)
+                await self._report(job.task.idempotency_key, outcome, record.key)
                 self.executed += 1
             # Only now may the commit pass this offset; if sending raised, it stays uncommitted and the task
             # is redelivered after a restart.
@@ -644,12 +643,12 @@ class StepWorker:
     async def _execute_eager(self, job: _Job, reply: Reply) -> None:
         """Run an attempt handed over in memory and give its result back the same way.
 
-        Only a success comes back in memory: its events record it whole (``core.recorded_results`` rebuilds it from
-        them for a divergence diff). A failure goes to the results topic (whether it is retried depends on what the
-        event does not keep: ``retryable``, ``retry_after_ms``), as does a result whose attempt journaled paid LLM
-        calls (the engine reads their checkpoints from that topic: the result must come after them, or the run could
-        end before a call's cost is logged). A result whose task also came from the topic meanwhile goes both ways
-        (an engine elsewhere may wait for it).
+        Only a success comes back in memory: its events record it whole (``core.divergence.rebuilt_results``
+        rebuilds it from them for a divergence diff). A failure goes to the results topic (whether it is retried
+        depends on what the event does not keep: ``retryable``, ``retry_after_ms``), as does a result whose attempt
+        journaled paid LLM calls (the engine reads their checkpoints from that topic: the result must come after
+        them, or the run could end before a call's cost is logged). A result whose task also came from the topic
+        meanwhile goes both ways (an engine elsewhere may wait for it).
         """
         key = job.task.idempotency_key
         try:
@@ -666,14 +665,18 @@ class StepWorker:
         in_memory = isinstance(outcome.result.payload, StepSucceeded) and not outcome.journaled
         if not in_memory or self._accepted.get(key):
             try:
-                result = outcome.encoded()
-                self.pending.add(await self.producer.send(self.topics.results, result, key=job.env.key.encode()))
-                self.produced.add(key, result)
+                await self._report(key, outcome, job.env.key.encode())
             except Exception:  # the broker is away: its task goes to the topic later, and the attempt runs again
                 log.exception("could not report eager attempt %s to the topic", key)
                 reply(None, True)
                 return
         reply(outcome.result if in_memory else None, False)
+
+    async def _report(self, key: str, outcome: _Outcome, record_key: bytes | None) -> None:
+        """Send an attempt's result to the results topic, kept to answer a redelivery of its task."""
+        result = outcome.encoded()
+        self.pending.add(await self.producer.send(self.topics.results, result, key=record_key))
+        self.produced.add(key, result)
 
     async def _run(self, env: Envelope, task: RunStep) -> _Outcome:
         """``_attempt`` in a span of the run's trace (a child of the decision that sent the task), when tracing is
