@@ -18,6 +18,10 @@ engine offers a ``RunStep`` to the local worker of its pool first:
   has its eager attempts stopped: its next owner re-sends them.
 * A result that paid for LLM calls goes through the results topic instead (after its journal's checkpoints, which
   the engine reads there), so a call's cost is never logged after its run ended.
+* A journal checkpoint is the one record an eager body writes before its result: it waits for the commit of the
+  turn that scheduled the step (``scheduled``). Written earlier, a crash could abort that turn while the checkpoint
+  stayed: the rebuilt run would not know the step (so the engine would drop the checkpoint), and the step's re-run
+  would take the journaled answer without paying (so its cost would never be logged).
 
 Off with ``TICKFLOW_EAGER_DISPATCH=false``.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
 from tickflow.events.envelope import Envelope
@@ -40,7 +44,10 @@ class LocalWorker(Protocol):
 
     pool: str
 
-    def run_eager(self, task: Envelope, owner: int, reply: Callable[[Envelope | None, bool], None]) -> bool: ...
+    def run_eager(
+        self, task: Envelope, owner: int, reply: Callable[[Envelope | None, bool], None],
+        scheduled: asyncio.Future[None],
+    ) -> bool: ...
 
     def cancel(self, key: str) -> None: ...
 
@@ -63,6 +70,9 @@ class EagerDispatch:
         self._workers: dict[str, LocalWorker] = {}
         self._returned: deque[Returned] = deque()
         self._arrived = asyncio.Event()
+        #: Per engine partition, done when the open transaction (the one that scheduled its new eager attempts)
+        #: commits.
+        self._scheduled: dict[int, asyncio.Future[None]] = {}
         #: Eager attempts handed over and not yet returned.
         self.in_flight = 0
         self.dispatched = 0
@@ -94,7 +104,10 @@ class EagerDispatch:
             self._returned.append(Returned(partition, pool, task, result))
             self._arrived.set()
 
-        if not worker.run_eager(task, partition, reply):
+        scheduled = self._scheduled.get(partition)
+        if scheduled is None:
+            scheduled = self._scheduled[partition] = asyncio.get_running_loop().create_future()
+        if not worker.run_eager(task, partition, reply, scheduled):
             self.declined += 1
             return False
         self.in_flight += 1
@@ -108,8 +121,17 @@ class EagerDispatch:
         if worker is not None:
             worker.cancel(key)
 
+    def committed(self, partitions: Iterable[int]) -> None:
+        """The open transactions of ``partitions`` committed: the steps they scheduled are in the log."""
+        for partition in partitions:
+            scheduled = self._scheduled.pop(partition, None)
+            if scheduled is not None and not scheduled.done():
+                scheduled.set_result(None)
+
     def drop(self, partition: int) -> None:
-        """The engine no longer serves ``partition``: its eager attempts stop, unreported."""
+        """The engine no longer serves ``partition``: its eager attempts stop, unreported (and never learn that
+        their scheduling committed: the partition's next owner schedules them again)."""
+        self._scheduled.pop(partition, None)
         for worker in list(self._workers.values()):
             worker.drop_eager(partition)
 

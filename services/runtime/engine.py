@@ -468,6 +468,8 @@ class Engine(PartitionOwnership):
                 raise result
         for partition in parts:
             self.offsets.committed(partition)
+        if self.eager is not None:
+            self.eager.committed(parts)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         # Commits never outrun durable state: the transactions of every event/task these offsets caused commit first.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import heapq
 import itertools
 import logging
@@ -245,9 +246,11 @@ class _Job:
     #: Where the task was read from; None for a task handed over in memory by this process's engine (``run_eager``).
     tp: TopicPartition | None = None
     record: ConsumerRecord[bytes, bytes] | None = None
-    #: An eager job's way back to the engine, and the engine partition it was dispatched for.
+    #: An eager job's way back to the engine, the engine partition it was dispatched for, and the commit of the
+    #: engine's transaction that scheduled it (its journal's checkpoints wait for it: ``runtime/eager.py``).
     reply: Reply | None = None
     owner: int = -1
+    scheduled: asyncio.Future[None] | None = None
 
 
 class _Outcome(NamedTuple):
@@ -526,7 +529,7 @@ class StepWorker:
         for running in self._running.get(key, ()):
             running.cancel()
 
-    def run_eager(self, task: Envelope, owner: int, reply: Reply) -> bool:
+    def run_eager(self, task: Envelope, owner: int, reply: Reply, scheduled: asyncio.Future[None]) -> bool:
         """Queue (and maybe start) a task handed over in memory by this process's engine (eager local dispatch).
 
         False, and nothing happens, when the local queue is full (as full as fetching from the topic may make it),
@@ -543,7 +546,8 @@ class StepWorker:
             return False
         self._accepted[key] = []
         self.eager_runs += 1
-        self.scheduler.offer(_Job(task, payload, reply=reply, owner=owner), key=key, priority=payload.priority)
+        job = _Job(task, payload, reply=reply, owner=owner, scheduled=scheduled)
+        self.scheduler.offer(job, key=key, priority=payload.priority)
         return True
 
     def drop_eager(self, owner: int) -> None:
@@ -652,7 +656,7 @@ class StepWorker:
         """
         key = job.task.idempotency_key
         try:
-            outcome = await self._run(job.env, job.task)
+            outcome = await self._run(job.env, job.task, job.scheduled)
         except Exception:  # a bug here must not leave the run waiting for a reply that never comes
             log.exception("eager attempt %s failed to run; its task goes to the topic instead", key)
             reply(None, True)
@@ -678,18 +682,19 @@ class StepWorker:
         self.pending.add(await self.producer.send(self.topics.results, result, key=record_key))
         self.produced.add(key, result)
 
-    async def _run(self, env: Envelope, task: RunStep) -> _Outcome:
+    async def _run(self, env: Envelope, task: RunStep, scheduled: asyncio.Future[None] | None = None) -> _Outcome:
         """``_attempt`` in a span of the run's trace (a child of the decision that sent the task), when tracing is
         on; the result it reports carries that span, so the engine's next decision continues the trace."""
         if not tracing.enabled():
-            return await self._attempt(env, task)
+            return await self._attempt(env, task, scheduled)
         name = f"step {task.step}"
         attrs = {"tickflow__run_id": env.key, "tickflow__step": task.path, "tickflow__attempt": task.attempt}
         with tracing.span(name, env.trace_parent, **attrs):
-            return await self._attempt(env, task)
+            return await self._attempt(env, task, scheduled)
 
-    async def _attempt(self, env: Envelope, task: RunStep) -> _Outcome:
-        journal = StepJournal(self.produced.calls, self._send_durably, env)
+    async def _attempt(self, env: Envelope, task: RunStep, scheduled: asyncio.Future[None] | None) -> _Outcome:
+        send = self._send_durably if scheduled is None else functools.partial(self._send_durably, after=scheduled)
+        journal = StepJournal(self.produced.calls, send, env)
         ctx = StepContext(
             run_id=env.key,
             workflow=task.workflow,
@@ -757,8 +762,14 @@ class StepWorker:
             result = self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""}))
             return _Outcome(result, encode(result), bool(journal.paid))
 
-    async def _send_durably(self, key: bytes, raw: bytes) -> None:
-        """Send a paid call's checkpoint and wait until the broker has it (acks=all): only then may the step go on."""
+    async def _send_durably(self, key: bytes, raw: bytes, after: asyncio.Future[None] | None = None) -> None:
+        """Send a paid call's checkpoint and wait until the broker has it (acks=all): only then may the step go on.
+
+        An eager attempt's checkpoint is sent only ``after`` the engine's transaction that scheduled the attempt
+        committed (see ``runtime/eager.py``): the engine drops a checkpoint of a step its log does not know.
+        """
+        if after is not None:
+            await asyncio.shield(after)
         await (await self.producer.send(self.topics.results, raw, key=key))
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -18,13 +19,15 @@ class FakeWorker:
         self.pool = pool
         self.slots = slots
         self.replies: dict[str, tuple[int, Reply]] = {}
+        self.scheduled: dict[str, asyncio.Future[None]] = {}
         self.cancelled: list[str] = []
 
-    def run_eager(self, task: Envelope, owner: int, reply: Reply) -> bool:
+    def run_eager(self, task: Envelope, owner: int, reply: Reply, scheduled: asyncio.Future[None]) -> bool:
         assert isinstance(task.payload, RunStep)
         if len(self.replies) >= self.slots:
             return False
         self.replies[task.payload.idempotency_key] = (owner, reply)
+        self.scheduled[task.payload.idempotency_key] = scheduled
         return True
 
     def cancel(self, key: str) -> None:
@@ -53,7 +56,7 @@ def result(of: Envelope) -> Envelope:
     return Envelope.wrap(done, id=f"{of.id}/result", key=of.key, occurred_at_ms=2)
 
 
-def test_no_local_worker_of_the_pool_declines() -> None:
+async def test_no_local_worker_of_the_pool_declines() -> None:
     eager = EagerDispatch()
     eager.attach(FakeWorker("other"))
     assert not eager.serves("default")
@@ -88,7 +91,7 @@ async def test_a_lost_attempt_comes_back_as_its_task_and_a_quiet_end_not_at_all(
     assert (eager.in_flight, eager.lost) == (0, 1)
 
 
-def test_dropping_a_partition_stops_its_attempts_only() -> None:
+async def test_dropping_a_partition_stops_its_attempts_only() -> None:
     eager, worker = EagerDispatch(), FakeWorker(slots=3)
     eager.attach(worker)
     eager.offer(0, "default", task("r1"))
@@ -98,7 +101,7 @@ def test_dropping_a_partition_stops_its_attempts_only() -> None:
     assert eager.in_flight == 1 and eager.take() == []
 
 
-def test_a_restarted_worker_replaces_the_old_one() -> None:
+async def test_a_restarted_worker_replaces_the_old_one() -> None:
     eager, old, new = EagerDispatch(), FakeWorker(), FakeWorker()
     eager.attach(old)
     eager.attach(new)
@@ -107,6 +110,24 @@ def test_a_restarted_worker_replaces_the_old_one() -> None:
     assert "r1/s1/1" in new.replies
     eager.cancel("default", "r1/s1/1")
     assert new.cancelled == ["r1/s1/1"]
+
+
+async def test_an_attempt_learns_when_the_transaction_that_scheduled_it_commits() -> None:
+    """Its journal's checkpoints wait for that commit; a turn's attempts share it, the next turn's get a new one,
+    and a dropped partition's never commits (its next owner schedules the attempts again)."""
+    eager, worker = EagerDispatch(), FakeWorker(slots=5)
+    eager.attach(worker)
+    for run, partition in [("r1", 0), ("r2", 0), ("r3", 1)]:
+        eager.offer(partition, "default", task(run))
+    first, same, other = (worker.scheduled[f"{r}/s1/1"] for r in ("r1", "r2", "r3"))
+    assert first is same and first is not other and not first.done()
+    eager.committed({0})
+    assert first.done() and not other.done()
+    eager.offer(0, "default", task("r4"))
+    assert not worker.scheduled["r4/s1/1"].done()  # the next turn's transaction
+    eager.drop(1)
+    eager.committed({0, 1})
+    assert worker.scheduled["r4/s1/1"].done() and not other.done()
 
 
 @pytest.mark.parametrize("pool", ["default", "gpu"])

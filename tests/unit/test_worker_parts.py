@@ -20,10 +20,19 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
+from tickflow.agents import paid_once
+from tickflow.events.agents import LlmCallCheckpoint
 from tickflow.events.codec import decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import NonRetryableError, RetryableError
-from tickflow.events.schemas import CancelStep, RunStep, SetPoolConcurrency, StepErrored, StepSucceeded
+from tickflow.events.schemas import (
+    CancelStep,
+    LlmAttemptFields,
+    RunStep,
+    SetPoolConcurrency,
+    StepErrored,
+    StepSucceeded,
+)
 from tickflow.runtime import step_logs
 from tickflow.runtime.kafka import DeadLetters
 from tickflow.runtime.tokens import TokenPublisher
@@ -637,3 +646,33 @@ async def test_a_step_whose_partition_went_to_another_worker_stops_here(worker: 
     await _until(lambda: not worker._inflight)
     assert _results(worker) == [] and not worker.scheduler.stopped and not worker._handed_over
     assert worker.scheduler.running == 0
+
+
+async def test_an_eager_attempt_journals_a_paid_call_only_once_its_scheduling_committed(worker: StepWorker) -> None:
+    """The engine drops a checkpoint of a step its log does not know: written before the turn that scheduled the
+    step committed, a crash could leave the checkpoint without the step, and the step's re-run would take the
+    journaled answer without its cost ever being logged (seen in CI: one ``LlmCallAttempted`` of two)."""
+    asked = asyncio.Event()
+    attempt = LlmAttemptFields(call=1, attempt=1, provider="local", model="m", tokens_in=1, tokens_out=1,
+                               cost_usd=0.1, outcome="ok")
+
+    async def provider() -> dict[str, Any]:
+        asked.set()
+        return {"text": "hi"}
+
+    async def turn(x: Any) -> Any:
+        return await paid_once(current_step(), provider, save=lambda v: v, load=lambda v: v, ledger=lambda _: [attempt])
+
+    worker.registry.functions["turn"] = turn
+    scheduled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    replies: list[tuple[Envelope | None, bool]] = []
+    task = decode(_run_step("run-1/turn/1", "turn"), expect="task")
+    assert worker.run_eager(task, 0, lambda result, lost: replies.append((result, lost)), scheduled)
+    await asyncio.wait_for(asked.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert _results(worker) == [] and not replies  # the answer waits in the body, unjournaled
+    scheduled.set_result(None)
+    await _until(lambda: replies)
+    checkpoint, result = _results(worker)
+    assert isinstance(checkpoint.payload, LlmCallCheckpoint) and isinstance(result.payload, StepSucceeded)
+    assert replies == [(None, False)]  # it journaled a paid call: its result went to the topic, after the checkpoint
