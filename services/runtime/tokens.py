@@ -14,6 +14,7 @@ after the offset a client last got) and keeps the run's records; the offsets are
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -65,6 +66,9 @@ class TokenPublisher:
         self.sent = self.dropped = self.failed = 0
         self._producer = producer
         self._queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(max_queued)
+        #: Deliveries not yet counted, oldest first. Swept, not called back: a callback per record costs the event
+        #: loop a scheduled handle each, at thousands of chunks a second.
+        self._deliveries: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,6 +81,7 @@ class TokenPublisher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._count_delivered()
 
     def listener(self, task_env: Envelope, task: RunStep) -> StepTokens:
         """The listener of one step attempt (``tickflow.llm.listening`` makes the router hear it)."""
@@ -89,6 +94,7 @@ class TokenPublisher:
             self.dropped += 1
 
     def metric_values(self) -> Iterator[tuple[str, str, str, dict[str, str], float]]:
+        self._count_delivered()
         yield "counter", "tickflow_tokens_records_sent", "Token chunk records handed to Kafka.", {}, float(self.sent)
         yield "counter", "tickflow_tokens_records_dropped", "Token chunks dropped: the send queue was full.", {}, \
             float(self.dropped)
@@ -98,19 +104,24 @@ class TokenPublisher:
         while True:
             key, value = await self._queue.get()
             try:
-                delivery = await self._producer.send(self.topic, value, key=key)
-                delivery.add_done_callback(self._delivered)
+                self._deliveries.append(await self._producer.send(self.topic, value, key=key))
             except Exception as exc:  # best effort: a watcher misses a few words
                 self.failed += 1
                 log.warning("could not send a token chunk to %s: %r", self.topic, exc)
             finally:
                 self._queue.task_done()
+            self._count_delivered()
 
-    def _delivered(self, delivery: asyncio.Future[Any]) -> None:
-        if delivery.cancelled() or delivery.exception() is not None:
-            self.failed += 1
-        else:
-            self.sent += 1
+    def _count_delivered(self) -> None:
+        """Count the deliveries the broker answered for, in order (a partition's records are answered in order;
+        across partitions, one still waiting holds the count of later ones back a little)."""
+        deliveries = self._deliveries
+        while deliveries and deliveries[0].done():
+            delivery = deliveries.popleft()
+            if delivery.cancelled() or delivery.exception() is not None:
+                self.failed += 1
+            else:
+                self.sent += 1
 
 
 class StepTokens:

@@ -23,7 +23,7 @@ import tickflow.runtime.fencing as fencing
 import tickflow.runtime.ownership as ownership
 from tickflow.events import Envelope, StartRun, encode
 from tickflow.runtime.engine import Engine
-from tickflow.runtime.fencing import PartitionWriter
+from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
 from tickflow.runtime.kafka import DeadLetters
 from tickflow.runtime.recovery import Rebuilt
 from tickflow.runtime.snapshots import APPLIED_KEY
@@ -98,6 +98,9 @@ class SlowProducer:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
+
+    async def flush(self) -> None:
+        return None  # every record's future is settled at once
 
     async def commit_transaction(self) -> None:
         self.committing.set()
@@ -265,3 +268,25 @@ async def test_a_turn_stops_deciding_well_before_the_transaction_timeout(tmp_pat
     cut = consumer.seeks[COMMANDS]
     assert 1 <= cut <= 4, cut  # about 0.25 s of 0.1 s decisions
     assert engine.offsets.committable[COMMANDS] == cut  # what was decided is committed; the rest is read again
+
+
+class LosingProducer(SlowProducer):
+    """Loses the second record it is given: the broker refused it for good (aiokafka commits anyway)."""
+
+    async def send(self, topic: str, value: bytes | None, key: bytes, partition: int | None = None) -> Any:
+        fut = await super().send(topic, value, key, partition)
+        if len(self.sent) == 2:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(KafkaTimeoutError())
+        return fut
+
+
+async def test_a_transaction_with_a_lost_record_is_aborted_not_committed(tmp_path: Path) -> None:
+    producer = LosingProducer()
+    producer.outcome.set_result(None)
+    writer = _writer(Settings(state_dir=tmp_path), producer)
+    for i in range(3):
+        await writer.send("t.events", b"e%d" % i, b"run-1", 0)
+    with pytest.raises(TransactionFailed):
+        await writer.commit(("t.events", b"note", b"applied", 0))
+    assert producer.aborted == 1 and not producer.committing.is_set() and not writer.open

@@ -95,3 +95,35 @@ async def test_a_full_queue_drops_and_counts_and_a_long_task_id_still_fits() -> 
         listener.open(provider="local", model="m").close("ok", None)
     assert p.dropped == 2 and len(chunks := drain(p)) == 2
     assert all(len(c["id"]) <= MAX_ID_CHARS for c in chunks)
+
+
+class AnsweringLater:
+    """A producer whose deliveries the test settles: ok, refused, or not yet."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[asyncio.Future[Any]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        self.deliveries.append(asyncio.get_running_loop().create_future())
+        return self.deliveries[-1]
+
+
+async def test_the_sender_counts_deliveries_as_the_broker_answers() -> None:
+    producer = AnsweringLater()
+    p = TokenPublisher(cast(Any, producer), "t.tokens")
+    p.start()
+    for i in range(3):
+        p.put(b"run-1", b"chunk %d" % i)
+    await asyncio.wait_for(p._queue.join(), 1)
+    first, second, third = producer.deliveries
+    first.set_result(None)
+    second.set_exception(RuntimeError("refused"))
+
+    def counts() -> dict[str, float]:
+        return {name: value for _, name, _, _, value in p.metric_values()}
+
+    assert counts() == {"tickflow_tokens_records_sent": 1, "tickflow_tokens_records_dropped": 0,
+                        "tickflow_tokens_records_failed": 1}
+    third.set_result(None)
+    await p.stop()
+    assert (p.sent, p.failed) == (2, 1)
