@@ -146,8 +146,11 @@ class PartitionWriter:
             await asyncio.wait(pending)
         for fut in self._sends:
             if fut.cancelled():
-                return KafkaError(f"a record of partition {self.partition}'s transaction was cancelled")
-            if (exc := fut.exception()) is not None:
+                cancelled: BaseException = KafkaError(f"a record of partition {self.partition}'s transaction was "
+                                                      "cancelled")
+                return cancelled
+            exc: BaseException | None = fut.exception()
+            if exc is not None:
                 return exc
         return None
 

@@ -199,6 +199,7 @@ class Usage:
     proc: psutil.Process
     before_mib: float = 0.0
     samples: list[tuple[float, float]] = field(default_factory=list)  # (monotonic s, MiB)
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (monotonic s, CPU s so far)
     t0: float = 0.0  # the window's start (monotonic)
     cpu0: float = 0.0
     cpu_s: float = 0.0
@@ -210,7 +211,10 @@ class Usage:
         self.before_mib = self.samples[-1][1]
 
     def sample(self) -> None:
-        self.samples.append((time.monotonic(), float(self.proc.memory_info().rss) / 2**20))
+        now = time.monotonic()
+        self.samples.append((now, float(self.proc.memory_info().rss) / 2**20))
+        t = self.proc.cpu_times()
+        self.cpu_samples.append((now, t.user + t.system))
 
     def begin(self) -> None:
         t = self.proc.cpu_times()
@@ -222,11 +226,26 @@ class Usage:
         t = self.proc.cpu_times()
         self.cpu_s, self.wall_s = t.user + t.system - self.cpu0, time.monotonic() - self.t0
 
+    def _cpu_by_minute(self) -> list[list[float]]:
+        """CPU % over each minute of the window (from the samples nearest each minute's bounds): whether the cost
+        of a tick grows as the retention windows fill."""
+        window = [(t - self.t0, c) for t, c in self.cpu_samples if t >= self.t0 - 0.5]
+        out: list[list[float]] = []
+        minute = 0
+        while window and 60 * minute < window[-1][0] - 1:
+            lo = min(window, key=lambda s: abs(s[0] - 60 * minute))
+            hi = min(window, key=lambda s: abs(s[0] - 60 * (minute + 1)))
+            if hi[0] > lo[0]:
+                out.append([minute, round(100 * (hi[1] - lo[1]) / (hi[0] - lo[0]), 1)])
+            minute += 1
+        return out
+
     def report(self, stacks: int, ticks: int, flat_after_s: float | None) -> dict[str, Any]:
         series = [(round(t - self.t0, 1), m) for t, m in self.samples]
         return {
             "cpu_percent": round(100 * self.cpu_s / self.wall_s, 1) if self.wall_s else None,
             "cpu_ms_per_tick": round(1000 * self.cpu_s / ticks, 3) if ticks else None,
+            "cpu_percent_by_minute": self._cpu_by_minute(),
             **memory_figures([s for s in series if s[0] >= 0], self.before_mib, stacks, flat_after_s),
             "rss_mib_series": [[t, round(m, 1)] for t, m in series],  # seconds into the window (< 0: warm-up)
         }
@@ -612,7 +631,8 @@ def summary(results: list[dict[str, Any]]) -> str:
             f"({s['create_commands_per_s']}/s); all in the log after {s['last_stack_created_in_log_after_s']} s",
             f"    ticks: {w['ticks_per_s']}/s over {w['window_s']:.0f} s ({w['ticks_fired']:,} fired, "
             f"{w['ticks_skipped']:,} skipped; per-second {q(w['ticks_per_s_by_second'])})"
-            + (f"; per process {w['ticks_per_s_by_process']}" if w["ticks_per_s_by_process"] else ""),
+            + (f"; per process {w['ticks_per_s_by_process']}" if w["ticks_per_s_by_process"] else "")
+            + (f"; by minute {w['ticks_per_s_by_minute']}" if len(w["ticks_per_s_by_minute"]) > 1 else ""),
             f"    tick lag ms (fired - due): {q(w['tick_lag_ms'])}   (target p99 ≤ 1000, none skipped)",
             f"    tick → RunCompleted ms: {q(w['tick_to_run_completed_ms'])}   (target p99 ≤ 2000); failed "
             f"{w['runs_failed']}, unfinished at cutoff {w['runs_unfinished_at_cutoff']}",
@@ -636,6 +656,7 @@ def summary(results: list[dict[str, Any]]) -> str:
                 f"{u['growth_mib_per_min_last_third']} MiB/min over the last third, "
                 f"{u['growth_mib_per_min_after_retention_full']} after the retention windows filled "
                 f"(from {r['rss_flat_expected_after_window_s']} s); by minute {u['rss_mib_by_minute']}"
+                + (f"; CPU % by minute {u['cpu_percent_by_minute']}" if len(u["cpu_percent_by_minute"]) > 1 else "")
             )
         m = r["engines_memory"]
         lines.append(

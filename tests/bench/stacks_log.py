@@ -11,6 +11,7 @@ read_committed) taken when it began, as ``tickflow.runtime.kafka.partition_batch
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -269,6 +270,12 @@ def analyse(log: Log, lo: int, hi: int, owners: dict[int, str] | None = None) ->
         "ticks_fired": len(fired),
         "ticks_per_s": round(len(fired) / window_s, 1),
         "ticks_per_s_by_second": dist([float(per_second.get(i, 0)) for i in range(int(window_s))]),
+        # Minute by minute: whether the rate holds as the retention windows fill (beside CPU by minute).
+        "ticks_per_s_by_minute": [
+            [minute, round(sum(per_second.get(i, 0) for i in range(60 * minute, min(60 * minute + 60, int(window_s))))
+                           / max(1, min(60, int(window_s) - 60 * minute)), 1)]
+            for minute in range(math.ceil(int(window_s) / 60))
+        ],
         "ticks_per_s_by_process": by_process,
         "ticks_by_process": dict(sorted(counts.items())) if owners is not None else None,
         "ticks_by_partition": dict(sorted(by_partition.items())),
