@@ -126,17 +126,25 @@ class OfflineModel:
 
 
 async def _tell(reply: ModelReply, stream: TokenStream, delay_s: float) -> None:
-    """Tell ``reply`` to ``stream`` in pieces over ``delay_s`` seconds."""
+    """Tell ``reply`` to ``stream`` in pieces over ``delay_s`` seconds.
+
+    Each piece is due at a fixed time from the start, as a provider's bytes arrive whatever the reader does: a busy
+    event loop that wakes late takes the overdue pieces at once and the reply still ends ``delay_s`` after it began.
+    (Sleeping a gap after each piece instead added the loop's lag once per word: a loaded process saw its model
+    twice as slow as configured.)
+    """
     pieces: list[tuple[str | None, str]] = [(None, word) for word in re.findall(r"\s*\S+", reply.text or "")]
     for call in reply.tool_calls:
         size = max(len(call.arguments) // 3, 1)
         pieces.extend((call.name, call.arguments[i:i + size]) for i in range(0, len(call.arguments), size))
-    if delay_s > 0:
-        await asyncio.sleep(delay_s * FIRST_TOKEN_SHARE)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    first = delay_s * FIRST_TOKEN_SHARE
     gap = delay_s * (1 - FIRST_TOKEN_SHARE) / max(len(pieces) - 1, 1)
     for i, (tool, piece) in enumerate(pieces):
-        if i and gap > 0:
-            await asyncio.sleep(gap)
+        wait = start + first + i * gap - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
         if tool is None:
             stream.text(piece)
         else:

@@ -151,3 +151,32 @@ async def test_failure_rate_is_seeded_and_roughly_respected() -> None:
 def test_latency_range_is_validated() -> None:
     with pytest.raises(ValueError, match="latency_ms"):
         OfflineSettings(latency_ms=(500, 50))
+
+
+async def test_a_late_event_loop_does_not_slow_a_streamed_reply_word_by_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each word is due at a fixed time from the start: a loop that wakes every sleep 5 ms late (a loaded process)
+    ends the reply 5 ms late, not 5 ms per word (it was: the model read twice as slow as configured under load)."""
+    from tickflow.llm import offline
+    from tickflow.llm.types import ModelReply, Usage
+
+    clock = [100.0]
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "time", lambda: clock[0])
+
+    async def late_sleep(seconds: float) -> None:
+        clock[0] += seconds + 0.005
+
+    monkeypatch.setattr(offline.asyncio, "sleep", late_sleep)
+    words: list[tuple[float, str]] = []
+
+    class Stream:
+        def text(self, delta: str) -> None:
+            words.append((clock[0], delta))
+
+        def tool(self, name: str, delta: str) -> None:
+            raise AssertionError("no tool call here")
+
+    reply = ModelReply(text=" ".join(f"w{i}" for i in range(20)), finish_reason="stop", usage=Usage())
+    await offline._tell(reply, Stream(), 0.1)  # type: ignore[arg-type]
+    assert len(words) == 20 and "".join(w for _, w in words).split() == [f"w{i}" for i in range(20)]
+    assert 0.1 <= words[-1][0] - 100.0 <= 0.105 + 1e-9  # sleeping a gap after each word: ~0.2
