@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     #: The longest an engine turn goes on deciding steps handed back in memory before it commits: what a client
     #: sees of those runs waits for that commit.
     eager_turn_ms: float = Field(default=50.0, ge=1, le=5_000)
+    #: Tune CPython's cyclic collector for a role process's large, long-lived heap (``tickflow.node.tune_gc``).
+    gc_tuning: bool = True
     projector_batch_ms: int = Field(default=100, ge=0)
     commit_interval_ms: int = Field(default=200, ge=1)
     #: How long the broker waits for the engine's heartbeats before it gives the engine's partitions to another.
