@@ -24,7 +24,7 @@ def test_the_started_heap_is_frozen_and_collections_are_rarer(restored_gc: None)
     tune_gc()
     assert gc.get_freeze_count() > len(kept)  # what existed is out of every later collection
     assert gc.get_threshold() == GC_THRESHOLDS
-    young, middle, full = GC_THRESHOLDS
+    young, _middle, full = GC_THRESHOLDS
     assert young > 700 and full > 10  # CPython's defaults: 700, 10, 10
 
 
