@@ -82,7 +82,8 @@ def tune_gc() -> None:
     allocations instead of 700 (fewer short-lived objects survive into the old generations), and a full collection
     waits for 100 middle ones instead of 10 (and still for CPython's rule that a quarter of the old heap be new).
     Cyclic garbage is still collected, later; reference counting frees everything else at once, as before.
-    ``TICKFLOW_GC_TUNING=false`` keeps CPython's defaults.
+    ``serve`` (``tickflow up``) calls it; ``TICKFLOW_GC_TUNING=false`` keeps CPython's defaults. Never in a process
+    that runs other things (a test, an app embedding a ``Node``): the freeze would keep their garbage for good.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -157,8 +158,6 @@ class Node:
             await self._start_api()  # serves /metrics itself
         elif s.metrics_port is not None:
             metrics.serve_metrics(s.api_host, s.metrics_port)
-        if s.gc_tuning:
-            tune_gc()
 
     def _build(self, name: str) -> Any:
         """A new, unstarted role: ``engine``, ``worker:<pool>``, ``trigger`` or ``projector``."""
@@ -375,6 +374,8 @@ async def serve(settings: Settings, registry: Registry, roles: frozenset[str] = 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    if settings.gc_tuning:  # the process is ours alone: not in Node.start, which a test or an app may run in-process
+        tune_gc()
     log.info("tickflow up: roles=%s prefix=%s kafka=%s", sorted(roles), settings.prefix, settings.kafka)
     waiter = asyncio.create_task(node.wait())
     stopper = asyncio.create_task(stop.wait())
