@@ -18,6 +18,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -69,6 +70,7 @@ class TokenPublisher:
         #: Deliveries not yet counted, oldest first. Swept, not called back: a callback per record costs the event
         #: loop a scheduled handle each, at thousands of chunks a second.
         self._deliveries: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._counting = threading.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -114,14 +116,17 @@ class TokenPublisher:
 
     def _count_delivered(self) -> None:
         """Count the deliveries the broker answered for, in order (a partition's records are answered in order;
-        across partitions, one still waiting holds the count of later ones back a little)."""
+        across partitions, one still waiting holds the count of later ones back a little). Under a lock: a
+        ``/metrics`` scrape calls it from the metrics server's thread, and a look-then-pop raced by the loop could
+        pop a delivery still pending."""
         deliveries = self._deliveries
-        while deliveries and deliveries[0].done():
-            delivery = deliveries.popleft()
-            if delivery.cancelled() or delivery.exception() is not None:
-                self.failed += 1
-            else:
-                self.sent += 1
+        with self._counting:
+            while deliveries and deliveries[0].done():
+                delivery = deliveries.popleft()
+                if delivery.cancelled() or delivery.exception() is not None:
+                    self.failed += 1
+                else:
+                    self.sent += 1
 
 
 class StepTokens:
