@@ -163,6 +163,18 @@ async def flush_every_message(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete a level's topics once it is measured."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(f"{prefix}.")]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
 async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid: int) -> dict[str, Any]:
     prefix = f"cl{uuid.uuid4().hex[:8]}"
     settings = Settings(
@@ -176,7 +188,10 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
     topics = [settings.topics.commands, settings.topics.events]
     if args.flush_every_message:
         await flush_every_message(args.bootstrap, prefix)
-    layout = {"combined": {"node": "engine,worker"}, "split": {"engine": "engine", "worker": "worker"}}[args.layout]
+    nodes = {"node": "engine,worker"}
+    if args.nodes > 1:  # a node per core: the processes share the partitions (consumer group), each with its worker
+        nodes = {f"node{i}": "engine,worker" for i in range(1, args.nodes + 1)}
+    layout = {"combined": nodes, "split": {"engine": "engine", "worker": "worker"}}[args.layout]
     metrics_port = free_port()
     if args.projector:  # its own process: chDB is one process's, and its CPU is reported apart
         layout = {**layout, "projector": "projector"}
@@ -255,7 +270,8 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
 
     follower = asyncio.create_task(follow())
     try:
-        await asyncio.sleep(args.settle_s)  # both processes join their groups, the watcher gets its assignment
+        # The processes join their groups (nodes: and share the partitions out), the watcher gets its assignment.
+        await asyncio.sleep(args.settle_s * (2 if args.nodes > 1 else 1))
         warmup = max(10, concurrency) if args.warmup < 0 else args.warmup
         if warmup:
             await closed_loop(warmup, args.deadline_s, "warm")
@@ -279,6 +295,7 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
             os.kill(pid, signal.SIGTERM)
         for proc in roles.values():
             proc.wait(60)
+        await delete_topics(args.bootstrap, prefix)  # a long session must not pile partitions up on the broker
     total = sum(cpu_s.values())
     return {
         "peer": "tickflow",
@@ -319,6 +336,7 @@ async def level(args: argparse.Namespace, concurrency: int, workdir: Path, bpid:
         "sampler": {"interval_s": sampler.interval_s, "samples": sampler.samples},
         "warmup_workflows": warmup,
         "layout": args.layout,
+        "nodes": args.nodes if args.layout == "combined" else 1,
         "event_to_clickhouse_s": visible or None,
         "profile_top_own_pct": {
             label: top_frames(Path(args.profile) / f"{prefix}-{label}.txt") for label in roles
@@ -421,6 +439,8 @@ async def main() -> None:
     parser.add_argument("--settle-s", type=float, default=4.0)
     parser.add_argument("--flush-every-message", action="store_true", help="broker flush.messages=1 on every topic")
     parser.add_argument("--layout", choices=("combined", "split"), default="combined")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="combined layout: this many engine,worker processes sharing the partitions (one per core)")
     parser.add_argument("--profile", default=None, help="run each role under py-spy, raw profiles into this folder")
     parser.add_argument(
         "--projector", action="store_true", help="also run a projector process; report event → visible in ClickHouse"
