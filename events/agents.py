@@ -87,8 +87,9 @@ class LlmCallCheckpoint(Result):
     call again. Workers read these records back (``tickflow.runtime.journal``) and hand the answer to the step's
     next run instead of calling the provider; the engine logs ``attempts`` as ``LlmCallAttempted`` events the
     moment the checkpoint arrives, so the ledger counts the call once, whichever run of the step used it.
-    Keyed by run id like every result; ``(run, path, call)`` names the call (the path is the step's idempotency
-    key within its run).
+    Keyed by run id like every result; ``(run, path, call)`` names the call, or ``(run, path, name)`` when named
+    (the path is the step's idempotency key within its run). A call that cost nothing (a framework's tool call) has
+    no attempts: it is journaled so that a re-run of the step does not make it again.
     """
 
     TYPE: ClassVar[str] = "LlmCallCheckpoint"
@@ -98,6 +99,10 @@ class LlmCallCheckpoint(Result):
     attempt: Int64 = Field(ge=1)
     #: Which call of the step this is, counted from 0 in the order the step body makes its calls.
     call: Int64 = Field(ge=0)
+    #: The call's name, when the step names its calls instead of counting them (``call`` is then 0): a framework's
+    #: tool calls may run side by side in any order, so each is named by what stays the same on a re-run (the
+    #: model's tool-call id, itself from a journaled answer).
+    name: ShortText = Field(default="", exclude_if=lambda v: not v)
     answer: Any
     attempts: list[LlmAttemptFields] = Field(default_factory=list, max_length=1_000)
 

@@ -593,6 +593,11 @@ class RunStep(Task):
     #: When the engine stops waiting for this attempt: a worker that takes it off its queue later does not start
     #: it (the engine has failed it already, and may have scheduled the next attempt).
     deadline_ms: EpochMs | None = Field(default=None, exclude_if=lambda v: v is None)
+    #: What the run's LLM budget leaves this attempt of an LLM step (tokens and USD, its own reservation included;
+    #: None: no such budget): a step that makes several paid calls itself, as a framework agent does, stops before
+    #: the call that could pass it (``tickflow.integrations``).
+    budget_tokens: Int64 | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    budget_cost_usd: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
 
 
 class CancelStep(Task):

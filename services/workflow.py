@@ -89,19 +89,21 @@ class StepReport:
 
 
 class CallJournal(Protocol):
-    """The answers to paid calls a step has had already, by the call's index in the step (its worker's journal).
+    """The answers to paid calls a step has had already, by the call's index in the step or its name (its worker's
+    journal).
 
     A worker gives each step run one: ``recall`` returns the answer a previous run of this step (an earlier attempt,
     or the same attempt before a crash) was given for call ``call``; ``record`` makes an answer durable before the
     body goes on, and says whether it did (False: too big to keep, or no journal: report the call in the step's
-    result as before). ``tickflow.agents.paid_once`` is the one user of both.
+    result as before). ``tickflow.agents.paid_once`` and the framework integrations (``tickflow.integrations``)
+    use both.
     """
 
     def next_call(self) -> int: ...
 
-    def recall(self, call: int) -> Any | None: ...
+    def recall(self, call: int | str) -> Any | None: ...
 
-    async def record(self, call: int, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool: ...
+    async def record(self, call: int | str, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,10 @@ class StepContext:
     settings: Settings | None = None
     #: The answers of paid calls already made for this step (None outside a worker: every call is made).
     journal: CallJournal | None = None
+    #: What the run's LLM budget leaves this attempt of an LLM step (None: no budget): a body making several paid
+    #: calls itself stops before the one that could pass it.
+    budget_tokens: int | None = None
+    budget_cost_usd: float | None = None
 
 
 _current: contextvars.ContextVar[StepContext] = contextvars.ContextVar("tickflow_step")

@@ -23,6 +23,8 @@ Scripted chat models:
 ``echo-key-401``    401 whose message echoes the presented key, as OpenAI's does
 ``stream-slow``     a 24-word answer; streamed, one word per chunk 60 ms apart (about 1.4 s in all)
 ``stream-break``    streamed: three words, then the connection drops mid-stream; whole: 503
+``trip-agent``      a framework agent's three turns: a ``note`` tool call; once one tool result is in the
+                    messages, a ``book`` tool call; once two are, an answer quoting the last result
 anything else       404 model not found
 ==================  ===================================================================================
 
@@ -30,6 +32,10 @@ With ``"stream": true`` every answer above is sent as Server-Sent Events of ``ch
 OpenAI streams: the role, the content word by word (a tool call's name, then its arguments in pieces), the finish
 reason, then — when ``stream_options.include_usage`` — a last chunk with no choices and the usage. Errors stay
 plain JSON answers with their status, as OpenAI's are.
+
+A fake external service for tools to act on (``/svc/…``, counted in ``LlmTestServer.effects``): ``POST
+/svc/effect/<name>`` is an effect (counted, answered ``<name> #<n>``); ``GET /svc/quote`` is a read whose first
+call is held ``STALL_S`` seconds, so a test can kill a worker inside a tool, after the model calls before it.
 
 Embedding models: ``embed`` (8-dim deterministic vectors), ``embed-503-once`` (503 then vectors),
 ``embed-stall-2nd`` (vectors, but the 2nd request is held ``STALL_S`` seconds first: an agent turn embeds its
@@ -76,6 +82,8 @@ class LlmTestServer:
     calls: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     peak_in_flight: int = 0
+    #: Calls of the fake external service, by name (``effect/<name>``, ``quote``).
+    effects: Counter[str] = field(default_factory=Counter)
 
     def for_model(self, model: str) -> list[Recorded]:
         return [r for r in self.requests if r.model == model]
@@ -163,6 +171,18 @@ def build_app(state: LlmTestServer) -> FastAPI:
         return JSONResponse({"object": "list", "data": data, "model": rec.model,
                              "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)}})
 
+    @app.post("/svc/effect/{name}")
+    async def effect(name: str) -> Response:
+        state.effects[f"effect/{name}"] += 1
+        return JSONResponse({"done": f"{name} #{state.effects[f'effect/{name}']}"})
+
+    @app.get("/svc/quote")
+    async def quote() -> Response:
+        state.effects["quote"] += 1
+        if state.effects["quote"] == 1:
+            await asyncio.sleep(STALL_S)
+        return JSONResponse({"price_eur": 420})
+
     return app
 
 
@@ -248,6 +268,13 @@ async def _chat(rec: Recorded, nth: int) -> Response:
             return JSONResponse(_completion(model, {"content": f"The weather: {messages[-1]['content']}"}))
         call = {"id": "call_1", "type": "function",
                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        return JSONResponse(_completion(model, {"content": None, "tool_calls": [call]}, finish="tool_calls"))
+    if model == "trip-agent":
+        results = [m for m in rec.body["messages"] if m["role"] == "tool"]
+        if len(results) >= 2:
+            return JSONResponse(_completion(model, {"content": f"All set: {results[-1]['content']}"}))
+        name, args = ("book", '{"what": "flight"}') if results else ("note", '{"text": "window seat"}')
+        call = {"id": f"call_{name}", "type": "function", "function": {"name": name, "arguments": args}}
         return JSONResponse(_completion(model, {"content": None, "tool_calls": [call]}, finish="tool_calls"))
     if model == "json-answer":
         return JSONResponse(_completion(model, {"content": '{"city": "Paris", "temp_c": 21}'}))

@@ -35,6 +35,7 @@ from tickflow.core.interpreter import (
     drive,
     resolve_mapping,
     retry_decision,
+    step_budget,
 )
 from tickflow.core.slots import slot_id
 from tickflow.core.state import TERMINAL, NodeState, RunState, SequenceError, evolve, fold, spec_node
@@ -606,6 +607,7 @@ def _task(state: RunState, path: str, node: NodeState, occurred_at_ms: int, caus
     spec = spec_node(state, path)
     assert isinstance(spec, StepNode)
     key = idempotency_key(state.run_id, path, node.attempt)
+    budget_tokens, budget_cost = step_budget(state, node) if spec.llm_reserve_tokens is not None else (None, None)
     task = RunStep(
         workflow=state.workflow,
         path=path,
@@ -617,6 +619,8 @@ def _task(state: RunState, path: str, node: NodeState, occurred_at_ms: int, caus
         timeout_s=spec.timeout_s,
         priority=spec.priority + state.priority,  # a run's priority (e.g. its stack's) orders its steps too
         deadline_ms=node.due_at_ms,
+        budget_tokens=budget_tokens,
+        budget_cost_usd=budget_cost,
     )
     env = Envelope.wrap(
         task,

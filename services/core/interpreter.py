@@ -68,6 +68,7 @@ __all__ = [
     "reserved_tokens",
     "resolve_mapping",
     "retry_decision",
+    "step_budget",
 ]
 
 
@@ -165,6 +166,16 @@ def budget_left(state: RunState) -> tuple[int | None, float | None]:
     started now may spend."""
     held = reserved_tokens(state) if state.budget_tokens is not None else 0
     return remaining(state.budget_tokens, state.tokens + held), remaining(state.budget_cost_usd, state.cost_usd)
+
+
+def step_budget(state: RunState, node: NodeState) -> tuple[int | None, float | None]:
+    """What the run's budget leaves a scheduled LLM step: what is left once the calls in flight are paid for, plus
+    what this step holds itself (None: no budget). A step making several paid calls stops before the one that could
+    pass it; what other steps hold stays theirs."""
+    tokens, cost = budget_left(state)
+    if tokens is not None and node.status == "active" and node.phase == "scheduled":
+        tokens += node.reserved_tokens
+    return tokens, cost
 
 
 def llm_reservation(state: RunState, node: StepNode, data: Any) -> int:

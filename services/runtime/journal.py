@@ -11,8 +11,10 @@ ones back along with the results (``ProducedResults.learn``). The engine logs th
 
 A call is named by its step (``<run>/<path>``, the step's idempotency key) and its index among the calls the step
 body makes, counted from 0: a step body that makes the same calls in the same order on each run (as an agent turn
-does) gets each answer back at the same index. Bounded like the results: recent checkpoints only (what
-``ProducedResults.learn`` reads) and ``max_bytes`` of memory; a step re-run later than that pays again.
+does) gets each answer back at the same index. A body whose calls may run in any order (a framework agent's tool
+calls, side by side) names each call instead, by something a re-run sees again (``tickflow.integrations``). Bounded
+like the results: recent checkpoints only (what ``ProducedResults.learn`` reads) and ``max_bytes`` of memory; a step
+re-run later than that pays again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import LlmAttemptFields, RunStep, step_key
 
-__all__ = ["CHECKPOINT_TYPE", "PaidCalls", "StepJournal", "is_checkpoint"]
+__all__ = ["CHECKPOINT_TYPE", "CallId", "PaidCalls", "StepJournal", "call_key", "is_checkpoint"]
 
 log = logging.getLogger("tickflow.worker")
 
@@ -38,13 +40,25 @@ CHECKPOINT_TYPE = LlmCallCheckpoint.TYPE
 #: Sends one encoded record to the results topic under a run's key and returns once the broker has it.
 SendDurably = Callable[[bytes, bytes], Awaitable[None]]
 
+#: A call of a step: its index (counted calls) or its name (named calls).
+CallId = int | str
+
+
+def call_key(call: CallId) -> str:
+    """The journal's key of a call: ``#<index>`` or the name (names never start with ``#``)."""
+    if isinstance(call, int):
+        return f"#{call}"
+    if not call or call.startswith("#"):
+        raise ValueError(f"a call's name must be non-empty and not start with '#', got {call!r}")
+    return call
+
 
 class PaidCalls:
-    """Encoded checkpoints by (step key, call index), least recently used out first beyond ``max_bytes``."""
+    """Encoded checkpoints by (step key, call key), least recently used out first beyond ``max_bytes``."""
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._calls: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._calls: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._bytes = 0
         self.reused = 0
 
@@ -55,12 +69,13 @@ class PaidCalls:
     def memory_bytes(self) -> int:
         return self._bytes
 
-    def add(self, step: str, call: int, raw: bytes) -> None:
+    def add(self, step: str, call: CallId, raw: bytes) -> None:
+        key = (step, call_key(call))
         kept = bytes(memoryview(raw))  # an exact-size copy: orjson's output buffer is larger (see produced.py)
-        old = self._calls.pop((step, call), None)
+        old = self._calls.pop(key, None)
         if old is not None:
             self._bytes -= sys.getsizeof(old)
-        self._calls[(step, call)] = kept
+        self._calls[key] = kept
         self._bytes += sys.getsizeof(kept)
         while self._calls and self._bytes > self.max_bytes:
             self._bytes -= sys.getsizeof(self._calls.popitem(last=False)[1])
@@ -68,11 +83,12 @@ class PaidCalls:
     def add_record(self, data: dict[str, Any], raw: bytes) -> None:
         """Keep a checkpoint read from the results topic (``data`` is the record, parsed)."""
         payload = data["payload"]
-        self.add(step_key(str(data["key"]), str(payload["path"])), int(payload["call"]), raw)
+        call: CallId = str(payload.get("name") or "") or int(payload["call"])
+        self.add(step_key(str(data["key"]), str(payload["path"])), call, raw)
 
-    def answer(self, step: str, call: int) -> Any | None:
+    def answer(self, step: str, call: CallId) -> Any | None:
         """The answer call ``call`` of step ``step`` was given, or None when this worker knows of none."""
-        raw = self._calls.get((step, call))
+        raw = self._calls.get((step, call_key(call)))
         if raw is None:
             return None
         try:
@@ -100,16 +116,17 @@ class StepJournal:
         call, self._next = self._next, self._next + 1
         return call
 
-    def recall(self, call: int) -> Any | None:
+    def recall(self, call: CallId) -> Any | None:
         answer = self._calls.answer(self._key, call)
         if answer is not None:
             self._calls.reused += 1
-            log.info("%s call %d: reusing the answer a previous run of this step paid for", self._key, call)
+            log.info("%s call %s: reusing the answer a previous run of this step paid for", self._key, call)
         return answer
 
-    async def record(self, call: int, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool:
+    async def record(self, call: CallId, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool:
+        index, name = (0, call_key(call)) if isinstance(call, str) else (call, "")
         checkpoint = LlmCallCheckpoint(path=self._step.path, step=self._step.step, attempt=self._step.attempt,
-                                       call=call, answer=answer, attempts=list(attempts))
+                                       call=index, name=name, answer=answer, attempts=list(attempts))
         envelope = Envelope.wrap(
             checkpoint,
             # Deterministic: a step re-run that had to pay again (its checkpoint was lost) writes under the same id.
@@ -122,13 +139,13 @@ class StepJournal:
         try:
             raw = encode(envelope)
         except InvalidRecord as exc:  # an answer too big for a record: the step reports the call as before
-            log.warning("%s call %d: not journaled (%s); a re-run of the step would pay for it again", self._key,
+            log.warning("%s call %s: not journaled (%s); a re-run of the step would pay for it again", self._key,
                         call, exc)
             return False
         try:
             await self._send(self._task.key.encode(), raw)
         except Exception as exc:  # the broker is away: go on without the journal rather than fail a paid call
-            log.warning("%s call %d: could not journal the answer (%s); a re-run of the step would pay for it "
+            log.warning("%s call %s: could not journal the answer (%s); a re-run of the step would pay for it "
                         "again", self._key, call, exc)
             return False
         self._calls.add(self._key, call, raw)

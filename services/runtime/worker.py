@@ -329,6 +329,9 @@ class StepWorker:
         self.reanswered = 0  # tasks answered with a result already produced, instead of running again
         self.eager_runs = 0  # attempts handed over in memory by this process's engine (``run_eager``)
         self._learned: set[int] = set()
+        #: Engine partitions whose recent results and checkpoints were read back for their eager attempts
+        #: (``_learn_for_eager``), whichever worker owns their task partitions.
+        self._learned_eager: dict[int, asyncio.Future[int]] = {}
         # Jobs start from this context, not from whichever task freed their slot, so nothing a step body
         # sets in its context can leak into later steps.
         self._context = contextvars.copy_context()
@@ -553,6 +556,7 @@ class StepWorker:
     def drop_eager(self, owner: int) -> None:
         """The engine gave up partition ``owner``: stop its eager attempts, unreported (the partition's next owner
         re-sends every task in flight when it rebuilds the partition's runs from the log)."""
+        self._learned_eager.pop(owner, None)  # if it comes back, what others journaled meanwhile is read again
         for job in self.scheduler.queue.remove_if(lambda _, j: j.reply is not None and j.owner == owner):
             self._accepted.pop(job.task.idempotency_key, None)
             assert job.reply is not None
@@ -655,6 +659,7 @@ class StepWorker:
         meanwhile goes both ways (an engine elsewhere may wait for it).
         """
         key = job.task.idempotency_key
+        await self._learn_for_eager(job.owner)
         try:
             outcome = await self._run(job.env, job.task, job.scheduled)
         except Exception:  # a bug here must not leave the run waiting for a reply that never comes
@@ -675,6 +680,24 @@ class StepWorker:
                 reply(None, True)
                 return
         reply(outcome.result if in_memory else None, False)
+
+    async def _learn_for_eager(self, partition: int) -> None:
+        """Before the first eager attempt of engine partition ``partition``, read back its recent results and
+        checkpoints, as for a task partition taken over: a restarted process's engine hands its worker the re-runs of
+        steps the killed one ran, and the paid calls those journaled must be recalled, not paid again, whether or
+        not this worker owns the task partition (yet). Once per partition while the engine serves it."""
+        if partition in self._learned:
+            return
+        pending = self._learned_eager.get(partition)
+        if pending is None:
+            pending = self._learned_eager[partition] = asyncio.ensure_future(
+                self.produced.learn(self.settings.kafka, self.topics.results, {partition}))
+        try:
+            await asyncio.shield(pending)
+        except Exception as exc:  # the broker is away: run it anyway (a call not recalled is paid again)
+            if self._learned_eager.get(partition) is pending:
+                del self._learned_eager[partition]
+            log.warning("could not read back partition %d's results before its eager attempts: %s", partition, exc)
 
     async def _report(self, key: str, outcome: _Outcome, record_key: bytes | None) -> None:
         """Send an attempt's result to the results topic, kept to answer a redelivery of its task."""
@@ -704,6 +727,8 @@ class StepWorker:
             path=task.path,
             settings=self.settings,
             journal=journal,
+            budget_tokens=task.budget_tokens,
+            budget_cost_usd=task.budget_cost_usd,
         )
         common: dict[str, Any] = {"path": task.path, "step": task.step, "attempt": task.attempt, "worker": self.name}
         # What the body reported on the way (LLM attempts, memory messages) goes with either outcome.

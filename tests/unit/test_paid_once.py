@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.unit.test_decider import Sim, a
 from tickflow.agents import paid_once
@@ -113,7 +114,28 @@ def test_paid_calls_stay_within_their_memory_bound() -> None:
     for i in range(100):
         calls.add(f"r{i}/llm", 0, b"x" * 1_000)
     assert calls.memory_bytes <= 50_000 and calls.answer("r99/llm", 0) is None  # kept, but not a checkpoint
-    assert ("r0/llm", 0) not in calls._calls and ("r99/llm", 0) in calls._calls
+    assert ("r0/llm", "#0") not in calls._calls and ("r99/llm", "#0") in calls._calls
+
+
+async def test_named_calls_are_journaled_under_their_names_whatever_order_they_ran_in() -> None:
+    """A framework's parallel tool calls finish in any order: each is journaled by a name a re-run sees again."""
+    broker = Broker()
+    journal = StepJournal(PaidCalls(), broker.send, task())
+    assert await journal.record("tool:call_b", {"result": "b"}, ())
+    assert await journal.record("tool:call_a", {"result": "a"}, ())
+    assert await journal.record(journal.next_call(), {"text": "counted"}, [ATTEMPT])
+    produced = ProducedResults()  # the worker that re-runs the step learns them from the results topic
+    for _, raw in broker.sent:
+        produced.add_raw(raw)
+    rerun = StepJournal(produced.calls, broker.send, task(attempt=2))
+    assert rerun.recall("tool:call_a") == {"result": "a"} and rerun.recall("tool:call_b") == {"result": "b"}
+    assert rerun.recall(0) == {"text": "counted"} and rerun.recall("tool:call_c") is None
+    ids = [orjson.loads(raw)["id"] for _, raw in broker.sent]
+    assert ids == ["r1/task/llm/1/call/tool:call_b", "r1/task/llm/1/call/tool:call_a", "r1/task/llm/1/call/0"]
+    with pytest.raises(ValueError, match="must be non-empty"):
+        await journal.record("", {}, ())
+    with pytest.raises(ValueError, match="start with '#'"):
+        await journal.record("#0", {}, ())
 
 
 def checkpoint(path: str, attempt: int, run_id: str = "r1", id_: str = "cp") -> WorkerResult:

@@ -329,6 +329,7 @@ def worker() -> Iterator[StepWorker]:
     w.producer = producer
     w.dead_letters = DeadLetters(producer, "dlq", "test")
     w.tokens = TokenPublisher(producer, "tokens")  # not started: chunks wait in its queue
+    w._learned = set(range(w.settings.partitions))  # as if it had read back every partition (no broker here)
     yield w
     for t in w._inflight:
         t.cancel()
@@ -676,3 +677,50 @@ async def test_an_eager_attempt_journals_a_paid_call_only_once_its_scheduling_co
     checkpoint, result = _results(worker)
     assert isinstance(checkpoint.payload, LlmCallCheckpoint) and isinstance(result.payload, StepSucceeded)
     assert replies == [(None, False)]  # it journaled a paid call: its result went to the topic, after the checkpoint
+
+
+async def test_an_eager_attempt_first_reads_back_what_its_partition_journaled(worker: StepWorker) -> None:
+    """A restarted process's engine hands its worker the re-runs of steps the killed process ran, before that worker
+    owns (or has read back) their task partitions: the first eager attempt of a partition waits for its recent
+    results and checkpoints, so a call the killed process paid for is recalled, not paid again (seen with a Pydantic
+    AI agent: its first model request was sent twice)."""
+    worker._learned = set()
+    reads: list[list[int]] = []
+    paid: list[str] = []
+    journaled = _results_of_a_killed_process()
+
+    async def learn(kafka: Any, topic: str, partitions: set[int], now_ms: int | None = None) -> int:
+        reads.append(sorted(partitions))
+        await asyncio.sleep(0.05)
+        for raw in journaled:
+            worker.produced.add_raw(raw)
+        return len(journaled)
+
+    async def provider() -> dict[str, Any]:
+        paid.append("asked")
+        return {"text": "paid again"}
+
+    async def turn(x: Any) -> Any:
+        return await paid_once(current_step(), provider, save=lambda v: v, load=lambda v: v, ledger=lambda _: [])
+
+    worker.produced.learn = learn  # type: ignore[method-assign]
+    worker.registry.functions["turn"] = turn
+    replies: list[tuple[Envelope | None, bool]] = []
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    for n in (1, 2):
+        task = decode(_run_step(f"run-1/turn/{n}", "turn"), expect="task")
+        assert worker.run_eager(task, 0, lambda result, lost: replies.append((result, lost)), done)
+        await _until(lambda n=n: len(replies) == n)  # type: ignore[misc]
+    assert reads == [[0]] and paid == []  # read back once, and the journaled answer was taken
+    worker.drop_eager(0)
+    task = decode(_run_step("run-1/turn/3", "turn"), expect="task")
+    assert worker.run_eager(task, 0, lambda result, lost: replies.append((result, lost)), done)
+    await _until(lambda: len(replies) == 3)
+    assert reads == [[0], [0]]  # given back and taken again: read again
+
+
+def _results_of_a_killed_process() -> list[bytes]:
+    """The checkpoint a killed process journaled for the step at path ``0`` of run ``run-1``."""
+    checkpoint = LlmCallCheckpoint(path="0", step="turn", attempt=1, call=0, answer={"text": "paid once"})
+    return [encode(Envelope.wrap(checkpoint, id="cp", key="run-1", occurred_at_ms=0))]

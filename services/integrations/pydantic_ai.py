@@ -1,0 +1,475 @@
+"""Pydantic AI agents as durable tickflow steps: model requests and tool calls journaled, paid for once, on the ledger.
+
+    from pydantic_ai import Agent
+    from tickflow.integrations.pydantic_ai import TickflowAgent, TickflowDurability
+
+    support = Agent(model, name="support", tools=[lookup_order, refund], capabilities=[TickflowDurability()])
+    registry.add(Workflow("support").agent(TickflowAgent(support)))
+
+How it works. ``TickflowDurability`` is a Pydantic AI durable-execution capability built on the framework's public
+backend interface (``pydantic_ai.durable_exec``), as its Temporal, DBOS and Prefect capabilities are. Inside a
+tickflow step every durable operation of the run (a model request, a tool call, a capability's durable operation)
+goes through the step's journal (``tickflow.runtime.journal``): the first run of the step performs it and makes
+its JSON-encoded result durable on the results topic before the agent goes on; a later run of the same step (a
+retry, or the re-run after a crash) is handed that result instead of performing it again. So a worker killed after
+the second model call restarts without sending the first two requests again, and the tools that already ran do not
+run again.
+
+What names an operation in the journal: a model request by its operation name and its position among those (an
+agent run makes them one after another); a tool call by its operation name and the model's tool-call id, which
+comes from a journaled model response and so is the same on every run, whatever order parallel tool calls take.
+
+The ledger. A model request's answer carries its usage; its checkpoint carries it as an ``LlmAttemptFields``
+(provider, model, tokens, cost by ``genai-prices`` — ``price_known`` false when it has no price for the model), and
+the engine logs it as ``LlmCallAttempted`` the moment the checkpoint arrives, once, whichever run of the step used
+it. A request that failed is reported with the step's result. Streamed deltas go to the tokens topic, as the
+native agent's do (the worker listens around each step attempt).
+
+Budgets. ``TickflowAgent`` marks its step as an LLM step: in a run with a token or cost budget the engine reserves
+``reserve_tokens`` before starting it and does not start it when that could pass the budget; inside the step, each
+model request is checked before it is sent, against what the budget leaves the step (``StepContext.budget_*``) less
+what the step's own requests cost so far; one that could pass it raises ``BudgetExceeded`` and is not sent.
+
+What is not journaled: what a tool does besides returning its value (use ``current_step().idempotency_key`` to make
+an effect once, as a tool that was in flight at the crash runs again), tool listing and argument validation (they
+are recomputed: cheap and local), and anything the agent does outside the capability's reach (a model client a
+tool builds itself). Outside a tickflow step the capability does nothing: the agent runs as it would without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pydantic_core
+from pydantic_ai import Agent
+from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.durable_exec import (
+    JSON_CODEC,
+    BaseDurabilityCapability,
+    DurabilityEngineSpec,
+    DurableOperationId,
+    JournalCallableOperationBackend,
+    ModelCountTokensId,
+    ModelRequestId,
+    RoleBasedOperationConfig,
+    ToolsetCallToolId,
+    ToolsetGetInstructionsId,
+    ToolsetGetToolsId,
+    ToolsetValidateToolArgumentsId,
+)
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    ModelMessage,
+    ModelResponse,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+    ToolCallPart,
+    ToolCallPartDelta,
+)
+from pydantic_ai.models import Model
+from pydantic_ai.tools import AgentDepsT, RunContext
+
+from tickflow.events.errors import NonRetryableError
+from tickflow.events.schemas import ErrorInfo, LlmAttemptFields
+from tickflow.events.topics import DEFAULT_POOL
+from tickflow.llm.streaming import TokenStream, current_listener
+from tickflow.workflow import Flow, StepContext, current_step
+
+__all__ = ["DEFAULT_RESERVE_TOKENS", "BudgetExceeded", "JournalError", "TickflowAgent", "TickflowDurability"]
+
+#: What the step reserves against a run's token budget, and what each model request is assumed to produce when the
+#: request sets no ``max_tokens`` (set ``model_settings={"max_tokens": …}`` to make it a cap).
+DEFAULT_RESERVE_TOKENS = 1_024
+#: Step runs whose bookkeeping a capability keeps (far more than a worker runs at once).
+_KEPT_STEP_RUNS = 4_096
+#: Characters of a request's JSON per token, for the input part of the estimate (as the engine's own reservation).
+CHARS_PER_TOKEN = 4
+
+
+class BudgetExceeded(NonRetryableError):
+    """The next model request could pass the run's LLM budget: it was not sent (a stack pauses on it)."""
+
+
+class JournalError(NonRetryableError):
+    """A result cannot be journaled (not JSON-serializable): every re-run would fail the same way."""
+
+
+# --- one agent run inside one step --------------------------------------------------------------------------
+
+
+@dataclass
+class _StepRun:
+    """What one run of one step has made so far: positions by operation name, and what its requests cost."""
+
+    ctx: StepContext
+    agent: str
+    positions: Counter[str] = field(default_factory=Counter)
+    tokens: int = 0
+    cost_usd: float = 0.0
+    requests: int = 0
+
+    def position(self, name: str) -> str:
+        n = self.positions[name]
+        self.positions[name] += 1
+        return f"{name}@{n}"
+
+    def check_budget(self, messages: Sequence[ModelMessage], max_tokens: int | None) -> None:
+        """Refuse a request that could pass what the run's budget leaves this step."""
+        ctx = self.ctx
+        if ctx.budget_cost_usd is not None and self.cost_usd >= ctx.budget_cost_usd:
+            raise BudgetExceeded(
+                f"agent {self.agent!r}: the run's cost budget is spent (${self.cost_usd:.6f} of the "
+                f"${ctx.budget_cost_usd:.6f} left to this step): model request {self.requests + 1} was not sent")
+        if ctx.budget_tokens is None:
+            return
+        size = len(pydantic_core.to_json(list(messages), fallback=str))
+        could_take = (max_tokens or DEFAULT_RESERVE_TOKENS) + size // CHARS_PER_TOKEN
+        if self.tokens + could_take > ctx.budget_tokens:
+            raise BudgetExceeded(
+                f"agent {self.agent!r}: model request {self.requests + 1} was not sent: it could take up to "
+                f"{could_take} tokens, and {self.tokens} used by this step + {could_take} > the "
+                f"{ctx.budget_tokens} tokens the run's budget leaves it")
+
+    def paid(self, attempt: LlmAttemptFields) -> None:
+        self.tokens += attempt.tokens_in + attempt.tokens_out
+        self.cost_usd += attempt.cost_usd
+
+
+def _running_step() -> StepContext | None:
+    try:
+        ctx = current_step()
+    except LookupError:
+        return None
+    return ctx if ctx.journal is not None else None
+
+
+# --- the capability -----------------------------------------------------------------------------------------
+
+
+def _not_journalable(error: Exception) -> BaseException:
+    return JournalError(f"a result of the agent cannot be journaled, because it is not JSON-serializable: {error}")
+
+
+class TickflowDurability(BaseDurabilityCapability[AgentDepsT]):
+    """Makes a Pydantic AI agent durable inside a tickflow step; see the module docstring.
+
+    Attach it when building the agent (``Agent(…, name=…, capabilities=[TickflowDurability()])``); the agent's
+    ``name`` (or ``name=`` here) names its operations in the journal. ``event_stream_handler`` hears the run's
+    events as usual; inside a worker, text and tool-argument deltas also go to tickflow's tokens topic as the model
+    streams them.
+    """
+
+    engine_spec: ClassVar[DurabilityEngineSpec] = DurabilityEngineSpec(
+        engine_name="tickflow",
+        durable_unit_noun="journaled call",
+        durable_container_noun="step",
+        codec=JSON_CODEC,
+        serialization_failure=_not_journalable,
+    )
+
+    def __init__(
+        self,
+        *,
+        models: Mapping[str, Model] | None = None,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
+        self._runs: OrderedDict[int, _StepRun] = OrderedDict()
+
+    @property
+    def in_durable_context(self) -> bool:
+        return _running_step() is not None
+
+    @property
+    def has_wrap_run_event_stream(self) -> bool:
+        # Someone watches this step's tokens (a worker listens around each attempt): stream the model's replies.
+        return super().has_wrap_run_event_stream or (self.in_durable_context and current_listener() is not None)
+
+    def _model_stream_event_handler(self) -> EventStreamHandler[AgentDepsT] | None:
+        """Send the live deltas to the tokens topic from inside the model request, as they arrive (then hand the
+        events to the agent's own handler, if any)."""
+        handler = super()._model_stream_event_handler()
+        if not self.in_durable_context or current_listener() is None:
+            return handler
+        return _with_tokens(handler)
+
+    def get_durable_operation_backend(self) -> _TickflowBackend:
+        return _TickflowBackend(self)
+
+    def step_run(self) -> _StepRun | None:
+        """The journal bookkeeping of the step running now (one per step run: a retry starts afresh)."""
+        ctx = _running_step()
+        if ctx is None:
+            return None
+        run = self._runs.get(id(ctx))  # the entry holds ctx, so its id is not reused while it is kept
+        if run is None:
+            run = self._runs[id(ctx)] = _StepRun(ctx=ctx, agent=self.name)
+            while len(self._runs) > _KEPT_STEP_RUNS:
+                self._runs.popitem(last=False)
+        return run
+
+
+_NO_CONFIG: RoleBasedOperationConfig[None] = RoleBasedOperationConfig(model=None, event=None, capability=None,
+                                                                      tool=None)
+#: Operations recomputed on every run: local and cheap, and what they give is an input of the journaled ones.
+_LIVE = (ToolsetValidateToolArgumentsId, ToolsetGetToolsId, ToolsetGetInstructionsId, ModelCountTokensId)
+
+
+class _TickflowBackend(JournalCallableOperationBackend[None]):
+    """Runs each durable operation of the agent through the running step's journal."""
+
+    def __init__(self, durability: TickflowDurability[Any]) -> None:
+        super().__init__(agent_name=durability.name, default_model_id=durability.default_model_id, config=_NO_CONFIG)
+        self._durability = durability
+
+    async def execute(
+        self,
+        *,
+        operation_id: DurableOperationId,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        cache_key: tuple[object, ...],
+        config: None,
+    ) -> object:
+        run = self._durability.step_run()
+        if run is None or isinstance(operation_id, _LIVE):
+            return await body()
+        journal = run.ctx.journal
+        assert journal is not None
+        if isinstance(operation_id, ModelRequestId):
+            call = run.position(name)
+            if (saved := journal.recall(call)) is not None:
+                return saved
+            return await self._model_request(run, call, body, cache_key)
+        tool_call_id = _tool_call_id(cache_key) if isinstance(operation_id, ToolsetCallToolId) else None
+        call = f"{name}:{tool_call_id}" if tool_call_id else run.position(name)
+        if (saved := journal.recall(call)) is not None:
+            return saved
+        payload = await body()
+        await journal.record(call, payload, ())
+        return payload
+
+    async def _model_request(self, run: _StepRun, call: str, body: Callable[[], Awaitable[object]],
+                             cache_key: tuple[object, ...]) -> object:
+        _model_id, messages, settings = cache_key[0], cache_key[1], cache_key[2]
+        max_tokens = settings.get("max_tokens") if isinstance(settings, Mapping) else None
+        run.check_budget(messages if isinstance(messages, list) else [], max_tokens if isinstance(max_tokens, int)
+                         else None)
+        run.requests += 1
+        started_ms, started = int(time.time() * 1000), time.perf_counter()
+        try:
+            payload = await body()
+        except Exception as exc:
+            run.ctx.report.add_llm_attempt(LlmAttemptFields(
+                call=run.requests, agent=run.agent, provider="pydantic-ai", model=_model_name(cache_key),
+                latency_ms=(time.perf_counter() - started) * 1000, outcome=_outcome(exc), started_at_ms=started_ms,
+                error=ErrorInfo(type=type(exc).__name__, message=str(exc)[:1_000] or type(exc).__name__),
+            ))
+            raise
+        latency_ms = (time.perf_counter() - started) * 1000
+        attempt = _attempt(payload, call=run.requests, agent=run.agent, latency_ms=latency_ms,
+                           started_at_ms=started_ms)
+        run.paid(attempt)
+        journal = run.ctx.journal
+        assert journal is not None
+        if not await journal.record(call, payload, [attempt]):
+            run.ctx.report.add_llm_attempt(attempt)  # not journaled: the step's result logs it
+        return payload
+
+
+def _tool_call_id(cache_key: tuple[object, ...]) -> str | None:
+    """The model's id of a tool call (function and MCP calls project (name, args, ctx, tool))."""
+    ctx = cache_key[2] if len(cache_key) > 2 else None
+    call_id = getattr(ctx, "tool_call_id", None) if isinstance(ctx, RunContext) else None
+    return call_id if isinstance(call_id, str) and call_id else None
+
+
+def _model_name(cache_key: tuple[object, ...]) -> str:
+    ctx = cache_key[-1] if cache_key else None
+    model = getattr(ctx, "model", None)
+    return str(getattr(model, "model_name", "") or "unknown")
+
+
+def _outcome(exc: Exception) -> Any:
+    status = getattr(exc, "status_code", None)
+    if status == 429:
+        return "rate_limited"
+    if isinstance(status, int) and status >= 500:
+        return "server_error"
+    if isinstance(status, int) and status >= 400:
+        return "client_error"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "connection_error"
+
+
+def _response(payload: object) -> ModelResponse | None:
+    raw = payload.get("response") if isinstance(payload, dict) and "parts" not in payload else payload
+    try:
+        response = JSON_CODEC.load(ModelResponse, raw)
+    except (TypeError, ValueError):
+        return None
+    return response if isinstance(response, ModelResponse) else None
+
+
+def _attempt(payload: object, *, call: int, agent: str, latency_ms: float, started_at_ms: int) -> LlmAttemptFields:
+    """What a model request cost, from its answer: usage as reported, price by ``genai-prices`` when it knows it."""
+    response = _response(payload)
+    if response is None:
+        return LlmAttemptFields(call=call, agent=agent, provider="pydantic-ai", model="unknown", outcome="ok",
+                                latency_ms=latency_ms, started_at_ms=started_at_ms, price_known=False,
+                                usage_estimated=True)
+    usage = response.usage
+    cost, known = 0.0, True
+    try:
+        cost = float(response.cost().total_price)
+    except (LookupError, ValueError, TypeError, AssertionError):
+        known = False
+    return LlmAttemptFields(
+        call=call, agent=agent, provider=(response.provider_name or "unknown")[:1_000],
+        model=(response.model_name or "unknown")[:1_000], tokens_in=usage.input_tokens, tokens_out=usage.output_tokens,
+        cost_usd=max(cost, 0.0), latency_ms=latency_ms, outcome="ok", started_at_ms=started_at_ms, price_known=known,
+    )
+
+
+# --- streaming to the tokens topic -------------------------------------------------------------------------
+
+
+def _with_tokens(user: EventStreamHandler[Any] | None) -> EventStreamHandler[Any]:
+    """A model stream's handler that sends text and tool-argument deltas to the step's token listener, and hands
+    every event on to ``user``'s handler (if any)."""
+
+    async def handler(ctx: RunContext[Any], events: Any) -> None:
+        listener = current_listener()
+        streams: dict[int, TokenStream] = {}
+        tools: dict[int, str] = {}
+
+        async def forward() -> Any:
+            outcome = "connection_error"  # unless the stream ends: a request that broke off mid-stream
+            try:
+                async for event in events:
+                    if listener is not None:
+                        _tell(listener, ctx, event, streams, tools)
+                    yield event
+                outcome = "ok"
+            finally:
+                for stream in streams.values():
+                    stream.close(outcome, None)
+
+        if user is not None:
+            await user(ctx, forward())
+        else:
+            async for _ in forward():
+                pass
+
+    return handler
+
+
+def _tell(listener: Any, ctx: RunContext[Any], event: AgentStreamEvent, streams: dict[int, TokenStream],
+          tools: dict[int, str]) -> None:
+    if not isinstance(event, PartStartEvent | PartDeltaEvent):
+        return
+    stream = streams.get(0)
+    if stream is None:
+        model = ctx.model
+        stream = streams[0] = listener.open(provider=str(getattr(model, "system", "") or "pydantic-ai"),
+                                            model=str(getattr(model, "model_name", "") or "unknown"))
+    if isinstance(event, PartStartEvent):
+        if isinstance(event.part, TextPart) and event.part.content:
+            stream.text(event.part.content)
+        elif isinstance(event.part, ToolCallPart):
+            tools[event.index] = event.part.tool_name
+            if isinstance(event.part.args, str) and event.part.args:
+                stream.tool(event.part.tool_name, event.part.args)
+    elif isinstance(event.delta, TextPartDelta):
+        stream.text(event.delta.content_delta)
+    elif isinstance(event.delta, ToolCallPartDelta) and isinstance(event.delta.args_delta, str):
+        stream.tool(tools.get(event.index, event.delta.tool_name_delta or ""), event.delta.args_delta)
+
+
+# --- the step ----------------------------------------------------------------------------------------------
+
+
+class TickflowAgent:
+    """A Pydantic AI agent as a tickflow step (``.step``) or a one-step flow (``.flow()``).
+
+    The step's input is the user's prompt (a string), or ``{"prompt": …, "message_history": [...]}`` with a
+    history in Pydantic AI's JSON form; its output is ``{"output": …, "messages": [...]}`` — the agent's output as
+    JSON and the run's new messages, so a later step or turn can go on from them. The agent must carry a
+    :class:`TickflowDurability` (it is what journals the calls).
+    """
+
+    def __init__(
+        self,
+        agent: Agent[Any, Any],
+        *,
+        name: str | None = None,
+        pool: str = DEFAULT_POOL,
+        reserve_tokens: int = DEFAULT_RESERVE_TOKENS,
+        max_attempts: int = 3,
+        backoff_s: float = 1.0,
+        timeout_s: float | None = None,
+        deps: Callable[[], Any] | None = None,
+    ) -> None:
+        durable = [c for c in _capabilities(agent) if isinstance(c, TickflowDurability)]
+        if not durable:
+            raise ValueError(f"agent {agent.name!r} has no TickflowDurability: build it with "
+                             "Agent(..., capabilities=[TickflowDurability()]) so its calls are journaled")
+        self.agent = agent
+        self.name = name or agent.name or ""
+        if not self.name:
+            raise ValueError("the agent needs a name (Agent(..., name=...) or TickflowAgent(..., name=...))")
+        self.pool, self.reserve_tokens = pool, reserve_tokens
+        self.max_attempts, self.backoff_s, self.timeout_s = max_attempts, backoff_s, timeout_s
+        self._deps = deps
+        self.step = _named(f"tickflow.pydantic_ai.{self.name}", self._run)
+
+    def flow(self, name: str | None = None) -> Flow:
+        """The agent as a one-step flow (the step is an LLM step: budgets reserve ``reserve_tokens`` before it)."""
+        return Flow().step(self.step, name=name or self.name, pool=self.pool, max_attempts=self.max_attempts,
+                           backoff_s=self.backoff_s, timeout_s=self.timeout_s, llm_reserve_tokens=self.reserve_tokens)
+
+    async def _run(self, value: Any) -> dict[str, Any]:
+        prompt, history = _prompt(value)
+        deps = self._deps() if self._deps is not None else None
+        result = await self.agent.run(prompt, message_history=history, deps=deps)
+        return {"output": pydantic_core.to_jsonable_python(result.output),
+                "messages": JSON_CODEC.dump(list[ModelMessage], result.new_messages())}
+
+
+def _prompt(value: Any) -> tuple[str | None, list[ModelMessage] | None]:
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, Mapping) and ("prompt" in value or "message_history" in value):
+        history = value.get("message_history")
+        loaded = JSON_CODEC.load(list[ModelMessage], history) if history else None
+        prompt = value.get("prompt")
+        return (str(prompt) if prompt is not None else None), loaded
+    return pydantic_core.to_json(value).decode(), None
+
+
+def _capabilities(agent: Agent[Any, Any]) -> list[Any]:
+    root = getattr(agent, "root_capability", None)
+    found: list[Any] = []
+    stack = [root] if root is not None else []
+    while stack:
+        cap = stack.pop()
+        found.append(cap)
+        stack.extend(getattr(cap, "capabilities", []) or [])
+    return found
+
+
+def _named(name: str, body: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    async def step(value: Any) -> Any:
+        return await body(value)
+
+    step.__tickflow_name__ = name  # type: ignore[attr-defined]
+    step.__name__ = step.__qualname__ = name.rsplit(".", 1)[-1]
+    return step

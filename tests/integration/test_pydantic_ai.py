@@ -1,0 +1,136 @@
+"""A Pydantic AI agent runs durably on tickflow, against the real framework, a real worker process, the local
+OpenAI-compatible server over HTTP and the real broker.
+
+The agent (``tests.integration.pai_flows``) makes three model requests and two tool calls: ``note`` (an effect on the
+fake external service), then ``book`` (a read of a quote, then the booking effect). The server holds the first quote
+read, so the worker is SIGKILLed inside ``book``, after the second model request was answered. The restarted worker
+re-runs the step: the two answered requests and ``note`` come from the journal, so the server sees no request twice
+and each effect happens once; each request is logged once as ``LlmCallAttempted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.checker import check_log
+from tests.integration.harness import read_topic, role_env, settings_for, spawn_roles
+from tests.integration.test_agents import wait_until
+from tests.llm_server import LlmTestServer, running_llm_server
+from tests.paths import REPO_ROOT
+from tickflow.client import Client
+from tickflow.node import Node
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.integration.pai_flows:registry"
+
+
+@pytest.fixture
+def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlmTestServer]:
+    with running_llm_server() as server:
+        monkeypatch.setenv("TICKFLOW_TEST_LLM_URL", server.base_url)  # read by the app in the role processes
+        yield server
+
+
+async def test_a_worker_killed_inside_a_tool_resumes_without_repeating_a_request_or_an_effect(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, llm: LlmTestServer
+) -> None:
+    from tests.integration.pai_flows import registry
+
+    node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry,
+                frozenset({"projector", "api"}))
+    await node.start()
+    s = node.settings
+    proc = spawn_roles(s, "engine,worker", tmp_path / "roles1.log", app=APP)
+    try:
+        def start() -> None:
+            with Client(s.api_url) as c:
+                c.start("trip", "Paris in May, please", run_id="trip-1")
+
+        await asyncio.to_thread(start)
+
+        async def inside_book() -> bool:
+            return llm.effects["quote"] >= 1
+
+        await wait_until(inside_book, 90, "the worker to be inside the book tool")
+        assert len(llm.for_model("trip-agent")) == 2 and llm.effects["effect/note"] == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = spawn_roles(s, "engine,worker", tmp_path / "roles2.log", app=APP)
+
+        def finish() -> dict[str, object]:
+            with Client(s.api_url) as c:
+                return c.wait("trip-1", timeout=120).model_dump()
+
+        out = await asyncio.to_thread(finish)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        await node.stop()
+
+    assert out["status"] == "completed", out
+    assert out["output"]["output"] == "All set: booked flight for 420 EUR (book #1)", out  # type: ignore[index]
+    requests = [json.dumps(r.body, sort_keys=True) for r in llm.for_model("trip-agent")]
+    assert len(requests) == 3 and len(set(requests)) == 3, "a model request was sent again after the restart"
+    assert llm.effects["effect/note"] == 1 and llm.effects["effect/book"] == 1
+    assert llm.effects["quote"] == 2  # the read in flight at the kill ran again: reads are not journaled
+    log = await read_topic(s.bootstrap, s.topics.events, s.partitions)
+    events = [e for _, _, e in log if e.key == "trip-1"]
+    paid = [e.payload for e in events if e.type == "LlmCallAttempted"]
+    assert [(p.model, p.tokens_in, p.tokens_out, p.agent) for p in paid] == [  # type: ignore[attr-defined]
+        ("trip-agent", 11, 3, "trip")] * 3
+    (await check_log(s)).assert_clean()
+
+
+DOCS = REPO_ROOT / "docs" / "integrations" / "pydantic-ai.md"
+EXAMPLE = REPO_ROOT / "examples" / "pydantic_ai_agent" / "__init__.py"
+
+
+def test_the_docs_page_shows_the_example_as_it_is() -> None:
+    (code,) = re.findall(r"^```python\n(.*?)^```", DOCS.read_text(), flags=re.S | re.M)
+    example = EXAMPLE.read_text()
+    assert code.strip() in example, "docs/integrations/pydantic-ai.md no longer shows examples/pydantic_ai_agent"
+
+
+async def test_the_docs_example_runs_with_its_commands(kafka_bootstrap: str, prefix: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tickflow up --app examples.pydantic_ai_agent:registry`` and ``tickflow start evening … --wait 60``, as the
+    docs give them (offline: no OPENAI_API_KEY), end with the agent's answer and its two requests in the ledger."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    s = settings_for(prefix, kafka_bootstrap, tmp_path, free_port())
+    command = shlex.split(re.search(r"tickflow (up --app \S+)", DOCS.read_text()).group(1))  # type: ignore[union-attr]
+    up = spawn_roles(s, "", tmp_path / "up.log",
+                     command=[sys.executable, "-m", "tickflow.cli", command[0], "--no-broker", *command[1:]])
+    try:
+        async def api_up() -> bool:
+            try:
+                async with httpx.AsyncClient() as http:
+                    return (await http.get(f"{s.api_url}/healthz", timeout=2)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(api_up, 90, "tickflow up to serve its API")
+        start = re.search(r"tickflow (start evening .*--wait 60)", DOCS.read_text()).group(1)  # type: ignore[union-attr]
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "tickflow.cli", *shlex.split(start)],
+                                       env=role_env(s), capture_output=True, text=True, timeout=120)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "booked" in done.stdout and "completed" in done.stdout, done.stdout
+    log = await read_topic(s.bootstrap, s.topics.events, s.partitions)
+    paid = [e.payload for _, _, e in log if e.type == "LlmCallAttempted"]
+    assert [(p.model, p.agent) for p in paid] == [("test", "planner")] * 2  # type: ignore[attr-defined]

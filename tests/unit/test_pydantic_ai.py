@@ -1,0 +1,154 @@
+"""A Pydantic AI agent inside a tickflow step (no broker): its model requests and tool calls are journaled, a re-run
+of the step replays them instead of asking or acting again, each request's usage reaches the ledger once, and a
+run's budget stops the agent before the request that could pass it.
+
+The real framework runs here (``pydantic_ai.Agent``, its durable-execution capability interface, its tool loop);
+the model is the framework's own ``FunctionModel`` and the journal the worker's, over a stand-in results topic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
+
+from tests.unit.test_paid_once import Broker, task
+from tickflow.events.agents import LlmCallCheckpoint
+from tickflow.events.codec import decode
+from tickflow.integrations.pydantic_ai import BudgetExceeded, TickflowAgent, TickflowDurability
+from tickflow.runtime.journal import PaidCalls, StepJournal
+from tickflow.workflow import Registry, StepContext, Workflow
+
+
+class Crash(Exception):
+    """Stands for the worker dying in the middle of the step."""
+
+
+class Script:
+    """A model that asks for ``note`` (twice, in parallel), then ``book``, then answers; counts its requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        self.requests += 1
+        returns = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, ToolReturnPart)]
+        usage = RequestUsage(input_tokens=100, output_tokens=10)
+        if not returns:
+            return ModelResponse(parts=[ToolCallPart("note", {"text": "a"}, tool_call_id="c1"),
+                                        ToolCallPart("note", {"text": "b"}, tool_call_id="c2")],
+                                 usage=usage, model_name="scripted")
+        if len(returns) == 2:
+            return ModelResponse(parts=[ToolCallPart("book", {"what": "flight"}, tool_call_id="c3")], usage=usage,
+                                 model_name="scripted")
+        return ModelResponse(parts=[TextPart(f"done: {returns[-1].content}")], usage=usage, model_name="scripted")
+
+
+class Effects:
+    """The outside world the tools act on: what each did, and whether ``book`` crashes the worker first."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.bookings = 0
+        self.crash_before_booking = False
+
+
+def build(script: Script, effects: Effects) -> tuple[TickflowAgent, Registry]:
+    agent = Agent(FunctionModel(script), name="planner", capabilities=[TickflowDurability()])
+
+    @agent.tool_plain
+    async def note(text: str) -> str:
+        effects.notes.append(text)
+        return f"noted {text}"
+
+    @agent.tool_plain
+    async def book(what: str) -> str:
+        if effects.crash_before_booking:
+            raise Crash("killed")
+        effects.bookings += 1
+        return f"booked {what} #{effects.bookings}"
+
+    wrapped = TickflowAgent(agent)
+    registry = Registry()
+    registry.add(Workflow("plan").agent(wrapped))
+    return wrapped, registry
+
+
+def context(journal: StepJournal, attempt: int = 1, **budget: Any) -> StepContext:
+    return StepContext(run_id="r1", workflow="plan", step="planner", attempt=attempt, idempotency_key="r1/planner",
+                       path="planner", journal=journal, **budget)
+
+
+def checkpoints(broker: Broker) -> list[LlmCallCheckpoint]:
+    found = [decode(raw, expect="result").payload for _, raw in broker.sent]
+    assert all(isinstance(cp, LlmCallCheckpoint) for cp in found)
+    return found  # type: ignore[return-value]
+
+
+async def test_a_re_run_after_a_crash_replays_the_requests_and_tool_calls_already_made() -> None:
+    script, effects = Script(), Effects()
+    wrapped, registry = build(script, effects)
+    calls, broker = PaidCalls(), Broker()
+    effects.crash_before_booking = True
+    with pytest.raises(Crash):
+        await registry.call(wrapped.step.__tickflow_name__, "plan a trip",  # type: ignore[attr-defined]
+                            context(StepJournal(calls, broker.send, task("planner"))))
+    assert script.requests == 2 and effects.notes == ["a", "b"] and effects.bookings == 0
+    effects.crash_before_booking = False
+    ctx = context(StepJournal(calls, broker.send, task("planner", attempt=2)), attempt=2)
+    out = await registry.call(wrapped.step.__tickflow_name__, "plan a trip", ctx)  # type: ignore[attr-defined]
+    assert out["output"] == "done: booked flight #1"
+    # Requests 1 and 2 and both notes came from the journal; only what had not happened ran.
+    assert script.requests == 3 and effects.notes == ["a", "b"] and effects.bookings == 1
+    assert calls.reused == 4
+    paid = [cp for cp in checkpoints(broker) if cp.attempts]
+    assert [(cp.attempt, cp.attempts[0].tokens_in, cp.attempts[0].model) for cp in paid] == [
+        (1, 100, "scripted"), (1, 100, "scripted"), (2, 100, "scripted")]
+    tools = sorted(cp.name.rsplit(":", 1)[-1] for cp in checkpoints(broker) if not cp.attempts)
+    assert tools == ["c1", "c2", "c3"]
+    assert ctx.report.llm_attempts == []  # the engine logs each request from its checkpoint, once
+    assert [m["kind"] for m in out["messages"]] == ["request", "response", "request", "response", "request",
+                                                    "response"]
+
+
+async def test_the_output_and_messages_let_a_next_step_go_on_from_the_conversation() -> None:
+    script, effects = Script(), Effects()
+    wrapped, registry = build(script, effects)
+    broker = Broker()
+    first = await registry.call(wrapped.step.__tickflow_name__, {"prompt": "plan"},  # type: ignore[attr-defined]
+                                context(StepJournal(PaidCalls(), broker.send, task("planner"))))
+    follow_up = {"prompt": "and again", "message_history": first["messages"]}
+    again = await registry.call(wrapped.step.__tickflow_name__, follow_up,  # type: ignore[attr-defined]
+                                context(StepJournal(PaidCalls(), broker.send, task("planner", run_id="r2"))))
+    assert again["output"].startswith("done:") and script.requests == 4  # the history already held the tool turns
+
+
+async def test_a_budget_stops_the_agent_before_the_request_that_could_pass_it() -> None:
+    script, effects = Script(), Effects()
+    wrapped, registry = build(script, effects)
+    broker = Broker()
+    # Enough for the first request (its estimate is the 1,024-token default reply plus the prompt), not a second.
+    ctx = context(StepJournal(PaidCalls(), broker.send, task("planner")), budget_tokens=1_200)
+    with pytest.raises(BudgetExceeded, match="model request 2 was not sent"):
+        await registry.call(wrapped.step.__tickflow_name__, "plan", ctx)  # type: ignore[attr-defined]
+    assert script.requests == 1 and effects.notes == ["a", "b"]
+    spent = context(StepJournal(PaidCalls(), broker.send, task("planner", run_id="r2")), budget_cost_usd=0.0)
+    with pytest.raises(BudgetExceeded, match="cost budget is spent"):
+        await registry.call(wrapped.step.__tickflow_name__, "plan", spent)  # type: ignore[attr-defined]
+    assert script.requests == 1
+
+
+async def test_outside_a_step_the_agent_runs_as_it_would_without_tickflow() -> None:
+    script, effects = Script(), Effects()
+    wrapped, _ = build(script, effects)
+    result = await wrapped.agent.run("plan")
+    assert result.output == "done: booked flight #1" and script.requests == 3
+
+
+def test_an_agent_without_the_capability_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match=r"capabilities=\[TickflowDurability\(\)\]"):
+        TickflowAgent(Agent(FunctionModel(Script()), name="bare"))
