@@ -6,8 +6,6 @@ offline ``TestModel``, which calls every tool once and answers with their result
 See docs/integrations/pydantic-ai.md.
 """
 
-from __future__ import annotations
-
 import os
 
 from pydantic_ai import Agent
@@ -16,8 +14,6 @@ from pydantic_ai.models.test import TestModel
 
 from tickflow import Registry, Workflow, current_step
 from tickflow.integrations.pydantic_ai import TickflowAgent, TickflowDurability
-
-__all__ = ["planner", "registry"]
 
 
 def _model() -> Model | str:

@@ -1,4 +1,4 @@
-"""A Pydantic AI agent in a tickflow workflow, for the integration tests (``--app tests.integration.pai_flows:registry``).
+"""A Pydantic AI agent in a workflow, for the integration tests (``--app tests.integration.pai_flows:registry``).
 
 The agent talks to the local OpenAI-compatible server (``tests.llm_server``, model ``trip-agent``) through Pydantic
 AI's own OpenAI client, at ``TICKFLOW_TEST_LLM_URL``; its tools act on that server's fake external service, so a test

@@ -106,8 +106,10 @@ async def test_a_re_run_after_a_crash_replays_the_requests_and_tool_calls_alread
     assert script.requests == 3 and effects.notes == ["a", "b"] and effects.bookings == 1
     assert calls.reused == 4
     paid = [cp for cp in checkpoints(broker) if cp.attempts]
-    assert [(cp.attempt, cp.attempts[0].tokens_in, cp.attempts[0].model) for cp in paid] == [
-        (1, 100, "scripted"), (1, 100, "scripted"), (2, 100, "scripted")]
+    model = "function:Script:"  # the name the framework gives a FunctionModel's responses
+    assert [(cp.attempt, cp.attempts[0].tokens_in, cp.attempts[0].tokens_out, cp.attempts[0].model) for cp in paid] == [
+        (1, 100, 10, model), (1, 100, 10, model), (2, 100, 10, model)]
+    assert all(not cp.attempts[0].price_known and cp.attempts[0].agent == "planner" for cp in paid)
     tools = sorted(cp.name.rsplit(":", 1)[-1] for cp in checkpoints(broker) if not cp.attempts)
     assert tools == ["c1", "c2", "c3"]
     assert ctx.report.llm_attempts == []  # the engine logs each request from its checkpoint, once
