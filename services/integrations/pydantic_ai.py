@@ -38,10 +38,7 @@ tool builds itself). Outside a tickflow step the capability does nothing: the ag
 
 from __future__ import annotations
 
-import time
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 import pydantic_core
@@ -75,79 +72,21 @@ from pydantic_ai.messages import (
 from pydantic_ai.models import Model
 from pydantic_ai.tools import AgentDepsT, RunContext
 
-from tickflow.events.errors import NonRetryableError
-from tickflow.events.schemas import ErrorInfo, LlmAttemptFields
+from tickflow.events.schemas import LlmAttemptFields
 from tickflow.events.topics import DEFAULT_POOL
+from tickflow.integrations.journaled import (
+    DEFAULT_RESERVE_TOKENS,
+    BudgetExceeded,
+    JournalError,
+    StepCalls,
+    StepCallsByStep,
+    named_step,
+    running_step,
+)
 from tickflow.llm.streaming import TokenStream, current_listener
-from tickflow.workflow import Flow, StepContext, current_step
+from tickflow.workflow import Flow
 
 __all__ = ["DEFAULT_RESERVE_TOKENS", "BudgetExceeded", "JournalError", "TickflowAgent", "TickflowDurability"]
-
-#: What the step reserves against a run's token budget, and what each model request is assumed to produce when the
-#: request sets no ``max_tokens`` (set ``model_settings={"max_tokens": …}`` to make it a cap).
-DEFAULT_RESERVE_TOKENS = 1_024
-#: Step runs whose bookkeeping a capability keeps (far more than a worker runs at once).
-_KEPT_STEP_RUNS = 4_096
-#: Characters of a request's JSON per token, for the input part of the estimate (as the engine's own reservation).
-CHARS_PER_TOKEN = 4
-
-
-class BudgetExceeded(NonRetryableError):
-    """The next model request could pass the run's LLM budget: it was not sent (a stack pauses on it)."""
-
-
-class JournalError(NonRetryableError):
-    """A result cannot be journaled (not JSON-serializable): every re-run would fail the same way."""
-
-
-# --- one agent run inside one step --------------------------------------------------------------------------
-
-
-@dataclass
-class _StepRun:
-    """What one run of one step has made so far: positions by operation name, and what its requests cost."""
-
-    ctx: StepContext
-    agent: str
-    positions: Counter[str] = field(default_factory=Counter)
-    tokens: int = 0
-    cost_usd: float = 0.0
-    requests: int = 0
-
-    def position(self, name: str) -> str:
-        n = self.positions[name]
-        self.positions[name] += 1
-        return f"{name}@{n}"
-
-    def check_budget(self, messages: Sequence[ModelMessage], max_tokens: int | None) -> None:
-        """Refuse a request that could pass what the run's budget leaves this step."""
-        ctx = self.ctx
-        if ctx.budget_cost_usd is not None and self.cost_usd >= ctx.budget_cost_usd:
-            raise BudgetExceeded(
-                f"agent {self.agent!r}: the run's cost budget is spent (${self.cost_usd:.6f} of the "
-                f"${ctx.budget_cost_usd:.6f} left to this step): model request {self.requests + 1} was not sent")
-        if ctx.budget_tokens is None:
-            return
-        size = len(pydantic_core.to_json(list(messages), fallback=str))
-        could_take = (max_tokens or DEFAULT_RESERVE_TOKENS) + size // CHARS_PER_TOKEN
-        if self.tokens + could_take > ctx.budget_tokens:
-            raise BudgetExceeded(
-                f"agent {self.agent!r}: model request {self.requests + 1} was not sent: it could take up to "
-                f"{could_take} tokens, and {self.tokens} used by this step + {could_take} > the "
-                f"{ctx.budget_tokens} tokens the run's budget leaves it")
-
-    def paid(self, attempt: LlmAttemptFields) -> None:
-        self.tokens += attempt.tokens_in + attempt.tokens_out
-        self.cost_usd += attempt.cost_usd
-
-
-def _running_step() -> StepContext | None:
-    try:
-        ctx = current_step()
-    except LookupError:
-        return None
-    return ctx if ctx.journal is not None else None
-
 
 # --- the capability -----------------------------------------------------------------------------------------
 
@@ -181,11 +120,11 @@ class TickflowDurability(BaseDurabilityCapability[AgentDepsT]):
         name: str | None = None,
     ) -> None:
         super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
-        self._runs: OrderedDict[int, _StepRun] = OrderedDict()
+        self._calls = StepCallsByStep()
 
     @property
     def in_durable_context(self) -> bool:
-        return _running_step() is not None
+        return running_step() is not None
 
     @property
     def has_wrap_run_event_stream(self) -> bool:
@@ -203,17 +142,9 @@ class TickflowDurability(BaseDurabilityCapability[AgentDepsT]):
     def get_durable_operation_backend(self) -> _TickflowBackend:
         return _TickflowBackend(self)
 
-    def step_run(self) -> _StepRun | None:
-        """The journal bookkeeping of the step running now (one per step run: a retry starts afresh)."""
-        ctx = _running_step()
-        if ctx is None:
-            return None
-        run = self._runs.get(id(ctx))  # the entry holds ctx, so its id is not reused while it is kept
-        if run is None:
-            run = self._runs[id(ctx)] = _StepRun(ctx=ctx, agent=self.name)
-            while len(self._runs) > _KEPT_STEP_RUNS:
-                self._runs.popitem(last=False)
-        return run
+    def step_calls(self) -> StepCalls | None:
+        """The journaled calls of the step running now (None outside a step)."""
+        return self._calls.current(self.name)
 
 
 _NO_CONFIG: RoleBasedOperationConfig[None] = RoleBasedOperationConfig(model=None, event=None, capability=None,
@@ -238,50 +169,18 @@ class _TickflowBackend(JournalCallableOperationBackend[None]):
         cache_key: tuple[object, ...],
         config: None,
     ) -> object:
-        run = self._durability.step_run()
-        if run is None or isinstance(operation_id, _LIVE):
+        calls = self._durability.step_calls()
+        if calls is None or isinstance(operation_id, _LIVE):
             return await body()
-        journal = run.ctx.journal
-        assert journal is not None
         if isinstance(operation_id, ModelRequestId):
-            call = run.position(name)
-            if (saved := journal.recall(call)) is not None:
-                return saved
-            return await self._model_request(run, call, body, cache_key)
+            _model_id, messages, settings = cache_key[0], cache_key[1], cache_key[2]
+            max_tokens = settings.get("max_tokens") if isinstance(settings, Mapping) else None
+            return await calls.model_request(
+                calls.position(name), body, input_chars=len(pydantic_core.to_json(messages, fallback=str)),
+                max_tokens=max_tokens if isinstance(max_tokens, int) else None, attempt=_attempt,
+                model=_model_name(cache_key))
         tool_call_id = _tool_call_id(cache_key) if isinstance(operation_id, ToolsetCallToolId) else None
-        call = f"{name}:{tool_call_id}" if tool_call_id else run.position(name)
-        if (saved := journal.recall(call)) is not None:
-            return saved
-        payload = await body()
-        await journal.record(call, payload, ())
-        return payload
-
-    async def _model_request(self, run: _StepRun, call: str, body: Callable[[], Awaitable[object]],
-                             cache_key: tuple[object, ...]) -> object:
-        _model_id, messages, settings = cache_key[0], cache_key[1], cache_key[2]
-        max_tokens = settings.get("max_tokens") if isinstance(settings, Mapping) else None
-        run.check_budget(messages if isinstance(messages, list) else [], max_tokens if isinstance(max_tokens, int)
-                         else None)
-        run.requests += 1
-        started_ms, started = int(time.time() * 1000), time.perf_counter()
-        try:
-            payload = await body()
-        except Exception as exc:
-            run.ctx.report.add_llm_attempt(LlmAttemptFields(
-                call=run.requests, agent=run.agent, provider="pydantic-ai", model=_model_name(cache_key),
-                latency_ms=(time.perf_counter() - started) * 1000, outcome=_outcome(exc), started_at_ms=started_ms,
-                error=ErrorInfo(type=type(exc).__name__, message=str(exc)[:1_000] or type(exc).__name__),
-            ))
-            raise
-        latency_ms = (time.perf_counter() - started) * 1000
-        attempt = _attempt(payload, call=run.requests, agent=run.agent, latency_ms=latency_ms,
-                           started_at_ms=started_ms)
-        run.paid(attempt)
-        journal = run.ctx.journal
-        assert journal is not None
-        if not await journal.record(call, payload, [attempt]):
-            run.ctx.report.add_llm_attempt(attempt)  # not journaled: the step's result logs it
-        return payload
+        return await calls.once(f"{name}:{tool_call_id}" if tool_call_id else calls.position(name), body)
 
 
 def _tool_call_id(cache_key: tuple[object, ...]) -> str | None:
@@ -297,19 +196,6 @@ def _model_name(cache_key: tuple[object, ...]) -> str:
     return str(getattr(model, "model_name", "") or "unknown")
 
 
-def _outcome(exc: Exception) -> Any:
-    status = getattr(exc, "status_code", None)
-    if status == 429:
-        return "rate_limited"
-    if isinstance(status, int) and status >= 500:
-        return "server_error"
-    if isinstance(status, int) and status >= 400:
-        return "client_error"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "connection_error"
-
-
 def _response(payload: object) -> ModelResponse | None:
     raw = payload.get("response") if isinstance(payload, dict) and "parts" not in payload else payload
     try:
@@ -319,12 +205,11 @@ def _response(payload: object) -> ModelResponse | None:
     return response if isinstance(response, ModelResponse) else None
 
 
-def _attempt(payload: object, *, call: int, agent: str, latency_ms: float, started_at_ms: int) -> LlmAttemptFields:
+def _attempt(payload: object) -> LlmAttemptFields:
     """What a model request cost, from its answer: usage as reported, price by ``genai-prices`` when it knows it."""
     response = _response(payload)
     if response is None:
-        return LlmAttemptFields(call=call, agent=agent, provider="pydantic-ai", model="unknown", outcome="ok",
-                                latency_ms=latency_ms, started_at_ms=started_at_ms, price_known=False,
+        return LlmAttemptFields(provider="unknown", model="unknown", outcome="ok", price_known=False,
                                 usage_estimated=True)
     usage = response.usage
     cost, known = 0.0, True
@@ -333,9 +218,9 @@ def _attempt(payload: object, *, call: int, agent: str, latency_ms: float, start
     except (LookupError, ValueError, TypeError, AssertionError):
         known = False
     return LlmAttemptFields(
-        call=call, agent=agent, provider=(response.provider_name or "unknown")[:1_000],
-        model=(response.model_name or "unknown")[:1_000], tokens_in=usage.input_tokens, tokens_out=usage.output_tokens,
-        cost_usd=max(cost, 0.0), latency_ms=latency_ms, outcome="ok", started_at_ms=started_at_ms, price_known=known,
+        provider=(response.provider_name or "unknown")[:1_000], model=(response.model_name or "unknown")[:1_000],
+        tokens_in=usage.input_tokens, tokens_out=usage.output_tokens, cost_usd=max(cost, 0.0), outcome="ok",
+        price_known=known,
     )
 
 
@@ -429,7 +314,7 @@ class TickflowAgent:
         self.pool, self.reserve_tokens = pool, reserve_tokens
         self.max_attempts, self.backoff_s, self.timeout_s = max_attempts, backoff_s, timeout_s
         self._deps = deps
-        self.step = _named(f"tickflow.pydantic_ai.{self.name}", self._run)
+        self.step = named_step(f"tickflow.pydantic_ai.{self.name}", self._run)
 
     def flow(self, name: str | None = None) -> Flow:
         """The agent as a one-step flow (the step is an LLM step: budgets reserve ``reserve_tokens`` before it)."""
@@ -465,11 +350,3 @@ def _capabilities(agent: Agent[Any, Any]) -> list[Any]:
         stack.extend(getattr(cap, "capabilities", []) or [])
     return found
 
-
-def _named(name: str, body: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
-    async def step(value: Any) -> Any:
-        return await body(value)
-
-    step.__tickflow_name__ = name  # type: ignore[attr-defined]
-    step.__name__ = step.__qualname__ = name.rsplit(".", 1)[-1]
-    return step
