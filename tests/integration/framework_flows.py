@@ -1,8 +1,9 @@
-"""A Pydantic AI agent in a workflow, for the integration tests (``--app tests.integration.pai_flows:registry``).
+"""Framework agents in workflows, for the integration tests (``--app tests.integration.framework_flows:registry``).
 
-The agent talks to the local OpenAI-compatible server (``tests.llm_server``, model ``trip-agent``) through Pydantic
-AI's own OpenAI client, at ``TICKFLOW_TEST_LLM_URL``; its tools act on that server's fake external service, so a test
-counts what they did outside the log.
+The same agent, written with Pydantic AI (workflow ``trip``) and with the OpenAI Agents SDK (``trip_oa``), talks to
+the local OpenAI-compatible server (``tests.llm_server``, model ``trip-agent``) through the framework's own client,
+at ``TICKFLOW_TEST_LLM_URL``; its tools act on that server's fake external service, so a test counts what they did
+outside the log.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import os
 
 import httpx
+from agents import Agent as OpenAIAgent
+from agents import OpenAIChatCompletionsModel, function_tool
+from openai import AsyncOpenAI
 from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
+from tickflow.integrations.openai_agents import TickflowAgents
 from tickflow.integrations.pydantic_ai import TickflowAgent, TickflowDurability
 from tickflow.workflow import Registry, Workflow, current_step
 
-__all__ = ["registry", "trip_agent"]
+__all__ = ["oa_trip_agent", "registry", "trip_agent"]
 
 BASE_URL = os.environ.get("TICKFLOW_TEST_LLM_URL", "http://127.0.0.1:9/v1")
 SERVICE = BASE_URL.removesuffix("/v1")
@@ -50,3 +55,27 @@ async def book(what: str) -> str:
 
 registry = Registry()
 registry.add(Workflow("trip").agent(TickflowAgent(trip_agent)))
+
+
+# --- the same agent written with the OpenAI Agents SDK (workflow "trip_oa") -----------------------------------
+
+
+@function_tool(name_override="note")
+async def oa_note(text: str) -> str:
+    """Keep a note of the traveller's wish."""
+    return await note(text)
+
+
+@function_tool(name_override="book")
+async def oa_book(what: str) -> str:
+    """Book it: read the quote, then make the booking."""
+    return await book(what)
+
+
+oa_trip_agent = OpenAIAgent(
+    name="trip_oa",
+    instructions="Plan the trip with the tools.",
+    model=OpenAIChatCompletionsModel("trip-agent", AsyncOpenAI(base_url=BASE_URL, api_key="sk-test-not-a-secret")),
+    tools=[oa_note, oa_book],
+)
+registry.add(Workflow("trip_oa").agent(TickflowAgents(oa_trip_agent)))

@@ -1,11 +1,12 @@
-"""A Pydantic AI agent runs durably on tickflow, against the real framework, a real worker process, the local
-OpenAI-compatible server over HTTP and the real broker.
+"""Framework agents run durably on tickflow — a Pydantic AI agent and an OpenAI Agents SDK agent — against the real
+frameworks, a real worker process, the local OpenAI-compatible server over HTTP and the real broker.
 
-The agent (``tests.integration.pai_flows``) makes three model requests and two tool calls: ``note`` (an effect on the
-fake external service), then ``book`` (a read of a quote, then the booking effect). The server holds the first quote
-read, so the worker is SIGKILLed inside ``book``, after the second model request was answered. The restarted worker
-re-runs the step: the two answered requests and ``note`` come from the journal, so the server sees no request twice
-and each effect happens once; each request is logged once as ``LlmCallAttempted``.
+The agent (``tests.integration.framework_flows``, written once with each framework) makes three model requests and two
+tool calls: ``note`` (an effect on the fake external service), then ``book`` (a read of a quote, then the booking
+effect). The server holds the first quote read, so the worker is SIGKILLed inside ``book``, after the second model
+request was answered. The restarted worker re-runs the step: the two answered requests and ``note`` come from the
+journal, so the server sees no request twice and each effect happens once; each request is logged once as
+``LlmCallAttempted``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 
-APP = "tests.integration.pai_flows:registry"
+APP = "tests.integration.framework_flows:registry"
 
 
 @pytest.fixture
@@ -44,10 +45,11 @@ def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlmTestServer]:
         yield server
 
 
+@pytest.mark.parametrize("workflow", ["trip", "trip_oa"])  # written with Pydantic AI, with the OpenAI Agents SDK
 async def test_a_worker_killed_inside_a_tool_resumes_without_repeating_a_request_or_an_effect(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path, llm: LlmTestServer
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, llm: LlmTestServer, workflow: str
 ) -> None:
-    from tests.integration.pai_flows import registry
+    from tests.integration.framework_flows import registry
 
     node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry,
                 frozenset({"projector", "api"}))
@@ -57,7 +59,7 @@ async def test_a_worker_killed_inside_a_tool_resumes_without_repeating_a_request
     try:
         def start() -> None:
             with Client(s.api_url) as c:
-                c.start("trip", "Paris in May, please", run_id="trip-1")
+                c.start(workflow, "Paris in May, please", run_id="trip-1")
 
         await asyncio.to_thread(start)
 
@@ -91,27 +93,36 @@ async def test_a_worker_killed_inside_a_tool_resumes_without_repeating_a_request
     events = [e for _, _, e in log if e.key == "trip-1"]
     paid = [e.payload for e in events if e.type == "LlmCallAttempted"]
     assert [(p.model, p.tokens_in, p.tokens_out, p.agent) for p in paid] == [  # type: ignore[attr-defined]
-        ("trip-agent", 11, 3, "trip")] * 3
+        ("trip-agent", 11, 3, workflow)] * 3
     (await check_log(s)).assert_clean()
 
 
-DOCS = REPO_ROOT / "docs" / "integrations" / "pydantic-ai.md"
-EXAMPLE = REPO_ROOT / "examples" / "pydantic_ai_agent" / "__init__.py"
+#: Each framework's docs page, its example, the workflow its start command runs, and the (model, agent) of each
+#: model call that run logs.
+DOCS_EXAMPLES = {
+    "pydantic-ai": ("pydantic_ai_agent", "evening", [("test", "planner")] * 2),
+    "openai-agents": ("openai_agents_agent", "booking", [("OfflineModel", "triage")] * 3),
+}
 
 
-def test_the_docs_page_shows_the_example_as_it_is() -> None:
-    (code,) = re.findall(r"^```python\n(.*?)^```", DOCS.read_text(), flags=re.S | re.M)
-    example = EXAMPLE.read_text()
-    assert code.strip() in example, "docs/integrations/pydantic-ai.md no longer shows examples/pydantic_ai_agent"
+@pytest.mark.parametrize("page", sorted(DOCS_EXAMPLES))
+def test_the_docs_page_shows_the_example_as_it_is(page: str) -> None:
+    docs = REPO_ROOT / "docs" / "integrations" / f"{page}.md"
+    example = REPO_ROOT / "examples" / DOCS_EXAMPLES[page][0] / "__init__.py"
+    (code,) = re.findall(r"^```python\n(.*?)^```", docs.read_text(), flags=re.S | re.M)
+    assert code.strip() in example.read_text(), f"{docs.name} no longer shows {example.parent.name}"
 
 
+@pytest.mark.parametrize("page", sorted(DOCS_EXAMPLES))
 async def test_the_docs_example_runs_with_its_commands(kafka_bootstrap: str, prefix: str, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """``tickflow up --app examples.pydantic_ai_agent:registry`` and ``tickflow start evening … --wait 60``, as the
-    docs give them (offline: no OPENAI_API_KEY), end with the agent's answer and its two requests in the ledger."""
+                                                        monkeypatch: pytest.MonkeyPatch, page: str) -> None:
+    """``tickflow up --app examples.…:registry`` and ``tickflow start … --wait 60``, as the docs page gives them
+    (offline: no OPENAI_API_KEY), end with the agent's answer and its model calls in the ledger."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    text = (REPO_ROOT / "docs" / "integrations" / f"{page}.md").read_text()
+    _, workflow, expected = DOCS_EXAMPLES[page]
     s = settings_for(prefix, kafka_bootstrap, tmp_path, free_port())
-    command = shlex.split(re.search(r"tickflow (up --app \S+)", DOCS.read_text()).group(1))  # type: ignore[union-attr]
+    command = shlex.split(re.search(r"tickflow (up --app \S+)", text).group(1))  # type: ignore[union-attr]
     up = spawn_roles(s, "", tmp_path / "up.log",
                      command=[sys.executable, "-m", "tickflow.cli", command[0], "--no-broker", *command[1:]])
     try:
@@ -123,7 +134,7 @@ async def test_the_docs_example_runs_with_its_commands(kafka_bootstrap: str, pre
                 return False
 
         await wait_until(api_up, 90, "tickflow up to serve its API")
-        start = re.search(r"tickflow (start evening .*--wait 60)", DOCS.read_text()).group(1)  # type: ignore[union-attr]
+        start = re.search(rf"tickflow (start {workflow} .*--wait 60)", text).group(1)  # type: ignore[union-attr]
         done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "tickflow.cli", *shlex.split(start)],
                                        env=role_env(s), capture_output=True, text=True, timeout=120)
     finally:
@@ -133,4 +144,4 @@ async def test_the_docs_example_runs_with_its_commands(kafka_bootstrap: str, pre
     assert "booked" in done.stdout and "completed" in done.stdout, done.stdout
     log = await read_topic(s.bootstrap, s.topics.events, s.partitions)
     paid = [e.payload for _, _, e in log if e.type == "LlmCallAttempted"]
-    assert [(p.model, p.agent) for p in paid] == [("test", "planner")] * 2  # type: ignore[attr-defined]
+    assert [(p.model, p.agent) for p in paid] == expected  # type: ignore[attr-defined]
