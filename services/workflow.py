@@ -58,6 +58,7 @@ __all__ = [
     "Workflow",
     "current_step",
     "named",
+    "named_step",
 ]
 
 StepFn = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
@@ -168,6 +169,17 @@ def named(name: str, fn: _F | None = None) -> Callable[[_F], _F] | _F:
         return fn
 
     return pin if fn is None else pin(fn)
+
+
+def named_step(name: str, body: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """A step function named ``name`` that runs ``body``: for steps an object builds from its own methods (an agent's
+    model step), as a bound method cannot carry the name itself."""
+
+    async def step(value: Any) -> Any:
+        return await body(value)
+
+    step.__name__ = step.__qualname__ = name.rsplit(".", 1)[-1]
+    return named(name, step)
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

@@ -48,7 +48,7 @@ import inspect
 import json
 import re
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +78,7 @@ from tickflow.llm import (
 )
 from tickflow.projections.memory import THREAD_ID_PATTERN, MemoryMessage
 from tickflow.settings import Settings
-from tickflow.workflow import Flow, StepContext, current_step
+from tickflow.workflow import Flow, StepContext, current_step, named_step
 
 __all__ = [
     "DEFAULT_RESERVE_TOKENS",
@@ -253,8 +253,8 @@ class Agent:
         self.tool_concurrency = tool_concurrency
         self.temperature, self.max_tokens = temperature, max_tokens
         # One function object per agent, so using the agent in several workflows registers it once.
-        self.llm_step = _named(f"tickflow.agent.{name}.llm", self._llm_step)
-        self.tool_step = _named(f"tickflow.agent.{name}.tool", self._tool_step)
+        self.llm_step = named_step(f"tickflow.agent.{name}.llm", self._llm_step)
+        self.tool_step = named_step(f"tickflow.agent.{name}.tool", self._tool_step)
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, chain={self.chain!r}, tools={sorted(self.tools)}, max_turns={self.max_turns})"
@@ -410,17 +410,6 @@ class Agent:
         except pydantic_core.PydanticSerializationError as exc:
             raise NonRetryableError(f"tool {call.name!r} returned a {type(output).__name__}, which cannot be sent "
                                     f"to the model as JSON: {exc}") from None
-
-
-def _named(name: str, body: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
-    """A step function registered as ``name`` (bound methods cannot carry the attribute)."""
-
-    async def step(value: Any) -> Any:
-        return await body(value)
-
-    step.__tickflow_name__ = name  # type: ignore[attr-defined]
-    step.__name__ = step.__qualname__ = name.rsplit(".", 1)[-1]
-    return step
 
 
 # --- pure parts: the mapper, the conditions, message shaping -------------------------------------------------

@@ -26,7 +26,6 @@ __all__ = [
     "JournalError",
     "StepCalls",
     "StepCallsByStep",
-    "named_step",
     "outcome_of",
     "running_step",
 ]
@@ -161,15 +160,3 @@ def outcome_of(exc: BaseException) -> LlmOutcome:
     if isinstance(exc, TimeoutError):
         return "timeout"
     return "connection_error"
-
-
-def named_step(name: str, body: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
-    """A step function registered as ``name`` (bound methods cannot carry the attribute)."""
-
-    async def step(value: Any) -> Any:
-        return await body(value)
-
-    step.__tickflow_name__ = name  # type: ignore[attr-defined]
-    step.__name__ = step.__qualname__ = name.rsplit(".", 1)[-1]
-    return step
-

@@ -59,9 +59,8 @@ from tickflow.integrations.journaled import (
     BudgetExceeded,
     StepCalls,
     StepCallsByStep,
-    named_step,
 )
-from tickflow.workflow import Flow
+from tickflow.workflow import Flow, named_step
 
 __all__ = ["BudgetExceeded", "TickflowAgents", "TickflowRunner"]
 

@@ -80,11 +80,10 @@ from tickflow.integrations.journaled import (
     JournalError,
     StepCalls,
     StepCallsByStep,
-    named_step,
     running_step,
 )
 from tickflow.llm.streaming import TokenStream, current_listener
-from tickflow.workflow import Flow
+from tickflow.workflow import Flow, named_step
 
 __all__ = ["DEFAULT_RESERVE_TOKENS", "BudgetExceeded", "JournalError", "TickflowAgent", "TickflowDurability"]
 
