@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.paths import REPO_ROOT
+from tickflow.client import Client
 from tickflow.events.codec import decode
 from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
@@ -107,6 +110,31 @@ def spawn_roles(
         stdout=out,
         stderr=subprocess.STDOUT,
     )
+
+
+def kill_and_respawn(proc: subprocess.Popen[bytes], settings: Settings, roles: str, log_path: Path,
+                     app: str = "tests.integration.flows:registry") -> subprocess.Popen[bytes]:
+    """SIGKILL a role process and start its replacement (as a supervisor restarting a crashed node would)."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    return spawn_roles(settings, roles, log_path, app=app)
+
+
+def stop_roles(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a role process still running and wait for it to drain and exit."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+async def run_end(settings: Settings, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Wait (through the API) for a run to end; its final status as a dict."""
+
+    def wait() -> dict[str, Any]:
+        with Client(settings.api_url) as c:
+            return c.wait(run_id, timeout=timeout).model_dump()
+
+    return await asyncio.to_thread(wait)
 
 
 async def read_topic(kafka: KafkaTarget, topic: str, partitions: int) -> list[tuple[int, int, Envelope]]:

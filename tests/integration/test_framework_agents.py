@@ -26,7 +26,15 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.checker import check_log
-from tests.integration.harness import read_topic, role_env, settings_for, spawn_roles
+from tests.integration.harness import (
+    kill_and_respawn,
+    read_topic,
+    role_env,
+    run_end,
+    settings_for,
+    spawn_roles,
+    stop_roles,
+)
 from tests.integration.test_agents import wait_until
 from tests.llm_server import LlmTestServer, running_llm_server
 from tests.paths import REPO_ROOT
@@ -68,19 +76,10 @@ async def test_a_worker_killed_inside_a_tool_resumes_without_repeating_a_request
 
         await wait_until(inside_book, 90, "the worker to be inside the book tool")
         assert len(llm.for_model("trip-agent")) == 2 and llm.effects["effect/note"] == 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        proc = spawn_roles(s, "engine,worker", tmp_path / "roles2.log", app=APP)
-
-        def finish() -> dict[str, object]:
-            with Client(s.api_url) as c:
-                return c.wait("trip-1", timeout=120).model_dump()
-
-        out = await asyncio.to_thread(finish)
+        proc = kill_and_respawn(proc, s, "engine,worker", tmp_path / "roles2.log", app=APP)
+        out = await run_end(s, "trip-1")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+        stop_roles(proc)
         await node.stop()
 
     assert out["status"] == "completed", out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.checker import check_log
 from tests.integration.flows import registry
-from tests.integration.harness import read_topic, settings_for, spawn_roles
+from tests.integration.harness import kill_and_respawn, read_topic, run_end, settings_for, spawn_roles, stop_roles
 from tests.integration.test_agents import wait_until
 from tests.llm_server import LlmTestServer, running_llm_server
 from tickflow.client import Client
@@ -65,19 +64,10 @@ async def test_a_worker_killed_after_the_provider_answered_does_not_pay_for_the_
 
         await wait_until(held_after_the_answer, 90, "the turn to be held after its paid answer")
         assert len(llm.for_model("ok")) == 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        proc = spawn_roles(s, "engine,worker", tmp_path / "roles2.log")
-
-        def finish() -> dict[str, object]:
-            with Client(s.api_url) as c:
-                return c.wait("paid-1", timeout=120).model_dump()
-
-        out = await asyncio.to_thread(finish)
+        proc = kill_and_respawn(proc, s, "engine,worker", tmp_path / "roles2.log")
+        out = await run_end(s, "paid-1")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+        stop_roles(proc)
         await node.stop()
 
     assert out["status"] == "completed", out
