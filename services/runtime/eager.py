@@ -128,6 +128,10 @@ class EagerDispatch:
             if scheduled is not None and not scheduled.done():
                 scheduled.set_result(None)
 
+    def awaiting(self) -> set[int]:
+        """The partitions whose new eager attempts wait to learn that their scheduling committed."""
+        return set(self._scheduled)
+
     def drop(self, partition: int) -> None:
         """The engine no longer serves ``partition``: its eager attempts stop, unreported (and never learn that
         their scheduling committed: the partition's next owner schedules them again)."""

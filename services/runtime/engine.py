@@ -479,7 +479,13 @@ class Engine(PartitionOwnership):
         for partition in parts:
             self.offsets.committed(partition)
         if self.eager is not None:
-            self.eager.committed(parts)
+            # With no transaction open, what scheduled a partition's eager attempts is in the log already: a
+            # recovered run's step, re-sent in memory without a write, must not wait for the partition's next commit.
+            self.eager.committed(parts | {p for p in self.eager.awaiting() if not self._writing(p)})
+
+    def _writing(self, partition: int) -> bool:
+        writer = self.writers.get(partition)
+        return writer is not None and writer.open
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         # Commits never outrun durable state: the transactions of every event/task these offsets caused commit first.

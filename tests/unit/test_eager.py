@@ -130,6 +130,18 @@ async def test_an_attempt_learns_when_the_transaction_that_scheduled_it_commits(
     assert worker.scheduled["r4/s1/1"].done() and not other.done()
 
 
+async def test_the_engine_learns_which_partitions_have_attempts_waiting_for_their_scheduling() -> None:
+    """What the engine resolves at a turn's end where no transaction is open: a recovered run's step, handed over
+    without a write, was scheduled by a transaction already in the log."""
+    eager, worker = EagerDispatch(), FakeWorker(slots=5)
+    eager.attach(worker)
+    assert eager.awaiting() == set()
+    eager.offer(3, "default", task("r1"))
+    assert eager.awaiting() == {3}
+    eager.committed({3})
+    assert eager.awaiting() == set() and worker.scheduled["r1/s1/1"].done()
+
+
 @pytest.mark.parametrize("pool", ["default", "gpu"])
 def test_serves_exactly_the_attached_pools(pool: str) -> None:
     eager = EagerDispatch()
