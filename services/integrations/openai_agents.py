@@ -22,8 +22,8 @@ checked before it is sent against what the run's budget leaves the step (``Model
 
 Not journaled: what a tool does besides returning its value (a tool in flight at a crash runs again; use
 ``current_step().idempotency_key``); hosted tools the model runs itself (web search, file search: they are part of
-the journaled response); ``Runner.run_streamed`` (use ``run``). Outside a tickflow step ``TickflowRunner.run`` is
-``Runner.run``.
+the journaled response); ``Runner.run_streamed`` (use ``run``: inside a worker its model calls stream, and the text
+and tool-argument deltas go to the tokens topic). Outside a tickflow step ``TickflowRunner.run`` is ``Runner.run``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ from agents import (
 )
 from agents.items import TResponseOutputItem
 from agents.tool_context import ToolContext
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseFunctionCallArgumentsDeltaEvent,
+    ResponseOutputItemAddedEvent,
+    ResponseTextDeltaEvent,
+)
 from pydantic import TypeAdapter
 
 from tickflow.events.schemas import LlmAttemptFields
@@ -60,6 +67,7 @@ from tickflow.integrations.journaled import (
     StepCalls,
     StepCallsByStep,
 )
+from tickflow.llm.streaming import TokenListener, TokenStream, current_listener
 from tickflow.workflow import Flow, named_step
 
 __all__ = ["BudgetExceeded", "TickflowAgents", "TickflowRunner"]
@@ -137,10 +145,19 @@ class _JournaledModel(Model):
 
     async def get_response(self, system_instructions: str | None, input: Any, model_settings: ModelSettings,
                            tools: Any, output_schema: Any, handoffs: Any, tracing: Any, **kwargs: Any) -> ModelResponse:
+        args = (system_instructions, input, model_settings, tools, output_schema, handoffs, tracing)
+
         async def make() -> dict[str, Any]:
-            response = await self.inner.get_response(system_instructions, input, model_settings, tools, output_schema,
-                                                     handoffs, tracing, **kwargs)
-            return _dump(response)
+            listener = current_listener()
+            if listener is None:
+                return _dump(await self.inner.get_response(*args, **kwargs))
+            # The ledger needs the usage, which an OpenAI-compatible stream sends only when asked for.
+            settings = model_settings if model_settings.include_usage is not None else dataclasses.replace(
+                model_settings, include_usage=True)
+            try:
+                return _dump(await self._streamed(listener, (*args[:2], settings, *args[3:]), kwargs))
+            except NotImplementedError:  # a model that cannot stream (an offline stand-in): asked for it whole
+                return _dump(await self.inner.get_response(*args, **kwargs))
 
         size = len(system_instructions or "") + len(pydantic_core.to_json(input, fallback=str))
         saved = await self.calls.model_request(
@@ -149,9 +166,45 @@ class _JournaledModel(Model):
             model=self.name)
         return _load(saved)
 
+    async def _streamed(self, listener: TokenListener, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ModelResponse:
+        """The response, asked for as a stream whose text and tool-argument deltas go to the step's token listener
+        (the tokens topic) as they arrive: what a worker does for its own agents' calls. The listener's stream opens
+        with the first event, so a model that cannot stream (``NotImplementedError``) leaves no broken stream."""
+        final: Response | None = None
+        tools: dict[int, str] = {}
+        stream: TokenStream | None = None
+        outcome = "connection_error"  # unless the stream completes
+        try:
+            async for event in self.inner.stream_response(*args, **kwargs):
+                if stream is None:
+                    stream = listener.open(provider="openai-agents", model=self.name)
+                if isinstance(event, ResponseTextDeltaEvent):
+                    stream.text(event.delta)
+                elif isinstance(event, ResponseOutputItemAddedEvent) and event.item.type == "function_call":
+                    tools[event.output_index] = event.item.name
+                elif isinstance(event, ResponseFunctionCallArgumentsDeltaEvent):
+                    stream.tool(tools.get(event.output_index, ""), event.delta)
+                elif isinstance(event, ResponseCompletedEvent):
+                    final = event.response
+            if final is None:
+                raise RuntimeError(f"model {self.name!r}: its stream ended without a completed response")
+            outcome = "ok"
+        except NotImplementedError:
+            if stream is not None:  # not "cannot stream": it failed mid-stream, and asking again would pay again
+                raise RuntimeError(f"model {self.name!r}: its stream broke off (NotImplementedError)") from None
+            raise
+        finally:
+            if stream is not None:
+                stream.close(outcome, None)
+        usage = final.usage
+        return ModelResponse(output=list(final.output), response_id=final.id, usage=Usage(
+            requests=1, input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0, total_tokens=usage.total_tokens if usage else 0))
+
     def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("a streamed run is not journaled: use TickflowRunner.run (Runner.run_streamed "
-                                  "inside a tickflow step would call the model again on every re-run)")
+        raise NotImplementedError("a streamed run is not journaled: use TickflowRunner.run (its model calls stream "
+                                  "to the tokens topic; Runner.run_streamed inside a tickflow step would call the "
+                                  "model again on every re-run)")
 
 
 class _JournaledProvider(ModelProvider):

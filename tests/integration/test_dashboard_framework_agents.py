@@ -1,6 +1,6 @@
-"""A Pydantic AI agent's run page in real headless Chromium: its reply shows while the model streams it (through the
-framework's own OpenAI client, from the local server's ``stream-slow`` model), and its model calls are listed with
-their tokens once the run has ended."""
+"""A framework agent's run page in real headless Chromium — a Pydantic AI agent and an OpenAI Agents SDK agent: the
+reply shows while the model streams it (through the framework's own OpenAI client, from the local server's
+``stream-slow`` model), and the model call is listed with its tokens once the run has ended."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agents import Agent as OpenAIAgent
+from agents import OpenAIChatCompletionsModel
+from openai import AsyncOpenAI
 from playwright.sync_api import Browser
 from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
@@ -20,6 +23,7 @@ from tests.integration.harness import settings_for
 from tests.integration.test_dashboard import in_browser
 from tests.llm_server import SLOW_ANSWER, LlmTestServer, running_llm_server
 from tickflow.client import Client
+from tickflow.integrations.openai_agents import TickflowAgents
 from tickflow.integrations.pydantic_ai import TickflowAgent, TickflowDurability
 from tickflow.node import Node
 from tickflow.workflow import Registry, Workflow
@@ -37,21 +41,26 @@ def llm() -> Iterator[LlmTestServer]:
 async def node(kafka_bootstrap: str, prefix: str, tmp_path: Path, llm: LlmTestServer) -> AsyncIterator[Node]:
     model = OpenAIChatModel("stream-slow", provider=OpenAIProvider(base_url=llm.base_url, api_key="sk-test"))
     teller = Agent(model, name="teller", capabilities=[TickflowDurability()])
+    oa_teller = OpenAIAgent(name="teller_oa", model=OpenAIChatCompletionsModel(
+        "stream-slow", AsyncOpenAI(base_url=llm.base_url, api_key="sk-test")))
     registry = Registry()
     registry.add(Workflow("tale").agent(TickflowAgent(teller)))
+    registry.add(Workflow("tale_oa").agent(TickflowAgents(oa_teller)))
     node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry)
     await node.start()
     yield node
     await node.stop()
 
 
-async def test_the_run_page_streams_the_reply_and_lists_the_model_call(node: Node, llm: LlmTestServer) -> None:
+@pytest.mark.parametrize("workflow", ["tale", "tale_oa"])  # Pydantic AI, OpenAI Agents SDK
+async def test_the_run_page_streams_the_reply_and_lists_the_model_call(node: Node, llm: LlmTestServer,
+                                                                     workflow: str) -> None:
     base = node.settings.api_url
 
     def session(browser: Browser) -> dict[str, Any]:
         page = browser.new_page()
         with Client(base) as c:
-            c.start("tale", "Tell me a tale.", run_id="tale-web")
+            c.start(workflow, "Tell me a tale.", run_id="tale-web")
         page.goto(f"{base}/ui/runs/tale-web")  # the reply's 24 words stream over ~1.4 s
         page.wait_for_selector("#run-tokens .token-stream pre:not(:empty)", timeout=30_000)
         early = {"text": page.text_content("#run-tokens .token-stream pre") or "",
