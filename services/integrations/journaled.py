@@ -15,8 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# What a step reserves, and what a request is assumed to produce without ``max_tokens``: as for native agents; its
+# input is estimated as the engine's own reservation does.
+from tickflow.agents.agent import DEFAULT_RESERVE_TOKENS
+from tickflow.core.interpreter import CHARS_PER_TOKEN
 from tickflow.events.errors import NonRetryableError
 from tickflow.events.schemas import ErrorInfo, LlmAttemptFields, LlmOutcome
+from tickflow.llm import scrub
 from tickflow.workflow import StepContext, current_step
 
 __all__ = [
@@ -30,11 +35,6 @@ __all__ = [
     "running_step",
 ]
 
-#: What a framework agent's step reserves against a run's token budget, and what each model request is assumed to
-#: produce when it sets no ``max_tokens`` (set it to make the estimate a cap).
-DEFAULT_RESERVE_TOKENS = 1_024
-#: Characters of a request's JSON per token, for the input part of the estimate (as the engine's own reservation).
-CHARS_PER_TOKEN = 4
 
 
 class BudgetExceeded(NonRetryableError):
@@ -98,7 +98,9 @@ class StepCalls:
             self.ctx.report.add_llm_attempt(LlmAttemptFields(
                 call=self.requests, agent=self.agent, provider="unknown", model=model[:1_000],
                 latency_ms=(time.perf_counter() - started) * 1000, outcome=outcome_of(exc), started_at_ms=started_ms,
-                error=ErrorInfo(type=type(exc).__name__, message=str(exc)[:1_000] or type(exc).__name__),
+                # A provider's error may echo the key it was given: kept scrubbed, as the router's are.
+                error=ErrorInfo(type=type(exc).__name__, message=scrub(str(exc), ("OPENAI_API_KEY",))
+                                or type(exc).__name__),
             ))
             raise
         cost = attempt(answer).model_copy(update={

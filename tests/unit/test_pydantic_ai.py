@@ -154,3 +154,21 @@ async def test_outside_a_step_the_agent_runs_as_it_would_without_tickflow() -> N
 def test_an_agent_without_the_capability_is_refused_with_what_to_do() -> None:
     with pytest.raises(ValueError, match=r"capabilities=\[TickflowDurability\(\)\]"):
         TickflowAgent(Agent(FunctionModel(Script()), name="bare"))
+
+
+async def test_a_failed_request_is_reported_with_its_key_scrubbed() -> None:
+    """A provider's 401 echoes the key it was given; the attempt the step reports keeps none of it."""
+    key = "sk-proj-" + "a1b2c3d4" * 6
+
+    def refuse(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        raise RuntimeError(f"Incorrect API key provided: {key}. You can find your API key at platform.example")
+
+    agent = Agent(FunctionModel(refuse), name="refused", capabilities=[TickflowDurability()])
+    registry = Registry()
+    registry.add(Workflow("w").agent(wrapped := TickflowAgent(agent)))
+    ctx = context(StepJournal(PaidCalls(), Broker().send, task("refused")))
+    with pytest.raises(RuntimeError):
+        await registry.call(wrapped.step.__tickflow_name__, "hi", ctx)  # type: ignore[attr-defined]
+    (attempt,) = ctx.report.llm_attempts
+    assert attempt.outcome == "connection_error" and attempt.error is not None
+    assert key not in attempt.error.message and "Incorrect API key" in attempt.error.message
