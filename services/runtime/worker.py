@@ -686,9 +686,9 @@ class StepWorker:
         checkpoints, as for a task partition taken over: a restarted process's engine hands its worker the re-runs of
         steps the killed one ran, and the paid calls those journaled must be recalled, not paid again, whether or
         not this worker owns the task partition (yet). Once per partition while the engine serves it."""
-        if partition in self._learned:
-            return
         pending = self._learned_eager.get(partition)
+        if partition in self._learned or (pending is not None and pending.done()):
+            return  # every eager attempt passes here: read once, then no await at all
         if pending is None:
             pending = self._learned_eager[partition] = asyncio.ensure_future(
                 self.produced.learn(self.settings.kafka, self.topics.results, {partition}))
