@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 import pydantic_core
-from pydantic_ai import Agent
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
 from pydantic_ai.agent import EventStreamHandler
 from pydantic_ai.durable_exec import (
     JSON_CODEC,
@@ -83,9 +83,16 @@ from tickflow.integrations.journaled import (
     running_step,
 )
 from tickflow.llm.streaming import TokenStream, current_listener
-from tickflow.workflow import Flow, named_step
+from tickflow.workflow import Flow, named, named_step
 
-__all__ = ["DEFAULT_RESERVE_TOKENS", "BudgetExceeded", "JournalError", "TickflowAgent", "TickflowDurability"]
+__all__ = [
+    "ANSWER_SCHEMA",
+    "DEFAULT_RESERVE_TOKENS",
+    "BudgetExceeded",
+    "JournalError",
+    "TickflowAgent",
+    "TickflowDurability",
+]
 
 # --- the capability -----------------------------------------------------------------------------------------
 
@@ -282,12 +289,20 @@ def _tell(listener: Any, ctx: RunContext[Any], event: AgentStreamEvent, streams:
 
 
 class TickflowAgent:
-    """A Pydantic AI agent as a tickflow step (``.step``) or a one-step flow (``.flow()``).
+    """A Pydantic AI agent as a tickflow step (``.step``) or flow (``.flow()``, what ``Flow.agent`` adds).
 
     The step's input is the user's prompt (a string), or ``{"prompt": …, "message_history": [...]}`` with a
     history in Pydantic AI's JSON form; its output is ``{"output": …, "messages": [...]}`` — the agent's output as
     JSON and the run's new messages, so a later step or turn can go on from them. The agent must carry a
     :class:`TickflowDurability` (it is what journals the calls).
+
+    Tools that need a human. When the agent's ``output_type`` includes ``DeferredToolRequests`` (Pydantic AI's
+    deferred tools: ``requires_approval=True``, ``ApprovalRequired``, ``CallDeferred``), ``.flow()`` is a loop: the
+    agent runs, and when it stops on calls that need an answer, the run waits for the event ``deferred_event``
+    (default ``<name>.deferred_tools``) — a durable tickflow wait, resumed through the SDK, CLI, HTTP or the
+    dashboard with a payload of :data:`ANSWER_SCHEMA` — and then goes on from the whole conversation with those
+    answers. Calls left unanswered keep the run waiting for the rest. While it waits, the step's output
+    (``{"deferred": {"approvals": [...], "calls": [...]}, …}``) lists the calls and their arguments.
     """
 
     def __init__(
@@ -301,6 +316,8 @@ class TickflowAgent:
         backoff_s: float = 1.0,
         timeout_s: float | None = None,
         deps: Callable[[], Any] | None = None,
+        deferred_event: str | None = None,
+        max_waits: int = 20,
     ) -> None:
         durable = [c for c in _capabilities(agent) if isinstance(c, TickflowDurability)]
         if not durable:
@@ -312,20 +329,152 @@ class TickflowAgent:
             raise ValueError("the agent needs a name (Agent(..., name=...) or TickflowAgent(..., name=...))")
         self.pool, self.reserve_tokens = pool, reserve_tokens
         self.max_attempts, self.backoff_s, self.timeout_s = max_attempts, backoff_s, timeout_s
+        self.defers = _allows_deferred(agent.output_type)
+        self.deferred_event = deferred_event or f"{self.name}.deferred_tools"
+        self.max_waits = max_waits
         self._deps = deps
         self.step = named_step(f"tickflow.pydantic_ai.{self.name}", self._run)
 
     def flow(self, name: str | None = None) -> Flow:
-        """The agent as a one-step flow (the step is an LLM step: budgets reserve ``reserve_tokens`` before it)."""
-        return Flow().step(self.step, name=name or self.name, pool=self.pool, max_attempts=self.max_attempts,
+        """The agent as a flow named ``name``: one LLM step (budgets reserve ``reserve_tokens`` before it); with
+        deferred tools, a loop of that step and a wait for the answers (see the class docstring)."""
+        base = name or self.name
+        if not self.defers:
+            return self._step_flow(base, None)
+        turn = self._step_flow(f"{base}.run", _resume_input(base)).branch(
+            (_deferred, Flow().wait_for_event(self.deferred_event, schema=ANSWER_SCHEMA, name=f"{base}.answers")),
+            name=f"{base}.ask")
+        flow = Flow().loop(turn, until=_settled, max_iterations=self.max_waits + 1, name=base)
+        flow._nodes[0]["body"]["name"] = f"{base}.turn"
+        return flow
+
+    def _step_flow(self, name: str, input: Callable[[Mapping[str, Any]], Any] | None) -> Flow:
+        return Flow().step(self.step, name=name, input=input, pool=self.pool, max_attempts=self.max_attempts,
                            backoff_s=self.backoff_s, timeout_s=self.timeout_s, llm_reserve_tokens=self.reserve_tokens)
 
     async def _run(self, value: Any) -> dict[str, Any]:
-        prompt, history = _prompt(value)
         deps = self._deps() if self._deps is not None else None
+        if isinstance(value, Mapping) and _RESUME in value:
+            return await self._resume(value[_RESUME], deps)
+        prompt, history = _prompt(value)
         result = await self.agent.run(prompt, message_history=history, deps=deps)
-        return {"output": pydantic_core.to_jsonable_python(result.output),
-                "messages": JSON_CODEC.dump(list[ModelMessage], result.new_messages())}
+        return self._outcome(result.output, result.all_messages(), len(history or []), {})
+
+    async def _resume(self, state: Mapping[str, Any], deps: Any) -> dict[str, Any]:
+        """Go on from a conversation that stopped on deferred calls, once every one of them has its answer."""
+        answers: dict[str, Any] = dict(state["answers"])
+        requests: Mapping[str, Any] = state["requests"]
+        history = JSON_CODEC.load(list[ModelMessage], state["history"])
+        unanswered = {kind: [c for c in requests.get(kind, []) if c["tool_call_id"] not in answers.get(kind, {})]
+                      for kind in ("approvals", "calls")}
+        if any(unanswered.values()):  # keep waiting for the rest, holding the answers given so far
+            return {"deferred": unanswered, "history": state["history"], "kept": state["kept"], "answers": answers,
+                    "waiting_for": self.deferred_event}
+        result = await self.agent.run(None, message_history=history, deferred_tool_results=_results(answers),
+                                      deps=deps)
+        return self._outcome(result.output, result.all_messages(), int(state["kept"]), {})
+
+    def _outcome(self, output: Any, messages: list[ModelMessage], kept: int, answers: dict[str, Any]
+                 ) -> dict[str, Any]:
+        if isinstance(output, DeferredToolRequests):
+            return {"deferred": _requests(output), "history": JSON_CODEC.dump(list[ModelMessage], messages),
+                    "kept": kept, "answers": answers, "waiting_for": self.deferred_event}
+        return {"output": pydantic_core.to_jsonable_python(output),
+                "messages": JSON_CODEC.dump(list[ModelMessage], messages[kept:])}
+
+
+# --- tools that need a human: the wait and its answers ------------------------------------------------------
+
+#: The payload that answers an agent's deferred tool calls, keyed by the model's tool-call ids: ``approvals`` —
+#: ``true``, ``false``, or ``{"approved": false, "message": "why"}`` (the model reads the message) or
+#: ``{"approved": true, "override_args": {…}}``; ``calls`` — the result of each call the agent left to the outside.
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "approvals": {
+            "type": "object",
+            "description": 'tool-call id → true | false | {"approved": false, "message": "why"}',
+            "additionalProperties": {"oneOf": [
+                {"type": "boolean"},
+                {"type": "object", "required": ["approved"], "additionalProperties": False,
+                 "properties": {"approved": {"type": "boolean"}, "message": {"type": "string"},
+                                "override_args": {"type": "object"}}},
+            ]},
+        },
+        "calls": {"type": "object", "description": "tool-call id → the call's result (any JSON)"},
+    },
+}
+
+#: The key of a resumed step's input (a user's own input cannot hold it by accident).
+_RESUME = "$tickflow.resume"
+
+
+def _allows_deferred(output_type: Any) -> bool:
+    kinds = output_type if isinstance(output_type, list | tuple) else [output_type]
+    return any(kind is DeferredToolRequests for kind in kinds)
+
+
+def _requests(deferred: DeferredToolRequests) -> dict[str, Any]:
+    def call(part: ToolCallPart) -> dict[str, Any]:
+        return {"tool_call_id": part.tool_call_id, "tool_name": part.tool_name,
+                "args": deferred.validated_args.get(part.tool_call_id, part.args_as_dict())}
+
+    return {"approvals": [call(p) for p in deferred.approvals], "calls": [call(p) for p in deferred.calls]}
+
+
+def _results(answers: Mapping[str, Any]) -> DeferredToolResults:
+    approvals: dict[str, bool | ToolApproved | ToolDenied] = {}
+    for call_id, answer in answers.get("approvals", {}).items():
+        if isinstance(answer, bool):
+            approvals[call_id] = answer
+        elif answer.get("approved"):
+            approvals[call_id] = ToolApproved(override_args=answer.get("override_args"))
+        else:
+            approvals[call_id] = ToolDenied(answer["message"]) if answer.get("message") else ToolDenied()
+    return DeferredToolResults(approvals=approvals, calls=dict(answers.get("calls", {})))
+
+
+_RESUME_INPUTS: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
+
+
+def _resume_input(base: str) -> Callable[[Mapping[str, Any]], Any]:
+    """The pure mapper giving iteration ``k`` of agent loop ``base`` its input: the agent's input first; then the
+    conversation where iteration ``k - 1``'s step stopped (path ``<base>#<k-1>/<base>.run``) and every answer so
+    far (the answers it held, and the wait's payload, which is the value flowing out of the previous iteration)."""
+    if base in _RESUME_INPUTS:
+        return _RESUME_INPUTS[base]
+
+    def mapper(scope: Mapping[str, Any]) -> Any:
+        k = int(scope.get("iteration", 1))
+        if k == 1:
+            return scope["value"]
+        previous = scope["steps"][f"{base}#{k - 1}/{base}.run"]
+        if not isinstance(previous, Mapping) or "history" not in previous:
+            raise ValueError(f"iteration {k} of agent {base!r} cannot find the conversation to go on from (was it "
+                             "claim-checked? keep conversations below TICKFLOW_OFFLOAD_BYTES)")
+        answers = {kind: dict(previous["answers"].get(kind, {})) for kind in ("approvals", "calls")}
+        for kind in answers:
+            answers[kind].update(scope["value"].get(kind, {}))
+        return {_RESUME: {"history": previous["history"], "kept": previous["kept"], "requests": previous["deferred"],
+                          "answers": answers}}
+
+    _RESUME_INPUTS[base] = named(f"tickflow.pydantic_ai.resume_input.{base}", mapper)
+    return _RESUME_INPUTS[base]
+
+
+@named("tickflow.pydantic_ai.deferred")
+def _deferred(scope: Mapping[str, Any]) -> bool:
+    """The agent stopped on calls that need an answer (the branch waits for it)."""
+    value = scope["value"]
+    return isinstance(value, Mapping) and "deferred" in value
+
+
+@named("tickflow.pydantic_ai.settled")
+def _settled(scope: Mapping[str, Any]) -> bool:
+    """The agent finished with its output (else the iteration's value is the answers to its deferred calls)."""
+    value = scope["value"]
+    return isinstance(value, Mapping) and "output" in value and "messages" in value
 
 
 def _prompt(value: Any) -> tuple[str | None, list[ModelMessage] | None]:

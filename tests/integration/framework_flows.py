@@ -14,7 +14,7 @@ import httpx
 from agents import Agent as OpenAIAgent
 from agents import OpenAIChatCompletionsModel, function_tool
 from openai import AsyncOpenAI
-from pydantic_ai import Agent
+from pydantic_ai import Agent, DeferredToolRequests
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
@@ -22,7 +22,7 @@ from tickflow.integrations.openai_agents import TickflowAgents
 from tickflow.integrations.pydantic_ai import TickflowAgent, TickflowDurability
 from tickflow.workflow import Registry, Workflow, current_step
 
-__all__ = ["oa_trip_agent", "registry", "trip_agent"]
+__all__ = ["approved_trip_agent", "oa_trip_agent", "registry", "trip_agent"]
 
 BASE_URL = os.environ.get("TICKFLOW_TEST_LLM_URL", "http://127.0.0.1:9/v1")
 SERVICE = BASE_URL.removesuffix("/v1")
@@ -55,6 +55,30 @@ async def book(what: str) -> str:
 
 registry = Registry()
 registry.add(Workflow("trip").agent(TickflowAgent(trip_agent)))
+
+
+# --- the same agent, whose booking needs a human's approval (workflow "trip_approval") -------------------------
+
+approved_trip_agent = Agent(
+    OpenAIChatModel("trip-agent", provider=OpenAIProvider(base_url=BASE_URL, api_key="sk-test-not-a-secret")),
+    name="trip_approval",
+    instructions="Plan the trip with the tools.",
+    output_type=[str, DeferredToolRequests],
+    capabilities=[TickflowDurability()],
+)
+approved_trip_agent.tool_plain(note)
+
+
+@approved_trip_agent.tool_plain(name="book", requires_approval=True)
+async def book_when_approved(what: str) -> str:
+    """Book it, once a human approved (under the step's idempotency key)."""
+    async with httpx.AsyncClient() as http:
+        key = current_step().idempotency_key
+        done = (await http.post(f"{SERVICE}/svc/effect/book", headers={"Idempotency-Key": key}, timeout=30)).json()
+    return f"booked {what} ({done['done']})"
+
+
+registry.add(Workflow("trip_approval").agent(TickflowAgent(approved_trip_agent)))
 
 
 # --- the same agent written with the OpenAI Agents SDK (workflow "trip_oa") -----------------------------------

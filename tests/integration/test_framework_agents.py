@@ -40,6 +40,7 @@ from tests.integration.test_agents import wait_until
 from tests.llm_server import LlmTestServer, running_llm_server
 from tests.paths import REPO_ROOT
 from tickflow.client import Client
+from tickflow.events.errors import ResumeRejected
 from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
@@ -101,6 +102,52 @@ async def test_a_worker_killed_inside_a_tool_resumes_without_repeating_a_request
     (await check_log(s)).assert_clean()
 
 
+async def test_a_tool_that_needs_approval_is_a_wait_that_survives_a_restart_and_runs_once_approved(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, llm: LlmTestServer
+) -> None:
+    """A Pydantic AI agent whose ``book`` tool requires approval: the run waits for ``trip_approval.deferred_tools``
+    (after ``note`` ran), the roles are stopped and started again while it waits, a wrong answer is refused with the
+    reason and changes nothing, and the approval sent through the SDK lets the agent book once and finish."""
+    from tests.integration.framework_flows import registry
+
+    node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry,
+                frozenset({"projector", "api"}))
+    await node.start()
+    s = node.settings
+    event = "trip_approval.deferred_tools"
+    proc = spawn_roles(s, "engine,worker", tmp_path / "roles1.log", app=APP)
+    try:
+        with Client(s.api_url) as c:
+            await asyncio.to_thread(c.start, "trip_approval", "Paris in May, please", run_id="trip-ok")
+
+            async def waiting() -> bool:
+                return (await asyncio.to_thread(c.status, "trip-ok")).waiting_for == event
+
+            await wait_until(waiting, 90, "the run to wait for the booking's approval")
+            assert len(llm.for_model("trip-agent")) == 2 and llm.effects["effect/note"] == 1
+            assert llm.effects["effect/book"] == 0
+            stop_roles(proc)  # SIGTERM while it waits: nothing runs, nothing is lost
+            proc = spawn_roles(s, "engine,worker", tmp_path / "roles2.log", app=APP)
+            with pytest.raises(ResumeRejected, match="does not match the wait's schema"):
+                await asyncio.to_thread(c.resume, "trip-ok", event, {"approvals": {"call_book": "yes"}})
+            await asyncio.to_thread(c.resume, "trip-ok", event, {"approvals": {"call_book": True}})
+        out = await run_end(s, "trip-ok")
+    finally:
+        stop_roles(proc)
+        await node.stop()
+
+    assert out["status"] == "completed", out
+    assert out["output"]["output"] == "All set: booked flight (book #1)", out  # type: ignore[index]
+    requests = [json.dumps(r.body, sort_keys=True) for r in llm.for_model("trip-agent")]
+    assert len(requests) == 3 and len(set(requests)) == 3
+    assert llm.effects["effect/note"] == 1 and llm.effects["effect/book"] == 1
+    log = await read_topic(s.bootstrap, s.topics.events, s.partitions)
+    events = [e for _, _, e in log if e.key == "trip-ok"]
+    assert [e.type for e in events].count("LlmCallAttempted") == 3
+    assert [e.type for e in events].count("ResumeRejected") == 1
+    (await check_log(s)).assert_clean()
+
+
 #: Each framework's docs page, its example, the workflow its start command runs, and the (model, agent) of each
 #: model call that run logs.
 DOCS_EXAMPLES = {
@@ -113,7 +160,7 @@ DOCS_EXAMPLES = {
 def test_the_docs_page_shows_the_example_as_it_is(page: str) -> None:
     docs = REPO_ROOT / "docs" / "integrations" / f"{page}.md"
     example = REPO_ROOT / "examples" / DOCS_EXAMPLES[page][0] / "__init__.py"
-    (code,) = re.findall(r"^```python\n(.*?)^```", docs.read_text(), flags=re.S | re.M)
+    code = re.findall(r"^```python\n(.*?)^```", docs.read_text(), flags=re.S | re.M)[0]  # the page's example
     assert code.strip() in example.read_text(), f"{docs.name} no longer shows {example.parent.name}"
 
 

@@ -23,8 +23,8 @@ from tickflow.agents import (
     start_message,
     turn_input,
 )
-from tickflow.core.decider import Recover, RunState, Start, WorkerResult, effects, fold, run
-from tickflow.events import Envelope, ErrorInfo, RunStep, StartRun, StepErrored, StepSucceeded
+from tickflow.core.decider import Recover, RunState, Signal, Start, WorkerResult, effects, fold, run
+from tickflow.events import Envelope, ErrorInfo, ResumeRun, RunStep, StartRun, StepErrored, StepSucceeded
 from tickflow.events.agents import LlmCallAttempted, MessageAppended
 from tickflow.events.errors import NonRetryableError
 from tickflow.events.spec import BranchNode, ForEachNode, LoopNode, SequenceNode, StepNode
@@ -244,6 +244,13 @@ class AgentSim:
             env = Envelope.wrap(result, id=f"{task.idempotency_key}/result", key="r1", occurred_at_ms=0)
             self.pending.extend(self._apply(WorkerResult(env)))
         raise AssertionError("the run did not finish")
+
+    async def resume(self, event: str, payload: Any) -> None:
+        """Send ``ResumeRun(event, payload)`` (a command id of its own), then run what it makes due."""
+        cmd = Envelope.wrap(ResumeRun(event=event, payload=payload), id=f"resume-{self.now}", key="r1",
+                            occurred_at_ms=0)
+        self.pending.extend(self._apply(Signal(cmd)))
+        await self.finish()
 
     def types(self) -> list[str]:
         return [e.type for e in self.log]

@@ -11,14 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic_ai import Agent
+from pydantic_ai import Agent, DeferredToolRequests
+from pydantic_ai.durable_exec import JSON_CODEC
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
+from tests.unit.test_agents import AgentSim
 from tests.unit.test_paid_once import Broker, task
 from tickflow.events.agents import LlmCallCheckpoint
 from tickflow.events.codec import decode
+from tickflow.events.spec import BranchNode, LoopNode, StepNode, WaitNode
 from tickflow.integrations.pydantic_ai import BudgetExceeded, TickflowAgent, TickflowDurability
 from tickflow.runtime.journal import PaidCalls, StepJournal
 from tickflow.workflow import Registry, StepContext, Workflow
@@ -172,3 +175,89 @@ async def test_a_failed_request_is_reported_with_its_key_scrubbed() -> None:
     (attempt,) = ctx.report.llm_attempts
     assert attempt.outcome == "connection_error" and attempt.error is not None
     assert key not in attempt.error.message and "Incorrect API key" in attempt.error.message
+
+
+# --- a tool that needs a human: a tickflow wait, the real decider and the real agent taking turns ---------------
+
+
+class Approvals:
+    """A model that asks for ``note`` and ``pay`` at once, then answers with what the last tool result said."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        self.requests += 1
+        returns = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts
+                   if isinstance(p, ToolReturnPart)]
+        if len(returns) < 2:
+            return ModelResponse(parts=[ToolCallPart("note", {"text": "a"}, tool_call_id="n1"),
+                                        ToolCallPart("pay", {"amount": 40}, tool_call_id="p1")])
+        return ModelResponse(parts=[TextPart(f"done: {returns[-1].content}")])
+
+
+def approval_flow(model: Approvals, paid: list[int]) -> Workflow:
+    agent = Agent(FunctionModel(model), name="cashier", output_type=[str, DeferredToolRequests],
+                  capabilities=[TickflowDurability()])
+
+    @agent.tool_plain
+    async def note(text: str) -> str:
+        return f"noted {text}"
+
+    @agent.tool_plain(requires_approval=True)
+    async def pay(amount: int) -> str:
+        paid.append(amount)
+        return f"paid {amount}"
+
+    return Workflow("checkout").agent(TickflowAgent(agent))
+
+
+def test_an_agent_with_deferred_tools_compiles_to_a_loop_of_its_step_and_a_wait() -> None:
+    spec = Registry().add(approval_flow(Approvals(), []))
+    loop = spec.root.nodes[0]  # type: ignore[union-attr]
+    assert isinstance(loop, LoopNode) and loop.name == "cashier" and loop.until == "tickflow.pydantic_ai.settled"
+    run_step, ask = loop.body.nodes  # type: ignore[union-attr]
+    assert isinstance(run_step, StepNode) and run_step.name == "cashier.run"
+    assert run_step.input == "fn:tickflow.pydantic_ai.resume_input.cashier" and run_step.llm_reserve_tokens
+    assert isinstance(ask, BranchNode) and ask.cases[0].when == "tickflow.pydantic_ai.deferred"
+    wait = ask.cases[0].then
+    assert isinstance(wait, WaitNode) and wait.event == "cashier.deferred_tools" and wait.name == "cashier.answers"
+
+
+async def test_a_tool_that_needs_approval_waits_for_it_then_runs_once_and_the_agent_goes_on() -> None:
+    model, paid = Approvals(), []
+    sim = AgentSim(approval_flow(model, paid), "pay the invoice")
+    await sim.finish()
+    assert sim.state.status == "running" and paid == [] and model.requests == 1
+    waiting = sim.state.nodes["cashier#1/cashier.run"].output
+    assert waiting["deferred"] == {"approvals": [{"tool_call_id": "p1", "tool_name": "pay", "args": {"amount": 40}}],
+                                   "calls": []}
+    await sim.resume("cashier.deferred_tools", {"approvals": {}})  # answers nothing yet: it waits for the rest
+    assert sim.state.status == "running" and model.requests == 1
+    assert sim.state.nodes["cashier#2/cashier.run"].output["deferred"]["approvals"][0]["tool_call_id"] == "p1"
+    await sim.resume("cashier.deferred_tools", {"approvals": {"p1": True}})
+    assert sim.state.status == "completed", sim.state.error
+    assert paid == [40] and model.requests == 2
+    out = sim.state.output
+    assert out["output"] == "done: paid 40"
+    # The whole conversation since the prompt, across the waits: a later step or turn can go on from it.
+    messages = JSON_CODEC.load(list[ModelMessage], out["messages"])
+    returns = [p.content for m in messages if isinstance(m, ModelRequest) for p in m.parts
+               if isinstance(p, ToolReturnPart)]
+    assert returns == ["noted a", "paid 40"] and isinstance(messages[-1], ModelResponse)
+
+
+async def test_a_denied_call_tells_the_model_why_and_a_bad_answer_is_refused_while_the_run_waits() -> None:
+    model, paid = Approvals(), []
+    sim = AgentSim(approval_flow(model, paid), "pay the invoice")
+    await sim.finish()
+    await sim.resume("cashier.deferred_tools", {"approvals": {"p1": "yes"}})
+    assert sim.types()[-1] == "ResumeRejected" and sim.state.status == "running"
+    await sim.resume("cashier.deferred_tools", {"approvals": {"p1": {"approved": False, "message": "over budget"}}})
+    assert sim.state.status == "completed" and paid == []
+    assert sim.state.output["output"] == "done: over budget"
+
+
+def test_an_agent_without_deferred_tools_stays_one_step() -> None:
+    spec = Registry().add(Workflow("plan").agent(build(Script(), Effects())[0]))
+    assert isinstance(spec.root.nodes[0], StepNode)  # type: ignore[union-attr]
