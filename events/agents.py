@@ -33,8 +33,10 @@ __all__ = [
     "AGENT_EVENT_TYPES",
     "STACK_COMMAND_TYPES",
     "STACK_PREFIX",
+    "AgentHandoff",
     "CreateStack",
     "DeleteStack",
+    "HandoffFields",
     "LlmCallAttempted",
     "LlmCallCheckpoint",
     "LlmOutcome",
@@ -78,6 +80,23 @@ class LlmCallAttempted(Event, LlmAttemptFields):
     path: ShortText
 
 
+class HandoffFields(BaseModel):
+    """One agent of a step handing the conversation to another (an OpenAI Agents SDK handoff)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    from_agent: ShortText
+    to_agent: ShortText
+
+
+class AgentHandoff(Event, HandoffFields):
+    """An agent inside the step at ``path`` handed the conversation to another, logged once, the moment the step's
+    worker journaled it (a re-run of the step hands off the same way from its journal, and logs nothing again)."""
+
+    TYPE: ClassVar[str] = "AgentHandoff"
+    path: ShortText
+
+
 class LlmCallCheckpoint(Result):
     """(Worker → engine, on the results topic) A provider answered call ``call`` of a step: the answer, kept before
     anything else can fail, and the attempts that paid for it.
@@ -105,6 +124,8 @@ class LlmCallCheckpoint(Result):
     name: ShortText = Field(default="", exclude_if=lambda v: not v)
     answer: Any
     attempts: list[LlmAttemptFields] = Field(default_factory=list, max_length=1_000)
+    #: The call was a handoff between agents: the engine logs it as ``AgentHandoff`` when the checkpoint arrives.
+    handoff: HandoffFields | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class MessageAppended(Event, MessageFields):
@@ -252,6 +273,7 @@ class TickFinished(Event):
 
 STACK_COMMAND_TYPES: tuple[type[Command], ...] = (CreateStack, UpdateStack, PauseStack, PlayStack, DeleteStack)
 AGENT_EVENT_TYPES: tuple[type[Event], ...] = (
+    AgentHandoff,
     LlmCallAttempted,
     MessageAppended,
     StackCreated,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from tickflow.events.agents import HandoffFields
 from tickflow.events.errors import NonRetryableError, UnknownStepFunction
 from tickflow.events.schemas import LlmAttemptFields, MessageFields
 from tickflow.events.spec import (
@@ -96,15 +97,16 @@ class CallJournal(Protocol):
     A worker gives each step run one: ``recall`` returns the answer a previous run of this step (an earlier attempt,
     or the same attempt before a crash) was given for call ``call``; ``record`` makes an answer durable before the
     body goes on, and says whether it did (False: too big to keep, or no journal: report the call in the step's
-    result as before). ``tickflow.agents.paid_once`` and the framework integrations (``tickflow.integrations``)
-    use both.
+    result as before); a ``handoff`` rides on its call's record, for the engine to log. ``tickflow.agents.paid_once``
+    and the framework integrations (``tickflow.integrations``) use both.
     """
 
     def next_call(self) -> int: ...
 
     def recall(self, call: int | str) -> Any | None: ...
 
-    async def record(self, call: int | str, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool: ...
+    async def record(self, call: int | str, answer: Any, attempts: Sequence[LlmAttemptFields],
+                     handoff: HandoffFields | None = None) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

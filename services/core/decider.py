@@ -39,7 +39,7 @@ from tickflow.core.interpreter import (
 )
 from tickflow.core.slots import slot_id
 from tickflow.core.state import TERMINAL, NodeState, RunState, SequenceError, evolve, fold, spec_node
-from tickflow.events.agents import LlmCallAttempted, LlmCallCheckpoint, MessageAppended
+from tickflow.events.agents import AgentHandoff, LlmCallAttempted, LlmCallCheckpoint, MessageAppended
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope, event_id
 from tickflow.events.schemas import (
@@ -401,7 +401,8 @@ def _on_fork(em: Emitter, command: Envelope, unreadable: str | None = None) -> N
 
 
 def _on_checkpoint(em: Emitter, p: LlmCallCheckpoint) -> None:
-    """A provider answered one call of a step: log what the call cost now, whichever attempt of the step paid.
+    """A provider answered one call of a step: log what the call cost now, whichever attempt of the step paid (and a
+    handoff between a step's agents, when the call was one).
 
     Unlike a step's outcome, a paid call counts even from an attempt the run stopped waiting for (timed out,
     superseded): the money is spent. The step's own report then leaves the call out, so it is logged once.
@@ -412,6 +413,8 @@ def _on_checkpoint(em: Emitter, p: LlmCallCheckpoint) -> None:
         return
     for attempt in p.attempts:
         em.emit(LlmCallAttempted(path=p.path, **attempt.model_dump()))
+    if p.handoff is not None:
+        em.emit(AgentHandoff(path=p.path, **p.handoff.model_dump()))
 
 
 def _on_result(em: Emitter, result: Envelope) -> None:

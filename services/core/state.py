@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import TypeAdapter
 
-from tickflow.events.agents import LlmCallAttempted, MessageAppended
+from tickflow.events.agents import AgentHandoff, LlmCallAttempted, MessageAppended
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import (
     BranchChosen,
@@ -364,6 +364,11 @@ def _(p: ChildUsage, s: RunState, e: Envelope) -> RunState:
 @_apply.register
 def _(p: MessageAppended, s: RunState, e: Envelope) -> RunState:
     return s  # memory lives in the messages projection; the run only logs what it added
+
+
+@_apply.register
+def _(p: AgentHandoff, s: RunState, e: Envelope) -> RunState:
+    return s  # a record of what happened inside a step: the step's own journal is what replays it
 
 
 @_apply.register

@@ -195,10 +195,13 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
         steps = await asyncio.to_thread(store.run_steps, run_id)
         events = await asyncio.to_thread(store.run_events, run_id) if row is not None else []
         values: dict[tuple[str, int], dict[str, str]] = {}
+        handoffs: list[dict[str, Any]] = []  # between a step's agents (an OpenAI Agents SDK run), in order
         schema = None
         for event in events:
             payload = orjson.loads(event.payload)
-            if event.type == "RunStarted" and row is not None and row.waiting_for:
+            if event.type == "AgentHandoff":
+                handoffs.append(payload)
+            elif event.type == "RunStarted" and row is not None and row.waiting_for:
                 schema = wait_schema(payload.get("spec", {}), row.waiting_for)
             elif event.type in ("StepScheduled", "StepCompleted", "StepFailed"):
                 slot = values.setdefault((payload.get("path", ""), int(payload.get("attempt", 0))), {})
@@ -216,7 +219,7 @@ def build_router(deps: ApiDeps, board: BoardFeed) -> APIRouter:
         output = await _output_view(row.output, deps.blobs) if row is not None and row.output else None
         return page(
             request, "_run_panel.html", run_id=run_id, row=row, steps=steps, values=values, calls=calls, schema=schema,
-            output=output,
+            output=output, handoffs=handoffs,
         )
 
     # -- analytics and system ----------------------------------------------------------------------------

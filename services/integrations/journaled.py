@@ -9,6 +9,7 @@ engine logs once as ``LlmCallAttempted``; a request that failed is reported with
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -19,9 +20,12 @@ from typing import Any
 # input is estimated as the engine's own reservation does.
 from tickflow.agents.agent import DEFAULT_RESERVE_TOKENS
 from tickflow.core.interpreter import CHARS_PER_TOKEN
+from tickflow.events.agents import HandoffFields
 from tickflow.events.errors import NonRetryableError
 from tickflow.events.schemas import ErrorInfo, LlmAttemptFields, LlmOutcome
 from tickflow.llm import scrub
+from tickflow.llm.config import LlmConfig, LlmConfigError, ModelPrice
+from tickflow.settings import Settings
 from tickflow.workflow import StepContext, current_step
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "StepCalls",
     "StepCallsByStep",
     "outcome_of",
+    "priced",
     "running_step",
 ]
 
@@ -84,7 +89,8 @@ class StepCalls:
     async def model_request(self, call: str, make: Callable[[], Awaitable[Any]], *, input_chars: int,
                             max_tokens: int | None, attempt: Callable[[Any], LlmAttemptFields], model: str) -> Any:
         """A model request, once: the journaled answer, or the request checked against the budget, made, costed
-        (``attempt`` turns the JSON answer into what it cost) and journaled with its cost."""
+        (``attempt`` turns the JSON answer into its provider, model and usage; ``priced`` adds the cost) and
+        journaled with its cost."""
         journal = self.ctx.journal
         assert journal is not None
         if (saved := journal.recall(call)) is not None:
@@ -103,7 +109,7 @@ class StepCalls:
                                 or type(exc).__name__),
             ))
             raise
-        cost = attempt(answer).model_copy(update={
+        cost = priced(attempt(answer), self.ctx.settings).model_copy(update={
             "call": self.requests, "agent": self.agent, "started_at_ms": started_ms,
             "latency_ms": (time.perf_counter() - started) * 1000})
         self.tokens += cost.tokens_in + cost.tokens_out
@@ -111,6 +117,17 @@ class StepCalls:
         if not await journal.record(call, answer, [cost]):
             self.ctx.report.add_llm_attempt(cost)  # not journaled: the step's result logs it
         return answer
+
+    async def handoff(self, call: str, from_agent: str, to_agent: str) -> None:
+        """A handoff between the step's agents, once: journaled (a re-run replays it) and logged by the engine as
+        ``AgentHandoff`` when its record arrives. A handoff that could not be journaled (the broker away) is not
+        logged: it still happens, and the step's output says which agent answered."""
+        journal = self.ctx.journal
+        assert journal is not None
+        if journal.recall(call) is not None:
+            return
+        await journal.record(call, {"from": from_agent, "to": to_agent}, (),
+                             handoff=HandoffFields(from_agent=from_agent[:1_000], to_agent=to_agent[:1_000]))
 
     def check_budget(self, input_chars: int, max_tokens: int | None) -> None:
         """Refuse a request that could pass what the run's budget leaves this step."""
@@ -148,6 +165,40 @@ class StepCallsByStep:
             while len(self._runs) > self.KEPT:
                 self._runs.popitem(last=False)
         return calls
+
+
+def priced(attempt: LlmAttemptFields, settings: Settings | None) -> LlmAttemptFields:
+    """``attempt`` with its cost: by the price the LLM configuration gives its model (``[prices."<id>"]`` of the
+    model with that id or provider-side name, as native agents' calls are priced), else by ``genai-prices`` when it
+    knows the model (the provider's name, when the framework reports one, narrows the match), else unknown
+    (``price_known`` false: unknown, not free)."""
+    price = _configured_prices(str(settings.llm_config) if settings and settings.llm_config else "").get(attempt.model)
+    if price is not None:
+        return attempt.model_copy(update={
+            "cost_usd": price.cost(attempt.tokens_in, attempt.tokens_out), "price_known": True,
+            "price_illustrative": price.illustrative})
+    from genai_prices import Usage, calc_price  # the frameworks' own dependency (the extras name it)
+
+    provider = attempt.provider if attempt.provider not in ("unknown", "openai-agents") else None
+    try:
+        cost = calc_price(Usage(input_tokens=attempt.tokens_in, output_tokens=attempt.tokens_out),
+                          model_ref=attempt.model, provider_id=provider)
+    except (LookupError, ValueError):
+        return attempt.model_copy(update={"cost_usd": 0.0, "price_known": False})
+    return attempt.model_copy(update={"cost_usd": max(float(cost.total_price), 0.0), "price_known": True})
+
+
+@functools.lru_cache(maxsize=8)
+def _configured_prices(path: str) -> dict[str, ModelPrice]:
+    """Prices by model id, and by the name the provider knows a model by (what a framework's answer reports)."""
+    if not path:
+        return {}
+    try:
+        config = LlmConfig.load(path)
+    except LlmConfigError:  # the native agents report it; a framework's call is then priced as if unconfigured
+        return {}
+    by_remote = {m.remote_name: config.prices[m.id] for m in config.models if m.id in config.prices}
+    return by_remote | config.prices
 
 
 def outcome_of(exc: BaseException) -> LlmOutcome:

@@ -13,10 +13,11 @@ its JSON result durable on the results topic before the run goes on; a re-run of
 crash) is handed that result instead of calling the model or the tool again. A model call is named by its position
 among the run's model calls (the SDK makes them one after another), a tool call by the tool's name and the model's
 call id (from a journaled response, so the same on every run). Each handoff is journaled too, so a re-run hands
-off the same way.
+off the same way, and the engine logs it as an ``AgentHandoff`` event (from, to) once, when its record arrives.
 
 The ledger: each model call's usage travels in its checkpoint and the engine logs it as ``LlmCallAttempted`` once
-(provider ``openai-agents``; the SDK has no price table, so ``price_known`` is false). Budgets: a model call is
+(provider ``openai-agents``), priced as ``tickflow.integrations.journaled.priced`` says: the LLM configuration's
+price for the model, else ``genai-prices``', else unknown (``price_known`` false). Budgets: a model call is
 checked before it is sent against what the run's budget leaves the step (``ModelSettings.max_tokens``, default
 1,024, plus the input at four characters a token), and one that could pass it raises ``BudgetExceeded``.
 
@@ -230,10 +231,7 @@ class _JournaledHandoffs(RunHooks[Any]):
         return object.__getattribute__(self, name)
 
     async def on_handoff(self, context: RunContextWrapper[Any], from_agent: Agent[Any], to_agent: Agent[Any]) -> None:
-        async def make() -> dict[str, str]:
-            return {"from": from_agent.name, "to": to_agent.name}
-
-        await self.calls.once(self.calls.position("openai_agents:handoff"), make)
+        await self.calls.handoff(self.calls.position("openai_agents:handoff"), from_agent.name, to_agent.name)
         if self.hooks is not None:
             await self.hooks.on_handoff(context, from_agent, to_agent)
 

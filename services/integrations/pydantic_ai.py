@@ -20,7 +20,8 @@ agent run makes them one after another); a tool call by its operation name and t
 comes from a journaled model response and so is the same on every run, whatever order parallel tool calls take.
 
 The ledger. A model request's answer carries its usage; its checkpoint carries it as an ``LlmAttemptFields``
-(provider, model, tokens, cost by ``genai-prices`` — ``price_known`` false when it has no price for the model), and
+(provider, model, tokens, and the cost by the LLM configuration's price for the model, else by ``genai-prices`` —
+``price_known`` false when neither knows it), and
 the engine logs it as ``LlmCallAttempted`` the moment the checkpoint arrives, once, whichever run of the step used
 it. A request that failed is reported with the step's result. Streamed deltas go to the tokens topic, as the
 native agent's do (the worker listens around each step attempt).
@@ -212,21 +213,15 @@ def _response(payload: object) -> ModelResponse | None:
 
 
 def _attempt(payload: object) -> LlmAttemptFields:
-    """What a model request cost, from its answer: usage as reported, price by ``genai-prices`` when it knows it."""
+    """What a model request used, from its answer: provider, model and usage as reported (``priced`` adds the cost)."""
     response = _response(payload)
     if response is None:
         return LlmAttemptFields(provider="unknown", model="unknown", outcome="ok", price_known=False,
                                 usage_estimated=True)
     usage = response.usage
-    cost, known = 0.0, True
-    try:
-        cost = float(response.cost().total_price)
-    except (LookupError, ValueError, TypeError, AssertionError):
-        known = False
     return LlmAttemptFields(
         provider=(response.provider_name or "unknown")[:1_000], model=(response.model_name or "unknown")[:1_000],
-        tokens_in=usage.input_tokens, tokens_out=usage.output_tokens, cost_usd=max(cost, 0.0), outcome="ok",
-        price_known=known,
+        tokens_in=usage.input_tokens, tokens_out=usage.output_tokens, outcome="ok", price_known=False,
     )
 
 

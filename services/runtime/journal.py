@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from tickflow.events.agents import LlmCallCheckpoint
+from tickflow.events.agents import HandoffFields, LlmCallCheckpoint
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.schemas import LlmAttemptFields, RunStep, step_key
@@ -123,10 +123,11 @@ class StepJournal:
             log.info("%s call %s: reusing the answer a previous run of this step paid for", self._key, call)
         return answer
 
-    async def record(self, call: CallId, answer: Any, attempts: Sequence[LlmAttemptFields]) -> bool:
+    async def record(self, call: CallId, answer: Any, attempts: Sequence[LlmAttemptFields],
+                     handoff: HandoffFields | None = None) -> bool:
         index, name = (0, call_key(call)) if isinstance(call, str) else (call, "")
         checkpoint = LlmCallCheckpoint(path=self._step.path, step=self._step.step, attempt=self._step.attempt,
-                                       call=index, name=name, answer=answer, attempts=list(attempts))
+                                       call=index, name=name, answer=answer, attempts=list(attempts), handoff=handoff)
         envelope = Envelope.wrap(
             checkpoint,
             # Deterministic: a step re-run that had to pay again (its checkpoint was lost) writes under the same id.

@@ -196,3 +196,6 @@ async def test_the_docs_example_runs_with_its_commands(kafka_bootstrap: str, pre
     log = await read_topic(s.bootstrap, s.topics.events, s.partitions)
     paid = [e.payload for _, _, e in log if e.type == "LlmCallAttempted"]
     assert [(p.model, p.agent) for p in paid] == expected  # type: ignore[attr-defined]
+    handoffs = [(e.payload.from_agent, e.payload.to_agent) for _, _, e in log  # type: ignore[attr-defined]
+                if e.type == "AgentHandoff"]
+    assert handoffs == ([("triage", "booker")] if page == "openai-agents" else [])

@@ -148,3 +148,13 @@ def test_a_run_panel_prices_each_call_honestly(templates: Environment) -> None:
     rows = [_text(r) for r in re.findall(r"<tr><td>a\.llm</td>(.*?)</tr>", html, flags=re.S)]
     assert "~10 / ~4 unknown" in rows[0] and "$0" not in rows[0]
     assert "10 / 4 $0.00123 illustrative" in rows[1]
+
+
+def test_a_run_panel_lists_the_handoffs_between_a_steps_agents(templates: Environment) -> None:
+    from tickflow.projections.rows import RunRow
+
+    row = RunRow(run_id="r1", workflow="wf", status="completed")
+    handoffs = [{"path": "triage", "from_agent": "triage", "to_agent": "booker"}]
+    html = templates.get_template("_run_panel.html").render(run_id="r1", row=row, steps=[], values={}, calls=[],
+                                                             schema=None, handoffs=handoffs)
+    assert "Handoffs triage : triage → booker" in _text(html)

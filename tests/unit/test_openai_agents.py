@@ -5,16 +5,24 @@ scripted ``Model`` of the SDK's interface and the worker's journal over a stand-
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from agents import Agent, Model, ModelResponse, Usage, function_tool
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
+from tests.unit.test_agents import AgentSim
 from tests.unit.test_paid_once import Broker, task
 from tests.unit.test_pydantic_ai import Crash, checkpoints, context
+from tickflow.core.decider import WorkerResult
+from tickflow.events.agents import AgentHandoff, HandoffFields
+from tickflow.events.codec import decode
+from tickflow.events.schemas import LlmAttemptFields
+from tickflow.integrations.journaled import priced
 from tickflow.integrations.openai_agents import BudgetExceeded, TickflowAgents
 from tickflow.runtime.journal import PaidCalls, StepJournal
+from tickflow.settings import Settings
 from tickflow.workflow import Registry, Workflow
 
 
@@ -99,7 +107,24 @@ async def test_a_re_run_after_a_crash_replays_model_calls_tools_and_handoffs() -
         (1, 100, 10)] * 3 + [(2, 100, 10)]
     names = sorted(cp.name for cp in found if not cp.attempts)
     assert names == ["openai_agents:handoff@0", "openai_agents:tool:book:c3", "openai_agents:tool:note:c1"]
+    # The handoff rides on its record once: the re-run replayed it from the journal.
+    assert [cp.handoff for cp in found if cp.handoff] == [HandoffFields(from_agent="triage", to_agent="booker")]
     assert ctx.report.llm_attempts == []
+
+
+async def test_the_engine_logs_a_handoff_as_an_event_when_its_record_arrives() -> None:
+    script, world = Script(), World()
+    wrapped, registry = build(script, world)
+    broker = Broker()
+    sim = AgentSim(Workflow("trip").agent(wrapped), "plan")
+    (running,) = sim.pending
+    await registry.call(wrapped.step.__tickflow_name__, "plan",  # type: ignore[attr-defined]
+                        context(StepJournal(PaidCalls(), broker.send, task(running.path))))
+    for _, raw in broker.sent:
+        sim.pending.extend(sim._apply(WorkerResult(decode(raw, expect="result"))))
+    handoffs = [e.payload for e in sim.log if isinstance(e.payload, AgentHandoff)]
+    assert handoffs == [AgentHandoff(path="triage", from_agent="triage", to_agent="booker")]
+    assert sim.types().count("LlmCallAttempted") == 4  # note, hand off, book, answer
 
 
 async def test_a_budget_stops_the_run_before_the_call_that_could_pass_it() -> None:
@@ -118,3 +143,23 @@ async def test_outside_a_step_it_is_the_sdks_runner() -> None:
 
     result = await TickflowRunner.run(wrapped.agent, "plan")
     assert result.final_output == "done: booked flight #1" and script.calls == 4
+
+
+def test_a_framework_call_is_priced_by_the_configured_price_then_genai_prices_else_unknown(tmp_path: Path) -> None:
+    config = tmp_path / "llm.toml"
+    config.write_text('[[providers]]\nname = "house"\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                      '[[models]]\nid = "house"\nprovider = "house"\nmodel = "house-model"\n'
+                      '[prices.house]\ninput_per_m = 2.0\noutput_per_m = 4.0\nillustrative = true\n')
+    settings = Settings(llm_config=config)
+
+    def attempt(model: str, provider: str = "openai-agents") -> LlmAttemptFields:
+        return priced(LlmAttemptFields(provider=provider, model=model, tokens_in=1_000_000, tokens_out=500_000,
+                                       outcome="ok", price_known=False), settings)
+
+    house = attempt("house-model")  # the provider's name of the configured model "house"
+    assert (house.cost_usd, house.price_known, house.price_illustrative) == (4.0, True, True)
+    public = attempt("gpt-4o")  # the SDK names no provider: genai-prices matches the model
+    assert public.price_known and public.cost_usd == pytest.approx(7.5)  # $2.50 / $10 per million tokens
+    assert attempt("gpt-4o", provider="openai").cost_usd == pytest.approx(7.5)
+    unknown = attempt("trip-agent")
+    assert (unknown.cost_usd, unknown.price_known) == (0.0, False)
