@@ -58,6 +58,7 @@ from pydantic import BaseModel
 
 from tickflow.agents.memory import HttpMemory, MemoryReader, StoreMemory, local_store
 from tickflow.agents.paid import paid_once
+from tickflow.core.stacks import stack_id_of
 from tickflow.events.errors import NonRetryableError, TickflowError
 from tickflow.events.schemas import ErrorInfo, LlmAttemptFields, MessageFields
 from tickflow.events.topics import DEFAULT_POOL
@@ -413,13 +414,6 @@ class Agent:
 
 
 # --- pure parts: the mapper, the conditions, message shaping -------------------------------------------------
-
-
-def stack_id_of(run_input: Any) -> str:
-    """The stack a run belongs to: a stack tick's run input is ``{"stack_id": …, "tick": n, "input": …}``."""
-    if isinstance(run_input, Mapping) and isinstance(run_input.get("stack_id"), str) and "tick" in run_input:
-        return str(run_input["stack_id"])
-    return ""
 
 
 def start_message(value: Any) -> tuple[str, str | None]:

@@ -38,6 +38,7 @@ from tickflow.core.interpreter import (
     step_budget,
 )
 from tickflow.core.slots import slot_id
+from tickflow.core.stacks import stack_id_of
 from tickflow.core.state import TERMINAL, NodeState, RunState, SequenceError, evolve, fold, spec_node
 from tickflow.events.agents import AgentHandoff, LlmCallAttempted, LlmCallCheckpoint, MessageAppended
 from tickflow.events.codec import InvalidRecord, decode
@@ -52,6 +53,7 @@ from tickflow.events.schemas import (
     ChildUsage,
     ErrorInfo,
     ForkRun,
+    LlmAttemptFields,
     NodeCompleted,
     NodeFailed,
     ReleaseRun,
@@ -412,9 +414,18 @@ def _on_checkpoint(em: Emitter, p: LlmCallCheckpoint) -> None:
     if node is None or node.kind != "step" or em.state.status not in ("running", "failing"):
         return
     for attempt in p.attempts:
-        em.emit(LlmCallAttempted(path=p.path, **attempt.model_dump()))
+        em.emit(_attempted(em.state, p.path, attempt))
     if p.handoff is not None:
         em.emit(AgentHandoff(path=p.path, **p.handoff.model_dump()))
+
+
+def _attempted(state: RunState, path: str, attempt: LlmAttemptFields) -> LlmCallAttempted:
+    """The event of one LLM attempt, with the run's stack when the attempt names none (a framework agent's step
+    does not know which stack's tick it runs in; the run does), so per-stack analytics count every call."""
+    fields = attempt.model_dump()
+    if not attempt.stack_id:
+        fields["stack_id"] = stack_id_of(state.input)
+    return LlmCallAttempted(path=path, **fields)
 
 
 def _on_result(em: Emitter, result: Envelope) -> None:
@@ -433,7 +444,7 @@ def _on_result(em: Emitter, result: Envelope) -> None:
         return
     # What an agent step did on the way (every LLM attempt, every memory message) is logged before its outcome.
     for attempt in p.llm_attempts:
-        em.emit(LlmCallAttempted(path=p.path, **attempt.model_dump()))
+        em.emit(_attempted(s, p.path, attempt))
     for message in p.messages:
         em.emit(MessageAppended(**message.model_dump()))
     if isinstance(p, StepSucceeded):

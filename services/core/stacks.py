@@ -20,6 +20,7 @@ Each tick starts a run ``<id>.t<n>`` as a child of the stack: the run reports it
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = [
     "evolve_stack",
     "is_stack",
     "new_stack",
+    "stack_id_of",
     "stack_recovery",
     "tick_run_id",
 ]
@@ -62,6 +64,13 @@ _TICK_PATH = "tick/"
 
 def is_stack(key: str) -> bool:
     return key.startswith(STACK_PREFIX)
+
+
+def stack_id_of(run_input: Any) -> str:
+    """The stack a run belongs to: a stack tick's run input is ``{"stack_id": …, "tick": n, "input": …}``."""
+    if isinstance(run_input, Mapping) and isinstance(run_input.get("stack_id"), str) and "tick" in run_input:
+        return str(run_input["stack_id"])
+    return ""
 
 
 def tick_run_id(stack_id: str, tick: int) -> str:

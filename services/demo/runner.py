@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tickflow.client import Client
-from tickflow.demo.workflows import AGENTS, GOALS, OFFLINE_LABEL, registry, write_demo_llm_config
+from tickflow.demo.pydantic_stack import PAI_EVERY
+from tickflow.demo.workflows import (
+    AGENTS,
+    GOALS,
+    OFFLINE_LABEL,
+    registry,
+    stack_tick_pai,
+    write_demo_llm_config,
+)
 from tickflow.node import Node
 from tickflow.settings import Settings
 
@@ -105,8 +113,10 @@ async def drive_stacks(node: Node, *, stacks: int, seconds: float, interval: flo
     ids = await asyncio.to_thread(_create_stacks, s, batch, stacks, interval)
     timings = {"create stacks": time.monotonic() - t0}
     budgeted = sum(1 for i in range(stacks) if i % BUDGET_EVERY == BUDGET_OFFSET)
+    pai = sum(1 for i in range(stacks) if _workflow_of(i) == "stack_tick_pai")
     print(f"  created {stacks} stacks '{batch}-sNNN' in {timings['create stacks']:.1f}s ({budgeted} with a "
-          f"{SMALL_BUDGET_TOKENS:,}-token budget); ticking…", file=out)
+          f"{SMALL_BUDGET_TOKENS:,}-token budget; {pai} whose communicator is a Pydantic AI agent, "
+          "communicator_pai); ticking…", file=out)
     deleted = False
     try:
         t_run = time.monotonic()
@@ -138,6 +148,11 @@ def _stack_id(batch: str, i: int) -> str:
     return f"{batch}-s{i:03d}"
 
 
+def _workflow_of(i: int) -> str:
+    """Stack ``i``'s tick workflow: one stack in ``PAI_EVERY`` has its communicator written with Pydantic AI."""
+    return "stack_tick_pai" if stack_tick_pai is not None and i % PAI_EVERY == 1 else "stack_tick"
+
+
 def _create_stacks(settings: Settings, batch: str, count: int, interval: float, callers: int = 8) -> list[str]:
     """Create the stacks from ``callers`` threads through the SDK, as a dashboard's users would."""
 
@@ -147,7 +162,7 @@ def _create_stacks(settings: Settings, batch: str, count: int, interval: float, 
             for i in range(k, count, callers):
                 sid = _stack_id(batch, i)
                 budget = SMALL_BUDGET_TOKENS if i % BUDGET_EVERY == BUDGET_OFFSET else None
-                c.create_stack(sid, "stack_tick", name=f"team {i}", interval_s=interval, overlap="skip",
+                c.create_stack(sid, _workflow_of(i), name=f"team {i}", interval_s=interval, overlap="skip",
                                idle_backoff_max_s=4 * interval, budget_tokens=budget,
                                input={"goal": GOALS[i % len(GOALS)]})
                 made.append(sid)

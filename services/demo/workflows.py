@@ -23,6 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tickflow.agents import Agent, Memory
+from tickflow.demo.pydantic_stack import OFFLINE_MODEL as PAI_OFFLINE_MODEL
+from tickflow.demo.pydantic_stack import communicator as pai_communicator
 from tickflow.events.errors import NonRetryableError
 from tickflow.llm import OFFLINE_LABEL
 from tickflow.workflow import Flow, Registry, Workflow, current_step, named
@@ -39,6 +41,7 @@ __all__ = [
     "TestRun",
     "demo_llm_config",
     "registry",
+    "stack_tick_pai",
     "write_demo_llm_config",
 ]
 
@@ -199,6 +202,33 @@ stack_tick = Workflow("stack_tick", timeout_s=300).agent(planner).branch(
 )
 
 
+@named("tickflow.demo.brief_pai_communicator")
+def brief_pai_communicator(scope: Mapping[str, Any]) -> dict[str, str]:
+    """The Pydantic AI communicator's prompt: the builder's report, cut so the prompt stays small."""
+    return {"prompt": brief_communicator(scope)["message"]}
+
+
+@named("tickflow.demo.brief_reviewer_after_pai")
+def brief_reviewer_after_pai(scope: Mapping[str, Any]) -> dict[str, str]:
+    """The reviewer's message: the status update the Pydantic AI communicator wrote (its ``output``)."""
+    value = scope["value"]
+    update = value.get("output") if isinstance(value, Mapping) else value
+    return {"message": f"Review tick {_tick(scope)}: {str(update)[:300]}"}
+
+
+#: The same tick with its communicator written with Pydantic AI (``tickflow.demo.pydantic_stack``); None without
+#: the ``pydantic-ai`` extra.
+stack_tick_pai = None if pai_communicator is None else Workflow("stack_tick_pai", timeout_s=300).agent(
+    planner).branch(
+    (has_work, Flow()
+     .agent(builder, input=brief_builder)
+     .agent(pai_communicator(communicator.llm_pool), input=brief_pai_communicator)
+     .agent(reviewer, input=brief_reviewer_after_pai)
+     .step(wrap_up)),
+    otherwise=Flow().step(rest), name="work_or_rest",
+)
+
+
 #: USD per million tokens the demo's offline models are priced at, marked illustrative (nobody is charged).
 DEMO_ILLUSTRATIVE_PRICE: dict[str, Any] = {"input_per_m": 0.5, "output_per_m": 1.5, "illustrative": True}
 
@@ -223,7 +253,9 @@ def demo_llm_config(*, seed: int = 7) -> dict[str, Any]:
             {"id": "offline/echo", "provider": "offline"},
             {"id": "offline/tool-then-answer", "provider": "offline"},
         ],
-        "prices": {model: dict(DEMO_ILLUSTRATIVE_PRICE) for model in ("offline/echo", "offline/tool-then-answer")},
+        # The Pydantic AI communicator's offline stand-in is priced the same way.
+        "prices": {model: dict(DEMO_ILLUSTRATIVE_PRICE)
+                   for model in ("offline/echo", "offline/tool-then-answer", PAI_OFFLINE_MODEL)},
         "chains": {
             "planner": ["offline/tool-then-answer"],
             "builder": ["offline/tool-then-answer"],
@@ -313,6 +345,8 @@ async def pay_refund(approval: RefundApproval) -> dict[str, Any]:
 registry = Registry()
 registry.llm_config = demo_llm_config()  # `tickflow up` (the default app) runs the demo's agents as `make demo` does
 registry.add(stack_tick)
+if stack_tick_pai is not None:
+    registry.add(stack_tick_pai)
 registry.add(
     Workflow("order").step(validate).step(price).step(reserve).step(charge, max_attempts=3, backoff_s=0.2).step(notify)
 )

@@ -71,7 +71,9 @@ async def test_the_stacks_demo_reports_what_the_log_says(kafka_bootstrap: str, p
     (cost_line,) = [line for line in text.splitlines() if line.lstrip().startswith("tokens ")]
     assert f"cost ${report.cost_usd:.6f} (illustrative:" in cost_line, cost_line
     print(cost_line)
-    assert set(report.llm_by_agent) <= {"planner", "builder", "communicator", "reviewer"}
+    assert set(report.llm_by_agent) <= {"planner", "builder", "communicator", "communicator_pai", "reviewer"}
+    # Stack s001 ticks stack_tick_pai: its communicator, a Pydantic AI agent, is on the ledger beside the native ones.
+    assert report.llm_by_agent.get("communicator_pai", (0, 0))[0] > 0, report.llm_by_agent
     assert report.tool_calls == sum(e.type == "StepCompleted" and _p(e).path.endswith(".tool") for e in run_events)
     assert report.tool_calls > 0  # the builder's run_tests: the tool loop ran
 

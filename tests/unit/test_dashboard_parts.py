@@ -40,7 +40,7 @@ def test_the_board_offers_the_workflows_that_call_an_llm_first() -> None:
     from tickflow.events.topics import TopicNames
     from tickflow.projections.store import MemoryStore
 
-    assert demo.agent_workflows() == ["stack_tick"]
+    assert demo.agent_workflows() == ["stack_tick", "stack_tick_pai"]  # the second: one agent is Pydantic AI
     app = create_api(store=MemoryStore(), producer=RecordingProducer(), topics=TopicNames("b"),
                      workflows=set(demo.specs), agent_workflows=demo.agent_workflows())
     with TestClient(app, base_url="http://127.0.0.1:8700") as client:

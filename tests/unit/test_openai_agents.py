@@ -16,7 +16,7 @@ from tests.unit.test_agents import AgentSim
 from tests.unit.test_paid_once import Broker, task
 from tests.unit.test_pydantic_ai import Crash, checkpoints, context
 from tickflow.core.decider import WorkerResult
-from tickflow.events.agents import AgentHandoff, HandoffFields
+from tickflow.events.agents import AgentHandoff, HandoffFields, LlmCallAttempted
 from tickflow.events.codec import decode
 from tickflow.events.schemas import LlmAttemptFields
 from tickflow.integrations.journaled import priced
@@ -112,11 +112,12 @@ async def test_a_re_run_after_a_crash_replays_model_calls_tools_and_handoffs() -
     assert ctx.report.llm_attempts == []
 
 
-async def test_the_engine_logs_a_handoff_as_an_event_when_its_record_arrives() -> None:
+async def test_the_engine_logs_a_handoff_as_an_event_and_each_call_with_the_runs_stack() -> None:
+    """Run as a stack's tick: the step does not know its stack, the run does, and each call is logged with it."""
     script, world = Script(), World()
     wrapped, registry = build(script, world)
     broker = Broker()
-    sim = AgentSim(Workflow("trip").agent(wrapped), "plan")
+    sim = AgentSim(Workflow("trip").agent(wrapped), {"stack_id": "s1", "tick": 3, "input": "plan"})
     (running,) = sim.pending
     await registry.call(wrapped.step.__tickflow_name__, "plan",  # type: ignore[attr-defined]
                         context(StepJournal(PaidCalls(), broker.send, task(running.path))))
@@ -124,7 +125,8 @@ async def test_the_engine_logs_a_handoff_as_an_event_when_its_record_arrives() -
         sim.pending.extend(sim._apply(WorkerResult(decode(raw, expect="result"))))
     handoffs = [e.payload for e in sim.log if isinstance(e.payload, AgentHandoff)]
     assert handoffs == [AgentHandoff(path="triage", from_agent="triage", to_agent="booker")]
-    assert sim.types().count("LlmCallAttempted") == 4  # note, hand off, book, answer
+    paid = [e.payload for e in sim.log if isinstance(e.payload, LlmCallAttempted)]
+    assert [(p.agent, p.stack_id) for p in paid] == [("triage", "s1")] * 4  # note, hand off, book, answer
 
 
 async def test_a_budget_stops_the_run_before_the_call_that_could_pass_it() -> None:
