@@ -30,7 +30,7 @@ and tool-argument deltas go to the tokens topic). Outside a tickflow step ``Tick
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pydantic_core
@@ -47,6 +47,8 @@ from agents import (
     RunHooks,
     Runner,
     RunResult,
+    RunState,
+    ToolApprovalItem,
     Usage,
 )
 from agents.items import TResponseOutputItem
@@ -68,6 +70,7 @@ from tickflow.integrations.journaled import (
     StepCalls,
     StepCallsByStep,
 )
+from tickflow.integrations.waits import RESUME, deferred_flow, unanswered, waiting
 from tickflow.llm.streaming import TokenListener, TokenStream, current_listener
 from tickflow.workflow import Flow, named_step
 
@@ -92,8 +95,11 @@ class TickflowRunner:
             config, model_provider=_JournaledProvider(config.model_provider, calls),
             model=_JournaledModel(model, calls, str(getattr(model, "model", "") or type(model).__name__))
             if isinstance(model, Model) else model)
-        return await Runner.run(_Durable(calls).agent(starting_agent), input, run_config=config,
-                                hooks=_JournaledHandoffs(calls, hooks), **kwargs)
+        durable = _Durable(calls).agent(starting_agent)
+        if isinstance(input, RunState):  # a run stopped for approvals goes on with the durable copies of its agents
+            input = await RunState.from_json(durable, input.to_json())
+        return await Runner.run(durable, input, run_config=config, hooks=_JournaledHandoffs(calls, hooks),
+                                **kwargs)
 
 
 class _Durable:
@@ -260,33 +266,104 @@ def _attempt(answer: Mapping[str, Any], model: str) -> LlmAttemptFields:
 
 
 class TickflowAgents:
-    """An OpenAI Agents SDK agent (and the agents it hands off to) as a tickflow step (``.step``) or a one-step
-    flow (``.flow()``, what ``Workflow.agent`` adds).
+    """An OpenAI Agents SDK agent (and the agents it hands off to) as a tickflow step (``.step``) or flow
+    (``.flow()``, what ``Workflow.agent`` adds).
 
     The step's input is the user's message (a string) or ``{"input": [...]}`` with input items in the SDK's form;
     its output is ``{"output": …, "last_agent": …, "items": [...]}`` — the final output as JSON, the agent that gave
     it, and the conversation as input items, so a later step can go on from it.
+
+    Tools that need a human. When a function tool of the agents has ``needs_approval``, ``.flow()`` is a loop
+    (``tickflow.integrations.waits``): the run stops on the calls to approve and waits for ``deferred_event``
+    (default ``<name>.deferred_tools``), resumed through the SDK, CLI, HTTP or the dashboard with
+    ``{"approvals": {<call id>: true | false | {"approved": false, "message": "why"}}}``; the next step goes on
+    from the SDK's run state with those answers.
     """
 
     def __init__(self, agent: Agent[Any], *, name: str | None = None, pool: str = DEFAULT_POOL,
                  reserve_tokens: int = DEFAULT_RESERVE_TOKENS, max_attempts: int = 3, backoff_s: float = 1.0,
-                 timeout_s: float | None = None, max_turns: int = 10, run_config: RunConfig | None = None) -> None:
+                 timeout_s: float | None = None, max_turns: int = 10, run_config: RunConfig | None = None,
+                 deferred_event: str | None = None, max_waits: int = 20) -> None:
         self.agent = agent
         self.name = name or agent.name
         self.pool, self.reserve_tokens, self.max_turns = pool, reserve_tokens, max_turns
         self.max_attempts, self.backoff_s, self.timeout_s = max_attempts, backoff_s, timeout_s
         self.run_config = run_config
+        self.defers = _needs_approval(agent)
+        self.deferred_event = deferred_event or f"{self.name}.deferred_tools"
+        self.max_waits = max_waits
         self.step = named_step(f"tickflow.openai_agents.{self.name}", self._run)
 
     def flow(self, name: str | None = None) -> Flow:
-        """The agents as a one-step flow (an LLM step: budgets reserve ``reserve_tokens`` before it)."""
-        return Flow().step(self.step, name=name or self.name, pool=self.pool, max_attempts=self.max_attempts,
+        """The agents as a flow named ``name``: one LLM step (budgets reserve ``reserve_tokens`` before it); with
+        tools that need approval, a loop of that step and a wait for the answers (see the class docstring)."""
+        base = name or self.name
+        if not self.defers:
+            return self._step_flow(base, None)
+        return deferred_flow(base, self.deferred_event, self.max_waits, self._step_flow)
+
+    def _step_flow(self, name: str, input: Callable[[Mapping[str, Any]], Any] | None) -> Flow:
+        return Flow().step(self.step, name=name, input=input, pool=self.pool, max_attempts=self.max_attempts,
                            backoff_s=self.backoff_s, timeout_s=self.timeout_s, llm_reserve_tokens=self.reserve_tokens)
 
     async def _run(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, Mapping) and RESUME in value:
+            return await self._resume(value[RESUME])
         given = value.get("input") if isinstance(value, Mapping) and "input" in value else value
         prompt = given if isinstance(given, str | list) else pydantic_core.to_json(given).decode()
-        result = await TickflowRunner.run(self.agent, prompt, run_config=self.run_config, max_turns=self.max_turns)
+        return self._outcome(await self._go_on(prompt))
+
+    async def _resume(self, stopped: Mapping[str, Any]) -> dict[str, Any]:
+        """Go on from a run that stopped for approvals, once every one of them has its answer."""
+        answers = stopped["answers"]
+        rest = unanswered(stopped["requests"], answers)
+        if any(rest.values()):  # keep waiting for the rest, holding the answers given so far
+            return waiting(self.deferred_event, rest, answers, stopped["resume"])
+        state = await RunState.from_json(self.agent, stopped["resume"]["state"])
+        for item in state.get_interruptions():
+            answer = answers.get("approvals", {}).get(_call_id(item), False)
+            if answer is True or (isinstance(answer, Mapping) and answer.get("approved")):
+                state.approve(item)
+            else:
+                message = answer.get("message") if isinstance(answer, Mapping) else None
+                state.reject(item, rejection_message=message or None)
+        return self._outcome(await self._go_on(state))
+
+    async def _go_on(self, input: Any) -> RunResult:
+        return await TickflowRunner.run(self.agent, input, run_config=self.run_config, max_turns=self.max_turns)
+
+    def _outcome(self, result: RunResult) -> dict[str, Any]:
+        if result.interruptions:
+            requests = {"approvals": [_approval(item) for item in result.interruptions], "calls": []}
+            return waiting(self.deferred_event, requests, {}, {"state": result.to_state().to_json()})
         return {"output": pydantic_core.to_jsonable_python(result.final_output, fallback=str),
                 "last_agent": result.last_agent.name,
                 "items": pydantic_core.to_jsonable_python(result.to_input_list(), fallback=str)}
+
+
+def _needs_approval(agent: Agent[Any]) -> bool:
+    """Whether a function tool of ``agent`` or of an agent its handoffs reach may ask for approval."""
+    seen: set[int] = set()
+    stack = [agent]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if any(isinstance(t, FunctionTool) and t.needs_approval is not False for t in current.tools):
+            return True
+        stack.extend(h for h in current.handoffs if isinstance(h, Agent))
+    return False
+
+
+def _call_id(item: ToolApprovalItem) -> str:
+    return str(getattr(item.raw_item, "call_id", None) or getattr(item.raw_item, "id", "") or "")
+
+
+def _approval(item: ToolApprovalItem) -> dict[str, Any]:
+    raw = getattr(item.raw_item, "arguments", None)
+    try:
+        args = pydantic_core.from_json(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        args = raw
+    return {"tool_call_id": _call_id(item), "tool_name": item.tool_name or "", "args": args}

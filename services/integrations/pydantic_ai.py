@@ -83,8 +83,9 @@ from tickflow.integrations.journaled import (
     StepCallsByStep,
     running_step,
 )
+from tickflow.integrations.waits import ANSWER_SCHEMA, RESUME, deferred_flow, unanswered, waiting
 from tickflow.llm.streaming import TokenStream, current_listener
-from tickflow.workflow import Flow, named, named_step
+from tickflow.workflow import Flow, named_step
 
 __all__ = [
     "ANSWER_SCHEMA",
@@ -336,12 +337,7 @@ class TickflowAgent:
         base = name or self.name
         if not self.defers:
             return self._step_flow(base, None)
-        turn = self._step_flow(f"{base}.run", _resume_input(base)).branch(
-            (_deferred, Flow().wait_for_event(self.deferred_event, schema=ANSWER_SCHEMA, name=f"{base}.answers")),
-            name=f"{base}.ask")
-        flow = Flow().loop(turn, until=_settled, max_iterations=self.max_waits + 1, name=base)
-        flow._nodes[0]["body"]["name"] = f"{base}.turn"
-        return flow
+        return deferred_flow(base, self.deferred_event, self.max_waits, self._step_flow)
 
     def _step_flow(self, name: str, input: Callable[[Mapping[str, Any]], Any] | None) -> Flow:
         return Flow().step(self.step, name=name, input=input, pool=self.pool, max_attempts=self.max_attempts,
@@ -349,61 +345,32 @@ class TickflowAgent:
 
     async def _run(self, value: Any) -> dict[str, Any]:
         deps = self._deps() if self._deps is not None else None
-        if isinstance(value, Mapping) and _RESUME in value:
-            return await self._resume(value[_RESUME], deps)
+        if isinstance(value, Mapping) and RESUME in value:
+            return await self._resume(value[RESUME], deps)
         prompt, history = _prompt(value)
         result = await self.agent.run(prompt, message_history=history, deps=deps)
-        return self._outcome(result.output, result.all_messages(), len(history or []), {})
+        return self._outcome(result.output, result.all_messages(), len(history or []))
 
     async def _resume(self, state: Mapping[str, Any], deps: Any) -> dict[str, Any]:
         """Go on from a conversation that stopped on deferred calls, once every one of them has its answer."""
-        answers: dict[str, Any] = dict(state["answers"])
-        requests: Mapping[str, Any] = state["requests"]
-        history = JSON_CODEC.load(list[ModelMessage], state["history"])
-        unanswered = {kind: [c for c in requests.get(kind, []) if c["tool_call_id"] not in answers.get(kind, {})]
-                      for kind in ("approvals", "calls")}
-        if any(unanswered.values()):  # keep waiting for the rest, holding the answers given so far
-            return {"deferred": unanswered, "history": state["history"], "kept": state["kept"], "answers": answers,
-                    "waiting_for": self.deferred_event}
+        answers, conversation = state["answers"], state["resume"]
+        rest = unanswered(state["requests"], answers)
+        if any(rest.values()):  # keep waiting for the rest, holding the answers given so far
+            return waiting(self.deferred_event, rest, answers, conversation)
+        history = JSON_CODEC.load(list[ModelMessage], conversation["history"])
         result = await self.agent.run(None, message_history=history, deferred_tool_results=_results(answers),
                                       deps=deps)
-        return self._outcome(result.output, result.all_messages(), int(state["kept"]), {})
+        return self._outcome(result.output, result.all_messages(), int(conversation["kept"]))
 
-    def _outcome(self, output: Any, messages: list[ModelMessage], kept: int, answers: dict[str, Any]
-                 ) -> dict[str, Any]:
-        if isinstance(output, DeferredToolRequests):
-            return {"deferred": _requests(output), "history": JSON_CODEC.dump(list[ModelMessage], messages),
-                    "kept": kept, "answers": answers, "waiting_for": self.deferred_event}
+    def _outcome(self, output: Any, messages: list[ModelMessage], kept: int) -> dict[str, Any]:
+        if isinstance(output, DeferredToolRequests):  # the conversation so far, and how much of it was the input's
+            return waiting(self.deferred_event, _requests(output), {},
+                           {"history": JSON_CODEC.dump(list[ModelMessage], messages), "kept": kept})
         return {"output": pydantic_core.to_jsonable_python(output),
                 "messages": JSON_CODEC.dump(list[ModelMessage], messages[kept:])}
 
 
 # --- tools that need a human: the wait and its answers ------------------------------------------------------
-
-#: The payload that answers an agent's deferred tool calls, keyed by the model's tool-call ids: ``approvals`` —
-#: ``true``, ``false``, or ``{"approved": false, "message": "why"}`` (the model reads the message) or
-#: ``{"approved": true, "override_args": {…}}``; ``calls`` — the result of each call the agent left to the outside.
-ANSWER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "approvals": {
-            "type": "object",
-            "description": 'tool-call id → true | false | {"approved": false, "message": "why"}',
-            "additionalProperties": {"oneOf": [
-                {"type": "boolean"},
-                {"type": "object", "required": ["approved"], "additionalProperties": False,
-                 "properties": {"approved": {"type": "boolean"}, "message": {"type": "string"},
-                                "override_args": {"type": "object"}}},
-            ]},
-        },
-        "calls": {"type": "object", "description": "tool-call id → the call's result (any JSON)"},
-    },
-}
-
-#: The key of a resumed step's input (a user's own input cannot hold it by accident).
-_RESUME = "$tickflow.resume"
-
 
 def _allows_deferred(output_type: Any) -> bool:
     kinds = output_type if isinstance(output_type, list | tuple) else [output_type]
@@ -428,48 +395,6 @@ def _results(answers: Mapping[str, Any]) -> DeferredToolResults:
         else:
             approvals[call_id] = ToolDenied(answer["message"]) if answer.get("message") else ToolDenied()
     return DeferredToolResults(approvals=approvals, calls=dict(answers.get("calls", {})))
-
-
-_RESUME_INPUTS: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
-
-
-def _resume_input(base: str) -> Callable[[Mapping[str, Any]], Any]:
-    """The pure mapper giving iteration ``k`` of agent loop ``base`` its input: the agent's input first; then the
-    conversation where iteration ``k - 1``'s step stopped (path ``<base>#<k-1>/<base>.run``) and every answer so
-    far (the answers it held, and the wait's payload, which is the value flowing out of the previous iteration)."""
-    if base in _RESUME_INPUTS:
-        return _RESUME_INPUTS[base]
-
-    def mapper(scope: Mapping[str, Any]) -> Any:
-        k = int(scope.get("iteration", 1))
-        if k == 1:
-            return scope["value"]
-        previous = scope["steps"][f"{base}#{k - 1}/{base}.run"]
-        if not isinstance(previous, Mapping) or "history" not in previous:
-            raise ValueError(f"iteration {k} of agent {base!r} cannot find the conversation to go on from (was it "
-                             "claim-checked? keep conversations below TICKFLOW_OFFLOAD_BYTES)")
-        answers = {kind: dict(previous["answers"].get(kind, {})) for kind in ("approvals", "calls")}
-        for kind in answers:
-            answers[kind].update(scope["value"].get(kind, {}))
-        return {_RESUME: {"history": previous["history"], "kept": previous["kept"], "requests": previous["deferred"],
-                          "answers": answers}}
-
-    _RESUME_INPUTS[base] = named(f"tickflow.pydantic_ai.resume_input.{base}", mapper)
-    return _RESUME_INPUTS[base]
-
-
-@named("tickflow.pydantic_ai.deferred")
-def _deferred(scope: Mapping[str, Any]) -> bool:
-    """The agent stopped on calls that need an answer (the branch waits for it)."""
-    value = scope["value"]
-    return isinstance(value, Mapping) and "deferred" in value
-
-
-@named("tickflow.pydantic_ai.settled")
-def _settled(scope: Mapping[str, Any]) -> bool:
-    """The agent finished with its output (else the iteration's value is the answers to its deferred calls)."""
-    value = scope["value"]
-    return isinstance(value, Mapping) and "output" in value and "messages" in value
 
 
 def _prompt(value: Any) -> tuple[str | None, list[ModelMessage] | None]:

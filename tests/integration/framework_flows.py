@@ -22,7 +22,7 @@ from tickflow.integrations.openai_agents import TickflowAgents
 from tickflow.integrations.pydantic_ai import TickflowAgent, TickflowDurability
 from tickflow.workflow import Registry, Workflow, current_step
 
-__all__ = ["approved_trip_agent", "oa_trip_agent", "registry", "trip_agent"]
+__all__ = ["approved_trip_agent", "oa_approved_trip_agent", "oa_trip_agent", "registry", "trip_agent"]
 
 BASE_URL = os.environ.get("TICKFLOW_TEST_LLM_URL", "http://127.0.0.1:9/v1")
 SERVICE = BASE_URL.removesuffix("/v1")
@@ -103,3 +103,18 @@ oa_trip_agent = OpenAIAgent(
     tools=[oa_note, oa_book],
 )
 registry.add(Workflow("trip_oa").agent(TickflowAgents(oa_trip_agent)))
+
+
+@function_tool(name_override="book", needs_approval=True)
+async def oa_book_when_approved(what: str) -> str:
+    """Book it, once a human approved."""
+    return await book_when_approved(what)
+
+
+oa_approved_trip_agent = OpenAIAgent(
+    name="trip_oa_approval",
+    instructions="Plan the trip with the tools.",
+    model=OpenAIChatCompletionsModel("trip-agent", AsyncOpenAI(base_url=BASE_URL, api_key="sk-test-not-a-secret")),
+    tools=[oa_note, oa_book_when_approved],
+)
+registry.add(Workflow("trip_oa_approval").agent(TickflowAgents(oa_approved_trip_agent)))

@@ -102,23 +102,24 @@ async def test_a_worker_killed_inside_a_tool_resumes_without_repeating_a_request
     (await check_log(s)).assert_clean()
 
 
+@pytest.mark.parametrize("workflow", ["trip_approval", "trip_oa_approval"])  # Pydantic AI, OpenAI Agents SDK
 async def test_a_tool_that_needs_approval_is_a_wait_that_survives_a_restart_and_runs_once_approved(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path, llm: LlmTestServer
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, llm: LlmTestServer, workflow: str
 ) -> None:
-    """A Pydantic AI agent whose ``book`` tool requires approval: the run waits for ``trip_approval.deferred_tools``
-    (after ``note`` ran), the roles are stopped and started again while it waits, a wrong answer is refused with the
-    reason and changes nothing, and the approval sent through the SDK lets the agent book once and finish."""
+    """An agent whose ``book`` tool needs approval: the run waits for ``<workflow>.deferred_tools`` (after ``note``
+    ran), the roles are stopped and started again while it waits, a wrong answer is refused with the reason and
+    changes nothing, and the approval sent through the SDK lets the agent book once and finish."""
     from tests.integration.framework_flows import registry
 
     node = Node(settings_for(prefix, kafka_bootstrap, tmp_path, free_port()), registry,
                 frozenset({"projector", "api"}))
     await node.start()
     s = node.settings
-    event = "trip_approval.deferred_tools"
+    event = f"{workflow}.deferred_tools"
     proc = spawn_roles(s, "engine,worker", tmp_path / "roles1.log", app=APP)
     try:
         with Client(s.api_url) as c:
-            await asyncio.to_thread(c.start, "trip_approval", "Paris in May, please", run_id="trip-ok")
+            await asyncio.to_thread(c.start, workflow, "Paris in May, please", run_id="trip-ok")
 
             async def waiting() -> bool:
                 return (await asyncio.to_thread(c.status, "trip-ok")).waiting_for == event

@@ -19,6 +19,7 @@ from tickflow.core.decider import WorkerResult
 from tickflow.events.agents import AgentHandoff, HandoffFields, LlmCallAttempted
 from tickflow.events.codec import decode
 from tickflow.events.schemas import LlmAttemptFields
+from tickflow.events.spec import StepNode
 from tickflow.integrations.journaled import priced
 from tickflow.integrations.openai_agents import BudgetExceeded, TickflowAgents
 from tickflow.runtime.journal import PaidCalls, StepJournal
@@ -165,3 +166,50 @@ def test_a_framework_call_is_priced_by_the_configured_price_then_genai_prices_el
     assert attempt("gpt-4o", provider="openai").cost_usd == pytest.approx(7.5)
     unknown = attempt("trip-agent")
     assert (unknown.cost_usd, unknown.price_known) == (0.0, False)
+
+
+def approval_flow(script: Script, world: World) -> Workflow:
+    @function_tool
+    def note(text: str) -> str:
+        """Keep a note."""
+        world.notes.append(text)
+        return f"noted {text}"
+
+    @function_tool(needs_approval=True)
+    def book(what: str) -> str:
+        """Book it, once a human approved."""
+        world.bookings += 1
+        return f"booked {what} #{world.bookings}"
+
+    booker = Agent(name="booker", instructions="Book.", model=script, tools=[book])
+    triage = Agent(name="triage", instructions="Note, then hand off.", model=script, tools=[note], handoffs=[booker])
+    return Workflow("trip").agent(TickflowAgents(triage))
+
+
+async def test_a_tool_that_needs_approval_is_a_wait_and_runs_once_approved() -> None:
+    script, world = Script(), World()
+    sim = AgentSim(approval_flow(script, world), "plan")
+    await sim.finish()
+    assert sim.state.status == "running" and world.bookings == 0 and script.calls == 3
+    stopped = sim.state.nodes["triage#1/triage.run"].output
+    assert stopped["deferred"] == {"approvals": [{"tool_call_id": "c3", "tool_name": "book",
+                                                  "args": {"what": "flight"}}], "calls": []}
+    assert stopped["waiting_for"] == "triage.deferred_tools"
+    await sim.resume("triage.deferred_tools", {"approvals": {"c3": True}})
+    assert sim.state.status == "completed", sim.state.error
+    assert world.bookings == 1 and world.notes == ["window seat"] and script.calls == 4
+    assert sim.state.output["output"] == "done: booked flight #1" and sim.state.output["last_agent"] == "booker"
+
+
+async def test_a_rejected_call_tells_the_model_why() -> None:
+    script, world = Script(), World()
+    sim = AgentSim(approval_flow(script, world), "plan")
+    await sim.finish()
+    await sim.resume("triage.deferred_tools", {"approvals": {"c3": {"approved": False, "message": "too dear"}}})
+    assert sim.state.status == "completed" and world.bookings == 0
+    assert sim.state.output["output"] == "done: too dear"
+
+
+def test_without_tools_that_need_approval_the_agents_stay_one_step() -> None:
+    spec = Registry().add(Workflow("trip").agent(build(Script(), World())[0]))
+    assert isinstance(spec.root.nodes[0], StepNode)  # type: ignore[union-attr]

@@ -215,11 +215,11 @@ def approval_flow(model: Approvals, paid: list[int]) -> Workflow:
 def test_an_agent_with_deferred_tools_compiles_to_a_loop_of_its_step_and_a_wait() -> None:
     spec = Registry().add(approval_flow(Approvals(), []))
     loop = spec.root.nodes[0]  # type: ignore[union-attr]
-    assert isinstance(loop, LoopNode) and loop.name == "cashier" and loop.until == "tickflow.pydantic_ai.settled"
+    assert isinstance(loop, LoopNode) and loop.name == "cashier" and loop.until == "tickflow.integrations.settled"
     run_step, ask = loop.body.nodes  # type: ignore[union-attr]
     assert isinstance(run_step, StepNode) and run_step.name == "cashier.run"
-    assert run_step.input == "fn:tickflow.pydantic_ai.resume_input.cashier" and run_step.llm_reserve_tokens
-    assert isinstance(ask, BranchNode) and ask.cases[0].when == "tickflow.pydantic_ai.deferred"
+    assert run_step.input == "fn:tickflow.integrations.resume_input.cashier" and run_step.llm_reserve_tokens
+    assert isinstance(ask, BranchNode) and ask.cases[0].when == "tickflow.integrations.deferred"
     wait = ask.cases[0].then
     assert isinstance(wait, WaitNode) and wait.event == "cashier.deferred_tools" and wait.name == "cashier.answers"
 
