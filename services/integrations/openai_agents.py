@@ -30,7 +30,7 @@ and tool-argument deltas go to the tokens topic). Outside a tickflow step ``Tick
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pydantic_core
@@ -70,9 +70,9 @@ from tickflow.integrations.journaled import (
     StepCalls,
     StepCallsByStep,
 )
-from tickflow.integrations.waits import RESUME, deferred_flow, unanswered, waiting
+from tickflow.integrations.waits import RESUME, FrameworkAgent, unanswered, waiting
 from tickflow.llm.streaming import TokenListener, TokenStream, current_listener
-from tickflow.workflow import Flow, named_step
+from tickflow.workflow import named_step
 
 __all__ = ["BudgetExceeded", "TickflowAgents", "TickflowRunner"]
 
@@ -265,7 +265,7 @@ def _attempt(answer: Mapping[str, Any], model: str) -> LlmAttemptFields:
                             outcome="ok", price_known=False)
 
 
-class TickflowAgents:
+class TickflowAgents(FrameworkAgent):
     """An OpenAI Agents SDK agent (and the agents it hands off to) as a tickflow step (``.step``) or flow
     (``.flow()``, what ``Workflow.agent`` adds).
 
@@ -293,18 +293,6 @@ class TickflowAgents:
         self.deferred_event = deferred_event or f"{self.name}.deferred_tools"
         self.max_waits = max_waits
         self.step = named_step(f"tickflow.openai_agents.{self.name}", self._run)
-
-    def flow(self, name: str | None = None) -> Flow:
-        """The agents as a flow named ``name``: one LLM step (budgets reserve ``reserve_tokens`` before it); with
-        tools that need approval, a loop of that step and a wait for the answers (see the class docstring)."""
-        base = name or self.name
-        if not self.defers:
-            return self._step_flow(base, None)
-        return deferred_flow(base, self.deferred_event, self.max_waits, self._step_flow)
-
-    def _step_flow(self, name: str, input: Callable[[Mapping[str, Any]], Any] | None) -> Flow:
-        return Flow().step(self.step, name=name, input=input, pool=self.pool, max_attempts=self.max_attempts,
-                           backoff_s=self.backoff_s, timeout_s=self.timeout_s, llm_reserve_tokens=self.reserve_tokens)
 
     async def _run(self, value: Any) -> dict[str, Any]:
         if isinstance(value, Mapping) and RESUME in value:

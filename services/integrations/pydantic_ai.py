@@ -83,9 +83,9 @@ from tickflow.integrations.journaled import (
     StepCallsByStep,
     running_step,
 )
-from tickflow.integrations.waits import ANSWER_SCHEMA, RESUME, deferred_flow, unanswered, waiting
+from tickflow.integrations.waits import ANSWER_SCHEMA, RESUME, FrameworkAgent, unanswered, waiting
 from tickflow.llm.streaming import TokenStream, current_listener
-from tickflow.workflow import Flow, named_step
+from tickflow.workflow import named_step
 
 __all__ = [
     "ANSWER_SCHEMA",
@@ -284,7 +284,7 @@ def _tell(listener: Any, ctx: RunContext[Any], event: AgentStreamEvent, streams:
 # --- the step ----------------------------------------------------------------------------------------------
 
 
-class TickflowAgent:
+class TickflowAgent(FrameworkAgent):
     """A Pydantic AI agent as a tickflow step (``.step``) or flow (``.flow()``, what ``Flow.agent`` adds).
 
     The step's input is the user's prompt (a string), or ``{"prompt": …, "message_history": [...]}`` with a
@@ -330,18 +330,6 @@ class TickflowAgent:
         self.max_waits = max_waits
         self._deps = deps
         self.step = named_step(f"tickflow.pydantic_ai.{self.name}", self._run)
-
-    def flow(self, name: str | None = None) -> Flow:
-        """The agent as a flow named ``name``: one LLM step (budgets reserve ``reserve_tokens`` before it); with
-        deferred tools, a loop of that step and a wait for the answers (see the class docstring)."""
-        base = name or self.name
-        if not self.defers:
-            return self._step_flow(base, None)
-        return deferred_flow(base, self.deferred_event, self.max_waits, self._step_flow)
-
-    def _step_flow(self, name: str, input: Callable[[Mapping[str, Any]], Any] | None) -> Flow:
-        return Flow().step(self.step, name=name, input=input, pool=self.pool, max_attempts=self.max_attempts,
-                           backoff_s=self.backoff_s, timeout_s=self.timeout_s, llm_reserve_tokens=self.reserve_tokens)
 
     async def _run(self, value: Any) -> dict[str, Any]:
         deps = self._deps() if self._deps is not None else None

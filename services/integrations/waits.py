@@ -17,7 +17,7 @@ from typing import Any
 
 from tickflow.workflow import Flow, named
 
-__all__ = ["ANSWER_SCHEMA", "RESUME", "Answer", "deferred_flow", "unanswered", "waiting"]
+__all__ = ["ANSWER_SCHEMA", "RESUME", "Answer", "FrameworkAgent", "deferred_flow", "unanswered", "waiting"]
 
 #: The payload that answers an agent's deferred tool calls, keyed by the model's tool-call ids: ``approvals`` —
 #: ``true``, ``false``, or ``{"approved": false, "message": "why"}`` (the model reads the message) or
@@ -68,6 +68,35 @@ def deferred_flow(base: str, event: str, max_waits: int,
     flow = Flow().loop(turn, until=_settled, max_iterations=max_waits + 1, name=base)
     flow._nodes[0]["body"]["name"] = f"{base}.turn"
     return flow
+
+
+class FrameworkAgent:
+    """What a framework agent's wrapper is to a workflow (``Flow.agent`` adds its ``flow()``): one LLM step, run
+    by ``step`` in a worker of ``pool`` under its retry options; with tools that may need a human (``defers``),
+    the loop of ``deferred_flow``. Subclasses set the attributes."""
+
+    name: str
+    step: Callable[[Any], Any]
+    pool: str
+    reserve_tokens: int
+    max_attempts: int
+    backoff_s: float
+    timeout_s: float | None
+    defers: bool
+    deferred_event: str
+    max_waits: int
+
+    def flow(self, name: str | None = None) -> Flow:
+        """The agent as a flow named ``name``: its step (budgets reserve ``reserve_tokens`` before it); with tools
+        that may need a human, a loop of that step and a wait for the answers."""
+        base = name or self.name
+        if not self.defers:
+            return self._step_flow(base, None)
+        return deferred_flow(base, self.deferred_event, self.max_waits, self._step_flow)
+
+    def _step_flow(self, name: str, input: Callable[[Mapping[str, Any]], Any] | None) -> Flow:
+        return Flow().step(self.step, name=name, input=input, pool=self.pool, max_attempts=self.max_attempts,
+                           backoff_s=self.backoff_s, timeout_s=self.timeout_s, llm_reserve_tokens=self.reserve_tokens)
 
 
 _RESUME_INPUTS: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
