@@ -99,6 +99,8 @@ MODEL = "offline/echo"
 STACK_PREFIX = "bs-"
 LATENCY_ENV = "TICKFLOW_BENCH_LLM_LATENCY_MS"
 APP = "tests.bench.stacks:registry"  # not __name__: run with -m, this module is __main__
+#: Where the bench-only sitecustomize of --memory-dumps lives.
+MEMDUMP = REPO_ROOT / "tests" / "bench" / "memdump"
 
 # -- the tick workflow (imported by the worker and engine subprocesses: keep it cheap) ------------------------
 
@@ -431,6 +433,11 @@ def role_settings(args: argparse.Namespace, stacks: int, workdir: Path) -> tuple
     env = {LATENCY_ENV: f"{low:g},{high:g}", "TICKFLOW_PROJECTOR_BATCH_MS": str(settings.projector_batch_ms)}
     if args.no_eager:
         env["TICKFLOW_EAGER_DISPATCH"] = "false"
+    if args.memory_dumps:  # tests/bench/memdump/sitecustomize.py: a dump on SIGUSR1
+        env["TICKFLOW_BENCH_MEMDUMP_DIR"] = str(Path(args.memory_dumps).absolute())
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MEMDUMP), os.environ.get("PYTHONPATH", "")]))
+        if args.tracemalloc:
+            env["PYTHONTRACEMALLOC"] = "1"
     for name in ("finished_state_s", "tick_run_retention_s"):
         if getattr(args, name) is not None:
             env[f"TICKFLOW_{name.upper()}"] = str(getattr(args, name))
@@ -510,10 +517,16 @@ async def scenario(args: argparse.Namespace, stacks: int, workdir: Path) -> dict
         # Tick runs are retained tick_run_retention_s after they end; the last stack's first tick ends about an
         # interval after its create: from then on as many expire as finish, and the RSS should stay flat.
         flat_after_s = t_create + create_s + args.interval + kept["tick_run_retention_s"] - usage[engines[0]].t0
-        end = time.monotonic() + args.duration
+        start_window = time.monotonic()
+        end = start_window + args.duration
+        dumps = sorted(float(x) for x in args.dump_at_s.split(",")) if args.memory_dumps else []
         while (left := end - time.monotonic()) > 0:
             await asyncio.sleep(min(1.0, left))
             check_alive(procs, "during the window")
+            while dumps and time.monotonic() - start_window >= dumps[0]:
+                dumps.pop(0)
+                for label in engines:
+                    os.kill(pids[label], signal.SIGUSR1)
         window_hi = now_ms()
         sampler.cancel()
         for u in usage.values():
@@ -707,6 +720,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-parallel", type=int, default=16, help="SDK threads creating stacks (api)")
     parser.add_argument("--profile", default=None, help="run each role under py-spy record, raw profiles into DIR")
     parser.add_argument("--keep-topics", action="store_true")
+    parser.add_argument("--memory-dumps", default=None,
+                        help="DIR: each engine process writes what holds its memory there (tests/bench/memdump)")
+    parser.add_argument("--dump-at-s", default="660,900", help="seconds into the window of each memory dump")
+    parser.add_argument("--tracemalloc", action="store_true", help="with --memory-dumps: trace allocations too")
     args = parser.parse_args(argv)
     if args.engines < 1:
         parser.error("--engines must be at least 1")
