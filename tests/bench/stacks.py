@@ -438,6 +438,11 @@ def role_settings(args: argparse.Namespace, stacks: int, workdir: Path) -> tuple
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MEMDUMP), os.environ.get("PYTHONPATH", "")]))
         if args.tracemalloc:
             env["PYTHONTRACEMALLOC"] = "1"
+        if args.memory_dump_kind != "full":
+            env["TICKFLOW_BENCH_MEMDUMP_KIND"] = args.memory_dump_kind
+    for pair in args.role_env:
+        name, _, value = pair.partition("=")
+        env[name] = value
     for name in ("finished_state_s", "tick_run_retention_s"):
         if getattr(args, name) is not None:
             env[f"TICKFLOW_{name.upper()}"] = str(getattr(args, name))
@@ -724,6 +729,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="DIR: each engine process writes what holds its memory there (tests/bench/memdump)")
     parser.add_argument("--dump-at-s", default="660,900", help="seconds into the window of each memory dump")
     parser.add_argument("--tracemalloc", action="store_true", help="with --memory-dumps: trace allocations too")
+    parser.add_argument("--memory-dump-kind", choices=("full", "allocator"), default="full",
+                        help="allocator: only the allocators' figures (no object census, no pause)")
+    parser.add_argument("--role-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for every role process (e.g. MALLOC_ARENA_MAX=2)")
     args = parser.parse_args(argv)
     if args.engines < 1:
         parser.error("--engines must be at least 1")
