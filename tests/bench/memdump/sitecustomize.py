@@ -88,6 +88,8 @@ def _dump() -> None:
     out: dict[str, Any] = {"pid": os.getpid(), "at": time.time(), **_allocators()}
     if os.environ.get("TICKFLOW_BENCH_MEMDUMP_KIND") != "allocator":
         _census(out)
+    if tracemalloc.is_tracing():
+        _traced(out)
     out["dump_s"] = round(time.monotonic() - started, 2)
     _state["n"] += 1
     assert _DIR is not None
@@ -102,15 +104,17 @@ def _census(out: dict[str, Any]) -> None:
     largest = [{"type": type(o).__name__, "len": len(o), "owner": _owner(o)} for o in sized[:25]]  # type: ignore[arg-type]
     out.update(objects=len(objects), top_types=counts.most_common(40), largest_containers=largest)
     del objects, sized
-    if tracemalloc.is_tracing():
-        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        out["traced_mib"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
-        out["top_lines"] = [[str(s.traceback), round(s.size / 2**20, 2), s.count]
-                            for s in snap.statistics("lineno")[:30]]
-        if _state["previous"] is not None:
-            out["growth_since_previous"] = [[str(d.traceback), round(d.size_diff / 2**20, 2), d.count_diff]
-                                            for d in snap.compare_to(_state["previous"], "lineno")[:30]]
-        _state["previous"] = snap
+
+
+def _traced(out: dict[str, Any]) -> None:
+    """The lines that allocated what is live now, and their growth since the previous dump."""
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    out["traced_mib"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
+    out["top_lines"] = [[str(s.traceback), round(s.size / 2**20, 2), s.count] for s in snap.statistics("lineno")[:30]]
+    if _state["previous"] is not None:
+        out["growth_since_previous"] = [[str(d.traceback), round(d.size_diff / 2**20, 2), d.count_diff]
+                                        for d in snap.compare_to(_state["previous"], "lineno")[:30]]
+    _state["previous"] = snap
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
