@@ -27,7 +27,7 @@ from tickflow.demo.pydantic_stack import OFFLINE_MODEL as PAI_OFFLINE_MODEL
 from tickflow.demo.pydantic_stack import communicator as pai_communicator
 from tickflow.events.errors import NonRetryableError
 from tickflow.llm import OFFLINE_LABEL
-from tickflow.workflow import Flow, Registry, Workflow, current_step, named
+from tickflow.workflow import AgentDefinition, Flow, Registry, ScopeFn, Workflow, current_step, named
 
 __all__ = [
     "AGENTS",
@@ -190,16 +190,16 @@ async def wrap_up(value: Any) -> dict[str, Any]:
     return {"idle": False, "review": review, "label": value.get("label") if isinstance(value, Mapping) else None}
 
 
-_work = (
-    Flow()
-    .agent(builder, input=brief_builder)
-    .agent(communicator, input=brief_communicator)
-    .agent(reviewer, input=brief_reviewer)
-    .step(wrap_up)
-)
-stack_tick = Workflow("stack_tick", timeout_s=300).agent(planner).branch(
-    (has_work, _work), otherwise=Flow().step(rest), name="work_or_rest"
-)
+def _stack_tick(name: str, talk: AgentDefinition, brief: ScopeFn, review: ScopeFn) -> Workflow:
+    """A tick: the planner; when its plan has work, the builder, the communicator ``talk`` (given ``brief``) and the
+    reviewer (given ``review``), then ``wrap_up``; else ``rest``."""
+    work = Flow().agent(builder, input=brief_builder).agent(talk, input=brief).agent(reviewer, input=review)
+    return Workflow(name, timeout_s=300).agent(planner).branch(
+        (has_work, work.step(wrap_up)), otherwise=Flow().step(rest), name="work_or_rest"
+    )
+
+
+stack_tick = _stack_tick("stack_tick", communicator, brief_communicator, brief_reviewer)
 
 
 @named("tickflow.demo.brief_pai_communicator")
@@ -218,15 +218,8 @@ def brief_reviewer_after_pai(scope: Mapping[str, Any]) -> dict[str, str]:
 
 #: The same tick with its communicator written with Pydantic AI (``tickflow.demo.pydantic_stack``); None without
 #: the ``pydantic-ai`` extra.
-stack_tick_pai = None if pai_communicator is None else Workflow("stack_tick_pai", timeout_s=300).agent(
-    planner).branch(
-    (has_work, Flow()
-     .agent(builder, input=brief_builder)
-     .agent(pai_communicator(communicator.llm_pool), input=brief_pai_communicator)
-     .agent(reviewer, input=brief_reviewer_after_pai)
-     .step(wrap_up)),
-    otherwise=Flow().step(rest), name="work_or_rest",
-)
+stack_tick_pai = None if pai_communicator is None else _stack_tick(
+    "stack_tick_pai", pai_communicator(communicator.llm_pool), brief_pai_communicator, brief_reviewer_after_pai)
 
 
 #: USD per million tokens the demo's offline models are priced at, marked illustrative (nobody is charged).

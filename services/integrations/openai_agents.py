@@ -70,7 +70,7 @@ from tickflow.integrations.journaled import (
     StepCalls,
     StepCallsByStep,
 )
-from tickflow.integrations.waits import RESUME, FrameworkAgent, unanswered, waiting
+from tickflow.integrations.waits import RESUME, FrameworkAgent, approval, unanswered, waiting
 from tickflow.llm.streaming import TokenListener, TokenStream, current_listener
 from tickflow.workflow import named_step
 
@@ -309,12 +309,11 @@ class TickflowAgents(FrameworkAgent):
             return waiting(self.deferred_event, rest, answers, stopped["resume"])
         state = await RunState.from_json(self.agent, stopped["resume"]["state"])
         for item in state.get_interruptions():
-            answer = answers.get("approvals", {}).get(_call_id(item), False)
-            if answer is True or (isinstance(answer, Mapping) and answer.get("approved")):
+            given = approval(answers.get("approvals", {}).get(_call_id(item)))
+            if given.approved:  # the SDK runs the call with the model's arguments (no override_args)
                 state.approve(item)
             else:
-                message = answer.get("message") if isinstance(answer, Mapping) else None
-                state.reject(item, rejection_message=message or None)
+                state.reject(item, rejection_message=given.message)
         return self._outcome(await self._go_on(state))
 
     async def _go_on(self, input: Any) -> RunResult:

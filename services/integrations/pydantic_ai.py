@@ -83,7 +83,7 @@ from tickflow.integrations.journaled import (
     StepCallsByStep,
     running_step,
 )
-from tickflow.integrations.waits import ANSWER_SCHEMA, RESUME, FrameworkAgent, unanswered, waiting
+from tickflow.integrations.waits import ANSWER_SCHEMA, RESUME, FrameworkAgent, approval, unanswered, waiting
 from tickflow.llm.streaming import TokenStream, current_listener
 from tickflow.workflow import named_step
 
@@ -376,12 +376,11 @@ def _requests(deferred: DeferredToolRequests) -> dict[str, Any]:
 def _results(answers: Mapping[str, Any]) -> DeferredToolResults:
     approvals: dict[str, bool | ToolApproved | ToolDenied] = {}
     for call_id, answer in answers.get("approvals", {}).items():
-        if isinstance(answer, bool):
-            approvals[call_id] = answer
-        elif answer.get("approved"):
-            approvals[call_id] = ToolApproved(override_args=answer.get("override_args"))
+        given = approval(answer)
+        if given.approved:
+            approvals[call_id] = ToolApproved(override_args=given.override_args)
         else:
-            approvals[call_id] = ToolDenied(answer["message"]) if answer.get("message") else ToolDenied()
+            approvals[call_id] = ToolDenied(given.message) if given.message else ToolDenied()
     return DeferredToolResults(approvals=approvals, calls=dict(answers.get("calls", {})))
 
 

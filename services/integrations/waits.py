@@ -13,11 +13,21 @@ every answer so far. A call left unanswered keeps the run waiting for the rest.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tickflow.workflow import Flow, named
 
-__all__ = ["ANSWER_SCHEMA", "RESUME", "Answer", "FrameworkAgent", "deferred_flow", "unanswered", "waiting"]
+__all__ = [
+    "ANSWER_SCHEMA",
+    "RESUME",
+    "Approval",
+    "FrameworkAgent",
+    "approval",
+    "deferred_flow",
+    "unanswered",
+    "waiting",
+]
 
 #: The payload that answers an agent's deferred tool calls, keyed by the model's tool-call ids: ``approvals`` —
 #: ``true``, ``false``, or ``{"approved": false, "message": "why"}`` (the model reads the message) or
@@ -43,8 +53,22 @@ ANSWER_SCHEMA: dict[str, Any] = {
 #: The key of a resumed step's input (a user's own input cannot hold it by accident).
 RESUME = "$tickflow.resume"
 
-#: One approval as ``ANSWER_SCHEMA`` allows it.
-Answer = bool | Mapping[str, Any]
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """One answer of ``approvals``, read the same way for every framework."""
+
+    approved: bool
+    #: Why it was refused, for the model to read (None: the framework's default message).
+    message: str | None = None
+    #: Arguments to run the approved call with instead of the model's (frameworks that support it).
+    override_args: dict[str, Any] | None = None
+
+
+def approval(answer: Any) -> Approval:
+    """``true``, ``false`` or ``{"approved": …, "message"?: …, "override_args"?: …}`` (a missing answer: refused)."""
+    if isinstance(answer, Mapping):
+        return Approval(bool(answer.get("approved")), answer.get("message") or None, answer.get("override_args"))
+    return Approval(answer is True)
 
 
 def waiting(event: str, requests: Mapping[str, Any], answers: Mapping[str, Any], resume: Any) -> dict[str, Any]:
