@@ -111,6 +111,15 @@ class StepJournal:
         self._next = 0
         #: The attempts of the calls this run of the step paid for and journaled (the step's metrics count them).
         self.paid: list[LlmAttemptFields] = []
+        #: How many calls this run of the step was given a journaled answer for, instead of paying.
+        self.recalled = 0
+
+    @property
+    def on_the_log(self) -> bool:
+        """Whether this run of the step paid for a journaled call or was given one's answer: its result must then
+        travel by the results topic, after the checkpoints, whose costs the engine logs only while the run is
+        going on (a result handed over in memory could end the run before a restarted engine read them)."""
+        return bool(self.paid) or self.recalled > 0
 
     def next_call(self) -> int:
         call, self._next = self._next, self._next + 1
@@ -120,6 +129,7 @@ class StepJournal:
         answer = self._calls.answer(self._key, call)
         if answer is not None:
             self._calls.reused += 1
+            self.recalled += 1
             log.info("%s call %s: reusing the answer a previous run of this step paid for", self._key, call)
         return answer
 

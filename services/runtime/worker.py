@@ -255,7 +255,8 @@ class _Job:
 
 class _Outcome(NamedTuple):
     """One run of an attempt: its result, as an envelope and as its record (None: not encoded yet, and sure to
-    encode), and whether it journaled paid LLM calls on the results topic."""
+    encode), and whether it paid for or recalled journaled LLM calls (``StepJournal.on_the_log``): such a result
+    goes to the results topic, after the calls' checkpoints."""
 
     result: Envelope
     record: bytes | None
@@ -654,8 +655,9 @@ class StepWorker:
         Only a success comes back in memory: its events record it whole (``core.divergence.rebuilt_results``
         rebuilds it from them for a divergence diff). A failure goes to the results topic (whether it is retried
         depends on what the event does not keep: ``retryable``, ``retry_after_ms``), as does a result whose attempt
-        journaled paid LLM calls (the engine reads their checkpoints from that topic: the result must come after
-        them, or the run could end before a call's cost is logged). A result whose task also came from the topic
+        journaled paid LLM calls or was given journaled answers (the engine reads their checkpoints from that topic:
+        the result must come after them, or the run could end before a call's cost is logged; after a restart, the
+        engine may not have read a recalled call's checkpoint yet when its worker answers the re-run). A result whose task also came from the topic
         meanwhile goes both ways (an engine elsewhere may wait for it).
         """
         key = job.task.idempotency_key
@@ -760,8 +762,8 @@ class StepWorker:
             text = redact(logs.getvalue())
             succeeded = self._wrap(env, StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=text))
             if _surely_fits(raw, text, ctx.report.llm_attempts, ctx.report.messages):
-                return _Outcome(succeeded, None, bool(journal.paid))  # encoded only if it goes to the topic
-            return _Outcome(succeeded, encode(succeeded), bool(journal.paid))  # a record too big fails the step
+                return _Outcome(succeeded, None, journal.on_the_log)  # encoded only if it goes to the topic
+            return _Outcome(succeeded, encode(succeeded), journal.on_the_log)  # a record too big fails the step
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is None or current.cancelling():
@@ -782,10 +784,10 @@ class StepWorker:
         )
         result = self._wrap(env, failed)
         try:
-            return _Outcome(result, encode(result), bool(journal.paid))
+            return _Outcome(result, encode(result), journal.on_the_log)
         except InvalidRecord:  # the report made the record too big: keep the error and the (small) attempts
             result = self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""}))
-            return _Outcome(result, encode(result), bool(journal.paid))
+            return _Outcome(result, encode(result), journal.on_the_log)
 
     async def _send_durably(self, key: bytes, raw: bytes, after: asyncio.Future[None] | None = None) -> None:
         """Send a paid call's checkpoint and wait until the broker has it (acks=all): only then may the step go on.

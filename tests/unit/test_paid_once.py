@@ -62,15 +62,21 @@ async def ask(ctx: StepContext, provider: Provider) -> dict[str, Any]:
 
 async def test_a_re_run_of_the_step_gets_the_paid_answer_without_asking_again() -> None:
     calls, broker, provider = PaidCalls(), Broker(), Provider()
-    first = context(StepJournal(calls, broker.send, task()))
+    first_journal = StepJournal(calls, broker.send, task())
+    first = context(first_journal)
     assert await ask(first, provider) == {"text": "answer 1"}
     assert provider.requests == 1 and len(broker.sent) == 1
     assert first.report.llm_attempts == []  # the engine logs them from the checkpoint, not from the step's report
     # The step ran again (a crash, a timeout): a new attempt, a new journal view on the same calls.
-    again = context(StepJournal(calls, broker.send, task(attempt=2)), attempt=2)
+    again_journal = StepJournal(calls, broker.send, task(attempt=2))
+    again = context(again_journal, attempt=2)
     assert await ask(again, provider) == {"text": "answer 1"}
     assert provider.requests == 1 and len(broker.sent) == 1 and again.report.llm_attempts == []
     assert calls.reused == 1
+    # Both results travel after the checkpoint, by the results topic, never in memory: the one that paid, and the
+    # one given the answer (a restarted engine may not have read the checkpoint yet; the run must not end first).
+    assert first_journal.on_the_log and again_journal.on_the_log
+    assert not StepJournal(calls, broker.send, task(attempt=3)).on_the_log
 
 
 async def test_calls_are_numbered_in_the_order_the_body_makes_them() -> None:
