@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     eager_turn_ms: float = Field(default=50.0, ge=1, le=5_000)
     #: Tune CPython's cyclic collector for a role process's large, long-lived heap (``tickflow.node.tune_gc``).
     gc_tuning: bool = True
+    #: Every this many seconds, a role process (``tickflow up``) hands the C heap's free pages back to the system
+    #: (``tickflow.node.release_free_memory``); 0 turns it off.
+    memory_trim_interval_s: float = Field(default=60.0, ge=0)
     projector_batch_ms: int = Field(default=100, ge=0)
     commit_interval_ms: int = Field(default=200, ge=1)
     #: How long the broker waits for the engine's heartbeats before it gives the engine's partitions to another.

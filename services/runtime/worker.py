@@ -657,8 +657,8 @@ class StepWorker:
         depends on what the event does not keep: ``retryable``, ``retry_after_ms``), as does a result whose attempt
         journaled paid LLM calls or was given journaled answers (the engine reads their checkpoints from that topic:
         the result must come after them, or the run could end before a call's cost is logged; after a restart, the
-        engine may not have read a recalled call's checkpoint yet when its worker answers the re-run). A result whose task also came from the topic
-        meanwhile goes both ways (an engine elsewhere may wait for it).
+        engine may not have read a recalled call's checkpoint yet when its worker answers the re-run). A result whose
+        task also came from the topic meanwhile goes both ways (an engine elsewhere may wait for it).
         """
         key = job.task.idempotency_key
         await self._learn_for_eager(job.owner)
