@@ -260,7 +260,7 @@ class _Outcome(NamedTuple):
 
     result: Envelope
     record: bytes | None
-    journaled: bool
+    on_the_log: bool
 
     def encoded(self) -> bytes:
         return self.record if self.record is not None else encode(self.result)
@@ -673,7 +673,7 @@ class StepWorker:
             reply(None, False)
             return
         self.executed += 1
-        in_memory = isinstance(outcome.result.payload, StepSucceeded) and not outcome.journaled
+        in_memory = isinstance(outcome.result.payload, StepSucceeded) and not outcome.on_the_log
         if not in_memory or self._accepted.get(key):
             try:
                 await self._report(key, outcome, job.env.key.encode())
