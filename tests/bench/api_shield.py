@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 
 from tests.conftest import free_port
-from tests.unit.test_api_errors import RecordingProducer
+from tests.unit.api.test_api_errors import RecordingProducer
 from tickflow.api.app import create_api
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import MemoryStore

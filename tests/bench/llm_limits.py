@@ -4,7 +4,7 @@
 
 For each worker count: that many worker processes of one pool (``tickflow up --roles worker``), an engine in this
 process, and ``--runs`` agent runs whose one LLM call goes to a provider limited to 60 requests/min (2 s burst
-window, see ``tests/integration/test_llm_limits_cluster.py``). Prints the most requests the server saw in any
+window, see ``tests/integration/runtime/test_llm_limits_cluster.py``). Prints the most requests the server saw in any
 ``--window-s`` seconds (60: requests per minute). ``--no-wait-for-shares`` measures code from before the limits
 were shared (it logs no share: the workers are given 20 s to settle instead). Needs the broker on 127.0.0.1:9092.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _delete_topics
-from tests.integration.test_llm_limits_cluster import BURST_WINDOW_S, RPM, measure
+from tests.integration.runtime.test_llm_limits_cluster import BURST_WINDOW_S, RPM, measure
 from tests.llm_server import running_llm_server
 
 

@@ -1,5 +1,6 @@
-"""A Faust app for tests/integration/test_faust.py: its agent records every envelope of the events topic it sees,
-in a table (``seen``) and on a topic (``<prefix>.faust-probe-seen``), both readable from outside the worker.
+"""A Faust app for tests/integration/integrations/test_faust.py: its agent records every envelope of the events
+topic it sees, in a table (``seen``) and on a topic (``<prefix>.faust-probe-seen``), both readable from outside the
+worker.
 
 ``FAUST_PROBE_PLAIN=1`` builds it as a plain ``faust.App`` with the same options (Faust's own transport, which
 reads ``read_uncommitted``), to show that the test can fail: that app does see aborted transactions.

@@ -136,7 +136,7 @@ async def measure(value: dict[str, Any]) -> int:
 
 registry.add(Workflow("bigdata").step(big).step(measure))
 registry.add(Workflow("measure_input").step(measure, name="measure_it"))
-# tests/integration/test_claimcheck.py: a big final output; a big resume payload checked against a schema; a
+# tests/integration/runtime/test_claimcheck.py: a big final output; a big resume payload checked against a schema; a
 # claim-checked value before a fork point; a history of many mid-sized values (each inline, > 1 MB together).
 registry.add(Workflow("bigout").step(big, name="make"))
 
@@ -183,7 +183,7 @@ async def hold(value: Any) -> Any:
 registry.add(Workflow("per_customer", concurrency_key="input.customer", max_per_key=1).step(hold))
 
 
-# --- commands taken once (tests/integration/test_seams.py) -----------------------------------------------------
+# --- commands taken once (tests/integration/runtime/test_seams.py) ----------------------------------------------------
 
 
 async def both(value: Any) -> Any:
@@ -214,7 +214,7 @@ registry.add(Workflow("chat").loop(Flow().wait_for_event("message").step(reply),
 registry.add(Workflow("stack_tick").step(on_tick))
 
 
-# --- agents (tests/integration/test_agents.py) ------------------------------------------------------------------
+# --- agents (tests/integration/agents/test_agents.py) -----------------------------------------------------------------
 
 import os  # noqa: E402 - grouped with the agent flows they serve
 
@@ -260,13 +260,13 @@ forecaster = Agent("forecaster", chain="http", tools=[get_weather], memory=Memor
                    llm_max_attempts=1)
 registry.add(Workflow("agent_http").agent(forecaster))
 
-# --- token streaming (tests/integration/test_tokens.py) -------------------------------------------------------------
+# --- token streaming (tests/integration/runtime/test_tokens.py) -------------------------------------------------------
 
 # Chain "stream" points at the local test server's stream-slow model, which streams its answer over ~1.4 s.
 narrator = Agent("narrator", chain="stream", memory=Memory(window=0, recall_k=0, remember=False), llm_max_attempts=1)
 registry.add(Workflow("agent_stream").agent(narrator))
 
-# --- paid once (tests/integration/test_paid_once.py) ------------------------------------------------------------------
+# --- paid once (tests/integration/agents/test_paid_once.py) -----------------------------------------------------------
 
 # Chain "paid" is the test server's "ok" model; the memory's embedder ("stall-embed") holds the turn's second
 # embedding request, which comes after the chat call: the worker is then stuck between a paid answer and its report.

@@ -1,4 +1,4 @@
-"""Agents for tests/integration/test_llm_limits_cluster.py: one LLM call a run, no tools, no memory, so the test
+"""Agents for tests/integration/runtime/test_llm_limits_cluster.py: one LLM call a run, no tools, no memory, so the test
 server's count of requests is the count of LLM calls the pool made."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from starlette.routing import Route
 import tickflow.tracing as tracing
 from tests.conftest import free_port
 from tests.integration.harness import settings_for, spawn_roles
-from tests.integration.test_faults import stop
+from tests.integration.runtime.test_faults import stop
 from tickflow.agents import Agent
 from tickflow.client import Client
 from tickflow.demo.workflows import write_demo_llm_config

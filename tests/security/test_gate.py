@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.bench.api_shield import measure
 from tests.conftest import free_port
-from tests.unit.test_api_errors import RecordingProducer
+from tests.unit.api.test_api_errors import RecordingProducer
 from tickflow.api.app import create_api
 from tickflow.api.gate import json_body_problem
 from tickflow.api.guards import allowed_hosts

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.test_api_errors import RecordingProducer
+from tests.unit.api.test_api_errors import RecordingProducer
 from tickflow.api.app import create_api
 from tickflow.api.guards import allowed_hosts, check_bind
 from tickflow.events.topics import TopicNames

@@ -18,9 +18,9 @@ from playwright.sync_api import Browser
 
 from tests.bench.api_shield import send_hostile_bodies
 from tests.conftest import free_port
+from tests.integration.dashboard.test_dashboard import in_browser
 from tests.integration.flows import registry
 from tests.integration.harness import http_service, settings_for
-from tests.integration.test_dashboard import in_browser
 from tickflow.node import Node
 from tickflow.settings import Settings
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.agents.test_agents import dump_tables, dump_topics, run_to_end
 from tests.integration.flows import PLANTED_ENV, registry
 from tests.integration.harness import settings_for
-from tests.integration.test_agents import dump_tables, dump_topics, run_to_end
 from tickflow.node import Node
 from tickflow.runtime.kafka import new_producer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.contract.test_projection_store import events_for, project
+from tests.contract.projections.test_projection_store import events_for, project
 from tickflow.api.app import create_api
 from tickflow.events.topics import TopicNames
 from tickflow.projections.sql import ReadOnlySql, SqlError, SqlUnavailable, check_ast, reader_statements
@@ -288,7 +288,7 @@ async def test_queries_queue_on_their_own_slots_and_a_full_queue_answers_429(sto
 
     import httpx
 
-    from tests.unit.test_api_errors import RecordingProducer
+    from tests.unit.api.test_api_errors import RecordingProducer
 
     app = create_api(store=store, producer=RecordingProducer(), topics=TopicNames("q"), workflows=None,
                      sql_concurrency=1)

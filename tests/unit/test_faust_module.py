@@ -1,7 +1,7 @@
 """tickflow.faust without a broker: the consumers it builds read committed data only (Faust's own do not), its codec
 is tickflow's, its topic names and connection come from settings, and its command helpers build what the engine
 accepts. The broker-side proof (aborted transactions never reach an agent or a table) is in
-tests/integration/test_faust.py."""
+tests/integration/integrations/test_faust.py."""
 
 from __future__ import annotations
 
