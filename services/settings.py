@@ -25,7 +25,10 @@ def _env(name: str, field: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    """Everything a tickflow process needs to know; see README "Configuration" for each variable."""
+    """Everything a tickflow process needs to know.
+
+    ``docs/reference/configuration.md`` lists each variable, generated from the ``#:`` comment above its field.
+    """
 
     #: hide_input_in_errors: a validation error must not print the input it failed on, which holds the secrets.
     model_config = SettingsConfigDict(env_prefix="TICKFLOW_", frozen=True, extra="forbid", populate_by_name=True,
@@ -35,30 +38,44 @@ class Settings(BaseSettings):
     bootstrap: str = Field(default="", validation_alias=_env("KAFKA_BOOTSTRAP", "bootstrap"))
     #: How clients reach Kafka: PLAINTEXT (the local broker), SSL, SASL_SSL, or SASL_PLAINTEXT on a trusted network.
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
-    #: SASL (with a SASL_* protocol): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, a username and its password.
+    #: SASL (with a SASL_* protocol): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
     kafka_sasl_mechanism: SaslMechanism | None = None
+    #: The SASL user.
     kafka_sasl_username: str | None = None
+    #: The SASL user's password: a secret, in no log line, repr, error or record.
     kafka_sasl_password: SecretStr | None = Field(default=None, repr=False)
-    #: TLS (with SSL or SASL_SSL): the CA bundle (PEM) that signed the brokers' certificates (unset: the system's) …
+    #: TLS (with SSL or SASL_SSL): the CA bundle (PEM) that signed the brokers' certificates (unset: the system's).
     kafka_ssl_cafile: Path | None = None
-    #: … a client certificate and its key (PEM) for mutual TLS, and the key's password …
+    #: Mutual TLS: the client certificate (PEM).
     kafka_ssl_certfile: Path | None = None
+    #: Mutual TLS: the client certificate's key (PEM).
     kafka_ssl_keyfile: Path | None = None
+    #: Mutual TLS: the key's password (a secret, like the SASL password).
     kafka_ssl_key_password: SecretStr | None = Field(default=None, repr=False)
-    #: … and whether the brokers' certificates must name the host they are reached at (leave on).
+    #: Whether the brokers' certificates must name the host they are reached at (leave on).
     kafka_ssl_check_hostname: bool = True
     #: Port of the local broker ``tickflow broker start`` runs (its controller listens on port + 1).
     kafka_port: int = Field(default=9092, ge=1, le=65_535)
+    #: Prefix of every topic and consumer group (``<prefix>.events``, ...) and of the ClickHouse database.
     prefix: str = Field(default="tickflow", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    #: Partitions of the keyed topics (commands, events, results, tasks, state); fixed once the topics exist.
     partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=10_000)
+    #: The worker pools this process serves (comma-separated in the environment).
     pools: Annotated[tuple[str, ...], NoDecode] = (DEFAULT_POOL,)
+    #: Local state: the local broker's data, embedded ClickHouse's data, claim-check blobs (default: ``.tickflow``
+    #: in the current directory).
     state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".tickflow")
+    #: A ClickHouse server, e.g. ``http://user:pw@host:8123``; unset: embedded chDB under ``state_dir``.
     clickhouse_url: str | None = None
     #: On a ClickHouse server: the URL (with user and password) /sql connects as — a read-only user that
     #: ``tickflow sql create-reader`` creates. Unset on a server: /sql answers 501. Unused with embedded chDB.
     clickhouse_sql_url: str | None = Field(default=None, repr=False)
+    #: Where the API listens; beyond loopback it refuses to start without ``api_token``.
     api_host: str = "127.0.0.1"
+    #: The API's port (0: any free one).
     api_port: int = Field(default=8700, ge=0, le=65_535)
+    #: When set, every route but /healthz requires ``Authorization: Bearer <token>`` (the dashboard: a session
+    #: cookie signed with it). A secret: in no log line, repr or record.
     api_token: str | None = Field(default=None, repr=False)
     #: Host header values the API answers (comma-separated; unset: the loopback names for a loopback bind, any
     #: otherwise — see ``tickflow.api.guards``).
@@ -85,6 +102,7 @@ class Settings(BaseSettings):
     #: Where a process without the API serves Prometheus' /metrics (unset: nowhere; the API process serves it on
     #: its own port). Give each process on a host its own.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    #: Steps a worker runs at once, per pool (``tickflow pool-limit`` changes it at runtime).
     worker_concurrency: int = Field(default=16, ge=1)
     #: Hand a step to this process's worker of its pool in memory, when it has a free slot, instead of through the
     #: tasks and results topics (the events still go to the log first; see ``tickflow.runtime.eager``).
@@ -100,7 +118,9 @@ class Settings(BaseSettings):
     #: Every this many seconds, a role process (``tickflow up``) hands the C heap's free pages back to the system
     #: (``tickflow.node.release_free_memory``); 0 turns it off.
     memory_trim_interval_s: float = Field(default=60.0, ge=0)
+    #: How long the projector gathers events before one ClickHouse insert.
     projector_batch_ms: int = Field(default=100, ge=0)
+    #: How often the engine and the workers commit their input offsets.
     commit_interval_ms: int = Field(default=200, ge=1)
     #: How long the broker waits for the engine's heartbeats before it gives the engine's partitions to another.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
@@ -110,19 +130,20 @@ class Settings(BaseSettings):
     #: How often the engine snapshots changed state to the compacted state topic (0: never).
     snapshot_interval_s: float = Field(default=60.0, ge=0)
     #: How long a finished run keeps its full state in the engine's memory before it shrinks to id, seq, status and
-    #: times (a few hundred bytes; ``tickflow.core.state.shrink``), which answer late inputs the same way …
+    #: times (a few hundred bytes; ``tickflow.core.state.shrink``), which answer late inputs the same way.
     finished_state_s: float = Field(default=60.0, ge=0)
     #: How long the engine keeps a finished run's state (and so deduplicates a repeated start of its id).
     state_retention_s: float = Field(default=7 * 86_400, ge=0)
-    #: … and of a stack's tick run, which only its stack ever starts (bounded by state_retention_s).
+    #: How long the engine keeps a finished stack tick run, which only its stack ever starts (bounded by
+    #: state_retention_s).
     tick_run_retention_s: float = Field(default=600.0, ge=0)
     #: How long a finished run's id stays taken after its state expired (a marker of a few bytes per run).
     run_id_retention_s: float = Field(default=365 * 86_400, ge=0)
     #: retention.ms of the events topic when tickflow creates it; -1 keeps the log forever.
     log_retention_ms: int = Field(default=-1, ge=-1)
-    #: Replication factor of the topics tickflow creates (None: 3 on a cluster of three brokers or more, else 1) …
+    #: Replication factor of the topics tickflow creates (None: 3 on a cluster of three brokers or more, else 1).
     replication_factor: int | None = Field(default=None, ge=1, le=10)
-    #: … and their min.insync.replicas (None: one less than the replication factor, at least 1).
+    #: min.insync.replicas of the topics tickflow creates (None: one less than the replication factor, at least 1).
     min_insync_replicas: int | None = Field(default=None, ge=1, le=10)
     #: retention.ms of the tokens topic (streamed LLM deltas, for watching a run live; the log keeps each reply).
     tokens_retention_ms: int = Field(default=6 * 3_600_000, ge=60_000)  # = runtime.kafka.TOKENS_RETENTION_MS
@@ -130,10 +151,11 @@ class Settings(BaseSettings):
     #: still in flight never does. The projector role applies it every ``retention_interval_s``
     #: (``tickflow.projections.retention``).
     clickhouse_ttl_days: int | None = Field(default=None, ge=1)
+    #: How often the projector applies ``clickhouse_ttl_days``.
     retention_interval_s: float = Field(default=3_600.0, gt=0)
-    #: Step inputs/outputs above this many bytes are stored out of band (claim-check) …
+    #: Step inputs/outputs above this many bytes are stored out of band (claim-check).
     offload_bytes: int = Field(default=256_000, ge=1)
-    #: … and above this one they are refused with a clear error.
+    #: Step inputs/outputs above this many bytes are refused (the step fails with ``PayloadTooLarge``).
     max_payload_bytes: int = Field(default=64_000_000, ge=1)
     #: Where claim-checked payloads live; every process must see the same directory (None: under ``state_dir``).
     blob_root: Path | None = Field(default=None, validation_alias=_env("BLOB_DIR", "blob_root"))
@@ -142,6 +164,7 @@ class Settings(BaseSettings):
     blob_url: str | None = None
     #: The S3 API's address when it is not AWS's (MinIO, Ceph, R2, …), e.g. ``http://minio:9000``.
     blob_s3_endpoint: str | None = None
+    #: The S3 region of the blob store.
     blob_s3_region: str | None = None
     #: The blob sweep never deletes a blob put less than this long ago: a blob is written before the record that
     #: references it commits (a worker's result, a snapshot round, an API start), and must outlive that gap.

@@ -9,7 +9,7 @@ run on the *offline scripted model* (``OFFLINE_LABEL``): deterministic stand-ins
 ``order`` is a five-step pipeline whose ``charge`` step fails transiently for some orders (retried) and
 permanently for a few (the run fails with the reason), so the orders demo shows retries and failures too.
 ``noop10`` is ten no-op steps: the benchmark's unit of durable work. ``refund`` waits for a person's approval (a
-``ResumeRun``): the README starts and resumes it with Kafka's own console producer.
+``ResumeRun``): docs/open-log.md starts and resumes it with Kafka's own console producer.
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ if stack_tick_pai is not None:
 registry.add(
     Workflow("order").step(validate).step(price).step(reserve).step(charge, max_attempts=3, backoff_s=0.2).step(notify)
 )
-# Waits for a person: the README starts it and resumes it from Kafka's own console producer.
+# Waits for a person: docs/open-log.md starts it and resumes it from Kafka's own console producer.
 registry.add(
     Workflow("refund").step(check_refund).wait_for_event("approval", schema=RefundApproval, timeout_s=7 * 86_400)
     .step(pay_refund)

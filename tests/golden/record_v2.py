@@ -2,7 +2,7 @@
 
     python -m tests.golden.record_v2      # only when a behaviour change is intended; review the diff
 
-Each line is one input (with its ``now``) and the events it produced. ``tests/unit/test_golden.py`` replays
+Each line is one input (with its ``now``) and the events it produced. ``tests/unit/core/test_golden.py`` replays
 the inputs through the current decider and requires byte-identical events, so any change in what the
 engine decides — a nondeterminism, a reordered event, a changed id — fails loudly.
 """

@@ -6,7 +6,7 @@ the source tree (``import events``) goes unnoticed. Here the wheel is built from
 own ``build/`` holds the editable link tree and must not be touched; a stale ``build/lib`` would also hide a package
 that the list no longer names), its contents are checked, it is installed into a new venv without the ``test`` extra,
 and that venv's ``tickflow`` command starts its own broker, hosts a user module from a folder of its own, and runs a
-workflow to completion. Modelled on dbos' tests/test_package.py.
+workflow to completion. Modelled on the package test of DBOS (its test_package.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The public face of ``tickflow``, pinned (temporal's ``tests/test_workflow_exports.py`` is the model).
+"""The public face of ``tickflow``, pinned (temporal's ``test_workflow_exports.py`` is the model).
 
 Adding a name here is a decision to support it; removing one breaks users, so it must be deliberate: move it to
 ``REMOVED`` with the release that dropped it.

@@ -7,11 +7,11 @@ import pytest
 from tickflow.demo import registry
 from tickflow.workflow import Registry, Workflow, named
 
-#: The demo's spec hashes as recorded before the code moved from ``services/demo.py`` to ``tickflow.demo``. Changed
-#: on purpose since: ``stack_tick``, whose agents' model steps now carry ``llm_reserve_tokens`` (budgets before the
-#: call); the others stay as they were, since an unset ``llm_reserve_tokens`` is left out of a spec's JSON. Added
-#: since: ``refund`` (the README's console-producer walk-through) and ``stack_tick_pai`` (the tick whose communicator
-#: is a Pydantic AI agent), pinned from their first versions.
+#: The demo's spec hashes as recorded before the code moved from one demo module to the package ``tickflow.demo``.
+#: Changed on purpose since: ``stack_tick``, whose agents' model steps now carry ``llm_reserve_tokens`` (budgets
+#: before the call); the others stay as they were, since an unset ``llm_reserve_tokens`` is left out of a spec's
+#: JSON. Added since: ``refund`` (the docs' console-producer walk-through) and ``stack_tick_pai`` (the tick whose
+#: communicator is a Pydantic AI agent), pinned from their first versions.
 DEMO_SPEC_HASHES = {
     "noop10": "12cffe81759d48196f61028e2d41c947",
     "order": "ae4defbffb60c0f067713f08adf0507c",

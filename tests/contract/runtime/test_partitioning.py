@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from tickflow.events import Envelope, RunCompleted, TopicNames
 from tickflow.events.codec import decode, encode
 from tickflow.events.topics import partition_key
 from tickflow.runtime.kafka import ensure_topics, new_producer, read_partition
 from tickflow.runtime.live import partition_of
+
+pytestmark = pytest.mark.integration  # the real broker's partitioner
 
 
 def events_of(run_id: str, n: int) -> list[Envelope]:

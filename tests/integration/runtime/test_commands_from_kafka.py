@@ -1,9 +1,9 @@
 """Commands from any Kafka client: runs started and resumed by records nobody built with tickflow.
 
 Two producers that know nothing of tickflow: a plain aiokafka producer sending JSON typed out by hand, and Apache
-Kafka's own console producer (a JVM, through ``tickflow broker console-producer``) fed the README's lines as
+Kafka's own console producer (a JVM, through ``tickflow broker console-producer``) fed the docs' lines as
 printed, while ``tickflow follow`` watches the run to its end. Malformed commands land in the dead-letter topic
-with a reason that names the field to fix; the README's dead-letter example is read back with Kafka's console
+with a reason that names the field to fix; the docs' dead-letter example is read back with Kafka's console
 consumer (a kafka-tools class, so the tools' jars are exercised too).
 """
 
@@ -98,14 +98,14 @@ async def _dead_letter_reasons(settings: Settings, count: int) -> dict[str, str]
         await asyncio.sleep(0.2)
 
 
-# --- the README's console-producer walk-through, as printed -------------------------------------------------
+# --- the docs' console-producer walk-through (docs/open-log.md), as printed ----------------------------------
 
 
-def readme_commands() -> list[tuple[list[str], str | None]]:
-    """The ``$ …`` commands of the README's "Commands from any Kafka client" section, in order, each with the
+def docs_commands() -> list[tuple[list[str], str | None]]:
+    """The ``$ …`` commands of docs/open-log.md's "Commands from any Kafka client" section, in order, each with the
     lines its ``<<'EOF'`` heredoc feeds it (None: no stdin)."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("### Commands from any Kafka client", 1)[1].split("\n### ", 1)[0]
+    page = (REPO_ROOT / "docs" / "open-log.md").read_text()
+    section = page.split("## Commands from any Kafka client", 1)[1].split("\n## ", 1)[0]
     commands: list[tuple[list[str], str | None]] = []
     lines = iter(line for block in re.findall(r"^```console\n(.*?)^```", section, flags=re.S | re.M)
                  for line in block.splitlines())
@@ -130,7 +130,7 @@ def _until_eof(lines: Iterator[str]) -> Iterator[str]:
 
 def _tickflow(argv: list[str], settings: Settings, **popen: Any) -> subprocess.Popen[str]:
     assert argv[0] == "tickflow", argv
-    # The README's topics are the default prefix's; this test's are its own.
+    # The docs' topics are the default prefix's; this test's are its own.
     args = [a.replace("tickflow.", f"{settings.prefix}.", 1) if a.startswith("tickflow.") else a for a in argv[1:]]
     return subprocess.Popen([sys.executable, "-m", "tickflow.cli", *args], env=role_env(settings), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
@@ -150,10 +150,10 @@ def _wait_for_line(stream: IO[str], needle: str, timeout: float) -> list[str]:
     raise AssertionError(f"no {needle!r} from follow; it printed:\n{''.join(seen)}")
 
 
-async def test_the_readmes_console_producer_walk_through_runs_as_printed(
+async def test_the_docs_console_producer_walk_through_runs_as_printed(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    commands = readme_commands()
+    commands = docs_commands()
     assert [argv[:3] for argv, _ in commands] == [
         ["tickflow", "broker", "console-producer"], ["tickflow", "follow", "refund-1001"],
         ["tickflow", "broker", "console-producer"], ["tickflow", "broker", "console-producer"],
@@ -173,7 +173,7 @@ async def test_the_readmes_console_producer_walk_through_runs_as_printed(
 
 
 def _run(argv: list[str], settings: Settings, stdin: str | None) -> tuple[str, str]:
-    """Run a README command to its end (a producer reads its heredoc, then exits); its stdout and stderr."""
+    """Run a docs command to its end (a producer reads its heredoc, then exits); its stdout and stderr."""
     process = _tickflow(argv, settings, stdin=subprocess.PIPE)
     out, err = process.communicate(stdin or "", timeout=180)
     assert process.returncode == 0, (argv, out, err)

@@ -1,7 +1,7 @@
-"""README's recipe for exactly-once external effects, proven: a step charges a fake payment service under
-``current_step().idempotency_key``; attempts time out (the engine retries them, and cancels the late ones) and the
-worker is killed with SIGKILL mid-way and restarted. The service counts requests and effects: every run's charge is
-made once, however many attempts and re-runs asked for it.
+"""The docs' recipe for exactly-once external effects (docs/workflows.md), proven: a step charges a fake payment
+service under ``current_step().idempotency_key``; attempts time out (the engine retries them, and cancels the late
+ones) and the worker is killed with SIGKILL mid-way and restarted. The service counts requests and effects: every
+run's charge is made once, however many attempts and re-runs asked for it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ RUNS = 12
 
 
 async def charge(order: dict[str, Any]) -> dict[str, Any]:
-    """The README recipe: the external call carries the step's idempotency key; the service applies a key once.
+    """The docs' recipe: the external call carries the step's idempotency key; the service applies a key once.
     The first attempt of every third order stalls past the step's timeout, so the engine retries it."""
     step = current_step()
     async with httpx.AsyncClient(timeout=10) as http:

@@ -129,16 +129,16 @@ def test_a_fields_own_bounds_hold_beside_the_64_bit_ones() -> None:
     assert (schema["priority"]["minimum"], schema["priority"]["maximum"]) == (-1000, 1000)
 
 
-def _readme_lines() -> list[tuple[str, str]]:
-    section = (REPO_ROOT / "README.md").read_text().split("### Commands from any Kafka client", 1)[1]
-    section = section.split("\n## ", 1)[0].split("\n### ", 1)[0]
+def _docs_lines() -> list[tuple[str, str]]:
+    section = (REPO_ROOT / "docs" / "open-log.md").read_text().split("## Commands from any Kafka client", 1)[1]
+    section = section.split("\n## ", 1)[0]
     found: list[tuple[str, str]] = re.findall(r"^([A-Za-z0-9_.:\-]+)\|(\{.*\})$", section, flags=re.M)
     return found
 
 
-def test_the_readmes_hand_written_commands_are_judged_alike_by_schema_and_codec() -> None:
+def test_the_docs_hand_written_commands_are_judged_alike_by_schema_and_codec() -> None:
     accepted, refused = set(), []
-    for key, value in _readme_lines():
+    for key, value in _docs_lines():
         record = orjson.loads(value)
         schema_errors = list(_validator(record["type"]).iter_errors(record))
         try:

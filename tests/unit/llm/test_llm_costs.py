@@ -21,7 +21,7 @@ from tickflow.events.agents import LlmCallAttempted
 from tickflow.llm import ChatMessage, ChatRequest, LlmAttempt, LlmConfig, LlmRouter
 from tickflow.projections.facts import LLM_CALL_COLUMNS, llm_call_row
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+AGENTS_PAGE = Path(__file__).resolve().parents[3] / "docs" / "agents.md"
 
 
 def _attempt(**kw: Any) -> LlmAttempt:
@@ -91,8 +91,8 @@ def test_the_demo_prices_every_offline_model_and_says_the_price_is_illustrative(
     assert all(p.illustrative and p.cost(1_000_000, 1_000_000) > 0 for p in config.prices.values())
 
 
-def test_the_readme_price_example_loads_with_a_published_and_an_illustrative_price() -> None:
-    text = README.read_text()
+def test_the_docs_price_example_loads_with_a_published_and_an_illustrative_price() -> None:
+    text = AGENTS_PAGE.read_text()
     (sample,) = [s for s in re.findall(r"^```toml\n(.*?)^```", text, flags=re.S | re.M) if "[prices." in s]
     config = LlmConfig.load(tomllib.loads(sample))
     assert not config.prices["llama-70b"].illustrative and config.prices["offline/echo"].illustrative

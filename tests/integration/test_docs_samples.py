@@ -1,10 +1,11 @@
-"""Every code sample of README.md runs, as printed, against a real node.
+"""Every code sample of README.md and of the docs pages runs, as printed, against a real node.
 
-Python samples run in order in one namespace (like doctest's globals): those that define workflows first, then a
-node hosts the ``registry`` they built, then the samples that talk to it through ``Client`` (the README's URL is
-pointed at this test's API). The ``tickflow …`` lines of the shell samples run as the installed command against the
-same node; ``tickflow up`` and the ``make`` targets host tickflow themselves and are exercised by the wheel test
-(``test_package.py``) and by CI running ``make test``.
+Python samples run in reading order — README.md, then the pages in the order of the site's navigation — in one
+namespace (like doctest's globals): those that define workflows first, then a node hosts the ``registry`` they
+built, then the samples that talk to it through ``Client`` (the docs' URL is pointed at this test's API). The
+``tickflow …`` lines of the shell samples run as the installed command against the same node; ``tickflow up`` and
+the ``make`` targets host tickflow themselves and are exercised by the wheel test (``test_package.py``) and by CI
+running ``make test``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from tests.conftest import free_port
@@ -30,13 +32,27 @@ from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
 
-README = (REPO_ROOT / "README.md").read_text()
-README_URL = "http://127.0.0.1:8700"
+DOCS_URL = "http://127.0.0.1:8700"
 HOSTING = ("tickflow up", "tickflow broker", "tickflow demo")
 
 
+def documents() -> list[Path]:
+    """README.md, then every page of the docs site in the order its navigation lists them."""
+    config = yaml.safe_load((REPO_ROOT / "infra" / "docs" / "mkdocs.yml").read_text())
+
+    def pages(nav: Any) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        if isinstance(nav, dict):
+            return [p for value in nav.values() for p in pages(value)]
+        return [p for item in nav for p in pages(item)]
+
+    return [REPO_ROOT / "README.md", *(REPO_ROOT / "docs" / page for page in pages(config["nav"]))]
+
+
 def samples(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.S | re.M)
+    return [sample for doc in documents()
+            for sample in re.findall(rf"^```{language}\n(.*?)^```", doc.read_text(), flags=re.S | re.M)]
 
 
 def stand_ins() -> dict[str, Any]:
@@ -65,18 +81,18 @@ def _renamed(fn: Any, name: str) -> Any:
     return renamed
 
 
-def test_the_readme_has_the_samples_this_test_runs() -> None:
+def test_the_docs_have_the_samples_this_test_runs() -> None:
     python = samples("python")
     assert len(python) >= 5 and any("Client(" in s for s in python)
     assert any(line.startswith("tickflow start") for s in samples("bash") for line in s.splitlines())
 
 
-async def test_every_readme_sample_runs(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+async def test_every_docs_sample_runs(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     namespace: dict[str, Any] = {"__name__": "readme", **stand_ins()}
     defining = [s for s in samples("python") if "Client(" not in s]
     talking = [s for s in samples("python") if "Client(" in s]
     for sample in defining:
-        exec(compile(sample, "README.md", "exec"), namespace)
+        exec(compile(sample, "docs", "exec"), namespace)
     registry = namespace["registry"]
     assert {"crawl", "forecast"} <= set(registry.specs)
     namespace["order"].compile()  # the order example is a valid workflow
@@ -87,8 +103,8 @@ async def test_every_readme_sample_runs(kafka_bootstrap: str, prefix: str, tmp_p
     await node.start()
     try:
         for sample in talking:
-            code = sample.replace(README_URL, settings.api_url).replace("Client()", f"Client({settings.api_url!r})")
-            await asyncio.to_thread(exec, compile(code, "README.md", "exec"), namespace)
+            code = sample.replace(DOCS_URL, settings.api_url).replace("Client()", f"Client({settings.api_url!r})")
+            await asyncio.to_thread(exec, compile(code, "docs", "exec"), namespace)
         with Client(settings.api_url) as c:
             final = await asyncio.to_thread(c.wait, "crawl-42", timeout=60)
             assert final.status == "completed", final
@@ -100,7 +116,7 @@ async def test_every_readme_sample_runs(kafka_bootstrap: str, prefix: str, tmp_p
                 except (ApiError, RunNotFound):
                     await asyncio.sleep(0.1)
             else:
-                raise AssertionError("the README's stack team-7 never became visible")
+                raise AssertionError("the docs' stack team-7 never became visible")
             assert "team-7" in str(board)
         await _run_shell_samples(settings.api_port)
     finally:
