@@ -33,6 +33,8 @@ from tickflow.node import Node
 pytestmark = pytest.mark.integration
 
 DOCS_URL = "http://127.0.0.1:8700"
+#: Pages about agents written with other frameworks: each builds a registry of its own, tested apart.
+FRAMEWORK_PAGES = "integrations/"
 HOSTING = ("tickflow up", "tickflow broker", "tickflow demo")
 
 
@@ -47,12 +49,24 @@ def documents() -> list[Path]:
             return [p for value in nav.values() for p in pages(value)]
         return [p for item in nav for p in pages(item)]
 
-    return [REPO_ROOT / "README.md", *(REPO_ROOT / "docs" / page for page in pages(config["nav"]))]
+    return [REPO_ROOT / "README.md", *(REPO_ROOT / "docs" / page for page in pages(config["nav"])
+                                       if not page.startswith(FRAMEWORK_PAGES))]
 
 
-def samples(language: str) -> list[str]:
-    return [sample for doc in documents()
+def samples(language: str, docs: list[Path] | None = None) -> list[str]:
+    return [sample for doc in (documents() if docs is None else docs)
             for sample in re.findall(rf"^```{language}\n(.*?)^```", doc.read_text(), flags=re.S | re.M)]
+
+
+@pytest.mark.parametrize("page", sorted((REPO_ROOT / "docs" / FRAMEWORK_PAGES).glob("*.md")), ids=lambda p: p.name)
+def test_each_framework_page_builds_the_workflows_it_shows(page: Path) -> None:
+    """A framework's page is a story of its own (its own ``registry``): its samples run in order in a namespace of
+    their own and every workflow they register compiles. Running such agents on a node is what
+    ``tests/integration/integrations/test_framework_agents.py`` does, with the examples these samples come from."""
+    namespace: dict[str, Any] = {"__name__": f"docs_{page.stem}"}
+    for sample in samples("python", [page]):
+        exec(compile(sample, str(page), "exec"), namespace)
+    assert namespace["registry"].specs, f"{page.name} registers no workflow"  # registering compiled each one
 
 
 def stand_ins() -> dict[str, Any]:
