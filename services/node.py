@@ -21,7 +21,9 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aiokafka import AIOKafkaProducer
 
 import tickflow.metrics as metrics
 import tickflow.tracing as tracing
@@ -35,12 +37,19 @@ from tickflow.runtime.worker import StepWorker
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
+if TYPE_CHECKING:
+    import uvicorn
+
+    from tickflow.api.deps import ApiDeps
+    from tickflow.projections.projector import Projector
+
 __all__ = [
     "ALL_ROLES",
     "GC_THRESHOLDS",
     "RESTART_FIRST_S",
     "RESTART_MAX_S",
     "Node",
+    "Role",
     "RoleFailures",
     "release_free_memory",
     "serve",
@@ -54,6 +63,23 @@ ALL_ROLES = frozenset({"engine", "worker", "projector", "api", "trigger"})
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 30.0
 RESTART_QUIET_S = 60.0
+
+
+class Role(metrics.MetricsSource, Protocol):
+    """What a node needs of each role it runs (``Engine``, ``StepWorker``, ``TriggerRole``, ``Projector``): it
+    starts and stops each one, watches the task of its loop (None until started) to restart the role when that task
+    ends, and reads its counters and levels for /metrics (``metric_values``)."""
+
+    @property
+    def task(self) -> asyncio.Task[None] | None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: A role of a kind known to the caller (``Node._started`` returns the role it was given, started).
+AnyRole = TypeVar("AnyRole", bound=Role)
 
 
 @dataclass
@@ -141,13 +167,16 @@ class Node:
         self.eager = (
             EagerDispatch() if settings.eager_dispatch and {"engine", "worker"} <= roles else None
         )
-        self.projector: Any = None
+        self.projector: Projector | None = None
         self.triggers: TriggerRole | None = None
+        #: The projection store, opened by ``start`` when this node runs the projector or the API. It is a
+        #: ``ClickHouseStore``, but ``open_store`` promises only the ``ProjectionStore`` protocol, and the retention
+        #: loop, the demo and tests use its SQL too: so it stays untyped here.
         self.store: Any = None
-        self._api_server: Any = None
+        self._api_server: uvicorn.Server | None = None
         self._api_task: asyncio.Task[None] | None = None
-        self._api_producer: Any = None
-        self._api_deps: Any = None
+        self._api_producer: AIOKafkaProducer | None = None
+        self._api_deps: ApiDeps | None = None
         self.failures: dict[str, RoleFailures] = {}
         self._stopping = False
         self._retention_task: asyncio.Task[None] | None = None
@@ -179,15 +208,16 @@ class Node:
                     self._retention_loop(s.clickhouse_ttl_days, s.retention_interval_s), name="tickflow-retention"
                 )
         if "engine" in self.roles:
-            self.engine = await self._started("engine")
+            self.engine = await self._started(self._new_engine())
         if "worker" in self.roles:
             for pool in s.pools:
-                self.workers.append(await self._started(f"worker:{pool}"))
+                self.workers.append(await self._started(self._new_worker(pool)))
         if "trigger" in self.roles and self.registry.triggers:
-            self.triggers = await self._started("trigger")
+            self.triggers = await self._started(self._new_triggers())
         if "projector" in self.roles:
-            self.projector = await self._started("projector")
-        for role in (self.engine, *self.workers, self.triggers, self.projector):
+            self.projector = await self._started(self._new_projector())
+        started: list[Role | None] = [self.engine, *self.workers, self.triggers, self.projector]
+        for role in started:
             if role is not None:
                 metrics.track(role)
         if "api" in self.roles:
@@ -195,17 +225,29 @@ class Node:
         elif s.metrics_port is not None:
             metrics.serve_metrics(s.api_host, s.metrics_port)
 
-    def _build(self, name: str) -> Any:
-        """A new, unstarted role: ``engine``, ``worker:<pool>``, ``trigger`` or ``projector``."""
-        s = self.settings
+    def _build(self, name: str) -> Role:
+        """A new, unstarted role by its name: ``engine``, ``worker:<pool>``, ``trigger`` or ``projector``."""
         if name == "engine":
-            return Engine(s, self.registry, eager=self.eager)
+            return self._new_engine()
         if name.startswith("worker:"):
-            return StepWorker(s, self.registry, name.removeprefix("worker:"))
+            return self._new_worker(name.removeprefix("worker:"))
         if name == "trigger":
-            return TriggerRole(s, self.registry)
+            return self._new_triggers()
+        return self._new_projector()
+
+    def _new_engine(self) -> Engine:
+        return Engine(self.settings, self.registry, eager=self.eager)
+
+    def _new_worker(self, pool: str) -> StepWorker:
+        return StepWorker(self.settings, self.registry, pool)
+
+    def _new_triggers(self) -> TriggerRole:
+        return TriggerRole(self.settings, self.registry)
+
+    def _new_projector(self) -> Projector:
         from tickflow.projections.projector import Projector
 
+        s = self.settings
         return Projector(
             self.store,
             kafka=s.kafka,
@@ -215,36 +257,40 @@ class Node:
             batch_ms=s.projector_batch_ms,
         )
 
-    async def _started(self, name: str) -> Any:
-        role = self._build(name)
+    async def _started(self, role: AnyRole) -> AnyRole:
         await role.start()
         self._attach(role)
         return role
 
-    def _attach(self, role: Any) -> None:
+    def _attach(self, role: Role) -> None:
         if self.eager is not None and isinstance(role, StepWorker):
             self.eager.attach(role)  # replaces a worker of the same pool that it restarts
 
-    def _running(self) -> dict[str, Any]:
+    def _running(self) -> dict[str, Role]:
         """The roles this node runs now, by name."""
-        named: dict[str, Any] = {"engine": self.engine, "trigger": self.triggers, "projector": self.projector}
+        named: dict[str, Role | None] = {"engine": self.engine, "trigger": self.triggers, "projector": self.projector}
         named.update({f"worker:{w.pool}": w for w in self.workers})
         return {name: role for name, role in named.items() if role is not None}
 
-    def _replace(self, name: str, role: Any) -> None:
-        if name == "engine":
+    def _replace(self, name: str, role: Role) -> None:
+        """Put the restarted ``role`` where the role ``name`` was (the projector's class is loaded only by a node
+        that runs one, so it is looked up last)."""
+        if isinstance(role, Engine):
             self.engine = role
-        elif name == "trigger":
+        elif isinstance(role, TriggerRole):
             self.triggers = role
-        elif name == "projector":
-            self.projector = role
-        else:
+        elif isinstance(role, StepWorker):
             self.workers = [role if f"worker:{w.pool}" == name else w for w in self.workers]
+        else:
+            from tickflow.projections.projector import Projector
+
+            assert isinstance(role, Projector), f"role {name} is of no kind a node runs: {role!r}"
+            self.projector = role
         if self._api_deps is not None:  # the API reads the engine (verify) and the projector (rebuild swaps)
             self._api_deps.engine, self._api_deps.projector = self.engine, self.projector
             self._api_deps.metrics = self.projector.metrics if self.projector is not None else None
 
-    async def _restart(self, name: str, failed: asyncio.Task[Any]) -> None:
+    async def _restart(self, name: str, failed: asyncio.Task[None]) -> None:
         """Stop the failed role, wait out the backoff, start a new one in its place (retrying until it starts)."""
         record = self.failures.setdefault(name, RoleFailures())
         old = self._running()[name]
@@ -323,11 +369,10 @@ class Node:
             app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off",
             limit_concurrency=s.api_max_concurrency, timeout_keep_alive=5, timeout_graceful_shutdown=5,
         )
-        self._api_server = uvicorn.Server(config)
-        self._api_server.install_signal_handlers = lambda: None  # the Node owns signals
-        self._api_task = asyncio.create_task(self._api_server.serve(), name="tickflow-api")
+        server = self._api_server = uvicorn.Server(config)
+        self._api_task = asyncio.create_task(server.serve(), name="tickflow-api")
         for _ in range(100):
-            if self._api_server.started:
+            if server.started:
                 return
             if self._api_task.done():
                 self._api_task.result()
@@ -378,7 +423,8 @@ class Node:
             if self._api_task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._api_task, 5)
-        for role in [self.triggers, self.projector, *self.workers, self.engine]:
+        stopping: list[Role | None] = [self.triggers, self.projector, *self.workers, self.engine]
+        for role in stopping:
             if role is not None:
                 metrics.untrack(role)
                 try:

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -41,19 +41,15 @@ from tickflow.core.decider import (
     Decision,
     Fork,
     Input,
-    Outbound,
     Recover,
     RunState,
     Signal,
     Start,
     WorkerResult,
-    effects,
-    recovery_effects,
     refuse,
     release,
     run,
 )
-from tickflow.core.lineage import lineage_problem
 from tickflow.core.retention import Retention
 from tickflow.core.slots import SlotState, admissions, decide_slot, is_slot
 from tickflow.core.stacks import StackDecision, StackState, decide_stack, is_stack
@@ -70,20 +66,22 @@ from tickflow.events.schemas import (
     RunStep,
     StartRun,
 )
-from tickflow.events.topics import DEFAULT_POOL, is_run_id
 from tickflow.metrics import DECISION_SECONDS, observe_ticks
 from tickflow.runtime import engine_status
 from tickflow.runtime.blobstores import open_blob_store
 from tickflow.runtime.claimed_inputs import claimed_fork, claimed_signal
+from tickflow.runtime.decision_records import DecisionRecords, Local, Record
 from tickflow.runtime.decision_traces import DecisionTraces
 from tickflow.runtime.eager import EagerDispatch, Returned
 from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
-from tickflow.runtime.input_offsets import InputOffsets, NoteRecord
+from tickflow.runtime.input_offsets import InputOffsets
 from tickflow.runtime.kafka import DeadLetters, Rebalance, new_consumer
 from tickflow.runtime.ownership import PartitionOwnership
+from tickflow.runtime.partition import Partition
 from tickflow.runtime.recovery import Quarantine
+from tickflow.runtime.refusals import held_input, key_mismatch, unknown_workflow, unusable_id
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
-from tickflow.runtime.snapshots import encode_gone
+from tickflow.runtime.snapshots import Snapshot, encode_gone
 from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
@@ -97,10 +95,6 @@ __all__ = ["CRASH_POINTS", "Capture", "CrashHook", "Engine"]
 CRASH_POINTS = ("cached", "mid-events", "events-sent", "txn-open", "before-commit", "mid-snapshot")
 CrashHook = Callable[[str, str], None]
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-#: An encoded record: (topic, value, key).
-Record = tuple[str, bytes, bytes]
-#: Tasks of a decision a local worker may take in memory, by their record's index: (pool, task envelope).
-Local = dict[int, tuple[str, Envelope]]
 
 log = logging.getLogger("tickflow.engine")
 SNAPSHOT_CHUNK = 100  # snapshots written per loop turn during a round
@@ -138,7 +132,8 @@ class Capture(NamedTuple):
 
 class Engine(PartitionOwnership):
     """One engine process (or one of many in the same consumer group). Its partitions' assignment, recovery,
-    give-up and revocation are ``PartitionOwnership``'s (``runtime/ownership.py``)."""
+    give-up and revocation are ``PartitionOwnership``'s (``runtime/ownership.py``); each owned partition's state
+    is its ``Partition`` (``runtime/partition.py``), to which the loop routes the partition's records."""
 
     def __init__(
         self,
@@ -158,35 +153,20 @@ class Engine(PartitionOwnership):
         self.topics = settings.topics
         #: Where snapshots too big for a record go (the claim-check store every process shares).
         self.blobs = open_blob_store(settings)
-        self.runs: dict[int, dict[str, RunState]] = defaultdict(dict)
-        self.slots: dict[int, dict[str, SlotState]] = defaultdict(dict)
-        self.stacks: dict[int, dict[str, StackState]] = defaultdict(dict)
+        #: Every partition this engine owns (recovering, live or given up), by number: its state and its stage.
+        self.partitions: dict[int, Partition] = {}
         self.ticks_fired = 0
         #: What each partition owes the state topic (changed states, id markers, tombstones), and the round writing it.
         self.snapshots = SnapshotRounds(self.topics.state, self.blobs, crash=crash)
-        #: Finished runs whose state expired, per partition: their ids stay taken until the time given.
-        self.gone: dict[int, dict[str, int]] = defaultdict(dict)
-        #: Runs whose log recovery could not fold, per partition: nothing is decided for them until released.
-        self.quarantined: dict[int, dict[str, Quarantine]] = defaultdict(dict)
-        self.events_end: dict[int, int] = {}  # per events partition: the offset after our last acked event
-        self._last_event_send: dict[int, asyncio.Future[Any]] = {}
-        self.recovered_from: dict[int, int | None] = {}  # per partition: the checkpoint recovery started at
         #: Input offsets: handled in this turn, applied by committed transactions, committable to the group.
         self.offsets = InputOffsets(self.topics.commands, self.topics.results, self.topics.state)
-        #: Per partition: the note already added to its open transaction (``_send_notes_early``).
-        self._early_notes: dict[int, NoteRecord] = {}
-        #: Partitions whose recovery keeps failing (with the last error): retried with backoff, not served.
-        self.parked: dict[int, str] = {}
-        #: The transactional producer of each partition this engine writes for (see ``runtime/fencing.py``).
-        self.writers: dict[int, PartitionWriter] = {}
         #: Partitions given up after a failed transaction: fenced by a new owner, or rebuilt from the log.
         self.fenced = self.given_up = 0
-        self.recovered_partitions: set[int] = set()
         #: Partition recoveries started and finished (more than the partitions owned means a rebalance loop).
         self.recoveries_started = self.recoveries = 0
-        self._recovering: dict[int, asyncio.Task[None]] = {}
-        self._revoking: set[int] = set()  # partitions being handed over (their last commit happens now)
         self.traces = DecisionTraces()
+        #: How each decision becomes records (``runtime/decision_records.py``).
+        self.records = DecisionRecords(self.topics, self.traces, eager)
         self._stopping = False
         self.timers = Timers()
         self.processed: int = 0
@@ -253,7 +233,7 @@ class Engine(PartitionOwnership):
             except Exception:  # its failure is the supervisor's to report; what it left open is never committed
                 clean = False
         async with self._lock:  # no recovery is installing its partition now: the others can be dropped safely
-            recovering = list(self._recovering.values())
+            recovering = [part.recovery for part in self.partitions.values() if part.recovery is not None]
             for task in recovering:
                 task.cancel()
         await asyncio.gather(*recovering, return_exceptions=True)
@@ -263,8 +243,10 @@ class Engine(PartitionOwnership):
                     await self._commit()
         finally:
             await self.consumer.stop()
-            writers, self.writers = list(self.writers.values()), {}
-            await asyncio.gather(*(w.stop() for w in writers))
+            writers = self._writers()
+            for part in self.partitions.values():
+                part.writer = None  # nothing is written for it any more; its state stays readable
+            await asyncio.gather(*(w.stop() for w in writers.values()))
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -292,7 +274,7 @@ class Engine(PartitionOwnership):
                 await self._fire_timers(_now_ms())
                 if self.snapshots.due(self.settings.snapshot_interval_s):
                     await self._begin_snapshot_round()
-                await self.snapshots.write_prepared(self.writers)
+                await self.snapshots.write_prepared(self._writers())
                 await self._end_transactions()  # this turn's writes become visible, or the partition is rebuilt
             if self.offsets.committable and time.monotonic() - self._last_commit >= interval:
                 async with self._lock:
@@ -325,7 +307,8 @@ class Engine(PartitionOwnership):
         for tp, records in batch.items():
             if tp not in assigned:
                 continue  # fetched before a revocation: the new owner will process it
-            if tp.partition not in self.recovered_partitions:
+            part = self.partitions.get(tp.partition)
+            if part is None or not part.live:
                 self.consumer.seek(tp, records[0].offset)  # fetched before its pause: read it again later
                 continue
             done = 0
@@ -333,7 +316,7 @@ class Engine(PartitionOwnership):
                 if time.monotonic() > turn_ends:
                     self.consumer.seek(tp, record.offset)  # the rest in the next turn
                     break
-                await self._handle(tp, record, now)
+                await self._handle(part, tp, record, now)
                 done += 1
                 handled += 1
                 if handled % YIELD_EVERY == 0:
@@ -350,11 +333,11 @@ class Engine(PartitionOwnership):
         steps handed back in memory overlaps the note's round trips with that work, and its commit then only ends
         the transaction. A turn that handles more inputs later sends a newer note (the last one written counts)."""
         for partition in self.offsets.partitions_handled():
-            writer = self.writers.get(partition)
+            part = self.partitions.get(partition)
             note = self.offsets.note(partition)
-            if writer is not None and writer.open and note is not None and self._early_notes.get(partition) != note:
-                await writer.send(*note)
-                self._early_notes[partition] = note
+            if part is not None and part.writing and note is not None and part.early_note != note:
+                await part.require_writer().send(*note)
+                part.early_note = note
 
     async def _eager_turn(self, eager: EagerDispatch, turn_ends: float) -> None:
         """Decide what the local workers hand back, within this turn's transactions, while they keep handing back.
@@ -389,46 +372,50 @@ class Engine(PartitionOwnership):
         no longer served here, or was rebuilt since (then its recovery re-sent the task: the decider keeps only
         the attempt it waits for, so a result that still matches is applied once either way)."""
         partition, pool, task, result = returned
-        if partition not in self.recovered_partitions or partition in self._revoking:
+        part = self.partitions.get(partition)
+        if part is None or not part.live or part.revoking:
             return
-        state = self.runs[partition].get(task.key)
-        if state is None or task.key in self.quarantined[partition]:
+        state = part.runs.get(task.key)
+        if state is None or task.key in part.quarantined:
             return
         if result is None:
-            await self._publish(partition, [(self.topics.tasks(pool), encode(task), task.key.encode())])
+            await self._publish(part, [(self.topics.tasks(pool), encode(task), task.key.encode())])
             return
         self.inputs[result.type] += 1
-        await self._decide(partition, state, WorkerResult(result), _now_ms())
+        await self._decide(part, state, WorkerResult(result), _now_ms())
 
     async def _fire_timers(self, now: int) -> None:
         for i, (partition, run_id) in enumerate(self.timers.pop_due(now), 1):
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+            part = self.partitions.get(partition)
+            if part is None:
+                continue  # no longer owned: its new owner armed its own timers
             if is_stack(run_id):
-                stack = self.stacks.get(partition, {}).get(run_id)
+                stack = part.stacks.get(run_id)
                 if stack is not None:
-                    await self._apply_stack(partition, decide_stack(stack, None, now))
+                    await self._apply_stack(part, decide_stack(stack, None, now))
                 continue
-            state = self.runs.get(partition, {}).get(run_id)
+            state = part.runs.get(run_id)
             if state is None:
-                until = self.gone.get(partition, {}).get(run_id)
+                until = part.gone.get(run_id)
                 if until is not None and now >= until:  # the id is forgotten at last: compaction drops its marker
-                    del self.gone[partition][run_id]
+                    del part.gone[run_id]
                     self.snapshots.expired[partition][run_id] = None
                 continue
             stage = self.retention.stage(state, now)
             if stage == "decide":
                 self.timer_firings += 1
-                await self._decide(partition, state, Recover(causation_id=f"timer/{now}"), now)
+                await self._decide(part, state, Recover(causation_id=f"timer/{now}"), now)
             elif stage == "expire":
-                del self.runs[partition][run_id]
+                del part.runs[run_id]
                 self.snapshots.dirty[partition].discard(run_id)
-                self._forget(partition, state, now)
+                self._forget(part, state, now)
             elif stage == "shrink":
                 # Its last events, report and slot release were committed long ago: keep only what answers
                 # late inputs (a few hundred bytes), in memory and, at the next snapshot, on the state topic.
                 small = shrink(state)
-                self.runs[partition][run_id] = small
+                part.runs[run_id] = small
                 self.snapshots.dirty[partition].add(run_id)
                 self.traces.forget(run_id)
                 self.shrunk += 1
@@ -436,17 +423,17 @@ class Engine(PartitionOwnership):
             else:
                 self._arm(partition, state)
 
-    def _forget(self, partition: int, state: RunState, now: int) -> None:
+    def _forget(self, part: Partition, state: RunState, now: int) -> None:
         """A finished run's state leaves memory and the state topic; its id stays taken (a ``Gone`` marker) for
         ``run_id_retention_s`` more, except a tick run's (see ``core.retention``)."""
         self.traces.forget(state.run_id)
         until = self.retention.id_taken_until(state, now)
         if until is None:
-            self.snapshots.expired[partition][state.run_id] = None
+            self.snapshots.expired[part.number][state.run_id] = None
             return
-        self.gone[partition][state.run_id] = until
-        self.snapshots.expired[partition][state.run_id] = encode_gone(until)
-        self.timers.arm(partition, state.run_id, until)
+        part.gone[state.run_id] = until
+        self.snapshots.expired[part.number][state.run_id] = encode_gone(until)
+        self.timers.arm(part.number, state.run_id, until)
 
     def _arm(self, partition: int, state: RunState) -> None:
         self.timers.arm(partition, state.run_id, self.retention.due_ms(state))
@@ -458,22 +445,27 @@ class Engine(PartitionOwnership):
         for a partition become committable (``positions``) only once its transaction committed, or when the turn
         wrote nothing for it.
         """
-        parts = self.offsets.partitions_handled() | {p for p, w in self.writers.items() if w.open}
+        parts = self.offsets.partitions_handled() | {p for p, part in self.partitions.items() if part.writing}
         if only is not None:
             parts &= only
-        open_ = [self.writers[p] for p in sorted(parts) if p in self.writers and self.writers[p].open]
+        open_ = [
+            (part, part.require_writer())
+            for p in sorted(parts)
+            if (part := self.partitions.get(p)) is not None and part.writing
+        ]
         if open_ and self._crash is not None:  # a fault test: let the broker hold every record first, uncommitted
-            await asyncio.gather(*(w.acknowledged() for w in open_))
+            await asyncio.gather(*(w.acknowledged() for _, w in open_))
             self._crash_point("txn-open", "")
-        notes = {w.partition: self.offsets.note(w.partition) for w in open_}
-        for partition, note in notes.items():  # already in the transaction: not again
-            if note is not None and self._early_notes.pop(partition, None) == note:
-                notes[partition] = None
-        results = await asyncio.gather(*(w.commit(notes[w.partition]) for w in open_), return_exceptions=True)
-        for writer, result in zip(open_, results, strict=True):
+        notes = {part.number: self.offsets.note(part.number) for part, _ in open_}
+        for part, _ in open_:  # already in the transaction: not again
+            note = notes[part.number]
+            if note is not None and part.take_early_note(note):
+                notes[part.number] = None
+        results = await asyncio.gather(*(w.commit(notes[part.number]) for part, w in open_), return_exceptions=True)
+        for (part, _), result in zip(open_, results, strict=True):
             if isinstance(result, TransactionFailed):
-                parts.discard(writer.partition)
-                await self._give_up(writer.partition, result)
+                parts.discard(part.number)
+                await self._give_up(part, result)
             elif isinstance(result, BaseException):
                 raise result
         for partition in parts:
@@ -484,8 +476,12 @@ class Engine(PartitionOwnership):
             self.eager.committed(parts | {p for p in self.eager.awaiting() if not self._writing(p)})
 
     def _writing(self, partition: int) -> bool:
-        writer = self.writers.get(partition)
-        return writer is not None and writer.open
+        part = self.partitions.get(partition)
+        return part is not None and part.writing
+
+    def _writers(self) -> dict[int, PartitionWriter]:
+        """The writer of every partition that has one (installed and not dropped), by partition."""
+        return {number: part.writer for number, part in self.partitions.items() if part.writer is not None}
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         # Commits never outrun durable state: the transactions of every event/task these offsets caused commit first.
@@ -500,7 +496,11 @@ class Engine(PartitionOwnership):
                 log.warning("offset commit skipped during a rebalance: %s", exc)
         self._last_commit = time.monotonic()
 
-    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now: int) -> None:
+    async def _handle(
+        self, part: Partition, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now: int
+    ) -> None:
+        """Decide one input of ``part`` (live): refused to the dead-letter topic, or applied to its run, slot or
+        stack."""
         is_command = tp.topic == self.topics.commands
         try:
             env = decode(record.value, expect="command" if is_command else "result")
@@ -508,31 +508,25 @@ class Engine(PartitionOwnership):
             await self._dead_letter(record, str(exc), now)
             return
         self.inputs[env.type] += 1
-        if record.key != env.key.encode():
-            got = "no key" if record.key is None else f"key {record.key[:300].decode(errors='replace')!r}"
-            reason = (
-                f"key: the Kafka record has {got}, but its envelope's key is {env.key!r}; send the record with the "
-                "envelope's key as its Kafka key (it decides which engine partition owns the run; "
-                "kafka-console-producer: --property parse.key=true)"
-            )
+        if (reason := key_mismatch(record.key, env)) is not None:
             await self._dead_letter(record, reason, now)
             return
         if is_slot(env.key):
-            await self._handle_slot(tp.partition, record, env, now)
+            await self._handle_slot(part, record, env, now)
             return
         if is_stack(env.key):
-            stack = self.stacks[tp.partition].get(env.key) or StackState(env.key)
+            stack = part.stacks.get(env.key) or StackState(env.key)
             stacked = decide_stack(stack, env, now, self._workflows)
             if stacked.refused:
                 await self._dead_letter(record, stacked.refused, now)
-            await self._apply_stack(tp.partition, stacked, record=record)
+            await self._apply_stack(part, stacked, record=record)
             return
-        held = self.quarantined[tp.partition].get(env.key)
+        held = part.quarantined.get(env.key)
         if held is not None or isinstance(env.payload, ReleaseRun):
-            await self._quarantined_input(tp.partition, record, env, held, now)
+            await self._quarantined_input(part, record, env, held, now)
             return
-        state = self.runs[tp.partition].get(env.key)
-        if state is None and (problem := self._unusable_id(tp.partition, env)):
+        state = part.runs.get(env.key)
+        if state is None and (problem := unusable_id(env, part.gone)):
             await self._dead_letter(record, problem, now)
             return
         if isinstance(env.payload, AcquireSlot | ReleaseSlot):
@@ -542,32 +536,26 @@ class Engine(PartitionOwnership):
         if isinstance(env.payload, StartRun):
             spec = self.registry.spec(env.payload.workflow, env.payload.version)
             if spec is None and state is None:
-                known = ", ".join(sorted(self.registry.specs)) or "none"
-                reason = f"payload.workflow: unknown workflow {env.payload.workflow!r}; registered workflows: {known}"
-                if env.payload.version is not None and env.payload.workflow in self.registry.versions:
-                    have = ", ".join(map(str, sorted(self.registry.versions[env.payload.workflow])))
-                    reason = (f"payload.version: workflow {env.payload.workflow!r} has no version "
-                              f"{env.payload.version}; it has {have}")
-                await self._dead_letter(record, reason, now)
+                await self._dead_letter(record, unknown_workflow(self.registry, env.payload), now)
             spec_hash = self._spec_hashes.get((spec.name, spec.version), "") if spec is not None else ""
             start = Start(env, spec, spec_hash)
-            await self._decide(tp.partition, state or RunState(env.key), start, now, record)
+            await self._decide(part, state or RunState(env.key), start, now, record)
             return
         if isinstance(env.payload, ForkRun):
             fork = await claimed_fork(env, self.blobs)  # a claim-checked history is read off the loop
-            await self._decide(tp.partition, state or RunState(env.key), fork, now, record)
+            await self._decide(part, state or RunState(env.key), fork, now, record)
         elif state is None:
             what = "command" if is_command else "result"
             reason = f"{env.type} {what} for run {env.key!r}, which this engine partition does not know"
             await self._dead_letter(record, reason, now)
         elif is_command:
             signal = await claimed_signal(env, state, self.blobs)  # a resume's claim-checked payload, for its schema
-            await self._decide(tp.partition, state, signal, now, record)
+            await self._decide(part, state, signal, now, record)
         else:
-            await self._decide(tp.partition, state, WorkerResult(env), now, record)
+            await self._decide(part, state, WorkerResult(env), now, record)
 
     async def _quarantined_input(
-        self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, held: Quarantine | None, now: int
+        self, part: Partition, record: ConsumerRecord[bytes, bytes], env: Envelope, held: Quarantine | None, now: int
     ) -> None:
         """An input for a quarantined run is refused (with how to release the run); a ``ReleaseRun`` releases it.
 
@@ -579,69 +567,48 @@ class Engine(PartitionOwnership):
             await self._dead_letter(record, reason, now)
             return
         if not isinstance(env.payload, ReleaseRun):
-            reason = (
-                f"run {env.key!r} is quarantined ({held.reason}); nothing is decided for it until an operator "
-                f"releases it (`tickflow release {env.key}`), resuming from its state at seq {held.state.seq}"
-            )
-            await self._dead_letter(record, reason, now)
+            await self._dead_letter(record, held_input(env, held), now)
             return
         decision = release(held.state, held.highest_seq, env, now)
-        del self.quarantined[partition][env.key]
+        del part.quarantined[env.key]
         log.warning("run %s released by %s: resumes from seq %d", env.key, env.id, held.state.seq)
         records, local = self._run_records(decision, now, recovering=True)  # re-sends its work in flight
-        await self._publish_run(partition, decision, records, local)
-        await self._decide(partition, decision.state, Recover(causation_id=env.id), now)
+        await self._publish_run(part, decision, records, local)
+        await self._decide(part, decision.state, Recover(causation_id=env.id), now)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, now: int) -> None:
         """Refuse an input: its dead letter is written in its partition's transaction, with the turn's other writes."""
         value, key = self.dead_letters.letter(record, reason, now)
-        await self.writers[record.partition].send(self.topics.dead_letter, value, key)
+        await self.partitions[record.partition].require_writer().send(self.topics.dead_letter, value, key)
         self.dead_lettered += 1
 
-    def _unusable_id(self, partition: int, env: Envelope) -> str | None:
-        """Why a command or result for an id this engine holds no state of cannot be taken, if it cannot."""
-        if env.key in self.gone[partition]:
-            return (
-                f"run {env.key!r} finished and its state has expired; a run id is never reused, so this "
-                f"{env.type} is refused: start a new run with another id"
-            )
-        if isinstance(env.payload, StartRun | ForkRun) and not is_run_id(env.key):
-            return (
-                f"key: run id {env.key!r} is not allowed: use 1-256 letters, digits, '_', '.', ':' or '-' "
-                "(ids appear in URLs and in derived ids and keys)"
-            )
-        if isinstance(env.payload, StartRun):
-            return lineage_problem(env.key, env.payload.parent_run_id, env.payload.parent_path)
-        if isinstance(env.payload, ForkRun):
-            return lineage_problem(env.key, None, None)  # a fork is a top-level run of its own
-        return None
-
-    async def _handle_slot(self, partition: int, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int) -> None:
+    async def _handle_slot(
+        self, part: Partition, record: ConsumerRecord[bytes, bytes], env: Envelope, now: int
+    ) -> None:
         if not isinstance(env.payload, AcquireSlot | ReleaseSlot):
             reason = f"{env.type} cannot be sent to a slot entity ({env.key!r}); send AcquireSlot or ReleaseSlot"
             await self._dead_letter(record, reason, now)
             return
-        slots = self.slots[partition]
-        events, state = decide_slot(slots.get(env.key) or SlotState(env.key), env, now)
-        await self._apply_slot(partition, state, events, admissions(state, events, now))
+        events, state = decide_slot(part.slots.get(env.key) or SlotState(env.key), env, now)
+        await self._apply_slot(part, state, events, admissions(state, events, now))
 
     async def _apply_slot(
-        self, partition: int, state: SlotState, events: list[Envelope], admits: list[Envelope]
+        self, part: Partition, state: SlotState, events: list[Envelope], admits: list[Envelope]
     ) -> None:
         try:
-            records = self._encoded(events, [(self.topics.commands, admit) for admit in admits])
+            records = self.records.encoded(events, [(self.topics.commands, admit) for admit in admits])
         except InvalidRecord as exc:  # slot records are small and bounded: this would be a bug, not an input
             log.error("slot %s: a decision cannot be recorded and is dropped: %s", state.slot, exc)
             return
         if events:
-            self.slots[partition][state.slot] = state
-            self.snapshots.dirty[partition].add(state.slot)
+            part.slots[state.slot] = state
+            self.snapshots.dirty[part.number].add(state.slot)
             self.events_out.update(e.type for e in events)
-        await self._publish(partition, records)
+        await self._publish(part, records)
 
     async def _apply_stack(
         self,
-        partition: int,
+        part: Partition,
         decision: StackDecision,
         extra: list[Envelope] | None = None,
         record: ConsumerRecord[bytes, bytes] | None = None,
@@ -654,7 +621,7 @@ class Engine(PartitionOwnership):
         state = decision.state
         starts = [*decision.starts, *(extra or [])]
         try:
-            records = self._encoded(decision.events, [(self.topics.commands, start) for start in starts])
+            records = self.records.encoded(decision.events, [(self.topics.commands, start) for start in starts])
         except InvalidRecord as exc:
             reason = f"stack {state.key!r}: this command's effects cannot be recorded: {exc}"
             if record is not None:
@@ -663,17 +630,17 @@ class Engine(PartitionOwnership):
                 log.error("%s", reason)
             return
         if decision.events:
-            self.stacks[partition][state.key] = state
-            self.snapshots.dirty[partition].add(state.key)
+            part.stacks[state.key] = state
+            self.snapshots.dirty[part.number].add(state.key)
             self.events_out.update(e.type for e in decision.events)
             observe_ticks(decision.events)
-        await self._publish(partition, records)
+        await self._publish(part, records)
         self.ticks_fired += len(decision.starts)
-        self.timers.arm(partition, state.key, state.timer_due_ms())
+        self.timers.arm(part.number, state.key, state.timer_due_ms())
 
     async def _decide(
         self,
-        partition: int,
+        part: Partition,
         state: RunState,
         input: Input,
         now: int,
@@ -689,7 +656,7 @@ class Engine(PartitionOwnership):
         the dead-letter topic. An exception of the decider itself is handled the same way, so no single input can
         stop the engine.
         """
-        with self.traces.span(partition, state.run_id, input):
+        with self.traces.span(part.number, state.run_id, input):
             cause = _causation(input)
             start = input.command.payload if isinstance(input, Start) else None
             assert start is None or isinstance(start, StartRun)
@@ -706,7 +673,7 @@ class Engine(PartitionOwnership):
                 message = f"the engine could not decide this input: {exc!r}"[:10_000]
                 error = ErrorInfo(type="EngineError", message=message)
             else:
-                await self._publish_run(partition, decision, records, local)
+                await self._publish_run(part, decision, records, local)
                 return bool(decision.events)
             if record is not None:
                 reason = f"run {state.run_id!r}: {error.type}: {error.message}"
@@ -717,75 +684,47 @@ class Engine(PartitionOwnership):
             except InvalidRecord as exc:  # cannot happen with bounded failure events; never let it stop the engine
                 log.error("run %s: even its failure cannot be recorded: %s", state.run_id, exc)
                 return False
-            await self._publish_run(partition, decision, records, local)
+            await self._publish_run(part, decision, records, local)
             return bool(decision.events)
 
     def _run_records(self, decision: Decision, now: int, recovering: bool) -> tuple[list[Record], Local]:
-        """A run decision's records, encoded: its events, then the messages it sends (tasks, commands); and, by
-        record index, the tasks a worker of this process may take in memory instead (see ``_publish``)."""
-        outs = effects(decision)
-        if recovering:  # recovery re-sends may repeat what the healing decision just sent
-            sent = {(o.topic, o.envelope.id) for o in outs}
-            again = [o for o in recovery_effects(decision.state, now) if (o.topic, o.envelope.id) not in sent]
-            self.resent += len(again)
-            outs += again
-        messages = [(self._topic_of(out), out.envelope) for out in outs]
-        records = self._encoded(decision.events, messages)
-        local: Local = {}
-        if self.eager is not None:
-            first = len(decision.events)
-            for i, out in enumerate(outs):
-                if out.topic == "tasks" and self.eager.serves(pool := _pool_of(out)):
-                    local[first + i] = (pool, self._traced(out.envelope))
-        return records, local
+        """A run decision's records and its tasks a local worker may take (``DecisionRecords``); counts the messages
+        a recovery sends again."""
+        outs, resent = self.records.outbound(decision, now, recovering)
+        self.resent += resent
+        return self.records.of_run(decision, outs)
 
-    def _topic_of(self, out: Outbound) -> str:
-        return self.topics.tasks(_pool_of(out)) if out.topic == "tasks" else self.topics.commands
-
-    def _encoded(self, events: list[Envelope], messages: list[tuple[str, Envelope]]) -> list[Record]:
-        """Every record of a decision as (topic, value, key), or InvalidRecord if any of them cannot be written."""
-        if self.traces.current is not None:  # a traced decision: each record names its span
-            events = [self._traced(e) for e in events]
-            messages = [(t, self._traced(m)) for t, m in messages]
-        out = [(self.topics.events, encode(event), event.key.encode()) for event in events]
-        out += [(topic, encode(message), message.key.encode()) for topic, message in messages]
-        return out
-
-    def _traced(self, envelope: Envelope) -> Envelope:
-        trace = self.traces.current
-        return envelope if trace is None else envelope.model_copy(update={"trace_parent": trace})
-
-    async def _publish_run(self, partition: int, decision: Decision, records: list[Record], local: Local) -> None:
+    async def _publish_run(self, part: Partition, decision: Decision, records: list[Record], local: Local) -> None:
         """Cache the new state, publish its records (events first), re-arm its timer."""
         state = decision.state
         if decision.events:
-            self.runs[partition][state.run_id] = state
-            self.snapshots.dirty[partition].add(state.run_id)
+            part.runs[state.run_id] = state
+            self.snapshots.dirty[part.number].add(state.run_id)
             self.events_out.update(e.type for e in decision.events)
             self._crash_point("cached", state.run_id)
-        await self._publish(partition, records, local)
-        self._arm(partition, state)
+        await self._publish(part, records, local)
+        self._arm(part.number, state)
 
-    async def _publish(self, partition: int, records: list[Record], local: Local | None = None) -> None:
+    async def _publish(self, part: Partition, records: list[Record], local: Local | None = None) -> None:
         """Send encoded records in order (events first); events go to the owned partition of the events topic.
 
         A task in ``local`` is offered to this process's worker of its pool after the decision's events are sent:
         a ``RunStep`` it takes is not written to the topic; a ``CancelStep`` reaches it and the topic both."""
         events = 0
-        writer = self.writers[partition]
+        writer = part.require_writer()
         for i, (topic, value, record_key) in enumerate(records):
             if local and i in local and self.eager is not None:
                 pool, task = local[i]
-                if isinstance(task.payload, RunStep) and self.eager.offer(partition, pool, task):
+                if isinstance(task.payload, RunStep) and self.eager.offer(part.number, pool, task):
                     continue
                 if isinstance(task.payload, CancelStep):
                     self.eager.cancel(pool, task.payload.idempotency_key)
             if topic == self.topics.events:
                 if events == 1:
                     self._crash_point("mid-events", record_key)
-                fut = await writer.send(topic, value, record_key, partition)
+                fut = await writer.send(topic, value, record_key, part.number)
                 # A partition's records are acked in send order, so its last send carries its highest offset.
-                self._last_event_send[partition] = fut
+                part.last_event_send = fut
                 events += 1
             else:
                 if events:  # the decision's first message, after its events
@@ -818,10 +757,11 @@ class Engine(PartitionOwnership):
         waits for ``events_end`` (see ``verify_engine``).
         """
         async with self._lock:
-            runs = {p: dict(self.runs.get(p, {})) for p in sorted(self.recovered_partitions)}
+            live = [part for _, part in sorted(self.partitions.items()) if part.live]
+            runs = {part.number: dict(part.runs) for part in live}
             taken_at = _now_ms()
-            ends = {p: self.events_end.get(p, 0) for p in runs}
-            sends = [(p, f) for p, f in self._last_event_send.items() if p in runs]
+            ends = {part.number: part.events_end or 0 for part in live}
+            sends = [(part.number, part.last_event_send) for part in live if part.last_event_send is not None]
         if sends:  # shielded: awaiting must never cancel the engine's own futures
             acked = await asyncio.gather(*(asyncio.shield(f) for _, f in sends))
             for (partition, _), metadata in zip(sends, acked, strict=True):
@@ -833,26 +773,15 @@ class Engine(PartitionOwnership):
     async def _begin_snapshot_round(self) -> None:
         """Start writing the states changed since the last round (``SnapshotRounds`` writes them in chunks)."""
         await self._end_transactions()  # every event decided so far is committed: the last sends know their offsets
-        for partition, fut in self._last_event_send.items():
-            self.events_end[partition] = max(self.events_end.get(partition, 0), fut.result().offset + 1)
-        self._last_event_send.clear()
-        self.snapshots.begin(self.recovered_partitions, self.events_end)
+        for part in self.partitions.values():
+            part.settle_events_end()
+        ends = {number: part.events_end for number, part in self.partitions.items() if part.events_end is not None}
+        self.snapshots.begin(self.recovered_partitions, ends)
 
-    def _state_of(self, partition: int, key: str) -> RunState | SlotState | StackState | Quarantine | None:
-        """What the state topic keeps for ``key``: its state, or, while it is quarantined, its quarantine."""
-        return (
-            self.runs[partition].get(key)
-            or self.slots[partition].get(key)
-            or self.stacks[partition].get(key)
-            or self.quarantined[partition].get(key)
-        )
-
-
-
-
-
-def _pool_of(out: Outbound) -> str:
-    return out.pool or DEFAULT_POOL
+    def _state_of(self, partition: int, key: str) -> Snapshot | None:
+        """What the state topic keeps for ``key`` of ``partition`` (``Partition.state_of``); None once not owned."""
+        part = self.partitions.get(partition)
+        return None if part is None else part.state_of(key)
 
 
 def _causation(input: Input) -> str | None:

@@ -10,6 +10,7 @@ from aiokafka import TopicPartition
 
 from tickflow.runtime.eager import EagerDispatch
 from tickflow.runtime.kafka import consumer_lag
+from tickflow.runtime.partition import Partition
 
 __all__ = ["EngineFacts", "metric_values", "status"]
 
@@ -38,10 +39,7 @@ class EngineFacts(Protocol):
     shrunk: int
     inputs: Counter[str]
     events_out: Counter[str]
-    recovered_partitions: set[int]
-    parked: dict[int, str]
-    runs: Any  # per partition: run id → state
-    quarantined: Any  # per partition: run id → quarantine
+    partitions: dict[int, Partition]
     eager: EagerDispatch | None
 
     @property
@@ -84,21 +82,23 @@ def metric_values(engine: EngineFacts) -> Iterator[tuple[str, str, str, dict[str
 def status(engine: EngineFacts) -> dict[str, Any]:
     """What ``/stats`` and the dashboard's System page show of this engine: the partitions it serves, those
     parked (recovery keeps failing: partition → last error), recoveries, fences, failed transactions."""
+    owned = _owned(engine)
     return {
-        "partitions": sorted(engine.recovered_partitions),
-        "parked": {str(p): why for p, why in sorted(engine.parked.items())},
+        "partitions": sorted(part.number for part in owned if part.live),
+        "parked": {str(part.number): part.parked for part in owned if part.parked is not None},
         "recoveries_started": engine.recoveries_started,
         "recoveries": engine.recoveries,
         "fenced": engine.fenced,
         "given_up": engine.given_up,
-        "runs": _count_of(engine.runs),
-        "quarantined": sorted(r for held in list(engine.quarantined.values()) for r in held),
+        "runs": sum(len(part.runs) for part in owned),
+        "quarantined": sorted(run_id for part in owned for run_id in part.quarantined),
         "processed": engine.processed,
     }
 
 
-def _count_of(tables: dict[int, dict[str, Any]]) -> int:
-    return sum(map(len, list(tables.values())))  # a copy: a scrape may run in another thread
+def _owned(engine: EngineFacts) -> list[Partition]:
+    """The engine's partitions in order, copied: a scrape may run in another thread."""
+    return sorted(engine.partitions.values(), key=lambda part: part.number)
 
 
 #: (kind, name, help, value) of the engine's plain counters and levels.
@@ -127,14 +127,24 @@ _ENGINE_METRICS: tuple[tuple[str, str, str, Callable[[EngineFacts], int]], ...] 
         lambda e: e.timer_firings,
     ),
     ("counter", "tickflow_engine_resent", "Messages re-sent by recoveries (work in flight).", lambda e: e.resent),
-    ("gauge", "tickflow_engine_partitions", "Partitions this engine serves.", lambda e: len(e.recovered_partitions)),
+    (
+        "gauge",
+        "tickflow_engine_partitions",
+        "Partitions this engine serves.",
+        lambda e: sum(part.live for part in _owned(e)),
+    ),
     (
         "gauge",
         "tickflow_engine_partitions_parked",
         "Partitions whose recovery keeps failing (retried with backoff, not served).",
-        lambda e: len(e.parked),
+        lambda e: sum(part.parked is not None for part in _owned(e)),
     ),
-    ("gauge", "tickflow_engine_runs", "Run states in memory.", lambda e: _count_of(e.runs)),
+    ("gauge", "tickflow_engine_runs", "Run states in memory.", lambda e: sum(len(part.runs) for part in _owned(e))),
     ("counter", "tickflow_engine_runs_shrunk", "Finished runs shrunk to id, seq and status.", lambda e: e.shrunk),
-    ("gauge", "tickflow_engine_quarantined_runs", "Runs set aside until released.", lambda e: _count_of(e.quarantined)),
+    (
+        "gauge",
+        "tickflow_engine_quarantined_runs",
+        "Runs set aside until released.",
+        lambda e: sum(len(part.quarantined) for part in _owned(e)),
+    ),
 )

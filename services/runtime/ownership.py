@@ -1,13 +1,14 @@
 """The partitions an engine owns: their assignment, recovery, give-up and revocation (``Engine`` inherits it).
 
 An owned partition goes through: assigned (its inputs paused) → recovering (its snapshots and log folded in the
-background, never inside the rebalance callback) → serving (its state installed, its inputs resumed at the offsets
+background, never inside the rebalance callback) → live (its state installed, its inputs resumed at the offsets
 its committed transactions applied) → given up (a failed transaction: dropped and rebuilt, unless a newer owner
 fenced it) or revoked (its last transaction committed, then dropped). A partition whose recovery keeps failing is
 retried alone with backoff and shown as parked; the others keep serving.
 
-The per-partition tables themselves (runs, slots, stacks, gone ids, quarantines, writer, offsets, snapshot debt)
-live on the engine; this mixin holds the transitions between those stages and the invariants they carry.
+Each owned partition's state and stage live on its ``Partition`` (``runtime/partition.py``), in ``Engine.partitions``;
+this mixin holds the transitions between those stages and the invariants they carry, and keeps what the engine
+tracks per partition elsewhere (input offsets, snapshot debt, timers, eager attempts) in step with them.
 """
 
 from __future__ import annotations
@@ -16,22 +17,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from tickflow.core.decider import Recover, RunState
 from tickflow.core.retention import Retention
-from tickflow.core.slots import SlotState, admissions
-from tickflow.core.stacks import StackDecision, StackState, stack_recovery
+from tickflow.core.slots import admissions
+from tickflow.core.stacks import StackDecision, stack_recovery
 from tickflow.events.codec import encode
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import BlobStore
 from tickflow.runtime.eager import EagerDispatch
 from tickflow.runtime.fencing import Fenced, PartitionWriter, TransactionFailed
-from tickflow.runtime.input_offsets import InputOffsets, NoteRecord
-from tickflow.runtime.recovery import Quarantine, Rebuilt, quarantine_note, rebuild_partition
+from tickflow.runtime.input_offsets import InputOffsets
+from tickflow.runtime.partition import Partition
+from tickflow.runtime.recovery import Rebuilt, quarantine_note, rebuild_partition
 from tickflow.runtime.snapshot_rounds import SnapshotRounds
 from tickflow.runtime.timers import Timers
 from tickflow.settings import Settings
@@ -64,28 +65,16 @@ class PartitionOwnership:
     timers: Timers
     snapshots: SnapshotRounds
     offsets: InputOffsets
-    writers: dict[int, PartitionWriter]
-    runs: dict[int, dict[str, RunState]]
-    slots: dict[int, dict[str, SlotState]]
-    stacks: dict[int, dict[str, StackState]]
-    gone: dict[int, dict[str, int]]
-    quarantined: dict[int, dict[str, Quarantine]]
-    events_end: dict[int, int]
-    _last_event_send: dict[int, asyncio.Future[Any]]
-    recovered_from: dict[int, int | None]
-    recovered_partitions: set[int]
-    parked: dict[int, str]
+    #: Every partition this engine owns, by number, from its assignment until its revocation.
+    partitions: dict[int, Partition]
     fenced: int
     given_up: int
     recoveries: int
     recoveries_started: int
     resent: int
-    _recovering: dict[int, asyncio.Task[None]]
-    _revoking: set[int]
-    _early_notes: dict[int, NoteRecord]
     _stopping: bool
     _lock: asyncio.Lock
-    _forget: Callable[[int, RunState, int], None]
+    _forget: Callable[[Partition, RunState, int], None]
     # The engine's own ways of deciding and publishing (their signatures are the engine's).
     _publish: Callable[..., Awaitable[None]]
     _apply_slot: Callable[..., Awaitable[None]]
@@ -94,9 +83,15 @@ class PartitionOwnership:
     _end_transactions: Callable[..., Awaitable[None]]
     _commit: Callable[..., Awaitable[None]]
 
+    @property
+    def recovered_partitions(self) -> set[int]:
+        """The partitions this engine serves now: rebuilt and installed (one being revoked until it is dropped)."""
+        return {number for number, part in self.partitions.items() if part.live}
+
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Pause the new partitions' inputs and rebuild them in the background; return at once (see ``_recover``)."""
-        partitions = {tp.partition for tp in assigned} - self.recovered_partitions - set(self._recovering)
+        busy = {number for number, part in self.partitions.items() if part.live or part.recovery is not None}
+        partitions = {tp.partition for tp in assigned} - busy
         log.info("engine owns partitions %s", sorted({tp.partition for tp in assigned}))
         if partitions:
             self.consumer.pause(*self._inputs(partitions))
@@ -104,11 +99,13 @@ class PartitionOwnership:
             self._start_recovery(partition)
 
     def _start_recovery(self, partition: int) -> None:
-        task = asyncio.create_task(self._recover_guarded(partition), name=f"tickflow-recover-{partition}")
-        self._recovering[partition] = task
+        part = self.partitions.get(partition)
+        if part is None:
+            part = self.partitions[partition] = Partition(partition)
+        part.recovering(asyncio.create_task(self._recover_guarded(part), name=f"tickflow-recover-{partition}"))
         self.recoveries_started += 1
 
-    async def _recover_guarded(self, partition: int) -> None:
+    async def _recover_guarded(self, part: Partition) -> None:
         """Recover a partition, retrying it alone with backoff while it fails: the other partitions keep being
         served. After ``PARK_AFTER`` failures in a row it is parked (visible in /metrics and /stats) and still
         retried, every ``RECOVERY_RETRY_MAX_S`` at most, until it recovers or is revoked."""
@@ -116,63 +113,61 @@ class PartitionOwnership:
         try:
             while True:
                 try:
-                    await self._recover(partition)
+                    await self._recover(part)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     failures += 1
                     delay = min(RECOVERY_RETRY_FIRST_S * 2 ** (failures - 1), RECOVERY_RETRY_MAX_S)
                     log.exception("recovery of partition %d failed (%d in a row); retrying in %.1f s",
-                                  partition, failures, delay)
+                                  part.number, failures, delay)
                     if failures >= PARK_AFTER:
-                        self.parked[partition] = f"{type(exc).__name__}: {exc}"[:1_000]
+                        part.parked = f"{type(exc).__name__}: {exc}"[:1_000]
                     await asyncio.sleep(delay)
-                    if self._stopping or partition not in {tp.partition for tp in self.consumer.assignment()}:
+                    if self._stopping or part.number not in {tp.partition for tp in self.consumer.assignment()}:
                         return
                     continue
-                self.parked.pop(partition, None)
+                part.parked = None
                 return
         finally:
-            if self._recovering.get(partition) is asyncio.current_task():
-                del self._recovering[partition]
+            part.recovery_ended(asyncio.current_task())
 
     def _inputs(self, partitions: set[int]) -> list[TopicPartition]:
         return [tp for p in sorted(partitions) for tp in self.offsets.inputs(p)]
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        for partition in {tp.partition for tp in revoked}:
-            self.parked.pop(partition, None)
-            task = self._recovering.pop(partition, None)
-            if task is not None:
-                task.cancel()  # not rebuilt yet: nothing of it was installed or sent
+        numbers = sorted({tp.partition for tp in revoked})
+        parts = [part for number in numbers if (part := self.partitions.get(number)) is not None]
+        for part in parts:
+            part.stop_recovery()  # not rebuilt yet: nothing of it was installed or sent
         async with self._lock:
-            self._revoking = {tp.partition for tp in revoked}  # a failed last transaction is not rebuilt here
+            for part in parts:
+                part.revoking = True  # a failed last transaction is not rebuilt here
             try:
                 await self._commit(only=set(revoked))
             finally:
-                self._revoking = set()
-            writers = [self._drop(partition) for partition in {tp.partition for tp in revoked}]
+                for part in parts:
+                    part.revoking = False
+            writers = [self._drop(part) for part in parts]
+            for part in parts:
+                # A recovery started while this waited for the lock (a give-up) stays: it finds the revocation itself.
+                if part.recovery is None:
+                    self.partitions.pop(part.number, None)
         await asyncio.gather(*(w.stop() for w in writers if w is not None))
 
-    def _drop(self, partition: int) -> PartitionWriter | None:
+    def _drop(self, part: Partition) -> PartitionWriter | None:
         """Forget everything of a partition this engine no longer serves; returns its writer, to be stopped. Its
         steps running in this process's workers (eager dispatch) stop: whoever rebuilds it re-sends them."""
         if self.eager is not None:
-            self.eager.drop(partition)
-        self._early_notes.pop(partition, None)
-        self.offsets.drop(partition)
-        self.timers.drop_partition(self.runs.pop(partition, {}))
-        self.timers.drop_partition(self.stacks.pop(partition, {}))
-        self.timers.drop_partition(self.gone.pop(partition, {}))
-        self.slots.pop(partition, None)
-        self.quarantined.pop(partition, None)
-        self.snapshots.drop(partition)
-        self.events_end.pop(partition, None)
-        self._last_event_send.pop(partition, None)
-        self.recovered_partitions.discard(partition)
-        return self.writers.pop(partition, None)
+            self.eager.drop(part.number)
+        self.offsets.drop(part.number)
+        self.timers.drop_partition(part.runs)
+        self.timers.drop_partition(part.stacks)
+        self.timers.drop_partition(part.gone)
+        self.snapshots.drop(part.number)
+        return part.drop()
 
-    async def _recover(self, partition: int) -> None:
+    async def _recover(self, part: Partition) -> None:
         """Rebuild one partition's runs from the log, then finish what a crash may have cut short.
 
         Runs as a task of its own, never inside the rebalance callback: aiokafka sends no heartbeats while that
@@ -186,8 +181,8 @@ class PartitionOwnership:
         # so the reads below see every write of the partition that will ever be visible.
         writer = PartitionWriter(
             self.settings.kafka,
-            f"{self.topics.engine_group}.{partition}",
-            partition,
+            f"{self.topics.engine_group}.{part.number}",
+            part.number,
             timeout_ms=self.settings.transaction_timeout_ms,
         )
         try:
@@ -196,13 +191,14 @@ class PartitionOwnership:
             await writer.stop()
             raise
         try:
-            await self._rebuild(partition, writer, started)
+            await self._rebuild(part, writer, started)
         except BaseException:
-            if self.writers.get(partition) is not writer:
+            if part.writer is not writer:
                 await writer.stop()
             raise
 
-    async def _rebuild(self, partition: int, writer: PartitionWriter, started: float) -> None:
+    async def _rebuild(self, part: Partition, writer: PartitionWriter, started: float) -> None:
+        partition = part.number
         built = await rebuild_partition(self.settings.kafka, self.topics, self.blobs, partition)
         inputs = self._inputs({partition})
         committed = {tp: await self.consumer.committed(tp) for tp in inputs}  # read after the old writer is fenced
@@ -210,21 +206,20 @@ class PartitionOwnership:
             if partition not in {tp.partition for tp in self.consumer.assignment()}:
                 await writer.stop()
                 return  # revoked while it was being rebuilt: the new owner rebuilds it
-            self.recovered_from[partition] = built.checkpoint
-            self.writers[partition] = writer
+            part.install(writer, built)
             try:
-                summary = await self._install(partition, built)
+                summary = await self._install(part, built)
             except BaseException:  # nothing half installed stays behind: the retry starts from scratch
-                self._drop(partition)
+                self._drop(part)
                 raise
-            if partition not in self.writers:
+            if part.writer is None:
                 return  # its healing transaction failed: given up (and being rebuilt again unless fenced)
             self.offsets.recovered(partition, built.applied)
             for tp in inputs:  # no input a committed transaction applied is read (and applied) again
                 start = self.offsets.resume_at(tp, committed[tp])
                 if start > 0:
                     self.consumer.seek(tp, start)
-            self.recovered_partitions.add(partition)
+            part.go_live()
             self.recoveries += 1
             self.consumer.resume(*inputs)
         took = time.monotonic() - started
@@ -240,15 +235,16 @@ class PartitionOwnership:
             took - (built.started - started) - built.read_s - built.fold_s,
         )
 
-    async def _install(self, partition: int, built: Rebuilt) -> str:
-        """Make a rebuilt partition the live one: expire what is due, arm timers, heal and re-send in-flight work.
+    async def _install(self, part: Partition, built: Rebuilt) -> str:
+        """Make a rebuilt partition (its state taken by ``Partition.install``) the live one: expire what is due, arm
+        timers, heal and re-send in-flight work.
 
         Each newly quarantined run gets a ``RunQuarantined`` note in the log (once), so its status says why.
         """
         now = _now_ms()
-        runs, slots, stacks, gone = built.runs, built.slots, built.stacks, built.gone
-        self.quarantined[partition] = built.held
-        for run_id, q in built.held.items():
+        partition = part.number
+        runs, slots, stacks, gone = part.runs, part.slots, part.stacks, part.gone
+        for run_id, q in part.quarantined.items():
             log.error(
                 "run %s quarantined at seq %d: %s; `tickflow release %s` resumes it from there",
                 run_id,
@@ -258,34 +254,30 @@ class PartitionOwnership:
             )
             if not q.announced:
                 note = quarantine_note(run_id, q, now)
-                await self._publish(partition, [(self.topics.events, encode(note), run_id.encode())])
+                await self._publish(part, [(self.topics.events, encode(note), run_id.encode())])
                 q.announced = True
         expired = [run_id for run_id, state in runs.items() if self.retention.stage(state, now) == "expire"]
-        self.runs[partition] = runs
-        self.slots[partition] = slots
-        self.stacks[partition] = stacks
-        self.gone[partition] = gone
         self.snapshots.drop(partition)  # whatever it owed before is covered by what follows
         for run_id in expired:
-            self._forget(partition, runs.pop(run_id), now)
+            self._forget(part, runs.pop(run_id), now)
         for run_id, until in gone.items():
             self.timers.arm(partition, run_id, until)  # an elapsed one is forgotten at the next timer check
         # The next snapshot covers everything rebuilt here, so its checkpoint can move past this fold.
-        self.snapshots.owe_all(partition, [*runs, *slots, *stacks, *built.held])
+        self.snapshots.owe_all(partition, [*runs, *slots, *stacks, *part.quarantined])
         for slot in slots.values():
-            await self._apply_slot(partition, slot, [], admissions(slot, None, now))
+            await self._apply_slot(part, slot, [], admissions(slot, None, now))
         for stack in stacks.values():  # a missed tick fires at once; a running tick's start is re-sent
-            await self._apply_stack(partition, StackDecision([], stack, []), stack_recovery(stack, now))
+            await self._apply_stack(part, StackDecision([], stack, []), stack_recovery(stack, now))
         healed, resent_before = 0, self.resent
         for state in list(runs.values()):
-            healed += await self._decide(partition, state, Recover(f"recover/{partition}"), now, recovering=True)
+            healed += await self._decide(part, state, Recover(f"recover/{partition}"), now, recovering=True)
         await self._end_transactions({partition})
         return (
             f"{len(runs)} runs ({len(expired)} expired), {healed} healed, "
             f"{self.resent - resent_before} messages re-sent"
         )
 
-    async def _give_up(self, partition: int, failure: TransactionFailed) -> None:
+    async def _give_up(self, part: Partition, failure: TransactionFailed) -> None:
         """Stop serving a partition whose transaction failed: its writes were aborted, so its cached state may be
         ahead of the log, and the inputs of that turn must be read again.
 
@@ -293,7 +285,9 @@ class PartitionOwnership:
         race with a rebalance); its consumer learns that at its next heartbeat and rejoins. Anything else (a
         broker fault): this engine still owns the partition, so it rebuilds it from the log at once.
         """
-        writer = self._drop(partition)  # first: nothing of the aborted turn may be committed, whatever follows
+        writer = self._drop(part)  # first: nothing of the aborted turn may be committed, whatever follows
+        part.give_up()
+        partition = part.number
         fenced = isinstance(failure, Fenced) and not await self._still_owner(partition)
         if fenced:
             self.fenced += 1
@@ -323,7 +317,7 @@ class PartitionOwnership:
                     await self.consumer.seek_to_beginning(tp)
                 else:
                     self.consumer.seek(tp, committed)
-        if not fenced and not self._stopping and partition in {tp.partition for tp in owned} - self._revoking:
+        if not fenced and not self._stopping and not part.revoking and partition in {tp.partition for tp in owned}:
             self._start_recovery(partition)
 
     async def _still_owner(self, partition: int) -> bool:

@@ -2,14 +2,16 @@
 
 At-least-once: a task's offset is committed only once its result is acknowledged by the broker, and only up
 to the lowest task still unfinished in its partition (tasks wait in a local priority queue and finish out of
-order). A redelivered task runs again with the same idempotency key; the engine keeps an attempt's first result.
+order: ``runtime/scheduling.py``). A redelivered task runs again with the same idempotency key; the engine keeps an
+attempt's first result, which ``runtime/step_results.py`` builds.
 
 ``CancelStep`` is best-effort: a queued attempt is dropped, a running async body is cancelled, but a sync body
 already in its thread cannot be interrupted (Python cannot safely kill a thread): it runs on, outside the
 concurrency limit, and its result is discarded. Cancelled attempts report nothing — the engine has moved on.
 Cancels queue behind the tasks on the tasks topic, so none are read while the full local queue pauses fetching.
 
-Concurrency can change at runtime (``set_concurrency``) and follows the pool's latest ``SetPoolConcurrency``.
+Concurrency can change at runtime (``set_concurrency``) and follows the pool's latest ``SetPoolConcurrency``
+(``runtime/pool_control.py``).
 """
 
 from __future__ import annotations
@@ -18,219 +20,56 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import heapq
-import itertools
 import logging
 import os
 import socket
 import time
-import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 import tickflow.tracing as tracing
-from tickflow.events.codec import MAX_JSON_DEPTH, MAX_RECORD_BYTES, InvalidRecord, decode, encode
+from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.envelope import Envelope
-from tickflow.events.errors import NonRetryableError, RetryableError
+from tickflow.events.errors import NonRetryableError
 from tickflow.events.redact import redact
-from tickflow.events.schemas import (
-    CancelStep,
-    ErrorInfo,
-    LlmAttemptFields,
-    RunStep,
-    SetPoolConcurrency,
-    StepErrored,
-    StepSucceeded,
-    step_key,
-)
+from tickflow.events.schemas import CancelStep, RunStep, StepErrored, StepSucceeded, step_key
 from tickflow.events.topics import DEFAULT_POOL
 from tickflow.llm.limits import LimitShare, use_share
 from tickflow.llm.streaming import listening
-from tickflow.metrics import LLM_CALLS, LLM_COST, LLM_TOKENS, LLM_UNPRICED, STEP_SECONDS, STEPS
+from tickflow.metrics import STEPS
 from tickflow.runtime import step_logs
 from tickflow.runtime.blobstores import open_blob_store
 from tickflow.runtime.claimcheck import holds_ref, offload, resolve_all
 from tickflow.runtime.journal import StepJournal
 from tickflow.runtime.kafka import DeadLetters, PendingSends, Rebalance, consumer_lag, new_consumer, new_producer
+from tickflow.runtime.pool_control import PoolControl
 from tickflow.runtime.produced import ProducedResults
+from tickflow.runtime.scheduling import Scheduler, TaskOffsets
+from tickflow.runtime.step_results import (
+    Outcome,
+    error_info,
+    observe_step,
+    result_envelope,
+    retry_after_ms,
+    surely_fits,
+)
 from tickflow.runtime.tokens import TokenPublisher
 from tickflow.settings import Settings
 from tickflow.workflow import Registry, StepContext
 
-__all__ = ["CancelledKeys", "LocalQueue", "Scheduler", "StepWorker"]
+__all__ = ["StepWorker"]
 
 log = logging.getLogger("tickflow.worker")
-T = TypeVar("T")
-TRACEBACK_LIMIT = 8_000
-#: Cancelled keys remembered, so a task redelivered after its cancel is skipped; older ones are forgotten.
-CANCELLED_MEMORY = 10_000
-#: Fetching pauses while this many times the concurrency tasks wait locally, which bounds the worker's memory.
-QUEUE_FACTOR = 2
-CONTROL_RETRY_S = 5.0
-#: How long ``start`` waits to learn the pool's concurrency before running anything with the configured one.
-CONTROL_READY_TIMEOUT_S = 5.0
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class _Offsets:
-    """Per-partition bookkeeping so commits cover only tasks whose results are already sent."""
-
-    def __init__(self) -> None:
-        self.running: dict[TopicPartition, set[int]] = defaultdict(set)
-        self.fetched: dict[TopicPartition, int] = {}
-
-    def begin(self, tp: TopicPartition, offset: int) -> None:
-        self.running[tp].add(offset)
-        self.fetched[tp] = offset + 1
-
-    def done(self, tp: TopicPartition, offset: int) -> None:
-        self.running[tp].discard(offset)
-
-    def committable(self) -> dict[TopicPartition, int]:
-        return {tp: min(self.running[tp]) if self.running[tp] else end for tp, end in self.fetched.items()}
-
-
-class LocalQueue(Generic[T]):
-    """Tasks fetched but not started: highest priority first, FIFO among equal priorities (a heap with a
-    sequence number as tie-breaker, so items themselves are never compared)."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, int, str, T]] = []
-        self._seq = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def push(self, item: T, *, key: str, priority: int = 0) -> None:
-        heapq.heappush(self._heap, (-priority, next(self._seq), key, item))
-
-    def pop(self) -> T:
-        return heapq.heappop(self._heap)[3]
-
-    def remove_if(self, pred: Callable[[str, T], bool]) -> list[T]:
-        """Take out every item ``pred(key, item)`` selects, in arrival order. O(n), for rare events only."""
-        removed = sorted((e for e in self._heap if pred(e[2], e[3])), key=lambda e: e[1])
-        if removed:
-            self._heap = [e for e in self._heap if not pred(e[2], e[3])]
-            heapq.heapify(self._heap)
-        return [e[3] for e in removed]
-
-
-class CancelledKeys:
-    """The most recent ``capacity`` cancelled idempotency keys. Bounded because cancels never expire on
-    their own; a task redelivered after more than ``capacity`` later cancels would run (and be ignored)."""
-
-    def __init__(self, capacity: int = CANCELLED_MEMORY) -> None:
-        self.capacity = capacity
-        self._keys: dict[str, None] = {}  # insertion-ordered: the first key is the oldest
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def add(self, key: str) -> None:
-        self._keys.pop(key, None)
-        self._keys[key] = None
-        while len(self._keys) > self.capacity:
-            del self._keys[next(iter(self._keys))]
-
-
-class Scheduler(Generic[T]):
-    """Decides which fetched tasks start now and which wait, with no Kafka or asyncio in it (so it is tested
-    alone). ``start`` is called for each item that gets a slot; the owner calls ``finished`` when it ends."""
-
-    def __init__(self, limit: int, start: Callable[[T], None], *, remember: int = CANCELLED_MEMORY) -> None:
-        self.limit = self.running = 0
-        self.stopped = False  # set on shutdown: queued items stay uncommitted and are redelivered
-        self.queue: LocalQueue[T] = LocalQueue()
-        self.cancelled = CancelledKeys(remember)
-        self._start = start
-        self.set_limit(limit)
-
-    @property
-    def capacity(self) -> int:
-        return QUEUE_FACTOR * self.limit
-
-    @property
-    def room(self) -> int:
-        """How many more items may be fetched before the queue is full (0: pause fetching)."""
-        return max(self.capacity - len(self.queue), 0)
-
-    def offer(self, item: T, *, key: str, priority: int = 0) -> bool:
-        """Queue (and maybe start) an item; False if its key was cancelled, and then it must be skipped."""
-        if key in self.cancelled:
-            return False
-        self.queue.push(item, key=key, priority=priority)
-        self.dispatch()
-        return True
-
-    def cancel(self, key: str) -> list[T]:
-        """Remember ``key`` as cancelled and return its queued items, which will never start."""
-        self.cancelled.add(key)
-        return self.queue.remove_if(lambda k, _: k == key)
-
-    def set_limit(self, limit: int) -> None:
-        """Grow (queued items start at once) or shrink (running ones finish; none start until below)."""
-        if limit < 1:
-            raise ValueError(f"concurrency must be at least 1, got {limit}")
-        self.limit = limit
-        self.dispatch()
-
-    def finished(self) -> None:
-        self.running = max(self.running - 1, 0)
-        self.dispatch()
-
-    def dispatch(self) -> None:
-        while not self.stopped and self.running < self.limit and self.queue:
-            item = self.queue.pop()
-            self.running += 1
-            self._start(item)
-
-
-def _retry_after_ms(exc: BaseException) -> int | None:
-    if isinstance(exc, RetryableError) and exc.retry_after is not None:
-        return int(exc.retry_after * 1000)
-    return None
-
-
-def _observe_step(task: RunStep, outcome: str, ms: float, llm: Sequence[LlmAttemptFields]) -> None:
-    """A finished attempt, and the LLM calls it made, for /metrics."""
-    STEPS.labels(task.workflow, task.step, outcome).inc()
-    STEP_SECONDS.labels(task.workflow, task.step).observe(ms / 1000)
-    for a in llm:
-        LLM_CALLS.labels(a.provider, a.model, a.outcome).inc()
-        LLM_TOKENS.labels(a.provider, a.model, "in").inc(a.tokens_in)
-        LLM_TOKENS.labels(a.provider, a.model, "out").inc(a.tokens_out)
-        if not a.price_known:
-            LLM_UNPRICED.labels(a.provider, a.model, "unknown").inc()
-        elif a.price_illustrative:
-            LLM_UNPRICED.labels(a.provider, a.model, "illustrative").inc()
-        else:
-            LLM_COST.labels(a.provider, a.model).inc(a.cost_usd)
-
-
-def _error_info(task: RunStep, exc: BaseException) -> ErrorInfo:
-    if isinstance(exc, TimeoutError):
-        message = f"step {task.step!r} exceeded its timeout of {task.timeout_s}s"
-    elif isinstance(exc, InvalidRecord):
-        message = f"step {task.step!r} returned an output that cannot be recorded: {exc}"
-    else:
-        message = str(exc) or type(exc).__name__
-    return ErrorInfo(
-        type=type(exc).__name__,
-        # A step's exception may quote a secret it handled (a URL with credentials, a key): the log keeps none.
-        message=redact(message[:60_000]),
-        traceback=redact("".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]),
-    )
 
 
 #: Where an eagerly dispatched attempt's end goes, exactly once: ``(result, False)``; ``(None, False)`` when there is
@@ -253,36 +92,6 @@ class _Job:
     scheduled: asyncio.Future[None] | None = None
 
 
-class _Outcome(NamedTuple):
-    """One run of an attempt: its result, as an envelope and as its record (None: not encoded yet, and sure to
-    encode), and whether it paid for or recalled journaled LLM calls (``StepJournal.on_the_log``): such a result
-    goes to the results topic, after the calls' checkpoints."""
-
-    result: Envelope
-    record: bytes | None
-    on_the_log: bool
-
-    def encoded(self) -> bytes:
-        return self.record if self.record is not None else encode(self.result)
-
-
-#: Below these, a success's record cannot pass the codec's limits, so one handed back in memory is not encoded.
-_SURE_BYTES = MAX_RECORD_BYTES // 4
-_SURE_DEPTH = MAX_JSON_DEPTH - 8
-
-
-def _surely_fits(output: bytes, logs: str, llm: Sequence[Any], messages: Sequence[Any]) -> bool:
-    """Whether a success's record is certain to encode (``encode`` refuses only size, depth and 64-bit overflow;
-    ``output`` is already JSON, so its integers fit), without encoding it: an eager result that stays in memory
-    saves the encode. A success with LLM calls or memory messages, or a big output or log, is encoded as before."""
-    return (
-        not llm
-        and not messages
-        and len(output) + len(logs) < _SURE_BYTES
-        and output.count(b"{") + output.count(b"[") < _SURE_DEPTH
-    )
-
-
 class StepWorker:
     """Consumes ``tasks.<pool>``, runs up to ``concurrency`` steps at once, produces results."""
 
@@ -301,10 +110,9 @@ class StepWorker:
         self.registry = registry
         self.pool = pool
         self.topics = settings.topics
-        self.control_topic = self.topics.control
         self.name = f"{socket.gethostname()}:{os.getpid()}:{pool}"
         self.blobs = open_blob_store(settings)
-        self.offsets = _Offsets()
+        self.offsets = TaskOffsets()
         self.pending = PendingSends()
         self.executed = 0
         #: Tasks not started because the engine's deadline for them passed while they queued here.
@@ -323,8 +131,8 @@ class StepWorker:
         #: Attempts stopped here because their partition went to another worker, which runs them now.
         self._handed_over: set[str] = set()
         self._task: asyncio.Task[None] | None = None
-        self._control_task: asyncio.Task[None] | None = None
-        self._control_ready = asyncio.Event()
+        #: Follows the pool's ``SetPoolConcurrency`` (``runtime/pool_control.py``).
+        self.control = PoolControl(settings, pool, self.set_concurrency)
         self._last_commit = 0.0
         self.produced = ProducedResults()
         self.reanswered = 0  # tasks answered with a result already produced, instead of running again
@@ -362,9 +170,7 @@ class StepWorker:
         self.dead_letters = DeadLetters(self.producer, self.topics.dead_letter, f"worker:{self.pool}")
         self.tokens = TokenPublisher(self.producer, self.topics.tokens)
         self.tokens.start()
-        self._control_task = asyncio.create_task(self._control_loop(), name=f"tickflow-control-{self.pool}")
-        with contextlib.suppress(TimeoutError):  # a slow control topic must not keep the worker down
-            await asyncio.wait_for(self._control_ready.wait(), CONTROL_READY_TIMEOUT_S)
+        await self.control.start()
         self.consumer = new_consumer(
             self.settings.kafka, group_id=self.topics.worker_group(self.pool), **self._consumer_options
         )
@@ -441,10 +247,10 @@ class StepWorker:
             self._accepted.pop(job.task.idempotency_key, None)
             assert job.reply is not None
             job.reply(None, True)
-        for t in (self._task, self._control_task):
-            if t is not None:
-                t.cancel()
-                await asyncio.gather(t, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.control.stop()
         await self._drain_inflight(drain_s)
         left = [t for t in self._inflight if not t.done()]
         for t in left:
@@ -701,13 +507,13 @@ class StepWorker:
                 del self._learned_eager[partition]
             log.warning("could not read back partition %d's results before its eager attempts: %s", partition, exc)
 
-    async def _report(self, key: str, outcome: _Outcome, record_key: bytes | None) -> None:
+    async def _report(self, key: str, outcome: Outcome, record_key: bytes | None) -> None:
         """Send an attempt's result to the results topic, kept to answer a redelivery of its task."""
         result = outcome.encoded()
         self.pending.add(await self.producer.send(self.topics.results, result, key=record_key))
         self.produced.add(key, result)
 
-    async def _run(self, env: Envelope, task: RunStep, scheduled: asyncio.Future[None] | None = None) -> _Outcome:
+    async def _run(self, env: Envelope, task: RunStep, scheduled: asyncio.Future[None] | None = None) -> Outcome:
         """``_attempt`` in a span of the run's trace (a child of the decision that sent the task), when tracing is
         on; the result it reports carries that span, so the engine's next decision continues the trace."""
         if not tracing.enabled():
@@ -717,7 +523,7 @@ class StepWorker:
         with tracing.span(name, env.trace_parent, **attrs):
             return await self._attempt(env, task, scheduled)
 
-    async def _attempt(self, env: Envelope, task: RunStep, scheduled: asyncio.Future[None] | None) -> _Outcome:
+    async def _attempt(self, env: Envelope, task: RunStep, scheduled: asyncio.Future[None] | None) -> Outcome:
         send = self._send_durably if scheduled is None else functools.partial(self._send_durably, after=scheduled)
         journal = StepJournal(self.produced.calls, send, env)
         ctx = StepContext(
@@ -758,12 +564,13 @@ class StepWorker:
                 # without a round trip through the codec, and must decide exactly as its record would on replay.
                 output = orjson.loads(raw)
             ms = (time.perf_counter() - started) * 1000
-            _observe_step(task, "succeeded", ms, [*ctx.report.llm_attempts, *journal.paid])
+            observe_step(task, "succeeded", ms, [*ctx.report.llm_attempts, *journal.paid])
             text = redact(logs.getvalue())
-            succeeded = self._wrap(env, StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=text))
-            if _surely_fits(raw, text, ctx.report.llm_attempts, ctx.report.messages):
-                return _Outcome(succeeded, None, journal.on_the_log)  # encoded only if it goes to the topic
-            return _Outcome(succeeded, encode(succeeded), journal.on_the_log)  # a record too big fails the step
+            success = StepSucceeded(**common, **reported, output=output, duration_ms=ms, logs=text)
+            succeeded = result_envelope(env, success)
+            if surely_fits(raw, text, ctx.report.llm_attempts, ctx.report.messages):
+                return Outcome(succeeded, None, journal.on_the_log)  # encoded only if it goes to the topic
+            return Outcome(succeeded, encode(succeeded), journal.on_the_log)  # a record too big fails the step
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is None or current.cancelling():
@@ -771,23 +578,23 @@ class StepWorker:
             error = exc  # the body raised CancelledError itself
         except Exception as exc:  # a step body may raise anything; report it, never crash the worker
             error = exc
-        _observe_step(task, "failed", (time.perf_counter() - started) * 1000, [*ctx.report.llm_attempts, *journal.paid])
+        observe_step(task, "failed", (time.perf_counter() - started) * 1000, [*ctx.report.llm_attempts, *journal.paid])
         failed = StepErrored(
             **common,
             **reported,
-            error=_error_info(task, error),
+            error=error_info(task, error),
             # Only tickflow's own verdicts are terminal: a user's KeyError or LookupError is retried like any error.
             retryable=not isinstance(error, NonRetryableError | InvalidRecord),
-            retry_after_ms=_retry_after_ms(error),
+            retry_after_ms=retry_after_ms(error),
             duration_ms=(time.perf_counter() - started) * 1000,
             logs=redact(logs.getvalue()),
         )
-        result = self._wrap(env, failed)
+        result = result_envelope(env, failed)
         try:
-            return _Outcome(result, encode(result), journal.on_the_log)
+            return Outcome(result, encode(result), journal.on_the_log)
         except InvalidRecord:  # the report made the record too big: keep the error and the (small) attempts
-            result = self._wrap(env, failed.model_copy(update={"messages": [], "logs": ""}))
-            return _Outcome(result, encode(result), journal.on_the_log)
+            result = result_envelope(env, failed.model_copy(update={"messages": [], "logs": ""}))
+            return Outcome(result, encode(result), journal.on_the_log)
 
     async def _send_durably(self, key: bytes, raw: bytes, after: asyncio.Future[None] | None = None) -> None:
         """Send a paid call's checkpoint and wait until the broker has it (acks=all): only then may the step go on.
@@ -798,19 +605,6 @@ class StepWorker:
         if after is not None:
             await asyncio.shield(after)
         await (await self.producer.send(self.topics.results, raw, key=key))
-
-    @staticmethod
-    def _wrap(task: Envelope, payload: StepSucceeded | StepErrored) -> Envelope:
-        return Envelope.wrap(
-            payload,
-            # Deterministic id: a re-executed attempt reports under the same id.
-            id=f"{task.id}/result",
-            trace_parent=tracing.current_trace_parent(),
-            key=task.key,
-            occurred_at_ms=_now_ms(),
-            causation_id=task.id,
-            correlation_id=task.correlation_id,
-        )
 
     async def _learn_new_partitions(self) -> None:
         """Before running tasks of partitions just taken over, learn which of their steps already reported."""
@@ -861,47 +655,3 @@ class StepWorker:
                 self._handed_over.add(job.task.idempotency_key)
                 t.cancel()
                 log.info("stopping %s: its partition went to another worker, which runs it", job.task.idempotency_key)
-
-    async def _control_loop(self) -> None:
-        """Follow this pool's ``SetPoolConcurrency``. Without a group, every worker reads all partitions of the
-        compacted topic from the start, so a late starter gets the latest limit. It subscribes only once the
-        topic exists, so the broker never auto-creates it uncompacted."""
-        while True:
-            consumer = new_consumer(self.settings.kafka, group_id=None, auto_offset_reset="earliest")
-            try:
-                await consumer.start()
-                while self.control_topic not in await consumer.topics():
-                    self._control_ready.set()  # nothing to learn yet: the configured concurrency stands
-                    await asyncio.sleep(CONTROL_RETRY_S)
-                consumer.subscribe([self.control_topic])
-                await self._follow_control(consumer)
-            except Exception as exc:
-                self._control_ready.set()
-                log.warning("cannot read %s (%s); retrying in %.0fs", self.control_topic, exc, CONTROL_RETRY_S)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-            await asyncio.sleep(CONTROL_RETRY_S)
-
-    async def _follow_control(self, consumer: AIOKafkaConsumer) -> None:
-        end: dict[TopicPartition, int] | None = None
-        while True:
-            batch = await consumer.getmany(timeout_ms=1_000 if self._control_ready.is_set() else 100)
-            limits = [limit for records in batch.values() for r in records if (limit := self._limit_in(r))]
-            if limits:
-                self.set_concurrency(limits[-1])  # only the newest matters; older ones were replayed history
-            if not self._control_ready.is_set() and (assigned := consumer.assignment()):
-                end = end or await consumer.end_offsets(list(assigned))
-                if all([await consumer.position(tp) >= offset for tp, offset in end.items()]):
-                    self._control_ready.set()
-
-    def _limit_in(self, record: ConsumerRecord[bytes, bytes]) -> int | None:
-        if record.value is None:
-            return None  # a tombstone: compaction will drop the key; the current limit stays
-        try:
-            env = decode(record.value, expect="control")
-        except InvalidRecord as exc:
-            log.warning("skipping control record %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
-            return None
-        payload = env.payload
-        return payload.limit if isinstance(payload, SetPoolConcurrency) and payload.pool == self.pool else None

@@ -48,7 +48,7 @@ async def test_finished_runs_shrink_answer_late_inputs_alike_and_recover_shrunk(
                    await asyncio.to_thread(c.start, "math", 4, run_id="fin-math")]
             for run_id in ids:
                 assert (await asyncio.to_thread(c.wait, run_id, timeout=60)).status == "completed"
-        runs = engine.runs[0]
+        runs = engine.partitions[0].runs
         await _until(lambda: all(runs[r].shrunk for r in ids), "the finished runs to shrink")
         children = [r for r, s in runs.items() if s.parent_run_id == "fin-fan"]
         assert len(children) == 3
@@ -78,7 +78,7 @@ async def test_finished_runs_shrink_answer_late_inputs_alike_and_recover_shrunk(
         engine = restarted.engine
         assert engine is not None
         await _until(lambda: bool(engine.recovered_partitions), "recovery")
-        recovered = engine.runs[0]
+        recovered = engine.partitions[0].runs
         assert all(recovered[r].shrunk for r in [*ids, *children]), {r: recovered[r].shrunk for r in ids}
         assert recovered["fin-math"].seq == seq_before + 1
         assert engine.resent == 0  # nothing re-sent for runs finished long ago: no report, no release

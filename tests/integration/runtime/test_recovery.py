@@ -98,7 +98,7 @@ async def test_a_fold_longer_than_the_session_timeout_costs_no_eviction(
             else:
                 raise AssertionError("the engine did not run a new workflow after its recovery")
             assert (engine.recoveries_started, engine.recoveries) == (1, 1), "the engine was evicted and rebuilt again"
-            assert len(engine.runs[0]) == RUNS + 1
+            assert len(engine.partitions[0].runs) == RUNS + 1
             print(f"\nrecovered {RUNS * len(one):,} events in {took:.1f}s with a {SESSION_TIMEOUT_MS} ms session")
         finally:
             await node.stop()

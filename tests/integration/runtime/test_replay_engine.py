@@ -192,12 +192,14 @@ async def test_verify_engine_while_runs_are_in_flight(node: Node) -> None:
     assert report.ok, f"differing: {differing}; missing: {missing}"
     assert report.runs_compared >= 3 and report.equal == report.runs_compared
     assert sum(p.started_after_capture + p.runs_compared for p in report.partitions) >= 3
-    in_flight = sum(1 for runs in engine.runs.values() for s in runs.values() if s.run_id in ids and not s.terminal)
+    live = engine.partitions.values()
+    in_flight = sum(1 for part in live for s in part.runs.values() if s.run_id in ids and not s.terminal)
     assert in_flight >= 3  # the held runs wait for an event: the check ran with runs in progress
 
     # The check can fail: a live state that is not the fold of its events is reported with the field.
-    partition, state = next((p, s) for p, runs in engine.runs.items() for s in runs.values() if s.run_id == "held-0")
-    engine.runs[partition]["held-0"] = replace(state, input="tampered")
+    held, state = next((part, s) for part in engine.partitions.values() for s in part.runs.values()
+                       if s.run_id == "held-0")
+    held.runs["held-0"] = replace(state, input="tampered")
     try:
         result = await asyncio.to_thread(
             CliRunner().invoke,
@@ -206,7 +208,7 @@ async def test_verify_engine_while_runs_are_in_flight(node: Node) -> None:
             env={"TICKFLOW_API_PORT": str(node.settings.api_port)},
         )
     finally:
-        engine.runs[partition]["held-0"] = state
+        held.runs["held-0"] = state
     assert result.exit_code == 1 and "held-0: first difference at input" in result.output, result.output
 
     result = await asyncio.to_thread(

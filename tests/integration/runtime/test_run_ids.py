@@ -37,10 +37,10 @@ async def test_an_expired_run_id_is_never_reused(kafka_bootstrap: str, prefix: s
             assert (await asyncio.to_thread(c.wait, first, timeout=60)).output == 9
         assert node.engine is not None
         for _ in range(100):  # its state expires after 0.5 s; a snapshot round writes the id's marker
-            if "once" in node.engine.gone[0] and not node.engine.snapshots.expired[0]:
+            if "once" in node.engine.partitions[0].gone and not node.engine.snapshots.expired[0]:
                 break
             await asyncio.sleep(0.1)
-        assert "once" in node.engine.gone[0] and "once" not in node.engine.runs[0]
+        assert "once" in node.engine.partitions[0].gone and "once" not in node.engine.partitions[0].runs
         again = Envelope.wrap(StartRun(workflow="square", input=5), id="start/once-2", key="once", occurred_at_ms=1)
         await producer.send_and_wait(settings.topics.commands, encode(again), key=b"once")
         slash = orjson.dumps(
@@ -61,7 +61,7 @@ async def test_an_expired_run_id_is_never_reused(kafka_bootstrap: str, prefix: s
             if restarted.engine.recovered_partitions:
                 break
             await asyncio.sleep(0.1)
-        assert "once" in restarted.engine.gone[0]
+        assert "once" in restarted.engine.partitions[0].gone
         third = Envelope.wrap(StartRun(workflow="square", input=7), id="start/once-3", key="once", occurred_at_ms=1)
         await producer.send_and_wait(settings.topics.commands, encode(third), key=b"once")
         letters: list[DeadLetter] = []

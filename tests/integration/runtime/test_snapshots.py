@@ -54,13 +54,14 @@ async def test_recovery_from_snapshots_equals_the_full_fold(kafka_bootstrap: str
             if len(engine.recovered_partitions) == settings.partitions:
                 break
             await asyncio.sleep(0.1)
-        assert any(c for c in engine.recovered_from.values()), "recovery read no checkpoint: it folded everything"
+        checkpoints = [part.recovered_from for part in engine.partitions.values()]
+        assert any(checkpoints), "recovery read no checkpoint: it folded everything"
         log = await read_topic(settings.bootstrap, settings.topics.events, settings.partitions)
         by_run: dict[str, list[Envelope]] = defaultdict(list)
         for _, _, e in log:
             if not is_slot(e.key):
                 by_run[e.key].append(e)
-        live = {rid: st for runs in engine.runs.values() for rid, st in runs.items()}
+        live = {rid: st for part in engine.partitions.values() for rid, st in part.runs.items()}
         assert set(live) == set(by_run)
         for rid, events in by_run.items():
             assert live[rid] == fold(rid, events), f"{rid}: snapshot + tail differs from the full fold"
@@ -126,7 +127,8 @@ async def test_a_state_too_big_for_one_record_is_never_lost(kafka_bootstrap: str
             if second.engine.recovered_partitions:
                 break
             await asyncio.sleep(0.1)
-        assert second.engine.recovered_from[0] is not None, "recovery read no checkpoint: the test proves nothing"
+        checkpoint = second.engine.partitions[0].recovered_from
+        assert checkpoint is not None, "recovery read no checkpoint: the test proves nothing"
 
         def after() -> None:
             with Client(settings.api_url) as c:

@@ -5,8 +5,6 @@ idempotent no-op, and the run it waited for was someone else's, for good."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,9 +16,7 @@ from tickflow.core.stacks import tick_run_id
 from tickflow.events import Envelope, ForkRun, StartRun
 from tickflow.events.topics import TopicNames
 from tickflow.projections.store import MemoryStore
-from tickflow.runtime.engine import Engine
-from tickflow.settings import Settings
-from tickflow.workflow import Registry
+from tickflow.runtime.refusals import unusable_id
 
 _ids = st.from_regex(r"[A-Za-z0-9_\-]{1,20}", fullmatch=True)
 _paths = st.from_regex(r"[a-z]{1,8}(/[a-z]{1,8}|\[[0-9]\]){0,3}", fullmatch=True)
@@ -62,17 +58,17 @@ def test_the_api_refuses_a_reserved_id_with_what_to_do() -> None:
         assert http.post("/runs", json={"workflow": "w", "run_id": "r1-approve"}).status_code == 202
 
 
-def test_the_engine_refuses_a_reserved_id_produced_straight_to_kafka(tmp_path: Path) -> None:
-    """The same rule where a run is created, whoever sent the start: its record goes to the dead-letter topic."""
-    engine = Engine(Settings(state_dir=tmp_path, prefix="t"), Registry())
+def test_the_engine_refuses_a_reserved_id_produced_straight_to_kafka() -> None:
+    """The same rule where a run is created, whoever sent the start: the engine refuses its record to the dead-letter
+    topic with this reason (``Engine._handle``)."""
 
     def start(run_id: str, parent: str | None = None, path: str | None = None) -> str | None:
         payload = StartRun(workflow="w", parent_run_id=parent, parent_path=path)
-        return engine._unusable_id(0, Envelope.wrap(payload, id=f"start/{run_id}", key=run_id, occurred_at_ms=1))
+        return unusable_id(Envelope.wrap(payload, id=f"start/{run_id}", key=run_id, occurred_at_ms=1), gone={})
 
     assert "reserved" in (start("ops.t42") or "")
     assert start("ops.t42", "stack:ops", "tick/42") is None
     assert "is 'r1:a'" in (start("r1:b", "r1", "a") or "")
     payload = ForkRun.model_construct(source_run_id="r1", at_seq=1, history=[])
     fork = Envelope.wrap(payload, id="f", key="x:y", occurred_at_ms=1)
-    assert "reserved" in (engine._unusable_id(0, fork) or "")
+    assert "reserved" in (unusable_id(fork, gone={}) or "")

@@ -25,6 +25,7 @@ from tickflow.events import Envelope, StartRun, encode
 from tickflow.runtime.engine import Engine
 from tickflow.runtime.fencing import PartitionWriter, TransactionFailed
 from tickflow.runtime.kafka import DeadLetters
+from tickflow.runtime.partition import Partition
 from tickflow.runtime.recovery import Rebuilt
 from tickflow.runtime.snapshots import APPLIED_KEY
 from tickflow.settings import Settings
@@ -120,11 +121,13 @@ def _writer(settings: Settings, producer: SlowProducer) -> PartitionWriter:
 
 
 def _engine(tmp_path: Path, consumer: FakeConsumer, producer: SlowProducer) -> Engine:
+    """An engine serving partition 0 (as if recovered) through a writer on ``producer``."""
     engine = Engine(Settings(state_dir=tmp_path, prefix="t", partitions=1), Registry())
     engine.consumer = consumer  # type: ignore[assignment]
     engine.dead_letters = DeadLetters(None, engine.topics.dead_letter, "engine")
-    engine.writers = {0: _writer(engine.settings, producer)}
-    engine.recovered_partitions = {0}
+    served = engine.partitions[0] = Partition(0)
+    served.writer = _writer(engine.settings, producer)
+    served.go_live()
     engine._start_recovery = lambda partition: None  # type: ignore[method-assign]
     return engine
 
@@ -188,8 +191,8 @@ async def test_recovery_resumes_after_the_inputs_a_committed_transaction_applied
     consumer = FakeConsumer([])
     consumer.committed_offsets = {COMMANDS: 7, RESULTS: 11}
     engine = _engine(tmp_path, consumer, SlowProducer())
-    engine.writers, engine.recovered_partitions = {}, set()
-    await engine._rebuild(0, _writer(engine.settings, SlowProducer()), 0.0)
+    recovering = engine.partitions[0] = Partition(0)
+    await engine._rebuild(recovering, _writer(engine.settings, SlowProducer()), 0.0)
     assert consumer.seeks == {COMMANDS: 42, RESULTS: 11}
     assert engine.recovered_partitions == {0} and engine.offsets.applied[0] == {"commands": 42, "results": 3}
 
@@ -201,7 +204,7 @@ async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(
     deterministic error was a restart loop. Now it is retried with backoff and shows as parked."""
     attempts = 0
 
-    async def failing(partition: int) -> None:
+    async def failing(part: Partition) -> None:
         nonlocal attempts
         attempts += 1
         raise ValueError("a snapshot this code cannot read")
@@ -214,16 +217,17 @@ async def test_a_partition_whose_recovery_fails_is_retried_alone_and_parked(
     engine._task = asyncio.create_task(engine._loop())
     engine._start_recovery(0)
     for _ in range(200):
-        if 0 in engine.parked:
+        if engine.partitions[0].parked is not None:
             break
         await asyncio.sleep(0.01)
-    assert "a snapshot this code cannot read" in engine.parked[0] and attempts >= ownership.PARK_AFTER
+    assert "a snapshot this code cannot read" in (engine.partitions[0].parked or "")
+    assert attempts >= ownership.PARK_AFTER
     assert not engine._task.done(), "the loop keeps serving the other partitions"
     metrics = {name: value for _, name, _, _, value in engine.metric_values()}
     assert metrics["tickflow_engine_partitions_parked"] == 1
     assert "cannot read" in engine.status()["parked"]["0"]  # what /stats and the System page show
     await engine.stop()
-    assert 0 not in engine._recovering
+    assert engine.partitions[0].recovery is None
 
 
 async def test_a_send_that_raises_at_once_aborts_its_transaction_instead_of_sticking(tmp_path: Path) -> None:
@@ -254,9 +258,9 @@ async def test_a_turn_stops_deciding_well_before_the_transaction_timeout(tmp_pat
     engine.settings = engine.settings.with_(transaction_timeout_ms=1_000)
     handle = engine._handle
 
-    async def slow(tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now: int) -> None:
+    async def slow(part: Partition, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], now: int) -> None:
         await asyncio.sleep(0.1)
-        await handle(tp, record, now)
+        await handle(part, tp, record, now)
 
     engine._handle = slow  # type: ignore[method-assign]
     engine._task = asyncio.create_task(engine._loop())

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tickflow import metrics
 from tickflow.events.schemas import LlmAttemptFields, RunStep
 from tickflow.runtime.engine import Engine
-from tickflow.runtime.worker import _observe_step
+from tickflow.runtime.step_results import observe_step
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
@@ -74,7 +74,7 @@ def test_a_step_counts_its_llm_calls_tokens_and_cost() -> None:
         LlmAttemptFields(provider="prov-m", model="m1", tokens_in=10, tokens_out=5, cost_usd=0.25, outcome="ok"),
         LlmAttemptFields(provider="prov-m", model="m1", outcome="rate_limited"),
     ]
-    _observe_step(task, "succeeded", 12.0, attempts)
+    observe_step(task, "succeeded", 12.0, attempts)
     assert _value("tickflow_steps_total", workflow="wf-m", step="ask", outcome="succeeded") == 1
     assert _value("tickflow_step_duration_seconds_count", workflow="wf-m", step="ask") == 1
     assert _value("tickflow_llm_calls_total", provider="prov-m", model="m1", outcome="ok") == 1
@@ -90,7 +90,7 @@ def test_unknown_and_illustrative_prices_add_no_money_and_are_counted_apart() ->
         LlmAttemptFields(provider="prov-u", model="m2", tokens_in=10, outcome="ok", price_known=False),
         LlmAttemptFields(provider="prov-u", model="m2", cost_usd=0.1, outcome="ok", price_illustrative=True),
     ]
-    _observe_step(task, "succeeded", 1.0, attempts)
+    observe_step(task, "succeeded", 1.0, attempts)
     with pytest.raises(AssertionError, match="no sample"):  # no money was counted for them
         _value("tickflow_llm_cost_usd_total", provider="prov-u", model="m2")
     assert _value("tickflow_llm_calls_unpriced_total", provider="prov-u", model="m2", price="unknown") == 1

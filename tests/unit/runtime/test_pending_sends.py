@@ -16,6 +16,7 @@ from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 from tickflow.runtime.engine import Engine
 from tickflow.runtime.fencing import Fenced, TransactionFailed
 from tickflow.runtime.kafka import PendingSends, SendFailed
+from tickflow.runtime.partition import Partition
 from tickflow.settings import Settings
 from tickflow.workflow import Registry
 
@@ -67,6 +68,13 @@ class RecordingConsumer:
         self.commits.append(offsets)
 
 
+def _served(engine: Engine, writer: FailingWriter) -> None:
+    """``engine`` serves ``writer``'s partition (as if recovered), writing through it."""
+    part = engine.partitions[writer.partition] = Partition(writer.partition)
+    part.writer = writer  # type: ignore[assignment]
+    part.go_live()
+
+
 class FailingWriter:
     """A partition writer whose open transaction cannot commit (a lost record, or a newer owner's fence)."""
 
@@ -94,8 +102,8 @@ async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: 
     engine._start_recovery = rebuilt.append  # type: ignore[method-assign]
     failure = (Fenced if fenced else TransactionFailed)(0, KafkaTimeoutError())
     broken, healthy = FailingWriter(0, failure), FailingWriter(1, None)
-    engine.writers = {0: broken, 1: healthy}  # type: ignore[dict-item]
-    engine.recovered_partitions = {0, 1}
+    _served(engine, broken)
+    _served(engine, healthy)
     for tps in inputs.values():
         for tp in tps:
             engine.offsets.handled(tp, 10)  # handled in the turn whose transaction now ends
@@ -104,7 +112,7 @@ async def test_the_engine_commits_no_offset_over_a_failed_transaction(tmp_path: 
         assert consumer.commits == [{tp: 10 for tp in inputs[1]}]  # partition 0's offsets are not committed
     assert {tp: consumer.seeks[tp] for tp in inputs[0]} == {tp: 7 for tp in inputs[0]}
     assert set(inputs[0]) <= consumer.paused and broken.stopped
-    assert 0 not in engine.writers and engine.recovered_partitions == {1}
+    assert engine.partitions[0].writer is None and engine.recovered_partitions == {1}
     assert rebuilt == ([] if fenced else [0])
     assert (engine.fenced, engine.given_up) == ((1, 0) if fenced else (0, 1))
 
@@ -121,13 +129,12 @@ async def test_a_revocation_whose_last_transaction_fails_commits_nothing_of_it_a
     rebuilt: list[int] = []
     engine._start_recovery = rebuilt.append  # type: ignore[method-assign]
     writer = FailingWriter(0, TransactionFailed(0, KafkaTimeoutError()))
-    engine.writers = {0: writer}  # type: ignore[dict-item]
-    engine.recovered_partitions = {0}
+    _served(engine, writer)
     for tp in inputs:
         engine.offsets.handled(tp, 10)
     await engine.on_revoked(set(inputs))
     assert consumer.commits == [] and rebuilt == [] and writer.stopped
-    assert engine.writers == {} and engine.recovered_partitions == set() and engine.given_up == 1
+    assert engine.partitions == {} and engine.given_up == 1
 
 
 async def test_a_transaction_aborted_for_its_timeout_is_not_taken_for_a_fence(tmp_path: Path) -> None:
@@ -140,8 +147,7 @@ async def test_a_transaction_aborted_for_its_timeout_is_not_taken_for_a_fence(tm
     engine.consumer = consumer  # type: ignore[assignment]
     rebuilt: list[int] = []
     engine._start_recovery = rebuilt.append  # type: ignore[method-assign]
-    engine.writers = {0: FailingWriter(0, Fenced(0, KafkaTimeoutError()))}  # type: ignore[dict-item]
-    engine.recovered_partitions = {0}
+    _served(engine, FailingWriter(0, Fenced(0, KafkaTimeoutError())))
     await engine._commit()
     assert rebuilt == [0] and (engine.fenced, engine.given_up) == (0, 1)
     assert consumer.commits == [{inputs[0]: 7}]  # the ownership check: the committed offset, unchanged

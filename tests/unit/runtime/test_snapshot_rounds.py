@@ -12,6 +12,7 @@ import tickflow.runtime.snapshots as snapshots_module
 from tickflow.core.state import RunState
 from tickflow.runtime.claimcheck import FileBlobStore
 from tickflow.runtime.engine import Engine
+from tickflow.runtime.partition import Partition
 from tickflow.runtime.snapshots import (
     CHECKPOINT_KEY,
     decode_snapshot,
@@ -39,19 +40,21 @@ class RecordingWriter:
 
 
 def _engine(tmp_path: Path) -> Engine:
+    """An engine serving partition 0, whose events end at offset 42, through a ``RecordingWriter``."""
     engine = Engine(Settings(state_dir=tmp_path), Registry())
-    engine.writers[0] = RecordingWriter()  # type: ignore[assignment]
-    engine.recovered_partitions = {0}
-    engine.events_end[0] = 42
+    served = engine.partitions[0] = Partition(0)
+    served.writer = RecordingWriter()  # type: ignore[assignment]
+    served.go_live()
+    served.events_end = 42
     return engine
 
 
 async def _round(engine: Engine) -> list[tuple[bytes, bytes | None]]:
-    sent: list[tuple[bytes, bytes | None]] = engine.writers[0].sent  # type: ignore[attr-defined]
+    sent: list[tuple[bytes, bytes | None]] = engine.partitions[0].writer.sent  # type: ignore[union-attr]
     sent.clear()
     await engine._begin_snapshot_round()
     await engine.snapshots.prepare(100, engine._state_of)
-    await engine.snapshots.write_prepared(engine.writers)  # type: ignore[arg-type]
+    await engine.snapshots.write_prepared(engine._writers())
     return list(sent)
 
 
@@ -59,7 +62,7 @@ async def test_an_unwritable_snapshot_holds_the_checkpoint_until_it_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = _engine(tmp_path)
-    engine.runs[0] = {"a": RunState("a"), "b": RunState("b")}
+    engine.partitions[0].runs = {"a": RunState("a"), "b": RunState("b")}
     engine.snapshots.dirty[0] = {"a", "b"}
 
     def broken_for_b(state: Any) -> bytes:
@@ -79,7 +82,7 @@ async def test_an_unwritable_snapshot_holds_the_checkpoint_until_it_is_written(
 async def test_a_state_too_big_for_a_record_goes_through_the_claim_check(tmp_path: Path) -> None:
     engine = _engine(tmp_path)
     big = RunState("big", input="x" * 1_500_000)
-    engine.runs[0] = {"big": big}
+    engine.partitions[0].runs = {"big": big}
     engine.snapshots.dirty[0] = {"big"}
     sent = await _round(engine)
     assert [k for k, _ in sent] == [b"big", CHECKPOINT_KEY]
@@ -98,15 +101,15 @@ async def test_a_claim_checked_snapshot_is_stored_before_any_transaction_opens(t
     shared volume could hold it past the coordinator's timeout."""
     engine = _engine(tmp_path)
     big = RunState("big", seq=3, input="x" * (snapshots_module.MAX_RECORD_BYTES + 10))
-    engine.runs[0]["big"] = big
+    engine.partitions[0].runs["big"] = big
     engine.snapshots.dirty[0].add("big")
     await engine._begin_snapshot_round()
-    writer: RecordingWriter = engine.writers[0]  # type: ignore[assignment]
+    writer: RecordingWriter = engine.partitions[0].writer  # type: ignore[assignment]
     before = {p for p in tmp_path.rglob("*") if p.is_file()}
     await engine.snapshots.prepare(100, engine._state_of)
     assert writer.sent == [], "prepare sends nothing: no transaction is opened for it"
     assert {p for p in tmp_path.rglob("*") if p.is_file()} - before, "the blob is stored before the transaction"
-    await engine.snapshots.write_prepared(engine.writers)
+    await engine.snapshots.write_prepared(engine._writers())
     keys = [key for key, _ in writer.sent]
     assert keys == [b"big", CHECKPOINT_KEY]
     assert decode_snapshot(writer.sent[0][1] or b"", engine.blobs) == big

@@ -35,8 +35,9 @@ from tickflow.events.schemas import (
 )
 from tickflow.runtime import step_logs
 from tickflow.runtime.kafka import DeadLetters
+from tickflow.runtime.scheduling import CancelledKeys, LocalQueue, Scheduler
 from tickflow.runtime.tokens import TokenPublisher
-from tickflow.runtime.worker import CancelledKeys, LocalQueue, Scheduler, StepWorker
+from tickflow.runtime.worker import StepWorker
 from tickflow.settings import Settings
 from tickflow.workflow import Registry, StepContext, Workflow, current_step
 
@@ -505,15 +506,16 @@ async def test_set_concurrency_starts_waiting_tasks(worker: StepWorker) -> None:
 
 
 def test_control_records_for_this_pool_set_the_limit(worker: StepWorker) -> None:
-    topic = worker.control_topic
+    control = worker.control
+    topic = control.topic
     assert topic == f"{worker.topics.prefix}.control"
     ours = _task(SetPoolConcurrency(pool="default", limit=7), id="c1")
     theirs = _task(SetPoolConcurrency(pool="gpu", limit=2), id="c2")
-    assert worker._limit_in(_record(0, ours, topic)) == 7
-    assert worker._limit_in(_record(1, theirs, topic)) is None
-    assert worker._limit_in(_record(2, b"{", topic)) is None  # invalid: logged and skipped
-    assert worker._limit_in(_record(3, None, topic)) is None  # tombstone
-    assert worker._limit_in(_record(4, _run_step("a", "f"), topic)) is None  # not a control record
+    assert control.limit_in(_record(0, ours, topic)) == 7
+    assert control.limit_in(_record(1, theirs, topic)) is None
+    assert control.limit_in(_record(2, b"{", topic)) is None  # invalid: logged and skipped
+    assert control.limit_in(_record(3, None, topic)) is None  # tombstone
+    assert control.limit_in(_record(4, _run_step("a", "f"), topic)) is None  # not a control record
 
 
 async def test_an_attempt_that_already_reported_is_answered_again_not_run_again(worker: StepWorker) -> None:
