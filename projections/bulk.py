@@ -39,6 +39,7 @@ import orjson
 
 from tickflow.events.agents import STACK_PREFIX
 from tickflow.events.codec import InvalidRecord, decode, encode
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.events.schemas import PAYLOAD_TYPES, RunStarted
 from tickflow.events.topics import SLOT_PREFIX
 from tickflow.projections.fold import ProjectionFold, Record
@@ -96,8 +97,12 @@ def count_event(digests: dict[int, list[int]], partition: int, event_id: str) ->
     d[1] = (d[1] + id_digest(event_id)) & MASK64
 
 
-class StagingError(RuntimeError):
-    """The bulk path cannot vouch for an exact projection of this log (the rebuild falls back to the fold)."""
+class StagingError(TickflowError):
+    """The bulk path cannot vouch for an exact projection of this log (the rebuild falls back to the fold).
+
+    Never reaches a user: the rebuild catches it, and its message becomes the report's ``method_reason``."""
+
+    code = ErrorCode.INTERNAL
 
 
 @dataclass
@@ -563,15 +568,24 @@ FROM (
 )
 """
 
-# A run's row (``projections.rows.run_row``): each field is the value the latest event that sets it gave it.
+# A run's row (``projections.rows.run_row``): each field is the value the latest event that sets it gave it, except
+# two that depend on which nodes are still open. The current step (``c``) is the attempt scheduled last, unless it
+# finished (completed, or failed for good) or the run ended. The open waits (``w``) are the wait nodes started and
+# not finished (completed, failed or timed out), oldest first, while the run is running (a failing or ended run
+# waits for nothing); the status of a running run with one is 'waiting'.
 _RUNS_SQL = """
 INSERT INTO {db}.runs (run_id, workflow, spec_hash, status, input, output, error_type, error_message, current_step,
-    step_index, current_path, waiting_for, attempt, steps_total, steps_completed, started_at, updated_at,
-    finished_at, last_seq)
-SELECT e.run_id, ifNull(d.workflow, ''), ifNull(d.spec_hash, ''), e.status, ifNull(d.input, ''),
-    ifNull(d.output, ''), e.error.1,
-    e.error.2, e.current_step, -1, e.scheduled.1, e.waiting_for, e.scheduled.2, ifNull(d.steps_total, 0),
-    e.steps_completed, e.started_at, e.updated_at, e.finished_at, e.last_seq
+    step_index, current_path, waiting_for, waiting_path, waits, attempt, steps_total, steps_completed, started_at,
+    updated_at, finished_at, last_seq)
+WITH
+    NOT ifNull(c.finished, 1) AND e.lifecycle NOT IN ('completed', 'failed', 'cancelled', 'rejected') AS stepping,
+    if(e.lifecycle = 'running', w.waits, []) AS open_waits
+SELECT e.run_id, ifNull(d.workflow, ''), ifNull(d.spec_hash, ''),
+    if(e.lifecycle = 'running' AND notEmpty(open_waits), 'waiting', e.lifecycle),
+    ifNull(d.input, ''), ifNull(d.output, ''), e.error.1, e.error.2,
+    if(stepping, c.step, ''), -1, if(stepping, c.path, ''), open_waits[1].2, open_waits[1].1, open_waits,
+    if(stepping, c.attempt, 0), ifNull(d.steps_total, 0), e.steps_completed, e.started_at, e.updated_at,
+    e.finished_at, e.last_seq
 FROM (
     SELECT run_id,
         if(countIf(type IN ('RunStarted', 'RunRejected', 'RunFailing', 'RunCancelled', 'RunCompleted',
@@ -579,16 +593,11 @@ FROM (
             argMaxIf(multiIf(type = 'RunStarted', 'running', type = 'RunRejected', 'rejected',
                 type = 'RunFailing', 'failing', type = 'RunCancelled', 'cancelled', type = 'RunCompleted',
                 'completed', 'failed'), seq, type IN ('RunStarted', 'RunRejected', 'RunFailing', 'RunCancelled',
-                'RunCompleted', 'RunFailed'))) AS status,
+                'RunCompleted', 'RunFailed'))) AS lifecycle,
         argMaxIf(multiIf(type = 'RunRejected', ('RunRejected', p.reason), type = 'RunCancelled',
                 ('Cancelled', p.reason), type = 'RunCompleted', ('', ''), (p.error.type, p.error.message)),
             seq, type IN ('RunRejected', 'RunFailing', 'RunCancelled', 'StepFailed', 'RunCompleted',
                 'RunFailed')) AS error,
-        argMaxIf(if(type = 'StepScheduled', p.step, ''), seq, type IN ('StepScheduled', 'RunCompleted'))
-            AS current_step,
-        argMaxIf((p.path, p.attempt), seq, type = 'StepScheduled') AS scheduled,
-        argMaxIf(if(type = 'WaitStarted', p.event, ''), seq, type IN ('WaitStarted', 'NodeCompleted',
-            'NodeFailed', 'WaitTimedOut', 'RunCancelled', 'RunFailed')) AS waiting_for,
         uniqExactIf(seq, type = 'StepCompleted') AS steps_completed,
         argMaxIf(occurred_at, seq, type = 'RunStarted') AS started_at,
         argMax(occurred_at, seq) AS updated_at,
@@ -597,17 +606,45 @@ FROM (
         max(seq) AS last_seq
     FROM (
         SELECT run_id, seq, type, occurred_at,
-            if(type IN ('RunRejected', 'RunFailing', 'RunCancelled', 'StepFailed', 'RunFailed', 'StepScheduled',
-                    'WaitStarted'),
-                JSONExtract(payload, 'Tuple(reason String, error Tuple(type String, message String), step String,
-                    path String, attempt UInt32, event String)'),
-                CAST(('', ('', ''), '', '', 0, ''), 'Tuple(reason String, error Tuple(type String, message String),
-                    step String, path String, attempt UInt32, event String)')) AS p
+            if(type IN ('RunRejected', 'RunFailing', 'RunCancelled', 'StepFailed', 'RunFailed'),
+                JSONExtract(payload, 'Tuple(reason String, error Tuple(type String, message String))'),
+                CAST(('', ('', '')), 'Tuple(reason String, error Tuple(type String, message String))')) AS p
         FROM {db}.events
         WHERE NOT startsWith(run_id, '{slot}') AND NOT startsWith(run_id, '{stack}')
     )
     GROUP BY run_id
 ) AS e
+LEFT JOIN (
+    SELECT run_id, argMax(step, scheduled_seq) AS step, argMax(path, scheduled_seq) AS path,
+        argMax(attempt, scheduled_seq) AS attempt, argMax(finished, scheduled_seq) AS finished
+    FROM (
+        SELECT run_id, p.path AS path, p.attempt AS attempt, argMaxIf(p.step, seq, type = 'StepScheduled') AS step,
+            maxIf(seq, type = 'StepScheduled') AS scheduled_seq,
+            countIf(type = 'StepCompleted' OR (type = 'StepFailed' AND NOT p.will_retry)) > 0 AS finished
+        FROM (
+            SELECT run_id, seq, type,
+                JSONExtract(payload, 'Tuple(path String, step String, attempt UInt32, will_retry UInt8)') AS p
+            FROM {db}.events WHERE type IN ('StepScheduled', 'StepCompleted', 'StepFailed')
+        )
+        GROUP BY run_id, path, attempt
+        HAVING scheduled_seq > 0
+    )
+    GROUP BY run_id
+) AS c ON e.run_id = c.run_id
+LEFT JOIN (
+    SELECT run_id, arrayMap(x -> (x.2, x.3), arraySort(x -> x.1, groupArray((started, path, event)))) AS waits
+    FROM (
+        SELECT run_id, p.path AS path, minIf(seq, type = 'WaitStarted') AS started,
+            argMinIf(p.event, seq, type = 'WaitStarted') AS event
+        FROM (
+            SELECT run_id, seq, type, JSONExtract(payload, 'Tuple(path String, event String)') AS p
+            FROM {db}.events WHERE type IN ('WaitStarted', 'NodeCompleted', 'NodeFailed', 'WaitTimedOut')
+        )
+        GROUP BY run_id, path
+        HAVING started > 0 AND countIf(type != 'WaitStarted') = 0
+    )
+    GROUP BY run_id
+) AS w ON e.run_id = w.run_id
 LEFT JOIN (
     SELECT run_id, argMaxIf(workflow, seq, type IN ('RunStarted', 'RunRejected')) AS workflow,
         argMaxIf(spec_hash, seq, type = 'RunStarted') AS spec_hash, argMaxIf(input, seq, type = 'RunStarted') AS input,

@@ -12,7 +12,7 @@ import contextlib
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from importlib import resources
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from tickflow.projections.facts import (
     TickRow,
 )
 from tickflow.projections.fold import FACT_TABLES, ProjectionBatch
+from tickflow.projections.queries import RunQuery
 from tickflow.projections.rows import EVENT_COLUMNS, RUN_COLUMNS, TERMINAL_STATUSES, EventRow, RunRow
 
 __all__ = ["META_DATABASE", "TABLE_COLUMNS", "ClickHouseStore", "MemoryStore", "ProjectionStore", "open_store"]
@@ -98,16 +99,8 @@ class ProjectionStore(Protocol):
 
     def list_stacks(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[StackRow]: ...
 
-    def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        started_since_ms: int | None = None,
-    ) -> list[RunRow]:
-        """Runs, the latest started first; ``started_since_ms`` keeps those started at or after it."""
+    def list_runs(self, query: RunQuery) -> list[RunRow]:
+        """The runs ``query`` asks for, the latest started first (``started_since_ms``: started at or after it)."""
         ...
 
     def run_events(self, run_id: str) -> list[EventRow]: ...
@@ -130,7 +123,7 @@ class ProjectionStore(Protocol):
 
         A run still in flight is never touched, however old. Agent memory (messages) outlives the runs that wrote
         it: a thread belongs to a stack or an agent. A stack deleted before the cutoff goes with its row, events and
-        ticks, and so do the threads only it wrote to (see README, Retention and storage)."""
+        ticks, and so do the threads only it wrote to (see docs/operations.md, "Retention and storage")."""
         ...
 
     def close(self) -> None: ...
@@ -201,24 +194,16 @@ class MemoryStore:
         rows.sort(key=lambda r: r.stack_id)
         return rows[offset : offset + limit]
 
-    def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        started_since_ms: int | None = None,
-    ) -> list[RunRow]:
+    def list_runs(self, query: RunQuery) -> list[RunRow]:
         rows = [
             r
             for r in self._runs.values()
-            if (status is None or r.status == status)
-            and (workflow is None or r.workflow == workflow)
-            and (started_since_ms is None or r.started_at_ms >= started_since_ms)
+            if (query.status is None or r.status == query.status)
+            and (query.workflow is None or r.workflow == query.workflow)
+            and (query.started_since_ms is None or r.started_at_ms >= query.started_since_ms)
         ]
         rows.sort(key=lambda r: (-r.started_at_ms, r.run_id))
-        return rows[offset : offset + limit]
+        return rows[query.offset : query.offset + query.limit]
 
     def run_events(self, run_id: str) -> list[EventRow]:
         return sorted((e for (r, _), e in self._events.items() if r == run_id), key=lambda e: e.seq)
@@ -364,7 +349,7 @@ class ClickHouseStore:
         if not run_ids:
             return {}
         rows = self._query(f"{self._run_select()} WHERE run_id IN {{ids:Array(String)}}", {"ids": list(run_ids)})
-        return {r[0]: RunRow(*r) for r in rows}
+        return {r[0]: _run_row(r) for r in rows}
 
     def steps_by_key(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], StepRow]:
         if not keys:
@@ -412,30 +397,22 @@ class ClickHouseStore:
         )
         return [StackRow(*r) for r in rows]
 
-    def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        started_since_ms: int | None = None,
-    ) -> list[RunRow]:
+    def list_runs(self, query: RunQuery) -> list[RunRow]:
         where: list[str] = []
-        params: dict[str, Any] = {"limit": int(limit), "offset": int(offset)}
-        if started_since_ms is not None:
+        params: dict[str, Any] = {"limit": query.limit, "offset": query.offset}
+        if query.started_since_ms is not None:
             where.append("started_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')")
-            params["since"] = int(started_since_ms)
-        if status is not None:
+            params["since"] = query.started_since_ms
+        if query.status is not None:
             where.append("status = {status:String}")
-            params["status"] = status
-        if workflow is not None:
+            params["status"] = query.status
+        if query.workflow is not None:
             where.append("workflow = {workflow:String}")
-            params["workflow"] = workflow
+            params["workflow"] = query.workflow
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         page = "LIMIT {limit:UInt32} OFFSET {offset:UInt32}"
         sql = f"{self._run_select()}{clause} ORDER BY started_at DESC, run_id {page}"
-        return [RunRow(*r) for r in self._query(sql, params)]
+        return [_run_row(r) for r in self._query(sql, params)]
 
     def run_events(self, run_id: str) -> list[EventRow]:
         rows = self._query(
@@ -659,6 +636,20 @@ class ClickHouseStore:
             self._reader.close()
         with self._lock:
             self._client.close()
+
+
+#: Where ``waits`` sits in a runs row as selected (``RUN_COLUMNS`` order).
+_WAITS = RUN_COLUMNS.index("waits")
+
+
+def _run_row(values: Sequence[Any]) -> RunRow:
+    """A runs row as read. clickhouse-connect hands ``waits``, an array of named tuples, back as a list of dicts;
+    the row holds (path, event) pairs in a tuple, like the fold that wrote it (rows compare equal, stay hashable)."""
+    fields = list(values)
+    fields[_WAITS] = tuple(
+        (str(w["path"]), str(w["event"])) if isinstance(w, Mapping) else (str(w[0]), str(w[1])) for w in fields[_WAITS]
+    )
+    return RunRow(*fields)
 
 
 def _threads_only_of(writers: Iterator[tuple[str, str]], stacks: set[str]) -> set[str]:

@@ -23,9 +23,11 @@ import orjson
 from tickflow.core.decider import ClaimedPayload
 from tickflow.core.divergence import CheckReport, Code, RunDiff, SpecChoice, diff_run, envelope_from_json
 from tickflow.core.state import TERMINAL, RunState, state_from_json
-from tickflow.events.errors import ApiError, ErrorCode, ResumeRejected, RunNotFound, TickflowError, UnknownWorkflow
+from tickflow.events.errors import ApiError, ErrorCode, ResumeRefused, RunNotFound, TickflowError, UnknownWorkflow
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.projections.models import RebuildReport, SqlResult
+from tickflow.projections.queries import MAX_LIMIT, RunQuery
+from tickflow.projections.rows import IN_FLIGHT_STATUSES, WAITING
 from tickflow.runtime.claimcheck import holds_ref, resolve_all
 from tickflow.wire import EngineReport, RebuildJob, RecordedRun, RunStatus
 
@@ -108,7 +110,7 @@ class Client:
         """Deliver ``event`` to a run waiting for it; returns the command id.
 
         With ``wait`` (the default) this returns once the engine accepted the payload, and raises
-        ``ResumeRejected`` with the engine's reason (wrong event, payload not matching the wait's schema, run
+        ``ResumeRefused`` with the engine's reason (wrong event, payload not matching the wait's schema, run
         not waiting) if it refused it; the run then stays suspended as it was. Calling again with the same
         ``idempotency_key`` resumes once.
         """
@@ -184,24 +186,25 @@ class Client:
         in_flight: bool = False,
         spec: SpecChoice = "pinned",
     ) -> CheckReport:
-        """``diff`` over runs of ``workflow``: its ``last`` N started, and/or every run in flight. The deploy gate:
-        ``report.ok`` only when every run is identical and none in flight needs code that ``code`` lacks."""
+        """``diff`` over runs of ``workflow``: its ``last`` N started, and/or every run in flight (running, waiting
+        for a resume, or failing). The deploy gate: ``report.ok`` only when every run is identical and none in
+        flight needs code that ``code`` lacks."""
         if last is None and not in_flight:
             raise ValueError("say which runs to check: last=N, in_flight=True, or both")
         ids: dict[str, None] = {}
         if in_flight:
-            for status in ("running", "failing"):
+            for status in IN_FLIGHT_STATUSES:
                 for page in range(1_000):
-                    rows = self.list_runs(status=status, workflow=workflow, limit=1_000, offset=page * 1_000)
+                    rows = self.list_runs(status=status, workflow=workflow, limit=MAX_LIMIT, offset=page * MAX_LIMIT)
                     ids.update((r.run_id, None) for r in rows)
-                    if len(rows) < 1_000:
+                    if len(rows) < MAX_LIMIT:
                         break
         left, page = last or 0, 0
         while left > 0:
-            rows = self.list_runs(workflow=workflow, limit=min(left, 1_000), offset=page * 1_000)
+            rows = self.list_runs(workflow=workflow, limit=min(left, MAX_LIMIT), offset=page * MAX_LIMIT)
             ids.update((r.run_id, None) for r in rows)
             left, page = left - len(rows), page + 1
-            if len(rows) < 1_000:
+            if len(rows) < MAX_LIMIT:
                 break
         return CheckReport(workflow=workflow, spec=spec, runs=[self.diff(rid, code, spec=spec) for rid in ids])
 
@@ -246,7 +249,7 @@ class Client:
                 if event.get("causation_id") != command_id:
                     continue
                 if event["type"] == "ResumeRejected":
-                    raise ResumeRejected(event["payload"]["reason"])
+                    raise ResumeRefused(event["payload"]["reason"])
                 return
             time.sleep(0.1)
         raise TimeoutError(f"no answer to {command_id} within {timeout}s; is the engine running?")
@@ -298,24 +301,13 @@ class Client:
     def events(self, run_id: str) -> list[dict[str, Any]]:
         return list(self._check(self._http.get(f"/runs/{run_id}/events")))
 
-    def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        started_since_ms: int | None = None,
-    ) -> list[RunStatus]:
-        """Runs, the latest started first (``started_since_ms``: only those started since, epoch ms). Claim-checked
-        inputs and outputs stay references here (a page of runs could be gigabytes): ``resolve`` or ``status``."""
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
-        if started_since_ms is not None:
-            params["started_since_ms"] = started_since_ms
-        if status:
-            params["status"] = status
-        if workflow:
-            params["workflow"] = workflow
+    def list_runs(self, query: RunQuery | None = None, /, **filters: Any) -> list[RunStatus]:
+        """The runs ``query`` asks for, the latest started first: a ``RunQuery``, or its fields as keywords
+        (``list_runs(status="waiting", workflow="order")``: the ones waiting for someone to resume them), or both
+        (the keywords win). Fields: ``status``, ``workflow``, ``started_since_ms`` (epoch ms), ``limit`` (default
+        50, at most 1000) and ``offset``. Claim-checked inputs and outputs stay references here (a page of runs could
+        be gigabytes): ``resolve`` or ``status``."""
+        params = RunQuery.of(query, **filters).params()
         return [RunStatus.model_validate(r) for r in self._check(self._http.get("/runs", params=params))]
 
     def stats(self) -> dict[str, Any]:
@@ -401,6 +393,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         last_seq = -1
         cache: dict[str, Any] = {}
+        current: RunStatus | None = None
         while deadline is None or time.monotonic() < deadline:
             try:
                 current = self.status(run_id, resolve=False)
@@ -412,7 +405,10 @@ class Client:
                 if current.status in TERMINAL:
                     return
             time.sleep(poll_s)
-        raise TimeoutError(f"run {run_id} did not finish within {timeout}s")
+        why = ""
+        if current is not None and current.status == WAITING:  # it will not finish by itself: say what it needs
+            why = f": it waits for {current.waiting_for!r} at {current.waiting_path!r}; resume it to go on"
+        raise TimeoutError(f"run {run_id} did not finish within {timeout}s{why}")
 
     def wait(self, run_id: str, *, timeout: float = 60.0, poll_s: float = 0.1, resolve: bool = True) -> RunStatus:
         """Block until the run is completed, failed or rejected; returns that final status (its claim-checked

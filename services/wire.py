@@ -15,6 +15,7 @@ from tickflow.core.lineage import lineage_problem
 from tickflow.events.spec import Name
 from tickflow.events.topics import RUN_ID_PATTERN
 from tickflow.projections.models import RebuildProgress, RebuildReport
+from tickflow.projections.rows import RunStatusName
 
 __all__ = [
     "CancelRequest",
@@ -32,6 +33,7 @@ __all__ = [
     "StartRequest",
     "StartResponse",
     "VacuumRequest",
+    "WaitingOn",
     "top_level_run_id",
 ]
 
@@ -105,15 +107,32 @@ class PoolLimit(BaseModel):
     limit: int = Field(ge=1, le=100_000)
 
 
+class WaitingOn(BaseModel):
+    """One wait node a run is suspended in: resume the run with ``event`` to go on from ``path``."""
+
+    path: str
+    event: str
+
+
 class RunStatus(BaseModel):
+    """A run as its status projection shows it (``tickflow.projections.rows.run_row``)."""
+
     run_id: str
     workflow: str
-    status: Literal["pending", "running", "completed", "failed", "rejected"] | str
+    status: RunStatusName = Field(
+        description="pending (accepted, not started yet), running, waiting (suspended in a wait node until resumed: "
+        "see waiting_for and waiting_path), failing (compensating), completed, failed, cancelled, rejected, or "
+        "quarantined (its log cannot be folded until an operator releases it)."
+    )
     spec_hash: str
-    current_step: str
+    current_step: str = Field(description="The step in flight (or backing off between attempts); empty if none.")
     step_index: int
-    current_path: str = ""
-    waiting_for: str = ""
+    current_path: str = Field(default="", description="The path of the step in flight; empty if none.")
+    waiting_for: str = Field(default="", description="The event the run waits for (the first of waits).")
+    waiting_path: str = Field(default="", description="The path of the wait node waiting for it.")
+    waits: list[WaitingOn] = Field(
+        default_factory=list, description="Every wait node the run is suspended in, oldest first."
+    )
     attempt: int
     steps_total: int
     steps_completed: int

@@ -1,4 +1,11 @@
-"""What the API's routers share: the dependencies one process wires in, the command producer, and errors with codes.
+"""What the API's routers share: the dependencies one process wires in, the credential check, and errors with codes.
+
+Routes are plain functions of their module's ``router``; they reach what this process wires in (the projection
+store, the command producer, the engine…) through FastAPI's ``Depends``: ``Deps`` is the ``ApiDeps`` that
+``create_api`` put on ``app.state``, read per request, so a role the node restarts (a new engine or projector put
+in place) is what the next request sees. What a route uses of the engine, the projector, its metrics and the
+producer is said by the small protocols below: a test can bring a stand-in, and a change to those classes that a
+route depends on shows up in mypy.
 
 Every error the API answers carries a machine-readable ``code`` next to its human ``detail`` (see
 ``tickflow.events.errors.ErrorCode``); routers raise :class:`ApiProblem` for a specific code, and a plain
@@ -10,29 +17,41 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import Header, HTTPException
-from fastapi.params import Depends as DependsParam
+from fastapi import Depends, Header, HTTPException, Request
 
+from tickflow.api.sessions import Credentials
 from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, encode
 from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode
 from tickflow.events.topics import TopicNames
+from tickflow.projections.rebuild import LiveProjector
 from tickflow.projections.store import ProjectionStore
+from tickflow.runtime.claimcheck import BlobStore
+from tickflow.runtime.replay import VerifiableEngine
 
 __all__ = [
     "AcceptedRuns",
     "ApiDeps",
     "ApiProblem",
+    "CommandProducer",
+    "Deps",
+    "HostedEngine",
     "IdempotencyKey",
+    "ProjectorGauges",
+    "app_state",
+    "authorize",
     "code_for_status",
     "command_token",
+    "deps_of",
     "produce_command",
 ]
+
+_T = TypeVar("_T")
 
 #: The ``Idempotency-Key`` header of every command route: a retry with the same key is the same command.
 IdempotencyKey = Annotated[
@@ -112,43 +131,104 @@ class AcceptedRuns:
         self._runs.pop(run_id, None)
 
 
+class CommandProducer(Protocol):
+    """What the routes use of the Kafka producer (aiokafka's, started): send one record, wait for its ack."""
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> object: ...
+
+
+class HostedEngine(VerifiableEngine, Protocol):
+    """What the routes use of the engine of their own process: its status (``/stats``, the System page) and what
+    ``verify_engine`` compares with a refold of the log."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class ProjectorGauges(Protocol):
+    """What ``/stats`` and the System page show of the live projector's metrics (``ProjectorMetrics``)."""
+
+    @property
+    def events_projected(self) -> int: ...
+
+    @property
+    def lag(self) -> Mapping[str, int]: ...
+
+    @property
+    def last_freshness_ms(self) -> float: ...
+
+    @property
+    def already_projected(self) -> int: ...
+
+    @property
+    def last_insert_ms(self) -> float: ...
+
+    @property
+    def last_batch_size(self) -> int: ...
+
+
 @dataclass  # not frozen: the node puts a restarted engine or projector in place (``Node._replace``)
 class ApiDeps:
-    """What the routers of the API share: the projection store, a started producer, topic names, the bearer
-    guard to put on every route, and (when this process hosts it) the engine, for replay diffs."""
+    """What the routers of the API share: the projection store, a started producer, topic names, the credentials
+    ``authorize`` checks, and (when this process hosts them) the engine and the projector. The routers that keep
+    state of their own (stream slots, SQL pool, rebuild jobs…) keep it on ``app.state`` beside it."""
 
     store: ProjectionStore
-    producer: Any
+    producer: CommandProducer
     topics: TopicNames
-    guard: list[DependsParam]
+    credentials: Credentials
     #: How this API reaches Kafka (None: it does not; live streams, rebuilds and the dead-letter tail are off).
     kafka: KafkaTarget | None = None
-    engine: Any = None
+    #: The engine of this process (None: it runs elsewhere; ``/admin/engine/verify`` then answers 409).
+    engine: HostedEngine | None = None
     #: Workflows the engine of this process knows (None: the engine runs elsewhere; accept any name).
     workflows: set[str] | None = None
     #: Of those, the ones that call an LLM (``Registry.agent_workflows``): the board's create form offers them first.
     agent_workflows: tuple[str, ...] = ()
     #: The live projector of this process (None: it runs elsewhere), which a rebuild pauses to swap in.
-    projector: Any = None
+    projector: LiveProjector | None = None
     #: The projector's metrics (``/stats`` shows them), when this process runs it.
-    metrics: Any = None
+    metrics: ProjectorGauges | None = None
     #: The claim-check blob store: run inputs above ``offload_bytes`` go there, the log gets a reference.
-    blobs: Any = None
+    blobs: BlobStore | None = None
     offload_bytes: int = MAX_RECORD_BYTES // 4
     max_body_bytes: int = MAX_RECORD_BYTES
     #: Restarts of this process's roles by their node (``/stats`` shows them): name → {restarts, last_error, …}.
     role_failures: Callable[[], dict[str, Any]] | None = None
     #: Runs accepted here and not yet projected (``GET /runs/{id}`` answers ``pending`` for them).
     accepted: AcceptedRuns = field(default_factory=AcceptedRuns)
-    #: Analysts' queries run at most this many at once, on threads of their own (``tickflow.api.sql``).
-    sql_concurrency: int = 2
-    #: On a ClickHouse server, the read-only user's URL analysts' queries connect as (``tickflow.projections.sql``).
-    sql_url: str | None = None
-    #: Live streams (SSE) one client address may hold open at once (``tickflow.api.live``).
-    streams_per_client: int = 32
 
 
-async def produce_command(producer: Any, topic: str, command: Envelope) -> None:
+def app_state(request: Request, name: str, kind: type[_T]) -> _T:
+    """The ``kind`` object ``create_api`` put on the serving app's state as ``name`` (one per app: tests build many
+    apps in one process, so per-app state never lives in a module)."""
+    value = getattr(request.app.state, name, None)
+    if not isinstance(value, kind):
+        raise RuntimeError(f"the app has no {name} ({kind.__name__}) on its state: build it with create_api")
+    return value
+
+
+def deps_of(request: Request) -> ApiDeps:
+    """The dependencies of the app serving ``request``, read when the request arrives (see the module doc)."""
+    return app_state(request, "deps", ApiDeps)
+
+
+#: A route's parameter for its app's ``ApiDeps``.
+Deps = Annotated[ApiDeps, Depends(deps_of)]
+
+
+async def authorize(request: Request, deps: Deps) -> None:
+    """The credential check on every route but sign-in, health and the dashboard's assets (unsafe requests
+    already passed the same check in the gate, before their body was read). A dashboard page asked for before
+    signing in redirects to the sign-in page (the app's handler turns the 303 into a redirect)."""
+    refusal = deps.credentials.check(request.method, request.headers, request.cookies)
+    if refusal is None:
+        return
+    if refusal.status == 401 and request.url.path.startswith("/ui/") and request.method == "GET":
+        raise HTTPException(303, "sign in first", headers={"Location": f"/ui/login?next={request.url.path}"})
+    raise HTTPException(refusal.status, refusal.detail)
+
+
+async def produce_command(producer: CommandProducer, topic: str, command: Envelope) -> None:
     """Produce ``command`` keyed by its key and wait for Kafka's acknowledgement (the API answers only then).
 
     A command that cannot be encoded is the caller's mistake: 413 when it is too big, 422 otherwise.

@@ -11,54 +11,54 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
-from tickflow.api.deps import ApiDeps, ApiProblem
+from tickflow.api.deps import ApiProblem, Deps, authorize
 from tickflow.core.divergence import envelope_json, rebuilt_results
 from tickflow.events.codec import InvalidRecord
 from tickflow.runtime.recorded import DEFAULT_SLACK_MS, claimed_payloads, read_inputs, wanted_inputs
 from tickflow.runtime.replay import ReplayError, history_of
 from tickflow.wire import RecordedRun
 
-__all__ = ["build_router"]
+__all__ = ["router"]
 
 
-def build_router(deps: ApiDeps) -> APIRouter:
-    """The route ``GET /runs/{id}/recorded``."""
-    router = APIRouter(dependencies=deps.guard)
+#: The route ``GET /runs/{id}/recorded``; it needs the credentials.
+router = APIRouter(dependencies=[Depends(authorize)])
 
-    @router.get("/runs/{run_id}/recorded", response_model=RecordedRun)
-    async def recorded(
-        run_id: str,
-        slack_ms: int = Query(
-            default=DEFAULT_SLACK_MS, ge=0, le=7 * 86_400_000,
-            description="Read the input topics from this long before the run's first event (clock skew).",
-        ),
-    ) -> RecordedRun:
-        """The run's events and the commands and worker results they were decided on, for a divergence diff."""
-        if deps.kafka is None:
-            raise HTTPException(409, "this API process does not reach Kafka, so it cannot read a run's inputs")
-        rows = await asyncio.to_thread(deps.store.run_events, run_id)
-        try:
-            events = await asyncio.to_thread(history_of, run_id, rows)
-        except ReplayError as exc:
-            raise ApiProblem(exc.http_status, exc.code, str(exc)) from None
-        except InvalidRecord as exc:
-            raise HTTPException(500, f"the run's events cannot be decoded: {exc}") from None
-        rebuilt = rebuilt_results(events)  # steps run in memory: their results were never records
-        wanted = wanted_inputs(events) - rebuilt.keys()
-        topics = (deps.topics.commands, deps.topics.results)
-        inputs = await read_inputs(
-            deps.kafka, topics, rows[0].partition, run_id, wanted, events[0].occurred_at_ms - slack_ms
-        )
-        inputs.update(rebuilt)
-        claimed = await claimed_payloads(inputs, deps.blobs)
-        return RecordedRun(
-            run_id=run_id,
-            events=[envelope_json(e) for e in events],
-            inputs=[envelope_json(e) for e in inputs.values()],
-            claimed={k: {"value": c.value, "problem": c.problem} for k, c in claimed.items()},
-            not_found=sorted(wanted - inputs.keys()),
-        )
 
-    return router
+@router.get("/runs/{run_id}/recorded", response_model=RecordedRun)
+async def recorded(
+    deps: Deps,
+    run_id: str,
+    slack_ms: int = Query(
+        default=DEFAULT_SLACK_MS, ge=0, le=7 * 86_400_000,
+        description="Read the input topics from this long before the run's first event (clock skew).",
+    ),
+) -> RecordedRun:
+    """The run's events and the commands and worker results they were decided on, for a divergence diff."""
+    if deps.kafka is None:
+        raise HTTPException(409, "this API process does not reach Kafka, so it cannot read a run's inputs")
+    rows = await asyncio.to_thread(deps.store.run_events, run_id)
+    try:
+        events = await asyncio.to_thread(history_of, run_id, rows)
+    except ReplayError as exc:
+        raise ApiProblem(exc.http_status, exc.code, str(exc)) from None
+    except InvalidRecord as exc:
+        raise HTTPException(500, f"the run's events cannot be decoded: {exc}") from None
+    rebuilt = rebuilt_results(events)  # steps run in memory: their results were never records
+    wanted = wanted_inputs(events) - rebuilt.keys()
+    topics = (deps.topics.commands, deps.topics.results)
+    inputs = await read_inputs(
+        deps.kafka, topics, rows[0].partition, run_id, wanted, events[0].occurred_at_ms - slack_ms
+    )
+    inputs.update(rebuilt)
+    claimed = await claimed_payloads(inputs, deps.blobs)
+    return RecordedRun(
+        run_id=run_id,
+        events=[envelope_json(e) for e in events],
+        inputs=[envelope_json(e) for e in inputs.values()],
+        claimed={k: {"value": c.value, "problem": c.problem} for k, c in claimed.items()},
+        not_found=sorted(wanted - inputs.keys()),
+    )
+

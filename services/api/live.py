@@ -15,7 +15,8 @@ answering 404: the log, not the projection, decides what exists. Stack streams n
 
 Each stream owns one Kafka consumer (see ``tickflow.runtime.live`` for its cost), so the router caps how many are
 open at once (503 above the cap) and how many one client address holds (429 above ``streams_per_client``: one
-client cannot take every slot); ``GET /live/streams`` shows the count.
+client cannot take every slot); ``GET /live/streams`` shows the count. The slots are the app's (``StreamSlots``,
+made by ``create_api``): every stream route of one API process shares them.
 """
 
 from __future__ import annotations
@@ -24,22 +25,22 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import anyio
 import orjson
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from tickflow.api.deps import ApiDeps
+from tickflow.api.deps import ApiDeps, Deps, app_state, authorize
 from tickflow.events.connection import KafkaTarget
 from tickflow.events.schemas import RUN_TERMINAL_EVENTS
 from tickflow.runtime.live import LiveReader
 from tickflow.runtime.tokens import TokenReader, TokensUnavailable
 
-__all__ = ["MAX_STREAMS", "PING_S", "build_router"]
+__all__ = ["MAX_STREAMS", "PING_S", "StreamSlots", "router", "stream_slots"]
 
 R = TypeVar("R", LiveReader, TokenReader)
 
@@ -59,9 +60,9 @@ SEND_TIMEOUT_S = 30.0
 STACK_PREFIX = "stack:"
 
 
-class _Slots:
+class StreamSlots:
     """How many streams are open, in all and per client address; refuses beyond the limits instead of queueing
-    (a queued stream is useless)."""
+    (a queued stream is useless). One per app, shared by its stream routes."""
 
     def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
@@ -178,158 +179,180 @@ def _resume_point(header: str | None, after: int | None) -> int | None:
     return value
 
 
-def build_router(deps: ApiDeps, *, max_streams: int = MAX_STREAMS) -> APIRouter:
-    """The live-stream routes, sharing one cap of ``max_streams`` open streams."""
-    router = APIRouter()
-    slots = _Slots(max_streams, deps.streams_per_client)
+def stream_slots(request: Request) -> StreamSlots:
+    """The stream slots of the app serving ``request``."""
+    return app_state(request, "stream_slots", StreamSlots)
 
-    async def serve(
-        client: str,
-        topic: str,
-        instead: str,
-        build: Callable[[], Awaitable[R]],
-        finished: Callable[[R], Awaitable[bool]],
-        messages: Callable[[R], AsyncIterator[ServerSentEvent]],
-    ) -> Response:
-        """One SSE stream under the shared cap: 503 above it; the reader ``build`` makes is opened (and closed again
-        if anything fails, a Kafka error being a 503); 204 when ``finished`` says a reconnect came after the end."""
-        full = slots.take(client)
-        if full is not None:
-            status, detail = (
-                (503, f"{slots.limit} live streams are already open, the most this API process serves; close one or "
-                      "retry later")
-                if full == "all"
-                else (429, f"this client already holds {slots.per_client} live streams "
-                           "(TICKFLOW_API_STREAMS_PER_CLIENT); close one first")
-            )
-            raise HTTPException(status, detail + instead, headers={"Retry-After": "5"})
 
-        def release() -> None:
-            slots.give(client)
+#: A route's parameter for its app's stream slots.
+Slots = Annotated[StreamSlots, Depends(stream_slots)]
 
-        reader: R | None = None
-        try:
-            reader = await build()
-            await reader.open()
-            done = await finished(reader)
-        except BaseException as exc:
-            if reader is not None:
-                with anyio.move_on_after(5, shield=True):
-                    await reader.close()
-            release()
-            if isinstance(exc, KafkaError | TokensUnavailable):
-                log.warning("a stream could not read %s: %r", topic, exc)
-                raise HTTPException(
-                    503, f"cannot read the topic {topic} at {deps.kafka}: {exc}; check that Kafka is up"
-                ) from None
-            raise
-        if done:  # a reconnect after the end: 204 makes EventSource stop retrying
-            try:
+#: Every route here needs the credentials.
+router = APIRouter(dependencies=[Depends(authorize)])
+
+
+async def _serve(
+    slots: StreamSlots,
+    deps: ApiDeps,
+    client: str,
+    topic: str,
+    instead: str,
+    build: Callable[[], Awaitable[R]],
+    finished: Callable[[R], Awaitable[bool]],
+    messages: Callable[[R], AsyncIterator[ServerSentEvent]],
+) -> Response:
+    """One SSE stream under the shared cap: 503 above it; the reader ``build`` makes is opened (and closed again
+    if anything fails, a Kafka error being a 503); 204 when ``finished`` says a reconnect came after the end."""
+    full = slots.take(client)
+    if full is not None:
+        status, detail = (
+            (503, f"{slots.limit} live streams are already open, the most this API process serves; close one or "
+                  "retry later")
+            if full == "all"
+            else (429, f"this client already holds {slots.per_client} live streams "
+                       "(TICKFLOW_API_STREAMS_PER_CLIENT); close one first")
+        )
+        raise HTTPException(status, detail + instead, headers={"Retry-After": "5"})
+
+    def release() -> None:
+        slots.give(client)
+
+    reader: R | None = None
+    try:
+        reader = await build()
+        await reader.open()
+        done = await finished(reader)
+    except BaseException as exc:
+        if reader is not None:
+            with anyio.move_on_after(5, shield=True):
                 await reader.close()
-            finally:
-                release()
-            return Response(status_code=204)
-        return _LiveResponse(messages(reader), reader, release, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+        release()
+        if isinstance(exc, KafkaError | TokensUnavailable):
+            log.warning("a stream could not read %s: %r", topic, exc)
+            raise HTTPException(
+                503, f"cannot read the topic {topic} at {deps.kafka}: {exc}; check that Kafka is up"
+            ) from None
+        raise
+    if done:  # a reconnect after the end: 204 makes EventSource stop retrying
+        try:
+            await reader.close()
+        finally:
+            release()
+        return Response(status_code=204)
+    return _LiveResponse(messages(reader), reader, release, ping=PING_S, send_timeout=SEND_TIMEOUT_S)
 
-    async def stream(
-        request: Request,
-        key: str,
-        instead: str,
-        after: int | None,
-        from_seq: int | None,
-        follow: bool,
-        terminal: frozenset[str],
-    ) -> Response:
-        resume = _resume_point(request.headers.get("last-event-id"), after)
 
-        async def build() -> LiveReader:
-            first = await asyncio.to_thread(deps.store.first_offset, key)
-            since_ms = None if first is not None else await _run_started_ms(deps, key)
-            return LiveReader(
-                kafka=_kafka_of(deps),
-                topic=deps.topics.events,
-                partitions=deps.topics.partitions,
-                key=key,
-                after=resume,
-                from_seq=from_seq,
-                first=first,
-                terminal=terminal,
-                follow=follow,
-                since_ms=since_ms,
-            )
+async def _event_stream(
+    request: Request,
+    deps: ApiDeps,
+    slots: StreamSlots,
+    key: str,
+    instead: str,
+    after: int | None,
+    from_seq: int | None,
+    follow: bool,
+    terminal: frozenset[str],
+) -> Response:
+    """The events of entity ``key`` (a run, a stack) from the resumption point on, under the shared cap."""
+    resume = _resume_point(request.headers.get("last-event-id"), after)
 
-        async def finished(reader: LiveReader) -> bool:
-            return reader.finished
+    async def build() -> LiveReader:
+        first = await asyncio.to_thread(deps.store.first_offset, key)
+        since_ms = None if first is not None else await _run_started_ms(deps, key)
+        return LiveReader(
+            kafka=_kafka_of(deps),
+            topic=deps.topics.events,
+            partitions=deps.topics.partitions,
+            key=key,
+            after=resume,
+            from_seq=from_seq,
+            first=first,
+            terminal=terminal,
+            follow=follow,
+            since_ms=since_ms,
+        )
 
-        return await serve(_client(request), deps.topics.events, instead, build, finished, _messages)
+    async def finished(reader: LiveReader) -> bool:
+        return reader.finished
 
-    after_q = Query(default=None, ge=0, description="Continue strictly after this event offset (like Last-Event-ID).")
-    from_seq_q = Query(default=None, ge=1, description="Only events with seq >= from_seq.")
+    return await _serve(slots, deps, _client(request), deps.topics.events, instead, build, finished, _messages)
 
-    @router.get("/runs/{run_id}/live", dependencies=deps.guard, response_class=EventSourceResponse)
-    async def run_live(
-        request: Request,
-        run_id: str,
-        after: int | None = after_q,
-        from_seq: int | None = from_seq_q,
-        follow: bool = Query(default=False, description="Keep streaming after the run's terminal event."),
-    ) -> Response:
-        """The run's events as Server-Sent Events, from its first event (or the resumption point) on,
-        ending after its terminal event unless ``follow``."""
-        instead = f", or poll GET /runs/{run_id}/events"
-        return await stream(request, run_id, instead, after, from_seq, follow, RUN_TERMINAL_EVENTS)
 
-    @router.get("/stacks/{stack_id}/live", dependencies=deps.guard, response_class=EventSourceResponse)
-    async def stack_live(
-        request: Request,
-        stack_id: str,
-        after: int | None = after_q,
-        from_seq: int | None = from_seq_q,
-    ) -> Response:
-        """The agent stack's events as Server-Sent Events; a stack lives on, so the stream never ends by itself."""
-        key = f"{STACK_PREFIX}{stack_id}"
-        return await stream(request, key, "", after, from_seq, True, frozenset())
+_AFTER = Query(default=None, ge=0, description="Continue strictly after this event offset (like Last-Event-ID).")
+_FROM_SEQ = Query(default=None, ge=1, description="Only events with seq >= from_seq.")
 
-    @router.get("/runs/{run_id}/tokens", dependencies=deps.guard, response_class=EventSourceResponse)
-    async def run_tokens(
-        request: Request,
-        run_id: str,
-        after: int | None = Query(
-            default=None, ge=0, description="Continue strictly after this tokens-topic offset (like Last-Event-ID)."
-        ),
-        since_ms: int | None = Query(
-            default=None, ge=0, le=10**14, description="Start at chunks written since (default: the run's start)."
-        ),
-        follow: bool = Query(default=False, description="Keep streaming after the run has ended."),
-    ) -> Response:
-        """What the run's LLM calls stream, as it streams, as Server-Sent Events: each message is one ``LlmTokens``
-        chunk (``event: tokens``; data: path, step, step_attempt, execution, stream, provider, model, index, text,
-        tool, done, outcome, finish_reason, at_ms, offset), its ``id`` the chunk's tokens-topic offset to resume
-        from. Ends with an ``end`` message once the run has ended and every chunk was sent, unless ``follow``. The
-        tokens topic keeps chunks for hours only (``tokens_retention_ms``); each reply is recorded whole in the run's
-        events."""
-        resume = _resume_point(request.headers.get("last-event-id"), after)
 
-        async def run_ended() -> bool:
-            row = (await asyncio.to_thread(deps.store.runs_by_id, [run_id])).get(run_id)
-            return row is not None and row.terminal
+@router.get("/runs/{run_id}/live", response_class=EventSourceResponse)
+async def run_live(
+    request: Request,
+    deps: Deps,
+    slots: Slots,
+    run_id: str,
+    after: int | None = _AFTER,
+    from_seq: int | None = _FROM_SEQ,
+    follow: bool = Query(default=False, description="Keep streaming after the run's terminal event."),
+) -> Response:
+    """The run's events as Server-Sent Events, from its first event (or the resumption point) on,
+    ending after its terminal event unless ``follow``."""
+    instead = f", or poll GET /runs/{run_id}/events"
+    return await _event_stream(request, deps, slots, run_id, instead, after, from_seq, follow, RUN_TERMINAL_EVENTS)
 
-        async def build() -> TokenReader:
-            start = since_ms if since_ms is not None else await _run_started_ms(deps, run_id)
-            return TokenReader(kafka=_kafka_of(deps), topic=deps.topics.tokens, partitions=deps.topics.partitions,
-                               key=run_id, after=resume, since_ms=start)
 
-        async def finished(reader: TokenReader) -> bool:
-            return resume is not None and not follow and await run_ended() and await reader.caught_up()
+@router.get("/stacks/{stack_id}/live", response_class=EventSourceResponse)
+async def stack_live(
+    request: Request,
+    deps: Deps,
+    slots: Slots,
+    stack_id: str,
+    after: int | None = _AFTER,
+    from_seq: int | None = _FROM_SEQ,
+) -> Response:
+    """The agent stack's events as Server-Sent Events; a stack lives on, so the stream never ends by itself."""
+    key = f"{STACK_PREFIX}{stack_id}"
+    return await _event_stream(request, deps, slots, key, "", after, from_seq, True, frozenset())
 
-        def messages(reader: TokenReader) -> AsyncIterator[ServerSentEvent]:
-            return _token_messages(reader, run_ended, follow)
 
-        return await serve(_client(request), deps.topics.tokens, "", build, finished, messages)
+@router.get("/runs/{run_id}/tokens", response_class=EventSourceResponse)
+async def run_tokens(
+    request: Request,
+    deps: Deps,
+    slots: Slots,
+    run_id: str,
+    after: int | None = Query(
+        default=None, ge=0, description="Continue strictly after this tokens-topic offset (like Last-Event-ID)."
+    ),
+    since_ms: int | None = Query(
+        default=None, ge=0, le=10**14, description="Start at chunks written since (default: the run's start)."
+    ),
+    follow: bool = Query(default=False, description="Keep streaming after the run has ended."),
+) -> Response:
+    """What the run's LLM calls stream, as it streams, as Server-Sent Events: each message is one ``LlmTokens``
+    chunk (``event: tokens``; data: path, step, step_attempt, execution, stream, provider, model, index, text,
+    tool, done, outcome, finish_reason, at_ms, offset), its ``id`` the chunk's tokens-topic offset to resume
+    from. Ends with an ``end`` message once the run has ended and every chunk was sent, unless ``follow``. The
+    tokens topic keeps chunks for hours only (``tokens_retention_ms``); each reply is recorded whole in the run's
+    events."""
+    resume = _resume_point(request.headers.get("last-event-id"), after)
 
-    @router.get("/live/streams", dependencies=deps.guard)
-    async def live_streams() -> dict[str, int]:
-        """How many live streams this API process has open, and its cap."""
-        return {"open": slots.open, "max": slots.limit}
+    async def run_ended() -> bool:
+        row = (await asyncio.to_thread(deps.store.runs_by_id, [run_id])).get(run_id)
+        return row is not None and row.terminal
 
-    return router
+    async def build() -> TokenReader:
+        start = since_ms if since_ms is not None else await _run_started_ms(deps, run_id)
+        return TokenReader(kafka=_kafka_of(deps), topic=deps.topics.tokens, partitions=deps.topics.partitions,
+                           key=run_id, after=resume, since_ms=start)
+
+    async def finished(reader: TokenReader) -> bool:
+        return resume is not None and not follow and await run_ended() and await reader.caught_up()
+
+    def messages(reader: TokenReader) -> AsyncIterator[ServerSentEvent]:
+        return _token_messages(reader, run_ended, follow)
+
+    return await _serve(slots, deps, _client(request), deps.topics.tokens, "", build, finished, messages)
+
+
+@router.get("/live/streams")
+async def live_streams(slots: Slots) -> dict[str, int]:
+    """How many live streams this API process has open, and its cap."""
+    return {"open": slots.open, "max": slots.limit}

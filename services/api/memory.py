@@ -1,8 +1,8 @@
 """Agent memory over HTTP: a thread's recent messages and semantic recall, read from the ``messages`` projection.
 
 Workers in other processes read memory here (in embedded mode this process alone owns the ClickHouse data);
-people and dashboards use the same routes to see what an agent remembers. Building the router also registers
-this API's store as the memory source of agent steps running in this same process (no loopback HTTP).
+people and dashboards use the same routes to see what an agent remembers. Agent steps running in this same
+process read the store directly instead (no loopback HTTP): ``create_api`` registers it for them.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from tickflow.agents.memory import register_local_store
-from tickflow.api.deps import ApiDeps
+from tickflow.api.deps import Deps, authorize
 from tickflow.projections import memory as queries
 from tickflow.projections.memory import THREAD_ID_PATTERN
 
-__all__ = ["RecallRequest", "build_router"]
+__all__ = ["RecallRequest", "router"]
 
 
 class RecallRequest(BaseModel):
@@ -51,25 +50,25 @@ async def _read(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise HTTPException(422, str(exc)) from None
 
 
-def build_router(deps: ApiDeps) -> APIRouter:
-    router = APIRouter(dependencies=deps.guard, tags=["memory"])
-    register_local_store(deps.topics.prefix, deps.store)
+#: Every route here needs the credentials.
+router = APIRouter(dependencies=[Depends(authorize)], tags=["memory"])
 
-    @router.get("/threads/{thread_id}/messages")
-    async def thread_messages(
-        thread_id: str = Path(pattern=THREAD_ID_PATTERN),
-        limit: int = Query(default=20, ge=1, le=queries.MAX_WINDOW),
-    ) -> dict[str, Any]:
-        """The last ``limit`` messages of a memory thread, oldest first."""
-        return _messages(await _read(queries.recent_messages, deps.store, thread_id, limit))
 
-    @router.post("/memory/recall")
-    async def recall(body: RecallRequest) -> dict[str, Any]:
-        """The ``k`` messages of the thread nearest to ``embedding`` by cosine distance, nearest first."""
-        rows = await _read(
-            queries.recall, deps.store, body.thread_id, body.embedding, body.k,
-            exclude_ids=body.exclude_ids, embedder=body.embedder,
-        )
-        return _messages(rows)
+@router.get("/threads/{thread_id}/messages")
+async def thread_messages(
+    deps: Deps,
+    thread_id: str = Path(pattern=THREAD_ID_PATTERN),
+    limit: int = Query(default=20, ge=1, le=queries.MAX_WINDOW),
+) -> dict[str, Any]:
+    """The last ``limit`` messages of a memory thread, oldest first."""
+    return _messages(await _read(queries.recent_messages, deps.store, thread_id, limit))
 
-    return router
+
+@router.post("/memory/recall")
+async def recall(deps: Deps, body: RecallRequest) -> dict[str, Any]:
+    """The ``k`` messages of the thread nearest to ``embedding`` by cosine distance, nearest first."""
+    rows = await _read(
+        queries.recall, deps.store, body.thread_id, body.embedding, body.k,
+        exclude_ids=body.exclude_ids, embedder=body.embedder,
+    )
+    return _messages(rows)

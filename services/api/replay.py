@@ -10,24 +10,31 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tickflow.api.deps import ApiDeps, ApiProblem
+from tickflow.api.deps import ApiDeps, ApiProblem, Deps, app_state, authorize
 from tickflow.core.state import state_to_json
 from tickflow.events.codec import InvalidRecord, RecordTooLarge, encode
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode
 from tickflow.events.schemas import BlobRef, ForkRun
 from tickflow.events.topics import RUN_ID_PATTERN
-from tickflow.runtime.claimcheck import BLOB_KEY, offload
+from tickflow.runtime.claimcheck import BLOB_KEY, BlobStore, offload
 from tickflow.runtime.replay import ReplayError, fork_command, history_of, state_at, verify_engine
 from tickflow.wire import EngineReport, top_level_run_id
 
-__all__ = ["ForkRequest", "ForkResponse", "StateAtResponse", "build_router", "fork_record"]
+__all__ = [
+    "ForkRequest",
+    "ForkResponse",
+    "StateAtResponse",
+    "fork_record",
+    "router",
+    "verify_lock",
+]
 
 
 class StateAtResponse(BaseModel):
@@ -64,73 +71,74 @@ def _refuse(exc: ReplayError | InvalidRecord) -> HTTPException:
     return ApiProblem(exc.http_status, exc.code, str(exc))
 
 
-def build_router(deps: ApiDeps) -> APIRouter:
-    """Routes under ``/runs/{id}/state``, ``/runs/{id}/fork`` and ``/admin/engine/verify``."""
-    router = APIRouter(dependencies=deps.guard)
-    verifying = asyncio.Lock()  # one verify at a time: each reads whole partitions of the log
+def verify_lock(request: Request) -> asyncio.Lock:
+    """The app's verify lock: one verify at a time, since each reads whole partitions of the log."""
+    return app_state(request, "verify_lock", asyncio.Lock)
 
-    async def history(run_id: str) -> list[Envelope]:
-        rows = await asyncio.to_thread(deps.store.run_events, run_id)
-        try:
-            return await asyncio.to_thread(history_of, run_id, rows)
-        except (ReplayError, InvalidRecord) as exc:
-            raise _refuse(exc) from None
 
-    @router.get("/runs/{run_id}/state", response_model=StateAtResponse)
-    async def get_state(
-        run_id: str, at_seq: int | None = Query(default=None, description="Default: the last visible event.")
-    ) -> StateAtResponse:
-        """The run's state after event ``at_seq``: the fold of its events 1..at_seq (time travel)."""
-        events = await history(run_id)
-        try:
-            state = await asyncio.to_thread(state_at, run_id, events, at_seq)
-        except ReplayError as exc:
-            raise _refuse(exc) from None
-        return StateAtResponse(
-            run_id=run_id, at_seq=state.seq, last_seq=events[-1].seq or 0, state=state_to_json(state)
+#: Routes under ``/runs/{id}/state``, ``/runs/{id}/fork`` and ``/admin/engine/verify``; all need the credentials.
+router = APIRouter(dependencies=[Depends(authorize)])
+
+
+async def _history(deps: ApiDeps, run_id: str) -> list[Envelope]:
+    rows = await asyncio.to_thread(deps.store.run_events, run_id)
+    try:
+        return await asyncio.to_thread(history_of, run_id, rows)
+    except (ReplayError, InvalidRecord) as exc:
+        raise _refuse(exc) from None
+
+
+@router.get("/runs/{run_id}/state", response_model=StateAtResponse)
+async def get_state(
+    deps: Deps, run_id: str, at_seq: int | None = Query(default=None, description="Default: the last visible event.")
+) -> StateAtResponse:
+    """The run's state after event ``at_seq``: the fold of its events 1..at_seq (time travel)."""
+    events = await _history(deps, run_id)
+    try:
+        state = await asyncio.to_thread(state_at, run_id, events, at_seq)
+    except ReplayError as exc:
+        raise _refuse(exc) from None
+    return StateAtResponse(run_id=run_id, at_seq=state.seq, last_seq=events[-1].seq or 0, state=state_to_json(state))
+
+
+@router.post("/runs/{run_id}/fork", status_code=202, response_model=ForkResponse)
+async def fork_run(deps: Deps, run_id: str, body: ForkRequest) -> ForkResponse:
+    """Start a new run from this run's state at ``at_seq``. Steps completed by then are not run again;
+    steps in flight then are issued again under the new run's id; the rest runs as in any run."""
+    new_id = body.run_id or uuid.uuid4().hex
+    events = await _history(deps, run_id)
+    if body.run_id is not None and await _is_this_fork(deps, new_id, run_id, body.at_seq):
+        return ForkResponse(run_id=new_id, source_run_id=run_id, at_seq=body.at_seq)  # a retry: forked once
+    try:
+        command = await asyncio.to_thread(fork_command, run_id, events, body.at_seq, new_id, int(time.time() * 1000))
+        raw = await asyncio.to_thread(fork_record, command, deps.blobs)
+    except ReplayError as exc:
+        raise _refuse(exc) from None
+    except InvalidRecord as exc:
+        raise HTTPException(
+            413, f"{exc}. A fork carries the source's events 1..{body.at_seq}; fork at an earlier seq"
+        ) from None
+    await deps.producer.send_and_wait(deps.topics.commands, raw, key=new_id.encode())
+    return ForkResponse(run_id=new_id, source_run_id=run_id, at_seq=body.at_seq)
+
+
+@router.post("/admin/engine/verify", response_model=EngineReport)
+async def verify(deps: Deps, verifying: Annotated[asyncio.Lock, Depends(verify_lock)]) -> EngineReport:
+    """Refold the log of the partitions this process's engine owns and compare with its live state."""
+    if deps.engine is None:
+        raise HTTPException(
+            409,
+            "no engine runs in this API process, so there is no live state to compare: call the API of a "
+            "process started with both the engine and api roles (the default `tickflow up`)",
         )
-
-    @router.post("/runs/{run_id}/fork", status_code=202, response_model=ForkResponse)
-    async def fork_run(run_id: str, body: ForkRequest) -> ForkResponse:
-        """Start a new run from this run's state at ``at_seq``. Steps completed by then are not run again;
-        steps in flight then are issued again under the new run's id; the rest runs as in any run."""
-        new_id = body.run_id or uuid.uuid4().hex
-        events = await history(run_id)
-        if body.run_id is not None and await _is_this_fork(deps, new_id, run_id, body.at_seq):
-            return ForkResponse(run_id=new_id, source_run_id=run_id, at_seq=body.at_seq)  # a retry: forked once
-        try:
-            command = await asyncio.to_thread(
-                fork_command, run_id, events, body.at_seq, new_id, int(time.time() * 1000)
-            )
-            raw = await asyncio.to_thread(fork_record, command, deps.blobs)
-        except ReplayError as exc:
-            raise _refuse(exc) from None
-        except InvalidRecord as exc:
-            raise HTTPException(
-                413, f"{exc}. A fork carries the source's events 1..{body.at_seq}; fork at an earlier seq"
-            ) from None
-        await deps.producer.send_and_wait(deps.topics.commands, raw, key=new_id.encode())
-        return ForkResponse(run_id=new_id, source_run_id=run_id, at_seq=body.at_seq)
-
-    @router.post("/admin/engine/verify", response_model=EngineReport)
-    async def verify() -> EngineReport:
-        """Refold the log of the partitions this process's engine owns and compare with its live state."""
-        if deps.engine is None:
-            raise HTTPException(
-                409,
-                "no engine runs in this API process, so there is no live state to compare: call the API of a "
-                "process started with both the engine and api roles (the default `tickflow up`)",
-            )
-        if verifying.locked():
-            raise ApiProblem(409, ErrorCode.BUSY, "a verify is already running in this process; wait for its "
-                             "answer (a second one would read the same partitions again)")
-        async with verifying:
-            return await verify_engine(deps.engine)
-
-    return router
+    if verifying.locked():
+        raise ApiProblem(409, ErrorCode.BUSY, "a verify is already running in this process; wait for its "
+                         "answer (a second one would read the same partitions again)")
+    async with verifying:
+        return await verify_engine(deps.engine)
 
 
-def fork_record(command: Envelope, blobs: Any) -> bytes:
+def fork_record(command: Envelope, blobs: BlobStore | None) -> bytes:
     """The encoded ForkRun command; a history too big for one record goes to the blob store (claim-check) and the
     command names it (``ForkRun.history_blob``), so a run of any length can be forked. Blocking: call off the loop."""
     try:

@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from tickflow.api.deps import ApiDeps
+from tickflow.api.deps import app_state, authorize
 from tickflow.projections.sql import MAX_PARAMS, MAX_QUERY_CHARS, ReadOnlySql, SqlError, SqlUnavailable
+from tickflow.projections.store import ProjectionStore
 
-__all__ = ["QUEUE_PER_SLOT", "SqlRequest", "SqlResponse", "build_router"]
+__all__ = ["QUEUE_PER_SLOT", "SqlQueries", "SqlRequest", "SqlResponse", "router", "sql_queries"]
 
 #: Queries that may wait per running one before the endpoint answers 429.
 QUEUE_PER_SLOT = 8
@@ -57,52 +58,62 @@ class SqlResponse(BaseModel):
     elapsed_ms: float
 
 
-def build_router(deps: ApiDeps) -> APIRouter:
-    router = APIRouter(tags=["sql"])
-    try:
-        runner: ReadOnlySql | None = ReadOnlySql(deps.store, reader_url=deps.sql_url)
-        unavailable = ""
-    except SqlUnavailable as exc:
-        runner, unavailable = None, str(exc)
-    pool = ThreadPoolExecutor(max_workers=deps.sql_concurrency, thread_name_prefix="tickflow-sql")
-    slots = asyncio.Semaphore(deps.sql_concurrency)
-    admitted = 0  # running or waiting
+class SqlQueries:
+    """How one API process (its app) runs analysts' queries: the runner (or why there is none: the in-memory
+    store), a pool of ``concurrency`` threads of its own, the slots they take, and how many are admitted."""
 
-    @router.post(
-        "/sql",
-        response_model=SqlResponse,
-        dependencies=deps.guard,
-        responses={
-            400: {"description": "Refused or failed query; detail says why."},
-            429: {"description": "Too many queries running and waiting; try again shortly."},
-            501: {"description": "No SQL engine."},
-        },
-    )
-    async def sql(body: SqlRequest) -> SqlResponse:
-        """Run one read-only statement over the projections and return its columns, types and rows."""
-        nonlocal admitted
-        if runner is None:
-            raise HTTPException(501, unavailable)
-        if admitted >= deps.sql_concurrency * (1 + QUEUE_PER_SLOT):
-            raise HTTPException(429, f"{admitted} queries are running or waiting (TICKFLOW_API_SQL_CONCURRENCY="
-                                f"{deps.sql_concurrency}): try again when some have finished")
-        admitted += 1
+    def __init__(self, store: ProjectionStore, *, reader_url: str | None, concurrency: int) -> None:
         try:
-            async with slots:
-                call = functools.partial(
-                    runner.run, body.query, body.params, max_rows=body.max_rows, timeout_s=body.timeout_s
-                )
-                result = await asyncio.get_running_loop().run_in_executor(pool, call)
-        except SqlError as exc:
-            raise HTTPException(400, str(exc)) from None
-        finally:
-            admitted -= 1
-        return SqlResponse(
-            columns=result.columns,
-            types=result.types,
-            rows=result.rows,
-            truncated=result.truncated,
-            elapsed_ms=result.elapsed_ms,
-        )
+            self.runner: ReadOnlySql | None = ReadOnlySql(store, reader_url=reader_url)
+            self.unavailable = ""
+        except SqlUnavailable as exc:
+            self.runner, self.unavailable = None, str(exc)
+        self.concurrency = concurrency
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tickflow-sql")
+        self.slots = asyncio.Semaphore(concurrency)
+        self.admitted = 0  # running or waiting
 
-    return router
+
+def sql_queries(request: Request) -> SqlQueries:
+    """The SQL runner of the app serving ``request``."""
+    return app_state(request, "sql_queries", SqlQueries)
+
+
+router = APIRouter(tags=["sql"], dependencies=[Depends(authorize)])
+
+
+@router.post(
+    "/sql",
+    response_model=SqlResponse,
+    responses={
+        400: {"description": "Refused or failed query; detail says why."},
+        429: {"description": "Too many queries running and waiting; try again shortly."},
+        501: {"description": "No SQL engine."},
+    },
+)
+async def sql(queries: Annotated[SqlQueries, Depends(sql_queries)], body: SqlRequest) -> SqlResponse:
+    """Run one read-only statement over the projections and return its columns, types and rows."""
+    runner = queries.runner
+    if runner is None:
+        raise HTTPException(501, queries.unavailable)
+    if queries.admitted >= queries.concurrency * (1 + QUEUE_PER_SLOT):
+        raise HTTPException(429, f"{queries.admitted} queries are running or waiting (TICKFLOW_API_SQL_CONCURRENCY="
+                            f"{queries.concurrency}): try again when some have finished")
+    queries.admitted += 1
+    try:
+        async with queries.slots:
+            call = functools.partial(
+                runner.run, body.query, body.params, max_rows=body.max_rows, timeout_s=body.timeout_s
+            )
+            result = await asyncio.get_running_loop().run_in_executor(queries.pool, call)
+    except SqlError as exc:
+        raise HTTPException(400, str(exc)) from None
+    finally:
+        queries.admitted -= 1
+    return SqlResponse(
+        columns=result.columns,
+        types=result.types,
+        rows=result.rows,
+        truncated=result.truncated,
+        elapsed_ms=result.elapsed_ms,
+    )

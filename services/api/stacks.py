@@ -10,16 +10,16 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from tickflow.api.deps import ApiDeps, ApiProblem, IdempotencyKey, command_token, produce_command
+from tickflow.api.deps import ApiDeps, ApiProblem, Deps, IdempotencyKey, authorize, command_token, produce_command
 from tickflow.events.agents import CreateStack, DeleteStack, PauseStack, PlayStack, StackId, UpdateStack, stack_key
 from tickflow.events.envelope import Envelope
 from tickflow.events.errors import ErrorCode
 from tickflow.events.schemas import Payload
 
-__all__ = ["StackAccepted", "build_router"]
+__all__ = ["StackAccepted", "router"]
 
 
 class StackAccepted(BaseModel):
@@ -42,55 +42,62 @@ class ReasonRequest(BaseModel):
 StackPath = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
-def build_router(deps: ApiDeps) -> APIRouter:
-    router = APIRouter(dependencies=deps.guard)
+#: Every route here needs the credentials.
+router = APIRouter(dependencies=[Depends(authorize)])
 
-    async def send(stack_id: str, payload: Payload, verb: str, idempotency_key: str | None) -> StackAccepted:
-        """Produce a stack command; with an idempotency key its id is derived from it, so a retry is taken once."""
-        key = stack_key(stack_id)
-        command_id = f"{verb}/{key}/{command_token(idempotency_key)}"
-        env = Envelope.wrap(payload, id=command_id, key=key, occurred_at_ms=int(time.time() * 1000), correlation_id=key)
-        await produce_command(deps.producer, deps.topics.commands, env)
-        return StackAccepted(stack_id=stack_id, command_id=command_id)
 
-    def check_workflow(name: str | None) -> None:
-        known = deps.workflows
-        if name is not None and known is not None and name not in known:
-            raise ApiProblem(
-                404,
-                ErrorCode.UNKNOWN_WORKFLOW,
-                f"unknown workflow {name!r}; registered workflows: {', '.join(sorted(known))}",
-            )
+async def _send(
+    deps: ApiDeps, stack_id: str, payload: Payload, verb: str, idempotency_key: str | None
+) -> StackAccepted:
+    """Produce a stack command; with an idempotency key its id is derived from it, so a retry is taken once."""
+    key = stack_key(stack_id)
+    command_id = f"{verb}/{key}/{command_token(idempotency_key)}"
+    env = Envelope.wrap(payload, id=command_id, key=key, occurred_at_ms=int(time.time() * 1000), correlation_id=key)
+    await produce_command(deps.producer, deps.topics.commands, env)
+    return StackAccepted(stack_id=stack_id, command_id=command_id)
 
-    @router.post("/stacks", status_code=202, response_model=StackAccepted)
-    async def create_stack(body: CreateStackRequest, idempotency_key: IdempotencyKey = None) -> StackAccepted:
-        """Create a stack (a no-op if it exists): it runs ``workflow`` every ``interval_s`` seconds while playing."""
-        check_workflow(body.workflow)
-        command = CreateStack(**body.model_dump(exclude={"stack_id"}))
-        return await send(body.stack_id, command, "create", idempotency_key)
 
-    @router.patch("/stacks/{stack_id}", status_code=202, response_model=StackAccepted)
-    async def update_stack(
-        stack_id: StackPath, body: UpdateStack, idempotency_key: IdempotencyKey = None
-    ) -> StackAccepted:
-        """Change some settings (interval, budget, overlap, idle backoff, priority, workflow, input)."""
-        check_workflow(body.workflow)
-        return await send(stack_id, body, "update", idempotency_key)
+def _check_workflow(deps: ApiDeps, name: str | None) -> None:
+    known = deps.workflows
+    if name is not None and known is not None and name not in known:
+        raise ApiProblem(
+            404,
+            ErrorCode.UNKNOWN_WORKFLOW,
+            f"unknown workflow {name!r}; registered workflows: {', '.join(sorted(known))}",
+        )
 
-    @router.post("/stacks/{stack_id}/pause", status_code=202, response_model=StackAccepted)
-    async def pause_stack(
-        stack_id: StackPath, body: ReasonRequest | None = None, idempotency_key: IdempotencyKey = None
-    ) -> StackAccepted:
-        return await send(stack_id, PauseStack(reason=body.reason if body else ""), "pause", idempotency_key)
 
-    @router.post("/stacks/{stack_id}/play", status_code=202, response_model=StackAccepted)
-    async def play_stack(stack_id: StackPath, idempotency_key: IdempotencyKey = None) -> StackAccepted:
-        """Resume ticking; the next tick fires at once."""
-        return await send(stack_id, PlayStack(), "play", idempotency_key)
+@router.post("/stacks", status_code=202, response_model=StackAccepted)
+async def create_stack(deps: Deps, body: CreateStackRequest, idempotency_key: IdempotencyKey = None) -> StackAccepted:
+    """Create a stack (a no-op if it exists): it runs ``workflow`` every ``interval_s`` seconds while playing."""
+    _check_workflow(deps, body.workflow)
+    command = CreateStack(**body.model_dump(exclude={"stack_id"}))
+    return await _send(deps, body.stack_id, command, "create", idempotency_key)
 
-    @router.delete("/stacks/{stack_id}", status_code=202, response_model=StackAccepted)
-    async def delete_stack(stack_id: StackPath, idempotency_key: IdempotencyKey = None) -> StackAccepted:
-        """Stop the stack for good (a running tick finishes); its history stays in the log."""
-        return await send(stack_id, DeleteStack(reason="deleted through the API"), "delete", idempotency_key)
 
-    return router
+@router.patch("/stacks/{stack_id}", status_code=202, response_model=StackAccepted)
+async def update_stack(
+    deps: Deps, stack_id: StackPath, body: UpdateStack, idempotency_key: IdempotencyKey = None
+) -> StackAccepted:
+    """Change some settings (interval, budget, overlap, idle backoff, priority, workflow, input)."""
+    _check_workflow(deps, body.workflow)
+    return await _send(deps, stack_id, body, "update", idempotency_key)
+
+
+@router.post("/stacks/{stack_id}/pause", status_code=202, response_model=StackAccepted)
+async def pause_stack(
+    deps: Deps, stack_id: StackPath, body: ReasonRequest | None = None, idempotency_key: IdempotencyKey = None
+) -> StackAccepted:
+    return await _send(deps, stack_id, PauseStack(reason=body.reason if body else ""), "pause", idempotency_key)
+
+
+@router.post("/stacks/{stack_id}/play", status_code=202, response_model=StackAccepted)
+async def play_stack(deps: Deps, stack_id: StackPath, idempotency_key: IdempotencyKey = None) -> StackAccepted:
+    """Resume ticking; the next tick fires at once."""
+    return await _send(deps, stack_id, PlayStack(), "play", idempotency_key)
+
+
+@router.delete("/stacks/{stack_id}", status_code=202, response_model=StackAccepted)
+async def delete_stack(deps: Deps, stack_id: StackPath, idempotency_key: IdempotencyKey = None) -> StackAccepted:
+    """Stop the stack for good (a running tick finishes); its history stays in the log."""
+    return await _send(deps, stack_id, DeleteStack(reason="deleted through the API"), "delete", idempotency_key)

@@ -1,4 +1,5 @@
-"""What every command shares: the API client from the settings, error exit, JSON output, the registry loader."""
+"""What every command shares: the API client from the settings, error exit, JSON output, the registry loader, and
+the few words that say what a run does."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 import click
 
 from tickflow.settings import Settings
+from tickflow.wire import RunStatus
 from tickflow.workflow import Registry
 
-__all__ = ["client", "fail", "idempotency_option", "load_registry", "print_json"]
+__all__ = ["client", "doing", "fail", "idempotency_option", "load_registry", "print_json"]
 
 #: ``--idempotency-key`` of every command: the same command sent again with the same key is applied once.
 idempotency_option = click.option(
@@ -61,3 +63,16 @@ def fail(exc: Exception) -> None:
 
 def print_json(data: dict[str, Any]) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def doing(run: RunStatus) -> str:
+    """What a run does now, in a few words: the wait node it is suspended in and the event it waits for, the step
+    in flight, or why it failed."""
+    if run.waiting_for:
+        at = f" at {run.waiting_path}" if run.waiting_path else ""  # no path: a row projected before paths
+        more = f" (+{len(run.waits) - 1} more)" if len(run.waits) > 1 else ""
+        return f"waits for {run.waiting_for}{at}{more}"
+    if run.current_step:
+        attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
+        return f"runs {run.current_path}{attempt}"
+    return run.error_message[:60]

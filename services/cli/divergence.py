@@ -59,7 +59,7 @@ def replay_diff(ctx: click.Context, run_id: str, app: str, spec: SpecChoice, as_
 @_app
 @click.option("--workflow", "workflow", required=True, help="Check runs of this workflow.")
 @click.option("--last", "last", type=click.IntRange(min=1), default=None, help="The N runs started last.")
-@click.option("--in-flight", "in_flight", is_flag=True, help="Every run still in flight (running or failing).")
+@click.option("--in-flight", "in_flight", is_flag=True, help="Every run still in flight (running, waiting or failing).")
 @_spec
 @_json
 @click.pass_context

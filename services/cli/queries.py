@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from tickflow.cli.common import client, fail
+from tickflow.cli.common import client, doing, fail
 from tickflow.events.errors import TickflowError
+from tickflow.wire import RunStatus
 
 __all__ = ["parse_since"]
 
@@ -62,7 +63,7 @@ def timeline(ctx: click.Context, run_id: str, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     run = data["run"]
-    click.echo(f"{run['run_id']}  {run['workflow']}  {run['status']}  {run['error_message'][:80]}")
+    click.echo(f"{run['run_id']}  {run['workflow']}  {run['status']}  {doing(RunStatus.model_validate(run))}".rstrip())
     for s in data["steps"]:
         error = f"{s['error_type']}: {s['error_message'][:60]}" if s["error_type"] else ""
         click.echo(

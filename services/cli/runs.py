@@ -9,9 +9,13 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import click
+from pydantic import ValidationError
 
-from tickflow.cli.common import client, fail, idempotency_option, print_json
+from tickflow.cli.common import client, doing, fail, idempotency_option, print_json
+from tickflow.cli.queries import parse_since
 from tickflow.events.errors import TickflowError
+from tickflow.projections.queries import RunQuery
+from tickflow.projections.rows import RUN_STATUSES
 from tickflow.settings import Settings
 
 __all__ = [
@@ -304,23 +308,39 @@ def _sweep(settings: Settings, grace_minutes: float | None, dry_run: bool) -> No
         click.echo(f"warning: {len(report.missing)} referenced blobs are missing, e.g. {report.missing[0]}", err=True)
 
 
+def _option(loc: tuple[int | str, ...]) -> str:
+    """The option of ``tickflow runs`` that sets the ``RunQuery`` field at ``loc`` (its name, but for --since)."""
+    field = str(loc[0]) if loc else "?"
+    return "--since" if field == "started_since_ms" else f"--{field}"
+
+
 @click.command("runs")
-@click.option("--status", "status_", default=None)
-@click.option("--workflow", default=None)
-@click.option("--limit", default=20, show_default=True)
-@click.option("--offset", default=0)
+@click.option("--status", "status_", type=click.Choice(RUN_STATUSES), default=None,
+              help="Only runs in this status (waiting: suspended in a wait node until resumed).")
+@click.option("--workflow", default=None, help="Only runs of this workflow.")
+@click.option("--since", default=None, help="Only runs started since: 30m, 6h, 7d ago, or epoch ms.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--offset", type=int, default=0)
 @click.pass_context
-def runs(ctx: click.Context, status_: str | None, workflow: str | None, limit: int, offset: int) -> None:
-    """List runs, newest first."""
+def runs(
+    ctx: click.Context, status_: str | None, workflow: str | None, since: str | None, limit: int, offset: int
+) -> None:
+    """List runs, newest first: id, workflow, status, steps done, and what each does now (the step it runs, the
+    event and wait node it waits for, or its error)."""
+    try:
+        query = RunQuery(
+            status=status_, workflow=workflow, started_since_ms=parse_since(since), limit=limit, offset=offset
+        )
+    except ValidationError as exc:
+        raise click.UsageError("; ".join(f"{_option(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
     try:
         with client(ctx) as c:
-            for r in c.list_runs(status=status_, workflow=workflow, limit=limit, offset=offset):
-                click.echo(
-                    f"{r.run_id:<34} {r.workflow:<12} {r.status:<10} "
-                    f"{r.steps_completed}/{r.steps_total} {r.error_message[:60]}"
-                )
+            for r in c.list_runs(query):
+                click.echo(f"{r.run_id:<34} {r.workflow:<12} {r.status:<10} {r.steps_completed}/{r.steps_total} "
+                           f"{doing(r)}".rstrip())
     except TickflowError as exc:
         fail(exc)
+
 
 
 def _param(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from tickflow.broker import TOOLS, BrokerConfig, BrokerError, LocalBroker, LocalCluster, install_tools, run_tool
+from tickflow.broker import TOOLS, BrokerConfig, LocalBroker, LocalBrokerError, LocalCluster, install_tools, run_tool
 from tickflow.cli.common import load_registry
 from tickflow.node import ALL_ROLES, serve
 from tickflow.settings import Settings
@@ -44,7 +44,7 @@ def kafka(settings: Settings, action: str, brokers: int = 1, secure: bool | None
             install_tools(config.resolved_cache_dir)
             return
         getattr(local, action)()
-    except BrokerError as exc:
+    except LocalBrokerError as exc:
         raise click.ClickException(f"kafka {action}: {exc}") from None
 
 
@@ -79,7 +79,7 @@ def kafka_tool(settings: Settings, tool: str, args: tuple[str, ...]) -> None:
     try:
         code = run_tool(tool, args, bootstrap=settings.bootstrap, cache_dir=cache,
                         plaintext=settings.kafka.security_protocol == "PLAINTEXT")
-    except BrokerError as exc:
+    except LocalBrokerError as exc:
         raise click.ClickException(f"kafka {tool}: {exc}") from None
     raise SystemExit(code)
 

@@ -29,7 +29,7 @@ from tickflow.core.interpreter import (
     Emitter,
     Failed,
     Functions,
-    UserError,
+    NodeFailure,
     budget_left,
     child_run_id,
     drive,
@@ -39,7 +39,16 @@ from tickflow.core.interpreter import (
 )
 from tickflow.core.slots import slot_id
 from tickflow.core.stacks import stack_id_of
-from tickflow.core.state import TERMINAL, NodeState, RunState, SequenceError, evolve, fold, spec_node
+from tickflow.core.state import (
+    TERMINAL,
+    NodeState,
+    RunState,
+    SequenceError,
+    evolve,
+    fold,
+    spec_node,
+    waiting_on,
+)
 from tickflow.events.agents import AgentHandoff, LlmCallAttempted, LlmCallCheckpoint, MessageAppended
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope, event_id
@@ -260,7 +269,7 @@ def _on_start(em: Emitter, start: Start) -> None:
         scope = {"input": command.input, "value": command.input, "steps": {}}
         try:
             slot = slot_id(start.spec.name, str(resolve_mapping(em, start.spec.concurrency_key, scope)))
-        except UserError as exc:
+        except NodeFailure as exc:
             key = start.spec.concurrency_key
             _reject(em, command, f"concurrency key {key!r} of {command.workflow!r}: {exc.info.message}")
             return
@@ -500,24 +509,11 @@ def _on_admit(em: Emitter, p: AdmitRun) -> None:
         em.emit(RunAdmitted(slot=p.slot))
 
 
-def _waiting_for(state: RunState) -> dict[str, str]:
-    """Path → event name of every wait node currently suspended."""
-    out = {}
-    for path, node in state.nodes.items():
-        if node.kind == "wait" and node.status == "active" and not node.timed_out:
-            spec = spec_node(state, path)
-            assert isinstance(spec, WaitNode)
-            out[path] = spec.event
-    return out
-
-
 def resume_schema(state: RunState, event: str) -> dict[str, Any] | None:
     """The JSON schema a ResumeRun of ``event`` is checked against now (None: no wait for it, or no schema).
 
     The engine asks before deciding: a claim-checked payload must be read (off its loop) to be checked."""
-    if state.status != "running":
-        return None
-    for path, waits_for in _waiting_for(state).items():
+    for path, waits_for in waiting_on(state).items():
         if waits_for == event:
             spec = spec_node(state, path)
             assert isinstance(spec, WaitNode)
@@ -527,7 +523,7 @@ def resume_schema(state: RunState, event: str) -> dict[str, Any] | None:
 
 def _on_resume(em: Emitter, p: ResumeRun, command_id: str, claimed: ClaimedPayload | None = None) -> None:
     s = em.state
-    waiting = _waiting_for(s) if s.status == "running" else {}
+    waiting = waiting_on(s)
     path = next((path for path, event in waiting.items() if event == p.event), None)
     if path is None:
         now_waiting = ", ".join(sorted(set(waiting.values()))) or "nothing"

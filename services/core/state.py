@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 
 from tickflow.events.agents import AgentHandoff, LlmCallAttempted, MessageAppended
 from tickflow.events.envelope import Envelope
+from tickflow.events.errors import ErrorCode, NonRetryableError
 from tickflow.events.schemas import (
     BranchChosen,
     ChildStarted,
@@ -44,7 +45,7 @@ from tickflow.events.schemas import (
     WaitStarted,
     WaitTimedOut,
 )
-from tickflow.events.spec import ForEachNode, LoopNode, Node, WorkflowSpec, children, walk
+from tickflow.events.spec import ForEachNode, LoopNode, Node, WaitNode, WorkflowSpec, children, walk
 
 __all__ = [
     "RESUME_WINDOW",
@@ -62,6 +63,7 @@ __all__ = [
     "split_path",
     "state_from_json",
     "state_to_json",
+    "waiting_on",
 ]
 
 _T = TypeVar("_T", "NodeState", "RunState")
@@ -70,8 +72,11 @@ RunStatus = Literal["new", "running", "failing", "completed", "failed", "cancell
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 
-class SequenceError(ValueError):
-    """An event does not follow its run's last seq: the log has a gap or the fold skipped one."""
+class SequenceError(NonRetryableError, ValueError):
+    """An event does not follow its entity's last seq (a run's, a slot's, a stack's): the log has a gap or the fold
+    skipped one. Record-level, so never retried; still a ``ValueError`` for code that catches that."""
+
+    code = ErrorCode.OUT_OF_SEQUENCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +274,24 @@ def parent_path(state: RunState, path: str) -> tuple[str, Node, int | None] | No
         item = int(last[last.index("[") + 1 : -1]) if isinstance(parent, ForEachNode) else None
         return "/".join([*scopes[:-1], parent.name]), parent, item
     return "/".join([*scopes, parent.name]), parent, None
+
+
+def waiting_on(state: RunState) -> dict[str, str]:
+    """Path → event of every wait node that a resume of that event would complete now, in the order they started.
+
+    What the run is waiting for: the decider matches a ``ResumeRun`` against it, and the status projection says
+    ``waiting`` exactly when it is not empty (``projections.rows.run_row`` folds the same waits from the events).
+    Nothing while the run is not running: a failing or finished run takes no resume, and a timed-out wait none.
+    """
+    if state.status != "running":
+        return {}
+    out = {}
+    for path, node in state.nodes.items():
+        if node.kind == "wait" and node.status == "active" and not node.timed_out:
+            spec = spec_node(state, path)
+            assert isinstance(spec, WaitNode)
+            out[path] = spec.event
+    return out
 
 
 def _set(state: RunState, path: str, node: NodeState) -> RunState:

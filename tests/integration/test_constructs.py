@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
 from tickflow.client import Client
-from tickflow.events.errors import ResumeRejected, RunNotFound
+from tickflow.events.errors import ResumeRefused, RunNotFound
 from tickflow.node import Node
 from tickflow.runtime import step_logs
 from tickflow.runtime.kafka import read_partition
@@ -59,19 +61,46 @@ async def test_suspend_and_resume_through_sdk_and_cli(node: Node) -> None:
         with sdk(node) as c:
             rid = c.start("approval", 1)
             for status in c.watch(rid, poll_s=0.05, timeout=30):
-                if status.waiting_for == "approve":
+                if status.status == "waiting":
                     break
-            with pytest.raises(ResumeRejected, match="'approved' is a required property"):
+            # A run waiting for approval after its first step says so, with the event and the wait node's path,
+            # and names no finished step as current: in the SDK...
+            assert (status.waiting_for, status.waiting_path, status.current_step) == ("approve", "approve", "")
+            assert [(w.path, w.event) for w in status.waits] == [("approve", "approve")]
+            assert status.steps_completed == 1  # 'prepare' ran and finished
+            assert rid in {r.run_id for r in c.list_runs(status="waiting", workflow="approval")}
+            with pytest.raises(TimeoutError, match="it waits for 'approve' at 'approve'; resume it"):
+                c.wait(rid, timeout=0.3)
+            # ... over HTTP ...
+            with httpx.Client(base_url=node.settings.api_url) as h:
+                shown = h.get(f"/runs/{rid}").json()
+                assert (shown["status"], shown["waiting_for"], shown["waiting_path"], shown["current_step"]) == (
+                    "waiting", "approve", "approve", ""
+                )
+                listed = h.get("/runs", params={"status": "waiting", "workflow": "approval"}).json()
+                assert rid in {r["run_id"] for r in listed}
+                assert h.get("/runs", params={"status": "asleep"}).status_code == 422  # not a status there is
+            # ... and in the CLI.
+            out = cli(node, "status", rid)
+            assert out.returncode == 0, out.stderr
+            shown = json.loads(out.stdout)
+            assert (shown["status"], shown["waiting_for"], shown["waiting_path"]) == ("waiting", "approve", "approve")
+            out = cli(node, "runs", "--status", "waiting", "--workflow", "approval", "--since", "1h")
+            assert out.returncode == 0, out.stderr
+            line = next(line for line in out.stdout.splitlines() if line.startswith(rid))
+            assert line.split()[2] == "waiting" and line.endswith("waits for approve at approve"), line
+            with pytest.raises(ResumeRefused, match="'approved' is a required property"):
                 c.resume(rid, "approve", {"by": "ann"})
-            with pytest.raises(ResumeRejected, match="not waiting for 'payment'; it waits for: approve"):
+            with pytest.raises(ResumeRefused, match="not waiting for 'payment'; it waits for: approve"):
                 c.resume(rid, "payment", {})
-            assert c.status(rid).status == "running"  # refusals leave the run suspended
+            assert c.status(rid).status == "waiting"  # refusals leave the run suspended
             bad = cli(node, "resume", rid, "approve", "--payload", '{"approved": "maybe", "by": 1}')
             assert bad.returncode == 1 and "does not match the wait's schema" in bad.stderr
             ok = cli(node, "resume", rid, "approve", "--payload", '{"approved": true, "by": "ann"}')
             assert ok.returncode == 0, ok.stderr
             final = c.wait(rid, timeout=30)
             assert final.status == "completed" and final.output == "shipped after ann approved"
+            assert (final.waiting_for, final.waiting_path, final.waits, final.current_step) == ("", "", [], "")
             again = cli(node, "resume", rid, "approve", "--payload", '{"approved": true, "by": "bob"}')
             assert again.returncode == 1 and "(completed) is not waiting" in again.stderr
 
@@ -123,7 +152,7 @@ async def test_vacuum_removes_finished_runs_from_the_projections(node: Node) -> 
             assert out.returncode == 0 and "finished runs removed" in out.stdout, out.stderr
             with pytest.raises(RunNotFound):
                 c.status(done.run_id)
-            assert c.status(waiting).status == "running"  # unfinished runs are never vacuumed
+            assert c.status(waiting).status == "waiting"  # unfinished runs are never vacuumed
 
     await asyncio.to_thread(scenario)
 
@@ -173,7 +202,7 @@ async def test_finished_runs_leave_engine_memory_after_the_retention(
 
         done, waiting = await asyncio.to_thread(scenario)
         assert n.engine is not None
-        held = lambda rid: any(rid in runs for runs in n.engine.runs.values())  # noqa: E731
+        held = lambda rid: any(rid in part.runs for part in n.engine.partitions.values())  # noqa: E731
         assert held(done) and held(waiting)
         await asyncio.sleep(2.5)
         assert not held(done) and held(waiting)  # only finished runs expire

@@ -261,9 +261,9 @@ async def test_verify_is_single_flight() -> None:
 
 
 def test_one_client_cannot_take_every_live_stream() -> None:
-    from tickflow.api.live import _Slots
+    from tickflow.api.live import StreamSlots
 
-    slots = _Slots(limit=5, per_client=2)
+    slots = StreamSlots(limit=5, per_client=2)
     assert slots.take("10.0.0.1") is None and slots.take("10.0.0.1") is None
     assert slots.take("10.0.0.1") == "client"  # its own cap, while the process has room
     assert slots.take("10.0.0.2") is None and slots.take("10.0.0.3") is None and slots.take("10.0.0.3") is None

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser
 
 from tests.bench.api_shield import send_hostile_bodies
 from tests.conftest import free_port
-from tests.integration.dashboard.test_dashboard import in_browser
+from tests.integration.api.dashboard.test_dashboard import in_browser
 from tests.integration.flows import registry
 from tests.integration.harness import http_service, settings_for
 from tickflow.node import Node
@@ -95,7 +95,7 @@ async def test_a_page_of_another_origin_cannot_cancel_a_run_or_play_a_stack(
             run = (await http.get("/runs/victim")).json()
             found = await http.get("/stacks/calm")
             paused = found.status_code == 200 and found.json()["stack"]["status"] == "paused"
-            return run.get("status") == "running" and paused
+            return run.get("status") == "waiting" and paused
 
         await _until(ready)
         page = _EVIL_PAGE.format(api=settings.api_url, run="victim", stack="calm")
@@ -111,7 +111,7 @@ async def test_a_page_of_another_origin_cannot_cancel_a_run_or_play_a_stack(
         tried = await asyncio.to_thread(in_browser, attack)
         assert len(tried) == 3  # the browser sent them (no-cors: the page never sees an answer)
         await asyncio.sleep(3)  # ample time for a command that got through to be applied and projected
-        assert (await http.get("/runs/victim")).json()["status"] == "running"
+        assert (await http.get("/runs/victim")).json()["status"] == "waiting"
         assert (await http.get("/stacks/calm")).json()["stack"]["status"] == "paused"
         assert (await http.get("/runs/evil-run")).status_code == 404
         # The same requests from a client that is not a browser page work: the refusal was the origin's.

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from tests.contract.projections.test_projection_store import events_for, project
 from tickflow.api.app import create_api
 from tickflow.events.topics import TopicNames
+from tickflow.projections.queries import RunQuery
 from tickflow.projections.sql import ReadOnlySql, SqlError, SqlUnavailable, check_ast, reader_statements
 from tickflow.projections.store import ClickHouseStore, MemoryStore
 
@@ -32,7 +33,7 @@ def sql(store: ClickHouseStore) -> ReadOnlySql:
 
 
 def counts(store: ClickHouseStore) -> tuple[int, int]:
-    return store.event_count(), len(store.list_runs(limit=1000))
+    return store.event_count(), len(store.list_runs(RunQuery(limit=1000)))
 
 
 def test_select_with_bound_parameters(sql: ReadOnlySql) -> None:

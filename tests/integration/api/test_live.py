@@ -13,12 +13,10 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from fastapi import FastAPI
 
 from tests.conftest import free_port
 from tests.integration.harness import read_topic
-from tickflow.api.deps import ApiDeps
-from tickflow.api.live import build_router
+from tickflow.api.app import create_api
 from tickflow.client import Client
 from tickflow.node import Node
 
@@ -200,9 +198,8 @@ async def test_sdk_and_cli_follow_a_run(node: Node) -> None:
 
 
 async def test_streams_above_the_cap_get_503_and_freed_slots_are_reused(node: Node) -> None:
-    deps = ApiDeps(store=node.store, producer=None, topics=node.topics, guard=[], kafka=node.settings.kafka)
-    app = FastAPI()
-    app.include_router(build_router(deps, max_streams=1))
+    app = create_api(store=node.store, producer=None, topics=node.topics, workflows=None, kafka=node.settings.kafka,
+                     max_streams=1)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

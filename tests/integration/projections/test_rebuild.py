@@ -12,6 +12,7 @@ import pytest
 from tests.integration.harness import read_topic
 from tickflow.client import Client
 from tickflow.node import Node
+from tickflow.projections.queries import RunQuery
 from tickflow.projections.rebuild import Rebuild, rebuild_and_swap, rebuild_database, table_checksums
 from tickflow.projections.store import ClickHouseStore
 
@@ -67,7 +68,7 @@ async def test_verification_catches_a_tampered_table_and_does_not_swap(node: Nod
     def tamper(rebuild: Rebuild) -> None:
         victim = store.sibling(rebuild.database)
         try:
-            run_id = victim.list_runs(limit=1)[0].run_id
+            run_id = victim.list_runs(RunQuery(limit=1))[0].run_id
             victim.command(f"DELETE FROM `{rebuild.database}`.events WHERE run_id = '{run_id}' AND seq = 2")
         finally:
             victim.close()

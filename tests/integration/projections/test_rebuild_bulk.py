@@ -13,10 +13,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.bench.rebuild import synthetic_log
-from tickflow.events import decode, encode
+from tests.unit.core.test_decider import Sim, a, b
+from tickflow.core.decider import Recover
+from tickflow.events import CancelRun, Envelope, ResumeRun, decode, encode
 from tickflow.projections.models import RebuildReport
 from tickflow.projections.rebuild import rebuild_database, table_checksums
+from tickflow.projections.rows import RunRow, run_row
 from tickflow.projections.store import ClickHouseStore
+from tickflow.workflow import Flow, Workflow
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +166,52 @@ async def test_traced_records_rebuild_the_same_both_ways(kafka_bootstrap: str, p
     assert both.bulk.method == "bulk", both.bulk.method_reason
     assert both.bulk.ok and both.bulk.events == both.fold.events == len(records)
     assert both.bulk_sums == both.fold_sums
+
+
+def waiting_histories() -> list[list[Envelope]]:
+    """Runs as the engine logs them (driven through the decider), stopped where the status projection has the most
+    to say: waiting after a finished step, parallel waits half resumed beside a finished branch, a wait timed out,
+    a waiting run cancelled, a step backing off between attempts, a parallel step finished beside a running one."""
+    after_step = Sim(Workflow("approval").step(a, name="draft").wait_for_event("approve").step(b), 1, run_id="w-1")
+    after_step.ok("draft", 2)
+    approvals = Flow().parallel(legal=Flow().wait_for_event("legal"), finance=Flow().wait_for_event("finance"))
+    side = Flow().step(a, name="prepare")
+    half = Sim(Workflow("two").parallel(approvals=approvals, side=side), 1, run_id="w-2")
+    half.ok(half.tasks()[0], 1)
+    half.signal(ResumeRun(event="legal"))
+    timed_out = Sim(Workflow("late").wait_for_event("approve", timeout_s=10, on_timeout=Flow().step(b)), 1,
+                    run_id="w-3")
+    timed_out.apply(Recover(), now=1_000 + 10_000)
+    cancelled = Sim(Workflow("gone").wait_for_event("approve"), 1, run_id="w-4")
+    cancelled.signal(CancelRun(reason="not needed"))
+    retrying = Sim(Workflow("flaky").step(a, name="charge", max_attempts=3, backoff_s=10, jitter=0), 1, run_id="w-5")
+    retrying.err("charge", attempt=1, retryable=True)
+    pair = Sim(Workflow("pair").parallel(left=Flow().step(a, name="l"), right=Flow().step(b, name="r")), 1,
+               run_id="w-6")
+    pair.ok(pair.tasks()[0], 1)
+    return [sim.log for sim in (after_step, half, timed_out, cancelled, retrying, pair)]
+
+
+async def test_waiting_runs_and_steps_in_flight_rebuild_the_same_both_ways(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    """The bulk SQL derives open waits and the current step from the log as ``rows.run_row`` folds them."""
+    histories = waiting_histories()
+    expected: dict[str, RunRow] = {}
+    for log in histories:
+        row = None
+        for event in log:
+            row = run_row(row, event)
+        assert row is not None
+        expected[row.run_id] = row
+    assert {r.status for r in expected.values()} == {"waiting", "running", "cancelled"}
+    records: list[tuple[bytes | None, bytes | None]] = list(synthetic_log(300, seed=2))
+    records += [(e.key.encode(), encode(e)) for log in histories for e in log]
+    both = await rebuild_both(kafka_bootstrap, prefix, tmp_path, records)
+    assert both.bulk.method == "bulk", both.bulk.method_reason
+    assert both.bulk.ok and both.bulk_sums == both.fold_sums
+    rebuilt = ClickHouseStore(path=str(tmp_path / "chdb"), database=both.bulk.database)
+    try:
+        assert rebuilt.runs_by_id(list(expected)) == expected
+    finally:
+        rebuilt.close()

@@ -87,7 +87,7 @@ async def test_poison_records_never_stop_a_role(kafka_bootstrap: str, prefix: st
     try:
         with Client(settings.api_url) as c:
             await asyncio.to_thread(c.start, "waiter", None, run_id="waiting")
-            await _until(lambda: _status(c, "waiting") == "running", "the waiter to wait")
+            await _until(lambda: _status(c, "waiting") == "waiting", "the waiter to wait")
 
         long_key = "k" * 300
         start = StartRun(workflow="hello", input=1)

@@ -78,7 +78,7 @@ async def test_a_run_whose_log_cannot_be_folded_is_quarantined_until_released(
             for run_id in ("unreadable", "gapped", "healthy"):
                 await asyncio.to_thread(c.start, "waiter", None, run_id=run_id)
             for run_id in ("unreadable", "gapped", "healthy"):
-                await _until(lambda r=run_id: getattr(_status(c, r), "status", "") == "running", f"{run_id} waits")
+                await _until(lambda r=run_id: getattr(_status(c, r), "status", "") == "waiting", f"{run_id} waits")
         stop(engine)
 
         # The damage, done while no engine runs: an unreadable record, and an event two seqs ahead (a gap).
@@ -133,7 +133,7 @@ async def test_a_run_whose_log_cannot_be_folded_is_quarantined_until_released(
             # Released, each resumes from its last good state and finishes.
             for run_id in ("unreadable", "gapped"):
                 await asyncio.to_thread(c.release, run_id, "checked the log by hand")
-                await _until(lambda r=run_id: getattr(_status(c, r), "status", "") == "running", f"{run_id} released")
+                await _until(lambda r=run_id: getattr(_status(c, r), "status", "") == "waiting", f"{run_id} released")
                 await asyncio.to_thread(c.resume, run_id, "go", {"n": run_id})
             for run_id in ("unreadable", "gapped"):
                 done = await asyncio.to_thread(c.wait, run_id, timeout=60)

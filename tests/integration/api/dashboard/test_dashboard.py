@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright), against a real broker and chDB.
 
 Signs in with the API token, creates two stacks through the board's form, watches their ticks arrive live, pauses
-one (``StackPaused`` must be in the log within a second of the click) and plays it again, then resumes a waiting run
+one (``StackPaused`` must be in the log within a second of the click) and plays it again, then finds a waiting run
+(status ``waiting``, the event and the wait node it waits in, on the runs list and the run's page) and resumes it
 through its schema-built form — first with a payload the schema refuses (the engine's reason is shown), then with a
 good one — and sees it complete. The log → DOM latency of the board is measured: each tick's record timestamp in
 the log against the moment its row was swapped into the page, printed as p50/p99.
@@ -210,9 +211,13 @@ async def test_the_dashboard_in_a_real_browser(node: Node) -> None:
         page = browser.new_page()
         _sign_in(page, base)
         page.goto(f"{base}/ui/runs")
-        page.wait_for_selector("#run-approve-me", timeout=15_000)
+        page.wait_for_selector("#run-approve-me .pill.waiting", timeout=15_000)  # the list says it waits, for what
+        listed = page.text_content("#run-approve-me .waiting-on") or ""
+        assert " ".join(listed.split()) == "waits for approve at approve", listed
         page.click("#run-approve-me a")
         page.wait_for_selector("#resume-form", timeout=15_000)
+        assert page.text_content("#run-status") == "waiting"
+        assert (page.text_content("#run-waiting-for"), page.text_content("#run-waiting-path")) == ("approve", "approve")
         page.check("#resume-form input[name=approved]")
         page.fill("#resume-form input[name=amount]", "0")  # the schema's minimum is 1
         page.click("#resume-form button[type=submit]")

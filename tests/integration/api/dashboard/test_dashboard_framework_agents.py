@@ -19,7 +19,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from tests.conftest import free_port
-from tests.integration.dashboard.test_dashboard import in_browser
+from tests.integration.api.dashboard.test_dashboard import in_browser
 from tests.integration.harness import settings_for
 from tests.llm_server import SLOW_ANSWER, LlmTestServer, running_llm_server
 from tickflow.client import Client

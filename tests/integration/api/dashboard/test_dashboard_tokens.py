@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from tests.conftest import free_port
-from tests.integration.dashboard.test_dashboard import in_browser
+from tests.integration.api.dashboard.test_dashboard import in_browser
 from tests.integration.harness import settings_for
 from tickflow.agents import Agent, Memory
 from tickflow.client import Client

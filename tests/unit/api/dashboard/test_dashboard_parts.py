@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tickflow.dashboard.pages import wait_schema
-from tickflow.dashboard.session import _next_page
+from tickflow.api.dashboard.pages import wait_schema
+from tickflow.api.dashboard.session import _next_page
 from tickflow.workflow import Flow, Registry, Workflow
 
 
@@ -19,7 +19,20 @@ def test_the_resume_form_finds_its_wait_schema_anywhere_in_the_spec() -> None:
     )
     dumped = spec.model_dump(mode="json")
     assert wait_schema(dumped, "approve") == schema
+    assert wait_schema(dumped, "approve", "parallel1/a") == schema  # the branch names its one node
     assert wait_schema(dumped, "other") is None
+
+
+def test_the_resume_form_takes_the_schema_of_the_wait_the_run_is_in() -> None:
+    """Two waits for one event may ask for different payloads: the row's ``waiting_path`` says which one waits."""
+    first, second = ({"type": "object", "required": [key]} for key in ("draft_ok", "final_ok"))
+    spec = Registry().add(
+        Workflow("w").wait_for_event("approve", schema=first, name="draft").wait_for_event("approve", schema=second,
+                                                                                           name="final")
+    )
+    dumped = spec.model_dump(mode="json")
+    assert wait_schema(dumped, "approve", "draft") == first
+    assert wait_schema(dumped, "approve", "final") == second
 
 
 def test_sign_in_only_returns_to_dashboard_pages() -> None:

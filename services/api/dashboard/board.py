@@ -37,7 +37,7 @@ from tickflow.runtime.kafka import new_consumer
 
 __all__ = ["COST_NOTES_EVERY_S", "QUEUE_LIMIT", "BoardFeed"]
 
-log = logging.getLogger("tickflow.dashboard")
+log = logging.getLogger("tickflow.api.dashboard")
 
 #: Changes a page may fall behind by before it is dropped (it reconnects and starts from a fresh board).
 QUEUE_LIMIT = 10_000
