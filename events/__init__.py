@@ -1,6 +1,6 @@
 """tickflow's record schemas, codec, workflow spec, upcasters and topic names. Imports nothing else of tickflow."""
 
-from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, decode, encode
+from tickflow.events.codec import MAX_RECORD_BYTES, InvalidRecord, RecordTooLarge, decode, encode
 from tickflow.events.envelope import Envelope, dead_letter, event_id
 from tickflow.events.schemas import (
     PAYLOAD_TYPES,
@@ -114,6 +114,7 @@ __all__ = [
     "NodeStarted",
     "ParallelNode",
     "Payload",
+    "RecordTooLarge",
     "ReleaseRun",
     "ReleaseSlot",
     "Result",

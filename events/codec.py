@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 import tickflow.events.agents  # noqa: F401 - registers the agent and stack event types
 from tickflow.events.envelope import Envelope
+from tickflow.events.errors import ErrorCode, NonRetryableError, PayloadTooLarge
 from tickflow.events.schemas import PAYLOAD_TYPES, Kind, Payload
 from tickflow.events.upcast import upcast
 
@@ -28,12 +29,20 @@ MAX_JSON_DEPTH = 128
 _UNPARSED: Any = object()
 
 
-class InvalidRecord(ValueError):
-    """A record that cannot be accepted; ``str(exc)`` says why and what to fix."""
+class InvalidRecord(NonRetryableError, ValueError):
+    """A record that cannot be accepted; ``str(exc)`` says why and what to fix.
+
+    Record-level, so never retried: the same bytes never decode. Still a ``ValueError``, as it was before it joined
+    tickflow's error tree, for code that catches that."""
+
+    code = ErrorCode.INVALID_RECORD
 
 
-class RecordTooLarge(InvalidRecord):
-    """A record above ``MAX_RECORD_BYTES`` (HTTP 413, where the other refusals are 422)."""
+class RecordTooLarge(InvalidRecord, PayloadTooLarge):
+    """A record above ``MAX_RECORD_BYTES`` (HTTP 413, where the other refusals are 422); also a
+    ``PayloadTooLarge``, the name failures record it under."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 def too_deep(raw: bytes, value: Any = _UNPARSED) -> bool:

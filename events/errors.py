@@ -1,12 +1,38 @@
-"""tickflow's one error hierarchy: every layer (events included) raises from here, and each error carries a decision.
+"""tickflow's one error hierarchy: every exception tickflow defines, in any layer, derives from here.
 
-Two decisions matter to a caller. **Retry or not**: a step body raises :class:`NonRetryableError` to fail at once, or
-:class:`RetryableError` (optionally with ``retry_after``) to be retried no earlier than that; any other exception —
-a user's own ``KeyError`` included — is retried under the step's policy. **What went wrong**, for programs: every
-error has an :class:`ErrorCode`, which API error bodies carry (``{"detail": ..., "code": ...}``) so that clients
-branch on the code, never on message text.
+**The root.** :class:`TickflowError`: ``except TickflowError`` catches whatever tickflow raises on its own account,
+while a user's own exceptions pass through as they are. The classes every user meets live here (and in
+``tickflow``); the others live beside the code that raises them (``InvalidRecord`` in the codec, ``SqlError`` in
+``projections.sql``, ``SendFailed`` in ``runtime.kafka``...), each listed in its module's ``__all__``.
 
-Control-flow signals (suspension, cancellation) are not errors and do not derive from here.
+**The retry decision.** A step body raises :class:`NonRetryableError` to fail at once, or :class:`RetryableError`
+(optionally with ``retry_after``) to be retried no earlier than that; any other exception — a user's own
+``KeyError``, or a ``TickflowError`` that is neither — is retried under the step's policy. tickflow's own errors
+take the same sides. What retrying cannot change derives from ``NonRetryableError``: every record-level error (an
+input record that can never be processed: ``InvalidRecord`` and its ``RecordTooLarge``, undecodable, invalid or
+too big; ``SequenceError``, out of sequence), a node failing on its own spec (``NodeFailure``), a refused request
+(``SqlError``, ``ExportFormatError``). A failure of something outside — Kafka, ClickHouse, a model provider
+(``SendFailed``, ``LogReadError``, ``TokensUnavailable``, ``AllModelsFailed``...) — derives from ``TickflowError``
+directly: trying again later may work.
+
+**The codes.** Every class carries an :class:`ErrorCode` (its ``code`` class attribute) that says what went wrong,
+for programs: API error bodies carry one (``{"detail": ..., "code": ...}``) so that clients branch on the code,
+never on message text. Codes are a stable contract: a new meaning gets a new code; a code is never renamed, reused
+or removed. ``INTERNAL``, the root's, means "not classified": every class below the root chooses its code, itself or
+through a parent other than the root. ``tests/unit/test_error_tree.py`` walks the whole package and holds all of this
+(and pins the codes).
+
+**Builtin bases kept.** The classes that were a ``ValueError`` or ``RuntimeError`` before they joined the tree and
+that callers (tickflow's own or users') may catch as such keep that base second: ``InvalidRecord``,
+``SequenceError``, ``ExportFormatError`` and ``SqlError`` are ``ValueError`` s, ``LocalBrokerError`` is a
+``RuntimeError``. The others (``TopicLayoutError``, ``SendFailed``, ``TransactionFailed``, ``RebuildError``...) were
+only ever caught by name and dropped theirs.
+
+**What stays outside, and why.** Control-flow signals (suspension, cancellation) are not errors and do not derive
+from here: a cancelled step sees asyncio's ``CancelledError``, a ``BaseException`` that no ``except Exception`` may
+swallow, and a wait is a node of the spec, not an exception. The API's ``ApiProblem`` is an ``HTTPException``, the
+shape of an HTTP answer (status, code, detail) rendered by FastAPI, not an error raised at a user; it carries an
+``ErrorCode`` all the same.
 """
 
 from __future__ import annotations
@@ -19,7 +45,7 @@ __all__ = [
     "ErrorCode",
     "NonRetryableError",
     "PayloadTooLarge",
-    "ResumeRejected",
+    "ResumeRefused",
     "RetryableError",
     "RunNotFound",
     "TickflowError",
@@ -50,6 +76,16 @@ class ErrorCode(StrEnum):
     BUSY = "busy"
     #: No claim-checked value with that digest is in the blob store (never stored, or deleted since).
     BLOB_NOT_FOUND = "blob_not_found"
+    #: A record that can never be processed: it does not decode or does not validate (dead-lettered on a topic).
+    INVALID_RECORD = "invalid_record"
+    #: An event does not follow its entity's last seq (a gap or a skipped fold): the run is quarantined.
+    OUT_OF_SEQUENCE = "out_of_sequence"
+    #: The deployment is set up wrong (topics, the local broker, the LLM configuration): fix it; retrying won't.
+    MISCONFIGURED = "misconfigured"
+    #: A model provider failed or refused the call (every model of the chain, for a chain).
+    LLM_FAILED = "llm_failed"
+    #: An LLM call could pass the run's budget, so it was not made.
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 class TickflowError(Exception):
@@ -59,7 +95,10 @@ class TickflowError(Exception):
 
 
 class NonRetryableError(TickflowError):
-    """Raise from a step body to fail the attempt without retrying (bad input, a refusal, a 4xx…)."""
+    """Raise from a step body to fail the attempt without retrying (bad input, a refusal, a 4xx…).
+
+    tickflow's own errors that retrying cannot fix derive from it too, every record-level error first (a record
+    that cannot be decoded, is invalid or is out of sequence never becomes processable)."""
 
     code = ErrorCode.STEP_FAILED
 
@@ -92,8 +131,12 @@ class RunNotFound(TickflowError):
     code = ErrorCode.RUN_NOT_FOUND
 
 
-class ResumeRejected(TickflowError):
-    """The engine refused a resume (wrong event, payload not matching the schema, run not waiting)."""
+class ResumeRefused(TickflowError):
+    """The engine refused a resume (wrong event, payload not matching the schema, run not waiting).
+
+    Named apart from the event that records the refusal in the log, ``tickflow.events.ResumeRejected``: this is what
+    ``Client.resume`` raises when it reads that event back. Its code keeps the event's name, ``resume_rejected``.
+    """
 
     code = ErrorCode.RESUME_REJECTED
 
@@ -118,6 +161,10 @@ class PayloadTooLarge(NonRetryableError):
 class ApiError(TickflowError):
     """The tickflow API refused a request; ``status`` is the HTTP status and ``api_code`` the answer's error code
     (an :class:`ErrorCode` value, or a code this SDK does not know yet as text)."""
+
+    #: The class's own code says only that this SDK has no class of its own for the answer: ``api_code`` is the
+    #: code the API sent.
+    code = ErrorCode.INTERNAL
 
     def __init__(self, message: str, *, status: int, code: ErrorCode | str = ErrorCode.INTERNAL) -> None:
         super().__init__(message)

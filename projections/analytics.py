@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
+from tickflow.events.errors import ErrorCode, TickflowError
+
 __all__ = [
     "BUCKETS",
     "USAGE_GROUPS",
@@ -41,8 +43,10 @@ _WINDOW = (
 )
 
 
-class AnalyticsUnavailable(RuntimeError):
+class AnalyticsUnavailable(TickflowError):
     """The store cannot run analytics (the in-memory twin has no rollups)."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class _Queryable(Protocol):

@@ -27,6 +27,7 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 
 from tickflow.events.connection import KafkaTarget, kafka_connection
+from tickflow.events.errors import ErrorCode, TickflowError
 
 __all__ = ["LogReadError", "RangeReader"]
 
@@ -36,8 +37,10 @@ READ_COMMITTED = 1  # the Fetch isolation level
 RESPONSE_BYTES = 64 * 1024 * 1024
 
 
-class LogReadError(RuntimeError):
+class LogReadError(TickflowError):
     """A range cannot be read: the message says which partition and why."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class RangeReader:

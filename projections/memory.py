@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from tickflow.events.errors import ErrorCode, TickflowError
+
 __all__ = [
     "MAX_RECALL_K",
     "MAX_WINDOW",
@@ -36,8 +38,10 @@ _COLUMNS = (
 )
 
 
-class MemoryUnavailable(RuntimeError):
+class MemoryUnavailable(TickflowError):
     """The store cannot answer memory queries (the in-memory twin has no SQL engine)."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class _Queryable(Protocol):

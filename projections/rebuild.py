@@ -48,13 +48,15 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.connection import KafkaTarget, kafka_connection
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.projections.bulk import Block, BulkLoad, StagingError, count_event
 from tickflow.projections.fold import ProjectionFold, Record, drop_projected
 from tickflow.projections.logread import LogReadError, RangeReader
@@ -62,10 +64,8 @@ from tickflow.projections.models import PartitionCheck, RebuildProgress, Rebuild
 from tickflow.projections.store import ClickHouseStore
 from tickflow.projections.verify import ALL_TABLES, compare_tables, projection_tables, table_checksums
 
-if TYPE_CHECKING:
-    from tickflow.projections.projector import Projector
-
 __all__ = [
+    "LiveProjector",
     "PartitionCheck",
     "Rebuild",
     "RebuildError",
@@ -102,8 +102,19 @@ def _fewer_collections() -> Iterator[None]:
         gc.collect(1)
 
 
-class RebuildError(RuntimeError):
+class LiveProjector(Protocol):
+    """What a swap needs of the live projector (``projections.projector.Projector``): to hold it between batches
+    while reads switch database, and to make it read its caches and watermarks again from the new one."""
+
+    def paused(self) -> AbstractAsyncContextManager[None]: ...
+
+    def forget_projection_state(self) -> None: ...
+
+
+class RebuildError(TickflowError):
     """A rebuild cannot start or go on; the message says what to fix."""
+
+    code = ErrorCode.CONFLICT
 
 
 class Rebuild:
@@ -405,7 +416,7 @@ class Rebuild:
 
     # -- swap ----------------------------------------------------------------------------------------------
 
-    async def swap(self, projector: Projector | None) -> None:
+    async def swap(self, projector: LiveProjector | None) -> None:
         """Catch up, then switch the store (and the live projector) to the new database; see the module doc."""
         if not self.report.ok:
             raise RebuildError(f"refusing to swap in {self.database}: verification failed ({self.report.mismatches})")
@@ -528,7 +539,7 @@ async def rebuild_and_swap(
     rebuild: Rebuild,
     *,
     swap: bool,
-    projector: Projector | None = None,
+    projector: LiveProjector | None = None,
     before_verify: Callable[[Rebuild], Any] | None = None,
 ) -> RebuildReport:
     """Build, verify and (when asked and verified) swap in; a failed verification never swaps."""
@@ -546,7 +557,7 @@ async def rebuild_and_swap(
 
 
 async def rollback(
-    store: ClickHouseStore, *, kafka: KafkaTarget, topic: str, projector: Projector | None = None
+    store: ClickHouseStore, *, kafka: KafkaTarget, topic: str, projector: LiveProjector | None = None
 ) -> RebuildReport:
     """Swap back to the generation the last swap replaced (the same swap as a rebuild's, after catching that
     database up from its own watermarks to the log's end); a second rollback swaps forward again."""

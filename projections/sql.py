@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from tickflow.events.errors import ErrorCode, NonRetryableError, TickflowError
 from tickflow.projections.models import SqlResult
 from tickflow.projections.store import ClickHouseStore, ProjectionStore
 
@@ -108,12 +109,18 @@ _REPEATED_NAME = re.compile(r"(\([A-Z_]+\))(?:\.? \1)+")
 _SCOPE = re.compile(r":? In scope SELECT formatQuery\(.*?\)\.? ?(?=\([A-Z_]+\)|$)", re.S)
 
 
-class SqlError(ValueError):
-    """The query was refused or failed; the message (ClickHouse's own, trimmed) says why. HTTP 400."""
+class SqlError(NonRetryableError, ValueError):
+    """The query was refused or failed; the message (ClickHouse's own, trimmed) says why. HTTP 400.
+
+    Never retried (the same query is refused again); still a ``ValueError`` for code that catches that."""
+
+    code = ErrorCode.INVALID_REQUEST
 
 
-class SqlUnavailable(RuntimeError):
+class SqlUnavailable(TickflowError):
     """This store has no SQL engine (the in-memory twin). HTTP 501."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 def check_ast(ast: str, database: str | None = None) -> None:

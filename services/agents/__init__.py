@@ -10,6 +10,7 @@ from tickflow.agents.agent import (
     Agent,
     AgentMaxTurns,
     LlmCallFailed,
+    LlmCallRefused,
     Memory,
     Tool,
     ToolError,
@@ -21,6 +22,7 @@ from tickflow.agents.agent import (
     start_message,
     turn_input,
 )
+from tickflow.agents.memory import MemoryReadFailed
 from tickflow.agents.paid import paid_once
 
 __all__ = [
@@ -28,7 +30,9 @@ __all__ = [
     "Agent",
     "AgentMaxTurns",
     "LlmCallFailed",
+    "LlmCallRefused",
     "Memory",
+    "MemoryReadFailed",
     "Tool",
     "ToolError",
     "attempt_fields",

@@ -59,7 +59,7 @@ from pydantic import BaseModel
 from tickflow.agents.memory import HttpMemory, MemoryReader, StoreMemory, local_store
 from tickflow.agents.paid import paid_once
 from tickflow.core.stacks import stack_id_of
-from tickflow.events.errors import NonRetryableError, TickflowError
+from tickflow.events.errors import ErrorCode, NonRetryableError, TickflowError
 from tickflow.events.schemas import ErrorInfo, LlmAttemptFields, MessageFields
 from tickflow.events.topics import DEFAULT_POOL
 from tickflow.llm import (
@@ -87,6 +87,7 @@ __all__ = [
     "Agent",
     "AgentMaxTurns",
     "LlmCallFailed",
+    "LlmCallRefused",
     "Memory",
     "Tool",
     "ToolError",
@@ -115,6 +116,8 @@ DEFAULT_RESERVE_TOKENS = 1_024
 class ToolError(TickflowError):
     """Raise from a tool to send ``str(exc)`` back to the model as the tool's result (it may try again)."""
 
+    code = ErrorCode.STEP_FAILED
+
 
 class AgentMaxTurns(NonRetryableError):
     """The model still asked for tools on the agent's last allowed turn."""
@@ -123,9 +126,13 @@ class AgentMaxTurns(NonRetryableError):
 class LlmCallFailed(TickflowError):
     """Every model of the agent's chain failed with a transient error: the LLM step is retried."""
 
+    code = ErrorCode.LLM_FAILED
+
 
 class LlmCallRefused(NonRetryableError):
     """Every model of the chain refused the request for a reason retrying cannot fix (key, model, request)."""
+
+    code = ErrorCode.LLM_FAILED
 
 
 # --- definitions -------------------------------------------------------------------------------------------

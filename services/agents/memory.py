@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from tickflow.events.errors import TickflowError
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.projections import memory as queries
 from tickflow.projections.memory import MemoryMessage
 
@@ -35,6 +35,8 @@ _LOCAL: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 class MemoryReadFailed(TickflowError):
     """Memory could not be read (API down, store error); the agent step fails and its retry policy applies."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class MemoryReader(Protocol):

@@ -31,6 +31,7 @@ from subprocess import DEVNULL, STDOUT
 
 from tickflow.broker.secure import BrokerSecrets, write_private
 from tickflow.events.connection import KafkaConnection
+from tickflow.events.errors import ErrorCode, TickflowError
 
 _PACKAGE = __package__ or __name__.rpartition(".")[0]
 HOST = "127.0.0.1"
@@ -56,8 +57,13 @@ def _kafka_version() -> str:
 KAFKA_VERSION = _kafka_version()
 
 
-class BrokerError(RuntimeError):
-    """The broker could not be installed, started or configured; the message says why and where to look."""
+class LocalBrokerError(TickflowError, RuntimeError):
+    """The local broker could not be installed, started or configured; the message says why and where to look.
+
+    Named for the broker this package runs, not for an error a Kafka broker answers (aiokafka's own errors).
+    Still a ``RuntimeError``, as it was before it joined tickflow's error tree."""
+
+    code = ErrorCode.MISCONFIGURED
 
 
 def _log(message: str) -> None:
@@ -74,7 +80,7 @@ def _env_int(name: str) -> int | None:
     try:
         return None if raw is None else int(raw)
     except ValueError:
-        raise BrokerError(f"{name} must be an integer, got {raw!r}") from None
+        raise LocalBrokerError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def default_cache_dir() -> Path:
@@ -185,7 +191,7 @@ replica.lag.time.max.ms=5000
 
 def _require(tool: str, hint: str) -> None:
     if shutil.which(tool) is None:
-        raise BrokerError(f"{tool} not found: {hint}")
+        raise LocalBrokerError(f"{tool} not found: {hint}")
 
 
 def _tail(output: bytes, lines: int) -> str:
@@ -206,7 +212,7 @@ def _run(cmd: list[str], what: str) -> bytes:
     """Run to completion with output captured; on failure raise with the output's last lines."""
     done = subprocess.run(cmd, stdin=DEVNULL, capture_output=True, check=False)
     if done.returncode != 0:
-        raise BrokerError(f"{what} failed (exit {done.returncode}):\n{_tail(done.stdout + done.stderr, 30)}")
+        raise LocalBrokerError(f"{what} failed (exit {done.returncode}):\n{_tail(done.stdout + done.stderr, 30)}")
     return done.stdout
 
 
@@ -362,12 +368,12 @@ class LocalBroker:
                 code = self._proc.poll() if self._proc is not None else None
                 exited = f"broker exited during start (exit {code})"
                 errors = _server_errors(self.logs_dir / "server.log")
-                raise BrokerError(f"{exited}; last lines of {stdout_log}:\n{tail or '(empty)'}{errors}")
+                raise LocalBrokerError(f"{exited}; last lines of {stdout_log}:\n{tail or '(empty)'}{errors}")
             if self.is_ready():
                 _log(f"ready on {self.config.bootstrap}")
                 return
             if time.monotonic() >= deadline:
-                raise BrokerError(f"broker did not become ready within {timeout_s:g} s; see {self.logs_dir}")
+                raise LocalBrokerError(f"broker did not become ready within {timeout_s:g} s; see {self.logs_dir}")
             time.sleep(0.5)
 
     def kill(self) -> None:
@@ -430,9 +436,9 @@ class LocalCluster:
 
     def __init__(self, base: BrokerConfig, size: int = FULL_REPLICATION) -> None:
         if size < 1:
-            raise BrokerError(f"a cluster needs at least one node, not {size}")
+            raise LocalBrokerError(f"a cluster needs at least one node, not {size}")
         if base.secure:
-            raise BrokerError("the secure (SASL_SSL) local broker runs as one node; start the cluster without it")
+            raise LocalBrokerError("the secure (SASL_SSL) local broker runs as one node; start the cluster without it")
         self.base = base
         voters = tuple((i + 1, base.port + 2 * i + 1) for i in range(size))
         self.nodes = [
@@ -469,7 +475,7 @@ class LocalCluster:
         for node in self.nodes:
             while (seen := _brokers_seen(node.config.bootstrap)) < len(self.nodes):
                 if time.monotonic() >= deadline:
-                    raise BrokerError(f"{node.config.bootstrap} sees {seen} of {len(self.nodes)} brokers")
+                    raise LocalBrokerError(f"{node.config.bootstrap} sees {seen} of {len(self.nodes)} brokers")
                 time.sleep(0.2)
         _log(f"cluster of {len(self.nodes)} ready on {self.bootstrap}")
 
@@ -512,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             "bootstrap": lambda: print(bootstrap),
         }
         actions[command]()
-    except BrokerError as exc:
+    except LocalBrokerError as exc:
         _log(str(exc))
         return 1
     return 0

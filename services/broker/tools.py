@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tickflow.broker.launcher import KAFKA_VERSION, BrokerError, _log, _require, _resource, _run
+from tickflow.broker.launcher import KAFKA_VERSION, LocalBrokerError, _log, _require, _resource, _run
 
 __all__ = ["CONFIG_OPTIONS", "TOOLS", "install_tools", "main_class", "run_tool", "tool_command"]
 
@@ -82,7 +82,7 @@ def install_tools(cache_dir: Path) -> Path:
 def main_class(tools_dir: Path, tool: str) -> str:
     """The main class of ``tool`` in these jars: the first of its known homes that one of Kafka's jars holds."""
     if tool not in TOOLS:
-        raise BrokerError(f"unknown Kafka tool {tool!r}; one of {', '.join(TOOLS)}")
+        raise LocalBrokerError(f"unknown Kafka tool {tool!r}; one of {', '.join(TOOLS)}")
     entries: set[str] = set()
     for jar in sorted(tools_dir.glob("kafka*.jar")):
         with zipfile.ZipFile(jar) as archive:
@@ -90,7 +90,7 @@ def main_class(tools_dir: Path, tool: str) -> str:
     for candidate in TOOLS[tool]:
         if candidate.replace(".", "/") + ".class" in entries:
             return candidate
-    raise BrokerError(f"none of {', '.join(TOOLS[tool])} is in the jars of {tools_dir}; delete that directory "
+    raise LocalBrokerError(f"none of {', '.join(TOOLS[tool])} is in the jars of {tools_dir}; delete that directory "
                       "to fetch them again")
 
 
@@ -106,10 +106,10 @@ def tool_command(tool: str, args: Sequence[str], *, bootstrap: str, cache_dir: P
     TLS or SASL; if not, the caller must pass the tool a client properties file (``CONFIG_OPTIONS``), since the
     settings' credentials are not written to a file for it."""
     if tool not in TOOLS:
-        raise BrokerError(f"unknown Kafka tool {tool!r}; one of {', '.join(TOOLS)}")
+        raise LocalBrokerError(f"unknown Kafka tool {tool!r}; one of {', '.join(TOOLS)}")
     option = CONFIG_OPTIONS[tool]
     if not plaintext and not _given(args, option):
-        raise BrokerError(
+        raise LocalBrokerError(
             f"tickflow's settings reach Kafka with TLS or SASL: give {tool} a client properties file with "
             f"{option} FILE (security.protocol, sasl.mechanism, sasl.jaas.config, ssl.truststore.*)"
         )

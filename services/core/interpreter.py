@@ -21,6 +21,7 @@ import orjson
 
 from tickflow.core.state import NodeState, RunState, evolve, remaining
 from tickflow.events.envelope import Envelope, event_id
+from tickflow.events.errors import NonRetryableError
 from tickflow.events.schemas import (
     BranchChosen,
     ChildStarted,
@@ -57,9 +58,9 @@ __all__ = [
     "Emitter",
     "Failed",
     "Functions",
+    "NodeFailure",
     "Outcome",
     "Pending",
-    "UserError",
     "budget_left",
     "child_run_id",
     "drive",
@@ -142,7 +143,13 @@ class Emitter:
         return self.state.nodes.get(path)
 
 
-class UserError(Exception):
+class NodeFailure(NonRetryableError):
+    """A node fails on its own spec, deterministically: the mapping, mapper or condition the workflow names cannot
+    be evaluated on the run's values (missing, unregistered, or raising), a sleep's input is not a time, or an LLM
+    step's call could pass the run's budget. ``info`` is what the node's ``NodeFailed`` records (``type`` says
+    which: ``MappingError``, ``MapperError``, ``BudgetExceeded``...). Not retried: the same events fail the same
+    way."""
+
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.info = ErrorInfo(type=error_type, message=message)
@@ -179,13 +186,13 @@ def step_budget(state: RunState, node: NodeState) -> tuple[int | None, float | N
 
 
 def llm_reservation(state: RunState, node: StepNode, data: Any) -> int:
-    """Tokens to hold for this LLM call: its output cap plus an estimate of its input. Raises ``UserError``
+    """Tokens to hold for this LLM call: its output cap plus an estimate of its input. Raises ``NodeFailure``
     (``BudgetExceeded``) when the call could pass the run's budget: it is then not made, and the overshoot of a
     budget is bounded by what one call was allowed (the cost by one call's cost: prices are the workers' to know)."""
     if node.llm_reserve_tokens is None or (state.budget_tokens is None and state.budget_cost_usd is None):
         return 0
     if state.budget_cost_usd is not None and state.cost_usd >= state.budget_cost_usd:
-        raise UserError(
+        raise NodeFailure(
             "BudgetExceeded",
             f"the run's cost budget is spent (${state.cost_usd:.6f} of ${state.budget_cost_usd:.6f}): "
             f"LLM step {node.name!r} was not called",
@@ -198,7 +205,7 @@ def llm_reservation(state: RunState, node: StepNode, data: Any) -> int:
     if state.budget_tokens is not None:
         held = reserved_tokens(state)
         if state.tokens + held + reserve > state.budget_tokens:
-            raise UserError(
+            raise NodeFailure(
                 "BudgetExceeded",
                 f"LLM step {node.name!r} was not called: it could take up to {reserve} tokens, and {state.tokens} "
                 f"used + {held} held by calls in flight + {reserve} > the run's budget of {state.budget_tokens}",
@@ -273,28 +280,28 @@ def resolve_mapping(em: Emitter, mapping: str | None, scope: dict[str, Any]) -> 
         name = mapping[3:]
         fn = em.functions.mapper(name)
         if fn is None:
-            raise UserError("UnknownMapper", f"mapper {name!r} is not registered in this engine; register it")
+            raise NodeFailure("UnknownMapper", f"mapper {name!r} is not registered in this engine; register it")
         try:
             return fn(scope)
         except Exception as exc:
-            raise UserError("MapperError", f"mapper {name!r} raised {type(exc).__name__}: {exc}") from None
+            raise NodeFailure("MapperError", f"mapper {name!r} raised {type(exc).__name__}: {exc}") from None
     current: Any = scope
     for part in mapping.split("."):
         try:
             current = current[int(part)] if isinstance(current, list) else current[part]
         except (KeyError, IndexError, TypeError, ValueError):
-            raise UserError("MappingError", f"input mapping {mapping!r}: nothing at {part!r}") from None
+            raise NodeFailure("MappingError", f"input mapping {mapping!r}: nothing at {part!r}") from None
     return current
 
 
 def _condition(em: Emitter, name: str, scope: dict[str, Any]) -> bool:
     fn = em.functions.condition(name)
     if fn is None:
-        raise UserError("UnknownCondition", f"condition {name!r} is not registered in this engine; register it")
+        raise NodeFailure("UnknownCondition", f"condition {name!r} is not registered in this engine; register it")
     try:
         return bool(fn(scope))
     except Exception as exc:
-        raise UserError("ConditionError", f"condition {name!r} raised {type(exc).__name__}: {exc}") from None
+        raise NodeFailure("ConditionError", f"condition {name!r} raised {type(exc).__name__}: {exc}") from None
 
 
 # --- drive ----------------------------------------------------------------------------------------------
@@ -305,7 +312,7 @@ def drive(em: Emitter, node: Node, scopes: list[str], value: Any, extra: Mapping
     path = "/".join([*scopes, node.name])
     try:
         return _drive(em, node, path, scopes, value, extra)
-    except UserError as exc:  # a mapping, condition or input the user's spec got wrong: the node fails
+    except NodeFailure as exc:  # a mapping, condition or input the workflow's spec got wrong: the node fails
         return _fail(em, path, exc.info, path)
 
 
@@ -434,7 +441,7 @@ def _sleep(
         if node.until_input:
             due = resolve_mapping(em, node.input, _scope(em, scopes, value, extra))
             if not isinstance(due, int | float) or isinstance(due, bool):
-                raise UserError("SleepError", f"sleep {node.name!r} needs an epoch-ms number as input, got {due!r}")
+                raise NodeFailure("SleepError", f"sleep {node.name!r} needs an epoch-ms number as input, got {due!r}")
             due_at = int(due)
         else:
             due_at = em.now_ms + int((node.seconds or 0) * 1000)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from tickflow.core.state import SequenceError
 from tickflow.events.envelope import Envelope, event_id
 from tickflow.events.schemas import AcquireSlot, AdmitRun, Event, ReleaseSlot, SlotGranted, SlotQueued, SlotReleased
 from tickflow.events.topics import SLOT_PREFIX
@@ -41,7 +42,7 @@ class SlotState:
 
 def evolve_slot(state: SlotState, event: Envelope) -> SlotState:
     if event.seq != state.seq + 1:
-        raise ValueError(f"slot {state.slot}: expected seq {state.seq + 1}, got {event.seq}")
+        raise SequenceError(f"slot {state.slot}: expected seq {state.seq + 1}, got {event.seq}")
     s = replace(state, seq=event.seq)
     p = event.payload
     if isinstance(p, SlotGranted):

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tickflow.core.state import remaining
+from tickflow.core.state import SequenceError, remaining
 from tickflow.events.agents import (
     STACK_PREFIX,
     CreateStack,
@@ -148,7 +148,7 @@ def _advance(s: StackState, due_ms: int, at_ms: int) -> int:
 
 def evolve_stack(state: StackState, event: Envelope) -> StackState:
     if event.seq != state.seq + 1:
-        raise ValueError(f"stack {state.key}: expected seq {state.seq + 1}, got {event.seq}")
+        raise SequenceError(f"stack {state.key}: expected seq {state.seq + 1}, got {event.seq}")
     s = replace(state, seq=event.seq)
     p, at = event.payload, event.occurred_at_ms
     if isinstance(p, COMMANDED) and event.causation_id is not None:

@@ -21,7 +21,7 @@ from typing import Any
 from tickflow.agents.agent import DEFAULT_RESERVE_TOKENS
 from tickflow.core.interpreter import CHARS_PER_TOKEN
 from tickflow.events.agents import HandoffFields
-from tickflow.events.errors import NonRetryableError
+from tickflow.events.errors import ErrorCode, NonRetryableError
 from tickflow.events.schemas import ErrorInfo, LlmAttemptFields, LlmOutcome
 from tickflow.llm import scrub
 from tickflow.llm.config import LlmConfig, LlmConfigError, ModelPrice
@@ -44,6 +44,8 @@ __all__ = [
 
 class BudgetExceeded(NonRetryableError):
     """The next model request could pass the run's LLM budget: it was not sent (a stack pauses on it)."""
+
+    code = ErrorCode.BUDGET_EXCEEDED
 
 
 class JournalError(NonRetryableError):

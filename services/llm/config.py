@@ -15,7 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tickflow.events.errors import TickflowError
+from tickflow.events.errors import ErrorCode, TickflowError
 
 __all__ = [
     "OFFLINE_LABEL",
@@ -38,6 +38,8 @@ OFFLINE_SCRIPTS = ("echo", "tool-then-answer")
 
 class LlmConfigError(TickflowError):
     """The LLM configuration is invalid or incomplete; the message names the field to fix."""
+
+    code = ErrorCode.MISCONFIGURED
 
 
 class _Strict(BaseModel):

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from tickflow.events.errors import TickflowError
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.llm.router import LlmRouter, backoff_delay
 from tickflow.llm.scrub import count_tokens
 from tickflow.llm.types import RETRYABLE, ProviderFailure
@@ -27,6 +27,8 @@ _WORD = re.compile(r"\w+")
 
 class EmbeddingFailed(TickflowError):
     """The embedding request failed after its retries; the message (scrubbed) says why and what to check."""
+
+    code = ErrorCode.LLM_FAILED
 
     def __init__(self, message: str, *, outcome: str, http_status: int | None) -> None:
         super().__init__(message)

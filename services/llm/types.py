@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tickflow.events.errors import TickflowError
+from tickflow.events.errors import ErrorCode, TickflowError
 
 __all__ = [
     "AllModelsFailed",
@@ -188,6 +188,8 @@ class AllModelsFailed(TickflowError):
     timeout, connection), i.e. whether trying the whole call again later may help.
     """
 
+    code = ErrorCode.LLM_FAILED
+
     def __init__(self, attempts: list[LlmAttempt]) -> None:
         self.attempts = attempts
         per_model: dict[str, list[LlmAttempt]] = {}
@@ -219,8 +221,10 @@ class ModelReply(BaseModel):
     usage_reported: bool = True
 
 
-class ProviderFailure(Exception):
+class ProviderFailure(TickflowError):
     """One attempt failed; ``outcome`` carries the retry decision. The message is already scrubbed."""
+
+    code = ErrorCode.LLM_FAILED
 
     def __init__(self, outcome: Outcome, message: str, *, error_type: str, http_status: int | None = None,
                  retry_after_s: float | None = None) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tickflow.events.connection import KafkaTarget, kafka_connection
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.claimcheck import BlobInfo, BlobStore, FileBlobStore
 from tickflow.runtime.kafka import existing_topics, new_consumer
@@ -70,8 +71,10 @@ class SweepReport:
         return self.bytes_before - self.deleted_bytes
 
 
-class NothingToMarkFrom(RuntimeError):
+class NothingToMarkFrom(TickflowError):
     """The topics the mark reads are not there: a sweep now would delete every blob, so it does not run."""
+
+    code = ErrorCode.MISCONFIGURED
 
 
 async def mark_from_log(kafka: KafkaTarget, topics: TopicNames) -> tuple[set[str], int]:

@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from tickflow.events.connection import KafkaTarget
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.events.topics import TopicNames
 from tickflow.runtime.export_formats import (
     ExportFormatError,
@@ -83,8 +84,10 @@ CHECKSUMS = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(TickflowError):
     """An export cannot be made (a missing topic, a bad window, the log moved under it): the message says why."""
+
+    code = ErrorCode.INVALID_REQUEST
 
 
 @dataclass(frozen=True, slots=True)

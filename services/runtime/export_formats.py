@@ -45,6 +45,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from tickflow.events.errors import ErrorCode, NonRetryableError
+
 __all__ = [
     "PARQUET_COLUMNS",
     "ExportFormatError",
@@ -69,8 +71,13 @@ PARQUET_COLUMNS = (
 )
 
 
-class ExportFormatError(ValueError):
-    """An export file (or a time given to the command) cannot be read: the message says where and why."""
+class ExportFormatError(NonRetryableError, ValueError):
+    """An export file (or a time given to the command) cannot be read: the message says where and why.
+
+    Never retried (the same bytes stay unreadable); still a ``ValueError`` for code that catches that (the
+    readers here do)."""
+
+    code = ErrorCode.INVALID_REQUEST
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Zombie fencing: every engine write goes through one transactional producer per owned input partition.
 
-Why transactions, and why one producer per partition (see README, "Fencing"):
+Why transactions, and why one producer per partition (see docs/guarantees.md, "Fencing"):
 
 * The transactional id is derived from the input partition (``<engine group>.<partition>``), not from the process.
   Whoever starts a producer with that id bumps its epoch at the transaction coordinator, which aborts the previous
@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from tickflow.events.connection import KafkaTarget
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.runtime.kafka import new_producer
 
 __all__ = ["TRANSACTION_TIMEOUT_MS", "Fenced", "PartitionWriter", "TransactionFailed"]
@@ -44,8 +45,10 @@ log = logging.getLogger("tickflow.engine")
 TRANSACTION_TIMEOUT_MS = 30_000
 
 
-class TransactionFailed(RuntimeError):
+class TransactionFailed(TickflowError):
     """A partition's transaction was not committed; its writes are aborted and its cached state is suspect."""
+
+    code = ErrorCode.UNAVAILABLE
 
     def __init__(self, partition: int, cause: BaseException) -> None:
         super().__init__(f"partition {partition}: transaction not committed ({type(cause).__name__}: {cause})")
@@ -54,6 +57,8 @@ class TransactionFailed(RuntimeError):
 
 class Fenced(TransactionFailed):
     """Another engine now holds this partition's transactional id: this one must stop writing for it."""
+
+    code = ErrorCode.CONFLICT
 
 
 class PartitionWriter:

@@ -28,6 +28,7 @@ from aiokafka.errors import (
 from tickflow.events.codec import encode
 from tickflow.events.connection import KafkaTarget, kafka_connection
 from tickflow.events.envelope import dead_letter
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.events.redact import redact
 from tickflow.events.topics import TopicNames
 
@@ -101,8 +102,11 @@ STATE_TOPIC_CONFIGS = {
 }
 
 
-class TopicLayoutError(RuntimeError):
-    """tickflow's topics exist with a layout it cannot run on (keyed topics with another partition count)."""
+class TopicLayoutError(TickflowError):
+    """tickflow's topics exist with a layout it cannot run on (keyed topics with another partition count), or the
+    layout asked for cannot be made on this cluster (a replication factor above its broker count)."""
+
+    code = ErrorCode.MISCONFIGURED
 
 
 def replication_for(brokers: int, replication: int | None = None, min_insync: int | None = None) -> tuple[int, int]:
@@ -319,8 +323,10 @@ async def partition_batches(
         await consumer.stop()
 
 
-class SendFailed(RuntimeError):
+class SendFailed(TickflowError):
     """A record the broker never acknowledged: the offsets of the inputs that caused it must never be committed."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class PendingSends:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
 from aiokafka import ConsumerRecord
@@ -28,7 +28,7 @@ from tickflow.core.retention import Retention
 from tickflow.core.state import RunState, SequenceError, evolve, fold, shrink
 from tickflow.events.codec import InvalidRecord, decode
 from tickflow.events.envelope import Envelope
-from tickflow.events.errors import ErrorCode, TickflowError
+from tickflow.events.errors import ErrorCode, RunNotFound, TickflowError
 from tickflow.events.schemas import ForkRun, HistoryEvent, RunForked, RunRejected, RunReleased, RunStarted
 from tickflow.projections.rows import EventRow
 from tickflow.runtime.kafka import partition_batches
@@ -36,7 +36,10 @@ from tickflow.runtime.recovery import RECOVERY_THREADS
 from tickflow.wire import Difference, EngineReport, PartitionReport
 
 if TYPE_CHECKING:
-    from tickflow.runtime.engine import Engine
+    from tickflow.events.topics import TopicNames
+    from tickflow.runtime.engine import Capture
+    from tickflow.runtime.partition import Partition
+    from tickflow.settings import Settings
 
 __all__ = [
     "IncompleteHistory",
@@ -45,6 +48,7 @@ __all__ = [
     "ReplayError",
     "SeqOutOfRange",
     "UnknownHistory",
+    "VerifiableEngine",
     "compare_partition",
     "diff_states",
     "envelope_from_row",
@@ -65,8 +69,9 @@ class ReplayError(TickflowError):
     code = ErrorCode.INVALID_REQUEST
 
 
-class UnknownHistory(ReplayError):
-    """No events of that run are visible, or the key is not a run (a slot or another entity)."""
+class UnknownHistory(ReplayError, RunNotFound):
+    """No events of that run are visible, or the key is not a run (a slot or another entity); also a
+    ``RunNotFound``, which it means."""
 
     http_status: ClassVar[int] = 404
     code = ErrorCode.RUN_NOT_FOUND
@@ -373,7 +378,25 @@ def compare_partition(
     return comparison.result()
 
 
-async def verify_engine(engine: Engine) -> EngineReport:
+class VerifiableEngine(Protocol):
+    """What ``verify_engine`` reads of an engine (``runtime.engine.Engine``; the API types its engine by it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def topics(self) -> TopicNames: ...
+
+    @property
+    def retention(self) -> Retention: ...
+
+    @property
+    def partitions(self) -> Mapping[int, Partition]: ...
+
+    async def capture(self) -> Capture: ...
+
+
+async def verify_engine(engine: VerifiableEngine) -> EngineReport:
     """Refold the events partitions ``engine`` owns and compare with its live states, while it keeps running.
 
     The live states are captured between two batches, after which the log holds every seq they contain; the
@@ -385,7 +408,8 @@ async def verify_engine(engine: Engine) -> EngineReport:
     loop = asyncio.get_running_loop()
     reports = []
     for partition, live in captured.items():
-        held = frozenset(engine.quarantined.get(partition, {}))
+        owned = engine.partitions.get(partition)
+        held = frozenset(owned.quarantined if owned is not None else ())
         comparison = PartitionComparison(partition, live, taken_at, engine.retention, held)
         for step in (comparison.note_releases, comparison.feed):  # two passes, a batch in memory at a time
             async with contextlib.aclosing(partition_batches(

@@ -31,6 +31,7 @@ from tickflow.events.agents import LlmTokens
 from tickflow.events.codec import InvalidRecord, decode, encode
 from tickflow.events.connection import KafkaTarget
 from tickflow.events.envelope import MAX_ID_CHARS, Envelope
+from tickflow.events.errors import ErrorCode, TickflowError
 from tickflow.events.schemas import RunStep
 from tickflow.events.topics import partition_key
 from tickflow.runtime.kafka import new_consumer
@@ -223,8 +224,10 @@ class _Stream:
         owner.publisher.put(partition_key(env.key), raw)
 
 
-class TokensUnavailable(Exception):
+class TokensUnavailable(TickflowError):
     """The tokens topic does not exist (no role of this version has started yet)."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)

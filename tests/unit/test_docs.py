@@ -23,6 +23,8 @@ ROOTS = ("services", "events", "projections", "tests", "infra", "docs", "example
 #: A repository path as prose writes it: from a top-level folder to a file with a known suffix.
 SUFFIXES = "py|md|toml|ya?ml|json|jsonl|sql|sh|png|html|js|css|xml"
 PATH = re.compile(r"(?<![\w./-])(?:\.\./)*((?:" + "|".join(ROOTS) + r")/[\w./-]*?\.(?:" + SUFFIXES + r"))(?![\w/-])")
+#: Where a named path may start: the repository, or infra/ (whose own files name their neighbours from there).
+BASES = (REPO_ROOT, REPO_ROOT / "infra")
 #: A Markdown link to a relative target (no scheme, not an anchor on the same page).
 LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)#\s]+)")
 
@@ -37,7 +39,7 @@ def _texts() -> list[Path]:
 @pytest.mark.parametrize("path", _texts(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_repository_path_named_exists(path: Path) -> None:
     text = path.read_text()
-    missing = sorted({m for m in PATH.findall(text) if not (REPO_ROOT / m).exists()})
+    missing = sorted({m for m in PATH.findall(text) if not any((base / m).exists() for base in BASES)})
     assert not missing, f"{path.relative_to(REPO_ROOT)} names files that do not exist: {missing}"
 
 

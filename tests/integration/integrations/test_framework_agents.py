@@ -40,7 +40,7 @@ from tests.integration.harness import (
 from tests.llm_server import LlmTestServer, running_llm_server
 from tests.paths import REPO_ROOT
 from tickflow.client import Client
-from tickflow.events.errors import ResumeRejected
+from tickflow.events.errors import ResumeRefused
 from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,7 @@ async def test_a_tool_that_needs_approval_is_a_wait_that_survives_a_restart_and_
             assert llm.effects["effect/book"] == 0
             stop_roles(proc)  # SIGTERM while it waits: nothing runs, nothing is lost
             proc = spawn_roles(s, "engine,worker", tmp_path / "roles2.log", app=APP)
-            with pytest.raises(ResumeRejected, match="does not match the wait's schema"):
+            with pytest.raises(ResumeRefused, match="does not match the wait's schema"):
                 await asyncio.to_thread(c.resume, "trip-ok", event, {"approvals": {"call_book": "yes"}})
             await asyncio.to_thread(c.resume, "trip-ok", event, {"approvals": {"call_book": True}})
         out = await run_end(s, "trip-ok")

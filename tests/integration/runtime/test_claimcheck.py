@@ -22,7 +22,7 @@ from tests.conftest import free_port
 from tests.integration.flows import registry
 from tests.integration.harness import read_topic, settings_for
 from tickflow.client import Client, RunStatus
-from tickflow.events.errors import ApiError, ResumeRejected
+from tickflow.events.errors import ApiError, ResumeRefused
 from tickflow.node import Node
 
 pytestmark = pytest.mark.integration
@@ -179,7 +179,7 @@ async def test_a_3mb_resume_payload_reaches_the_waiting_step_checked_against_its
         with sdk(node) as c:
             rid = waiting(c, "big-wait")
             # The schema is checked against the value, not its reference: 3 MB of the wrong letter is refused.
-            with pytest.raises(ResumeRejected, match="does not match the wait's schema"):
+            with pytest.raises(ResumeRefused, match="does not match the wait's schema"):
                 c.resume(rid, "upload", {"blob": "z" * 3_000_000}, timeout=60)
             c.resume(rid, "upload", payload, timeout=60)
             final = c.wait(rid, timeout=60)

@@ -16,8 +16,8 @@ import pytest
 from tickflow.broker import (
     KAFKA_VERSION,
     BrokerConfig,
-    BrokerError,
     LocalBroker,
+    LocalBrokerError,
     LocalCluster,
     main,
     server_properties,
@@ -126,7 +126,7 @@ def test_a_cluster_is_nodes_on_consecutive_ports_with_one_quorum_and_full_replic
         assert (props["default.replication.factor"], props["min.insync.replicas"]) == ("3", "2")
         assert (props["transaction.state.log.replication.factor"], props["transaction.state.log.min.isr"]) == ("3", "2")
     assert cluster.node(2) is cluster.nodes[1]
-    with pytest.raises(BrokerError):
+    with pytest.raises(LocalBrokerError):
         LocalCluster(BrokerConfig(tmp_path), 0)
 
 
@@ -167,7 +167,7 @@ def test_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TICKFLOW_KAFKA_PORT", "")  # empty counts as unset, like ${VAR:-default}
     assert BrokerConfig.from_env().port == 9092
     monkeypatch.setenv("TICKFLOW_KAFKA_PORT", "nine")
-    with pytest.raises(BrokerError, match="TICKFLOW_KAFKA_PORT"):
+    with pytest.raises(LocalBrokerError, match="TICKFLOW_KAFKA_PORT"):
         BrokerConfig.from_env()
 
 
@@ -222,7 +222,7 @@ def test_cli_status_bootstrap_and_usage(
 def test_missing_tools_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     b = LocalBroker(BrokerConfig(tmp_path, cache_dir=tmp_path / "cache"))
-    with pytest.raises(BrokerError, match="java not found"):
+    with pytest.raises(LocalBrokerError, match="java not found"):
         b.install()
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / ".complete").touch()
@@ -231,7 +231,7 @@ def test_missing_tools_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_install_is_atomic(tmp_path: Path, fake_tools: Path) -> None:
     failing = LocalBroker(BrokerConfig(tmp_path, cache_dir=tmp_path / "FAIL"))
-    with pytest.raises(BrokerError, match="Could not resolve"):
+    with pytest.raises(LocalBrokerError, match="Could not resolve"):
         failing.install()
     assert not (tmp_path / "FAIL" / ".complete").exists() and not (tmp_path / "FAIL" / "libs").exists()
     b = LocalBroker(BrokerConfig(tmp_path, cache_dir=tmp_path / "cache"))
@@ -260,6 +260,6 @@ def test_start_stop_with_a_fake_broker(broker: LocalBroker, capsys: pytest.Captu
 
 def test_start_reports_a_broker_that_exits(broker: LocalBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_KAFKA_CRASH", "1")
-    with pytest.raises(BrokerError, match=r"(?s)exited during start.*port already in use"):
+    with pytest.raises(LocalBrokerError, match=r"(?s)exited during start.*port already in use"):
         broker.start(timeout_s=20)
     assert not broker.pidfile.exists() and not broker.is_running()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tickflow.broker import BrokerError, install_tools, tool_command
+from tickflow.broker import LocalBrokerError, install_tools, tool_command
 from tickflow.broker.tools import main_class
 from tickflow.cli.main import main as cli
 
@@ -90,9 +90,9 @@ def test_the_main_class_is_found_in_the_jars_whichever_kafka_moved_it_to(tmp_pat
     with zipfile.ZipFile(tmp_path / "kafka-tools-4.1.0.jar", "w") as jar:
         jar.writestr("org/apache/kafka/tools/ConsoleProducer.class", b"")
     assert main_class(tmp_path, "console-producer") == "org.apache.kafka.tools.ConsoleProducer"  # Kafka 4
-    with pytest.raises(BrokerError, match="delete that directory"):
+    with pytest.raises(LocalBrokerError, match="delete that directory"):
         main_class(tmp_path, "console-consumer")
-    with pytest.raises(BrokerError, match="unknown Kafka tool 'shell'"):
+    with pytest.raises(LocalBrokerError, match="unknown Kafka tool 'shell'"):
         main_class(tmp_path, "shell")
 
 
@@ -105,7 +105,7 @@ def test_the_bootstrap_comes_from_the_settings_unless_given(fakes: Path) -> None
     ]
     given = tool_command("topics", ["--bootstrap-server=h:1", "--list"], bootstrap="127.0.0.1:9", cache_dir=cache)
     assert given[-2:] == ["--bootstrap-server=h:1", "--list"] and "127.0.0.1:9" not in given
-    with pytest.raises(BrokerError, match=r"--producer\.config FILE"):
+    with pytest.raises(LocalBrokerError, match=r"--producer\.config FILE"):
         tool_command("console-producer", [], bootstrap="b:1", cache_dir=cache, plaintext=False)
     secured = tool_command("console-producer", ["--producer.config", "c.properties"], bootstrap="b:1",
                            cache_dir=cache, plaintext=False)

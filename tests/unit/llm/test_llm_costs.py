@@ -14,7 +14,7 @@ import pytest
 from jinja2 import Environment, FileSystemLoader
 
 from tickflow.agents.agent import attempt_fields
-from tickflow.dashboard.pages import HERE, _claim_checked
+from tickflow.api.dashboard.pages import HERE, _claim_checked
 from tickflow.demo.workflows import demo_llm_config
 from tickflow.events import Envelope, decode, encode
 from tickflow.events.agents import LlmCallAttempted
