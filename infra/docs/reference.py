@@ -204,7 +204,7 @@ FOLDERS = [
     ("services/agents", "tickflow.agents"),
     ("services/integrations", "tickflow.integrations"),
     ("services/api", "tickflow.api"),
-    ("services/dashboard", "tickflow.dashboard"),
+    ("services/api/dashboard", "tickflow.api.dashboard"),
     ("services/cli", "tickflow.cli"),
     ("services/broker", "tickflow.broker"),
     ("services/demo", "tickflow.demo"),
