@@ -46,10 +46,11 @@ check: install
 fast-tests: install
 	$(BIN)/pytest -q -n 2 -m 'not integration' tests/unit tests/contract
 
+# The docs site into build/site, warnings as errors. Not --quiet: mkdocs counts strict mode's warnings only at the
+# levels it prints. The notice silenced is Material's end-of-life date (2027-05); its successor, Zensical, reads this
+# same mkdocs.yml.
 docs: install
 	$(BIN)/python infra/docs/reference.py --check
-	# Not --quiet: mkdocs counts strict mode's warnings only at the levels it prints. The notice silenced is
-	# Material's end-of-life date (2027-05); its successor, Zensical, reads this same mkdocs.yml.
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f infra/docs/mkdocs.yml
 
 lint: install
