@@ -32,9 +32,12 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
+# Every tier: the unit tier on two workers (no I/O, nothing to disturb), then the tiers that time real processes,
+# brokers and browsers, one test at a time.
 test: install $(CHROMIUM) docs
 	$(BIN)/tickflow broker start
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 tests/unit
+	$(BIN)/pytest -q tests/contract tests/integration tests/security
 
 # The fast tier: lint, types, the generated files checked against the code, the docs site, and every test that needs
 # no broker (the unit tier and the contract tests on their in-memory and embedded backends). The three run at once,
