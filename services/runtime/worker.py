@@ -584,7 +584,7 @@ class StepWorker:
             **reported,
             error=error_info(task, error),
             # Only tickflow's own verdicts are terminal: a user's KeyError or LookupError is retried like any error.
-            retryable=not isinstance(error, NonRetryableError | InvalidRecord),
+            retryable=not isinstance(error, NonRetryableError),
             retry_after_ms=retry_after_ms(error),
             duration_ms=(time.perf_counter() - started) * 1000,
             logs=redact(logs.getvalue()),

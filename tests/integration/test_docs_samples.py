@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import BaseModel
 
 from tests.conftest import free_port
 from tests.integration.harness import settings_for
-from tests.paths import REPO_ROOT
+from tests.paths import REPO_ROOT, site_pages
 from tickflow import Client, RunNotFound
 from tickflow.events.errors import ApiError
 from tickflow.node import Node
@@ -40,17 +39,8 @@ HOSTING = ("tickflow up", "tickflow broker", "tickflow demo")
 
 def documents() -> list[Path]:
     """README.md, then every page of the docs site in the order its navigation lists them."""
-    config = yaml.safe_load((REPO_ROOT / "infra" / "docs" / "mkdocs.yml").read_text())
-
-    def pages(nav: Any) -> list[str]:
-        if isinstance(nav, str):
-            return [nav]
-        if isinstance(nav, dict):
-            return [p for value in nav.values() for p in pages(value)]
-        return [p for item in nav for p in pages(item)]
-
-    return [REPO_ROOT / "README.md", *(REPO_ROOT / "docs" / page for page in pages(config["nav"])
-                                       if not page.startswith(FRAMEWORK_PAGES))]
+    return [REPO_ROOT / "README.md",
+            *(REPO_ROOT / "docs" / page for page in site_pages() if not page.startswith(FRAMEWORK_PAGES))]
 
 
 def samples(language: str, docs: list[Path] | None = None) -> list[str]:

@@ -14,9 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import yaml
 
-from tests.paths import REPO_ROOT
+from tests.paths import REPO_ROOT, site_pages
 
 DOCS = REPO_ROOT / "docs"
 ROOTS = ("services", "events", "projections", "tests", "infra", "docs", "examples")
@@ -51,16 +50,8 @@ def test_every_link_of_a_page_reaches_a_file(page: Path) -> None:
 
 
 def test_every_page_is_in_the_site_navigation() -> None:
-    config = yaml.safe_load((REPO_ROOT / "infra" / "docs" / "mkdocs.yml").read_text())
-
-    def listed(nav: object) -> set[str]:
-        if isinstance(nav, str):
-            return {nav}
-        items = nav.values() if isinstance(nav, dict) else nav
-        return {page for item in items for page in listed(item)}  # type: ignore[union-attr]
-
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
-    assert pages == listed(config["nav"])
+    assert pages == set(site_pages())
 
 
 def _reference() -> ModuleType:
